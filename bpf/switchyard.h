@@ -1,0 +1,158 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/*
+ * The one header that defines what the dispatcher program and user space
+ * share: map layouts, the trie encoding and the ABI version. Every struct here
+ * has a TypeScript mirror (src/dispatcher/layout.ts); test/unit/layout.test.ts
+ * checks sizes and offsets against the compiled object's BTF.
+ *
+ * Bump SY_ABI_VERSION whenever the meaning of any pinned map changes: user
+ * space refuses to open pinned state of another ABI instead of guessing.
+ */
+#ifndef SWITCHYARD_H
+#define SWITCHYARD_H
+
+#include <linux/types.h>
+
+#define SY_ABI_VERSION 1
+#define SY_META_MAGIC 0x53594431u /* "SYD1" */
+
+#define SY_MAX_DESTINATIONS 65536
+#define SY_LABEL_MAX 59
+
+/*
+ * The bindings table of one generation lives in one BPF array ("table") of
+ * 64-byte rows. Rows hold either 16 u32 words or 2 nodes. Word and node
+ * indexes are absolute: word w is row w/16 slot w%16, node n is row n/2 half
+ * n%2, so the walk never needs a per-generation base address.
+ */
+#define SY_ROW_BYTES 64
+#define SY_WORDS_PER_ROW 16
+#define SY_NODES_PER_ROW 2
+
+/* Row 0 is the header (user space only). Row 1 onwards: the root table. */
+#define SY_HEADER_MAGIC 0x53595431u /* "SYT1" */
+#define SY_ROOT_WORD SY_WORDS_PER_ROW
+/* One root word per (family, protocol, port): 2 * 2 * 65536 words. */
+#define SY_ROOT_SLOTS (4u << 16)
+
+/*
+ * Root word: 0 = no binding on this (family, protocol, port); otherwise the
+ * trie's direct-pointing table starts at row (root & SY_ROOT_ROW_MASK) and is
+ * indexed by the top (root >> SY_ROOT_BITS_SHIFT) bits of the address.
+ */
+#define SY_ROOT_BITS_SHIFT 27
+#define SY_ROOT_ROW_MASK ((1u << SY_ROOT_BITS_SHIFT) - 1)
+
+/*
+ * A reference in the trie (direct-table slot, skip target) is either a node
+ * (top bit set, low 31 bits = node index) or a leaf word (top bit clear).
+ * Leaf word: bits 0..16 = destination id + 1 (0 = no binding matches),
+ * bits 17..24 = the matched prefix length, used to order exact-port and
+ * wildcard-port matches.
+ */
+#define SY_REF_NODE 0x80000000u
+#define SY_LEAF_RESULT_MASK 0x1ffffu
+#define SY_LEAF_PLEN_SHIFT 17
+#define SY_LEAF_PLEN_MASK 0xffu
+
+/* Upper bounds on trie depth (nodes visited after the direct table); the
+ * builder refuses to emit deeper tries, so the walk can be a bounded loop. */
+#define SY_MAX_STEPS_V4 8
+#define SY_MAX_STEPS_V6 24
+
+/*
+ * A node covers the next min(6, 64 - pos % 64) bits of the address at bit
+ * position pos (strides never straddle the two 64-bit halves of the key).
+ *
+ * Multibit node (skip_len == 0), poptrie style: slot c (the next 6 bits,
+ * zero-padded when the stride is shorter) descends into an internal child if
+ * bit c of `vector` is set; the child is node child_base + popcount(vector
+ * below c). Otherwise it is a leaf: leaf runs start at the set bits of
+ * `leafvec`, the leaf is word leaf_base + popcount(leafvec up to c) - 1.
+ *
+ * Skip node (skip_len > 0), path compression for sparse IPv6: the next
+ * skip_len bits of the current half, selected by `leafvec` as a mask, must
+ * equal `vector`; then the walk continues at reference child_base, skip_len
+ * bits further. Otherwise the answer is the leaf word in leaf_base.
+ */
+struct sy_node {
+	__u64 vector;
+	__u64 leafvec;
+	__u32 child_base;
+	__u32 leaf_base;
+	__u32 skip_len;
+	__u32 reserved;
+};
+
+struct sy_row {
+	union {
+		__u32 word[SY_WORDS_PER_ROW];
+		struct sy_node node[SY_NODES_PER_ROW];
+	};
+};
+
+/* Row 0 of a table. Written by user space, never read by the program. */
+struct sy_table_header {
+	__u32 magic;
+	__u32 abi_version;
+	__u32 binding_count;
+	__u32 binding_offset;	/* byte offset of the binding records */
+	__u64 serial;		/* increases with every published generation */
+	__u32 used_rows;
+	__u32 node_count;
+	__u32 word_count;
+	__u32 reserved[7];
+};
+
+/*
+ * The binding list of a generation, after the trie: the source of truth that
+ * `bindings` reads back and the next build starts from. Not read by the program.
+ */
+struct sy_binding_record {
+	__u8 family;		/* 4 or 6 */
+	__u8 protocol;		/* IPPROTO_TCP or IPPROTO_UDP */
+	__u8 prefix_len;
+	__u8 reserved;
+	__u16 port;		/* host order, 0 = any port */
+	__u16 destination;	/* destination id */
+	__u8 addr[16];		/* network order; IPv4 in the first 4 bytes */
+};
+
+/* destinations map value: who destination id N is. */
+struct sy_destination {
+	__u8 in_use;
+	__u8 family;		/* 4 or 6 */
+	__u8 protocol;		/* IPPROTO_TCP or IPPROTO_UDP */
+	__u8 label_len;
+	char label[SY_LABEL_MAX + 1];
+};
+
+/* destination_stats map value (per CPU). */
+struct sy_destination_stats {
+	__u64 lookups;		/* packets that matched a binding of this destination */
+	__u64 misses;		/* ... and found no socket registered */
+	__u64 errors;		/* ... and the socket could not be assigned */
+};
+
+/* meta map value: identifies the ABI of a pinned state directory. */
+struct sy_meta {
+	__u32 magic;
+	__u32 abi_version;
+};
+
+/*
+ * The lookup trace: written only for lookups whose remote port is 0, which
+ * real TCP never has; `switchyard lookup` runs the program with
+ * BPF_PROG_TEST_RUN and a random remote address as nonce, then reads it back.
+ */
+#define SY_TRACE_SOCKET_FOUND 1u
+struct sy_trace {
+	__u32 nonce;
+	__u32 exact;		/* leaf word of the exact-port walk */
+	__u32 wildcard;		/* leaf word of the any-port walk */
+	__u32 chosen;		/* the leaf word that decided */
+	__u32 flags;
+	__s32 assign_err;
+};
+
+#endif

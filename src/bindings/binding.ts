@@ -1,0 +1,239 @@
+/**
+ * The binding model of system.md: (protocol, prefix, port) → label, and the
+ * validation every boundary (CLI, files, control plane) goes through. A bad
+ * entry is reported with the entry itself; nothing is applied.
+ */
+import { SwitchyardError } from '../errors.js';
+import { type Family, type Prefix, formatAddress, parsePrefix } from '../net/address.js';
+
+export type Protocol = 'tcp' | 'udp';
+export const IPPROTO: Record<Protocol, number> = { tcp: 6, udp: 17 };
+export const protocolName = (ipproto: number): Protocol => (ipproto === 6 ? 'tcp' : 'udp');
+
+/** A binding as operators write it. `prefix` is canonical (`addr/len`). */
+export interface Binding {
+  label: string;
+  protocol: Protocol;
+  prefix: string;
+  port: number;
+}
+
+/**
+ * Labels name services; they end up in bpffs records, logs and metric names,
+ * so they are restricted to a safe alphabet (no path or shell metacharacters).
+ */
+export const LABEL_MAX = 59;
+const LABEL_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
+
+export function parseLabel(value: unknown, entry: string): string {
+  if (typeof value !== 'string' || !LABEL_PATTERN.test(value) || value.length > LABEL_MAX) {
+    throw new SwitchyardError(
+      'EINVAL_BINDING',
+      `${entry}: label ${JSON.stringify(value)} must be 1-${LABEL_MAX} characters of [A-Za-z0-9._-], starting with a letter or digit`,
+      { entry },
+    );
+  }
+  return value;
+}
+
+export function parseProtocol(value: unknown, entry: string): Protocol {
+  if (value !== 'tcp' && value !== 'udp') {
+    throw new SwitchyardError('EINVAL_BINDING', `${entry}: protocol ${JSON.stringify(value)} must be tcp or udp`, { entry });
+  }
+  return value;
+}
+
+/** Files and pushes must carry numbers; the CLI passes its text with `fromText`. */
+export function parsePort(value: unknown, entry: string, fromText = false): number {
+  const port = fromText && typeof value === 'string' && /^(0|[1-9][0-9]{0,4})$/.test(value) ? Number(value) : value;
+  if (typeof port !== 'number' || !Number.isInteger(port) || port < 0 || port > 65535) {
+    throw new SwitchyardError('EINVAL_BINDING', `${entry}: port ${JSON.stringify(value)} must be an integer 0-65535 (0 = any port)`, { entry });
+  }
+  return port;
+}
+
+const PREFIX_PROBLEMS = {
+  syntax: 'is not an IPv4 or IPv6 address or prefix',
+  length: 'has a prefix length beyond the address family',
+  'host-bits': 'has host bits set beyond the prefix length',
+  'ipv4-mapped': 'is an IPv4-mapped IPv6 prefix; bind the IPv4 prefix instead',
+} as const;
+
+export function parseBindingPrefix(value: unknown, entry: string, allowBare = true): Prefix {
+  const parsed = typeof value === 'string' ? parsePrefix(value, allowBare) : 'syntax';
+  if (typeof parsed === 'string') {
+    throw new SwitchyardError('EINVAL_BINDING', `${entry}: prefix ${JSON.stringify(value)} ${PREFIX_PROBLEMS[parsed]}`, { entry });
+  }
+  return parsed;
+}
+
+/**
+ * Many bindings in columns: what the trie builder, the pinned table and the
+ * file loader share. One million bindings stay a few dozen megabytes.
+ */
+export class BindingTable {
+  count = 0;
+  labels: string[] = [];
+  private labelIds = new Map<string, number>();
+  labelIndex: Uint32Array;
+  family: Uint8Array;
+  protocol: Uint8Array;
+  prefixLen: Uint8Array;
+  port: Uint16Array;
+  addr: Uint32Array;
+
+  constructor(capacity = 16) {
+    this.labelIndex = new Uint32Array(capacity);
+    this.family = new Uint8Array(capacity);
+    this.protocol = new Uint8Array(capacity);
+    this.prefixLen = new Uint8Array(capacity);
+    this.port = new Uint16Array(capacity);
+    this.addr = new Uint32Array(capacity * 4);
+  }
+
+  labelId(label: string): number {
+    let id = this.labelIds.get(label);
+    if (id === undefined) {
+      id = this.labels.length;
+      this.labels.push(label);
+      this.labelIds.set(label, id);
+    }
+    return id;
+  }
+
+  private grow(): void {
+    const grow = <T extends Uint8Array | Uint16Array | Uint32Array>(a: T, n: number): T => {
+      const b = new (a.constructor as new (n: number) => T)(n);
+      b.set(a);
+      return b;
+    };
+    const cap = Math.max(16, this.family.length * 2);
+    this.labelIndex = grow(this.labelIndex, cap);
+    this.family = grow(this.family, cap);
+    this.protocol = grow(this.protocol, cap);
+    this.prefixLen = grow(this.prefixLen, cap);
+    this.port = grow(this.port, cap);
+    this.addr = grow(this.addr, cap * 4);
+  }
+
+  add(label: string, protocol: Protocol, prefix: Prefix, port: number): number {
+    if (this.count === this.family.length) this.grow();
+    const i = this.count++;
+    this.labelIndex[i] = this.labelId(label);
+    this.family[i] = prefix.family;
+    this.protocol[i] = IPPROTO[protocol];
+    this.prefixLen[i] = prefix.length;
+    this.port[i] = port;
+    this.addr.set(prefix.words, i * 4);
+    return i;
+  }
+
+  label(i: number): string {
+    return this.labels[this.labelIndex[i]!]!;
+  }
+
+  prefix(i: number): Prefix {
+    const a = this.addr;
+    return {
+      family: this.family[i] as Family,
+      words: [a[i * 4]!, a[i * 4 + 1]!, a[i * 4 + 2]!, a[i * 4 + 3]!],
+      length: this.prefixLen[i]!,
+    };
+  }
+
+  prefixText(i: number): string {
+    const p = this.prefix(i);
+    return `${formatAddress(p.family, p.words)}/${p.length}`;
+  }
+
+  binding(i: number): Binding {
+    return { label: this.label(i), protocol: protocolName(this.protocol[i]!), prefix: this.prefixText(i), port: this.port[i]! };
+  }
+
+  /** The (protocol, prefix, port) key as one string; unique per binding. */
+  key(i: number): string {
+    const a = this.addr;
+    return `${this.protocol[i]}|${this.family[i]}|${this.prefixLen[i]}|${this.port[i]}|${a[i * 4]}|${a[i * 4 + 1]}|${a[i * 4 + 2]}|${a[i * 4 + 3]}`;
+  }
+
+  *[Symbol.iterator](): IterableIterator<Binding> {
+    for (let i = 0; i < this.count; i++) yield this.binding(i);
+  }
+
+  static from(bindings: Iterable<Binding>): BindingTable {
+    const table = new BindingTable();
+    let n = 0;
+    for (const b of bindings) {
+      const entry = `binding ${n++}`;
+      table.add(parseLabel(b.label, entry), parseProtocol(b.protocol, entry), parseBindingPrefix(b.prefix, entry), parsePort(b.port, entry));
+    }
+    return table;
+  }
+}
+
+export function keyOf(protocol: Protocol, prefix: Prefix, port: number): string {
+  const w = prefix.words;
+  return `${IPPROTO[protocol]}|${prefix.family}|${prefix.length}|${port}|${w[0]}|${w[1]}|${w[2]}|${w[3]}`;
+}
+
+export function describeBinding(b: Binding): string {
+  return `${b.label} ${b.protocol} ${b.prefix} ${b.port}`;
+}
+
+const DOCUMENT_FIELDS = new Set(['bindings']);
+const BINDING_FIELDS = new Set(['label', 'protocol', 'prefix', 'port']);
+
+/**
+ * Validates a whole bindings document (`{"bindings": [...]}`) before anything
+ * is applied: unknown fields, bad values and duplicate keys are errors that
+ * name the entry (its index and content).
+ */
+export function parseBindingsDocument(doc: unknown, source: string): BindingTable {
+  if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) {
+    throw new SwitchyardError('EINVAL_FILE', `${source}: expected an object {"bindings": [...]}`, { entry: source });
+  }
+  for (const field of Object.keys(doc)) {
+    if (!DOCUMENT_FIELDS.has(field)) {
+      throw new SwitchyardError('EINVAL_FILE', `${source}: unknown field ${JSON.stringify(field)}`, { entry: field });
+    }
+  }
+  const list = (doc as { bindings?: unknown }).bindings;
+  if (!Array.isArray(list)) {
+    throw new SwitchyardError('EINVAL_FILE', `${source}: "bindings" must be an array`, { entry: source });
+  }
+  const table = new BindingTable(Math.max(16, list.length));
+  const seen = new Map<string, number>();
+  for (let n = 0; n < list.length; n++) {
+    const item: unknown = list[n];
+    const entry = `${source}: bindings[${n}]`;
+    if (typeof item !== 'object' || item === null || Array.isArray(item)) {
+      throw new SwitchyardError('EINVAL_BINDING', `${entry}: expected an object with label, protocol, prefix, port`, { entry });
+    }
+    const b = item as Record<string, unknown>;
+    for (const field of Object.keys(b)) {
+      if (!BINDING_FIELDS.has(field)) {
+        throw new SwitchyardError('EINVAL_BINDING', `${entry}: unknown field ${JSON.stringify(field)}`, { entry });
+      }
+    }
+    for (const field of BINDING_FIELDS) {
+      if (!(field in b)) throw new SwitchyardError('EINVAL_BINDING', `${entry}: missing field "${field}"`, { entry });
+    }
+    const described = `${entry} (${JSON.stringify(item)})`;
+    const label = parseLabel(b.label, described);
+    const protocol = parseProtocol(b.protocol, described);
+    const port = parsePort(b.port, described);
+    const prefix = parseBindingPrefix(b.prefix, described, false);
+    const i = table.add(label, protocol, prefix, port);
+    const key = table.key(i);
+    const earlier = seen.get(key);
+    if (earlier !== undefined) {
+      throw new SwitchyardError(
+        'EINVAL_BINDING',
+        `${described}: duplicates bindings[${earlier}] (same protocol, prefix and port)`,
+        { entry },
+      );
+    }
+    seen.set(key, n);
+  }
+  return table;
+}

@@ -1,0 +1,180 @@
+/**
+ * IP addresses and prefixes as fixed-width words, fast enough to parse and
+ * compare millions of bindings (ip-num, BigInt-based, is the independent
+ * reference the unit tests check this parser against).
+ *
+ * An address is four u32 words, most significant first; IPv4 uses word 0
+ * and leaves the others zero, so both families share the trie code.
+ */
+export type Family = 4 | 6;
+export type Words = [number, number, number, number];
+
+export interface Address {
+  family: Family;
+  words: Words;
+}
+
+export interface Prefix extends Address {
+  length: number;
+}
+
+export const familyBits = (family: Family): number => (family === 4 ? 32 : 128);
+
+const DECIMAL_OCTET = /^(0|[1-9][0-9]{0,2})$/;
+const HEX_GROUP = /^[0-9a-fA-F]{1,4}$/;
+
+function parseIPv4Word(text: string): number | undefined {
+  const parts = text.split('.');
+  if (parts.length !== 4) return undefined;
+  let value = 0;
+  for (const part of parts) {
+    if (!DECIMAL_OCTET.test(part)) return undefined;
+    const octet = Number(part);
+    if (octet > 255) return undefined;
+    value = value * 256 + octet;
+  }
+  return value >>> 0;
+}
+
+function parseIPv6Words(text: string): Words | undefined {
+  if (text.length < 2 || text.length > 45) return undefined;
+  const halves = text.split('::');
+  if (halves.length > 2) return undefined;
+  const groupsOf = (part: string): number[] | undefined => {
+    if (part === '') return [];
+    const out: number[] = [];
+    const items = part.split(':');
+    for (let i = 0; i < items.length; i++) {
+      const item = items[i]!;
+      if (i === items.length - 1 && item.includes('.')) {
+        const v4 = parseIPv4Word(item);
+        if (v4 === undefined) return undefined;
+        out.push(v4 >>> 16, v4 & 0xffff);
+      } else {
+        if (!HEX_GROUP.test(item)) return undefined;
+        out.push(parseInt(item, 16));
+      }
+    }
+    return out;
+  };
+  const head = groupsOf(halves[0]!);
+  const tail = halves.length === 2 ? groupsOf(halves[1]!) : [];
+  if (!head || !tail) return undefined;
+  let groups: number[];
+  if (halves.length === 2) {
+    const missing = 8 - head.length - tail.length;
+    if (missing < 1) return undefined;
+    groups = [...head, ...new Array<number>(missing).fill(0), ...tail];
+  } else {
+    groups = head;
+  }
+  if (groups.length !== 8) return undefined;
+  const w = (i: number) => ((groups[2 * i]! << 16) | groups[2 * i + 1]!) >>> 0;
+  return [w(0), w(1), w(2), w(3)];
+}
+
+/** Parses a plain IPv4 or IPv6 address (no zone index, no brackets). */
+export function parseAddress(text: string): Address | undefined {
+  if (text.includes(':')) {
+    const words = parseIPv6Words(text);
+    return words && { family: 6, words };
+  }
+  const v4 = parseIPv4Word(text);
+  return v4 === undefined ? undefined : { family: 4, words: [v4, 0, 0, 0] };
+}
+
+/** Mask keeping the first `length` bits of word `i`. */
+export function wordMask(length: number, i: number): number {
+  const bits = Math.max(0, Math.min(32, length - 32 * i));
+  return bits === 0 ? 0 : bits === 32 ? 0xffffffff : (0xffffffff << (32 - bits)) >>> 0;
+}
+
+export function maskWords(words: Words, length: number): Words {
+  return [
+    (words[0] & wordMask(length, 0)) >>> 0,
+    (words[1] & wordMask(length, 1)) >>> 0,
+    (words[2] & wordMask(length, 2)) >>> 0,
+    (words[3] & wordMask(length, 3)) >>> 0,
+  ];
+}
+
+export function isIPv4Mapped(words: Words): boolean {
+  return words[0] === 0 && words[1] === 0 && words[2] === 0xffff;
+}
+
+export type PrefixProblem = 'syntax' | 'length' | 'host-bits' | 'ipv4-mapped';
+
+/**
+ * Parses `addr/len`, or a bare address as a host prefix when `allowBare`.
+ * Host bits set, lengths beyond the family and IPv4-mapped IPv6 prefixes are
+ * refused rather than silently fixed: a typo in a push must not move traffic.
+ */
+export function parsePrefix(text: string, allowBare = true): Prefix | PrefixProblem {
+  const slash = text.indexOf('/');
+  const addrText = slash < 0 ? text : text.slice(0, slash);
+  const address = parseAddress(addrText);
+  if (!address) return 'syntax';
+  let length = familyBits(address.family);
+  if (slash >= 0) {
+    const lenText = text.slice(slash + 1);
+    if (!/^(0|[1-9][0-9]{0,2})$/.test(lenText)) return 'syntax';
+    length = Number(lenText);
+  } else if (!allowBare) {
+    return 'syntax';
+  }
+  if (length > familyBits(address.family)) return 'length';
+  const masked = maskWords(address.words, length);
+  if (masked.some((w, i) => w !== address.words[i])) return 'host-bits';
+  if (address.family === 6 && length >= 96 && isIPv4Mapped(address.words)) return 'ipv4-mapped';
+  return { ...address, length };
+}
+
+export function formatAddress(family: Family, words: Words): string {
+  if (family === 4) {
+    const w = words[0];
+    return `${w >>> 24}.${(w >>> 16) & 255}.${(w >>> 8) & 255}.${w & 255}`;
+  }
+  const groups: number[] = [];
+  for (const w of words) groups.push(w >>> 16, w & 0xffff);
+  // RFC 5952: compress the longest run (≥ 2) of zero groups, the first on ties.
+  let bestStart = -1;
+  let bestLen = 1;
+  for (let i = 0; i < 8; ) {
+    if (groups[i] !== 0) {
+      i++;
+      continue;
+    }
+    let j = i;
+    while (j < 8 && groups[j] === 0) j++;
+    if (j - i > bestLen) {
+      bestStart = i;
+      bestLen = j - i;
+    }
+    i = j;
+  }
+  const hex = (gs: number[]) => gs.map((g) => g.toString(16)).join(':');
+  if (bestStart < 0) return hex(groups);
+  return `${hex(groups.slice(0, bestStart))}::${hex(groups.slice(bestStart + bestLen))}`;
+}
+
+export function formatPrefix(p: Prefix): string {
+  return `${formatAddress(p.family, p.words)}/${p.length}`;
+}
+
+/** Bits [pos, pos + count) of the address as an unsigned number (count ≤ 31). */
+export function bitsAt(words: ArrayLike<number>, offset: number, pos: number, count: number): number {
+  if (count === 0) return 0;
+  const i = pos >>> 5;
+  const shift = pos & 31;
+  const first = words[offset + i]!;
+  let value: number;
+  if (shift + count <= 32) {
+    value = (first << shift) >>> (32 - count);
+  } else {
+    const second = i + 1 < 4 ? words[offset + i + 1]! : 0;
+    const fromFirst = 32 - shift;
+    const rest = count - fromFirst;
+    value = ((((first << shift) >>> shift) << rest) | (second >>> (32 - rest))) >>> 0;
+  }
+  return value >>> 0;
+}

@@ -1,0 +1,394 @@
+/**
+ * Builds the bindings table of one generation: a multibit, level-compressed
+ * longest-prefix-match trie per (family, protocol, port), encoded as
+ * bpf/switchyard.h describes. Pure: bindings in, bytes out, no I/O.
+ *
+ * Shape of one trie (poptrie, Asai & Ohara 2015, plus path compression):
+ * - a direct-pointing table on the top `s` bits, `s` chosen per trie from its
+ *   size so small per-port tries do not pay for a large table;
+ * - below it, 64-way nodes over 6-bit strides whose children and leaves are
+ *   found by popcount, with leaf pushing (every slot carries its longest
+ *   match, so the walk never backtracks) and runs of equal leaves stored once;
+ * - skip nodes where all prefixes of a subtree share their next bits, so a
+ *   lone IPv6 /128 under a /32 costs two node loads, not fifteen.
+ */
+import { bitsAt } from '../net/address.js';
+import {
+  HEADER,
+  HEADER_MAGIC,
+  ABI_VERSION,
+  MAX_STEPS_V4,
+  MAX_STEPS_V6,
+  NODE,
+  NODE_WORDS,
+  NODES_PER_ROW,
+  RECORD,
+  REF_NODE,
+  ROOT_BITS_SHIFT,
+  ROOT_SLOTS,
+  ROOT_WORD,
+  ROW_BYTES,
+  WORDS_PER_ROW,
+  leafWord,
+  rootSlot,
+} from './layout.js';
+
+/** Bindings with their destination ids resolved, in columns. */
+export interface TrieInput {
+  count: number;
+  family: Uint8Array;
+  protocol: Uint8Array;
+  prefixLen: Uint8Array;
+  port: Uint16Array;
+  addr: Uint32Array;
+  destination: ArrayLike<number>;
+}
+
+export interface BuiltTable {
+  bytes: Uint8Array;
+  rows: number;
+  nodeCount: number;
+  wordCount: number;
+  bindingCount: number;
+  trieCount: number;
+}
+
+/** Fewer shared bits than this and a plain node is as good as a skip node. */
+const SKIP_MIN_BITS = 7;
+const STRIDE = 6;
+
+class Growable {
+  data: Uint32Array;
+  length = 0;
+  constructor(capacity: number) {
+    this.data = new Uint32Array(Math.max(capacity, 64));
+  }
+  reserve(n: number): number {
+    const start = this.length;
+    if (start + n > this.data.length) {
+      const next = new Uint32Array(Math.max(this.data.length * 2, start + n));
+      next.set(this.data.subarray(0, start));
+      this.data = next;
+    }
+    this.length += n;
+    return start;
+  }
+  push(v: number): number {
+    const i = this.reserve(1);
+    this.data[i] = v;
+    return i;
+  }
+}
+
+/**
+ * Indices 0..n-1 ordered by (trie, address, prefix length): LSD radix sort on
+ * 16-bit digits, skipping digits that are the same for every binding (the
+ * three low address words of an IPv4-only set).
+ */
+export function sortBindings(input: TrieInput): Uint32Array {
+  const n = input.count;
+  let order = new Uint32Array(n);
+  for (let i = 0; i < n; i++) order[i] = i;
+  let scratch = new Uint32Array(n);
+  const counts = new Uint32Array(65537);
+  const digits: Array<(i: number) => number> = [(i) => input.prefixLen[i]!];
+  for (let w = 3; w >= 0; w--) {
+    digits.push((i) => input.addr[i * 4 + w]! & 0xffff, (i) => input.addr[i * 4 + w]! >>> 16);
+  }
+  digits.push(
+    (i) => rootSlot(input.family[i] as 4 | 6, input.protocol[i]!, input.port[i]!) & 0xffff,
+    (i) => rootSlot(input.family[i] as 4 | 6, input.protocol[i]!, input.port[i]!) >>> 16,
+  );
+  for (const digit of digits) {
+    counts.fill(0);
+    let uniform = true;
+    const d0 = n > 0 ? digit(0) : 0;
+    for (let i = 0; i < n; i++) {
+      const d = digit(i);
+      counts[d + 1]!++;
+      if (d !== d0) uniform = false;
+    }
+    if (uniform) continue;
+    for (let d = 1; d <= 65536; d++) counts[d]! += counts[d - 1]!;
+    for (let k = 0; k < n; k++) {
+      const i = order[k]!;
+      scratch[counts[digit(i)]!++] = i;
+    }
+    [order, scratch] = [scratch, order];
+  }
+  return order;
+}
+
+/** Size of the direct-pointing table of a trie with `n` prefixes. */
+export function directBits(n: number): number {
+  return Math.max(4, Math.min(22, Math.floor(Math.log2(Math.max(1, n)))));
+}
+
+class TrieBuilder {
+  readonly words: Growable;
+  readonly nodes: Growable;
+  /** Word ranges of direct tables, whose node references need relocating. */
+  readonly directTables: Array<[number, number]> = [];
+  private maxSteps = MAX_STEPS_V4;
+
+  constructor(
+    private readonly input: TrieInput,
+    private readonly order: Uint32Array,
+  ) {
+    this.words = new Growable(ROOT_WORD + ROOT_SLOTS + input.count * 2);
+    this.words.reserve(ROOT_WORD + ROOT_SLOTS);
+    this.nodes = new Growable(input.count * NODE_WORDS);
+  }
+
+  private leafOf(i: number): number {
+    return leafWord(this.input.destination[i]!, this.input.prefixLen[i]!);
+  }
+
+  private commonBits(a: number, b: number): number {
+    const addr = this.input.addr;
+    for (let w = 0; w < 4; w++) {
+      const x = (addr[a * 4 + w]! ^ addr[b * 4 + w]!) >>> 0;
+      if (x !== 0) return w * 32 + Math.clz32(x);
+    }
+    return 128;
+  }
+
+  /** Builds the trie of sorted bindings order[lo..hi) and returns its root word. */
+  buildTrie(lo: number, hi: number): number {
+    const family = this.input.family[this.order[lo]!] as 4 | 6;
+    this.maxSteps = family === 4 ? MAX_STEPS_V4 : MAX_STEPS_V6;
+    const s = directBits(hi - lo);
+    // Direct tables start on a row so the root word can name them by row.
+    const pad = (WORDS_PER_ROW - (this.words.length % WORDS_PER_ROW)) % WORDS_PER_ROW;
+    this.words.reserve(pad);
+    const base = this.words.reserve(1 << s);
+    this.directTables.push([base, 1 << s]);
+    const slots = this.fillSlots(lo, hi, 0, s, 1 << s, 0, 0);
+    const table = this.words.data;
+    for (let v = 0; v < 1 << s; v++) table[base + v] = slots.values[v]!;
+    for (const [v, start, end] of slots.children) {
+      const node = this.nodes.reserve(NODE_WORDS) / NODE_WORDS;
+      this.words.data[base + v] = (REF_NODE | node) >>> 0;
+      this.buildNode(node, start, end, s, slots.values[v]!, 1);
+    }
+    return ((s << ROOT_BITS_SHIFT) | (base / WORDS_PER_ROW)) >>> 0;
+  }
+
+  /**
+   * Splits order[lo..hi) (all longer than `pos`, sharing bits [0, pos)) over
+   * the 2^width slots of bits [pos, pos + width): `values` holds each slot's
+   * longest match among prefixes ending within the stride (leaf pushing),
+   * `children` the ranges of longer prefixes per slot. Slot v sits at index
+   * v << spread (spread > 0 for strides cut short by a 64-bit boundary).
+   */
+  private fillSlots(lo: number, hi: number, pos: number, width: number, size: number, spread: number, inherited: number) {
+    const { order, input } = this;
+    const values = new Uint32Array(size).fill(inherited);
+    const children: Array<[number, number, number]> = [];
+    const end = pos + width;
+    const shorts: number[] = [];
+    let k = lo;
+    while (k < hi) {
+      const i = order[k]!;
+      if (input.prefixLen[i]! <= end) {
+        shorts.push(i);
+        k++;
+        continue;
+      }
+      const v = bitsAt(input.addr, i * 4, pos, width);
+      const start = k;
+      while (k < hi) {
+        const j = order[k]!;
+        if (input.prefixLen[j]! <= end || bitsAt(input.addr, j * 4, pos, width) !== v) break;
+        k++;
+      }
+      children.push([v << spread, start, k]);
+    }
+    // Longer prefixes overwrite shorter ones: apply in increasing length.
+    shorts.sort((a, b) => input.prefixLen[a]! - input.prefixLen[b]!);
+    for (const i of shorts) {
+      const len = input.prefixLen[i]!;
+      const first = bitsAt(input.addr, i * 4, pos, len - pos) << (end - len);
+      const leaf = this.leafOf(i);
+      for (let v = first; v < first + (1 << (end - len)); v++) values[v << spread] = leaf;
+    }
+    return { values, children };
+  }
+
+  private buildNode(node: number, lo: number, hi: number, pos: number, inherited: number, depth: number): void {
+    if (depth > this.maxSteps) {
+      throw new Error(`trie deeper than ${this.maxSteps} nodes at bit ${pos}: builder invariant broken`);
+    }
+    const { order, input } = this;
+    const room = 64 - (pos & 63);
+    let minLen = 128;
+    for (let k = lo; k < hi; k++) minLen = Math.min(minLen, input.prefixLen[order[k]!]!);
+    const shared = Math.min(this.commonBits(order[lo]!, order[hi - 1]!), minLen) - pos;
+    const skip = Math.min(shared, room);
+    const at = node * NODE_WORDS;
+    if (skip >= SKIP_MIN_BITS) {
+      this.buildSkip(at, lo, hi, pos, skip, inherited, depth);
+      return;
+    }
+
+    const width = Math.min(STRIDE, room);
+    const spread = STRIDE - width;
+    const slots = this.fillSlots(lo, hi, pos, width, 64, spread, inherited);
+    let vectorLo = 0;
+    let vectorHi = 0;
+    for (const [c] of slots.children) {
+      if (c < 32) vectorLo |= 1 << c;
+      else vectorHi |= 1 << (c - 32);
+    }
+    let leafvecLo = 0;
+    let leafvecHi = 0;
+    let leafBase = -1;
+    let previous = -1;
+    for (let c = 0; c < 64; c++) {
+      const internal = c < 32 ? (vectorLo >>> c) & 1 : (vectorHi >>> (c - 32)) & 1;
+      if (internal) continue;
+      // Slots a short stride never reaches continue the current run.
+      const reachable = (c & ((1 << spread) - 1)) === 0;
+      const value = reachable || previous < 0 ? slots.values[c]! : previous;
+      if (value !== previous) {
+        const w = this.words.push(value);
+        if (leafBase < 0) leafBase = w;
+        if (c < 32) leafvecLo |= 1 << c;
+        else leafvecHi |= 1 << (c - 32);
+        previous = value;
+      }
+    }
+    const childBase = this.nodes.reserve(NODE_WORDS * slots.children.length) / NODE_WORDS;
+    const n = this.nodes.data;
+    n[at + NODE.vectorLo] = vectorLo >>> 0;
+    n[at + NODE.vectorHi] = vectorHi >>> 0;
+    n[at + NODE.leafvecLo] = leafvecLo >>> 0;
+    n[at + NODE.leafvecHi] = leafvecHi >>> 0;
+    n[at + NODE.childBase] = childBase;
+    n[at + NODE.leafBase] = Math.max(leafBase, 0);
+    n[at + NODE.skipLen] = 0;
+    slots.children.forEach(([c, start, end], j) => {
+      this.buildNode(childBase + j, start, end, pos + width, slots.values[c]!, depth + 1);
+    });
+  }
+
+  /** A skip node: all of order[lo..hi) share bits [pos, pos + skip). */
+  private buildSkip(at: number, lo: number, hi: number, pos: number, skip: number, inherited: number, depth: number): void {
+    const { order, input } = this;
+    const first = order[lo]!;
+    const off = pos & 63;
+    const halfWord = (pos >>> 6) * 2; // first u32 of the 64-bit half
+    // Mask of bits [off, off + skip) within the half, as (high u32, low u32).
+    const maskHi = halfMask(off, skip, 0);
+    const maskLo = halfMask(off, skip, 32);
+    const valueHi = (input.addr[first * 4 + halfWord]! & maskHi) >>> 0;
+    const valueLo = (input.addr[first * 4 + halfWord + 1]! & maskLo) >>> 0;
+    const next = pos + skip;
+    let start = lo;
+    let below = inherited;
+    // Sorted by (address, length): a prefix ending exactly here comes first.
+    if (input.prefixLen[first]! === next) {
+      below = this.leafOf(first);
+      start++;
+    }
+    let child = below;
+    if (start < hi) {
+      const node = this.nodes.reserve(NODE_WORDS) / NODE_WORDS;
+      child = (REF_NODE | node) >>> 0;
+      this.buildNode(node, start, hi, next, below, depth + 1);
+    }
+    const n = this.nodes.data;
+    // In memory a u64 is (low u32, high u32): vector = expected bits, leafvec = mask.
+    n[at + NODE.vectorLo] = valueLo;
+    n[at + NODE.vectorHi] = valueHi;
+    n[at + NODE.leafvecLo] = maskLo;
+    n[at + NODE.leafvecHi] = maskHi;
+    n[at + NODE.childBase] = child;
+    n[at + NODE.leafBase] = inherited;
+    n[at + NODE.skipLen] = skip;
+  }
+}
+
+/** Bits [off, off + len) of a 64-bit half, restricted to the u32 at `wordOffset` (0 = high). */
+function halfMask(off: number, len: number, wordOffset: number): number {
+  const from = Math.max(off, wordOffset) - wordOffset;
+  const to = Math.min(off + len, wordOffset + 32) - wordOffset;
+  if (to <= from) return 0;
+  const width = to - from;
+  const ones = width === 32 ? 0xffffffff : ((1 << width) - 1) >>> 0;
+  return (ones << (32 - to)) >>> 0;
+}
+
+/** Builds the complete table of one generation. */
+export function buildTable(input: TrieInput, serial = 0n): BuiltTable {
+  const order = sortBindings(input);
+  const builder = new TrieBuilder(input, order);
+  const roots: Array<[number, number]> = [];
+  for (let lo = 0; lo < input.count; ) {
+    const i = order[lo]!;
+    const slot = rootSlot(input.family[i] as 4 | 6, input.protocol[i]!, input.port[i]!);
+    let hi = lo + 1;
+    while (hi < input.count) {
+      const j = order[hi]!;
+      if (rootSlot(input.family[j] as 4 | 6, input.protocol[j]!, input.port[j]!) !== slot) break;
+      hi++;
+    }
+    roots.push([slot, builder.buildTrie(lo, hi)]);
+    lo = hi;
+  }
+
+  // Nodes go after the words; relocate node references now that we know where.
+  const wordCount = builder.words.length;
+  const nodeRow = Math.ceil(wordCount / WORDS_PER_ROW);
+  const nodeBase = nodeRow * NODES_PER_ROW;
+  const nodeCount = builder.nodes.length / NODE_WORDS;
+  const words = builder.words.data;
+  for (const [start, size] of builder.directTables) {
+    for (let k = start; k < start + size; k++) {
+      if (words[k]! & REF_NODE) words[k] = (words[k]! + nodeBase) >>> 0;
+    }
+  }
+  const nodes = builder.nodes.data;
+  for (let n = 0; n < nodeCount; n++) {
+    const at = n * NODE_WORDS;
+    if (nodes[at + NODE.skipLen]) {
+      if (nodes[at + NODE.childBase]! & REF_NODE) nodes[at + NODE.childBase] = (nodes[at + NODE.childBase]! + nodeBase) >>> 0;
+    } else {
+      nodes[at + NODE.childBase] = nodes[at + NODE.childBase]! + nodeBase;
+    }
+  }
+  for (const [slot, root] of roots) words[ROOT_WORD + slot] = root;
+
+  const nodeBytes = nodeCount * NODE_WORDS * 4;
+  const recordOffset = Math.ceil((nodeRow * ROW_BYTES + nodeBytes) / ROW_BYTES) * ROW_BYTES;
+  const totalBytes = Math.ceil((recordOffset + input.count * RECORD.size) / ROW_BYTES) * ROW_BYTES || ROW_BYTES;
+  const bytes = new Uint8Array(totalBytes);
+  const view = new DataView(bytes.buffer);
+  new Uint32Array(bytes.buffer, 0, wordCount).set(words.subarray(0, wordCount));
+  new Uint32Array(bytes.buffer, nodeRow * ROW_BYTES, nodeCount * NODE_WORDS).set(nodes.subarray(0, nodeCount * NODE_WORDS));
+  writeRecords(view, recordOffset, input, order);
+
+  view.setUint32(HEADER.magic, HEADER_MAGIC, true);
+  view.setUint32(HEADER.abiVersion, ABI_VERSION, true);
+  view.setUint32(HEADER.bindingCount, input.count, true);
+  view.setUint32(HEADER.bindingOffset, recordOffset, true);
+  view.setBigUint64(HEADER.serial, serial, true);
+  view.setUint32(HEADER.usedRows, totalBytes / ROW_BYTES, true);
+  view.setUint32(HEADER.nodeCount, nodeCount, true);
+  view.setUint32(HEADER.wordCount, wordCount, true);
+  return { bytes, rows: totalBytes / ROW_BYTES, nodeCount, wordCount, bindingCount: input.count, trieCount: roots.length };
+}
+
+function writeRecords(view: DataView, offset: number, input: TrieInput, order: Uint32Array): void {
+  for (let k = 0; k < input.count; k++) {
+    const i = order[k]!;
+    const at = offset + k * RECORD.size;
+    view.setUint8(at + RECORD.family, input.family[i]!);
+    view.setUint8(at + RECORD.protocol, input.protocol[i]!);
+    view.setUint8(at + RECORD.prefixLen, input.prefixLen[i]!);
+    view.setUint16(at + RECORD.port, input.port[i]!, true);
+    view.setUint16(at + RECORD.destination, input.destination[i]!, true);
+    for (let w = 0; w < 4; w++) view.setUint32(at + RECORD.addr + w * 4, input.addr[i * 4 + w]!, false);
+  }
+}
+

@@ -1,0 +1,88 @@
+/**
+ * TypeScript mirror of bpf/switchyard.h: the table encoding shared with the
+ * dispatcher program. test/unit/layout.test.ts checks every size and offset
+ * here against the BTF of the compiled bpf/dispatcher.o.
+ */
+export const ABI_VERSION = 1;
+export const META_MAGIC = 0x53594431;
+export const HEADER_MAGIC = 0x53595431;
+
+export const MAX_DESTINATIONS = 65536;
+export const LABEL_MAX = 59;
+
+export const ROW_BYTES = 64;
+export const WORDS_PER_ROW = 16;
+export const NODES_PER_ROW = 2;
+export const NODE_BYTES = 32;
+export const NODE_WORDS = NODE_BYTES / 4;
+
+export const ROOT_WORD = WORDS_PER_ROW;
+export const ROOT_SLOTS = 4 << 16;
+export const ROOT_BITS_SHIFT = 27;
+export const ROOT_ROW_MASK = (1 << ROOT_BITS_SHIFT) - 1;
+
+export const REF_NODE = 0x80000000;
+export const LEAF_RESULT_MASK = 0x1ffff;
+export const LEAF_PLEN_SHIFT = 17;
+export const LEAF_PLEN_MASK = 0xff;
+
+export const MAX_STEPS_V4 = 8;
+export const MAX_STEPS_V6 = 24;
+
+/** struct sy_node, as u32 word offsets. */
+export const NODE = {
+  vectorLo: 0,
+  vectorHi: 1,
+  leafvecLo: 2,
+  leafvecHi: 3,
+  childBase: 4,
+  leafBase: 5,
+  skipLen: 6,
+} as const;
+
+/** struct sy_table_header, byte offsets. */
+export const HEADER = {
+  magic: 0,
+  abiVersion: 4,
+  bindingCount: 8,
+  bindingOffset: 12,
+  serial: 16,
+  usedRows: 24,
+  nodeCount: 28,
+  wordCount: 32,
+  size: 64,
+} as const;
+
+/** struct sy_binding_record. */
+export const RECORD = { family: 0, protocol: 1, prefixLen: 2, port: 4, destination: 6, addr: 8, size: 24 } as const;
+
+/** struct sy_destination. */
+export const DESTINATION = { inUse: 0, family: 1, protocol: 2, labelLen: 3, label: 4, size: 64 } as const;
+
+/** struct sy_destination_stats (per CPU). */
+export const DESTINATION_STATS = { lookups: 0, misses: 8, errors: 16, size: 24 } as const;
+
+/** struct sy_meta. */
+export const META = { magic: 0, abiVersion: 4, size: 8 } as const;
+
+/** struct sy_trace. */
+export const TRACE = { nonce: 0, exact: 4, wildcard: 8, chosen: 12, flags: 16, assignErr: 20, size: 24 } as const;
+export const TRACE_SOCKET_FOUND = 1;
+
+/** Index of the root word of (family, protocol, port). */
+export function rootSlot(family: 4 | 6, ipproto: number, port: number): number {
+  return (((family === 4 ? 0 : 2) + (ipproto === 6 ? 0 : 1)) << 16) | port;
+}
+
+export function leafWord(destination: number, prefixLen: number): number {
+  return ((prefixLen << LEAF_PLEN_SHIFT) | (destination + 1)) >>> 0;
+}
+
+export function leafDestination(leaf: number): number | undefined {
+  const r = leaf & LEAF_RESULT_MASK;
+  return r === 0 ? undefined : r - 1;
+}
+
+export function leafPrefixLen(leaf: number): number {
+  return (leaf >>> LEAF_PLEN_SHIFT) & LEAF_PLEN_MASK;
+}

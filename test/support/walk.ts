@@ -1,0 +1,81 @@
+/**
+ * A TypeScript transcription of walk() in bpf/dispatcher.c, so the trie
+ * builder can be tested anywhere (no root, no BPF). The integration tests run
+ * the real program on the same tables.
+ */
+import {
+  LEAF_PLEN_MASK,
+  LEAF_PLEN_SHIFT,
+  LEAF_RESULT_MASK,
+  NODE_BYTES,
+  REF_NODE,
+  ROOT_BITS_SHIFT,
+  ROOT_ROW_MASK,
+  ROOT_WORD,
+  ROW_BYTES,
+  MAX_STEPS_V4,
+  MAX_STEPS_V6,
+  rootSlot,
+} from '../../src/trie/layout.js';
+import type { Address } from '../../src/net/address.js';
+
+const M64 = (1n << 64n) - 1n;
+
+export function walkTable(bytes: Uint8Array, ipproto: number, address: Address, port: number): { leaf: number; exact: number; wildcard: number } {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const word = (w: number) => view.getUint32(w * 4, true);
+  const w = address.words;
+  const hi = (BigInt(w[0]) << 32n) | BigInt(w[1]);
+  const lo = (BigInt(w[2]) << 32n) | BigInt(w[3]);
+  const maxSteps = address.family === 4 ? MAX_STEPS_V4 : MAX_STEPS_V6;
+  const walk = (root: number): number => {
+    if (!root) return 0;
+    const bits = root >>> ROOT_BITS_SHIFT;
+    const row = root & ROOT_ROW_MASK;
+    let ref = word(row * 16 + Number(hi >> BigInt(64 - bits)));
+    let pos = bits;
+    for (let step = 0; step < maxSteps; step++) {
+      if (!(ref & REF_NODE)) return ref;
+      const n = (ref & ~REF_NODE) >>> 0;
+      const at = (n >> 1) * ROW_BYTES + (n & 1) * NODE_BYTES;
+      const vector = view.getBigUint64(at, true);
+      const leafvec = view.getBigUint64(at + 8, true);
+      const childBase = view.getUint32(at + 16, true);
+      const leafBase = view.getUint32(at + 20, true);
+      const skipLen = view.getUint32(at + 24, true);
+      const off = pos & 63;
+      const half = pos < 64 ? hi : lo;
+      if (skipLen) {
+        if ((half & leafvec) !== vector) return leafBase;
+        pos += skipLen;
+        ref = childBase;
+        continue;
+      }
+      const c = ((half << BigInt(off)) & M64) >> 58n;
+      const bit = 1n << c;
+      if (vector & bit) {
+        ref = (REF_NODE | (childBase + popcount(vector & (bit - 1n)))) >>> 0;
+        pos += Math.min(6, 64 - off);
+        continue;
+      }
+      return word(leafBase + popcount(leafvec & (bit | (bit - 1n))) - 1);
+    }
+    return 0;
+  };
+  const base = ROOT_WORD + rootSlot(address.family, ipproto, 0);
+  const exact = port ? walk(word(base + port)) : 0;
+  const wildcard = walk(word(base));
+  const plen = (leaf: number) => (leaf >>> LEAF_PLEN_SHIFT) & LEAF_PLEN_MASK;
+  let leaf = wildcard;
+  if (exact & LEAF_RESULT_MASK) leaf = wildcard & LEAF_RESULT_MASK && plen(wildcard) > plen(exact) ? wildcard : exact;
+  return { leaf, exact, wildcard };
+}
+
+function popcount(x: bigint): number {
+  let n = 0;
+  while (x) {
+    x &= x - 1n;
+    n++;
+  }
+  return n;
+}

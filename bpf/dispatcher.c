@@ -24,8 +24,11 @@ struct table_map {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(map_flags, BPF_F_INNER_MAP | BPF_F_MMAPABLE);
 	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct sy_row);
+	/* Sizes rather than types: clang only emits a forward declaration of
+	 * a struct referenced from an inner map definition, and libbpf then
+	 * cannot size it. */
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(struct sy_row));
 };
 
 /* Slot 0 holds the published table. Replacing it is the atomic switch: a
@@ -204,9 +207,13 @@ int switchyard_dispatch(struct bpf_sk_lookup *ctx)
 	chosen = lookup_bindings(table, family, proto, ctx->local_port, hi, lo, &exact, &wildcard);
 
 	if (ctx->remote_port == 0) {
+		/* Read both: the verifier refuses a ctx pointer that clang
+		 * would otherwise pick with a conditional offset. */
+		__u32 nonce4 = ctx->remote_ip4, nonce6 = ctx->remote_ip6[3];
+
 		tr = bpf_map_lookup_elem(&trace, &zero);
 		if (tr) {
-			tr->nonce = family ? ctx->remote_ip6[3] : ctx->remote_ip4;
+			tr->nonce = family ? nonce6 : nonce4;
 			tr->exact = exact;
 			tr->wildcard = wildcard;
 			tr->chosen = chosen;

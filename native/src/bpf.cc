@@ -23,9 +23,16 @@ namespace sy {
 static std::string g_libbpf_log;
 static int CaptureLibbpfLog(enum libbpf_print_level level, const char *fmt, va_list args) {
   if (level == LIBBPF_DEBUG) return 0;
-  char buf[4096];
-  int n = vsnprintf(buf, sizeof(buf), fmt, args);
-  if (n > 0) g_libbpf_log.append(buf, std::min<size_t>(n, sizeof(buf) - 1));
+  va_list copy;
+  va_copy(copy, args);
+  int n = vsnprintf(nullptr, 0, fmt, copy);
+  va_end(copy);
+  if (n > 0) {
+    std::string buf(static_cast<size_t>(n) + 1, '\0');
+    vsnprintf(buf.data(), buf.size(), fmt, args);
+    buf.resize(static_cast<size_t>(n));
+    g_libbpf_log += buf;
+  }
   if (g_libbpf_log.size() > 64 * 1024) g_libbpf_log.erase(0, g_libbpf_log.size() - 64 * 1024);
   return 0;
 }
@@ -47,7 +54,7 @@ static Napi::Value LoadObject(const Napi::CallbackInfo &info) {
   g_libbpf_log.clear();
   libbpf_set_print(CaptureLibbpfLog);
   struct bpf_object *obj = bpf_object__open_file(path.c_str(), nullptr);
-  if (!obj) ThrowErrno(env, errno, "bpf_object__open_file", path);
+  if (!obj) ThrowErrno(env, errno, "bpf_object__open_file", path + ": " + g_libbpf_log);
 
   struct bpf_map *map;
   bpf_object__for_each_map(map, obj) {

@@ -1,0 +1,416 @@
+/**
+ * `switchyard <command>`: the operator's tool. Every command takes --netns and
+ * --bpffs; read commands take --json; any error exits non-zero with one line
+ * that names the bad input.
+ */
+import fs from 'node:fs';
+import readline from 'node:readline';
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { SwitchyardError, isKernelError } from '../errors.js';
+import {
+  parseBindingPrefix,
+  parseBindingsDocument,
+  parseLabel,
+  parsePort,
+  parseProtocol,
+  BindingTable,
+  type Binding,
+} from '../bindings/binding.js';
+import { type Address, parseAddress, type Prefix, maskWords } from '../net/address.js';
+import { locate, type Location } from '../dispatcher/state.js';
+import { Dispatcher, load, unload, upgrade, type LookupAnswer, type Status } from '../dispatcher/dispatcher.js';
+import type { LookupQuery } from '../dispatcher/lookup.js';
+import { listenFds, socketsOfProcess } from '../sockets/sockets.js';
+
+interface Command {
+  usage: string;
+  summary: string;
+  options?: ParseArgsConfig['options'];
+  run(args: string[], flags: Record<string, string | boolean | undefined>, out: Output): Promise<number> | number;
+}
+
+const COMMON_OPTIONS = {
+  netns: { type: 'string' },
+  bpffs: { type: 'string' },
+  json: { type: 'boolean' },
+  help: { type: 'boolean', short: 'h' },
+} as const;
+
+class Output {
+  constructor(readonly json: boolean) {}
+  data(value: unknown, human: () => string): void {
+    process.stdout.write(this.json ? `${JSON.stringify(value, null, 2)}\n` : `${human()}\n`);
+  }
+  line(text: string): void {
+    process.stdout.write(`${text}\n`);
+  }
+}
+
+function usageError(message: string): SwitchyardError {
+  return new SwitchyardError('EINVAL_ARGUMENT', message);
+}
+
+function expectArgs(args: string[], count: number, usage: string): void {
+  if (args.length !== count) throw usageError(`expected ${count} argument${count === 1 ? '' : 's'}: ${usage}`);
+}
+
+const locationOf = (flags: Record<string, unknown>): Location =>
+  locate({ netns: flags.netns as string | undefined, bpffs: flags.bpffs as string | undefined });
+
+function withDispatcher<T>(flags: Record<string, unknown>, fn: (d: Dispatcher) => T): T {
+  const d = Dispatcher.open(locationOf(flags));
+  try {
+    return fn(d);
+  } finally {
+    d.close();
+  }
+}
+
+function parseBindingArgs(args: string[], usage: string) {
+  expectArgs(args, 4, usage);
+  const [label, protocol, prefix, port] = args as [string, string, string, string];
+  const entry = `binding "${args.join(' ')}"`;
+  return {
+    label: parseLabel(label, entry),
+    protocol: parseProtocol(protocol, entry),
+    prefix: parseBindingPrefix(prefix, entry, true),
+    port: parsePort(port, entry, true),
+  };
+}
+
+function parseQuery(protocol: string, ip: string, port: string, entry: string): LookupQuery {
+  const address = parseAddress(ip);
+  if (!address) throw new SwitchyardError('EINVAL_ARGUMENT', `${entry}: ${JSON.stringify(ip)} is not an IPv4 or IPv6 address`, { entry });
+  return { protocol: parseProtocol(protocol, entry), address, port: parsePort(port, entry, true) };
+}
+
+function table(rows: string[][]): string {
+  if (rows.length === 0) return '';
+  const widths = rows[0]!.map((_, c) => Math.max(...rows.map((r) => r[c]!.length)));
+  return rows.map((r) => r.map((cell, c) => (c === r.length - 1 ? cell : cell.padEnd(widths[c]!))).join('  ')).join('\n');
+}
+
+function describeAnswer(a: LookupAnswer): string {
+  const query = `${a.protocol} ${a.address.includes(':') ? `[${a.address}]` : a.address}:${a.port}`;
+  if (!a.binding) return `${query}: no binding matches; the kernel's normal socket lookup decides`;
+  const b = `${a.binding.label} ${a.binding.protocol} ${a.binding.prefix} ${a.binding.port === 0 ? 'any port' : `port ${a.binding.port}`}`;
+  switch (a.outcome) {
+    case 'socket':
+      return `${query}: binding ${b} → label ${a.label}, socket cookie ${a.socketCookie}`;
+    case 'no-socket':
+      return `${query}: binding ${b} → label ${a.label}, no socket registered: refused`;
+    default:
+      return `${query}: binding ${b} → label ${a.label}, socket could not be assigned (error ${a.assignError}): refused`;
+  }
+}
+
+/** True when one prefix contains the other. */
+function overlaps(a: Prefix, b: Prefix): boolean {
+  if (a.family !== b.family) return false;
+  const len = Math.min(a.length, b.length);
+  return maskWords(a.words, len).every((w, i) => w === maskWords(b.words, len)[i]);
+}
+
+function printStatus(s: Status): string {
+  const lines = [
+    `network namespace  ${s.netns} (inode ${s.netnsInode})`,
+    `state              ${s.stateDir}`,
+    `program            id ${s.program.id} ${s.program.name}${s.program.jited ? ' (jited)' : ''}`,
+    `link               id ${s.link.id}, program ${s.link.progId}`,
+    s.table
+      ? `bindings           ${s.table.bindingCount} (table serial ${s.table.serial}, map ${s.table.mapId}, ${s.table.bytes} bytes, ${s.table.nodeCount} nodes)`
+      : 'bindings           none published',
+  ];
+  if (s.destinations.length > 0) {
+    lines.push('', table([
+      ['LABEL', 'FAMILY', 'PROTO', 'BINDINGS', 'SOCKET', 'LOOKUPS', 'MISSES', 'ERRORS'],
+      ...s.destinations.map((d) => [d.label, `ipv${d.family}`, d.protocol, String(d.bindings), d.socket ?? '-', d.stats.lookups, d.stats.misses, d.stats.errors]),
+    ]));
+  }
+  return lines.join('\n');
+}
+
+const COMMANDS: Record<string, Command> = {
+  load: {
+    usage: 'load [--object FILE]',
+    summary: 'attach the dispatcher to the network namespace (no-op when already loaded)',
+    options: { object: { type: 'string' } },
+    run(args, flags, out) {
+      expectArgs(args, 0, this.usage);
+      const location = locationOf(flags);
+      const r = load(location, flags.object as string | undefined);
+      out.data({ loaded: true, created: r.created, stateDir: location.dir }, () =>
+        r.created ? `loaded dispatcher into ${location.netnsPath}; state pinned at ${location.dir}` : `dispatcher already loaded (${location.dir}); nothing changed`,
+      );
+      return 0;
+    },
+  },
+  unload: {
+    usage: 'unload',
+    summary: 'detach the dispatcher and remove its pinned state (bindings and socket registrations are lost)',
+    run(args, flags, out) {
+      expectArgs(args, 0, this.usage);
+      const location = locationOf(flags);
+      const r = unload(location);
+      out.data({ removed: r.removed }, () => (r.removed ? `unloaded dispatcher from ${location.netnsPath}` : 'no dispatcher was loaded; nothing changed'));
+      return 0;
+    },
+  },
+  upgrade: {
+    usage: 'upgrade [--object FILE]',
+    summary: 'replace the program through the pinned link, keeping maps, bindings and sockets',
+    options: { object: { type: 'string' } },
+    run(args, flags, out) {
+      expectArgs(args, 0, this.usage);
+      const r = upgrade(locationOf(flags), flags.object as string | undefined);
+      out.data(r, () => `upgraded: program ${r.previousProgramId} → ${r.programId}`);
+      return 0;
+    },
+  },
+  status: {
+    usage: 'status [--json]',
+    summary: 'program, link, table and per-destination sockets and counters',
+    run(args, flags, out) {
+      expectArgs(args, 0, this.usage);
+      const s = withDispatcher(flags, (d) => d.status());
+      out.data(JSON.parse(JSON.stringify(s, (_k, v) => (typeof v === 'bigint' ? v.toString() : v))), () => printStatus(s));
+      return 0;
+    },
+  },
+  bind: {
+    usage: 'bind <label> <tcp|udp> <prefix|ip> <port>',
+    summary: 'bind a prefix (a bare address is a /32 or /128) and port (0 = any) to a label',
+    run(args, flags, out) {
+      const b = parseBindingArgs(args, this.usage);
+      const r = withDispatcher(flags, (d) => d.bind(b));
+      out.data({ ...r, serial: r.serial.toString() }, () =>
+        r.replaced ? `bound (was ${r.replaced}); ${r.bindings} bindings` : `bound; ${r.bindings} bindings`,
+      );
+      return 0;
+    },
+  },
+  unbind: {
+    usage: 'unbind <label> <tcp|udp> <prefix|ip> <port>',
+    summary: 'remove a binding (the label must match)',
+    run(args, flags, out) {
+      const b = parseBindingArgs(args, this.usage);
+      const r = withDispatcher(flags, (d) => d.unbind(b));
+      out.data({ ...r, serial: r.serial.toString() }, () => `unbound; ${r.bindings} bindings`);
+      return 0;
+    },
+  },
+  bindings: {
+    usage: 'bindings [--label L] [--protocol tcp|udp] [--prefix P] [--json]',
+    summary: 'list bindings; --prefix keeps those overlapping P',
+    options: { label: { type: 'string' }, protocol: { type: 'string' }, prefix: { type: 'string' } },
+    run(args, flags, out) {
+      expectArgs(args, 0, this.usage);
+      const protocol = flags.protocol === undefined ? undefined : parseProtocol(flags.protocol, '--protocol');
+      const prefix = flags.prefix === undefined ? undefined : parseBindingPrefix(flags.prefix, '--prefix', true);
+      const label = flags.label as string | undefined;
+      const all = withDispatcher(flags, (d) => d.bindings());
+      const rows: Binding[] = [];
+      for (let i = 0; i < all.count; i++) {
+        if (label !== undefined && all.label(i) !== label) continue;
+        if (protocol !== undefined && all.binding(i).protocol !== protocol) continue;
+        if (prefix !== undefined && !overlaps(all.prefix(i), prefix)) continue;
+        rows.push(all.binding(i));
+      }
+      out.data({ bindings: rows }, () =>
+        rows.length === 0 ? 'no bindings' : table([['LABEL', 'PROTO', 'PREFIX', 'PORT'], ...rows.map((b) => [b.label, b.protocol, b.prefix, b.port === 0 ? 'any' : String(b.port)])]),
+      );
+      return 0;
+    },
+  },
+  'load-bindings': {
+    usage: 'load-bindings <file.json>',
+    summary: 'replace the whole binding set from {"bindings":[{"label","protocol","prefix","port"}]}; validated first, switched atomically',
+    run(args, flags, out) {
+      expectArgs(args, 1, this.usage);
+      const file = args[0]!;
+      let doc: unknown;
+      try {
+        doc = JSON.parse(file === '-' ? fs.readFileSync(0, 'utf8') : fs.readFileSync(file, 'utf8'));
+      } catch (err) {
+        throw new SwitchyardError('EINVAL_FILE', `${file}: ${(err as Error).message}`, { entry: file, cause: err });
+      }
+      const next = parseBindingsDocument(doc, file);
+      const r = withDispatcher(flags, (d) => d.replaceBindings(next));
+      out.data({ ...r, serial: r.serial.toString() }, () =>
+        `loaded ${r.bindings} bindings (+${r.added} −${r.removed}), table ${r.tableBytes} bytes, built in ${r.buildMs.toFixed(0)} ms, published in ${r.publishMs.toFixed(1)} ms`,
+      );
+      return 0;
+    },
+  },
+  register: {
+    usage: 'register <label>',
+    summary: 'register the sockets systemd passed (LISTEN_FDS) for a label',
+    run(args, flags, out) {
+      expectArgs(args, 1, this.usage);
+      const label = parseLabel(args[0], 'label');
+      const fds = listenFds();
+      if (fds.length === 0) throw new SwitchyardError('ENO_SOCKETS', 'no sockets passed: LISTEN_FDS is unset or LISTEN_PID is not this process');
+      const results = withDispatcher(flags, (d) => fds.map((fd) => d.register(label, fd)));
+      out.data({ registered: results.map((r) => ({ ...r.destination, socket: r.socket, replaced: r.replaced })) }, () =>
+        results.map((r) => `registered ${r.socket} as ${label} ipv${r.destination.family} ${r.destination.protocol}`).join('\n'),
+      );
+      return 0;
+    },
+  },
+  'register-pid': {
+    usage: 'register-pid <pid> <label> <tcp|udp> <ip> <port>',
+    summary: "register a running process's socket bound to ip:port (pidfd_getfd; needs ptrace rights)",
+    run(args, flags, out) {
+      expectArgs(args, 5, this.usage);
+      const [pidText, labelText, protocol, ip, port] = args as [string, string, string, string, string];
+      if (!/^[1-9][0-9]*$/.test(pidText)) throw usageError(`pid ${JSON.stringify(pidText)} is not a process id`);
+      const label = parseLabel(labelText, 'label');
+      const q = parseQuery(protocol, ip, port, `socket "${protocol} ${ip} ${port}"`);
+      const fds = socketsOfProcess(Number(pidText), q.protocol, q.address, q.port);
+      if (fds.length === 0) throw new SwitchyardError('ENO_SOCKETS', `process ${pidText} has no ${q.protocol} socket bound to ${ip} port ${q.port}`);
+      try {
+        // Sockets of one reuseport group share the address: the first is enough.
+        const r = withDispatcher(flags, (d) => d.register(label, fds[0]!));
+        out.data({ registered: [{ ...r.destination, socket: r.socket, replaced: r.replaced }] }, () =>
+          `registered ${r.socket} of process ${pidText} as ${label} ipv${r.destination.family} ${r.destination.protocol}`,
+        );
+      } finally {
+        for (const fd of fds) fs.closeSync(fd);
+      }
+      return 0;
+    },
+  },
+  unregister: {
+    usage: 'unregister <label> <ipv4|ipv6> <tcp|udp>',
+    summary: 'remove the socket of a destination; its bindings then refuse traffic',
+    run(args, flags, out) {
+      expectArgs(args, 3, this.usage);
+      const label = parseLabel(args[0], 'label');
+      if (args[1] !== 'ipv4' && args[1] !== 'ipv6') throw usageError(`family ${JSON.stringify(args[1])} must be ipv4 or ipv6`);
+      const protocol = parseProtocol(args[2], 'protocol');
+      const r = withDispatcher(flags, (d) => d.unregister(label, args[1] === 'ipv4' ? 4 : 6, protocol));
+      out.data(r, () => (r.removed ? `unregistered ${args.join(' ')}` : `no socket was registered for ${args.join(' ')}; nothing changed`));
+      return 0;
+    },
+  },
+  lookup: {
+    usage: 'lookup <tcp|udp> <ip> <port> | lookup - [--json]',
+    summary: 'run the loaded program on a query (BPF_PROG_TEST_RUN); "-" reads "proto ip port" lines from stdin',
+    async run(args, flags, out) {
+      if (args.length === 1 && args[0] === '-') return lookupStream(flags, out);
+      expectArgs(args, 3, this.usage);
+      const q = parseQuery(args[0]!, args[1]!, args[2]!, `query "${args.join(' ')}"`);
+      const [answer] = withDispatcher(flags, (d) => [...d.lookup([q])]);
+      out.data(answer, () => describeAnswer(answer!));
+      return 0;
+    },
+  },
+};
+
+async function lookupStream(flags: Record<string, unknown>, out: Output): Promise<number> {
+  const d = Dispatcher.open(locationOf(flags));
+  try {
+    const lines = readline.createInterface({ input: process.stdin, crlfDelay: Infinity });
+    let n = 0;
+    let buffer: string[] = [];
+    const flush = () => {
+      if (buffer.length) process.stdout.write(buffer.join(''));
+      buffer = [];
+    };
+    const queries: LookupQuery[] = [];
+    const answer = () => {
+      for (const a of d.lookup(queries)) buffer.push(out.json ? `${JSON.stringify(a)}\n` : `${describeAnswer(a)}\n`);
+      queries.length = 0;
+      flush();
+    };
+    for await (const raw of lines) {
+      n++;
+      const line = raw.trim();
+      if (line === '' || line.startsWith('#')) continue;
+      const parts = line.split(/\s+/);
+      if (parts.length !== 3) throw new SwitchyardError('EINVAL_ARGUMENT', `stdin line ${n}: expected "proto ip port", got ${JSON.stringify(line)}`, { entry: `line ${n}` });
+      queries.push(parseQuery(parts[0]!, parts[1]!, parts[2]!, `stdin line ${n}`));
+      if (queries.length >= 1024) answer();
+    }
+    answer();
+    return 0;
+  } finally {
+    d.close();
+  }
+}
+
+function helpText(): string {
+  const width = Math.max(...Object.values(COMMANDS).map((c) => c.usage.length));
+  return [
+    'usage: switchyard <command> [arguments] [--netns PATH] [--bpffs PATH] [--json]',
+    '',
+    'Dispatches new connections and datagrams to service sockets by (protocol, prefix, port) bindings,',
+    'in the kernel (BPF sk_lookup). State is pinned in bpffs and outlives this command.',
+    '',
+    'commands:',
+    ...Object.values(COMMANDS).map((c) => `  ${c.usage.padEnd(width)}  ${c.summary}`),
+    '',
+    'options:',
+    '  --netns PATH   network namespace file (default /proc/self/ns/net, i.e. the current one)',
+    '  --bpffs PATH   bpf filesystem mount (default /sys/fs/bpf)',
+    '  --json         machine-readable output (read commands; lookup - prints one object per line)',
+    '  -h, --help     this help, or a command\'s usage',
+  ].join('\n');
+}
+
+/** The verifier's reason is the line before "processed N insns"; otherwise the log's tail. */
+function verifierVerdict(log: string): string {
+  const lines = log.trim().split('\n');
+  const at = lines.findIndex((l) => l.startsWith('processed '));
+  return at > 0 ? lines[at - 1]! : lines.slice(-2).join(' | ');
+}
+
+function oneLine(err: unknown): string {
+  if (err instanceof SwitchyardError) return err.message;
+  if (isKernelError(err)) {
+    const hint =
+      err.code === 'EPERM' ? ' (needs root, or CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN)' : err.code === 'ENOENT' ? '' : '';
+    return `${err.syscall} failed: ${err.code}${hint}${err.detail ? `: ${verifierVerdict(err.detail)}` : ''}`;
+  }
+  return err instanceof Error ? err.message : String(err);
+}
+
+export async function main(argv: string[]): Promise<number> {
+  // The command is the first word that is not an option or an option's value,
+  // so global options may come before it (switchyard --netns X status).
+  const valued = new Set(['--netns', '--bpffs', '--object', '--label', '--protocol', '--prefix']);
+  let at = 0;
+  while (at < argv.length && argv[at]!.startsWith('-') && argv[at] !== '-') at += valued.has(argv[at]!) ? 2 : 1;
+  const name = argv[at] ?? (argv.some((a) => a === '--help' || a === '-h') ? '--help' : undefined);
+  const rest = [...argv.slice(0, at), ...argv.slice(at + 1)];
+  if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
+    process.stdout.write(`${helpText()}\n`);
+    return name === undefined ? 2 : 0;
+  }
+  const command = COMMANDS[name];
+  if (!command) {
+    process.stderr.write(`switchyard: unknown command ${JSON.stringify(name)}; see switchyard --help\n`);
+    return 2;
+  }
+  let parsed;
+  try {
+    parsed = parseArgs({ args: rest, options: { ...COMMON_OPTIONS, ...command.options }, allowPositionals: true, strict: true });
+  } catch (err) {
+    process.stderr.write(`switchyard ${name}: ${(err as Error).message}; usage: switchyard ${command.usage}\n`);
+    return 2;
+  }
+  if (parsed.values.help) {
+    process.stdout.write(`usage: switchyard ${command.usage} [--netns PATH] [--bpffs PATH]\n\n${command.summary}\n`);
+    return 0;
+  }
+  const out = new Output(parsed.values.json === true);
+  try {
+    return await command.run(parsed.positionals, parsed.values as Record<string, string | boolean | undefined>, out);
+  } catch (err) {
+    process.stderr.write(`switchyard ${name}: ${oneLine(err)}\n`);
+    if (process.env.SWITCHYARD_DEBUG) console.error(err);
+    return err instanceof SwitchyardError && err.code === 'EINVAL_ARGUMENT' ? 2 : 1;
+  }
+}
+
+export type { Address, BindingTable };

@@ -1,0 +1,128 @@
+/**
+ * Destinations: (label, family, protocol) → id, the key of the socket map
+ * and of the per-destination counters. Kept in the pinned `destinations`
+ * array (mmap-ed), so ids survive every process.
+ *
+ * An id is reused only when no binding of the published table names it and
+ * no socket is registered for it: otherwise a reused id would hand one
+ * service's traffic to another.
+ */
+import { SwitchyardError } from '../errors.js';
+import type { BpfMap } from '../kernel/bpf.js';
+import { native } from '../kernel/native.js';
+import type { Family } from '../net/address.js';
+import { IPPROTO, type Protocol, protocolName } from '../bindings/binding.js';
+import { DESTINATION, DESTINATION_STATS, MAX_DESTINATIONS } from '../trie/layout.js';
+import { possibleCpus } from '../kernel/cpus.js';
+import { u32Key } from '../kernel/bpf.js';
+
+export interface Destination {
+  id: number;
+  label: string;
+  family: Family;
+  protocol: Protocol;
+}
+
+export const destinationKey = (label: string, family: Family, protocol: Protocol) => `${label}|${family}|${protocol}`;
+
+export class Destinations {
+  private readonly bytes: Uint8Array;
+  private readonly byKey = new Map<string, Destination>();
+  private readonly byId = new Map<number, Destination>();
+
+  private constructor(private readonly buffer: ArrayBuffer) {
+    this.bytes = new Uint8Array(buffer);
+    for (let id = 0; id < MAX_DESTINATIONS; id++) {
+      const at = id * DESTINATION.size;
+      if (!this.bytes[at + DESTINATION.inUse]) continue;
+      const len = this.bytes[at + DESTINATION.labelLen]!;
+      const label = Buffer.from(this.bytes.subarray(at + DESTINATION.label, at + DESTINATION.label + len)).toString('latin1');
+      const d: Destination = {
+        id,
+        label,
+        family: this.bytes[at + DESTINATION.family] === 6 ? 6 : 4,
+        protocol: protocolName(this.bytes[at + DESTINATION.protocol]!),
+      };
+      this.byKey.set(destinationKey(d.label, d.family, d.protocol), d);
+      this.byId.set(id, d);
+    }
+  }
+
+  static read(map: BpfMap, writable: boolean): Destinations {
+    return new Destinations(map.mmap(writable));
+  }
+
+  close(): void {
+    native().unmap(this.buffer);
+  }
+
+  all(): Destination[] {
+    return [...this.byId.values()];
+  }
+
+  get(id: number): Destination | undefined {
+    return this.byId.get(id);
+  }
+
+  find(label: string, family: Family, protocol: Protocol): Destination | undefined {
+    return this.byKey.get(destinationKey(label, family, protocol));
+  }
+
+  /** The id of (label, family, protocol), allocating a free one if needed. */
+  ensure(label: string, family: Family, protocol: Protocol, inUse: (id: number) => boolean): Destination {
+    const found = this.find(label, family, protocol);
+    if (found) return found;
+    let id = 0;
+    while (id < MAX_DESTINATIONS && (this.byId.has(id) || inUse(id))) id++;
+    if (id === MAX_DESTINATIONS) {
+      throw new SwitchyardError('ECAPACITY', `no free destination for ${label} ipv${family} ${protocol}: all ${MAX_DESTINATIONS} are in use`, {
+        entry: label,
+      });
+    }
+    const at = id * DESTINATION.size;
+    const label8 = Buffer.from(label, 'latin1');
+    this.bytes.fill(0, at, at + DESTINATION.size);
+    this.bytes.set(label8, at + DESTINATION.label);
+    this.bytes[at + DESTINATION.labelLen] = label8.length;
+    this.bytes[at + DESTINATION.family] = family;
+    this.bytes[at + DESTINATION.protocol] = IPPROTO[protocol];
+    this.bytes[at + DESTINATION.inUse] = 1;
+    const d: Destination = { id, label, family, protocol };
+    this.byKey.set(destinationKey(label, family, protocol), d);
+    this.byId.set(id, d);
+    return d;
+  }
+
+  release(id: number): void {
+    const d = this.byId.get(id);
+    if (!d) return;
+    this.bytes.fill(0, id * DESTINATION.size, (id + 1) * DESTINATION.size);
+    this.byId.delete(id);
+    this.byKey.delete(destinationKey(d.label, d.family, d.protocol));
+  }
+}
+
+/** Per-destination counters summed over CPUs. */
+export interface DestinationStats {
+  lookups: bigint;
+  misses: bigint;
+  errors: bigint;
+}
+
+export function readStats(map: BpfMap, id: number): DestinationStats {
+  const cpus = possibleCpus();
+  const value = Buffer.alloc(DESTINATION_STATS.size * cpus);
+  map.lookup(u32Key(id), value);
+  const sum = { lookups: 0n, misses: 0n, errors: 0n };
+  for (let c = 0; c < cpus; c++) {
+    const at = c * DESTINATION_STATS.size;
+    sum.lookups += value.readBigUInt64LE(at + DESTINATION_STATS.lookups);
+    sum.misses += value.readBigUInt64LE(at + DESTINATION_STATS.misses);
+    sum.errors += value.readBigUInt64LE(at + DESTINATION_STATS.errors);
+  }
+  return sum;
+}
+
+export function clearStats(map: BpfMap, id: number): void {
+  map.update(u32Key(id), Buffer.alloc(DESTINATION_STATS.size * possibleCpus()));
+}

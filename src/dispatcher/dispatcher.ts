@@ -1,0 +1,488 @@
+/**
+ * The dispatcher as a library: load/unload/upgrade the program in a network
+ * namespace, replace or edit the binding set, register sockets, look up.
+ * The CLI and the agent both drive this module.
+ *
+ * Every write runs under the writer lock and follows one rule: the kernel
+ * holds the state. We read what is pinned, compute the next state, and make
+ * it visible in one atomic step (a generation swap, a socket map update), so
+ * a process killed at any instruction leaves a dispatcher that serves either
+ * the old or the new state.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { SwitchyardError } from '../errors.js';
+import { BpfMap, Fd, describeMismatch, u32Key, ATTACH_SK_LOOKUP, LINK_TYPE_NETNS } from '../kernel/bpf.js';
+import { native, type SocketInfo } from '../kernel/native.js';
+import { type Address, type Family, formatAddress, maskWords } from '../net/address.js';
+import { BindingTable, type Binding, type Protocol, keyOf, IPPROTO, protocolName } from '../bindings/binding.js';
+import { buildTable, type TrieInput } from '../trie/builder.js';
+import { leafDestination, leafPrefixLen, LEAF_RESULT_MASK } from '../trie/layout.js';
+import { MAPS, MAP_NAMES, PROGRAM_NAME } from './maps.js';
+import {
+  type Location,
+  PinnedState,
+  isLoaded,
+  metaValue,
+  removeAbandonedTemps,
+  removeStateDir,
+  tempDirFor,
+  withWriterLock,
+} from './state.js';
+import { Destinations, clearStats, readStats, type Destination, type DestinationStats } from './destinations.js';
+import { publishTable, readCurrentTable, type TableSummary } from './table.js';
+import { ProgramLookup, type LookupQuery } from './lookup.js';
+import { checkSocket, describeSocket } from '../sockets/sockets.js';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+/** bpf/dispatcher.o, from src/dispatcher (vitest) or dist/src/dispatcher (built). */
+export function defaultObjectPath(): string {
+  for (const candidate of [path.resolve(here, '../../bpf/dispatcher.o'), path.resolve(here, '../../../bpf/dispatcher.o')]) {
+    if (fs.existsSync(candidate)) return candidate;
+  }
+  throw new SwitchyardError('EINVAL_ARGUMENT', 'bpf/dispatcher.o not found; build it with `npm run build:bpf`');
+}
+
+export interface ApplyResult {
+  serial: bigint;
+  bindings: number;
+  added: number;
+  removed: number;
+  tableBytes: number;
+  buildMs: number;
+  publishMs: number;
+}
+
+export interface LookupAnswer {
+  protocol: Protocol;
+  address: string;
+  port: number;
+  /** The binding that decided, or null when none matched (the kernel's own lookup applies). */
+  binding: Binding | null;
+  label: string | null;
+  verdict: 'pass' | 'drop';
+  /** What the dispatcher did: not ours, handed to a socket, refused (no socket), refused (socket unusable). */
+  outcome: 'unbound' | 'socket' | 'no-socket' | 'assign-error';
+  socketCookie: string | null;
+  assignError?: number;
+}
+
+export interface DestinationStatus extends Destination {
+  bindings: number;
+  socket: string | null;
+  stats: { lookups: string; misses: string; errors: string };
+}
+
+export interface Status {
+  netns: string;
+  netnsInode: number;
+  stateDir: string;
+  program: { id: number; name: string; jited: boolean };
+  link: { id: number; progId: number; netnsInode: number | undefined };
+  table: TableSummary | null;
+  destinations: DestinationStatus[];
+}
+
+/** Loads the dispatcher into a namespace. Loading an already loaded, compatible one changes nothing. */
+export function load(location: Location, objectPath = defaultObjectPath()): { created: boolean } {
+  return withWriterLock(location, () => {
+    if (isLoaded(location)) {
+      PinnedState.open(location).close(); // compatibility check
+      return { created: false };
+    }
+    removeAbandonedTemps(location);
+    const { maps, programs } = native().loadObject(objectPath, {});
+    const owned = [...Object.values(maps), ...Object.values(programs)].map((fd) => new Fd(fd));
+    const temp = tempDirFor(location);
+    try {
+      const prog = programs[PROGRAM_NAME];
+      if (prog === undefined) throw new SwitchyardError('EINVAL_ARGUMENT', `${objectPath} has no program ${PROGRAM_NAME}`);
+      for (const name of MAP_NAMES) {
+        const fd = maps[name];
+        if (fd === undefined) throw new SwitchyardError('EINCOMPATIBLE_STATE', `${objectPath} has no map ${name}`);
+        const problem = describeMismatch(MAPS[name], native().objInfo(fd, 'map'));
+        if (problem) throw new SwitchyardError('EINCOMPATIBLE_STATE', `${objectPath} does not match this version: ${problem}`);
+      }
+      native().mapUpdate(maps.meta!, u32Key(0), metaValue());
+      const generation = new BpfMap(maps.generation!, MAPS.generation);
+      publishTable(generation, buildTable(emptyInput(), 1n));
+
+      fs.mkdirSync(temp, { mode: 0o700 });
+      for (const name of MAP_NAMES) native().objPin(maps[name]!, path.join(temp, name));
+      native().objPin(prog, path.join(temp, 'program'));
+      const netns = new Fd(fs.openSync(location.netnsPath, 'r'));
+      try {
+        const link = new Fd(native().linkCreateSkLookup(prog, netns.fd));
+        owned.push(link);
+        native().objPin(link.fd, path.join(temp, 'link'));
+      } finally {
+        netns.close();
+      }
+      // The state becomes visible only complete: one rename.
+      fs.renameSync(temp, location.dir);
+      return { created: true };
+    } catch (err) {
+      if (fs.existsSync(temp)) removeStateDir(temp);
+      throw err;
+    } finally {
+      for (const fd of owned) fd.close();
+    }
+  });
+}
+
+/** Removes the dispatcher of a namespace: detaches the program and unpins everything. */
+export function unload(location: Location): { removed: boolean } {
+  return withWriterLock(location, () => {
+    if (!fs.existsSync(location.dir)) return { removed: false };
+    // Rename first so no reader opens a half-removed directory.
+    const temp = tempDirFor(location);
+    fs.renameSync(location.dir, temp);
+    removeStateDir(temp);
+    return { removed: true };
+  });
+}
+
+/**
+ * Replaces the program through the pinned link (BPF_LINK_UPDATE): the maps,
+ * and with them every binding and socket, stay; there is no moment without
+ * a program attached.
+ */
+export function upgrade(location: Location, objectPath = defaultObjectPath()): { programId: number; previousProgramId: number } {
+  return withWriterLock(location, () => {
+    const state = PinnedState.open(location);
+    try {
+      const reuse: Record<string, number> = {};
+      for (const name of MAP_NAMES) reuse[name] = state.maps[name].fd;
+      const { maps, programs } = native().loadObject(objectPath, reuse);
+      const owned = [...Object.values(maps), ...Object.values(programs)].map((fd) => new Fd(fd));
+      try {
+        const prog = programs[PROGRAM_NAME];
+        if (prog === undefined) throw new SwitchyardError('EINVAL_ARGUMENT', `${objectPath} has no program ${PROGRAM_NAME}`);
+        const previous = native().objInfo(state.link.fd, 'link').progId;
+        native().linkUpdate(state.link.fd, prog);
+        // Re-pin the program by rename so `program` always names a loaded one.
+        const pin = path.join(location.dir, 'program');
+        native().objPin(prog, `${pin}_new`); // bpffs refuses dots in names
+        fs.renameSync(`${pin}_new`, pin);
+        return { programId: native().objInfo(prog, 'prog').id, previousProgramId: previous };
+      } finally {
+        for (const fd of owned) fd.close();
+      }
+    } finally {
+      state.close();
+    }
+  });
+}
+
+function emptyInput(): TrieInput {
+  return {
+    count: 0,
+    family: new Uint8Array(0),
+    protocol: new Uint8Array(0),
+    prefixLen: new Uint8Array(0),
+    port: new Uint16Array(0),
+    addr: new Uint32Array(0),
+    destination: new Uint16Array(0),
+  };
+}
+
+/** An open dispatcher: handles on its pinned state. Close it when done. */
+export class Dispatcher {
+  private constructor(readonly state: PinnedState) {}
+
+  static open(location: Location): Dispatcher {
+    return new Dispatcher(PinnedState.open(location));
+  }
+
+  get location(): Location {
+    return this.state.location;
+  }
+
+  close(): void {
+    this.state.close();
+  }
+
+  private socketCookie(id: number): bigint | undefined {
+    const value = Buffer.alloc(8);
+    return this.state.maps.sockets.lookup(u32Key(id), value) ? value.readBigUInt64LE(0) : undefined;
+  }
+
+  /** The published binding set, with labels. */
+  bindings(): BindingTable {
+    const current = readCurrentTable(this.state.maps.generation);
+    const destinations = Destinations.read(this.state.maps.destinations, false);
+    try {
+      return toBindingTable(current?.bindings, destinations);
+    } finally {
+      destinations.close();
+    }
+  }
+
+  /**
+   * Makes `next` the binding set, atomically for packets. Validation has
+   * happened before (BindingTable only holds valid bindings; duplicates are
+   * refused here); nothing changes if anything throws before the swap.
+   */
+  replaceBindings(next: BindingTable): ApplyResult {
+    return withWriterLock(this.location, () => this.replaceLocked(next));
+  }
+
+  private replaceLocked(next: BindingTable): ApplyResult {
+    const started = performance.now();
+    const { maps } = this.state;
+    const current = readCurrentTable(maps.generation, true);
+    const destinations = Destinations.read(maps.destinations, true);
+    try {
+      const before = toBindingTable(current?.bindings, destinations);
+      const diff = countChanges(before, next);
+      const referenced = new Set<number>();
+      const input: TrieInput = {
+        count: next.count,
+        family: next.family.subarray(0, next.count),
+        protocol: next.protocol.subarray(0, next.count),
+        prefixLen: next.prefixLen.subarray(0, next.count),
+        port: next.port.subarray(0, next.count),
+        addr: next.addr.subarray(0, next.count * 4),
+        destination: new Uint16Array(next.count),
+      };
+      // Destination per (label, family, protocol), allocated before the
+      // table that names it is published.
+      const idCache = new Map<number, number>();
+      const dest = input.destination as Uint16Array;
+      for (let i = 0; i < next.count; i++) {
+        const cacheKey = next.labelIndex[i]! * 16 + next.family[i]! + (next.protocol[i] === 6 ? 0 : 8);
+        let id = idCache.get(cacheKey);
+        if (id === undefined) {
+          const d = destinations.ensure(next.label(i), next.family[i] as Family, protocolName(next.protocol[i]!), (candidate) => {
+            return this.socketCookie(candidate) !== undefined;
+          });
+          id = d.id;
+          idCache.set(cacheKey, id);
+          referenced.add(id);
+        }
+        dest[i] = id;
+      }
+      const serial = (current?.summary.serial ?? 0n) + 1n;
+      const built = buildTable(input, serial);
+      const builtAt = performance.now();
+      publishTable(maps.generation, built);
+      const publishedAt = performance.now();
+      // Only now may ids the new table no longer names be reused.
+      for (const d of destinations.all()) {
+        if (!referenced.has(d.id) && this.socketCookie(d.id) === undefined) {
+          destinations.release(d.id);
+          clearStats(maps.destination_stats, d.id);
+        }
+      }
+      return {
+        serial,
+        bindings: next.count,
+        added: diff.added,
+        removed: diff.removed,
+        tableBytes: built.bytes.length,
+        buildMs: builtAt - started,
+        publishMs: publishedAt - builtAt,
+      };
+    } finally {
+      destinations.close();
+    }
+  }
+
+  /** Adds one binding, or relabels an existing (protocol, prefix, port). */
+  bind(binding: { label: string; protocol: Protocol; prefix: import('../net/address.js').Prefix; port: number }): ApplyResult & { replaced: string | null } {
+    return withWriterLock(this.location, () => {
+      const current = this.bindings();
+      const key = keyOf(binding.protocol, binding.prefix, binding.port);
+      const next = new BindingTable(current.count + 1);
+      let replaced: string | null = null;
+      for (let i = 0; i < current.count; i++) {
+        if (current.key(i) === key) {
+          replaced = current.label(i);
+          continue;
+        }
+        next.add(current.label(i), protocolName(current.protocol[i]!), current.prefix(i), current.port[i]!);
+      }
+      next.add(binding.label, binding.protocol, binding.prefix, binding.port);
+      return { ...this.replaceLocked(next), replaced };
+    });
+  }
+
+  /** Removes one binding; the label must match what is bound. */
+  unbind(binding: { label: string; protocol: Protocol; prefix: import('../net/address.js').Prefix; port: number }): ApplyResult {
+    return withWriterLock(this.location, () => {
+      const current = this.bindings();
+      const key = keyOf(binding.protocol, binding.prefix, binding.port);
+      const next = new BindingTable(current.count);
+      let found = false;
+      for (let i = 0; i < current.count; i++) {
+        if (current.key(i) === key && current.label(i) === binding.label) {
+          found = true;
+          continue;
+        }
+        next.add(current.label(i), protocolName(current.protocol[i]!), current.prefix(i), current.port[i]!);
+      }
+      if (!found) {
+        const text = `${binding.label} ${binding.protocol} ${formatAddress(binding.prefix.family, binding.prefix.words)}/${binding.prefix.length} ${binding.port}`;
+        throw new SwitchyardError('EINVAL_BINDING', `no such binding: ${text}`, { entry: text });
+      }
+      return this.replaceLocked(next);
+    });
+  }
+
+  /**
+   * Registers a socket for `label`; its family and protocol pick the
+   * destination. Replaces a previously registered socket of that destination.
+   */
+  register(label: string, fd: number): { destination: Destination; socket: string; replaced: boolean } {
+    return withWriterLock(this.location, () => {
+      const info: SocketInfo = native().socketInfo(fd);
+      const checked = checkSocket(info, this.location.netnsIno);
+      const destinations = Destinations.read(this.state.maps.destinations, true);
+      try {
+        const d = destinations.ensure(label, checked.family, checked.protocol, (id) => this.socketCookie(id) !== undefined);
+        const replaced = this.socketCookie(d.id) !== undefined;
+        const value = Buffer.alloc(8);
+        value.writeBigUInt64LE(BigInt(fd));
+        this.state.maps.sockets.update(u32Key(d.id), value);
+        return { destination: d, socket: describeSocket(info), replaced };
+      } finally {
+        destinations.close();
+      }
+    });
+  }
+
+  unregister(label: string, family: Family, protocol: Protocol): { removed: boolean } {
+    return withWriterLock(this.location, () => {
+      const destinations = Destinations.read(this.state.maps.destinations, true);
+      try {
+        const d = destinations.find(label, family, protocol);
+        if (!d) return { removed: false };
+        const removed = this.state.maps.sockets.delete(u32Key(d.id));
+        // Free the id if no binding names it any more.
+        const current = readCurrentTable(this.state.maps.generation, true);
+        const named = current ? Array.from(current.bindings.destination as Uint16Array).includes(d.id) : false;
+        if (!named) {
+          destinations.release(d.id);
+          clearStats(this.state.maps.destination_stats, d.id);
+        }
+        return { removed };
+      } finally {
+        destinations.close();
+      }
+    });
+  }
+
+  /** Runs the loaded program on each query (BPF_PROG_TEST_RUN) and explains the outcome. */
+  lookup(queries: Iterable<LookupQuery>): Iterable<LookupAnswer> {
+    const program = new ProgramLookup(this.state.program, this.state.maps.trace);
+    const destinations = Destinations.read(this.state.maps.destinations, false);
+    const explain = (q: LookupQuery): LookupAnswer => {
+      const raw = program.run(q);
+      const destination = leafDestination(raw.chosen);
+      const d = destination === undefined ? undefined : destinations.get(destination);
+      const plen = leafPrefixLen(raw.chosen);
+      const exactPort = q.port !== 0 && (raw.exact & LEAF_RESULT_MASK) !== 0 && raw.chosen === raw.exact;
+      const binding: Binding | null =
+        destination === undefined
+          ? null
+          : {
+              label: d?.label ?? `#${destination}`,
+              protocol: q.protocol,
+              prefix: `${formatAddress(q.address.family, maskWords(q.address.words, plen))}/${plen}`,
+              port: exactPort ? q.port : 0,
+            };
+      const outcome: LookupAnswer['outcome'] =
+        destination === undefined ? 'unbound' : !raw.socketFound ? 'no-socket' : raw.assignError ? 'assign-error' : 'socket';
+      const answer: LookupAnswer = {
+        protocol: q.protocol,
+        address: formatAddress(q.address.family, q.address.words),
+        port: q.port,
+        binding,
+        label: binding?.label ?? null,
+        verdict: raw.pass ? 'pass' : 'drop',
+        outcome,
+        socketCookie: raw.cookie ? raw.cookie.toString() : null,
+      };
+      if (raw.assignError) answer.assignError = raw.assignError;
+      return answer;
+    };
+    return {
+      *[Symbol.iterator]() {
+        try {
+          for (const q of queries) yield explain(q);
+        } finally {
+          destinations.close();
+        }
+      },
+    };
+  }
+
+  status(): Status {
+    const { maps } = this.state;
+    const prog = native().objInfo(this.state.program.fd, 'prog');
+    const link = native().objInfo(this.state.link.fd, 'link');
+    if (link.type !== LINK_TYPE_NETNS || link.attachType !== ATTACH_SK_LOOKUP) {
+      throw new SwitchyardError('EINCOMPATIBLE_STATE', `${this.location.dir}/link is not an sk_lookup netns link`);
+    }
+    const current = readCurrentTable(maps.generation, true);
+    const counts = new Map<number, number>();
+    if (current) for (const id of current.bindings.destination as Uint16Array) counts.set(id, (counts.get(id) ?? 0) + 1);
+    const destinations = Destinations.read(maps.destinations, false);
+    try {
+      const list = destinations.all().map((d): DestinationStatus => {
+        const s: DestinationStats = readStats(maps.destination_stats, d.id);
+        const cookie = this.socketCookie(d.id);
+        return {
+          ...d,
+          bindings: counts.get(d.id) ?? 0,
+          socket: cookie === undefined ? null : cookie.toString(),
+          stats: { lookups: s.lookups.toString(), misses: s.misses.toString(), errors: s.errors.toString() },
+        };
+      });
+      return {
+        netns: this.location.netnsPath,
+        netnsInode: this.location.netnsIno,
+        stateDir: this.location.dir,
+        program: { id: prog.id, name: prog.name, jited: prog.jited },
+        link: { id: link.id, progId: link.progId, netnsInode: link.netnsIno },
+        table: current?.summary ?? null,
+        destinations: list.sort((a, b) => a.label.localeCompare(b.label) || a.family - b.family || a.protocol.localeCompare(b.protocol)),
+      };
+    } finally {
+      destinations.close();
+    }
+  }
+}
+
+function toBindingTable(input: TrieInput | undefined, destinations: Destinations): BindingTable {
+  const table = new BindingTable(Math.max(16, input?.count ?? 0));
+  if (!input) return table;
+  for (let i = 0; i < input.count; i++) {
+    const id = input.destination[i]!;
+    const label = destinations.get(id)?.label ?? `#${id}`;
+    const a = input.addr;
+    table.add(label, protocolName(input.protocol[i]!), {
+      family: input.family[i] as Family,
+      words: [a[i * 4]!, a[i * 4 + 1]!, a[i * 4 + 2]!, a[i * 4 + 3]!],
+      length: input.prefixLen[i]!,
+    }, input.port[i]!);
+  }
+  return table;
+}
+
+/** Bindings added (new key or new label) and removed (key gone or relabelled). */
+function countChanges(before: BindingTable, after: BindingTable): { added: number; removed: number } {
+  const old = new Map<string, string>();
+  for (let i = 0; i < before.count; i++) old.set(before.key(i), before.label(i));
+  let added = 0;
+  let kept = 0;
+  for (let i = 0; i < after.count; i++) {
+    if (old.get(after.key(i)) === after.label(i)) kept++;
+    else added++;
+  }
+  return { added, removed: before.count - kept };
+}
+
+export { IPPROTO };
+export type { Address };

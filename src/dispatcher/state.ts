@@ -1,0 +1,188 @@
+/**
+ * Where a dispatcher's state lives and who may write it.
+ *
+ * Everything is pinned in bpffs under <bpffs>/switchyard/<netns inode>/, so
+ * the data plane outlives every process. A new state directory is built
+ * under a temporary name and renamed into place (a crash leaves either no
+ * dispatcher or a complete one), and writers serialise on an flock of
+ * <bpffs>/switchyard.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { SwitchyardError, isKernelError } from '../errors.js';
+import { BpfMap, Fd } from '../kernel/bpf.js';
+import { native } from '../kernel/native.js';
+import { ABI_VERSION, META, META_MAGIC } from '../trie/layout.js';
+import { MAPS, MAP_NAMES, type MapName } from './maps.js';
+
+const BPF_FS_MAGIC = 0xcafe4a11;
+const NSFS_MAGIC = 0x6e736673;
+
+export const DEFAULT_BPFFS = '/sys/fs/bpf';
+export const DEFAULT_NETNS = '/proc/self/ns/net';
+
+export interface Location {
+  bpffs: string;
+  netnsPath: string;
+  netnsIno: number;
+  /** <bpffs>/switchyard: the lock and every namespace's state. */
+  base: string;
+  /** <base>/<netns inode>: this namespace's pins. */
+  dir: string;
+}
+
+export function locate(options: { bpffs?: string; netns?: string } = {}): Location {
+  const bpffs = path.resolve(options.bpffs ?? DEFAULT_BPFFS);
+  const netnsPath = options.netns ?? DEFAULT_NETNS;
+  let fsType: number;
+  try {
+    fsType = fs.statfsSync(bpffs).type;
+  } catch (err) {
+    throw new SwitchyardError('EINVAL_ARGUMENT', `bpffs ${bpffs}: ${(err as Error).message}`, { entry: bpffs, cause: err });
+  }
+  if (fsType !== BPF_FS_MAGIC) {
+    throw new SwitchyardError('EINVAL_ARGUMENT', `${bpffs} is not a bpf filesystem (mount -t bpf bpf ${bpffs})`, { entry: bpffs });
+  }
+  let ino: number;
+  try {
+    if (fs.statfsSync(netnsPath).type !== NSFS_MAGIC) throw new Error('not a namespace file');
+    ino = fs.statSync(netnsPath).ino;
+  } catch (err) {
+    throw new SwitchyardError('EINVAL_ARGUMENT', `network namespace ${netnsPath}: ${(err as Error).message}`, { entry: netnsPath, cause: err });
+  }
+  const base = path.join(bpffs, 'switchyard');
+  return { bpffs, netnsPath, netnsIno: ino, base, dir: path.join(base, String(ino)) };
+}
+
+/** An exclusive flock on <bpffs>/switchyard, held by one writer at a time. */
+export class WriterLock {
+  private constructor(private readonly dir: Fd) {}
+
+  static acquire(location: Location): WriterLock {
+    fs.mkdirSync(location.base, { recursive: true, mode: 0o700 });
+    const dir = new Fd(fs.openSync(location.base, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY));
+    try {
+      native().flock(dir.fd, true, true);
+    } catch (err) {
+      dir.close();
+      throw err;
+    }
+    return new WriterLock(dir);
+  }
+
+  release(): void {
+    this.dir.close(); // closing the last fd drops the flock
+  }
+}
+
+export function withWriterLock<T>(location: Location, fn: () => T): T {
+  const lock = WriterLock.acquire(location);
+  try {
+    return fn();
+  } finally {
+    lock.release();
+  }
+}
+
+export function isLoaded(location: Location): boolean {
+  return fs.existsSync(path.join(location.dir, 'link'));
+}
+
+/** Open handles on every pinned object of one namespace's dispatcher. */
+export class PinnedState {
+  private constructor(
+    readonly location: Location,
+    readonly maps: Record<MapName, BpfMap>,
+    readonly program: Fd,
+    readonly link: Fd,
+  ) {}
+
+  static open(location: Location): PinnedState {
+    if (!isLoaded(location)) {
+      throw new SwitchyardError(
+        'ENOT_LOADED',
+        `no dispatcher is loaded for network namespace ${location.netnsPath} (inode ${location.netnsIno}) in ${location.bpffs}; run \`switchyard load\``,
+      );
+    }
+    const opened: Fd[] = [];
+    try {
+      const maps = {} as Record<MapName, BpfMap>;
+      for (const name of MAP_NAMES) {
+        maps[name] = BpfMap.open(path.join(location.dir, name), MAPS[name]);
+        opened.push(maps[name]);
+      }
+      checkMeta(maps.meta, location);
+      const program = new Fd(native().objGet(path.join(location.dir, 'program')));
+      opened.push(program);
+      const link = new Fd(native().objGet(path.join(location.dir, 'link')));
+      opened.push(link);
+      return new PinnedState(location, maps, program, link);
+    } catch (err) {
+      for (const fd of opened) fd.close();
+      if (isKernelError(err, 'ENOENT')) {
+        throw new SwitchyardError('EINCOMPATIBLE_STATE', `${location.dir} is incomplete (${err.message}); run \`switchyard unload\` and \`switchyard load\``, { cause: err });
+      }
+      throw err;
+    }
+  }
+
+  close(): void {
+    for (const map of Object.values(this.maps)) map.close();
+    this.program.close();
+    this.link.close();
+  }
+}
+
+export function metaValue(): Buffer {
+  const b = Buffer.alloc(META.size);
+  b.writeUInt32LE(META_MAGIC, META.magic);
+  b.writeUInt32LE(ABI_VERSION, META.abiVersion);
+  return b;
+}
+
+function checkMeta(meta: BpfMap, location: Location): void {
+  const value = Buffer.alloc(META.size);
+  meta.lookup(Buffer.alloc(4), value);
+  const magic = value.readUInt32LE(META.magic);
+  const abi = value.readUInt32LE(META.abiVersion);
+  if (magic !== META_MAGIC || abi !== ABI_VERSION) {
+    throw new SwitchyardError(
+      'EINCOMPATIBLE_STATE',
+      `${location.dir} holds dispatcher state of ABI ${magic === META_MAGIC ? abi : 'unknown'}; this version speaks ABI ${ABI_VERSION}`,
+    );
+  }
+}
+
+/** Unlinks every pin in a state directory and the directory itself. */
+export function removeStateDir(dir: string): void {
+  if (!fs.existsSync(dir)) return;
+  for (const entry of fs.readdirSync(dir)) fs.unlinkSync(path.join(dir, entry));
+  fs.rmdirSync(dir);
+}
+
+/**
+ * Temporary directories of writers that died before their rename. Their pins
+ * hold maps and maybe a link; removing them detaches nothing that serves.
+ */
+export function removeAbandonedTemps(location: Location): void {
+  if (!fs.existsSync(location.base)) return;
+  for (const entry of fs.readdirSync(location.base)) {
+    const m = /^tmp-(\d+)-(\d+)$/.exec(entry);
+    if (!m || pidAlive(Number(m[2]))) continue;
+    removeStateDir(path.join(location.base, entry));
+  }
+}
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+export function tempDirFor(location: Location): string {
+  // bpffs refuses names with a dot.
+  return path.join(location.base, `tmp-${location.netnsIno}-${process.pid}`);
+}

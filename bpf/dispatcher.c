@@ -229,7 +229,8 @@ int switchyard_dispatch(struct bpf_sk_lookup *ctx)
 		return SK_PASS; /* not ours: the kernel's normal lookup decides */
 
 	dest = (chosen & SY_LEAF_RESULT_MASK) - 1;
-	stats = bpf_map_lookup_elem(&destination_stats, &dest);
+	/* Traced lookups come from `switchyard lookup`, not traffic: uncounted. */
+	stats = tr ? 0 : bpf_map_lookup_elem(&destination_stats, &dest);
 	if (stats)
 		stats->lookups++;
 

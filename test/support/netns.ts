@@ -1,0 +1,162 @@
+/**
+ * A fresh network namespace and bpffs mount per test: local routes for the
+ * documentation prefixes (so traffic to them stays inside the namespace),
+ * services and probes run inside it with `ip netns exec`. Nothing on the
+ * host's own network, firewall or /sys/fs/bpf is touched.
+ */
+import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import readline from 'node:readline';
+import { fileURLToPath } from 'node:url';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+export const CLI = path.join(root, 'bin/switchyard');
+const FIXTURES = path.join(root, 'test/fixtures');
+
+export const isRoot = process.getuid?.() === 0;
+
+/** Prefixes routed to `lo` inside every test namespace. */
+export const LOCAL_PREFIXES = ['192.0.2.0/24', '198.51.100.0/24', '203.0.113.0/24'];
+export const LOCAL_PREFIXES_V6 = ['2001:db8::/32'];
+
+export interface CliResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+export interface ProbeTarget {
+  proto: 'tcp' | 'udp';
+  addr: string;
+  port: number;
+}
+
+export class Service {
+  constructor(
+    readonly name: string,
+    readonly pid: number,
+    private readonly child: ChildProcess,
+  ) {}
+  stop(): void {
+    this.child.kill('SIGKILL');
+  }
+}
+
+let counter = 0;
+
+export class TestNamespace {
+  readonly path: string;
+  private services: Service[] = [];
+
+  private constructor(
+    readonly name: string,
+    readonly bpffs: string,
+  ) {
+    this.path = `/run/netns/${name}`;
+  }
+
+  static create(): TestNamespace {
+    const name = `sy-test-${process.pid}-${++counter}`;
+    execFileSync('ip', ['netns', 'add', name]);
+    const bpffs = fs.mkdtempSync(path.join(os.tmpdir(), 'sy-bpffs-'));
+    const ns = new TestNamespace(name, bpffs);
+    try {
+      execFileSync('mount', ['-t', 'bpf', 'bpf', bpffs]);
+      ns.ip(['link', 'set', 'lo', 'up']);
+      for (const p of LOCAL_PREFIXES) ns.ip(['route', 'add', 'local', p, 'dev', 'lo']);
+      for (const p of LOCAL_PREFIXES_V6) ns.ip(['-6', 'route', 'add', 'local', p, 'dev', 'lo']);
+    } catch (err) {
+      ns.destroy();
+      throw err;
+    }
+    return ns;
+  }
+
+  ip(args: string[]): void {
+    execFileSync('ip', ['-n', this.name, ...args]);
+  }
+
+  /** Runs the CLI from the host namespace, aimed at this one. */
+  cli(args: string[], input?: string): CliResult {
+    const r = spawnSync(CLI, [...args, '--netns', this.path, '--bpffs', this.bpffs], {
+      input,
+      encoding: 'utf8',
+      maxBuffer: 256 * 1024 * 1024,
+    });
+    return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
+  }
+
+  /** Like cli() but throws on failure and returns stdout. */
+  ok(args: string[], input?: string): string {
+    const r = this.cli(args, input);
+    if (r.code !== 0) throw new Error(`switchyard ${args.join(' ')} exited ${r.code}: ${r.stderr}`);
+    return r.stdout;
+  }
+
+  json<T = unknown>(args: string[]): T {
+    return JSON.parse(this.ok([...args, '--json'])) as T;
+  }
+
+  /** Starts a service inside the namespace; `register` passes its sockets to `switchyard register` (LISTEN_FDS). */
+  async startService(name: string, specs: string[], register = false): Promise<Service> {
+    const args = [path.join(FIXTURES, 'service.mjs'), name, ...specs];
+    if (register) {
+      args.push('--register-listen-fds', JSON.stringify([CLI, 'register', name, '--bpffs', this.bpffs]));
+    }
+    const child = spawn('ip', ['netns', 'exec', this.name, process.execPath, '--no-deprecation', ...args], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stderr = '';
+    child.stderr!.on('data', (d) => (stderr += d));
+    const lines = readline.createInterface({ input: child.stdout! });
+    const pid = await new Promise<number>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`service ${name} did not start: ${stderr}`)), 20_000);
+      lines.on('line', (line) => {
+        const m = /^ready (\d+)$/.exec(line);
+        if (m) {
+          clearTimeout(timer);
+          resolve(Number(m[1]));
+        }
+      });
+      child.on('exit', (code) => {
+        clearTimeout(timer);
+        reject(new Error(`service ${name} exited ${code}: ${stderr}`));
+      });
+    });
+    const service = new Service(name, pid, child);
+    this.services.push(service);
+    return service;
+  }
+
+  /** Local (address, port) of a service's sockets, read from ss inside the namespace. */
+  socketsOf(pid: number): Array<{ proto: 'tcp' | 'udp'; addr: string; port: number }> {
+    const out = execFileSync('ip', ['netns', 'exec', this.name, 'ss', '-H', '-ltunp'], { encoding: 'utf8' });
+    const result: Array<{ proto: 'tcp' | 'udp'; addr: string; port: number }> = [];
+    for (const line of out.split('\n')) {
+      if (!line.includes(`pid=${pid},`)) continue;
+      const cols = line.trim().split(/\s+/);
+      const local = cols[4]!;
+      const at = local.lastIndexOf(':');
+      result.push({ proto: cols[0] === 'tcp' ? 'tcp' : 'udp', addr: local.slice(0, at).replace(/^\[|\]$/g, ''), port: Number(local.slice(at + 1)) });
+    }
+    return result;
+  }
+
+  /** Sends bounded traffic from inside the namespace; one result per target. */
+  probe(targets: ProbeTarget[]): string[] {
+    const out = execFileSync('ip', ['netns', 'exec', this.name, process.execPath, path.join(FIXTURES, 'probe.mjs'), JSON.stringify(targets)], {
+      encoding: 'utf8',
+      timeout: 120_000,
+    });
+    return JSON.parse(out) as string[];
+  }
+
+  destroy(): void {
+    for (const s of this.services) s.stop();
+    spawnSync('ip', ['netns', 'del', this.name]);
+    spawnSync('umount', [this.bpffs]);
+    fs.rmSync(this.bpffs, { recursive: true, force: true });
+  }
+}

@@ -5,6 +5,7 @@
  */
 import { SwitchyardError } from '../errors.js';
 import { type Family, type Prefix, formatAddress, parsePrefix } from '../net/address.js';
+import { LABEL_MAX } from '../trie/layout.js';
 
 export type Protocol = 'tcp' | 'udp';
 export const IPPROTO: Record<Protocol, number> = { tcp: 6, udp: 17 };
@@ -22,7 +23,6 @@ export interface Binding {
  * Labels name services; they end up in bpffs records, logs and metric names,
  * so they are restricted to a safe alphabet (no path or shell metacharacters).
  */
-export const LABEL_MAX = 59;
 const LABEL_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
 
 export function parseLabel(value: unknown, entry: string): string {

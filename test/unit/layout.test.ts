@@ -1,0 +1,134 @@
+/**
+ * The TypeScript mirrors of bpf/switchyard.h (and of the kernel's struct
+ * bpf_sk_lookup) against the BTF clang produced for bpf/layout.c.
+ */
+import { describe, expect, it } from 'vitest';
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { DESTINATION, DESTINATION_STATS, HEADER, META, NODE, NODE_BYTES, RECORD, ROW_BYTES, TRACE } from '../../src/trie/layout.js';
+import { SK_LOOKUP_CTX } from '../../src/dispatcher/lookup.js';
+
+const object = path.resolve('bpf/layout.o');
+
+interface BtfType {
+  id: number;
+  kind: string;
+  name: string;
+  size?: number;
+  members?: Array<{ name: string; type_id: number; bits_offset: number }>;
+}
+
+function loadBtf(): Map<string, BtfType> | undefined {
+  if (!fs.existsSync(object)) return undefined;
+  try {
+    const dump = JSON.parse(execFileSync('bpftool', ['-j', 'btf', 'dump', 'file', object], { encoding: 'utf8' })) as { types: BtfType[] };
+    return new Map(dump.types.filter((t) => t.kind === 'STRUCT').map((t) => [t.name, t]));
+  } catch {
+    return undefined;
+  }
+}
+
+const btf = loadBtf();
+
+/** Byte offset of each named member of a struct. */
+function offsets(name: string): Record<string, number> & { size: number } {
+  const t = btf!.get(name);
+  if (!t) throw new Error(`struct ${name} not in ${object}`);
+  const out: Record<string, number> = { size: t.size! };
+  for (const m of t.members ?? []) out[m.name] = m.bits_offset / 8;
+  return out as Record<string, number> & { size: number };
+}
+
+describe.skipIf(!btf)('layouts mirror bpf/switchyard.h (BTF of bpf/layout.o; needs bpftool and a build)', () => {
+  it('sy_node', () => {
+    const o = offsets('sy_node');
+    expect(o.size).toBe(NODE_BYTES);
+    expect([o.vector, o.leafvec, o.child_base, o.leaf_base, o.skip_len]).toEqual(
+      [NODE.vectorLo, NODE.leafvecLo, NODE.childBase, NODE.leafBase, NODE.skipLen].map((w) => w * 4),
+    );
+    expect(offsets('sy_row').size).toBe(ROW_BYTES);
+  });
+
+  it('sy_table_header', () => {
+    const o = offsets('sy_table_header');
+    expect(o).toMatchObject({
+      size: HEADER.size,
+      magic: HEADER.magic,
+      abi_version: HEADER.abiVersion,
+      binding_count: HEADER.bindingCount,
+      binding_offset: HEADER.bindingOffset,
+      serial: HEADER.serial,
+      used_rows: HEADER.usedRows,
+      node_count: HEADER.nodeCount,
+      word_count: HEADER.wordCount,
+    });
+  });
+
+  it('sy_binding_record', () => {
+    expect(offsets('sy_binding_record')).toMatchObject({
+      size: RECORD.size,
+      family: RECORD.family,
+      protocol: RECORD.protocol,
+      prefix_len: RECORD.prefixLen,
+      port: RECORD.port,
+      destination: RECORD.destination,
+      addr: RECORD.addr,
+    });
+  });
+
+  it('sy_destination, sy_destination_stats, sy_meta, sy_trace', () => {
+    expect(offsets('sy_destination')).toMatchObject({
+      size: DESTINATION.size,
+      in_use: DESTINATION.inUse,
+      family: DESTINATION.family,
+      protocol: DESTINATION.protocol,
+      label_len: DESTINATION.labelLen,
+      label: DESTINATION.label,
+    });
+    expect(offsets('sy_destination_stats')).toMatchObject({
+      size: DESTINATION_STATS.size,
+      lookups: DESTINATION_STATS.lookups,
+      misses: DESTINATION_STATS.misses,
+      errors: DESTINATION_STATS.errors,
+    });
+    expect(offsets('sy_meta')).toMatchObject({ size: META.size, magic: META.magic, abi_version: META.abiVersion });
+    expect(offsets('sy_trace')).toMatchObject({
+      size: TRACE.size,
+      nonce: TRACE.nonce,
+      exact: TRACE.exact,
+      wildcard: TRACE.wildcard,
+      chosen: TRACE.chosen,
+      flags: TRACE.flags,
+      assign_err: TRACE.assignErr,
+    });
+  });
+
+  it("the kernel's struct bpf_sk_lookup", () => {
+    expect(offsets('bpf_sk_lookup')).toMatchObject({
+      size: SK_LOOKUP_CTX.size,
+      family: SK_LOOKUP_CTX.family,
+      protocol: SK_LOOKUP_CTX.protocol,
+      remote_ip4: SK_LOOKUP_CTX.remoteIp4,
+      remote_ip6: SK_LOOKUP_CTX.remoteIp6,
+      remote_port: SK_LOOKUP_CTX.remotePort,
+      local_ip4: SK_LOOKUP_CTX.localIp4,
+      local_ip6: SK_LOOKUP_CTX.localIp6,
+      local_port: SK_LOOKUP_CTX.localPort,
+    });
+  });
+});
+
+describe('constants mirror bpf/switchyard.h', () => {
+  it('every SY_ #define has a TypeScript twin of the same name and value', async () => {
+    const layout = (await import('../../src/trie/layout.js')) as unknown as Record<string, number>;
+    const header = fs.readFileSync(path.resolve('bpf/switchyard.h'), 'utf8');
+    const values = new Map<string, number>();
+    for (const m of header.matchAll(/^#define SY_(\w+)\s+(.+?)\s*(?:\/\*.*)?$/gm)) {
+      const expr = m[2]!.replace(/\bSY_(\w+)\b/g, (_, name: string) => String(values.get(name))).replace(/\b(0x[0-9a-fA-F]+|\d+)u\b/g, '$1');
+      values.set(m[1]!, Number(new Function(`return (${expr}) >>> 0`)()));
+    }
+    expect(values.size).toBeGreaterThan(15);
+    for (const [name, value] of values) expect(layout[name] === undefined ? undefined : layout[name]! >>> 0, name).toBe(value);
+  });
+});

@@ -6,6 +6,7 @@
 import { SwitchyardError } from '../errors.js';
 import { type Family, type Prefix, formatAddress, parsePrefix } from '../net/address.js';
 import { LABEL_MAX } from '../trie/layout.js';
+import { findDuplicate, sortBindings } from './order.js';
 
 export type Protocol = 'tcp' | 'udp';
 export const IPPROTO: Record<Protocol, number> = { tcp: 6, udp: 17 };
@@ -81,6 +82,7 @@ export class BindingTable {
   prefixLen: Uint8Array;
   port: Uint16Array;
   addr: Uint32Array;
+  private sorted: Uint32Array | undefined;
 
   constructor(capacity = 16) {
     this.labelIndex = new Uint32Array(capacity);
@@ -116,7 +118,14 @@ export class BindingTable {
     this.addr = grow(this.addr, cap * 4);
   }
 
+  /** Indices in canonical order (see order.ts), computed once per content. */
+  order(): Uint32Array {
+    this.sorted ??= sortBindings(this);
+    return this.sorted;
+  }
+
   add(label: string, protocol: Protocol, prefix: Prefix, port: number): number {
+    this.sorted = undefined;
     if (this.count === this.family.length) this.grow();
     const i = this.count++;
     this.labelIndex[i] = this.labelId(label);
@@ -202,38 +211,42 @@ export function parseBindingsDocument(doc: unknown, source: string): BindingTabl
     throw new SwitchyardError('EINVAL_FILE', `${source}: "bindings" must be an array`, { entry: source });
   }
   const table = new BindingTable(Math.max(16, list.length));
-  const seen = new Map<string, number>();
   for (let n = 0; n < list.length; n++) {
     const item: unknown = list[n];
     const entry = `${source}: bindings[${n}]`;
-    if (typeof item !== 'object' || item === null || Array.isArray(item)) {
-      throw new SwitchyardError('EINVAL_BINDING', `${entry}: expected an object with label, protocol, prefix, port`, { entry });
-    }
-    const b = item as Record<string, unknown>;
-    for (const field of Object.keys(b)) {
-      if (!BINDING_FIELDS.has(field)) {
-        throw new SwitchyardError('EINVAL_BINDING', `${entry}: unknown field ${JSON.stringify(field)}`, { entry });
+    try {
+      parseDocumentEntry(table, item, entry);
+    } catch (err) {
+      // Name the entry by its content too, built only when it is needed.
+      if (err instanceof SwitchyardError && typeof item === 'object' && item !== null) {
+        throw new SwitchyardError(err.code, err.message.replace(entry, `${entry} (${JSON.stringify(item)})`), { entry });
       }
+      throw err;
     }
+  }
+  const duplicate = findDuplicate(table, table.order());
+  if (duplicate) {
+    const [first, second] = duplicate;
+    const entry = `${source}: bindings[${second}]`;
+    throw new SwitchyardError('EINVAL_BINDING', `${entry} (${JSON.stringify(list[second])}): duplicates bindings[${first}] (same protocol, prefix and port)`, { entry });
+  }
+  return table;
+}
+
+function parseDocumentEntry(table: BindingTable, item: unknown, entry: string): void {
+  if (typeof item !== 'object' || item === null || Array.isArray(item)) {
+    throw new SwitchyardError('EINVAL_BINDING', `${entry}: expected an object with label, protocol, prefix, port`, { entry });
+  }
+  const b = item as Record<string, unknown>;
+  let fields = 0;
+  for (const field in b) {
+    if (!BINDING_FIELDS.has(field)) throw new SwitchyardError('EINVAL_BINDING', `${entry}: unknown field ${JSON.stringify(field)}`, { entry });
+    fields++;
+  }
+  if (fields !== BINDING_FIELDS.size) {
     for (const field of BINDING_FIELDS) {
       if (!(field in b)) throw new SwitchyardError('EINVAL_BINDING', `${entry}: missing field "${field}"`, { entry });
     }
-    const described = `${entry} (${JSON.stringify(item)})`;
-    const label = parseLabel(b.label, described);
-    const protocol = parseProtocol(b.protocol, described);
-    const port = parsePort(b.port, described);
-    const prefix = parseBindingPrefix(b.prefix, described, false);
-    const i = table.add(label, protocol, prefix, port);
-    const key = table.key(i);
-    const earlier = seen.get(key);
-    if (earlier !== undefined) {
-      throw new SwitchyardError(
-        'EINVAL_BINDING',
-        `${described}: duplicates bindings[${earlier}] (same protocol, prefix and port)`,
-        { entry },
-      );
-    }
-    seen.set(key, n);
   }
-  return table;
+  table.add(parseLabel(b.label, entry), parseProtocol(b.protocol, entry), parseBindingPrefix(b.prefix, entry, false), parsePort(b.port, entry));
 }

@@ -15,9 +15,10 @@ import { fileURLToPath } from 'node:url';
 import { SwitchyardError } from '../errors.js';
 import { BpfMap, Fd, describeMismatch, u32Key, ATTACH_SK_LOOKUP, LINK_TYPE_NETNS } from '../kernel/bpf.js';
 import { native, type SocketInfo } from '../kernel/native.js';
-import { type Address, type Family, formatAddress, maskWords } from '../net/address.js';
-import { BindingTable, type Binding, type Protocol, keyOf, IPPROTO, protocolName } from '../bindings/binding.js';
+import { type Family, type Prefix, formatAddress, maskWords } from '../net/address.js';
+import { BindingTable, type Binding, type Protocol, keyOf, protocolName } from '../bindings/binding.js';
 import { buildTable, type TrieInput } from '../trie/builder.js';
+import { countChanges } from '../bindings/order.js';
 import { leafDestination, leafPrefixLen, LEAF_RESULT_MASK } from '../trie/layout.js';
 import { MAPS, MAP_NAMES, PROGRAM_NAME } from './maps.js';
 import {
@@ -235,7 +236,7 @@ export class Dispatcher {
     const destinations = Destinations.read(maps.destinations, true);
     try {
       const before = toBindingTable(current?.bindings, destinations);
-      const diff = countChanges(before, next);
+      const diff = countChanges(before, next, (i, j) => before.label(i) === next.label(j), before.order(), next.order());
       const referenced = new Set<number>();
       const input: TrieInput = {
         count: next.count,
@@ -264,7 +265,7 @@ export class Dispatcher {
         dest[i] = id;
       }
       const serial = (current?.summary.serial ?? 0n) + 1n;
-      const built = buildTable(input, serial);
+      const built = buildTable(input, serial, next.order());
       const builtAt = performance.now();
       publishTable(maps.generation, built);
       const publishedAt = performance.now();
@@ -290,7 +291,7 @@ export class Dispatcher {
   }
 
   /** Adds one binding, or relabels an existing (protocol, prefix, port). */
-  bind(binding: { label: string; protocol: Protocol; prefix: import('../net/address.js').Prefix; port: number }): ApplyResult & { replaced: string | null } {
+  bind(binding: { label: string; protocol: Protocol; prefix: Prefix; port: number }): ApplyResult & { replaced: string | null } {
     return withWriterLock(this.location, () => {
       const current = this.bindings();
       const key = keyOf(binding.protocol, binding.prefix, binding.port);
@@ -309,7 +310,7 @@ export class Dispatcher {
   }
 
   /** Removes one binding; the label must match what is bound. */
-  unbind(binding: { label: string; protocol: Protocol; prefix: import('../net/address.js').Prefix; port: number }): ApplyResult {
+  unbind(binding: { label: string; protocol: Protocol; prefix: Prefix; port: number }): ApplyResult {
     return withWriterLock(this.location, () => {
       const current = this.bindings();
       const key = keyOf(binding.protocol, binding.prefix, binding.port);
@@ -471,18 +472,3 @@ function toBindingTable(input: TrieInput | undefined, destinations: Destinations
   return table;
 }
 
-/** Bindings added (new key or new label) and removed (key gone or relabelled). */
-function countChanges(before: BindingTable, after: BindingTable): { added: number; removed: number } {
-  const old = new Map<string, string>();
-  for (let i = 0; i < before.count; i++) old.set(before.key(i), before.label(i));
-  let added = 0;
-  let kept = 0;
-  for (let i = 0; i < after.count; i++) {
-    if (old.get(after.key(i)) === after.label(i)) kept++;
-    else added++;
-  }
-  return { added, removed: before.count - kept };
-}
-
-export { IPPROTO };
-export type { Address };

@@ -13,6 +13,7 @@
  *   lone IPv6 /128 under a /32 costs two node loads, not fifteen.
  */
 import { bitsAt } from '../net/address.js';
+import { type BindingColumns, sortBindings } from '../bindings/order.js';
 import {
   HEADER,
   HEADER_MAGIC,
@@ -34,13 +35,7 @@ import {
 } from './layout.js';
 
 /** Bindings with their destination ids resolved, in columns. */
-export interface TrieInput {
-  count: number;
-  family: Uint8Array;
-  protocol: Uint8Array;
-  prefixLen: Uint8Array;
-  port: Uint16Array;
-  addr: Uint32Array;
+export interface TrieInput extends BindingColumns {
   destination: ArrayLike<number>;
 }
 
@@ -78,45 +73,6 @@ class Growable {
     this.data[i] = v;
     return i;
   }
-}
-
-/**
- * Indices 0..n-1 ordered by (trie, address, prefix length): LSD radix sort on
- * 16-bit digits, skipping digits that are the same for every binding (the
- * three low address words of an IPv4-only set).
- */
-export function sortBindings(input: TrieInput): Uint32Array {
-  const n = input.count;
-  let order = new Uint32Array(n);
-  for (let i = 0; i < n; i++) order[i] = i;
-  let scratch = new Uint32Array(n);
-  const counts = new Uint32Array(65537);
-  const digits: Array<(i: number) => number> = [(i) => input.prefixLen[i]!];
-  for (let w = 3; w >= 0; w--) {
-    digits.push((i) => input.addr[i * 4 + w]! & 0xffff, (i) => input.addr[i * 4 + w]! >>> 16);
-  }
-  digits.push(
-    (i) => rootSlot(input.family[i] as 4 | 6, input.protocol[i]!, input.port[i]!) & 0xffff,
-    (i) => rootSlot(input.family[i] as 4 | 6, input.protocol[i]!, input.port[i]!) >>> 16,
-  );
-  for (const digit of digits) {
-    counts.fill(0);
-    let uniform = true;
-    const d0 = n > 0 ? digit(0) : 0;
-    for (let i = 0; i < n; i++) {
-      const d = digit(i);
-      counts[d + 1]!++;
-      if (d !== d0) uniform = false;
-    }
-    if (uniform) continue;
-    for (let d = 1; d <= 65536; d++) counts[d]! += counts[d - 1]!;
-    for (let k = 0; k < n; k++) {
-      const i = order[k]!;
-      scratch[counts[digit(i)]!++] = i;
-    }
-    [order, scratch] = [scratch, order];
-  }
-  return order;
 }
 
 /** Size of the direct-pointing table of a trie with `n` prefixes. */
@@ -320,8 +276,7 @@ function halfMask(off: number, len: number, wordOffset: number): number {
 }
 
 /** Builds the complete table of one generation. */
-export function buildTable(input: TrieInput, serial = 0n): BuiltTable {
-  const order = sortBindings(input);
+export function buildTable(input: TrieInput, serial = 0n, order = sortBindings(input)): BuiltTable {
   const builder = new TrieBuilder(input, order);
   const roots: Array<[number, number]> = [];
   for (let lo = 0; lo < input.count; ) {

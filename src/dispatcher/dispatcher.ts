@@ -107,9 +107,8 @@ export function load(location: Location, objectPath = defaultObjectPath()): { cr
       }
       native().mapUpdate(maps.meta!, u32Key(0), metaValue());
       const generation = new BpfMap(maps.generation!, MAPS.generation);
-      publishTable(generation, buildTable(emptyInput(), 1n));
-
       fs.mkdirSync(temp, { mode: 0o700 });
+      publishTable(temp, generation, buildTable(emptyInput(), 1n));
       for (const name of MAP_NAMES) native().objPin(maps[name]!, path.join(temp, name));
       native().objPin(prog, path.join(temp, 'program'));
       const netns = new Fd(fs.openSync(location.netnsPath, 'r'));
@@ -211,7 +210,7 @@ export class Dispatcher {
 
   /** The published binding set, with labels. */
   bindings(): BindingTable {
-    const current = readCurrentTable(this.state.maps.generation);
+    const current = readCurrentTable(this.location.dir, this.state.maps.generation);
     const destinations = Destinations.read(this.state.maps.destinations, false);
     try {
       return toBindingTable(current?.bindings, destinations);
@@ -232,7 +231,7 @@ export class Dispatcher {
   private replaceLocked(next: BindingTable): ApplyResult {
     const started = performance.now();
     const { maps } = this.state;
-    const current = readCurrentTable(maps.generation, true);
+    const current = readCurrentTable(this.location.dir, maps.generation, true);
     const destinations = Destinations.read(maps.destinations, true);
     try {
       const before = toBindingTable(current?.bindings, destinations);
@@ -267,7 +266,7 @@ export class Dispatcher {
       const serial = (current?.summary.serial ?? 0n) + 1n;
       const built = buildTable(input, serial, next.order());
       const builtAt = performance.now();
-      publishTable(maps.generation, built);
+      publishTable(this.location.dir, maps.generation, built);
       const publishedAt = performance.now();
       // Only now may ids the new table no longer names be reused.
       for (const d of destinations.all()) {
@@ -361,7 +360,7 @@ export class Dispatcher {
         if (!d) return { removed: false };
         const removed = this.state.maps.sockets.delete(u32Key(d.id));
         // Free the id if no binding names it any more.
-        const current = readCurrentTable(this.state.maps.generation, true);
+        const current = readCurrentTable(this.location.dir, this.state.maps.generation, true);
         const named = current ? Array.from(current.bindings.destination as Uint16Array).includes(d.id) : false;
         if (!named) {
           destinations.release(d.id);
@@ -426,7 +425,7 @@ export class Dispatcher {
     if (link.type !== LINK_TYPE_NETNS || link.attachType !== ATTACH_SK_LOOKUP) {
       throw new SwitchyardError('EINCOMPATIBLE_STATE', `${this.location.dir}/link is not an sk_lookup netns link`);
     }
-    const current = readCurrentTable(maps.generation, true);
+    const current = readCurrentTable(this.location.dir, maps.generation, true);
     const counts = new Map<number, number>();
     if (current) for (const id of current.bindings.destination as Uint16Array) counts.set(id, (counts.get(id) ?? 0) + 1);
     const destinations = Destinations.read(maps.destinations, false);

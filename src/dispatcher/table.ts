@@ -5,11 +5,13 @@
  * either the old table or the new one, never a mix. The kernel frees the old
  * table after an RCU grace period, in O(pages).
  */
+import fs from 'node:fs';
+import path from 'node:path';
 import { BpfMap, u32Key } from '../kernel/bpf.js';
 import { native } from '../kernel/native.js';
 import type { BuiltTable, TrieInput } from '../trie/builder.js';
 import { HEADER, HEADER_MAGIC, ABI_VERSION, RECORD, ROW_BYTES } from '../trie/layout.js';
-import { SwitchyardError } from '../errors.js';
+import { SwitchyardError, isKernelError } from '../errors.js';
 import { tableSpec } from './maps.js';
 
 export interface TableSummary {
@@ -27,18 +29,38 @@ export interface CurrentTable {
   bindings: TrieInput;
 }
 
-/** Opens the published table, or undefined when none is (a fresh load). */
-function openCurrent(generation: BpfMap): { map: BpfMap; id: number } | undefined {
+/**
+ * The published table is also pinned, as `table` beside `generation`, so
+ * readers open it by path (opening a map by id would need CAP_SYS_ADMIN). A
+ * writer pins the next table as `table_next`, swaps it into the generation
+ * slot, then renames the pin over `table`; a writer that died between the
+ * swap and the rename left `table_next` naming the live table, which is
+ * what readers then take.
+ */
+const PIN = 'table';
+const PIN_NEXT = 'table_next';
+
+function openCurrent(dir: string, generation: BpfMap): { map: BpfMap; id: number } | undefined {
   const value = Buffer.alloc(4);
   if (!generation.lookup(u32Key(0), value)) return undefined;
   const id = value.readUInt32LE(0);
-  const fd = native().mapGetFdById(id);
-  const info = native().objInfo(fd, 'map');
-  return { map: new BpfMap(fd, tableSpec(info.maxEntries)), id };
+  for (const name of [PIN, PIN_NEXT]) {
+    let fd: number;
+    try {
+      fd = native().objGet(path.join(dir, name));
+    } catch (err) {
+      if (isKernelError(err, 'ENOENT')) continue;
+      throw err;
+    }
+    const info = native().objInfo(fd, 'map');
+    if (info.id === id) return { map: new BpfMap(fd, tableSpec(info.maxEntries)), id };
+    fs.closeSync(fd);
+  }
+  throw new SwitchyardError('EINCOMPATIBLE_STATE', `the published table (map id ${id}) is not pinned in ${dir}; was the generation map changed by another tool?`);
 }
 
-export function readCurrentTable(generation: BpfMap, withBindings = true): CurrentTable | undefined {
-  const current = openCurrent(generation);
+export function readCurrentTable(dir: string, generation: BpfMap, withBindings = true): CurrentTable | undefined {
+  const current = openCurrent(dir, generation);
   if (!current) return undefined;
   const buffer = current.map.mmap(false);
   try {
@@ -85,12 +107,8 @@ export function readCurrentTable(generation: BpfMap, withBindings = true): Curre
   }
 }
 
-export function currentSerial(generation: BpfMap): bigint {
-  return readCurrentTable(generation, false)?.summary.serial ?? 0n;
-}
-
 /** Writes a built table into a new map and makes it the published one. */
-export function publishTable(generation: BpfMap, built: BuiltTable): number {
+export function publishTable(dir: string, generation: BpfMap, built: BuiltTable): number {
   const spec = tableSpec(built.rows);
   const table = new BpfMap(
     native().mapCreate(spec.type, spec.keySize, spec.valueSize, spec.maxEntries, spec.flags, spec.name),
@@ -103,12 +121,15 @@ export function publishTable(generation: BpfMap, built: BuiltTable): number {
     } finally {
       native().unmap(buffer);
     }
+    const next = path.join(dir, PIN_NEXT);
+    fs.rmSync(next, { force: true }); // left by a writer that died before its swap
+    native().objPin(table.fd, next);
     const fd = Buffer.alloc(4);
     fd.writeUInt32LE(table.fd);
-    generation.update(u32Key(0), fd);
+    generation.update(u32Key(0), fd); // the switch, for packets
+    fs.renameSync(next, path.join(dir, PIN));
     return table.info().id;
   } finally {
     table.close();
   }
 }
-

@@ -27,7 +27,7 @@ describe.skipIf(!isRoot)('dispatcher in a fresh network namespace', () => {
     const status = ns.json<{ program: { id: number }; link: { progId: number }; stateDir: string }>(['status']);
     expect(status.link.progId).toBe(status.program.id);
     expect(fs.readdirSync(status.stateDir).sort()).toEqual(
-      ['destination_stats', 'destinations', 'generation', 'link', 'meta', 'program', 'sockets', 'trace'],
+      ['destination_stats', 'destinations', 'generation', 'link', 'meta', 'program', 'sockets', 'table', 'trace'],
     );
     expect(fs.statSync(status.stateDir).mode & 0o777).toBe(0o700);
     expect(ns.json<{ removed: boolean }>(['unload']).removed).toBe(true);

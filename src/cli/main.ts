@@ -369,7 +369,7 @@ function oneLine(err: unknown): string {
   if (err instanceof SwitchyardError) return err.message;
   if (isKernelError(err)) {
     const hint =
-      err.code === 'EPERM' ? ' (needs root, or CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON; register-pid of another user\'s process also CAP_SYS_PTRACE)' : err.code === 'ENOENT' ? '' : '';
+      err.code === 'EPERM' ? ` (needs root, or CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON; register-pid of another user's process also CAP_SYS_PTRACE)` : '';
     return `${err.syscall} failed: ${err.code}${hint}${err.detail ? `: ${verifierVerdict(err.detail)}` : ''}`;
   }
   return err instanceof Error ? err.message : String(err);

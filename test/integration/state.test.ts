@@ -1,0 +1,90 @@
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { TestNamespace, isRoot, CLI } from '../support/netns.js';
+import { randomBindings } from '../support/random.js';
+import { native } from '../../src/kernel/native.js';
+import { META } from '../../src/trie/layout.js';
+
+describe.skipIf(!isRoot)('pinned state survives writers dying and racing', () => {
+  let ns: TestNamespace;
+  let dir: string;
+  beforeEach(() => {
+    ns = TestNamespace.create();
+    ns.ok(['load']);
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sy-state-'));
+  });
+  afterEach(() => {
+    ns.destroy();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  const stateDir = () => ns.json<{ stateDir: string }>(['status']).stateDir;
+
+  it('concurrent writers are serialised: no update is lost', async () => {
+    const runs = Array.from({ length: 12 }, (_, i) =>
+      new Promise<number>((resolve) => {
+        const child = spawn(CLI, ['bind', `svc${i}`, 'tcp', `198.51.100.${i * 16}/28`, '0', '--netns', ns.path, '--bpffs', ns.bpffs], { stdio: 'ignore' });
+        child.on('exit', (code) => resolve(code ?? -1));
+      }),
+    );
+    expect(await Promise.all(runs)).toEqual(new Array(12).fill(0));
+    expect(ns.json<{ bindings: unknown[] }>(['bindings']).bindings).toHaveLength(12);
+  });
+
+  it('a writer killed at any point leaves the old or the new binding set, and the next writer proceeds', async () => {
+    const small = path.join(dir, 'small.json');
+    fs.writeFileSync(small, JSON.stringify({ bindings: [{ label: 'old', protocol: 'tcp', prefix: '192.0.2.0/24', port: 0 }] }));
+    const big = path.join(dir, 'big.json');
+    const set = randomBindings(5, 50_000);
+    fs.writeFileSync(big, JSON.stringify({ bindings: [...set.table] }));
+    for (let attempt = 0; attempt < 8; attempt++) {
+      ns.ok(['load-bindings', small]);
+      const child = spawn(CLI, ['load-bindings', big, '--netns', ns.path, '--bpffs', ns.bpffs], { stdio: 'ignore' });
+      const exited = new Promise((resolve) => child.on('exit', resolve));
+      await new Promise((r) => setTimeout(r, 150 + attempt * 180));
+      child.kill('SIGKILL');
+      await exited;
+      const count = ns.json<{ table: { bindingCount: number } }>(['status']).table.bindingCount;
+      expect([1, 50_000]).toContain(count);
+      const bindings = ns.json<{ bindings: unknown[] }>(['bindings']).bindings;
+      expect(bindings).toHaveLength(count);
+      // The next writer is not blocked by what the dead one left behind.
+      ns.ok(['bind', 'after', 'udp', '203.0.113.0/24', '53']);
+      expect(ns.json<{ label: string }>(['lookup', 'udp', '203.0.113.1', '53']).label).toBe('after');
+      expect(fs.readdirSync(stateDir()).filter((f) => f.includes('next'))).toEqual([]);
+    }
+  });
+
+  it('refuses pinned state of another ABI instead of guessing, and changes nothing', () => {
+    ns.ok(['bind', 'cdn', 'tcp', '192.0.2.0/24', '0']);
+    const meta = native().objGet(path.join(stateDir(), 'meta'));
+    try {
+      const value = Buffer.alloc(META.size);
+      native().mapLookup(meta, Buffer.alloc(4), value);
+      const patched = Buffer.from(value);
+      patched.writeUInt32LE(99, META.abiVersion);
+      native().mapUpdate(meta, Buffer.alloc(4), patched);
+      for (const args of [['status'], ['bind', 'x', 'tcp', '198.51.100.0/24', '0'], ['load'], ['upgrade']]) {
+        const r = ns.cli(args);
+        expect(r.code, args.join(' ')).not.toBe(0);
+        expect(r.stderr, args.join(' ')).toMatch(/ABI 99; this version speaks ABI 1/);
+      }
+      native().mapUpdate(meta, Buffer.alloc(4), value);
+      expect(ns.json<{ bindings: unknown[] }>(['bindings']).bindings).toEqual([{ label: 'cdn', protocol: 'tcp', prefix: '192.0.2.0/24', port: 0 }]);
+    } finally {
+      fs.closeSync(meta);
+    }
+  });
+
+  it('kernel errors carry code, errno and syscall', () => {
+    try {
+      native().objGet(path.join(ns.bpffs, 'does-not-exist'));
+      expect.unreachable();
+    } catch (err) {
+      expect(err).toMatchObject({ code: 'ENOENT', errno: -2, syscall: 'bpf_obj_get' });
+    }
+  });
+});

@@ -6,11 +6,12 @@
 import { SwitchyardError } from '../errors.js';
 import { type Family, type Prefix, formatAddress, parsePrefix } from '../net/address.js';
 import { LABEL_MAX } from '../trie/layout.js';
+import { IPPROTO_TCP, IPPROTO_UDP } from '../kernel/linux.js';
 import { findDuplicate, sortBindings } from './order.js';
 
 export type Protocol = 'tcp' | 'udp';
-export const IPPROTO: Record<Protocol, number> = { tcp: 6, udp: 17 };
-export const protocolName = (ipproto: number): Protocol => (ipproto === 6 ? 'tcp' : 'udp');
+export const IPPROTO: Record<Protocol, number> = { tcp: IPPROTO_TCP, udp: IPPROTO_UDP };
+export const protocolName = (ipproto: number): Protocol => (ipproto === IPPROTO_TCP ? 'tcp' : 'udp');
 
 /** A binding as operators write it. `prefix` is canonical (`addr/len`). */
 export interface Binding {
@@ -159,10 +160,25 @@ export class BindingTable {
     return { label: this.label(i), protocol: protocolName(this.protocol[i]!), prefix: this.prefixText(i), port: this.port[i]! };
   }
 
-  /** The (protocol, prefix, port) key as one string; unique per binding. */
-  key(i: number): string {
+  /** Index of the binding with this (protocol, prefix, port), or -1. */
+  indexOf(protocol: Protocol, prefix: Prefix, port: number): number {
+    const ipproto = IPPROTO[protocol];
+    const w = prefix.words;
     const a = this.addr;
-    return `${this.protocol[i]}|${this.family[i]}|${this.prefixLen[i]}|${this.port[i]}|${a[i * 4]}|${a[i * 4 + 1]}|${a[i * 4 + 2]}|${a[i * 4 + 3]}`;
+    for (let i = 0; i < this.count; i++) {
+      if (this.port[i] !== port || this.prefixLen[i] !== prefix.length || this.protocol[i] !== ipproto || this.family[i] !== prefix.family) continue;
+      if (a[i * 4] === w[0] && a[i * 4 + 1] === w[1] && a[i * 4 + 2] === w[2] && a[i * 4 + 3] === w[3]) return i;
+    }
+    return -1;
+  }
+
+  /** A copy without binding `skip` (all of them when skip is -1), with room for one more. */
+  without(skip: number): BindingTable {
+    const copy = new BindingTable(this.count + 1);
+    for (let i = 0; i < this.count; i++) {
+      if (i !== skip) copy.add(this.label(i), protocolName(this.protocol[i]!), this.prefix(i), this.port[i]!);
+    }
+    return copy;
   }
 
   *[Symbol.iterator](): IterableIterator<Binding> {
@@ -180,14 +196,6 @@ export class BindingTable {
   }
 }
 
-export function keyOf(protocol: Protocol, prefix: Prefix, port: number): string {
-  const w = prefix.words;
-  return `${IPPROTO[protocol]}|${prefix.family}|${prefix.length}|${port}|${w[0]}|${w[1]}|${w[2]}|${w[3]}`;
-}
-
-export function describeBinding(b: Binding): string {
-  return `${b.label} ${b.protocol} ${b.prefix} ${b.port}`;
-}
 
 const DOCUMENT_FIELDS = new Set(['bindings']);
 const BINDING_FIELDS = new Set(['label', 'protocol', 'prefix', 'port']);

@@ -36,10 +36,13 @@ const COMMON_OPTIONS = {
   help: { type: 'boolean', short: 'h' },
 } as const;
 
+/** Counters and serials are u64: JSON carries them as decimal strings. */
+const bigintAsString = (_key: string, value: unknown) => (typeof value === 'bigint' ? value.toString() : value);
+
 class Output {
   constructor(readonly json: boolean) {}
   data(value: unknown, human: () => string): void {
-    process.stdout.write(this.json ? `${JSON.stringify(value, null, 2)}\n` : `${human()}\n`);
+    process.stdout.write(this.json ? `${JSON.stringify(value, bigintAsString, 2)}\n` : `${human()}\n`);
   }
   line(text: string): void {
     process.stdout.write(`${text}\n`);
@@ -173,7 +176,7 @@ const COMMANDS: Record<string, Command> = {
     run(args, flags, out) {
       expectArgs(args, 0, this.usage);
       const s = withDispatcher(flags, (d) => d.status());
-      out.data(JSON.parse(JSON.stringify(s, (_k, v) => (typeof v === 'bigint' ? v.toString() : v))), () => printStatus(s));
+      out.data(s, () => printStatus(s));
       return 0;
     },
   },
@@ -183,7 +186,7 @@ const COMMANDS: Record<string, Command> = {
     run(args, flags, out) {
       const b = parseBindingArgs(args, this.usage);
       const r = withDispatcher(flags, (d) => d.bind(b));
-      out.data({ ...r, serial: r.serial.toString() }, () =>
+      out.data(r, () =>
         r.replaced ? `bound (was ${r.replaced}); ${r.bindings} bindings` : `bound; ${r.bindings} bindings`,
       );
       return 0;
@@ -195,7 +198,7 @@ const COMMANDS: Record<string, Command> = {
     run(args, flags, out) {
       const b = parseBindingArgs(args, this.usage);
       const r = withDispatcher(flags, (d) => d.unbind(b));
-      out.data({ ...r, serial: r.serial.toString() }, () => `unbound; ${r.bindings} bindings`);
+      out.data(r, () => `unbound; ${r.bindings} bindings`);
       return 0;
     },
   },
@@ -236,7 +239,7 @@ const COMMANDS: Record<string, Command> = {
       }
       const next = parseBindingsDocument(doc, file);
       const r = withDispatcher(flags, (d) => d.replaceBindings(next));
-      out.data({ ...r, serial: r.serial.toString() }, () =>
+      out.data(r, () =>
         `loaded ${r.bindings} bindings (+${r.added} −${r.removed}), table ${r.tableBytes} bytes, built in ${r.buildMs.toFixed(0)} ms, published in ${r.publishMs.toFixed(1)} ms`,
       );
       return 0;

@@ -15,8 +15,8 @@ import { fileURLToPath } from 'node:url';
 import { SwitchyardError } from '../errors.js';
 import { BpfMap, Fd, describeMismatch, u32Key, ATTACH_SK_LOOKUP, LINK_TYPE_NETNS } from '../kernel/bpf.js';
 import { native, type SocketInfo } from '../kernel/native.js';
-import { type Family, type Prefix, formatAddress, maskWords } from '../net/address.js';
-import { BindingTable, type Binding, type Protocol, keyOf, protocolName } from '../bindings/binding.js';
+import { type Family, type Prefix, formatAddress, formatPrefix, maskWords } from '../net/address.js';
+import { BindingTable, type Binding, type Protocol, protocolName } from '../bindings/binding.js';
 import { buildTable, type TrieInput } from '../trie/builder.js';
 import { countChanges } from '../bindings/order.js';
 import { leafDestination, leafPrefixLen, LEAF_RESULT_MASK } from '../trie/layout.js';
@@ -43,6 +43,14 @@ export function defaultObjectPath(): string {
     if (fs.existsSync(candidate)) return candidate;
   }
   throw new SwitchyardError('EINVAL_ARGUMENT', 'bpf/dispatcher.o not found; build it with `npm run build:bpf`');
+}
+
+/** One binding as the CLI or the agent names it. */
+export interface BindingSpec {
+  label: string;
+  protocol: Protocol;
+  prefix: Prefix;
+  port: number;
 }
 
 export interface ApplyResult {
@@ -290,43 +298,26 @@ export class Dispatcher {
   }
 
   /** Adds one binding, or relabels an existing (protocol, prefix, port). */
-  bind(binding: { label: string; protocol: Protocol; prefix: Prefix; port: number }): ApplyResult & { replaced: string | null } {
+  bind(binding: BindingSpec): ApplyResult & { replaced: string | null } {
     return withWriterLock(this.location, () => {
       const current = this.bindings();
-      const key = keyOf(binding.protocol, binding.prefix, binding.port);
-      const next = new BindingTable(current.count + 1);
-      let replaced: string | null = null;
-      for (let i = 0; i < current.count; i++) {
-        if (current.key(i) === key) {
-          replaced = current.label(i);
-          continue;
-        }
-        next.add(current.label(i), protocolName(current.protocol[i]!), current.prefix(i), current.port[i]!);
-      }
+      const at = current.indexOf(binding.protocol, binding.prefix, binding.port);
+      const next = current.without(at);
       next.add(binding.label, binding.protocol, binding.prefix, binding.port);
-      return { ...this.replaceLocked(next), replaced };
+      return { ...this.replaceLocked(next), replaced: at < 0 ? null : current.label(at) };
     });
   }
 
   /** Removes one binding; the label must match what is bound. */
-  unbind(binding: { label: string; protocol: Protocol; prefix: Prefix; port: number }): ApplyResult {
+  unbind(binding: BindingSpec): ApplyResult {
     return withWriterLock(this.location, () => {
       const current = this.bindings();
-      const key = keyOf(binding.protocol, binding.prefix, binding.port);
-      const next = new BindingTable(current.count);
-      let found = false;
-      for (let i = 0; i < current.count; i++) {
-        if (current.key(i) === key && current.label(i) === binding.label) {
-          found = true;
-          continue;
-        }
-        next.add(current.label(i), protocolName(current.protocol[i]!), current.prefix(i), current.port[i]!);
-      }
-      if (!found) {
-        const text = `${binding.label} ${binding.protocol} ${formatAddress(binding.prefix.family, binding.prefix.words)}/${binding.prefix.length} ${binding.port}`;
+      const at = current.indexOf(binding.protocol, binding.prefix, binding.port);
+      if (at < 0 || current.label(at) !== binding.label) {
+        const text = `${binding.label} ${binding.protocol} ${formatPrefix(binding.prefix)} ${binding.port}`;
         throw new SwitchyardError('EINVAL_BINDING', `no such binding: ${text}`, { entry: text });
       }
-      return this.replaceLocked(next);
+      return this.replaceLocked(current.without(at));
     });
   }
 

@@ -8,6 +8,7 @@ import { SwitchyardError } from '../errors.js';
 import { type BpfMap, type Fd, u32Key } from '../kernel/bpf.js';
 import { possibleCpus } from '../kernel/cpus.js';
 import { native } from '../kernel/native.js';
+import { AF_INET, AF_INET6, SK_PASS } from '../kernel/linux.js';
 import type { Address } from '../net/address.js';
 import { IPPROTO, type Protocol } from '../bindings/binding.js';
 import { TRACE, TRACE_SOCKET_FOUND } from '../trie/layout.js';
@@ -26,9 +27,6 @@ export const SK_LOOKUP_CTX = {
   size: 72,
 } as const;
 
-const AF_INET = 2;
-const AF_INET6 = 10;
-const SK_PASS = 1;
 
 export interface LookupQuery {
   protocol: Protocol;

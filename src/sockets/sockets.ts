@@ -6,15 +6,10 @@
 import fs from 'node:fs';
 import { SwitchyardError, isKernelError } from '../errors.js';
 import { native, type SocketInfo } from '../kernel/native.js';
+import { AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, SOCK_DGRAM, SOCK_STREAM } from '../kernel/linux.js';
 import { type Address, type Family, parseAddress } from '../net/address.js';
 import type { Protocol } from '../bindings/binding.js';
 
-const AF_INET = 2;
-const AF_INET6 = 10;
-const SOCK_STREAM = 1;
-const SOCK_DGRAM = 2;
-const IPPROTO_TCP = 6;
-const IPPROTO_UDP = 17;
 
 export interface CheckedSocket {
   family: Family;

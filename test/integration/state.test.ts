@@ -79,6 +79,46 @@ describe.skipIf(!isRoot)('pinned state survives writers dying and racing', () =>
     }
   });
 
+  it('native map surface: create, batch update and lookup, mmap, delete', () => {
+    const ARRAY = 2;
+    const HASH = 1;
+    const MMAPABLE = 1 << 10;
+    const array = native().mapCreate(ARRAY, 4, 8, 1024, MMAPABLE, 'sy_test_array');
+    const hash = native().mapCreate(HASH, 4, 8, 64, 0, 'sy_test_hash');
+    try {
+      const n = 1024;
+      const keys = Buffer.alloc(4 * n);
+      const values = Buffer.alloc(8 * n);
+      for (let i = 0; i < n; i++) {
+        keys.writeUInt32LE(i, i * 4);
+        values.writeBigUInt64LE(BigInt(i) * 3n, i * 8);
+      }
+      expect(native().mapUpdateBatch(array, keys, values, n)).toBe(n);
+      const view = new BigUint64Array(native().mmap(array, 8 * n, false));
+      expect(view[1000]).toBe(3000n);
+      const outKeys = Buffer.alloc(4 * n);
+      const outValues = Buffer.alloc(8 * n);
+      const token = Buffer.alloc(4);
+      const got = native().mapLookupBatch(array, null, token, outKeys, outValues, n);
+      expect(got.count).toBe(n);
+      expect(outValues.readBigUInt64LE(8 * 7)).toBe(21n);
+
+      const one = Buffer.alloc(8);
+      native().mapUpdate(hash, keys.subarray(0, 4), values.subarray(8, 16));
+      expect(native().mapLookup(hash, keys.subarray(0, 4), one)).toBe(true);
+      expect(one.readBigUInt64LE(0)).toBe(3n);
+      expect(native().mapDelete(hash, keys.subarray(0, 4))).toBe(true);
+      expect(native().mapDelete(hash, keys.subarray(0, 4))).toBe(false);
+      expect(native().mapLookup(hash, keys.subarray(0, 4), one)).toBe(false);
+      expect(native().objInfo(hash, 'map')).toMatchObject({ type: HASH, keySize: 4, valueSize: 8, maxEntries: 64, name: 'sy_test_hash' });
+      native().unmap(view.buffer as ArrayBuffer);
+      expect(view.length).toBe(0); // detached: no use after unmap
+    } finally {
+      fs.closeSync(array);
+      fs.closeSync(hash);
+    }
+  });
+
   it('kernel errors carry code, errno and syscall', () => {
     try {
       native().objGet(path.join(ns.bpffs, 'does-not-exist'));

@@ -15,10 +15,11 @@ import { fileURLToPath } from 'node:url';
 import { SwitchyardError } from '../errors.js';
 import { BpfMap, Fd, describeMismatch, u32Key, ATTACH_SK_LOOKUP, LINK_TYPE_NETNS } from '../kernel/bpf.js';
 import { native, type SocketInfo } from '../kernel/native.js';
+import { IPPROTO_TCP } from '../kernel/linux.js';
 import { type Family, type Prefix, formatAddress, formatPrefix, maskWords } from '../net/address.js';
 import { BindingTable, type Binding, type Protocol, protocolName } from '../bindings/binding.js';
 import { buildTable, type TrieInput } from '../trie/builder.js';
-import { countChanges } from '../bindings/order.js';
+import { countChanges, findDuplicate } from '../bindings/order.js';
 import { leafDestination, leafPrefixLen, LEAF_RESULT_MASK } from '../trie/layout.js';
 import { MAPS, MAP_NAMES, PROGRAM_NAME } from './maps.js';
 import {
@@ -228,9 +229,9 @@ export class Dispatcher {
   }
 
   /**
-   * Makes `next` the binding set, atomically for packets. Validation has
-   * happened before (BindingTable only holds valid bindings; duplicates are
-   * refused here); nothing changes if anything throws before the swap.
+   * Makes `next` the binding set, atomically for packets. A BindingTable
+   * only holds valid bindings; duplicate keys are refused here. Nothing
+   * changes if anything throws before the swap.
    */
   replaceBindings(next: BindingTable): ApplyResult {
     return withWriterLock(this.location, () => this.replaceLocked(next));
@@ -238,6 +239,11 @@ export class Dispatcher {
 
   private replaceLocked(next: BindingTable): ApplyResult {
     const started = performance.now();
+    const duplicate = findDuplicate(next, next.order());
+    if (duplicate) {
+      const [a, b] = duplicate.map((i) => JSON.stringify(next.binding(i)));
+      throw new SwitchyardError('EINVAL_BINDING', `bindings ${a} and ${b} have the same protocol, prefix and port`, { entry: b });
+    }
     const { maps } = this.state;
     const current = readCurrentTable(this.location.dir, maps.generation, true);
     const destinations = Destinations.read(maps.destinations, true);
@@ -259,7 +265,7 @@ export class Dispatcher {
       const idCache = new Map<number, number>();
       const dest = input.destination as Uint16Array;
       for (let i = 0; i < next.count; i++) {
-        const cacheKey = next.labelIndex[i]! * 16 + next.family[i]! + (next.protocol[i] === 6 ? 0 : 8);
+        const cacheKey = next.labelIndex[i]! * 16 + next.family[i]! + (next.protocol[i] === IPPROTO_TCP ? 0 : 8);
         let id = idCache.get(cacheKey);
         if (id === undefined) {
           const d = destinations.ensure(next.label(i), next.family[i] as Family, protocolName(next.protocol[i]!), (candidate) => {

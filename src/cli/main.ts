@@ -13,12 +13,11 @@ import {
   parseLabel,
   parsePort,
   parseProtocol,
-  BindingTable,
   type Binding,
 } from '../bindings/binding.js';
-import { type Address, parseAddress, type Prefix, maskWords } from '../net/address.js';
+import { parseAddress, type Prefix, maskWords } from '../net/address.js';
 import { locate, type Location } from '../dispatcher/state.js';
-import { Dispatcher, load, unload, upgrade, type LookupAnswer, type Status } from '../dispatcher/dispatcher.js';
+import { Dispatcher, load, unload, upgrade, type BindingSpec, type LookupAnswer, type Status } from '../dispatcher/dispatcher.js';
 import type { LookupQuery } from '../dispatcher/lookup.js';
 import { listenFds, socketsOfProcess } from '../sockets/sockets.js';
 
@@ -44,9 +43,6 @@ class Output {
   data(value: unknown, human: () => string): void {
     process.stdout.write(this.json ? `${JSON.stringify(value, bigintAsString, 2)}\n` : `${human()}\n`);
   }
-  line(text: string): void {
-    process.stdout.write(`${text}\n`);
-  }
 }
 
 function usageError(message: string): SwitchyardError {
@@ -69,7 +65,7 @@ function withDispatcher<T>(flags: Record<string, unknown>, fn: (d: Dispatcher) =
   }
 }
 
-function parseBindingArgs(args: string[], usage: string) {
+function parseBindingArgs(args: string[], usage: string): BindingSpec {
   expectArgs(args, 4, usage);
   const [label, protocol, prefix, port] = args as [string, string, string, string];
   const entry = `binding "${args.join(' ')}"`;
@@ -343,7 +339,6 @@ async function lookupStream(flags: Record<string, unknown>, out: Output): Promis
 }
 
 function helpText(): string {
-  const width = Math.max(...Object.values(COMMANDS).map((c) => c.usage.length));
   return [
     'usage: switchyard <command> [arguments] [--netns PATH] [--bpffs PATH] [--json]',
     '',
@@ -351,7 +346,7 @@ function helpText(): string {
     'in the kernel (BPF sk_lookup). State is pinned in bpffs and outlives this command.',
     '',
     'commands:',
-    ...Object.values(COMMANDS).map((c) => `  ${c.usage.padEnd(width)}  ${c.summary}`),
+    ...Object.values(COMMANDS).map((c) => `  ${c.usage}\n      ${c.summary}`),
     '',
     'options:',
     '  --netns PATH   network namespace file (default /proc/self/ns/net, i.e. the current one)',
@@ -416,4 +411,3 @@ export async function main(argv: string[]): Promise<number> {
   }
 }
 
-export type { Address, BindingTable };

@@ -27,8 +27,10 @@ function randomWords(r: () => number, family: Family, bases: Words[]): Words {
 
 function randomLength(r: () => number, family: Family): number {
   const x = r();
-  if (family === 4) return x < 0.3 ? 32 : x < 0.5 ? 24 : x < 0.6 ? 0 + Math.floor(r() * 12) : 12 + Math.floor(r() * 21);
-  return x < 0.3 ? 128 : x < 0.5 ? 48 : x < 0.6 ? 32 : Math.floor(r() * 129);
+  // A few very short prefixes (they cover everything below them), mostly
+  // hosts, /24s (/48s) and a spread of lengths in between.
+  if (family === 4) return x < 0.3 ? 32 : x < 0.5 ? 24 : x < 0.52 ? Math.floor(r() * 12) : 12 + Math.floor(r() * 21);
+  return x < 0.3 ? 128 : x < 0.5 ? 48 : x < 0.6 ? 32 : x < 0.62 ? Math.floor(r() * 16) : 16 + Math.floor(r() * 113);
 }
 
 export interface RandomSet {
@@ -67,7 +69,7 @@ export interface Query {
   port: number;
 }
 
-/** Half near bound prefixes (hits, with random host bits), half anywhere. */
+/** Near bound prefixes (hits, with random host bits), near the clusters, and anywhere (mostly misses). */
 export function randomQueries(seed: number, set: RandomSet, count: number): Query[] {
   const r = rng(seed);
   const out: Query[] = [];
@@ -75,7 +77,11 @@ export function randomQueries(seed: number, set: RandomSet, count: number): Quer
   for (let k = 0; k < count; k++) {
     let family: Family;
     let words: Words;
-    if (r() < 0.5 && table.count > 0) {
+    const kind = r();
+    if (kind < 0.2) {
+      family = r() < 0.5 ? 4 : 6;
+      words = family === 4 ? [u32(r), 0, 0, 0] : [u32(r), u32(r), u32(r), u32(r)];
+    } else if (kind < 0.6 && table.count > 0) {
       const i = Math.floor(r() * table.count);
       const p = table.prefix(i);
       family = p.family;

@@ -43,13 +43,18 @@ static int DupOrThrow(Napi::Env env, int fd, const char *what) {
   return copy;
 }
 
-// loadObject(path, reuse: {mapName: fd}) -> {maps: {name: fd}, programs: {name: fd}}
+// loadObject(path, reuse: {mapName: fd}, innerMaps: {outerMapName: fd})
+//   -> {maps: {name: fd}, programs: {name: fd}}
 // Maps named in `reuse` are not created: the program is verified against the
-// given (pinned) maps, which is how an upgrade keeps the maps.
+// given (pinned) maps, which is how an upgrade keeps the maps. A map-of-maps
+// that is created takes its inner template from innerMaps (every inner map
+// must then match it), so the caller decides the inner size at load time.
 static Napi::Value LoadObject(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
   std::string path = ArgString(info, 0);
   Napi::Object reuse = info.Length() > 1 && info[1].IsObject() ? info[1].As<Napi::Object>()
+                                                               : Napi::Object::New(env);
+  Napi::Object inner = info.Length() > 2 && info[2].IsObject() ? info[2].As<Napi::Object>()
                                                                : Napi::Object::New(env);
   g_libbpf_log.clear();
   libbpf_set_print(CaptureLibbpfLog);
@@ -59,6 +64,14 @@ static Napi::Value LoadObject(const Napi::CallbackInfo &info) {
   struct bpf_map *map;
   bpf_object__for_each_map(map, obj) {
     const char *name = bpf_map__name(map);
+    if (inner.Has(name) && !reuse.Has(name)) {
+      // (bpf_map__set_max_entries on bpf_map__inner_map() crashes libbpf 1.1.)
+      int err = bpf_map__set_inner_map_fd(map, inner.Get(name).As<Napi::Number>().Int32Value());
+      if (err) {
+        bpf_object__close(obj);
+        ThrowErrno(env, -err, "bpf_map__set_inner_map_fd", name);
+      }
+    }
     if (!reuse.Has(name)) continue;
     int fd = reuse.Get(name).As<Napi::Number>().Int32Value();
     int err = bpf_map__reuse_fd(map, fd);

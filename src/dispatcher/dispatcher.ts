@@ -21,7 +21,7 @@ import { BindingTable, type Binding, type Protocol, protocolName } from '../bind
 import { buildTable, type TrieInput } from '../trie/builder.js';
 import { countChanges, findDuplicate } from '../bindings/order.js';
 import { leafDestination, leafPrefixLen, LEAF_RESULT_MASK } from '../trie/layout.js';
-import { MAPS, MAP_NAMES, PROGRAM_NAME } from './maps.js';
+import { MAPS, MAP_NAMES, MIN_CAPACITY_ROWS, PROGRAM_NAME, capacityFor } from './maps.js';
 import {
   type Location,
   PinnedState,
@@ -33,7 +33,8 @@ import {
   withWriterLock,
 } from './state.js';
 import { Destinations, clearStats, readStats, type Destination, type DestinationStats } from './destinations.js';
-import { publishTable, readCurrentTable, type TableSummary } from './table.js';
+import { createTableMap, loadWithCapacity, publishTable, readCurrentTable, swapTable, type TableSummary } from './table.js';
+import type { BuiltTable } from '../trie/builder.js';
 import { ProgramLookup, type LookupQuery } from './lookup.js';
 import { checkSocket, describeSocket } from '../sockets/sockets.js';
 
@@ -102,7 +103,7 @@ export function load(location: Location, objectPath = defaultObjectPath()): { cr
       return { created: false };
     }
     removeAbandonedTemps(location);
-    const { maps, programs } = native().loadObject(objectPath, {});
+    const { maps, programs } = loadWithCapacity(objectPath, {}, MIN_CAPACITY_ROWS);
     const owned = [...Object.values(maps), ...Object.values(programs)].map((fd) => new Fd(fd));
     const temp = tempDirFor(location);
     try {
@@ -117,7 +118,7 @@ export function load(location: Location, objectPath = defaultObjectPath()): { cr
       native().mapUpdate(maps.meta!, u32Key(0), metaValue());
       const generation = new BpfMap(maps.generation!, MAPS.generation);
       fs.mkdirSync(temp, { mode: 0o700 });
-      publishTable(temp, generation, buildTable(emptyInput(), 1n));
+      publishTable(temp, generation, buildTable(emptyInput(), 1n), MIN_CAPACITY_ROWS);
       for (const name of MAP_NAMES) native().objPin(maps[name]!, path.join(temp, name));
       native().objPin(prog, path.join(temp, 'program'));
       const netns = new Fd(fs.openSync(location.netnsPath, 'r'));
@@ -159,6 +160,7 @@ export function unload(location: Location): { removed: boolean } {
  */
 export function upgrade(location: Location, objectPath = defaultObjectPath()): { programId: number; previousProgramId: number } {
   return withWriterLock(location, () => {
+    finishInterruptedGrowth(location);
     const state = PinnedState.open(location);
     try {
       const reuse: Record<string, number> = {};
@@ -184,6 +186,36 @@ export function upgrade(location: Location, objectPath = defaultObjectPath()): {
   });
 }
 
+/**
+ * Completes or discards a growth that a dead writer left half done: if the
+ * link already runs `program_next`, its generation and table are the live
+ * ones and take the pinned names; otherwise they never served and go.
+ * Returns true when it changed the pins. Writers call it under the lock.
+ */
+function finishInterruptedGrowth(location: Location): boolean {
+  const dir = location.dir;
+  const pending = path.join(dir, 'program_next');
+  if (!fs.existsSync(pending) && !fs.existsSync(path.join(dir, 'generation_next'))) return false;
+  let live = false;
+  if (fs.existsSync(pending)) {
+    const link = new Fd(native().objGet(path.join(dir, 'link')));
+    const prog = new Fd(native().objGet(pending));
+    try {
+      live = native().objInfo(link.fd, 'link').progId === native().objInfo(prog.fd, 'prog').id;
+    } finally {
+      link.close();
+      prog.close();
+    }
+  }
+  for (const name of ['table', 'generation', 'program']) {
+    const next = path.join(dir, `${name}_next`);
+    if (!fs.existsSync(next)) continue;
+    if (live) fs.renameSync(next, path.join(dir, name));
+    else fs.rmSync(next);
+  }
+  return true;
+}
+
 function emptyInput(): TrieInput {
   return {
     count: 0,
@@ -198,7 +230,11 @@ function emptyInput(): TrieInput {
 
 /** An open dispatcher: handles on its pinned state. Close it when done. */
 export class Dispatcher {
-  private constructor(readonly state: PinnedState) {}
+  private constructor(private pinned: PinnedState) {}
+
+  get state(): PinnedState {
+    return this.pinned;
+  }
 
   static open(location: Location): Dispatcher {
     return new Dispatcher(PinnedState.open(location));
@@ -239,6 +275,7 @@ export class Dispatcher {
 
   private replaceLocked(next: BindingTable): ApplyResult {
     const started = performance.now();
+    if (finishInterruptedGrowth(this.location)) this.reopen();
     const duplicate = findDuplicate(next, next.order());
     if (duplicate) {
       const [a, b] = duplicate.map((i) => JSON.stringify(next.binding(i)));
@@ -280,7 +317,9 @@ export class Dispatcher {
       const serial = (current?.summary.serial ?? 0n) + 1n;
       const built = buildTable(input, serial, next.order());
       const builtAt = performance.now();
-      publishTable(this.location.dir, maps.generation, built);
+      const capacity = current?.summary.capacityRows ?? MIN_CAPACITY_ROWS;
+      if (built.rows <= capacity) publishTable(this.location.dir, maps.generation, built, capacity);
+      else this.grow(built);
       const publishedAt = performance.now();
       // Only now may ids the new table no longer names be reused.
       for (const d of destinations.all()) {
@@ -301,6 +340,45 @@ export class Dispatcher {
     } finally {
       destinations.close();
     }
+  }
+
+  private reopen(): void {
+    const fresh = PinnedState.open(this.location);
+    this.pinned.close();
+    this.pinned = fresh;
+  }
+
+  /**
+   * A table larger than the program's capacity needs a new program: the
+   * capacity is part of the verified program. Load it against the pinned
+   * maps and a new generation map that already holds the table, then switch
+   * with BPF_LINK_UPDATE, the one atomic step. The new objects are pinned
+   * under *_next names first, so a writer that dies on the way leaves
+   * something finishInterruptedGrowth() can complete or discard.
+   */
+  private grow(built: BuiltTable): void {
+    const dir = this.location.dir;
+    const capacity = capacityFor(built.rows);
+    const reuse: Record<string, number> = {};
+    for (const name of MAP_NAMES) if (name !== 'generation') reuse[name] = this.state.maps[name].fd;
+    const { maps, programs } = loadWithCapacity(defaultObjectPath(), reuse, capacity);
+    const owned = [...Object.values(maps), ...Object.values(programs)].map((fd) => new Fd(fd));
+    try {
+      const prog = programs[PROGRAM_NAME]!;
+      const generation = new BpfMap(maps.generation!, MAPS.generation);
+      const table = createTableMap(built, capacity);
+      owned.push(table);
+      swapTable(generation, table);
+      for (const [fd, name] of [[table.fd, 'table'], [generation.fd, 'generation'], [prog, 'program']] as const) {
+        fs.rmSync(path.join(dir, `${name}_next`), { force: true });
+        native().objPin(fd, path.join(dir, `${name}_next`));
+      }
+      native().linkUpdate(this.state.link.fd, prog);
+      for (const name of ['table', 'generation', 'program']) fs.renameSync(path.join(dir, `${name}_next`), path.join(dir, name));
+    } finally {
+      for (const fd of owned) fd.close();
+    }
+    this.reopen();
   }
 
   /** Adds one binding, or relabels an existing (protocol, prefix, port). */

@@ -33,16 +33,20 @@ export const MAPS = {
 export type MapName = keyof typeof MAPS;
 export const MAP_NAMES = Object.keys(MAPS) as MapName[];
 
-/** The spec of one generation's table: sized to fit, so nothing is preallocated per binding. */
-export function tableSpec(rows: number): MapSpec {
-  return {
-    name: 'sy_table',
-    type: MapType.ARRAY,
-    keySize: 4,
-    valueSize: ROW_BYTES,
-    maxEntries: rows,
-    flags: MapFlags.INNER_MAP | MapFlags.MMAPABLE,
-  };
+/**
+ * The spec of a generation's table. Every table of a loaded program has the
+ * same number of rows, its capacity (see bpf/dispatcher.c for why); growing
+ * reloads the program with a larger generation map.
+ */
+export function tableSpec(capacityRows: number): MapSpec {
+  return { name: 'sy_table', type: MapType.ARRAY, keySize: 4, valueSize: ROW_BYTES, maxEntries: capacityRows, flags: MapFlags.MMAPABLE };
+}
+
+/** Room for about 70K bindings (4 MiB) until the first growth. */
+export const MIN_CAPACITY_ROWS = 1 << 16;
+/** Capacity for a table of `rows`: a quarter of headroom, in 64 KiB steps. */
+export function capacityFor(rows: number): number {
+  return Math.max(MIN_CAPACITY_ROWS, Math.ceil((rows * 1.25) / 1024) * 1024);
 }
 
 export const PROGRAM_NAME = 'switchyard_dispatch';

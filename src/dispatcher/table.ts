@@ -17,7 +17,9 @@ import { tableSpec } from './maps.js';
 export interface TableSummary {
   mapId: number;
   serial: bigint;
+  /** Rows in use, and rows every table of this program has. */
   rows: number;
+  capacityRows: number;
   bytes: number;
   nodeCount: number;
   wordCount: number;
@@ -75,6 +77,7 @@ export function readCurrentTable(dir: string, generation: BpfMap, withBindings =
       mapId: current.id,
       serial: view.getBigUint64(HEADER.serial, true),
       rows,
+      capacityRows: current.map.spec.maxEntries,
       bytes: current.map.spec.maxEntries * ROW_BYTES,
       nodeCount: view.getUint32(HEADER.nodeCount, true),
       wordCount: view.getUint32(HEADER.wordCount, true),
@@ -107,9 +110,10 @@ export function readCurrentTable(dir: string, generation: BpfMap, withBindings =
   }
 }
 
-/** Writes a built table into a new map and makes it the published one. */
-export function publishTable(dir: string, generation: BpfMap, built: BuiltTable): number {
-  const spec = tableSpec(built.rows);
+/** A new, unpinned table map of `capacityRows` holding `built`. The caller owns (closes) it. */
+export function createTableMap(built: BuiltTable, capacityRows: number): BpfMap {
+  if (built.rows > capacityRows) throw new Error(`table of ${built.rows} rows exceeds capacity ${capacityRows}`);
+  const spec = tableSpec(capacityRows);
   const table = new BpfMap(
     native().mapCreate(spec.type, spec.keySize, spec.valueSize, spec.maxEntries, spec.flags, spec.name),
     spec,
@@ -121,12 +125,42 @@ export function publishTable(dir: string, generation: BpfMap, built: BuiltTable)
     } finally {
       native().unmap(buffer);
     }
+    return table;
+  } catch (err) {
+    table.close();
+    throw err;
+  }
+}
+
+/**
+ * Loads a BPF object whose `generation` map (created, not reused) takes
+ * tables of `capacityRows`; the template map only lives during the load.
+ */
+export function loadWithCapacity(objectPath: string, reuse: Record<string, number>, capacityRows: number) {
+  const spec = tableSpec(capacityRows);
+  const template = new BpfMap(native().mapCreate(spec.type, spec.keySize, spec.valueSize, spec.maxEntries, spec.flags, 'sy_table_tmpl'), spec);
+  try {
+    return native().loadObject(objectPath, reuse, { generation: template.fd });
+  } finally {
+    template.close();
+  }
+}
+
+/** Swaps `table` into slot 0 of a generation map: the switch, for packets. */
+export function swapTable(generation: BpfMap, table: BpfMap): void {
+  const fd = Buffer.alloc(4);
+  fd.writeUInt32LE(table.fd);
+  generation.update(u32Key(0), fd);
+}
+
+/** Writes a built table into a new map and makes it the published one. */
+export function publishTable(dir: string, generation: BpfMap, built: BuiltTable, capacityRows: number): number {
+  const table = createTableMap(built, capacityRows);
+  try {
     const next = path.join(dir, PIN_NEXT);
     fs.rmSync(next, { force: true }); // left by a writer that died before its swap
     native().objPin(table.fd, next);
-    const fd = Buffer.alloc(4);
-    fd.writeUInt32LE(table.fd);
-    generation.update(u32Key(0), fd); // the switch, for packets
+    swapTable(generation, table);
     fs.renameSync(next, path.join(dir, PIN));
     return table.info().id;
   } finally {

@@ -51,7 +51,12 @@ export interface TestRunResult {
 }
 
 export interface Native {
-  loadObject(path: string, reuse: Record<string, number>): { maps: Record<string, number>; programs: Record<string, number> };
+  /** `innerMaps` gives the inner template (a map fd) of each map-of-maps the object creates. */
+  loadObject(
+    path: string,
+    reuse: Record<string, number>,
+    innerMaps?: Record<string, number>,
+  ): { maps: Record<string, number>; programs: Record<string, number> };
   mapCreate(type: number, keySize: number, valueSize: number, maxEntries: number, flags: number, name: string, innerMapFd?: number): number;
   objPin(fd: number, path: string): void;
   objGet(path: string): number;

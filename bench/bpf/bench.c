@@ -1,0 +1,213 @@
+// SPDX-License-Identifier: BSD-3-Clause OR GPL-2.0
+/*
+ * Benchmark programs, never attached: run with BPF_PROG_TEST_RUN.
+ *
+ * Each program run takes the next query from `queries` (a large random
+ * array, so a run measures cold-ish caches rather than one hot key) and
+ * resolves it:
+ *   bench_floor    only fetches the query: the floor every figure is net of;
+ *   bench_ours     walks our bindings table with the dispatcher's own code
+ *                  (bpf/lookup.h);
+ *   bench_tubular  tubular's data plane exactly: a BPF_MAP_TYPE_LPM_TRIE keyed
+ *                  {prefixlen, protocol, port (host order), IPv4 as
+ *                  ::ffff:a.b.c.d}, value {id, prefixlen}, two lookups (exact
+ *                  port, then port 0), the wildcard winning only with a
+ *                  strictly longer prefix.
+ * check_ours and check_tubular store each query's answer (destination + 1,
+ * 0 = none) in `results`, so the harness can compare both before timing.
+ */
+#include <linux/bpf.h>
+#include <linux/in.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "../../bpf/switchyard.h"
+#include "../../bpf/lookup.h"
+
+/* One query, pre-decoded: family 0 = IPv4, 1 = IPv6; proto 0 = TCP, 1 = UDP. */
+struct bench_query {
+	__u32 family;
+	__u32 proto;
+	__u32 port;
+	__u32 ipproto;
+	__u64 hi;
+	__u64 lo;
+	__u32 ip[4]; /* network order, IPv4 as ::ffff:a.b.c.d (tubular's key) */
+};
+
+struct bench_state {
+	__u32 next;
+	__u32 count;
+	__u64 sink;
+};
+
+struct tubular_key {
+	__u32 prefixlen;
+	__u8 protocol;
+	__u16 port;
+	__u32 ip[4];
+} __attribute__((packed));
+
+struct tubular_binding {
+	__u32 id;
+	__u32 prefixlen;
+};
+
+struct table_map {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, 1); /* the harness sets the capacity */
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(struct sy_row));
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__array(values, struct table_map);
+} generation SEC(".maps");
+
+/* Sized by the harness (it passes its own maps). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 1);
+	__type(key, struct tubular_key);
+	__type(value, struct tubular_binding);
+} tubular_bindings SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct bench_query);
+} queries SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} results SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct bench_state);
+} state SEC(".maps");
+
+static __always_inline struct bench_query *next_query(struct bench_state **st, __u32 *index)
+{
+	__u32 zero = 0;
+
+	*st = bpf_map_lookup_elem(&state, &zero);
+	if (!*st || !(*st)->count)
+		return 0;
+	*index = (*st)->next;
+	(*st)->next = *index + 1 >= (*st)->count ? 0 : *index + 1;
+	return bpf_map_lookup_elem(&queries, index);
+}
+
+static __always_inline __u32 ours(struct bench_query *q)
+{
+	__u32 zero = 0, exact, wildcard;
+	void *table = bpf_map_lookup_elem(&generation, &zero);
+
+	if (!table)
+		return 0;
+	return lookup_bindings(table, q->family, q->proto, q->port, q->hi, q->lo, &exact, &wildcard) &
+	       SY_LEAF_RESULT_MASK;
+}
+
+static __always_inline __u32 tubular(struct bench_query *q)
+{
+	struct tubular_key key = {
+		.prefixlen = (sizeof(struct tubular_key) - 4) * 8,
+		.protocol = q->ipproto,
+		.port = q->port,
+	};
+	const struct tubular_binding *bind, *wildcard;
+
+	key.ip[0] = q->ip[0];
+	key.ip[1] = q->ip[1];
+	key.ip[2] = q->ip[2];
+	key.ip[3] = q->ip[3];
+	bind = bpf_map_lookup_elem(&tubular_bindings, &key);
+	key.port = 0;
+	wildcard = bpf_map_lookup_elem(&tubular_bindings, &key);
+	if (bind) {
+		if (wildcard && wildcard->prefixlen > bind->prefixlen)
+			return wildcard->id;
+		return bind->id;
+	}
+	return wildcard ? wildcard->id : 0;
+}
+
+SEC("sk_lookup")
+int bench_floor(struct bpf_sk_lookup *ctx)
+{
+	struct bench_state *st;
+	__u32 index;
+	struct bench_query *q = next_query(&st, &index);
+
+	if (q)
+		st->sink += q->port;
+	return SK_PASS;
+}
+
+SEC("sk_lookup")
+int bench_ours(struct bpf_sk_lookup *ctx)
+{
+	struct bench_state *st;
+	__u32 index;
+	struct bench_query *q = next_query(&st, &index);
+
+	if (q)
+		st->sink += ours(q);
+	return SK_PASS;
+}
+
+SEC("sk_lookup")
+int bench_tubular(struct bpf_sk_lookup *ctx)
+{
+	struct bench_state *st;
+	__u32 index;
+	struct bench_query *q = next_query(&st, &index);
+
+	if (q)
+		st->sink += tubular(q);
+	return SK_PASS;
+}
+
+SEC("sk_lookup")
+int check_ours(struct bpf_sk_lookup *ctx)
+{
+	struct bench_state *st;
+	__u32 index, *out;
+	struct bench_query *q = next_query(&st, &index);
+
+	if (q) {
+		out = bpf_map_lookup_elem(&results, &index);
+		if (out)
+			*out = ours(q);
+	}
+	return SK_PASS;
+}
+
+SEC("sk_lookup")
+int check_tubular(struct bpf_sk_lookup *ctx)
+{
+	struct bench_state *st;
+	__u32 index, *out;
+	struct bench_query *q = next_query(&st, &index);
+
+	if (q) {
+		out = bpf_map_lookup_elem(&results, &index);
+		if (out)
+			*out = tubular(q);
+	}
+	return SK_PASS;
+}
+
+char _license[] SEC("license") = "Dual BSD/GPL";

@@ -16,6 +16,7 @@ import { encodeContext } from '../src/dispatcher/lookup.js';
 import { MAPS } from '../src/dispatcher/maps.js';
 import { rng, PORTS } from './sets.js';
 import type { Family, Words } from '../src/net/address.js';
+import { mapMemory } from './machine.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 export const BENCH_OBJECT = [path.resolve(here, 'bpf/bench.o'), path.resolve(here, '../../bench/bpf/bench.o')].find((p) => fs.existsSync(p))!;
@@ -145,9 +146,11 @@ export class LookupBench {
     for (const fd of [...Object.values(loaded.maps), ...Object.values(loaded.programs)]) this.owned.push(new Fd(fd));
     this.programs = loaded.programs;
     this.maps = loaded.maps;
+    const started = performance.now();
     this.table = createTableMap(built, built.rows);
     this.owned.push(this.table);
     swapTable(new BpfMap(this.maps.generation!, MAPS.generation), this.table);
+    this.publishMs = performance.now() - started;
     const state = Buffer.alloc(STATE_BYTES * possibleCpus());
     for (let c = 0; c < possibleCpus(); c++) state.writeUInt32LE(queries.count, c * STATE_BYTES + 4);
     this.stateValue = state;
@@ -155,6 +158,8 @@ export class LookupBench {
     this.results = resultsFd;
   }
 
+  /** Creating the table map, writing it through mmap and swapping it in. */
+  readonly publishMs: number;
   private readonly stateValue: Buffer;
   private readonly queries: QuerySet;
   private readonly results: number;
@@ -182,6 +187,11 @@ export class LookupBench {
   time(program: 'bench_floor' | 'bench_ours' | 'bench_tubular', repeat: number): number {
     this.rewind();
     return native().progTestRun(this.programs[program]!, this.ctx, repeat).duration;
+  }
+
+  /** Kernel memory of our table map (fdinfo memlock). */
+  tableMemory(): number {
+    return mapMemory(this.table.fd);
   }
 
   close(): void {

@@ -1,0 +1,273 @@
+/**
+ * `npm run bench [-- --quick]`: the dispatcher against tubular's design, in
+ * one run on this machine. Prints the machine and a table, writes
+ * bench/results/latest.{json,md} and bench/results/lookup.svg.
+ * Never part of the test run; needs root (BPF, network namespaces).
+ */
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { parseArgs } from 'node:util';
+import { fileURLToPath } from 'node:url';
+import { describeMachine, mapMemory, type Machine } from './machine.js';
+import { familyOf, makeSet, type SetName, PORTS } from './sets.js';
+import { buildOurs, loadTubular, makeQueries, LookupBench } from './harness.js';
+import { HEADER, ROW_BYTES } from '../src/trie/layout.js';
+import { locate } from '../src/dispatcher/state.js';
+import { Dispatcher, load } from '../src/dispatcher/dispatcher.js';
+import { parsePrefix, type Prefix } from '../src/net/address.js';
+import { chart } from './chart.js';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const root = [path.resolve(here, '..'), path.resolve(here, '../..')].find((p) => fs.existsSync(path.join(p, 'package.json')))!;
+const { values: flags } = parseArgs({ options: { quick: { type: 'boolean' }, out: { type: 'string' } } });
+const quick = flags.quick === true;
+const outDir = flags.out ?? path.join(root, 'bench/results');
+
+export interface LookupRow {
+  set: SetName;
+  family: 4 | 6;
+  bindings: number;
+  queries: number;
+  hits: number;
+  floor_ns: number;
+  ours_ns: number;
+  tubular_ns: number | null;
+  ratio: number | null;
+  ours_build_ms: number;
+  ours_publish_ms: number;
+  tubular_insert_ms: number | null;
+  tubular_insert: 'batch' | 'one by one' | null;
+  ours_bytes: number;
+  ours_trie_bytes: number;
+  tubular_bytes: number | null;
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+const log = (s: string) => process.stderr.write(`${s}\n`);
+
+function lookupRow(name: SetName, size: number, withTubular: boolean, queryCount: number): LookupRow {
+  const set = makeSet(name, size);
+  const started = performance.now();
+  const built = buildOurs(set);
+  const buildMs = performance.now() - started;
+  const tubular = withTubular ? loadTubular(set) : undefined;
+  const queries = makeQueries(set, familyOf(name), queryCount);
+  // Without the baseline, an empty LPM trie stands in (the program needs one).
+  const stand = tubular?.map ?? loadTubular(makeSet(name, 0)).map;
+  const bench = new LookupBench(built, stand, queries);
+  const publishMs = bench.publishMs;
+  try {
+    const ours = bench.answers('check_ours');
+    let hits = 0;
+    for (const a of ours) if (a) hits++;
+    if (tubular) {
+      const theirs = bench.answers('check_tubular');
+      for (let i = 0; i < ours.length; i++) {
+        if (ours[i] !== theirs[i]) throw new Error(`${name} ${set.count}: query ${i}: ours says ${ours[i]}, tubular says ${theirs[i]}; stopping`);
+      }
+    }
+    const floors: number[] = [];
+    const oursNs: number[] = [];
+    const theirsNs: number[] = [];
+    for (let round = 0; round < 3; round++) {
+      floors.push(bench.time('bench_floor', queries.count));
+      oursNs.push(bench.time('bench_ours', queries.count));
+      if (tubular) theirsNs.push(bench.time('bench_tubular', queries.count));
+    }
+    const floor = median(floors);
+    const header = new DataView(built.bytes.buffer, built.bytes.byteOffset);
+    const recordOffset = header.getUint32(HEADER.bindingOffset, true);
+    const row: LookupRow = {
+      set: name,
+      family: familyOf(name),
+      bindings: set.count,
+      queries: queries.count,
+      hits,
+      floor_ns: floor,
+      ours_ns: Math.max(0, median(oursNs) - floor),
+      tubular_ns: tubular ? Math.max(0, median(theirsNs) - floor) : null,
+      ratio: null,
+      ours_build_ms: Math.round(buildMs),
+      ours_publish_ms: Math.round(publishMs * 10) / 10,
+      tubular_insert_ms: tubular ? Math.round(tubular.insertMs) : null,
+      tubular_insert: tubular ? (tubular.batch ? 'batch' : 'one by one') : null,
+      ours_bytes: bench.tableMemory(),
+      ours_trie_bytes: Math.ceil(recordOffset / ROW_BYTES) * ROW_BYTES,
+      tubular_bytes: tubular ? mapMemory(tubular.map.fd) : null,
+    };
+    if (row.tubular_ns !== null) row.ratio = Math.round((row.tubular_ns / Math.max(1, row.ours_ns)) * 10) / 10;
+    return row;
+  } finally {
+    bench.close();
+    if (stand !== tubular?.map) stand.close();
+    tubular?.map.close();
+  }
+}
+
+/** Time from `bind` (the library call the CLI makes) until the loaded program answers with it. */
+function bindLatency(size: number): { bindings: number; bind_ms: number; samples: number[] } {
+  const ns = `sy-bench-${process.pid}`;
+  const bpffs = fs.mkdtempSync(path.join(os.tmpdir(), 'sy-bench-bpffs-'));
+  execFileSync('ip', ['netns', 'add', ns]);
+  try {
+    execFileSync('mount', ['-t', 'bpf', 'bpf', bpffs]);
+    const location = locate({ netns: `/run/netns/${ns}`, bpffs });
+    load(location);
+    const d = Dispatcher.open(location);
+    try {
+      d.replaceBindings(makeSet('random', size));
+      const samples: number[] = [];
+      for (let k = 0; k < 3; k++) {
+        const prefix = parsePrefix(`198.18.${k}.0/24`) as Prefix;
+        const started = performance.now();
+        d.bind({ label: 'bench-bind', protocol: 'tcp', prefix, port: 0 });
+        const [answer] = [...d.lookup([{ protocol: 'tcp', address: { family: 4, words: [(0xc6120000 | (k << 8) | 1) >>> 0, 0, 0, 0] }, port: 80 }])];
+        samples.push(performance.now() - started);
+        if (answer?.label !== 'bench-bind') throw new Error('bind not visible to the program');
+      }
+      return { bindings: size, bind_ms: Math.round(median(samples) * 10) / 10, samples: samples.map((s) => Math.round(s)) };
+    } finally {
+      d.close();
+    }
+  } finally {
+    spawnSync('ip', ['netns', 'del', ns]);
+    spawnSync('umount', [bpffs]);
+    fs.rmSync(bpffs, { recursive: true, force: true });
+  }
+}
+
+/** TCP connections per second to a plain listener vs. through the dispatcher, same namespace. */
+async function connectionRate(count: number, rounds: number) {
+  const ns = `sy-bench-conn-${process.pid}`;
+  const bpffs = fs.mkdtempSync(path.join(os.tmpdir(), 'sy-bench-bpffs-'));
+  const ip = (args: string[]) => execFileSync('ip', ['-n', ns, ...args]);
+  execFileSync('ip', ['netns', 'add', ns]);
+  const children: Array<ReturnType<typeof spawn>> = [];
+  try {
+    execFileSync('mount', ['-t', 'bpf', 'bpf', bpffs]);
+    ip(['link', 'set', 'lo', 'up']);
+    ip(['route', 'add', 'local', '192.0.2.0/24', 'dev', 'lo']);
+    ip(['route', 'add', 'local', '198.51.100.0/24', 'dev', 'lo']);
+    const start = (specs: string[]) =>
+      new Promise<number>((resolve, reject) => {
+        const child = spawn('ip', ['netns', 'exec', ns, process.execPath, path.join(root, 'test/fixtures/service.mjs'), 'svc', ...specs], { stdio: ['ignore', 'pipe', 'inherit'] });
+        children.push(child);
+        child.stdout!.on('data', (d: Buffer) => {
+          const m = /ready (\d+)/.exec(d.toString());
+          if (m) resolve(Number(m[1]));
+        });
+        child.on('exit', (code) => reject(new Error(`service exited ${code}`)));
+      });
+    await start(['tcp4@192.0.2.1:8080']);
+    const pid = await start(['tcp4@127.0.0.1:9090']);
+    const location = locate({ netns: `/run/netns/${ns}`, bpffs });
+    load(location);
+    const d = Dispatcher.open(location);
+    try {
+      d.bind({ label: 'svc', protocol: 'tcp', prefix: parsePrefix('198.51.100.0/24') as Prefix, port: 0 });
+      const fds = (await import('../src/sockets/sockets.js')).socketsOfProcess(pid, 'tcp', { family: 4, words: [0x7f000001, 0, 0, 0] }, 9090);
+      d.register('svc', fds[0]!);
+      for (const fd of fds) fs.closeSync(fd);
+    } finally {
+      d.close();
+    }
+    const client = (addr: string) => {
+      const out = execFileSync('ip', ['netns', 'exec', ns, process.execPath, path.join(root, 'bench/conn-client.mjs'), addr, '8080', String(count)], { encoding: 'utf8' });
+      const r = JSON.parse(out) as { ms: number };
+      return (count / r.ms) * 1000;
+    };
+    const plain: number[] = [];
+    const dispatched: number[] = [];
+    for (let r = 0; r < rounds; r++) {
+      plain.push(client('192.0.2.1'));
+      dispatched.push(client('198.51.100.7'));
+    }
+    const p = median(plain);
+    const q = median(dispatched);
+    return { connections: count, rounds, plain_per_s: Math.round(p), dispatched_per_s: Math.round(q), difference_pct: Math.round(((q - p) / p) * 1000) / 10 };
+  } finally {
+    for (const c of children) c.kill('SIGKILL');
+    spawnSync('ip', ['netns', 'del', ns]);
+    spawnSync('umount', [bpffs]);
+    fs.rmSync(bpffs, { recursive: true, force: true });
+  }
+}
+
+function markdown(machine: Machine, rows: LookupRow[], extra: Record<string, unknown>): string {
+  const lines = [
+    `# Switchyard benchmark (${quick ? 'quick' : 'full'} run, ${new Date().toISOString()})`,
+    '',
+    `Machine: ${machine.cpu}, ${machine.cpus} CPUs, ${Object.entries(machine.caches).map(([k, v]) => `${k} ${v}`).join(', ')}; kernel ${machine.kernel}; BPF JIT ${machine.bpfJit}; SRSO: ${machine.mitigations.spec_rstack_overflow}.`,
+    '',
+    'Lookup: ns per program run (BPF_PROG_TEST_RUN, queries rotated through a random array), net of an empty program\'s floor measured in the same run; median of 3.',
+    '',
+    '| set | family | bindings | floor ns | ours ns | tubular ns | ratio | ours B/binding (trie) | tubular B/binding | ours build+publish ms | tubular insert ms |',
+    '|---|---|---|---|---|---|---|---|---|---|---|',
+    ...rows.map((r) =>
+      [
+        r.set,
+        `IPv${r.family}`,
+        r.bindings,
+        r.floor_ns,
+        r.ours_ns,
+        r.tubular_ns ?? '—',
+        r.ratio === null ? '—' : `${r.ratio}×`,
+        `${(r.ours_bytes / r.bindings).toFixed(1)} (${(r.ours_trie_bytes / r.bindings).toFixed(1)})`,
+        r.tubular_bytes === null ? '—' : (r.tubular_bytes / r.bindings).toFixed(1),
+        `${r.ours_build_ms}+${r.ours_publish_ms}`,
+        r.tubular_insert_ms === null ? '—' : `${r.tubular_insert_ms} (${r.tubular_insert})`,
+      ].join(' | ').replace(/^/, '| ').replace(/$/, ' |'),
+    ),
+    '',
+    '```json',
+    JSON.stringify(extra, null, 2),
+    '```',
+    '',
+    '![ns per lookup](lookup.svg)',
+  ];
+  return lines.join('\n') + '\n';
+}
+
+async function main(): Promise<void> {
+  const machine = describeMachine();
+  log(`machine: ${machine.cpu}, ${machine.cpus} CPUs, ${JSON.stringify(machine.caches)}, kernel ${machine.kernel}, JIT ${machine.bpfJit}`);
+  const queryCount = 1 << 20;
+  const plan: Array<[SetName, number, boolean]> = quick
+    ? [
+        ['random', 1_000, true], ['random', 100_000, true], ['random', 1_000_000, true],
+        ['bgp', 1_000, true], ['bgp', 100_000, true], ['bgp', 1_000_000, true],
+        ['real', Infinity, true], ['ipv6', 1_000_000, true], ['random', 4_000_000, false],
+      ]
+    : [
+        ...(['dense', 'random', 'bgp', 'ipv6'] as SetName[]).flatMap((s) => [1_000, 10_000, 100_000, 1_000_000].map((n) => [s, n, true] as [SetName, number, boolean])),
+        ['real', Infinity, true], ['real6', Infinity, true], ['random', 4_000_000, false], ['bgp', 4_000_000, false],
+      ];
+  const rows: LookupRow[] = [];
+  for (const [name, size, withTubular] of plan) {
+    const t = performance.now();
+    const row = lookupRow(name, size, withTubular, queryCount);
+    rows.push(row);
+    log(`${name.padEnd(6)} ${String(row.bindings).padStart(8)}  floor ${row.floor_ns} ns  ours ${row.ours_ns} ns  tubular ${row.tubular_ns ?? '—'} ns  ratio ${row.ratio ?? '—'}  (${((performance.now() - t) / 1000).toFixed(1)} s)`);
+  }
+  const bind = bindLatency(quick ? 100_000 : 1_000_000);
+  log(`bind visible to the program: ${bind.bind_ms} ms with ${bind.bindings} bindings`);
+  const conn = await connectionRate(quick ? 2_000 : 10_000, 3);
+  log(`TCP connections: plain ${conn.plain_per_s}/s, through the dispatcher ${conn.dispatched_per_s}/s (${conn.difference_pct}%)`);
+  const oneM = rows.find((r) => r.set === 'random' && r.bindings === 1_000_000);
+  const extra = {
+    replace_1m: oneM ? { ours_build_ms: oneM.ours_build_ms, ours_publish_ms: oneM.ours_publish_ms, tubular_insert_ms: oneM.tubular_insert_ms, tubular_insert: oneM.tubular_insert } : null,
+    bind,
+    tcp_connections: conn,
+    ports: PORTS,
+  };
+  const result = { machine, quick, date: new Date().toISOString(), lookups: rows, ...extra };
+  fs.mkdirSync(outDir, { recursive: true });
+  fs.writeFileSync(path.join(outDir, 'latest.json'), `${JSON.stringify(result, null, 2)}\n`);
+  fs.writeFileSync(path.join(outDir, 'latest.md'), markdown(machine, rows, extra));
+  fs.writeFileSync(path.join(outDir, 'lookup.svg'), chart(rows));
+  process.stdout.write(markdown(machine, rows, extra));
+}
+
+await main();

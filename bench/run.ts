@@ -18,6 +18,7 @@ import { locate } from '../src/dispatcher/state.js';
 import { Dispatcher, load } from '../src/dispatcher/dispatcher.js';
 import { parsePrefix, type Prefix } from '../src/net/address.js';
 import { chart } from './chart.js';
+import { releaseTimes } from './release.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = [path.resolve(here, '..'), path.resolve(here, '../..')].find((p) => fs.existsSync(path.join(p, 'package.json')))!;
@@ -251,6 +252,8 @@ async function main(): Promise<void> {
     rows.push(row);
     log(`${name.padEnd(6)} ${String(row.bindings).padStart(8)}  floor ${row.floor_ns} ns  ours ${row.ours_ns} ns  tubular ${row.tubular_ns ?? '—'} ns  ratio ${row.ratio ?? '—'}  (${((performance.now() - t) / 1000).toFixed(1)} s)`);
   }
+  const release = await releaseTimes(makeSet('random', 1_000_000));
+  log(`release 1M: ours ${release.ours.ms ?? 'not seen'} ms (${release.ours.bytes} bytes), tubular ${release.tubular.ms ?? 'not seen'} ms (${release.tubular.bytes} bytes)`);
   const bind = bindLatency(quick ? 100_000 : 1_000_000);
   log(`bind visible to the program: ${bind.bind_ms} ms with ${bind.bindings} bindings`);
   const conn = await connectionRate(quick ? 2_000 : 10_000, 3);
@@ -258,6 +261,7 @@ async function main(): Promise<void> {
   const oneM = rows.find((r) => r.set === 'random' && r.bindings === 1_000_000);
   const extra = {
     replace_1m: oneM ? { ours_build_ms: oneM.ours_build_ms, ours_publish_ms: oneM.ours_publish_ms, tubular_insert_ms: oneM.tubular_insert_ms, tubular_insert: oneM.tubular_insert } : null,
+    release_1m: release,
     bind,
     tcp_connections: conn,
     ports: PORTS,

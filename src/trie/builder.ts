@@ -80,6 +80,15 @@ export function directBits(n: number): number {
   return Math.max(4, Math.min(22, Math.floor(Math.log2(Math.max(1, n)))));
 }
 
+interface Slots {
+  values: Uint32Array;
+  childSlot: Uint32Array;
+  childStart: Uint32Array;
+  childEnd: Uint32Array;
+  childCount: number;
+  shorts: number[];
+}
+
 class TrieBuilder {
   readonly words: Growable;
   readonly nodes: Growable;
@@ -109,6 +118,25 @@ class TrieBuilder {
     return 128;
   }
 
+  /** Per-depth scratch for fillSlots: depth d is free while depth d's node is being built. */
+  private readonly scratch: Slots[] = [];
+
+  private slotsAt(depth: number, size: number): Slots {
+    let slots = this.scratch[depth];
+    if (!slots || slots.values.length < size) {
+      slots = {
+        values: new Uint32Array(size),
+        childSlot: new Uint32Array(size),
+        childStart: new Uint32Array(size),
+        childEnd: new Uint32Array(size),
+        childCount: 0,
+        shorts: [],
+      };
+      this.scratch[depth] = slots;
+    }
+    return slots;
+  }
+
   /** Builds the trie of sorted bindings order[lo..hi) and returns its root word. */
   buildTrie(lo: number, hi: number): number {
     const family = this.input.family[this.order[lo]!] as 4 | 6;
@@ -119,13 +147,13 @@ class TrieBuilder {
     this.words.reserve(pad);
     const base = this.words.reserve(1 << s);
     this.directTables.push([base, 1 << s]);
-    const slots = this.fillSlots(lo, hi, 0, s, 1 << s, 0, 0);
-    const table = this.words.data;
-    for (let v = 0; v < 1 << s; v++) table[base + v] = slots.values[v]!;
-    for (const [v, start, end] of slots.children) {
+    const slots = this.fillSlots(0, lo, hi, 0, s, 1 << s, 0, 0);
+    this.words.data.set(slots.values.subarray(0, 1 << s), base);
+    for (let c = 0; c < slots.childCount; c++) {
+      const v = slots.childSlot[c]!;
       const node = this.nodes.reserve(NODE_WORDS) / NODE_WORDS;
       this.words.data[base + v] = (REF_NODE | node) >>> 0;
-      this.buildNode(node, start, end, s, slots.values[v]!, 1);
+      this.buildNode(node, slots.childStart[c]!, slots.childEnd[c]!, s, slots.values[v]!, 1);
     }
     return ((s << ROOT_BITS_SHIFT) | (base / WORDS_PER_ROW)) >>> 0;
   }
@@ -134,15 +162,19 @@ class TrieBuilder {
    * Splits order[lo..hi) (all longer than `pos`, sharing bits [0, pos)) over
    * the 2^width slots of bits [pos, pos + width): `values` holds each slot's
    * longest match among prefixes ending within the stride (leaf pushing),
-   * `children` the ranges of longer prefixes per slot. Slot v sits at index
+   * the child ranges the longer prefixes per slot. Slot v sits at index
    * v << spread (spread > 0 for strides cut short by a 64-bit boundary).
+   * Results live in the scratch of `depth` until that depth is reused.
    */
-  private fillSlots(lo: number, hi: number, pos: number, width: number, size: number, spread: number, inherited: number) {
+  private fillSlots(depth: number, lo: number, hi: number, pos: number, width: number, size: number, spread: number, inherited: number): Slots {
     const { order, input } = this;
-    const values = new Uint32Array(size).fill(inherited);
-    const children: Array<[number, number, number]> = [];
+    const slots = this.slotsAt(depth, size);
+    const values = slots.values;
+    values.fill(inherited, 0, size);
+    slots.childCount = 0;
+    const shorts = slots.shorts;
+    shorts.length = 0;
     const end = pos + width;
-    const shorts: number[] = [];
     let k = lo;
     while (k < hi) {
       const i = order[k]!;
@@ -158,17 +190,20 @@ class TrieBuilder {
         if (input.prefixLen[j]! <= end || bitsAt(input.addr, j * 4, pos, width) !== v) break;
         k++;
       }
-      children.push([v << spread, start, k]);
+      const c = slots.childCount++;
+      slots.childSlot[c] = v << spread;
+      slots.childStart[c] = start;
+      slots.childEnd[c] = k;
     }
     // Longer prefixes overwrite shorter ones: apply in increasing length.
-    shorts.sort((a, b) => input.prefixLen[a]! - input.prefixLen[b]!);
+    if (shorts.length > 1) shorts.sort((a, b) => input.prefixLen[a]! - input.prefixLen[b]!);
     for (const i of shorts) {
       const len = input.prefixLen[i]!;
       const first = bitsAt(input.addr, i * 4, pos, len - pos) << (end - len);
       const leaf = this.leafOf(i);
       for (let v = first; v < first + (1 << (end - len)); v++) values[v << spread] = leaf;
     }
-    return { values, children };
+    return slots;
   }
 
   private buildNode(node: number, lo: number, hi: number, pos: number, inherited: number, depth: number): void {
@@ -177,9 +212,11 @@ class TrieBuilder {
     }
     const { order, input } = this;
     const room = 64 - (pos & 63);
-    let minLen = 128;
-    for (let k = lo; k < hi; k++) minLen = Math.min(minLen, input.prefixLen[order[k]!]!);
-    const shared = Math.min(this.commonBits(order[lo]!, order[hi - 1]!), minLen) - pos;
+    // Sorted by address: the first and last prefixes bound what all share.
+    let shared = this.commonBits(order[lo]!, order[hi - 1]!) - pos;
+    if (shared >= SKIP_MIN_BITS) {
+      for (let k = lo; k < hi; k++) shared = Math.min(shared, input.prefixLen[order[k]!]! - pos);
+    }
     const skip = Math.min(shared, room);
     const at = node * NODE_WORDS;
     if (skip >= SKIP_MIN_BITS) {
@@ -189,10 +226,11 @@ class TrieBuilder {
 
     const width = Math.min(STRIDE, room);
     const spread = STRIDE - width;
-    const slots = this.fillSlots(lo, hi, pos, width, 64, spread, inherited);
+    const slots = this.fillSlots(depth, lo, hi, pos, width, 64, spread, inherited);
     let vectorLo = 0;
     let vectorHi = 0;
-    for (const [c] of slots.children) {
+    for (let j = 0; j < slots.childCount; j++) {
+      const c = slots.childSlot[j]!;
       if (c < 32) vectorLo |= 1 << c;
       else vectorHi |= 1 << (c - 32);
     }
@@ -214,7 +252,7 @@ class TrieBuilder {
         previous = value;
       }
     }
-    const childBase = this.nodes.reserve(NODE_WORDS * slots.children.length) / NODE_WORDS;
+    const childBase = this.nodes.reserve(NODE_WORDS * slots.childCount) / NODE_WORDS;
     const n = this.nodes.data;
     n[at + NODE.vectorLo] = vectorLo >>> 0;
     n[at + NODE.vectorHi] = vectorHi >>> 0;
@@ -223,9 +261,9 @@ class TrieBuilder {
     n[at + NODE.childBase] = childBase;
     n[at + NODE.leafBase] = Math.max(leafBase, 0);
     n[at + NODE.skipLen] = 0;
-    slots.children.forEach(([c, start, end], j) => {
-      this.buildNode(childBase + j, start, end, pos + width, slots.values[c]!, depth + 1);
-    });
+    for (let j = 0; j < slots.childCount; j++) {
+      this.buildNode(childBase + j, slots.childStart[j]!, slots.childEnd[j]!, pos + width, slots.values[slots.childSlot[j]!]!, depth + 1);
+    }
   }
 
   /** A skip node: all of order[lo..hi) share bits [pos, pos + skip). */
@@ -321,7 +359,7 @@ export function buildTable(input: TrieInput, serial = 0n, order = sortBindings(i
   const view = new DataView(bytes.buffer);
   new Uint32Array(bytes.buffer, 0, wordCount).set(words.subarray(0, wordCount));
   new Uint32Array(bytes.buffer, nodeRow * ROW_BYTES, nodeCount * NODE_WORDS).set(nodes.subarray(0, nodeCount * NODE_WORDS));
-  writeRecords(view, recordOffset, input, order);
+  writeRecords(bytes, recordOffset, input, order);
 
   view.setUint32(HEADER.magic, HEADER_MAGIC, true);
   view.setUint32(HEADER.abiVersion, ABI_VERSION, true);
@@ -334,16 +372,15 @@ export function buildTable(input: TrieInput, serial = 0n, order = sortBindings(i
   return { bytes, rows: totalBytes / ROW_BYTES, nodeCount, wordCount, bindingCount: input.count, trieCount: roots.length };
 }
 
-function writeRecords(view: DataView, offset: number, input: TrieInput, order: Uint32Array): void {
-  for (let k = 0; k < input.count; k++) {
+/** The binding records (struct sy_binding_record), written a u32 at a time; x86 and BPF are little-endian. */
+function writeRecords(bytes: Uint8Array, offset: number, input: TrieInput, order: Uint32Array): void {
+  const out = new Uint32Array(bytes.buffer, bytes.byteOffset + offset, input.count * (RECORD.size / 4));
+  const bswap = (x: number) => (((x & 0xff) << 24) | ((x & 0xff00) << 8) | ((x >>> 8) & 0xff00) | (x >>> 24)) >>> 0;
+  for (let k = 0, at = 0; k < input.count; k++, at += RECORD.size / 4) {
     const i = order[k]!;
-    const at = offset + k * RECORD.size;
-    view.setUint8(at + RECORD.family, input.family[i]!);
-    view.setUint8(at + RECORD.protocol, input.protocol[i]!);
-    view.setUint8(at + RECORD.prefixLen, input.prefixLen[i]!);
-    view.setUint16(at + RECORD.port, input.port[i]!, true);
-    view.setUint16(at + RECORD.destination, input.destination[i]!, true);
-    for (let w = 0; w < 4; w++) view.setUint32(at + RECORD.addr + w * 4, input.addr[i * 4 + w]!, false);
+    out[at] = input.family[i]! | (input.protocol[i]! << 8) | (input.prefixLen[i]! << 16);
+    out[at + 1] = (input.port[i]! | (input.destination[i]! << 16)) >>> 0;
+    for (let w = 0; w < 4; w++) out[at + 2 + w] = bswap(input.addr[i * 4 + w]!); // network order
   }
 }
 

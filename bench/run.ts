@@ -22,9 +22,12 @@ import { releaseTimes } from './release.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = [path.resolve(here, '..'), path.resolve(here, '../..')].find((p) => fs.existsSync(path.join(p, 'package.json')))!;
-const { values: flags } = parseArgs({ options: { quick: { type: 'boolean' }, out: { type: 'string' } } });
+const { values: flags } = parseArgs({ options: { quick: { type: 'boolean' }, out: { type: 'string' }, only: { type: 'string' } } });
 const quick = flags.quick === true;
 const outDir = flags.out ?? path.join(root, 'bench/results');
+/** --only lookups,release,bind,conn runs a part (and writes no results). */
+const only = flags.only?.split(',');
+const runs = (part: string) => !only || only.includes(part);
 
 export interface LookupRow {
   set: SetName;
@@ -174,20 +177,14 @@ async function connectionRate(count: number, rounds: number) {
     } finally {
       d.close();
     }
-    const client = (addr: string) => {
-      const out = execFileSync('ip', ['netns', 'exec', ns, process.execPath, path.join(root, 'bench/conn-client.mjs'), addr, '8080', String(count)], { encoding: 'utf8' });
-      const r = JSON.parse(out) as { ms: number };
-      return (count / r.ms) * 1000;
-    };
-    const plain: number[] = [];
-    const dispatched: number[] = [];
-    for (let r = 0; r < rounds; r++) {
-      plain.push(client('192.0.2.1'));
-      dispatched.push(client('198.51.100.7'));
-    }
-    const p = median(plain);
-    const q = median(dispatched);
-    return { connections: count, rounds, plain_per_s: Math.round(p), dispatched_per_s: Math.round(q), difference_pct: Math.round(((q - p) / p) * 1000) / 10 };
+    const batch = Math.ceil(count / rounds);
+    const out = execFileSync('ip', ['netns', 'exec', ns, process.execPath, path.join(root, 'bench/conn-client.mjs'), '192.0.2.1', '198.51.100.7', '8080', String(batch), String(rounds)], {
+      encoding: 'utf8',
+    });
+    const rates = JSON.parse(out) as Record<string, number[]>;
+    const p = median(rates['192.0.2.1']!);
+    const q = median(rates['198.51.100.7']!);
+    return { connections: 2 * batch * rounds, rounds, batch, plain_per_s: Math.round(p), dispatched_per_s: Math.round(q), difference_pct: Math.round(((q - p) / p) * 1000) / 10 };
   } finally {
     for (const c of children) c.kill('SIGKILL');
     spawnSync('ip', ['netns', 'del', ns]);
@@ -246,18 +243,18 @@ async function main(): Promise<void> {
         ['real', Infinity, true], ['real6', Infinity, true], ['random', 4_000_000, false], ['bgp', 4_000_000, false],
       ];
   const rows: LookupRow[] = [];
-  for (const [name, size, withTubular] of plan) {
+  for (const [name, size, withTubular] of runs('lookups') ? plan : []) {
     const t = performance.now();
     const row = lookupRow(name, size, withTubular, queryCount);
     rows.push(row);
     log(`${name.padEnd(6)} ${String(row.bindings).padStart(8)}  floor ${row.floor_ns} ns  ours ${row.ours_ns} ns  tubular ${row.tubular_ns ?? '—'} ns  ratio ${row.ratio ?? '—'}  (${((performance.now() - t) / 1000).toFixed(1)} s)`);
   }
-  const release = await releaseTimes(makeSet('random', 1_000_000));
-  log(`release 1M: ours ${release.ours.ms ?? 'not seen'} ms (${release.ours.bytes} bytes), tubular ${release.tubular.ms ?? 'not seen'} ms (${release.tubular.bytes} bytes)`);
-  const bind = bindLatency(quick ? 100_000 : 1_000_000);
-  log(`bind visible to the program: ${bind.bind_ms} ms with ${bind.bindings} bindings`);
-  const conn = await connectionRate(quick ? 2_000 : 10_000, 3);
-  log(`TCP connections: plain ${conn.plain_per_s}/s, through the dispatcher ${conn.dispatched_per_s}/s (${conn.difference_pct}%)`);
+  const release = runs('release') ? await releaseTimes(makeSet('random', 1_000_000)) : null;
+  if (release) log(`release 1M: ours ${release.ours.ms ?? 'not seen'} ms (${release.ours.bytes} bytes), tubular ${release.tubular.ms ?? 'not seen'} ms (${release.tubular.bytes} bytes)`);
+  const bind = runs('bind') ? bindLatency(quick ? 100_000 : 1_000_000) : null;
+  if (bind) log(`bind visible to the program: ${bind.bind_ms} ms with ${bind.bindings} bindings`);
+  const conn = runs('conn') ? await connectionRate(quick ? 4_000 : 20_000, quick ? 8 : 20) : null;
+  if (conn) log(`TCP connections: plain ${conn.plain_per_s}/s, through the dispatcher ${conn.dispatched_per_s}/s (${conn.difference_pct}%)`);
   const oneM = rows.find((r) => r.set === 'random' && r.bindings === 1_000_000);
   const extra = {
     replace_1m: oneM ? { ours_build_ms: oneM.ours_build_ms, ours_publish_ms: oneM.ours_publish_ms, tubular_insert_ms: oneM.tubular_insert_ms, tubular_insert: oneM.tubular_insert } : null,
@@ -267,6 +264,7 @@ async function main(): Promise<void> {
     ports: PORTS,
   };
   const result = { machine, quick, date: new Date().toISOString(), lookups: rows, ...extra };
+  if (only) return;
   fs.mkdirSync(outDir, { recursive: true });
   fs.writeFileSync(path.join(outDir, 'latest.json'), `${JSON.stringify(result, null, 2)}\n`);
   fs.writeFileSync(path.join(outDir, 'latest.md'), markdown(machine, rows, extra));

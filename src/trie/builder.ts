@@ -156,9 +156,11 @@ class TrieBuilder {
     this.words.data.set(slots.values.subarray(0, 1 << s), base);
     for (let c = 0; c < slots.childCount; c++) {
       const v = slots.childSlot[c]!;
-      const node = this.nodes.reserve(NODE_WORDS) / NODE_WORDS;
-      this.words.data[base + v] = (REF_NODE | node) >>> 0;
-      this.buildNode(node, slots.childStart[c]!, slots.childEnd[c]!, s, slots.values[v]!, 1);
+      const start = slots.childStart[c]!;
+      const end = slots.childEnd[c]!;
+      const child = this.allocChild(start, end, s);
+      this.words.data[base + v] = (REF_NODE | child.node) >>> 0;
+      this.buildNode(child.node, start, end, s, slots.values[v]!, 1, child.wide);
     }
     return ((s << ROOT_BITS_SHIFT) | (base / WORDS_PER_ROW)) >>> 0;
   }
@@ -211,19 +213,43 @@ class TrieBuilder {
     return slots;
   }
 
-  private buildNode(node: number, lo: number, hi: number, pos: number, inherited: number, depth: number): void {
-    if (depth > this.maxSteps) {
-      throw new Error(`trie deeper than ${this.maxSteps} nodes at bit ${pos}: builder invariant broken`);
-    }
+  /** Bits from `pos` on that every prefix of order[lo..hi) has and shares (0 when fewer than a skip needs). */
+  private sharedBits(lo: number, hi: number, pos: number): number {
     const { order, input } = this;
-    const room = 64 - (pos & 63);
     // Sorted by address: the first and last prefixes bound what all share.
     let shared = this.commonBits(order[lo]!, order[hi - 1]!) - pos;
-    if (shared >= SKIP_MIN_BITS) {
-      for (let k = lo; k < hi; k++) shared = Math.min(shared, input.prefixLen[order[k]!]! - pos);
+    if (shared < SKIP_MIN_BITS) return 0;
+    for (let k = lo; k < hi; k++) shared = Math.min(shared, input.prefixLen[order[k]!]! - pos);
+    return shared;
+  }
+
+  /** A wide skip (a skip node per half, both in one row) pays when the shared bits cross bit 64. */
+  private wantsWideSkip(lo: number, hi: number, pos: number): boolean {
+    if (pos >= 64) return false;
+    const shared = this.sharedBits(lo, hi, pos);
+    return shared >= SKIP_MIN_BITS && pos + shared > 64;
+  }
+
+  /** A node slot for a child that is not one of a multibit node's contiguous children; wide skips get a whole row. */
+  private allocChild(lo: number, hi: number, pos: number): { node: number; wide: boolean } {
+    if (!this.wantsWideSkip(lo, hi, pos)) return { node: this.nodes.reserve(NODE_WORDS) / NODE_WORDS, wide: false };
+    if ((this.nodes.length / NODE_WORDS) % 2 === 1) this.nodes.reserve(NODE_WORDS); // rows start on even nodes
+    return { node: this.nodes.reserve(2 * NODE_WORDS) / NODE_WORDS, wide: true };
+  }
+
+  private buildNode(node: number, lo: number, hi: number, pos: number, inherited: number, depth: number, wide = false): void {
+    // A wide skip is two nodes deep (one per half).
+    if (depth + (wide ? 1 : 0) > this.maxSteps) {
+      throw new Error(`trie deeper than ${this.maxSteps} nodes at bit ${pos}: builder invariant broken`);
+    }
+    const room = 64 - (pos & 63);
+    const shared = this.sharedBits(lo, hi, pos);
+    const at = node * NODE_WORDS;
+    if (wide) {
+      this.buildSkip(at, lo, hi, pos, shared, inherited, depth, true);
+      return;
     }
     const skip = Math.min(shared, room);
-    const at = node * NODE_WORDS;
     if (skip >= SKIP_MIN_BITS) {
       this.buildSkip(at, lo, hi, pos, skip, inherited, depth);
       return;
@@ -271,17 +297,34 @@ class TrieBuilder {
     }
   }
 
-  /** A skip node: all of order[lo..hi) share bits [pos, pos + skip). */
-  private buildSkip(at: number, lo: number, hi: number, pos: number, skip: number, inherited: number, depth: number): void {
+  /**
+   * A skip node: all of order[lo..hi) share bits [pos, pos + skip). Within
+   * the current 64-bit half, or (wide) across both, in a whole row.
+   */
+  private buildSkip(at: number, lo: number, hi: number, pos: number, skip: number, inherited: number, depth: number, wide = false): void {
     const { order, input } = this;
     const first = order[lo]!;
     const off = pos & 63;
     const halfWord = (pos >>> 6) * 2; // first u32 of the 64-bit half
-    // Mask of bits [off, off + skip) within the half, as (high u32, low u32).
-    const maskHi = halfMask(off, skip, 0);
-    const maskLo = halfMask(off, skip, 32);
+    // Mask of bits [off, off + len) within a half, as (high u32, low u32).
+    const len = wide ? 64 - off : skip;
+    const maskHi = halfMask(off, len, 0);
+    const maskLo = halfMask(off, len, 32);
     const valueHi = (input.addr[first * 4 + halfWord]! & maskHi) >>> 0;
     const valueLo = (input.addr[first * 4 + halfWord + 1]! & maskLo) >>> 0;
+    if (wide) {
+      // The low half's bits [64, pos + skip): a second skip node in the same
+      // row, so both halves cost one cache line; it shares the fallback.
+      const lowLen = pos + skip - 64;
+      const low = at + NODE_WORDS;
+      const n = this.nodes.data;
+      n[low + NODE.leafvecHi] = halfMask(0, lowLen, 0);
+      n[low + NODE.leafvecLo] = halfMask(0, lowLen, 32);
+      n[low + NODE.vectorHi] = (input.addr[first * 4 + 2]! & n[low + NODE.leafvecHi]!) >>> 0;
+      n[low + NODE.vectorLo] = (input.addr[first * 4 + 3]! & n[low + NODE.leafvecLo]!) >>> 0;
+      n[low + NODE.leafBase] = inherited;
+      n[low + NODE.skipLen] = lowLen;
+    }
     const next = pos + skip;
     let start = lo;
     let below = inherited;
@@ -292,9 +335,9 @@ class TrieBuilder {
     }
     let child = below;
     if (start < hi) {
-      const node = this.nodes.reserve(NODE_WORDS) / NODE_WORDS;
-      child = (REF_NODE | node) >>> 0;
-      this.buildNode(node, start, hi, next, below, depth + 1);
+      const fresh = this.allocChild(start, hi, next);
+      child = (REF_NODE | fresh.node) >>> 0;
+      this.buildNode(fresh.node, start, hi, next, below, depth + (wide ? 2 : 1), fresh.wide);
     }
     const n = this.nodes.data;
     // In memory a u64 is (low u32, high u32): vector = expected bits, leafvec = mask.
@@ -302,9 +345,15 @@ class TrieBuilder {
     n[at + NODE.vectorHi] = valueHi;
     n[at + NODE.leafvecLo] = maskLo;
     n[at + NODE.leafvecHi] = maskHi;
-    n[at + NODE.childBase] = child;
     n[at + NODE.leafBase] = inherited;
-    n[at + NODE.skipLen] = skip;
+    if (wide) {
+      n[at + NODE.childBase] = (REF_NODE | (at / NODE_WORDS + 1)) >>> 0;
+      n[at + NODE.skipLen] = len;
+      n[at + NODE_WORDS + NODE.childBase] = child;
+    } else {
+      n[at + NODE.childBase] = child;
+      n[at + NODE.skipLen] = skip;
+    }
   }
 }
 

@@ -10,21 +10,14 @@ import { createRequire } from 'node:module';
 import path from 'node:path';
 import { BindingTable, type Protocol } from '../src/bindings/binding.js';
 import { type Family, type Words, maskWords } from '../src/net/address.js';
+import { rng } from '../test/support/random.js';
+
+export { rng };
 
 export type SetName = 'dense' | 'random' | 'bgp' | 'real' | 'real6' | 'ipv6';
 export const PORTS = [80, 443, 8080, 8443];
 const LABELS = Array.from({ length: 48 }, (_, i) => `svc${i}`);
 
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 const u32 = (r: () => number) => Math.floor(r() * 4294967296) >>> 0;
 
 /** Adds prefixes from `next` until `count` distinct bindings exist. */

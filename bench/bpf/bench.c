@@ -22,6 +22,7 @@
 #include <bpf/bpf_endian.h>
 #include "../../bpf/switchyard.h"
 #include "../../bpf/lookup.h"
+#include "../../bpf/generation.h"
 
 /* One query, pre-decoded: family 0 = IPv4, 1 = IPv6; proto 0 = TCP, 1 = UDP. */
 struct bench_query {
@@ -51,21 +52,6 @@ struct tubular_binding {
 	__u32 id;
 	__u32 prefixlen;
 };
-
-struct table_map {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(map_flags, BPF_F_MMAPABLE);
-	__uint(max_entries, 1); /* the harness sets the capacity */
-	__uint(key_size, sizeof(__u32));
-	__uint(value_size, sizeof(struct sy_row));
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__array(values, struct table_map);
-} generation SEC(".maps");
 
 /* Sized by the harness (it passes its own maps). */
 struct {
@@ -144,70 +130,44 @@ static __always_inline __u32 tubular(struct bench_query *q)
 	return wildcard ? wildcard->id : 0;
 }
 
-SEC("sk_lookup")
-int bench_floor(struct bpf_sk_lookup *ctx)
-{
-	struct bench_state *st;
-	__u32 index;
-	struct bench_query *q = next_query(&st, &index);
-
-	if (q)
-		st->sink += q->port;
-	return SK_PASS;
-}
-
-SEC("sk_lookup")
-int bench_ours(struct bpf_sk_lookup *ctx)
-{
-	struct bench_state *st;
-	__u32 index;
-	struct bench_query *q = next_query(&st, &index);
-
-	if (q)
-		st->sink += ours(q);
-	return SK_PASS;
-}
-
-SEC("sk_lookup")
-int bench_tubular(struct bpf_sk_lookup *ctx)
-{
-	struct bench_state *st;
-	__u32 index;
-	struct bench_query *q = next_query(&st, &index);
-
-	if (q)
-		st->sink += tubular(q);
-	return SK_PASS;
-}
-
-SEC("sk_lookup")
-int check_ours(struct bpf_sk_lookup *ctx)
-{
-	struct bench_state *st;
-	__u32 index, *out;
-	struct bench_query *q = next_query(&st, &index);
-
-	if (q) {
-		out = bpf_map_lookup_elem(&results, &index);
-		if (out)
-			*out = ours(q);
+/* A timed program: resolve the next query, fold the answer into the sink. */
+#define BENCH_PROGRAM(name, resolve)                                     \
+	SEC("sk_lookup")                                                 \
+	int name(struct bpf_sk_lookup *ctx)                              \
+	{                                                                \
+		struct bench_state *st;                                  \
+		__u32 index;                                             \
+		struct bench_query *q = next_query(&st, &index);         \
+		if (q)                                                   \
+			st->sink += resolve(q);                          \
+		return SK_PASS;                                          \
 	}
-	return SK_PASS;
-}
 
-SEC("sk_lookup")
-int check_tubular(struct bpf_sk_lookup *ctx)
-{
-	struct bench_state *st;
-	__u32 index, *out;
-	struct bench_query *q = next_query(&st, &index);
-
-	if (q) {
-		out = bpf_map_lookup_elem(&results, &index);
-		if (out)
-			*out = tubular(q);
+/* A checking program: store the next query's answer in `results`. */
+#define CHECK_PROGRAM(name, resolve)                                     \
+	SEC("sk_lookup")                                                 \
+	int name(struct bpf_sk_lookup *ctx)                              \
+	{                                                                \
+		struct bench_state *st;                                  \
+		__u32 index, *out;                                       \
+		struct bench_query *q = next_query(&st, &index);         \
+		if (q) {                                                 \
+			out = bpf_map_lookup_elem(&results, &index);     \
+			if (out)                                         \
+				*out = resolve(q);                       \
+		}                                                        \
+		return SK_PASS;                                          \
 	}
-	return SK_PASS;
+
+static __always_inline __u32 floor_only(struct bench_query *q)
+{
+	return q->port;
 }
+
+BENCH_PROGRAM(bench_floor, floor_only)
+BENCH_PROGRAM(bench_ours, ours)
+BENCH_PROGRAM(bench_tubular, tubular)
+CHECK_PROGRAM(check_ours, ours)
+CHECK_PROGRAM(check_tubular, tubular)
 
 char _license[] SEC("license") = "Dual BSD/GPL";

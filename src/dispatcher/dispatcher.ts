@@ -13,7 +13,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { SwitchyardError } from '../errors.js';
-import { BpfMap, Fd, describeMismatch, u32Key, ATTACH_SK_LOOKUP, LINK_TYPE_NETNS } from '../kernel/bpf.js';
+import { BpfMap, Fd, describeMismatch, u32Key, ATTACH_SK_LOOKUP, LINK_TYPE_NETNS, PROG_TYPE_SK_LOOKUP } from '../kernel/bpf.js';
 import { native, type SocketInfo } from '../kernel/native.js';
 import { IPPROTO_TCP } from '../kernel/linux.js';
 import { type Family, type Prefix, formatAddress, formatPrefix, maskWords } from '../net/address.js';
@@ -497,8 +497,8 @@ export class Dispatcher {
     const { maps } = this.state;
     const prog = native().objInfo(this.state.program.fd, 'prog');
     const link = native().objInfo(this.state.link.fd, 'link');
-    if (link.type !== LINK_TYPE_NETNS || link.attachType !== ATTACH_SK_LOOKUP) {
-      throw new SwitchyardError('EINCOMPATIBLE_STATE', `${this.location.dir}/link is not an sk_lookup netns link`);
+    if (link.type !== LINK_TYPE_NETNS || link.attachType !== ATTACH_SK_LOOKUP || prog.type !== PROG_TYPE_SK_LOOKUP) {
+      throw new SwitchyardError('EINCOMPATIBLE_STATE', `${this.location.dir}: link or program is not an sk_lookup attachment`);
     }
     const current = readCurrentTable(this.location.dir, maps.generation, true);
     const counts = new Map<number, number>();

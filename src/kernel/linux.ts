@@ -5,6 +5,5 @@ export const SOCK_STREAM = 1;
 export const SOCK_DGRAM = 2;
 export const IPPROTO_TCP = 6;
 export const IPPROTO_UDP = 17;
-/** sk_lookup program verdicts. */
-export const SK_DROP = 0;
+/** sk_lookup program verdict for "continue" (SK_DROP is 0). */
 export const SK_PASS = 1;

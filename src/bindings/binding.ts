@@ -27,7 +27,11 @@ export interface Binding {
  */
 const LABEL_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
 
+/** Labels repeat across millions of bindings: remember the good ones. */
+const goodLabels = new Set<string>();
+
 export function parseLabel(value: unknown, entry: string): string {
+  if (typeof value === 'string' && goodLabels.has(value)) return value;
   if (typeof value !== 'string' || !LABEL_PATTERN.test(value) || value.length > LABEL_MAX) {
     throw new SwitchyardError(
       'EINVAL_BINDING',
@@ -35,6 +39,7 @@ export function parseLabel(value: unknown, entry: string): string {
       { entry },
     );
   }
+  if (goodLabels.size < 100_000) goodLabels.add(value);
   return value;
 }
 

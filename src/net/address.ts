@@ -20,20 +20,31 @@ export interface Prefix extends Address {
 
 export const familyBits = (family: Family): number => (family === 4 ? 32 : 128);
 
-const DECIMAL_OCTET = /^(0|[1-9][0-9]{0,2})$/;
 const HEX_GROUP = /^[0-9a-fA-F]{1,4}$/;
 
+/** Dotted quad, strictly: four decimal octets 0-255, no leading zeros, nothing else. */
 function parseIPv4Word(text: string): number | undefined {
-  const parts = text.split('.');
-  if (parts.length !== 4) return undefined;
   let value = 0;
-  for (const part of parts) {
-    if (!DECIMAL_OCTET.test(part)) return undefined;
-    const octet = Number(part);
-    if (octet > 255) return undefined;
-    value = value * 256 + octet;
+  let octet = 0;
+  let digits = 0;
+  let dots = 0;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c === 46 /* . */) {
+      if (digits === 0 || ++dots > 3) return undefined;
+      value = value * 256 + octet;
+      octet = 0;
+      digits = 0;
+    } else if (c >= 48 && c <= 57) {
+      if (digits > 0 && octet === 0) return undefined; // leading zero
+      octet = octet * 10 + (c - 48);
+      if (++digits > 3 || octet > 255) return undefined;
+    } else {
+      return undefined;
+    }
   }
-  return value >>> 0;
+  if (dots !== 3 || digits === 0) return undefined;
+  return (value * 256 + octet) >>> 0;
 }
 
 function parseIPv6Words(text: string): Words | undefined {
@@ -111,22 +122,27 @@ export type PrefixProblem = 'syntax' | 'length' | 'host-bits' | 'ipv4-mapped';
  */
 export function parsePrefix(text: string, allowBare = true): Prefix | PrefixProblem {
   const slash = text.indexOf('/');
-  const addrText = slash < 0 ? text : text.slice(0, slash);
-  const address = parseAddress(addrText);
+  const address = parseAddress(slash < 0 ? text : text.slice(0, slash));
   if (!address) return 'syntax';
   let length = familyBits(address.family);
   if (slash >= 0) {
+    // 0-128 in decimal, no sign, no leading zeros.
     const lenText = text.slice(slash + 1);
-    if (!/^(0|[1-9][0-9]{0,2})$/.test(lenText)) return 'syntax';
-    length = Number(lenText);
+    if (lenText.length === 0 || lenText.length > 3 || (lenText.length > 1 && lenText.charCodeAt(0) === 48)) return 'syntax';
+    length = 0;
+    for (let i = 0; i < lenText.length; i++) {
+      const c = lenText.charCodeAt(i) - 48;
+      if (c < 0 || c > 9) return 'syntax';
+      length = length * 10 + c;
+    }
   } else if (!allowBare) {
     return 'syntax';
   }
   if (length > familyBits(address.family)) return 'length';
-  const masked = maskWords(address.words, length);
-  if (masked.some((w, i) => w !== address.words[i])) return 'host-bits';
-  if (address.family === 6 && length >= 96 && isIPv4Mapped(address.words)) return 'ipv4-mapped';
-  return { ...address, length };
+  const w = address.words;
+  for (let i = 0; i < 4; i++) if (((w[i]! & ~wordMask(length, i)) >>> 0) !== 0) return 'host-bits';
+  if (address.family === 6 && length >= 96 && isIPv4Mapped(w)) return 'ipv4-mapped';
+  return { family: address.family, words: w, length };
 }
 
 export function formatAddress(family: Family, words: Words): string {

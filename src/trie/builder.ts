@@ -105,7 +105,8 @@ class TrieBuilder {
     private readonly input: TrieInput,
     private readonly order: Uint32Array,
   ) {
-    this.words = new Growable(ROOT_WORD + ROOT_SLOTS + input.count * 2);
+    // Direct tables take about 4 words per prefix and leaf runs about 3.
+    this.words = new Growable(ROOT_WORD + ROOT_SLOTS + input.count * 8);
     this.words.reserve(ROOT_WORD + ROOT_SLOTS);
     this.nodes = new Growable(input.count * NODE_WORDS);
   }

@@ -85,6 +85,9 @@ export function directBits(n: number): number {
   return Math.max(4, Math.min(22, Math.floor(Math.log2(Math.max(1, n))) + 2));
 }
 
+/** How a node slot was allocated: one slot, or a whole row (wide skip, or multibit node with room for its leaves). */
+type NodeKind = 'single' | 'wide' | 'row';
+
 interface Slots {
   values: Uint32Array;
   childSlot: Uint32Array;
@@ -124,6 +127,11 @@ class TrieBuilder {
     return 128;
   }
 
+  /** Multibit nodes whose leaves sit in the second half of their row. */
+  readonly inlineLeaves: number[] = [];
+  /** Leaf runs of the node being built (consumed before its children are). */
+  private readonly runs = new Uint32Array(64);
+
   /** Per-depth scratch for fillSlots: depth d is free while depth d's node is being built. */
   private readonly scratch: Slots[] = [];
 
@@ -161,7 +169,7 @@ class TrieBuilder {
       const end = slots.childEnd[c]!;
       const child = this.allocChild(start, end, s);
       this.words.data[base + v] = (REF_NODE | child.node) >>> 0;
-      this.buildNode(child.node, start, end, s, slots.values[v]!, 1, child.wide);
+      this.buildNode(child.node, start, end, s, slots.values[v]!, 1, child.kind);
     }
     return ((s << ROOT_BITS_SHIFT) | (base / WORDS_PER_ROW)) >>> 0;
   }
@@ -224,21 +232,22 @@ class TrieBuilder {
     return shared;
   }
 
-  /** A wide skip (a skip node per half, both in one row) pays when the shared bits cross bit 64. */
-  private wantsWideSkip(lo: number, hi: number, pos: number): boolean {
-    if (pos >= 64) return false;
+  /**
+   * A node slot for a child that is not one of a multibit node's contiguous
+   * children. Wide skips get a whole row; so do multibit nodes, whose leaves
+   * then go in the row's second half when at most 8 runs (one cache line for
+   * the node and its answer: the common end of a walk).
+   */
+  private allocChild(lo: number, hi: number, pos: number): { node: number; kind: NodeKind } {
     const shared = this.sharedBits(lo, hi, pos);
-    return shared >= SKIP_MIN_BITS && pos + shared > 64;
-  }
-
-  /** A node slot for a child that is not one of a multibit node's contiguous children; wide skips get a whole row. */
-  private allocChild(lo: number, hi: number, pos: number): { node: number; wide: boolean } {
-    if (!this.wantsWideSkip(lo, hi, pos)) return { node: this.nodes.reserve(NODE_WORDS) / NODE_WORDS, wide: false };
+    const wide = shared >= SKIP_MIN_BITS && pos < 64 && pos + shared > 64;
+    if (!wide && shared >= SKIP_MIN_BITS) return { node: this.nodes.reserve(NODE_WORDS) / NODE_WORDS, kind: 'single' };
     if ((this.nodes.length / NODE_WORDS) % 2 === 1) this.nodes.reserve(NODE_WORDS); // rows start on even nodes
-    return { node: this.nodes.reserve(2 * NODE_WORDS) / NODE_WORDS, wide: true };
+    return { node: this.nodes.reserve(2 * NODE_WORDS) / NODE_WORDS, kind: wide ? 'wide' : 'row' };
   }
 
-  private buildNode(node: number, lo: number, hi: number, pos: number, inherited: number, depth: number, wide = false): void {
+  private buildNode(node: number, lo: number, hi: number, pos: number, inherited: number, depth: number, kind: NodeKind = 'single'): void {
+    const wide = kind === 'wide';
     // A wide skip is two nodes deep (one per half).
     if (depth + (wide ? 1 : 0) > this.maxSteps) {
       throw new Error(`trie deeper than ${this.maxSteps} nodes at bit ${pos}: builder invariant broken`);
@@ -268,7 +277,8 @@ class TrieBuilder {
     }
     let leafvecLo = 0;
     let leafvecHi = 0;
-    let leafBase = -1;
+    let runCount = 0;
+    const runs = this.runs;
     let previous = -1;
     for (let c = 0; c < 64; c++) {
       const internal = c < 32 ? (vectorLo >>> c) & 1 : (vectorHi >>> (c - 32)) & 1;
@@ -277,21 +287,29 @@ class TrieBuilder {
       const reachable = (c & ((1 << spread) - 1)) === 0;
       const value = reachable || previous < 0 ? slots.values[c]! : previous;
       if (value !== previous) {
-        const w = this.words.push(value);
-        if (leafBase < 0) leafBase = w;
+        runs[runCount++] = value;
         if (c < 32) leafvecLo |= 1 << c;
         else leafvecHi |= 1 << (c - 32);
         previous = value;
       }
     }
+    // Leaves in the node's row when it has one to spare, else in the words.
+    const inline = kind === 'row' && runCount <= NODE_WORDS;
+    let leafBase = 0;
+    if (inline) this.inlineLeaves.push(node);
+    else if (runCount > 0) {
+      leafBase = this.words.reserve(runCount);
+      this.words.data.set(runs.subarray(0, runCount), leafBase);
+    }
     const childBase = this.nodes.reserve(NODE_WORDS * slots.childCount) / NODE_WORDS;
     const n = this.nodes.data;
+    if (inline) n.set(runs.subarray(0, runCount), at + NODE_WORDS);
     n[at + NODE.vectorLo] = vectorLo >>> 0;
     n[at + NODE.vectorHi] = vectorHi >>> 0;
     n[at + NODE.leafvecLo] = leafvecLo >>> 0;
     n[at + NODE.leafvecHi] = leafvecHi >>> 0;
     n[at + NODE.childBase] = childBase;
-    n[at + NODE.leafBase] = Math.max(leafBase, 0);
+    n[at + NODE.leafBase] = leafBase; // an inline node's is set at relocation
     n[at + NODE.skipLen] = 0;
     for (let j = 0; j < slots.childCount; j++) {
       this.buildNode(childBase + j, slots.childStart[j]!, slots.childEnd[j]!, pos + width, slots.values[slots.childSlot[j]!]!, depth + 1);
@@ -338,7 +356,7 @@ class TrieBuilder {
     if (start < hi) {
       const fresh = this.allocChild(start, hi, next);
       child = (REF_NODE | fresh.node) >>> 0;
-      this.buildNode(fresh.node, start, hi, next, below, depth + (wide ? 2 : 1), fresh.wide);
+      this.buildNode(fresh.node, start, hi, next, below, depth + (wide ? 2 : 1), fresh.kind);
     }
     const n = this.nodes.data;
     // In memory a u64 is (low u32, high u32): vector = expected bits, leafvec = mask.
@@ -397,7 +415,14 @@ export function buildTable(input: TrieInput, serial = 0n, order = sortBindings(i
     }
   }
   const nodes = builder.nodes.data;
+  // Inline leaves: word index of the row's second half; those slots are data, not nodes.
+  const leafSlots = new Uint8Array(nodeCount);
+  for (const n of builder.inlineLeaves) {
+    nodes[n * NODE_WORDS + NODE.leafBase] = (nodeBase + n) * NODE_WORDS + NODE_WORDS;
+    leafSlots[n + 1] = 1;
+  }
   for (let n = 0; n < nodeCount; n++) {
+    if (leafSlots[n]) continue;
     const at = n * NODE_WORDS;
     if (nodes[at + NODE.skipLen]) {
       if (nodes[at + NODE.childBase]! & REF_NODE) nodes[at + NODE.childBase] = (nodes[at + NODE.childBase]! + nodeBase) >>> 0;

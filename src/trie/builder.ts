@@ -168,8 +168,8 @@ class TrieBuilder {
       const start = slots.childStart[c]!;
       const end = slots.childEnd[c]!;
       const child = this.allocChild(start, end, s);
-      this.words.data[base + v] = (REF_NODE | child.node) >>> 0;
-      this.buildNode(child.node, start, end, s, slots.values[v]!, 1, child.kind);
+      const node = this.buildNode(child.node, start, end, s, slots.values[v]!, 1, child.kind);
+      this.words.data[base + v] = (REF_NODE | node) >>> 0;
     }
     return ((s << ROOT_BITS_SHIFT) | (base / WORDS_PER_ROW)) >>> 0;
   }
@@ -241,12 +241,23 @@ class TrieBuilder {
   private allocChild(lo: number, hi: number, pos: number): { node: number; kind: NodeKind } {
     const shared = this.sharedBits(lo, hi, pos);
     const wide = shared >= SKIP_MIN_BITS && pos < 64 && pos + shared > 64;
-    if (!wide && shared >= SKIP_MIN_BITS) return { node: this.nodes.reserve(NODE_WORDS) / NODE_WORDS, kind: 'single' };
-    if ((this.nodes.length / NODE_WORDS) % 2 === 1) this.nodes.reserve(NODE_WORDS); // rows start on even nodes
-    return { node: this.nodes.reserve(2 * NODE_WORDS) / NODE_WORDS, kind: wide ? 'wide' : 'row' };
+    if (wide) return { node: this.reserveRow(), kind: 'wide' };
+    if (shared >= SKIP_MIN_BITS) return { node: this.nodes.reserve(NODE_WORDS) / NODE_WORDS, kind: 'single' };
+    return { node: -1, kind: 'row' }; // buildNode takes its slots
   }
 
-  private buildNode(node: number, lo: number, hi: number, pos: number, inherited: number, depth: number, kind: NodeKind = 'single'): void {
+  /** Two node slots starting on a row. */
+  private reserveRow(): number {
+    if ((this.nodes.length / NODE_WORDS) % 2 === 1) this.nodes.reserve(NODE_WORDS); // rows start on even nodes
+    return this.nodes.reserve(2 * NODE_WORDS) / NODE_WORDS;
+  }
+
+  /**
+   * Builds the node for order[lo..hi) at `pos` into slot `node`, or, for a
+   * 'row' child (node -1), into slots it takes once it knows whether its
+   * leaves fit its row. Returns the slot.
+   */
+  private buildNode(node: number, lo: number, hi: number, pos: number, inherited: number, depth: number, kind: NodeKind = 'single'): number {
     const wide = kind === 'wide';
     // A wide skip is two nodes deep (one per half).
     if (depth + (wide ? 1 : 0) > this.maxSteps) {
@@ -254,15 +265,15 @@ class TrieBuilder {
     }
     const room = 64 - (pos & 63);
     const shared = this.sharedBits(lo, hi, pos);
-    const at = node * NODE_WORDS;
     if (wide) {
+      const at = node * NODE_WORDS;
       this.buildSkip(at, lo, hi, pos, shared, inherited, depth, true);
-      return;
+      return node;
     }
     const skip = Math.min(shared, room);
     if (skip >= SKIP_MIN_BITS) {
-      this.buildSkip(at, lo, hi, pos, skip, inherited, depth);
-      return;
+      this.buildSkip(node * NODE_WORDS, lo, hi, pos, skip, inherited, depth);
+      return node;
     }
 
     const width = Math.min(STRIDE, room);
@@ -295,6 +306,8 @@ class TrieBuilder {
     }
     // Leaves in the node's row when it has one to spare, else in the words.
     const inline = kind === 'row' && runCount <= NODE_WORDS;
+    if (kind === 'row') node = inline ? this.reserveRow() : this.nodes.reserve(NODE_WORDS) / NODE_WORDS;
+    const at = node * NODE_WORDS;
     let leafBase = 0;
     if (inline) this.inlineLeaves.push(node);
     else if (runCount > 0) {
@@ -314,6 +327,7 @@ class TrieBuilder {
     for (let j = 0; j < slots.childCount; j++) {
       this.buildNode(childBase + j, slots.childStart[j]!, slots.childEnd[j]!, pos + width, slots.values[slots.childSlot[j]!]!, depth + 1);
     }
+    return node;
   }
 
   /**
@@ -355,8 +369,7 @@ class TrieBuilder {
     let child = below;
     if (start < hi) {
       const fresh = this.allocChild(start, hi, next);
-      child = (REF_NODE | fresh.node) >>> 0;
-      this.buildNode(fresh.node, start, hi, next, below, depth + (wide ? 2 : 1), fresh.kind);
+      child = (REF_NODE | this.buildNode(fresh.node, start, hi, next, below, depth + (wide ? 2 : 1), fresh.kind)) >>> 0;
     }
     const n = this.nodes.data;
     // In memory a u64 is (low u32, high u32): vector = expected bits, leafvec = mask.

@@ -1,6 +1,6 @@
 /**
- * Generations of the bindings table. A new generation is a new array map,
- * sized to fit, written through mmap and then swapped into slot 0 of the
+ * Generations of the bindings table. A new generation is a new array map of
+ * the program's capacity (see maps.ts), written through mmap and then swapped into slot 0 of the
  * pinned `generation` map: one pointer store for the program, which sees
  * either the old table or the new one, never a mix. The kernel frees the old
  * table after an RCU grace period, in O(pages).

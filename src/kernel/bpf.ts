@@ -16,7 +16,6 @@ export const MapType = {
 
 export const MapFlags = {
   MMAPABLE: 1 << 10,
-  INNER_MAP: 1 << 12,
 } as const;
 
 export const UpdateFlags = { ANY: 0, NOEXIST: 1, EXIST: 2 } as const;

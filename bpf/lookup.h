@@ -11,10 +11,15 @@
 #include <bpf/bpf_helpers.h>
 #include "switchyard.h"
 
+/* Row `row` of the table, or NULL past its end. */
+static __always_inline struct sy_row *sy_table_row(void *table, __u32 row)
+{
+	return bpf_map_lookup_elem(table, &row);
+}
+
 static __always_inline __u32 table_word(void *table, __u32 w)
 {
-	__u32 row = w / SY_WORDS_PER_ROW;
-	struct sy_row *r = bpf_map_lookup_elem(table, &row);
+	struct sy_row *r = sy_table_row(table, w / SY_WORDS_PER_ROW);
 
 	return r ? r->word[w % SY_WORDS_PER_ROW] : 0;
 }
@@ -30,8 +35,20 @@ static __always_inline struct sy_node *table_node(void *table, __u32 n)
 /* Returns the leaf word for the longest prefix of this trie matching
  * (hi, lo), or 0. A malformed table ends in 0 too: traffic then takes the
  * kernel's normal path rather than a wrong socket. */
+static __always_inline __u32 terminal(void *table, __u32 ref, __u64 hi)
+{
+	__u32 t = ref & ~SY_REF_TERMINAL;
+	struct sy_row *r = sy_table_row(table, t / SY_TERMINALS_PER_ROW);
+	struct sy_terminal *term;
+
+	if (!r)
+		return 0;
+	term = &r->terminal[t % SY_TERMINALS_PER_ROW];
+	return ((__u32)(hi >> 32) & term->mask) == term->value ? term->leaf : term->fallback;
+}
+
 static __always_inline __u32 walk(void *table, __u32 root, __u64 hi, __u64 lo,
-				  const int max_steps)
+				  const int max_steps, const int ipv4)
 {
 	__u32 bits, pos, ref;
 
@@ -48,7 +65,7 @@ static __always_inline __u32 walk(void *table, __u32 root, __u64 hi, __u64 lo,
 		__u32 off, width;
 
 		if (!(ref & SY_REF_NODE))
-			return ref;
+			return ipv4 && (ref & SY_REF_TERMINAL) ? terminal(table, ref, hi) : ref;
 		node = table_node(table, ref & ~SY_REF_NODE);
 		if (!node)
 			return 0;
@@ -89,11 +106,11 @@ static __always_inline __u32 lookup_bindings(void *table, __u32 family, __u32 pr
 	__u32 root_any = table_word(table, base);
 
 	if (family == 0) {
-		*exact = walk(table, root_exact, hi, lo, SY_MAX_STEPS_V4);
-		*wildcard = walk(table, root_any, hi, lo, SY_MAX_STEPS_V4);
+		*exact = walk(table, root_exact, hi, lo, SY_MAX_STEPS_V4, 1);
+		*wildcard = walk(table, root_any, hi, lo, SY_MAX_STEPS_V4, 1);
 	} else {
-		*exact = walk(table, root_exact, hi, lo, SY_MAX_STEPS_V6);
-		*wildcard = walk(table, root_any, hi, lo, SY_MAX_STEPS_V6);
+		*exact = walk(table, root_exact, hi, lo, SY_MAX_STEPS_V6, 0);
+		*wildcard = walk(table, root_any, hi, lo, SY_MAX_STEPS_V6, 0);
 	}
 	/* The wildcard wins only with a strictly longer prefix. */
 	if (*exact & SY_LEAF_RESULT_MASK) {

@@ -51,6 +51,13 @@
  * wildcard-port matches.
  */
 #define SY_REF_NODE 0x80000000u
+/*
+ * An IPv4 reference with bit 30 set (and bit 31 clear) is a terminal: a lone
+ * prefix under a direct-table slot or a skip, in 16 bytes instead of a
+ * 32-byte skip node. Terminal t is quarter t%4 of row t/4.
+ */
+#define SY_REF_TERMINAL 0x40000000u
+#define SY_TERMINALS_PER_ROW 4
 #define SY_LEAF_RESULT_MASK 0x1ffffu
 #define SY_LEAF_PLEN_SHIFT 17
 #define SY_LEAF_PLEN_MASK 0xffu
@@ -84,10 +91,19 @@ struct sy_node {
 	__u32 reserved;
 };
 
+/* A terminal: the IPv4 address matches if (addr & mask) == value. */
+struct sy_terminal {
+	__u32 value;
+	__u32 mask;
+	__u32 leaf;		/* leaf word when it matches */
+	__u32 fallback;		/* leaf word when it does not */
+};
+
 struct sy_row {
 	union {
 		__u32 word[SY_WORDS_PER_ROW];
 		struct sy_node node[SY_NODES_PER_ROW];
+		struct sy_terminal terminal[SY_TERMINALS_PER_ROW];
 	};
 };
 

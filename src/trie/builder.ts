@@ -25,6 +25,9 @@ import {
   NODES_PER_ROW,
   RECORD,
   REF_NODE,
+  REF_TERMINAL,
+  TERMINAL,
+  TERMINALS_PER_ROW,
   ROOT_BITS_SHIFT,
   ROOT_SLOTS,
   ROOT_WORD,
@@ -114,6 +117,19 @@ class TrieBuilder {
     this.nodes = new Growable(input.count * NODE_WORDS);
   }
 
+  /** A terminal for the lone IPv4 prefix i, answering `fallback` elsewhere; returns its reference. */
+  private terminal(i: number, fallback: number): number {
+    const len = this.input.prefixLen[i]!;
+    const mask = len === 0 ? 0 : (0xffffffff << (32 - len)) >>> 0;
+    const at = this.terminals.reserve(TERMINAL.words);
+    const t = this.terminals.data;
+    t[at + TERMINAL.value] = (this.input.addr[i * 4]! & mask) >>> 0;
+    t[at + TERMINAL.mask] = mask;
+    t[at + TERMINAL.leaf] = this.leafOf(i);
+    t[at + TERMINAL.fallback] = fallback;
+    return (REF_TERMINAL | (at / TERMINAL.words)) >>> 0;
+  }
+
   private leafOf(i: number): number {
     return leafWord(this.input.destination[i]!, this.input.prefixLen[i]!);
   }
@@ -127,6 +143,8 @@ class TrieBuilder {
     return 128;
   }
 
+  /** IPv4 terminals (struct sy_terminal), 4 words each, placed after the nodes. */
+  readonly terminals = new Growable(1024);
   /** Multibit nodes whose leaves sit in the second half of their row. */
   readonly inlineLeaves: number[] = [];
   /** Leaf runs of the node being built (consumed before its children are). */
@@ -167,6 +185,10 @@ class TrieBuilder {
       const v = slots.childSlot[c]!;
       const start = slots.childStart[c]!;
       const end = slots.childEnd[c]!;
+      if (family === 4 && end - start === 1) {
+        this.words.data[base + v] = this.terminal(this.order[start]!, slots.values[v]!);
+        continue;
+      }
       const child = this.allocChild(start, end, s);
       const node = this.buildNode(child.node, start, end, s, slots.values[v]!, 1, child.kind);
       this.words.data[base + v] = (REF_NODE | node) >>> 0;
@@ -367,7 +389,9 @@ class TrieBuilder {
       start++;
     }
     let child = below;
-    if (start < hi) {
+    if (start + 1 === hi && input.family[order[start]!] === 4) {
+      child = this.terminal(order[start]!, below);
+    } else if (start < hi) {
       const fresh = this.allocChild(start, hi, next);
       child = (REF_NODE | this.buildNode(fresh.node, start, hi, next, below, depth + (wide ? 2 : 1), fresh.kind)) >>> 0;
     }
@@ -445,13 +469,28 @@ export function buildTable(input: TrieInput, serial = 0n, order = sortBindings(i
   }
   for (const [slot, root] of roots) words[ROOT_WORD + slot] = root;
 
-  const nodeBytes = nodeCount * NODE_WORDS * 4;
-  const recordOffset = Math.ceil((nodeRow * ROW_BYTES + nodeBytes) / ROW_BYTES) * ROW_BYTES;
+  // Terminals go after the nodes: relocate their references too.
+  const terminalRow = nodeRow + Math.ceil(nodeCount / NODES_PER_ROW);
+  const terminalBase = terminalRow * TERMINALS_PER_ROW;
+  const terminalWords = builder.terminals.length;
+  const isTerminal = (ref: number) => (ref & (REF_NODE | REF_TERMINAL)) === REF_TERMINAL;
+  for (const [start, size] of builder.directTables) {
+    for (let k = start; k < start + size; k++) if (isTerminal(words[k]!)) words[k] = (words[k]! + terminalBase) >>> 0;
+  }
+  for (let n = 0; n < nodeCount; n++) {
+    const at = n * NODE_WORDS;
+    if (!leafSlots[n] && nodes[at + NODE.skipLen] && isTerminal(nodes[at + NODE.childBase]!)) {
+      nodes[at + NODE.childBase] = (nodes[at + NODE.childBase]! + terminalBase) >>> 0;
+    }
+  }
+
+  const recordOffset = Math.ceil((terminalRow * ROW_BYTES + terminalWords * 4) / ROW_BYTES) * ROW_BYTES;
   const totalBytes = Math.ceil((recordOffset + input.count * RECORD.size) / ROW_BYTES) * ROW_BYTES || ROW_BYTES;
   const bytes = new Uint8Array(totalBytes);
   const view = new DataView(bytes.buffer);
   new Uint32Array(bytes.buffer, 0, wordCount).set(words.subarray(0, wordCount));
   new Uint32Array(bytes.buffer, nodeRow * ROW_BYTES, nodeCount * NODE_WORDS).set(nodes.subarray(0, nodeCount * NODE_WORDS));
+  new Uint32Array(bytes.buffer, terminalRow * ROW_BYTES, terminalWords).set(builder.terminals.data.subarray(0, terminalWords));
   writeRecords(bytes, recordOffset, input, order);
 
   view.setUint32(HEADER.magic, HEADER_MAGIC, true);

@@ -22,6 +22,8 @@ export const ROOT_BITS_SHIFT = 27;
 export const ROOT_ROW_MASK = (1 << ROOT_BITS_SHIFT) - 1;
 
 export const REF_NODE = 0x80000000;
+export const REF_TERMINAL = 0x40000000;
+export const TERMINALS_PER_ROW = 4;
 export const LEAF_RESULT_MASK = 0x1ffff;
 export const LEAF_PLEN_SHIFT = 17;
 export const LEAF_PLEN_MASK = 0xff;
@@ -39,6 +41,9 @@ export const NODE = {
   leafBase: 5,
   skipLen: 6,
 } as const;
+
+/** struct sy_terminal, u32 word offsets. */
+export const TERMINAL = { value: 0, mask: 1, leaf: 2, fallback: 3, words: 4 } as const;
 
 /** struct sy_table_header, byte offsets. */
 export const HEADER = {

@@ -9,6 +9,7 @@ import {
   LEAF_RESULT_MASK,
   NODE_BYTES,
   REF_NODE,
+  REF_TERMINAL,
   ROOT_BITS_SHIFT,
   ROOT_ROW_MASK,
   ROOT_WORD,
@@ -35,7 +36,13 @@ export function walkTable(bytes: Uint8Array, ipproto: number, address: Address, 
     let ref = word(row * 16 + Number(hi >> BigInt(64 - bits)));
     let pos = bits;
     for (let step = 0; step < maxSteps; step++) {
-      if (!(ref & REF_NODE)) return ref;
+      if (!(ref & REF_NODE)) {
+        if (address.family !== 4 || !(ref & REF_TERMINAL)) return ref;
+        const t = (ref & ~REF_TERMINAL) >>> 0;
+        const at = (t >> 2) * ROW_BYTES + (t & 3) * 16;
+        const matches = ((w[0] & view.getUint32(at + 4, true)) >>> 0) === view.getUint32(at, true);
+        return view.getUint32(at + (matches ? 8 : 12), true);
+      }
       const n = (ref & ~REF_NODE) >>> 0;
       const at = (n >> 1) * ROW_BYTES + (n & 1) * NODE_BYTES;
       const vector = view.getBigUint64(at, true);

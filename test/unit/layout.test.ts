@@ -6,7 +6,7 @@ import { describe, expect, it } from 'vitest';
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { DESTINATION, DESTINATION_STATS, HEADER, META, NODE, NODE_BYTES, RECORD, ROW_BYTES, TRACE } from '../../src/trie/layout.js';
+import { DESTINATION, DESTINATION_STATS, HEADER, META, NODE, NODE_BYTES, RECORD, ROW_BYTES, TERMINAL, TRACE } from '../../src/trie/layout.js';
 import { SK_LOOKUP_CTX } from '../../src/dispatcher/lookup.js';
 
 const object = path.resolve('bpf/layout.o');
@@ -48,6 +48,9 @@ describe.skipIf(!btf)('layouts mirror bpf/switchyard.h (BTF of bpf/layout.o; nee
       [NODE.vectorLo, NODE.leafvecLo, NODE.childBase, NODE.leafBase, NODE.skipLen].map((w) => w * 4),
     );
     expect(offsets('sy_row').size).toBe(ROW_BYTES);
+    const t = offsets('sy_terminal');
+    expect(t.size).toBe(TERMINAL.words * 4);
+    expect([t.value, t.mask, t.leaf, t.fallback]).toEqual([TERMINAL.value, TERMINAL.mask, TERMINAL.leaf, TERMINAL.fallback].map((w) => w * 4));
   });
 
   it('sy_table_header', () => {

@@ -79,6 +79,39 @@ describe.skipIf(!isRoot)('pinned state survives writers dying and racing', () =>
     }
   });
 
+  it('a growth interrupted before or after its link update is discarded or completed by the next writer', () => {
+    ns.ok(['bind', 'cdn', 'tcp', '192.0.2.0/24', '0']);
+    const dir = stateDir();
+    const pin = (name: string, from: string) => {
+      const fd = native().objGet(path.join(dir, from));
+      try {
+        native().objPin(fd, path.join(dir, name));
+      } finally {
+        fs.closeSync(fd);
+      }
+    };
+    // Died before BPF_LINK_UPDATE: the *_next objects never served; they go.
+    const reuse: Record<string, number> = {};
+    for (const name of ['generation', 'sockets', 'destination_stats', 'destinations', 'meta', 'trace']) reuse[name] = native().objGet(path.join(dir, name));
+    const loaded = native().loadObject(path.resolve('bpf/dispatcher.o'), reuse);
+    for (const fd of Object.values(reuse)) fs.closeSync(fd);
+    native().objPin(loaded.programs.switchyard_dispatch!, path.join(dir, 'program_next'));
+    pin('generation_next', 'generation');
+    const before = ns.json<{ program: { id: number } }>(['status']).program.id;
+    ns.ok(['bind', 'api', 'tcp', '198.51.100.0/24', '0']);
+    expect(fs.readdirSync(dir).filter((f) => f.endsWith('_next'))).toEqual([]);
+    expect(ns.json<{ program: { id: number } }>(['status']).program.id).toBe(before);
+
+    // Died after it: the link already runs program_next, so it takes the pinned names.
+    pin('program_next', 'program');
+    pin('generation_next', 'generation');
+    ns.ok(['bind', 'dns', 'udp', '203.0.113.0/24', '53']);
+    expect(fs.readdirSync(dir).filter((f) => f.endsWith('_next'))).toEqual([]);
+    expect(ns.json<{ bindings: unknown[] }>(['bindings']).bindings).toHaveLength(3);
+    expect(ns.json<{ label: string }>(['lookup', 'udp', '203.0.113.9', '53']).label).toBe('dns');
+    for (const fd of [...Object.values(loaded.maps), ...Object.values(loaded.programs)]) fs.closeSync(fd);
+  });
+
   it('native map surface: create, batch update and lookup, mmap, delete', () => {
     const ARRAY = 2;
     const HASH = 1;

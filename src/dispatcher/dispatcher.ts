@@ -270,23 +270,34 @@ export class Dispatcher {
    * changes if anything throws before the swap.
    */
   replaceBindings(next: BindingTable): ApplyResult {
-    return withWriterLock(this.location, () => this.replaceLocked(next));
+    return this.writing(() => this.replaceLocked(next));
   }
 
-  private replaceLocked(next: BindingTable): ApplyResult {
+  /**
+   * Every write: under the writer lock, after completing or discarding a
+   * growth a dead writer left half done, so it reads the live state.
+   */
+  private writing<T>(fn: () => T): T {
+    return withWriterLock(this.location, () => {
+      if (finishInterruptedGrowth(this.location)) this.reopen();
+      return fn();
+    });
+  }
+
+  /** `before` is the published set when the caller has just read it (bind, unbind). */
+  private replaceLocked(next: BindingTable, before?: BindingTable): ApplyResult {
     const started = performance.now();
-    if (finishInterruptedGrowth(this.location)) this.reopen();
     const duplicate = findDuplicate(next, next.order());
     if (duplicate) {
       const [a, b] = duplicate.map((i) => JSON.stringify(next.binding(i)));
       throw new SwitchyardError('EINVAL_BINDING', `bindings ${a} and ${b} have the same protocol, prefix and port`, { entry: b });
     }
     const { maps } = this.state;
-    const current = readCurrentTable(this.location.dir, maps.generation, true);
+    const current = readCurrentTable(this.location.dir, maps.generation, before === undefined);
     const destinations = Destinations.read(maps.destinations, true);
     try {
-      const before = toBindingTable(current?.bindings, destinations);
-      const diff = countChanges(before, next, (i, j) => before.label(i) === next.label(j), before.order(), next.order());
+      const previous = before ?? toBindingTable(current?.bindings, destinations);
+      const diff = countChanges(previous, next, (i, j) => previous.label(i) === next.label(j), previous.order(), next.order());
       const referenced = new Set<number>();
       const input: TrieInput = {
         count: next.count,
@@ -383,25 +394,25 @@ export class Dispatcher {
 
   /** Adds one binding, or relabels an existing (protocol, prefix, port). */
   bind(binding: BindingSpec): ApplyResult & { replaced: string | null } {
-    return withWriterLock(this.location, () => {
+    return this.writing(() => {
       const current = this.bindings();
       const at = current.indexOf(binding.protocol, binding.prefix, binding.port);
       const next = current.without(at);
       next.add(binding.label, binding.protocol, binding.prefix, binding.port);
-      return { ...this.replaceLocked(next), replaced: at < 0 ? null : current.label(at) };
+      return { ...this.replaceLocked(next, current), replaced: at < 0 ? null : current.label(at) };
     });
   }
 
   /** Removes one binding; the label must match what is bound. */
   unbind(binding: BindingSpec): ApplyResult {
-    return withWriterLock(this.location, () => {
+    return this.writing(() => {
       const current = this.bindings();
       const at = current.indexOf(binding.protocol, binding.prefix, binding.port);
       if (at < 0 || current.label(at) !== binding.label) {
         const text = `${binding.label} ${binding.protocol} ${formatPrefix(binding.prefix)} ${binding.port}`;
         throw new SwitchyardError('EINVAL_BINDING', `no such binding: ${text}`, { entry: text });
       }
-      return this.replaceLocked(current.without(at));
+      return this.replaceLocked(current.without(at), current);
     });
   }
 
@@ -410,7 +421,7 @@ export class Dispatcher {
    * destination. Replaces a previously registered socket of that destination.
    */
   register(label: string, fd: number): { destination: Destination; socket: string; replaced: boolean } {
-    return withWriterLock(this.location, () => {
+    return this.writing(() => {
       const info: SocketInfo = native().socketInfo(fd);
       const checked = checkSocket(info, this.location.netnsIno);
       const destinations = Destinations.read(this.state.maps.destinations, true);
@@ -428,7 +439,7 @@ export class Dispatcher {
   }
 
   unregister(label: string, family: Family, protocol: Protocol): { removed: boolean } {
-    return withWriterLock(this.location, () => {
+    return this.writing(() => {
       const destinations = Destinations.read(this.state.maps.destinations, true);
       try {
         const d = destinations.find(label, family, protocol);
@@ -436,7 +447,7 @@ export class Dispatcher {
         const removed = this.state.maps.sockets.delete(u32Key(d.id));
         // Free the id if no binding names it any more.
         const current = readCurrentTable(this.location.dir, this.state.maps.generation, true);
-        const named = current ? Array.from(current.bindings.destination as Uint16Array).includes(d.id) : false;
+        const named = current ? (current.bindings.destination as Uint16Array).includes(d.id) : false;
         if (!named) {
           destinations.release(d.id);
           clearStats(this.state.maps.destination_stats, d.id);

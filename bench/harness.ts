@@ -3,9 +3,7 @@
  * both layouts, ours and tubular's, checks that they agree on every query,
  * then times them with BPF_PROG_TEST_RUN.
  */
-import fs from 'node:fs';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { projectPath } from '../src/paths.js';
 import { BpfMap, Fd, MapType, u32Key } from '../src/kernel/bpf.js';
 import { native } from '../src/kernel/native.js';
 import { possibleCpus } from '../src/kernel/cpus.js';
@@ -18,8 +16,7 @@ import { rng, PORTS } from './sets.js';
 import type { Family, Words } from '../src/net/address.js';
 import { mapMemory } from './machine.js';
 
-const here = path.dirname(fileURLToPath(import.meta.url));
-export const BENCH_OBJECT = [path.resolve(here, 'bpf/bench.o'), path.resolve(here, '../../bench/bpf/bench.o')].find((p) => fs.existsSync(p))!;
+export const BENCH_OBJECT = projectPath('bench/bpf/bench.o');
 
 const LPM_TRIE = 11;
 const NO_PREALLOC = 1;

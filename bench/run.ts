@@ -9,7 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { parseArgs } from 'node:util';
-import { fileURLToPath } from 'node:url';
+import { projectRoot } from '../src/paths.js';
 import { describeMachine, mapMemory, type Machine } from './machine.js';
 import { familyOf, makeSet, type SetName, PORTS } from './sets.js';
 import { buildOurs, loadTubular, makeQueries, LookupBench } from './harness.js';
@@ -20,8 +20,7 @@ import { parsePrefix, type Prefix } from '../src/net/address.js';
 import { chart } from './chart.js';
 import { releaseTimes } from './release.js';
 
-const here = path.dirname(fileURLToPath(import.meta.url));
-const root = [path.resolve(here, '..'), path.resolve(here, '../..')].find((p) => fs.existsSync(path.join(p, 'package.json')))!;
+const root = projectRoot();
 const { values: flags } = parseArgs({ options: { quick: { type: 'boolean' }, out: { type: 'string' }, only: { type: 'string' } } });
 const quick = flags.quick === true;
 const outDir = flags.out ?? path.join(root, 'bench/results');

@@ -11,7 +11,7 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { projectPath } from '../paths.js';
 import { SwitchyardError } from '../errors.js';
 import { BpfMap, Fd, describeMismatch, u32Key, ATTACH_SK_LOOKUP, LINK_TYPE_NETNS, PROG_TYPE_SK_LOOKUP } from '../kernel/bpf.js';
 import { native, type SocketInfo } from '../kernel/native.js';
@@ -38,13 +38,11 @@ import type { BuiltTable } from '../trie/builder.js';
 import { ProgramLookup, type LookupQuery } from './lookup.js';
 import { checkSocket, describeSocket } from '../sockets/sockets.js';
 
-const here = path.dirname(fileURLToPath(import.meta.url));
-/** bpf/dispatcher.o, from src/dispatcher (vitest) or dist/src/dispatcher (built). */
+/** The dispatcher object this version ships (bpf/dispatcher.o). */
 export function defaultObjectPath(): string {
-  for (const candidate of [path.resolve(here, '../../bpf/dispatcher.o'), path.resolve(here, '../../../bpf/dispatcher.o')]) {
-    if (fs.existsSync(candidate)) return candidate;
-  }
-  throw new SwitchyardError('EINVAL_ARGUMENT', 'bpf/dispatcher.o not found; build it with `npm run build:bpf`');
+  const file = projectPath('bpf/dispatcher.o');
+  if (!fs.existsSync(file)) throw new SwitchyardError('EINVAL_ARGUMENT', `${file} not found; build it with \`npm run build:bpf\``);
+  return file;
 }
 
 /** One binding as the CLI or the agent names it. */

@@ -5,8 +5,7 @@
  * shape: code ('ENOENT'), errno (negative), syscall.
  */
 import { createRequire } from 'node:module';
-import { fileURLToPath } from 'node:url';
-import path from 'node:path';
+import { projectPath } from '../paths.js';
 
 export interface MapInfo {
   type: number;
@@ -80,30 +79,18 @@ export interface Native {
   flock(fd: number, exclusive: boolean, wait: boolean): boolean;
 }
 
-const here = path.dirname(fileURLToPath(import.meta.url));
-// src/kernel (tests, via vitest) and dist/src/kernel (built) both reach the
-// repository root; the addon is built in place by `npm run build:native`.
-const candidates = [
-  path.resolve(here, '../../native/build/Release/switchyard.node'),
-  path.resolve(here, '../../../native/build/Release/switchyard.node'),
-];
-
 function load(): Native {
-  const require = createRequire(import.meta.url);
-  let lastError: unknown;
-  for (const file of candidates) {
-    try {
-      return require(file) as Native;
-    } catch (err) {
-      lastError = err;
-      if ((err as NodeJS.ErrnoException).code !== 'MODULE_NOT_FOUND') break;
-    }
+  // Built in place by `npm run build:native`.
+  const file = projectPath('native/build/Release/switchyard.node');
+  try {
+    return createRequire(import.meta.url)(file) as Native;
+  } catch (err) {
+    throw new Error(
+      `switchyard: cannot load the native addon (${(err as Error).message}). ` +
+        'Build it with `npm run build:native` (needs libbpf-dev and a C++ toolchain).',
+      { cause: err },
+    );
   }
-  throw new Error(
-    `switchyard: cannot load the native addon (${(lastError as Error).message}). ` +
-      'Build it with `npm run build:native` (needs libbpf-dev and a C++ toolchain).',
-    { cause: lastError },
-  );
 }
 
 let instance: Native | undefined;

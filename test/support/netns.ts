@@ -9,11 +9,10 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import readline from 'node:readline';
-import { fileURLToPath } from 'node:url';
+import { projectPath } from '../../src/paths.js';
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-export const CLI = path.join(root, 'bin/switchyard');
-const FIXTURES = path.join(root, 'test/fixtures');
+export const CLI = projectPath('bin/switchyard');
+const FIXTURES = projectPath('test/fixtures');
 
 export const isRoot = process.getuid?.() === 0;
 

@@ -13,7 +13,7 @@ import { createTableMap, loadWithCapacity, swapTable } from '../src/dispatcher/t
 import { encodeContext } from '../src/dispatcher/lookup.js';
 import { MAPS } from '../src/dispatcher/maps.js';
 import { rng, PORTS } from './sets.js';
-import type { Family, Words } from '../src/net/address.js';
+import { maskWords, type Family, type Words } from '../src/net/address.js';
 import { mapMemory } from './machine.js';
 
 export const BENCH_OBJECT = projectPath('bench/bpf/bench.o');
@@ -94,11 +94,9 @@ export function makeQueries(table: BindingTable, family: Family, count: number, 
     if (r() < 0.5 && table.count > 0) {
       const i = Math.floor(r() * table.count);
       const p = table.prefix(i);
-      words = [0, 1, 2, 3].map((w) => {
-        const bits = Math.max(0, Math.min(32, p.length - 32 * w));
-        const mask = bits === 0 ? 0 : bits === 32 ? 0xffffffff : (0xffffffff << (32 - bits)) >>> 0;
-        return ((p.words[w]! & mask) | (u32() & ~mask)) >>> 0;
-      }) as Words;
+      const keep = maskWords(p.words, p.length);
+      const host = maskWords([0xffffffff, 0xffffffff, 0xffffffff, 0xffffffff], p.length).map((m) => ~m);
+      words = keep.map((w, j) => (w | (u32() & host[j]!)) >>> 0) as Words;
       if (family === 4) words = [words[0], 0, 0, 0];
     } else {
       words = family === 4 ? [u32(), 0, 0, 0] : [u32(), u32(), u32(), u32()];

@@ -5,9 +5,8 @@
  * Never part of the test run; needs root (BPF, network namespaces).
  */
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { parseArgs } from 'node:util';
 import { projectRoot } from '../src/paths.js';
 import { describeMachine, mapMemory, type Machine } from './machine.js';
@@ -18,6 +17,8 @@ import { locate } from '../src/dispatcher/state.js';
 import { Dispatcher, load } from '../src/dispatcher/dispatcher.js';
 import { parsePrefix, type Prefix } from '../src/net/address.js';
 import { chart } from './chart.js';
+import { TestNamespace } from '../test/support/netns.js';
+import { socketsOfProcess } from '../src/sockets/sockets.js';
 import { releaseTimes } from './release.js';
 
 const root = projectRoot();
@@ -109,87 +110,70 @@ function lookupRow(name: SetName, size: number, withTubular: boolean, queryCount
   }
 }
 
-/** Time from `bind` (the library call the CLI makes) until the loaded program answers with it. */
-function bindLatency(size: number): { bindings: number; bind_ms: number; samples: number[] } {
-  const ns = `sy-bench-${process.pid}`;
-  const bpffs = fs.mkdtempSync(path.join(os.tmpdir(), 'sy-bench-bpffs-'));
-  execFileSync('ip', ['netns', 'add', ns]);
+/** A loaded dispatcher in a scratch namespace (the tests' TestNamespace), open for `fn`. */
+async function withDispatcher<T>(fn: (d: Dispatcher, ns: TestNamespace) => T | Promise<T>): Promise<T> {
+  const ns = TestNamespace.create();
   try {
-    execFileSync('mount', ['-t', 'bpf', 'bpf', bpffs]);
-    const location = locate({ netns: `/run/netns/${ns}`, bpffs });
+    const location = locate({ netns: ns.path, bpffs: ns.bpffs });
     load(location);
     const d = Dispatcher.open(location);
     try {
-      d.replaceBindings(makeSet('random', size));
-      const samples: number[] = [];
-      for (let k = 0; k < 3; k++) {
-        const prefix = parsePrefix(`198.18.${k}.0/24`) as Prefix;
-        const started = performance.now();
-        d.bind({ label: 'bench-bind', protocol: 'tcp', prefix, port: 0 });
-        const [answer] = [...d.lookup([{ protocol: 'tcp', address: { family: 4, words: [(0xc6120000 | (k << 8) | 1) >>> 0, 0, 0, 0] }, port: 80 }])];
-        samples.push(performance.now() - started);
-        if (answer?.label !== 'bench-bind') throw new Error('bind not visible to the program');
-      }
-      return { bindings: size, bind_ms: Math.round(median(samples) * 10) / 10, samples: samples.map((s) => Math.round(s)) };
+      return await fn(d, ns);
     } finally {
       d.close();
     }
   } finally {
-    spawnSync('ip', ['netns', 'del', ns]);
-    spawnSync('umount', [bpffs]);
-    fs.rmSync(bpffs, { recursive: true, force: true });
+    ns.destroy();
   }
 }
 
+/** Time from `bind` (the library call the CLI makes) until the loaded program answers with it. */
+function bindLatency(size: number): Promise<{ bindings: number; bind_ms: number; samples: number[] }> {
+  return withDispatcher((d) => {
+    d.replaceBindings(makeSet('random', size));
+    const samples: number[] = [];
+    for (let k = 0; k < 3; k++) {
+      const prefix = parsePrefix(`198.18.${k}.0/24`) as Prefix;
+      const started = performance.now();
+      d.bind({ label: 'bench-bind', protocol: 'tcp', prefix, port: 0 });
+      const [answer] = [...d.lookup([{ protocol: 'tcp', address: { family: 4, words: [(0xc6120000 | (k << 8) | 1) >>> 0, 0, 0, 0] }, port: 80 }])];
+      samples.push(performance.now() - started);
+      if (answer?.label !== 'bench-bind') throw new Error('bind not visible to the program');
+    }
+    return { bindings: size, bind_ms: Math.round(median(samples) * 10) / 10, samples: samples.map((s) => Math.round(s)) };
+  });
+}
+
 /** TCP connections per second to a plain listener vs. through the dispatcher, same namespace. */
-async function connectionRate(count: number, rounds: number) {
-  const ns = `sy-bench-conn-${process.pid}`;
-  const bpffs = fs.mkdtempSync(path.join(os.tmpdir(), 'sy-bench-bpffs-'));
-  const ip = (args: string[]) => execFileSync('ip', ['-n', ns, ...args]);
-  execFileSync('ip', ['netns', 'add', ns]);
-  const children: Array<ReturnType<typeof spawn>> = [];
-  try {
-    execFileSync('mount', ['-t', 'bpf', 'bpf', bpffs]);
-    ip(['link', 'set', 'lo', 'up']);
-    ip(['route', 'add', 'local', '192.0.2.0/24', 'dev', 'lo']);
-    ip(['route', 'add', 'local', '198.51.100.0/24', 'dev', 'lo']);
-    const start = (specs: string[]) =>
-      new Promise<number>((resolve, reject) => {
-        const child = spawn('ip', ['netns', 'exec', ns, process.execPath, path.join(root, 'test/fixtures/service.mjs'), 'svc', ...specs], { stdio: ['ignore', 'pipe', 'inherit'] });
-        children.push(child);
-        child.stdout!.on('data', (d: Buffer) => {
-          const m = /ready (\d+)/.exec(d.toString());
-          if (m) resolve(Number(m[1]));
-        });
-        child.on('exit', (code) => reject(new Error(`service exited ${code}`)));
-      });
-    await start(['tcp4@192.0.2.1:8080']);
-    const pid = await start(['tcp4@127.0.0.1:9090']);
-    const location = locate({ netns: `/run/netns/${ns}`, bpffs });
-    load(location);
-    const d = Dispatcher.open(location);
+function connectionRate(count: number, rounds: number) {
+  return withDispatcher(async (d, ns) => {
+    await ns.startService('plain', ['tcp4@192.0.2.1:8080']);
+    const svc = await ns.startService('svc', ['tcp4@127.0.0.1:9090']);
+    d.bind({ label: 'svc', protocol: 'tcp', prefix: parsePrefix('198.51.100.0/24') as Prefix, port: 0 });
+    const fds = socketsOfProcess(svc.pid, 'tcp', { family: 4, words: [0x7f000001, 0, 0, 0] }, 9090);
     try {
-      d.bind({ label: 'svc', protocol: 'tcp', prefix: parsePrefix('198.51.100.0/24') as Prefix, port: 0 });
-      const fds = (await import('../src/sockets/sockets.js')).socketsOfProcess(pid, 'tcp', { family: 4, words: [0x7f000001, 0, 0, 0] }, 9090);
       d.register('svc', fds[0]!);
-      for (const fd of fds) fs.closeSync(fd);
     } finally {
-      d.close();
+      for (const fd of fds) fs.closeSync(fd);
     }
     const batch = Math.ceil(count / rounds);
-    const out = execFileSync('ip', ['netns', 'exec', ns, process.execPath, path.join(root, 'bench/conn-client.mjs'), '192.0.2.1', '198.51.100.7', '8080', String(batch), String(rounds)], {
+    const out = execFileSync('ip', ['netns', 'exec', ns.name, process.execPath, path.join(root, 'bench/conn-client.mjs'), '192.0.2.1', '198.51.100.7', '8080', String(batch), String(rounds)], {
       encoding: 'utf8',
     });
     const rates = JSON.parse(out) as Record<string, number[]>;
-    const p = median(rates['192.0.2.1']!);
-    const q = median(rates['198.51.100.7']!);
-    return { connections: 2 * batch * rounds, rounds, batch, plain_per_s: Math.round(p), dispatched_per_s: Math.round(q), difference_pct: Math.round(((q - p) / p) * 1000) / 10 };
-  } finally {
-    for (const c of children) c.kill('SIGKILL');
-    spawnSync('ip', ['netns', 'del', ns]);
-    spawnSync('umount', [bpffs]);
-    fs.rmSync(bpffs, { recursive: true, force: true });
-  }
+    const plain = rates['192.0.2.1']!;
+    const dispatched = rates['198.51.100.7']!;
+    // Paired by round: adjacent batches share the machine's momentary load.
+    const paired = plain.map((p, r) => dispatched[r]! / p - 1);
+    return {
+      connections: 2 * batch * rounds,
+      rounds,
+      batch,
+      plain_per_s: Math.round(median(plain)),
+      dispatched_per_s: Math.round(median(dispatched)),
+      difference_pct: Math.round(median(paired) * 1000) / 10,
+    };
+  });
 }
 
 function markdown(machine: Machine, rows: LookupRow[], extra: Record<string, unknown>): string {
@@ -250,10 +234,10 @@ async function main(): Promise<void> {
   }
   const release = runs('release') ? await releaseTimes(makeSet('random', 1_000_000)) : null;
   if (release) log(`release 1M: ours ${release.ours.ms ?? 'not seen'} ms (${release.ours.bytes} bytes), tubular ${release.tubular.ms ?? 'not seen'} ms (${release.tubular.bytes} bytes)`);
-  const bind = runs('bind') ? bindLatency(quick ? 100_000 : 1_000_000) : null;
+  const bind = runs('bind') ? await bindLatency(quick ? 100_000 : 1_000_000) : null;
   if (bind) log(`bind visible to the program: ${bind.bind_ms} ms with ${bind.bindings} bindings`);
-  const conn = runs('conn') ? await connectionRate(quick ? 4_000 : 20_000, quick ? 8 : 20) : null;
-  if (conn) log(`TCP connections: plain ${conn.plain_per_s}/s, through the dispatcher ${conn.dispatched_per_s}/s (${conn.difference_pct}%)`);
+  const conn = runs('conn') ? await connectionRate(quick ? 6_000 : 30_000, quick ? 20 : 60) : null;
+  if (conn) log(`TCP connections: plain ${conn.plain_per_s}/s, through the dispatcher ${conn.dispatched_per_s}/s (${conn.difference_pct}%, median of per-round pairs)`);
   const oneM = rows.find((r) => r.set === 'random' && r.bindings === 1_000_000);
   const extra = {
     replace_1m: oneM ? { ours_build_ms: oneM.ours_build_ms, ours_publish_ms: oneM.ours_publish_ms, tubular_insert_ms: oneM.tubular_insert_ms, tubular_insert: oneM.tubular_insert } : null,

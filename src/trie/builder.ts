@@ -12,7 +12,7 @@
  * - skip nodes where all prefixes of a subtree share their next bits, so a
  *   lone IPv6 /128 under a /32 costs two node loads, not fifteen.
  */
-import { bitsAt } from '../net/address.js';
+import { bitsAt, wordMask } from '../net/address.js';
 import { type BindingColumns, sortBindings } from '../bindings/order.js';
 import {
   HEADER,
@@ -120,7 +120,7 @@ class TrieBuilder {
   /** A terminal for the lone IPv4 prefix i, answering `fallback` elsewhere; returns its reference. */
   private terminal(i: number, fallback: number): number {
     const len = this.input.prefixLen[i]!;
-    const mask = len === 0 ? 0 : (0xffffffff << (32 - len)) >>> 0;
+    const mask = wordMask(len, 0);
     const at = this.terminals.reserve(TERMINAL.words);
     const t = this.terminals.data;
     t[at + TERMINAL.value] = (this.input.addr[i * 4]! & mask) >>> 0;

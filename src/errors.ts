@@ -8,7 +8,6 @@ export type ErrorCode =
   | 'EINVAL_ARGUMENT'
   | 'EINVAL_FILE'
   | 'ENOT_LOADED'
-  | 'EALREADY_LOADED'
   | 'EINCOMPATIBLE_STATE'
   | 'ECAPACITY'
   | 'ESOCKET_REJECTED'

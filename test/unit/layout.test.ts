@@ -53,72 +53,26 @@ describe.skipIf(!btf)('layouts mirror bpf/switchyard.h (BTF of bpf/layout.o; nee
     expect([t.value, t.mask, t.leaf, t.fallback]).toEqual([TERMINAL.value, TERMINAL.mask, TERMINAL.leaf, TERMINAL.fallback].map((w) => w * 4));
   });
 
-  it('sy_table_header', () => {
-    const o = offsets('sy_table_header');
-    expect(o).toMatchObject({
-      size: HEADER.size,
-      magic: HEADER.magic,
-      abi_version: HEADER.abiVersion,
-      binding_count: HEADER.bindingCount,
-      binding_offset: HEADER.bindingOffset,
-      serial: HEADER.serial,
-      used_rows: HEADER.usedRows,
-      node_count: HEADER.nodeCount,
-      word_count: HEADER.wordCount,
-    });
-  });
+  // Byte-offset mirrors: each camelCase field names the C member in snake_case.
+  const mirrors: Array<[string, Record<string, number>]> = [
+    ['sy_table_header', HEADER],
+    ['sy_binding_record', RECORD],
+    ['sy_destination', DESTINATION],
+    ['sy_destination_stats', DESTINATION_STATS],
+    ['sy_meta', META],
+    ['sy_trace', TRACE],
+    ['bpf_sk_lookup', SK_LOOKUP_CTX],
+  ];
+  // Members that are not plain named fields in C.
+  const cName: Record<string, string> = { 'bpf_sk_lookup.cookie': '(anon)' /* anonymous union with sk */ };
+  const snake = (name: string) => name.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
 
-  it('sy_binding_record', () => {
-    expect(offsets('sy_binding_record')).toMatchObject({
-      size: RECORD.size,
-      family: RECORD.family,
-      protocol: RECORD.protocol,
-      prefix_len: RECORD.prefixLen,
-      port: RECORD.port,
-      destination: RECORD.destination,
-      addr: RECORD.addr,
-    });
-  });
-
-  it('sy_destination, sy_destination_stats, sy_meta, sy_trace', () => {
-    expect(offsets('sy_destination')).toMatchObject({
-      size: DESTINATION.size,
-      in_use: DESTINATION.inUse,
-      family: DESTINATION.family,
-      protocol: DESTINATION.protocol,
-      label_len: DESTINATION.labelLen,
-      label: DESTINATION.label,
-    });
-    expect(offsets('sy_destination_stats')).toMatchObject({
-      size: DESTINATION_STATS.size,
-      lookups: DESTINATION_STATS.lookups,
-      misses: DESTINATION_STATS.misses,
-      errors: DESTINATION_STATS.errors,
-    });
-    expect(offsets('sy_meta')).toMatchObject({ size: META.size, magic: META.magic, abi_version: META.abiVersion });
-    expect(offsets('sy_trace')).toMatchObject({
-      size: TRACE.size,
-      nonce: TRACE.nonce,
-      exact: TRACE.exact,
-      wildcard: TRACE.wildcard,
-      chosen: TRACE.chosen,
-      flags: TRACE.flags,
-      assign_err: TRACE.assignErr,
-    });
-  });
-
-  it("the kernel's struct bpf_sk_lookup", () => {
-    expect(offsets('bpf_sk_lookup')).toMatchObject({
-      size: SK_LOOKUP_CTX.size,
-      family: SK_LOOKUP_CTX.family,
-      protocol: SK_LOOKUP_CTX.protocol,
-      remote_ip4: SK_LOOKUP_CTX.remoteIp4,
-      remote_ip6: SK_LOOKUP_CTX.remoteIp6,
-      remote_port: SK_LOOKUP_CTX.remotePort,
-      local_ip4: SK_LOOKUP_CTX.localIp4,
-      local_ip6: SK_LOOKUP_CTX.localIp6,
-      local_port: SK_LOOKUP_CTX.localPort,
-    });
+  it.each(mirrors)('%s', (struct, mirror) => {
+    const o = offsets(struct);
+    for (const [field, value] of Object.entries(mirror)) {
+      const member = field === 'size' ? 'size' : (cName[`${struct}.${field}`] ?? snake(field));
+      expect(o[member], `${struct}.${member}`).toBe(value);
+    }
   });
 });
 

@@ -12,7 +12,8 @@ import { buildTable, type BuiltTable, type TrieInput } from '../src/trie/builder
 import { createTableMap, loadWithCapacity, swapTable } from '../src/dispatcher/table.js';
 import { encodeContext } from '../src/dispatcher/lookup.js';
 import { MAPS } from '../src/dispatcher/maps.js';
-import { rng, PORTS } from './sets.js';
+import { PORTS } from './sets.js';
+import { rng } from '../test/support/random.js';
 import { maskWords, type Family, type Words } from '../src/net/address.js';
 import { mapMemory } from './machine.js';
 

@@ -12,8 +12,6 @@ import { BindingTable, type Protocol } from '../src/bindings/binding.js';
 import { type Family, type Words, maskWords } from '../src/net/address.js';
 import { rng } from '../test/support/random.js';
 
-export { rng };
-
 export type SetName = 'dense' | 'random' | 'bgp' | 'real' | 'real6' | 'ipv6';
 export const PORTS = [80, 443, 8080, 8443];
 const LABELS = Array.from({ length: 48 }, (_, i) => `svc${i}`);

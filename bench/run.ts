@@ -82,7 +82,7 @@ function lookupRow(name: SetName, size: number, withTubular: boolean, queryCount
     }
     const floor = median(floors);
     const header = new DataView(built.bytes.buffer, built.bytes.byteOffset);
-    const recordOffset = header.getUint32(HEADER.bindingOffset, true);
+    const shadowRow = header.getUint32(HEADER.shadowRow, true);
     const row: LookupRow = {
       set: name,
       family: familyOf(name),
@@ -98,7 +98,7 @@ function lookupRow(name: SetName, size: number, withTubular: boolean, queryCount
       tubular_insert_ms: tubular ? Math.round(tubular.insertMs) : null,
       tubular_insert: tubular ? (tubular.batch ? 'batch' : 'one by one') : null,
       ours_bytes: bench.tableMemory(),
-      ours_trie_bytes: Math.ceil(recordOffset / ROW_BYTES) * ROW_BYTES,
+      ours_trie_bytes: (shadowRow || built.rows) * ROW_BYTES,
       tubular_bytes: tubular ? mapMemory(tubular.map.fd) : null,
     };
     if (row.tubular_ns !== null) row.ratio = Math.round((row.tubular_ns / Math.max(1, row.ours_ns)) * 10) / 10;

@@ -13,7 +13,7 @@
 
 #include <linux/types.h>
 
-#define SY_ABI_VERSION 1
+#define SY_ABI_VERSION 2
 #define SY_META_MAGIC 0x53594431u /* "SYD1" */
 
 #define SY_MAX_DESTINATIONS 65536
@@ -107,23 +107,30 @@ struct sy_row {
 	};
 };
 
-/* Row 0 of a table. Written by user space, never read by the program. */
+/*
+ * Row 0 of a table. Written by user space, never read by the program.
+ *
+ * The table is the only copy of the binding set: every binding the trie can
+ * answer with is read back from the trie itself (leaf = destination and
+ * prefix length, the region it covers gives the address; the root slot
+ * gives family, protocol and port). Bindings no address reaches (longer
+ * prefixes of the same trie tile them exactly) are listed at shadow_row:
+ * that row's first word is their count, the records follow from the next row.
+ */
 struct sy_table_header {
 	__u32 magic;
 	__u32 abi_version;
 	__u32 binding_count;
-	__u32 binding_offset;	/* byte offset of the binding records */
-	__u64 serial;		/* increases with every published generation */
-	__u32 used_rows;
+	__u32 shadow_row;	/* 0 = no unreachable bindings */
+	__u64 serial;		/* increases with every change, published or in place */
+	__u32 used_rows;	/* rows [0, used_rows) may be in use; the rest are free */
 	__u32 node_count;
 	__u32 word_count;
-	__u32 reserved[7];
+	__u32 garbage_rows;	/* rows below used_rows left behind by in-place changes */
+	__u32 reserved[6];
 };
 
-/*
- * The binding list of a generation, after the trie: the source of truth that
- * `bindings` reads back and the next build starts from. Not read by the program.
- */
+/* A binding listed in full (the unreachable ones). Not read by the program. */
 struct sy_binding_record {
 	__u8 family;		/* 4 or 6 */
 	__u8 protocol;		/* IPPROTO_TCP or IPPROTO_UDP */

@@ -18,7 +18,7 @@ import { native, type SocketInfo } from '../kernel/native.js';
 import { IPPROTO_TCP } from '../kernel/linux.js';
 import { type Family, type Prefix, formatAddress, formatPrefix, maskWords } from '../net/address.js';
 import { BindingTable, type Binding, type Protocol, protocolName } from '../bindings/binding.js';
-import { buildTable, type TrieInput } from '../trie/builder.js';
+import { buildTable, emptyInput, type TrieInput } from '../trie/builder.js';
 import { countChanges, findDuplicate } from '../bindings/order.js';
 import { leafDestination, leafPrefixLen, LEAF_RESULT_MASK } from '../trie/layout.js';
 import { MAPS, MAP_NAMES, MIN_CAPACITY_ROWS, PROGRAM_NAME, capacityFor } from './maps.js';
@@ -212,18 +212,6 @@ function finishInterruptedGrowth(location: Location): boolean {
     else fs.rmSync(next);
   }
   return true;
-}
-
-function emptyInput(): TrieInput {
-  return {
-    count: 0,
-    family: new Uint8Array(0),
-    protocol: new Uint8Array(0),
-    prefixLen: new Uint8Array(0),
-    port: new Uint16Array(0),
-    addr: new Uint32Array(0),
-    destination: new Uint16Array(0),
-  };
 }
 
 /** An open dispatcher: handles on its pinned state. Close it when done. */

@@ -9,8 +9,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { BpfMap, u32Key } from '../kernel/bpf.js';
 import { native } from '../kernel/native.js';
-import type { BuiltTable, TrieInput } from '../trie/builder.js';
-import { HEADER, HEADER_MAGIC, ABI_VERSION, RECORD, ROW_BYTES } from '../trie/layout.js';
+import { emptyInput, readHeader, type BuiltTable, type TrieInput } from '../trie/builder.js';
+import { decodeTable } from '../trie/decoder.js';
+import { ROW_BYTES } from '../trie/layout.js';
 import { SwitchyardError, isKernelError } from '../errors.js';
 import { tableSpec } from './maps.js';
 
@@ -66,43 +67,19 @@ export function readCurrentTable(dir: string, generation: BpfMap, withBindings =
   if (!current) return undefined;
   const buffer = current.map.mmap(false);
   try {
-    const view = new DataView(buffer);
-    if (view.getUint32(HEADER.magic, true) !== HEADER_MAGIC || view.getUint32(HEADER.abiVersion, true) !== ABI_VERSION) {
-      throw new SwitchyardError('EINCOMPATIBLE_STATE', `published table (map id ${current.id}) has an unknown header`);
-    }
-    const count = view.getUint32(HEADER.bindingCount, true);
-    const offset = view.getUint32(HEADER.bindingOffset, true);
-    const rows = view.getUint32(HEADER.usedRows, true);
+    const header = readHeader(new DataView(buffer));
+    if (!header) throw new SwitchyardError('EINCOMPATIBLE_STATE', `published table (map id ${current.id}) has an unknown header`);
     const summary: TableSummary = {
       mapId: current.id,
-      serial: view.getBigUint64(HEADER.serial, true),
-      rows,
+      serial: header.serial,
+      rows: header.usedRows,
       capacityRows: current.map.spec.maxEntries,
       bytes: current.map.spec.maxEntries * ROW_BYTES,
-      nodeCount: view.getUint32(HEADER.nodeCount, true),
-      wordCount: view.getUint32(HEADER.wordCount, true),
-      bindingCount: count,
+      nodeCount: header.nodeCount,
+      wordCount: header.wordCount,
+      bindingCount: header.bindingCount,
     };
-    const n = withBindings ? count : 0;
-    const bindings: TrieInput = {
-      count: n,
-      family: new Uint8Array(n),
-      protocol: new Uint8Array(n),
-      prefixLen: new Uint8Array(n),
-      port: new Uint16Array(n),
-      addr: new Uint32Array(n * 4),
-      destination: new Uint16Array(n),
-    };
-    const dest = bindings.destination as Uint16Array;
-    for (let i = 0; i < n; i++) {
-      const at = offset + i * RECORD.size;
-      bindings.family[i] = view.getUint8(at + RECORD.family);
-      bindings.protocol[i] = view.getUint8(at + RECORD.protocol);
-      bindings.prefixLen[i] = view.getUint8(at + RECORD.prefixLen);
-      bindings.port[i] = view.getUint16(at + RECORD.port, true);
-      dest[i] = view.getUint16(at + RECORD.destination, true);
-      for (let w = 0; w < 4; w++) bindings.addr[i * 4 + w] = view.getUint32(at + RECORD.addr + w * 4, false);
-    }
+    const bindings = withBindings ? decodeTable(new Uint32Array(buffer)) : emptyInput();
     return { summary, bindings };
   } finally {
     native().unmap(buffer);

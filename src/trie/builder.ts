@@ -49,6 +49,20 @@ export interface BuiltTable {
   wordCount: number;
   bindingCount: number;
   trieCount: number;
+  /** Bindings no address reaches, listed apart (struct sy_table_header). */
+  shadowed: number;
+}
+
+export function emptyInput(): TrieInput {
+  return {
+    count: 0,
+    family: new Uint8Array(0),
+    protocol: new Uint8Array(0),
+    prefixLen: new Uint8Array(0),
+    port: new Uint16Array(0),
+    addr: new Uint32Array(0),
+    destination: new Uint16Array(0),
+  };
 }
 
 /** Fewer shared bits than this and a plain node is as good as a skip node. */
@@ -107,14 +121,18 @@ class TrieBuilder {
   readonly directTables: Array<[number, number]> = [];
   private maxSteps = MAX_STEPS_V4;
 
+  /** With `withRoot`, words start with the header row and the root table (a whole table); without, a subtree. */
   constructor(
     private readonly input: TrieInput,
     private readonly order: Uint32Array,
+    prefixes: number,
+    withRoot = true,
   ) {
     // Direct tables take about 4 words per prefix and leaf runs about 3.
-    this.words = new Growable(ROOT_WORD + ROOT_SLOTS + input.count * 8);
-    this.words.reserve(ROOT_WORD + ROOT_SLOTS);
-    this.nodes = new Growable(input.count * NODE_WORDS);
+    const reserved = withRoot ? ROOT_WORD + ROOT_SLOTS : 0;
+    this.words = new Growable(reserved + prefixes * 8);
+    this.words.reserve(reserved);
+    this.nodes = new Growable(prefixes * NODE_WORDS);
   }
 
   /** A terminal for the lone IPv4 prefix i, answering `fallback` elsewhere; returns its reference. */
@@ -171,8 +189,6 @@ class TrieBuilder {
 
   /** Builds the trie of sorted bindings order[lo..hi) and returns its root word. */
   buildTrie(lo: number, hi: number): number {
-    const family = this.input.family[this.order[lo]!] as 4 | 6;
-    this.maxSteps = family === 4 ? MAX_STEPS_V4 : MAX_STEPS_V6;
     const s = directBits(hi - lo);
     // Direct tables start on a row so the root word can name them by row.
     const pad = (WORDS_PER_ROW - (this.words.length % WORDS_PER_ROW)) % WORDS_PER_ROW;
@@ -183,17 +199,24 @@ class TrieBuilder {
     this.words.data.set(slots.values.subarray(0, 1 << s), base);
     for (let c = 0; c < slots.childCount; c++) {
       const v = slots.childSlot[c]!;
-      const start = slots.childStart[c]!;
-      const end = slots.childEnd[c]!;
-      if (family === 4 && end - start === 1) {
-        this.words.data[base + v] = this.terminal(this.order[start]!, slots.values[v]!);
-        continue;
-      }
-      const child = this.allocChild(start, end, s);
-      const node = this.buildNode(child.node, start, end, s, slots.values[v]!, 1, child.kind);
-      this.words.data[base + v] = (REF_NODE | node) >>> 0;
+      const ref = this.buildSlot(slots.childStart[c]!, slots.childEnd[c]!, s, slots.values[v]!);
+      this.words.data[base + v] = ref; // after the build: it may have moved words.data
     }
     return ((s << ROOT_BITS_SHIFT) | (base / WORDS_PER_ROW)) >>> 0;
+  }
+
+  /**
+   * The reference a direct-table slot holds for order[lo..hi) (all longer
+   * than `pos`, sharing bits [0, pos)) over `inherited`, the slot's longest
+   * shorter match: that leaf, a terminal, or a node.
+   */
+  buildSlot(lo: number, hi: number, pos: number, inherited: number): number {
+    if (lo === hi) return inherited;
+    const family = this.input.family[this.order[lo]!] as 4 | 6;
+    this.maxSteps = family === 4 ? MAX_STEPS_V4 : MAX_STEPS_V6;
+    if (family === 4 && hi - lo === 1) return this.terminal(this.order[lo]!, inherited);
+    const child = this.allocChild(lo, hi, pos);
+    return (REF_NODE | this.buildNode(child.node, lo, hi, pos, inherited, 1, child.kind)) >>> 0;
   }
 
   /**
@@ -423,10 +446,75 @@ function halfMask(off: number, len: number, wordOffset: number): number {
   return (ones << (32 - to)) >>> 0;
 }
 
+/** Where a builder's words, nodes and terminals go once built: from row `firstRow` on, in that order. */
+interface Placement {
+  firstRow: number;
+  wordCount: number;
+  nodeRow: number;
+  nodeCount: number;
+  terminalRow: number;
+  terminalWords: number;
+  /** First row after the terminals. */
+  endRow: number;
+}
+
+function placementOf(builder: TrieBuilder, firstRow: number): Placement {
+  const wordCount = builder.words.length;
+  const nodeRow = firstRow + Math.ceil(wordCount / WORDS_PER_ROW);
+  const nodeCount = builder.nodes.length / NODE_WORDS;
+  const terminalRow = nodeRow + Math.ceil(nodeCount / NODES_PER_ROW);
+  const terminalWords = builder.terminals.length;
+  const endRow = terminalRow + Math.ceil(terminalWords / WORDS_PER_ROW);
+  return { firstRow, wordCount, nodeRow, nodeCount, terminalRow, terminalWords, endRow };
+}
+
+/** A node or terminal reference of the builder, as an index into the placed table. */
+function relocateRef(ref: number, p: Placement): number {
+  if (ref & REF_NODE) return (ref + p.nodeRow * NODES_PER_ROW) >>> 0;
+  if (ref & REF_TERMINAL) return (ref + p.terminalRow * TERMINALS_PER_ROW) >>> 0;
+  return ref;
+}
+
+/**
+ * Rewrites the builder's references (local word, node and terminal indexes)
+ * as indexes into the table it will be placed in, then copies it there:
+ * `rows` is that table's row array from row p.firstRow on.
+ */
+function place(builder: TrieBuilder, p: Placement, rows: Uint32Array): void {
+  const wordBase = p.firstRow * WORDS_PER_ROW;
+  const nodeBase = p.nodeRow * NODES_PER_ROW;
+  const words = builder.words.data;
+  for (const [start, size] of builder.directTables) {
+    for (let k = start; k < start + size; k++) words[k] = relocateRef(words[k]!, p);
+  }
+  const nodes = builder.nodes.data;
+  // Inline leaves: word index of the row's second half; those slots are data, not nodes.
+  const leafSlots = new Uint8Array(p.nodeCount);
+  for (const n of builder.inlineLeaves) {
+    nodes[n * NODE_WORDS + NODE.leafBase] = (nodeBase + n) * NODE_WORDS + NODE_WORDS;
+    leafSlots[n] = 2;
+    leafSlots[n + 1] = 1;
+  }
+  for (let n = 0; n < p.nodeCount; n++) {
+    if (leafSlots[n] === 1) continue;
+    const at = n * NODE_WORDS;
+    if (nodes[at + NODE.skipLen]) {
+      nodes[at + NODE.childBase] = relocateRef(nodes[at + NODE.childBase]!, p);
+    } else {
+      nodes[at + NODE.childBase] = nodes[at + NODE.childBase]! + nodeBase;
+      if (leafSlots[n] !== 2) nodes[at + NODE.leafBase] = nodes[at + NODE.leafBase]! + wordBase;
+    }
+  }
+  rows.set(words.subarray(0, p.wordCount), 0);
+  rows.set(nodes.subarray(0, p.nodeCount * NODE_WORDS), (p.nodeRow - p.firstRow) * WORDS_PER_ROW);
+  rows.set(builder.terminals.data.subarray(0, p.terminalWords), (p.terminalRow - p.firstRow) * WORDS_PER_ROW);
+}
+
 /** Builds the complete table of one generation. */
 export function buildTable(input: TrieInput, serial = 0n, order = sortBindings(input)): BuiltTable {
-  const builder = new TrieBuilder(input, order);
+  const builder = new TrieBuilder(input, order, input.count);
   const roots: Array<[number, number]> = [];
+  const shadowed: number[] = [];
   for (let lo = 0; lo < input.count; ) {
     const i = order[lo]!;
     const slot = rootSlot(input.family[i] as 4 | 6, input.protocol[i]!, input.port[i]!);
@@ -437,82 +525,169 @@ export function buildTable(input: TrieInput, serial = 0n, order = sortBindings(i
       hi++;
     }
     roots.push([slot, builder.buildTrie(lo, hi)]);
+    findShadowed(input, order, lo, hi, shadowed);
     lo = hi;
   }
-
-  // Nodes go after the words; relocate node references now that we know where.
-  const wordCount = builder.words.length;
-  const nodeRow = Math.ceil(wordCount / WORDS_PER_ROW);
-  const nodeBase = nodeRow * NODES_PER_ROW;
-  const nodeCount = builder.nodes.length / NODE_WORDS;
-  const words = builder.words.data;
-  for (const [start, size] of builder.directTables) {
-    for (let k = start; k < start + size; k++) {
-      if (words[k]! & REF_NODE) words[k] = (words[k]! + nodeBase) >>> 0;
-    }
-  }
-  const nodes = builder.nodes.data;
-  // Inline leaves: word index of the row's second half; those slots are data, not nodes.
-  const leafSlots = new Uint8Array(nodeCount);
-  for (const n of builder.inlineLeaves) {
-    nodes[n * NODE_WORDS + NODE.leafBase] = (nodeBase + n) * NODE_WORDS + NODE_WORDS;
-    leafSlots[n + 1] = 1;
-  }
-  for (let n = 0; n < nodeCount; n++) {
-    if (leafSlots[n]) continue;
-    const at = n * NODE_WORDS;
-    if (nodes[at + NODE.skipLen]) {
-      if (nodes[at + NODE.childBase]! & REF_NODE) nodes[at + NODE.childBase] = (nodes[at + NODE.childBase]! + nodeBase) >>> 0;
-    } else {
-      nodes[at + NODE.childBase] = nodes[at + NODE.childBase]! + nodeBase;
-    }
-  }
+  const p = placementOf(builder, 0);
+  // Bindings no address reaches are not in the trie: listed after it, so
+  // the table alone still says every binding (see readTableBindings).
+  const shadowRow = shadowed.length ? p.endRow : 0;
+  const rowCount = Math.max(1, shadowed.length ? shadowRow + 1 + Math.ceil((shadowed.length * RECORD.size) / ROW_BYTES) : p.endRow);
+  const bytes = new Uint8Array(rowCount * ROW_BYTES);
+  place(builder, p, new Uint32Array(bytes.buffer));
+  const words = new Uint32Array(bytes.buffer);
   for (const [slot, root] of roots) words[ROOT_WORD + slot] = root;
-
-  // Terminals go after the nodes: relocate their references too.
-  const terminalRow = nodeRow + Math.ceil(nodeCount / NODES_PER_ROW);
-  const terminalBase = terminalRow * TERMINALS_PER_ROW;
-  const terminalWords = builder.terminals.length;
-  const isTerminal = (ref: number) => (ref & (REF_NODE | REF_TERMINAL)) === REF_TERMINAL;
-  for (const [start, size] of builder.directTables) {
-    for (let k = start; k < start + size; k++) if (isTerminal(words[k]!)) words[k] = (words[k]! + terminalBase) >>> 0;
+  if (shadowed.length) {
+    words[shadowRow * WORDS_PER_ROW] = shadowed.length;
+    writeRecords(bytes, (shadowRow + 1) * ROW_BYTES, input, shadowed);
   }
-  for (let n = 0; n < nodeCount; n++) {
-    const at = n * NODE_WORDS;
-    if (!leafSlots[n] && nodes[at + NODE.skipLen] && isTerminal(nodes[at + NODE.childBase]!)) {
-      nodes[at + NODE.childBase] = (nodes[at + NODE.childBase]! + terminalBase) >>> 0;
-    }
-  }
-
-  const recordOffset = Math.ceil((terminalRow * ROW_BYTES + terminalWords * 4) / ROW_BYTES) * ROW_BYTES;
-  const totalBytes = Math.ceil((recordOffset + input.count * RECORD.size) / ROW_BYTES) * ROW_BYTES || ROW_BYTES;
-  const bytes = new Uint8Array(totalBytes);
-  const view = new DataView(bytes.buffer);
-  new Uint32Array(bytes.buffer, 0, wordCount).set(words.subarray(0, wordCount));
-  new Uint32Array(bytes.buffer, nodeRow * ROW_BYTES, nodeCount * NODE_WORDS).set(nodes.subarray(0, nodeCount * NODE_WORDS));
-  new Uint32Array(bytes.buffer, terminalRow * ROW_BYTES, terminalWords).set(builder.terminals.data.subarray(0, terminalWords));
-  writeRecords(bytes, recordOffset, input, order);
-
-  view.setUint32(HEADER.magic, HEADER_MAGIC, true);
-  view.setUint32(HEADER.abiVersion, ABI_VERSION, true);
-  view.setUint32(HEADER.bindingCount, input.count, true);
-  view.setUint32(HEADER.bindingOffset, recordOffset, true);
-  view.setBigUint64(HEADER.serial, serial, true);
-  view.setUint32(HEADER.usedRows, totalBytes / ROW_BYTES, true);
-  view.setUint32(HEADER.nodeCount, nodeCount, true);
-  view.setUint32(HEADER.wordCount, wordCount, true);
-  return { bytes, rows: totalBytes / ROW_BYTES, nodeCount, wordCount, bindingCount: input.count, trieCount: roots.length };
+  const header = {
+    serial,
+    bindingCount: input.count,
+    shadowRow,
+    usedRows: rowCount,
+    nodeCount: p.nodeCount,
+    wordCount: p.wordCount,
+    garbageRows: 0,
+  };
+  writeHeader(new DataView(bytes.buffer), header);
+  return { bytes, rows: rowCount, nodeCount: p.nodeCount, wordCount: p.wordCount, bindingCount: input.count, trieCount: roots.length, shadowed: shadowed.length };
 }
 
-/** The binding records (struct sy_binding_record), written a u32 at a time; x86 and BPF are little-endian. */
-function writeRecords(bytes: Uint8Array, offset: number, input: TrieInput, order: Uint32Array): void {
-  const out = new Uint32Array(bytes.buffer, bytes.byteOffset + offset, input.count * (RECORD.size / 4));
-  const bswap = (x: number) => (((x & 0xff) << 24) | ((x & 0xff00) << 8) | ((x >>> 8) & 0xff00) | (x >>> 24)) >>> 0;
-  for (let k = 0, at = 0; k < input.count; k++, at += RECORD.size / 4) {
+/** The fields of struct sy_table_header that user space keeps. */
+export interface TableHeader {
+  serial: bigint;
+  bindingCount: number;
+  shadowRow: number;
+  usedRows: number;
+  nodeCount: number;
+  wordCount: number;
+  garbageRows: number;
+}
+
+export function writeHeader(view: DataView, h: TableHeader): void {
+  view.setUint32(HEADER.magic, HEADER_MAGIC, true);
+  view.setUint32(HEADER.abiVersion, ABI_VERSION, true);
+  view.setUint32(HEADER.bindingCount, h.bindingCount, true);
+  view.setUint32(HEADER.shadowRow, h.shadowRow, true);
+  view.setBigUint64(HEADER.serial, h.serial, true);
+  view.setUint32(HEADER.usedRows, h.usedRows, true);
+  view.setUint32(HEADER.nodeCount, h.nodeCount, true);
+  view.setUint32(HEADER.wordCount, h.wordCount, true);
+  view.setUint32(HEADER.garbageRows, h.garbageRows, true);
+}
+
+/** Reads a table's header; undefined when it is not one of this ABI. */
+export function readHeader(view: DataView): TableHeader | undefined {
+  if (view.getUint32(HEADER.magic, true) !== HEADER_MAGIC || view.getUint32(HEADER.abiVersion, true) !== ABI_VERSION) return undefined;
+  return {
+    serial: view.getBigUint64(HEADER.serial, true),
+    bindingCount: view.getUint32(HEADER.bindingCount, true),
+    shadowRow: view.getUint32(HEADER.shadowRow, true),
+    usedRows: view.getUint32(HEADER.usedRows, true),
+    nodeCount: view.getUint32(HEADER.nodeCount, true),
+    wordCount: view.getUint32(HEADER.wordCount, true),
+    garbageRows: view.getUint32(HEADER.garbageRows, true),
+  };
+}
+
+/** A subtree built to be written into free rows of a live table. */
+export interface BuiltSlot {
+  /** What the direct-table slot must hold to reach it. */
+  ref: number;
+  /** Its rows, to write at `firstRow`. */
+  rows: Uint32Array;
+  rowCount: number;
+}
+
+/**
+ * Builds what one direct-table slot of a trie refers to, placed at
+ * `firstRow` of a live table: the bindings order[lo..hi) of one trie, all
+ * longer than `pos` and sharing bits [0, pos), over `inherited`.
+ */
+export function buildSlot(input: TrieInput, order: Uint32Array, lo: number, hi: number, pos: number, inherited: number, firstRow: number): BuiltSlot {
+  const builder = new TrieBuilder(input, order, hi - lo, false);
+  const ref = builder.buildSlot(lo, hi, pos, inherited);
+  const p = placementOf(builder, firstRow);
+  const rowCount = p.endRow - firstRow;
+  const rows = new Uint32Array(rowCount * WORDS_PER_ROW);
+  place(builder, p, rows);
+  return { ref: relocateRef(ref, p), rows, rowCount };
+}
+
+/**
+ * Appends to `out` the bindings of one trie, order[lo..hi), that no address
+ * reaches: those whose range longer prefixes of the same trie tile exactly.
+ * Sorted by (address, length), a prefix's nested prefixes follow it; a
+ * stack of open prefixes tracks, per prefix, the next address its direct
+ * children have not yet covered.
+ */
+function findShadowed(input: TrieInput, order: Uint32Array, lo: number, hi: number, out: number[]): void {
+  const addr = input.addr;
+  const stack: number[] = [];
+  // Per stack depth: next uncovered address (4 words), and whether a gap was seen.
+  const cursor = new Uint32Array(130 * 4);
+  const gap = new Uint8Array(130);
+  const close = () => {
+    const i = stack.pop()!;
+    const d = stack.length;
+    // Covered to the end: the cursor is the address right after the prefix.
+    if (!gap[d] && followsPrefix(cursor, d * 4, addr, i * 4, input.prefixLen[i]!)) out.push(i);
+  };
+  for (let k = lo; k < hi; k++) {
     const i = order[k]!;
+    while (stack.length && !contains(addr, stack[stack.length - 1]! * 4, input.prefixLen[stack[stack.length - 1]!]!, addr, i * 4)) close();
+    const d = stack.length;
+    if (d > 0) {
+      const c = (d - 1) * 4;
+      let same = true;
+      for (let w = 0; w < 4; w++) if (cursor[c + w] !== addr[i * 4 + w]) same = false;
+      if (!same) gap[d - 1] = 1;
+      afterPrefix(addr, i * 4, input.prefixLen[i]!, cursor, c);
+    }
+    stack.push(i);
+    gap[d] = 0;
+    for (let w = 0; w < 4; w++) cursor[d * 4 + w] = addr[i * 4 + w]!;
+  }
+  while (stack.length) close();
+}
+
+/** Whether prefix (a, len) contains address b. */
+function contains(a: ArrayLike<number>, at: number, len: number, b: ArrayLike<number>, bt: number): boolean {
+  for (let w = 0; w < 4; w++) {
+    const m = wordMask(len, w);
+    if (m === 0) return true;
+    if (((a[at + w]! ^ b[bt + w]!) & m) !== 0) return false;
+  }
+  return true;
+}
+
+/** Writes into out[ot..ot+4) the address after prefix (a, len), wrapping to 0 past the top. */
+function afterPrefix(a: ArrayLike<number>, at: number, len: number, out: Uint32Array, ot: number): void {
+  let carry = 1;
+  for (let w = 3; w >= 0; w--) {
+    const host = ~wordMask(len, w) >>> 0;
+    const v = ((a[at + w]! | host) >>> 0) + carry;
+    out[ot + w] = v >>> 0;
+    carry = v > 0xffffffff ? 1 : 0;
+  }
+}
+
+function followsPrefix(cursor: Uint32Array, ct: number, a: ArrayLike<number>, at: number, len: number): boolean {
+  const next = new Uint32Array(4);
+  afterPrefix(a, at, len, next, 0);
+  for (let w = 0; w < 4; w++) if (next[w] !== cursor[ct + w]) return false;
+  return true;
+}
+
+/** Binding records (struct sy_binding_record) of `which`, written a u32 at a time; x86 and BPF are little-endian. */
+function writeRecords(bytes: Uint8Array, offset: number, input: TrieInput, which: ArrayLike<number>): void {
+  const out = new Uint32Array(bytes.buffer, bytes.byteOffset + offset, which.length * (RECORD.size / 4));
+  const bswap = (x: number) => (((x & 0xff) << 24) | ((x & 0xff00) << 8) | ((x >>> 8) & 0xff00) | (x >>> 24)) >>> 0;
+  for (let k = 0, at = 0; k < which.length; k++, at += RECORD.size / 4) {
+    const i = which[k]!;
     out[at] = input.family[i]! | (input.protocol[i]! << 8) | (input.prefixLen[i]! << 16);
     out[at + 1] = (input.port[i]! | (input.destination[i]! << 16)) >>> 0;
     for (let w = 0; w < 4; w++) out[at + 2 + w] = bswap(input.addr[i * 4 + w]!); // network order
   }
 }
-

@@ -3,7 +3,7 @@
  * dispatcher program. test/unit/layout.test.ts checks every size and offset
  * here against the BTF of the compiled bpf/dispatcher.o.
  */
-export const ABI_VERSION = 1;
+export const ABI_VERSION = 2;
 export const META_MAGIC = 0x53594431;
 export const HEADER_MAGIC = 0x53595431;
 
@@ -50,11 +50,12 @@ export const HEADER = {
   magic: 0,
   abiVersion: 4,
   bindingCount: 8,
-  bindingOffset: 12,
+  shadowRow: 12,
   serial: 16,
   usedRows: 24,
   nodeCount: 28,
   wordCount: 32,
+  garbageRows: 36,
   size: 64,
 } as const;
 

@@ -1,0 +1,281 @@
+/**
+ * Reads the binding set back out of a table: the table is its only copy
+ * (see struct sy_table_header). Pure: table words in, bindings out.
+ *
+ * Every leaf the trie holds names a destination and a prefix length, and the
+ * region of address space it answers for lies inside that prefix, so the
+ * region's first address masked to the length is the prefix. The walk
+ * visits regions in address order; a prefix answers for one contiguous run
+ * of them or several runs around longer prefixes nested in it, and a stack
+ * of the prefixes that contain the current region (each longer than the one
+ * below) tells a prefix seen again from a new one.
+ */
+import { sortBindings } from '../bindings/order.js';
+import { wordMask } from '../net/address.js';
+import { readHeader, type TrieInput } from './builder.js';
+import {
+  LEAF_PLEN_MASK,
+  LEAF_PLEN_SHIFT,
+  LEAF_RESULT_MASK,
+  NODE,
+  NODE_WORDS,
+  RECORD,
+  REF_NODE,
+  REF_TERMINAL,
+  ROOT_BITS_SHIFT,
+  ROOT_ROW_MASK,
+  ROOT_SLOTS,
+  ROOT_WORD,
+  ROW_BYTES,
+  TERMINAL,
+  WORDS_PER_ROW,
+} from './layout.js';
+
+const STRIDE = 6;
+
+class Columns implements TrieInput {
+  count = 0;
+  family: Uint8Array;
+  protocol: Uint8Array;
+  prefixLen: Uint8Array;
+  port: Uint16Array;
+  addr: Uint32Array;
+  destination: Uint16Array;
+  constructor(capacity: number) {
+    this.family = new Uint8Array(capacity);
+    this.protocol = new Uint8Array(capacity);
+    this.prefixLen = new Uint8Array(capacity);
+    this.port = new Uint16Array(capacity);
+    this.addr = new Uint32Array(capacity * 4);
+    this.destination = new Uint16Array(capacity);
+  }
+  push(family: number, protocol: number, port: number, plen: number, addr: ArrayLike<number>, at: number, destination: number): void {
+    if (this.count === this.family.length) this.grow();
+    const i = this.count++;
+    this.family[i] = family;
+    this.protocol[i] = protocol;
+    this.port[i] = port;
+    this.prefixLen[i] = plen;
+    for (let w = 0; w < 4; w++) this.addr[i * 4 + w] = (addr[at + w]! & wordMask(plen, w)) >>> 0;
+    this.destination[i] = destination;
+  }
+  private grow(): void {
+    const n = Math.max(64, this.family.length * 2);
+    const copy = <T extends Uint8Array | Uint16Array | Uint32Array>(a: T, size: number): T => {
+      const b = new (a.constructor as new (n: number) => T)(size);
+      b.set(a);
+      return b;
+    };
+    this.family = copy(this.family, n);
+    this.protocol = copy(this.protocol, n);
+    this.prefixLen = copy(this.prefixLen, n);
+    this.port = copy(this.port, n);
+    this.addr = copy(this.addr, n * 4);
+    this.destination = copy(this.destination, n);
+  }
+  /** Only the first `count` entries, as fresh arrays. */
+  trimmed(): TrieInput {
+    const n = this.count;
+    return {
+      count: n,
+      family: this.family.slice(0, n),
+      protocol: this.protocol.slice(0, n),
+      prefixLen: this.prefixLen.slice(0, n),
+      port: this.port.slice(0, n),
+      addr: this.addr.slice(0, n * 4),
+      destination: this.destination.slice(0, n),
+    };
+  }
+}
+
+function popcount32(x: number): number {
+  x -= (x >>> 1) & 0x55555555;
+  x = (x & 0x33333333) + ((x >>> 2) & 0x33333333);
+  x = (x + (x >>> 4)) & 0x0f0f0f0f;
+  return Math.imul(x, 0x01010101) >>> 24;
+}
+
+/** popcount of the 64-bit (hi, lo) restricted to bits below c (c < 64), or up to c with `inclusive`. */
+function rank(hi: number, lo: number, c: number, inclusive: boolean): number {
+  const n = c + (inclusive ? 1 : 0);
+  if (n <= 32) return popcount32(n === 32 ? lo : lo & ((1 << n) - 1));
+  const h = n - 32;
+  return popcount32(lo) + popcount32(h === 32 ? hi : hi & ((1 << h) - 1));
+}
+
+/** Sets bits [pos, pos + width) of the 4-word address at `at` to `v` (they are 0). */
+function setBits(words: Uint32Array, at: number, pos: number, width: number, v: number): void {
+  for (let b = 0; b < width; b++) {
+    if (!((v >>> (width - 1 - b)) & 1)) continue;
+    const p = pos + b;
+    words[at + (p >>> 5)] = (words[at + (p >>> 5)]! | (1 << (31 - (p & 31)))) >>> 0;
+  }
+}
+
+class TableDecoder {
+  readonly out: Columns;
+  private family = 4;
+  private protocol = 6;
+  private port = 0;
+  /** Region starts, one 4-word address per depth. */
+  private readonly starts = new Uint32Array(160 * 4);
+  /** Prefixes containing the current region: 4 address words + length each. */
+  private readonly open = new Uint32Array(130 * 5);
+  private openCount = 0;
+
+  constructor(private readonly table: Uint32Array, capacity: number) {
+    this.out = new Columns(capacity);
+  }
+
+  decodeTrie(slot: number, root: number): void {
+    this.family = slot >>> 17 === 0 ? 4 : 6;
+    this.protocol = (slot >>> 16) & 1 ? 17 : 6;
+    this.port = slot & 0xffff;
+    this.openCount = 0;
+    const s = root >>> ROOT_BITS_SHIFT;
+    const base = (root & ROOT_ROW_MASK) * WORDS_PER_ROW;
+    for (let v = 0; v < 1 << s; v++) {
+      this.starts.fill(0, 0, 4);
+      setBits(this.starts, 0, 0, s, v);
+      this.visit(this.table[base + v]!, 0, s);
+    }
+  }
+
+  /** A reference found at the region starting at starts[depth], `pos` bits deep. */
+  private visit(ref: number, depth: number, pos: number): void {
+    const t = this.table;
+    if (ref & REF_NODE) {
+      this.node((ref & ~REF_NODE) >>> 0, depth, pos);
+    } else if (ref & REF_TERMINAL) {
+      const at = (((ref & ~REF_TERMINAL) >>> 0) * TERMINAL.words) >>> 0;
+      this.emit(t[at + TERMINAL.fallback]!, this.starts, depth * 4);
+      const value = new Uint32Array([t[at + TERMINAL.value]!, 0, 0, 0]);
+      this.emit(t[at + TERMINAL.leaf]!, value, 0);
+    } else {
+      this.emit(ref, this.starts, depth * 4);
+    }
+  }
+
+  private node(n: number, depth: number, pos: number): void {
+    const t = this.table;
+    const at = n * NODE_WORDS;
+    const next = (depth + 1) * 4;
+    const skip = t[at + NODE.skipLen]!;
+    if (skip) {
+      this.emit(t[at + NODE.leafBase]!, this.starts, depth * 4);
+      // The expected bits (vector) of the current 64-bit half, already in place.
+      const half = (pos >>> 6) * 2;
+      for (let w = 0; w < 4; w++) this.starts[next + w] = this.starts[depth * 4 + w]!;
+      this.starts[next + half] = (this.starts[next + half]! | t[at + NODE.vectorHi]!) >>> 0;
+      this.starts[next + half + 1] = (this.starts[next + half + 1]! | t[at + NODE.vectorLo]!) >>> 0;
+      this.visit(t[at + NODE.childBase]!, depth + 1, pos + skip);
+      return;
+    }
+    const width = Math.min(STRIDE, 64 - (pos & 63));
+    const spread = STRIDE - width;
+    const vHi = t[at + NODE.vectorHi]!;
+    const vLo = t[at + NODE.vectorLo]!;
+    const lHi = t[at + NODE.leafvecHi]!;
+    const lLo = t[at + NODE.leafvecLo]!;
+    const childBase = t[at + NODE.childBase]!;
+    const leafBase = t[at + NODE.leafBase]!;
+    for (let c = 0; c < 64; c += 1 << spread) {
+      for (let w = 0; w < 4; w++) this.starts[next + w] = this.starts[depth * 4 + w]!;
+      setBits(this.starts, next, pos, width, c >>> spread);
+      const internal = c < 32 ? (vLo >>> c) & 1 : (vHi >>> (c - 32)) & 1;
+      if (internal) this.node(childBase + rank(vHi, vLo, c, false), depth + 1, pos + width);
+      else this.emit(t[leafBase + rank(lHi, lLo, c, true) - 1]!, this.starts, next);
+    }
+  }
+
+  /** The leaf answering for the region that starts at address a[at..at+4). */
+  private emit(leaf: number, a: Uint32Array, at: number): void {
+    const result = leaf & LEAF_RESULT_MASK;
+    if (result === 0) return;
+    const plen = (leaf >>> LEAF_PLEN_SHIFT) & LEAF_PLEN_MASK;
+    const open = this.open;
+    // Close the prefixes the region has left (regions only move forward).
+    while (this.openCount > 0) {
+      const o = (this.openCount - 1) * 5;
+      let inside = true;
+      for (let w = 0; w < 4 && inside; w++) if (((open[o + w]! ^ a[at + w]!) & wordMask(open[o + 4]!, w)) !== 0) inside = false;
+      if (inside) break;
+      this.openCount--;
+    }
+    if (this.openCount > 0) {
+      const o = (this.openCount - 1) * 5;
+      // The longest open prefix is the one answering here, if it is this one.
+      let same = open[o + 4] === plen;
+      for (let w = 0; w < 4 && same; w++) if (open[o + w] !== ((a[at + w]! & wordMask(plen, w)) >>> 0)) same = false;
+      if (same) return;
+    }
+    const o = this.openCount++ * 5;
+    for (let w = 0; w < 4; w++) open[o + w] = (a[at + w]! & wordMask(plen, w)) >>> 0;
+    open[o + 4] = plen;
+    this.out.push(this.family, this.protocol, this.port, plen, a, at, result - 1);
+  }
+}
+
+/**
+ * Every binding of a table (u32 view of its rows), in no particular order.
+ * Throws if `table` is not a table of this ABI.
+ */
+export function decodeTable(table: Uint32Array): TrieInput {
+  const view = new DataView(table.buffer, table.byteOffset, table.byteLength);
+  const header = readHeader(view);
+  if (!header) throw new Error('not a bindings table of this ABI');
+  const decoder = new TableDecoder(table, header.bindingCount);
+  for (let slot = 0; slot < ROOT_SLOTS; slot++) {
+    const root = table[ROOT_WORD + slot]!;
+    if (root) decoder.decodeTrie(slot, root);
+  }
+  const out = decoder.out;
+  if (!header.shadowRow) return out.trimmed();
+  const count = table[header.shadowRow * WORDS_PER_ROW]!;
+  const first = out.count;
+  const record = (header.shadowRow + 1) * ROW_BYTES;
+  const addr = new Uint32Array(4);
+  for (let k = 0; k < count; k++) {
+    const at = record + k * RECORD.size;
+    for (let w = 0; w < 4; w++) addr[w] = view.getUint32(at + RECORD.addr + w * 4, false);
+    out.push(
+      view.getUint8(at + RECORD.family),
+      view.getUint8(at + RECORD.protocol),
+      view.getUint16(at + RECORD.port, true),
+      view.getUint8(at + RECORD.prefixLen),
+      addr,
+      0,
+      view.getUint16(at + RECORD.destination, true),
+    );
+  }
+  return withoutRepeats(out.trimmed(), first);
+}
+
+/**
+ * A listed (unreachable) binding may also be in the trie while an in-place
+ * change is under way (listed first, then made unreachable): keep one.
+ */
+function withoutRepeats(input: TrieInput, firstListed: number): TrieInput {
+  const order = sortBindings(input);
+  const keep: number[] = [];
+  for (let k = 0; k < input.count; k++) {
+    const i = order[k]!;
+    const j = k + 1 < input.count ? order[k + 1]! : -1;
+    if (j >= 0 && sameKey(input, i, j)) {
+      keep.push(i < firstListed ? i : j);
+      k++;
+      continue;
+    }
+    keep.push(i);
+  }
+  if (keep.length === input.count) return input;
+  const out = new Columns(keep.length);
+  for (const i of keep) out.push(input.family[i]!, input.protocol[i]!, input.port[i]!, input.prefixLen[i]!, input.addr, i * 4, input.destination[i]!);
+  return out.trimmed();
+}
+
+function sameKey(c: TrieInput, i: number, j: number): boolean {
+  if (c.family[i] !== c.family[j] || c.protocol[i] !== c.protocol[j] || c.port[i] !== c.port[j] || c.prefixLen[i] !== c.prefixLen[j]) return false;
+  for (let w = 0; w < 4; w++) if (c.addr[i * 4 + w] !== c.addr[j * 4 + w]) return false;
+  return true;
+}

@@ -81,6 +81,10 @@
  * skip_len bits of the current half, selected by `leafvec` as a mask, must
  * equal `vector`; then the walk continues at reference child_base, skip_len
  * bits further. Otherwise the answer is the leaf word in leaf_base.
+ *
+ * `inherited` (not read by the program) is the leaf word of the longest
+ * prefix that ends above the node, so a subtree can be decoded and rebuilt
+ * alone (src/trie/patch.ts) even where longer prefixes hide it.
  */
 struct sy_node {
 	__u64 vector;
@@ -88,7 +92,7 @@ struct sy_node {
 	__u32 child_base;
 	__u32 leaf_base;
 	__u32 skip_len;
-	__u32 reserved;
+	__u32 inherited;	/* the longest match above this node; user space only */
 };
 
 /* A terminal: the IPv4 address matches if (addr & mask) == value. */

@@ -15,12 +15,13 @@ import { projectPath } from '../paths.js';
 import { SwitchyardError } from '../errors.js';
 import { BpfMap, Fd, describeMismatch, u32Key, ATTACH_SK_LOOKUP, LINK_TYPE_NETNS, PROG_TYPE_SK_LOOKUP } from '../kernel/bpf.js';
 import { native, type SocketInfo } from '../kernel/native.js';
-import { IPPROTO_TCP } from '../kernel/linux.js';
+import { IPPROTO_TCP, IPPROTO_UDP } from '../kernel/linux.js';
 import { type Family, type Prefix, formatAddress, formatPrefix, maskWords } from '../net/address.js';
 import { BindingTable, type Binding, type Protocol, protocolName } from '../bindings/binding.js';
-import { buildTable, emptyInput, type TrieInput } from '../trie/builder.js';
+import { buildTable, emptyInput, readHeader, type TrieInput } from '../trie/builder.js';
+import { applyPatch, planPatch } from '../trie/patch.js';
 import { countChanges, findDuplicate } from '../bindings/order.js';
-import { leafDestination, leafPrefixLen, LEAF_RESULT_MASK } from '../trie/layout.js';
+import { leafDestination, leafPrefixLen, LEAF_RESULT_MASK, ROW_BYTES } from '../trie/layout.js';
 import { MAPS, MAP_NAMES, MIN_CAPACITY_ROWS, PROGRAM_NAME, capacityFor } from './maps.js';
 import {
   type Location,
@@ -33,7 +34,7 @@ import {
   withWriterLock,
 } from './state.js';
 import { Destinations, clearStats, readStats, type Destination, type DestinationStats } from './destinations.js';
-import { createTableMap, loadWithCapacity, publishTable, readCurrentTable, swapTable, type TableSummary } from './table.js';
+import { createTableMap, loadWithCapacity, publishTable, readCurrentTable, swapTable, withPublishedTable, type TableSummary } from './table.js';
 import type { BuiltTable } from '../trie/builder.js';
 import { ProgramLookup, type LookupQuery } from './lookup.js';
 import { checkSocket, describeSocket } from '../sockets/sockets.js';
@@ -378,9 +379,22 @@ export class Dispatcher {
     this.reopen();
   }
 
-  /** Adds one binding, or relabels an existing (protocol, prefix, port). */
+  /**
+   * Adds one binding, or relabels an existing (protocol, prefix, port).
+   * In place when the change fits one direct-table slot (src/trie/patch.ts):
+   * sub-millisecond at any table size; otherwise a full replace.
+   */
   bind(binding: BindingSpec): ApplyResult & { replaced: string | null } {
     return this.writing(() => {
+      const started = performance.now();
+      const destinations = Destinations.read(this.state.maps.destinations, true);
+      try {
+        const d = destinations.ensure(binding.label, binding.prefix.family, binding.protocol, (id) => this.socketCookie(id) !== undefined);
+        const patched = this.patch(binding, d.id, () => true, started);
+        if (patched && patched !== 'refused') return { ...patched.result, replaced: patched.previous === null ? null : (destinations.get(patched.previous)?.label ?? null) };
+      } finally {
+        destinations.close();
+      }
       const current = this.bindings();
       const at = current.indexOf(binding.protocol, binding.prefix, binding.port);
       const next = current.without(at);
@@ -392,13 +406,57 @@ export class Dispatcher {
   /** Removes one binding; the label must match what is bound. */
   unbind(binding: BindingSpec): ApplyResult {
     return this.writing(() => {
+      const started = performance.now();
+      const text = `${binding.label} ${binding.protocol} ${formatPrefix(binding.prefix)} ${binding.port}`;
+      const notBound = () => new SwitchyardError('EINVAL_BINDING', `no such binding: ${text}`, { entry: text });
+      const destinations = Destinations.read(this.state.maps.destinations, false);
+      let patched: ReturnType<Dispatcher['patch']>;
+      try {
+        const bound = (previous: number | null) => previous !== null && destinations.get(previous)?.label === binding.label;
+        patched = this.patch(binding, null, bound, started);
+      } finally {
+        destinations.close();
+      }
+      if (patched === 'refused') throw notBound();
+      if (patched) return patched.result;
       const current = this.bindings();
       const at = current.indexOf(binding.protocol, binding.prefix, binding.port);
-      if (at < 0 || current.label(at) !== binding.label) {
-        const text = `${binding.label} ${binding.protocol} ${formatPrefix(binding.prefix)} ${binding.port}`;
-        throw new SwitchyardError('EINVAL_BINDING', `no such binding: ${text}`, { entry: text });
-      }
+      if (at < 0 || current.label(at) !== binding.label) throw notBound();
       return this.replaceLocked(current.without(at), current);
+    });
+  }
+
+  /**
+   * Binds (destination id) or unbinds (null) in place in the published
+   * table, if `accept(previous destination)` agrees; undefined when the
+   * change needs a full replace, 'refused' when `accept` said no.
+   */
+  private patch(binding: BindingSpec, destination: number | null, accept: (previous: number | null) => boolean, started: number) {
+    const key = {
+      family: binding.prefix.family,
+      protocol: binding.protocol === 'tcp' ? IPPROTO_TCP : IPPROTO_UDP,
+      port: binding.port,
+      addr: binding.prefix.words,
+      prefixLen: binding.prefix.length,
+    };
+    return withPublishedTable(this.location.dir, this.state.maps.generation, (table, capacityRows) => {
+      const plan = planPatch(table, capacityRows, key, destination);
+      if (plan.kind === 'full') return undefined;
+      if (!accept(plan.previous)) return 'refused' as const;
+      const planned = performance.now();
+      if (plan.kind === 'patch') applyPatch(table, plan);
+      const header = readHeader(new DataView(table.buffer, table.byteOffset, table.byteLength))!;
+      const changed = plan.kind === 'patch';
+      const result: ApplyResult = {
+        serial: header.serial,
+        bindings: header.bindingCount,
+        added: changed && destination !== null ? 1 : 0,
+        removed: changed && plan.previous !== null ? 1 : 0,
+        tableBytes: capacityRows * ROW_BYTES,
+        buildMs: planned - started,
+        publishMs: performance.now() - planned,
+      };
+      return { result, previous: plan.previous };
     });
   }
 

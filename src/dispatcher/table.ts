@@ -87,6 +87,25 @@ export function readCurrentTable(dir: string, generation: BpfMap, withBindings =
   }
 }
 
+/**
+ * Runs `fn` on the published table's rows, mapped writable (in-place
+ * changes, src/trie/patch.ts); undefined when nothing is published.
+ */
+export function withPublishedTable<T>(dir: string, generation: BpfMap, fn: (table: Uint32Array, capacityRows: number) => T): T | undefined {
+  const current = openCurrent(dir, generation);
+  if (!current) return undefined;
+  try {
+    const buffer = current.map.mmap(true);
+    try {
+      return fn(new Uint32Array(buffer), current.map.spec.maxEntries);
+    } finally {
+      native().unmap(buffer);
+    }
+  } finally {
+    current.map.close();
+  }
+}
+
 /** A new, unpinned table map of `capacityRows` holding `built`. The caller owns (closes) it. */
 export function createTableMap(built: BuiltTable, capacityRows: number): BpfMap {
   if (built.rows > capacityRows) throw new Error(`table of ${built.rows} rows exceeds capacity ${capacityRows}`);

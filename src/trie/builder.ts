@@ -369,6 +369,7 @@ class TrieBuilder {
     n[at + NODE.childBase] = childBase;
     n[at + NODE.leafBase] = leafBase; // an inline node's is set at relocation
     n[at + NODE.skipLen] = 0;
+    n[at + NODE.inherited] = inherited;
     for (let j = 0; j < slots.childCount; j++) {
       this.buildNode(childBase + j, slots.childStart[j]!, slots.childEnd[j]!, pos + width, slots.values[slots.childSlot[j]!]!, depth + 1);
     }
@@ -402,6 +403,7 @@ class TrieBuilder {
       n[low + NODE.vectorLo] = (input.addr[first * 4 + 3]! & n[low + NODE.leafvecLo]!) >>> 0;
       n[low + NODE.leafBase] = inherited;
       n[low + NODE.skipLen] = lowLen;
+      n[low + NODE.inherited] = inherited;
     }
     const next = pos + skip;
     let start = lo;
@@ -425,6 +427,7 @@ class TrieBuilder {
     n[at + NODE.leafvecLo] = maskLo;
     n[at + NODE.leafvecHi] = maskHi;
     n[at + NODE.leafBase] = inherited;
+    n[at + NODE.inherited] = inherited;
     if (wide) {
       n[at + NODE.childBase] = (REF_NODE | (at / NODE_WORDS + 1)) >>> 0;
       n[at + NODE.skipLen] = len;
@@ -608,11 +611,25 @@ export interface BuiltSlot {
 export function buildSlot(input: TrieInput, order: Uint32Array, lo: number, hi: number, pos: number, inherited: number, firstRow: number): BuiltSlot {
   const builder = new TrieBuilder(input, order, hi - lo, false);
   const ref = builder.buildSlot(lo, hi, pos, inherited);
+  const { p, rows, rowCount } = placeAlone(builder, firstRow);
+  return { ref: relocateRef(ref, p), rows, rowCount };
+}
+
+/** A whole trie (the bindings order[lo..hi) of one root slot) placed at `firstRow` of a live table; `ref` is its root word. */
+export function buildTrieAt(input: TrieInput, order: Uint32Array, lo: number, hi: number, firstRow: number): BuiltSlot {
+  const builder = new TrieBuilder(input, order, hi - lo, false);
+  const root = builder.buildTrie(lo, hi);
+  const { rows, rowCount } = placeAlone(builder, firstRow);
+  return { ref: (root + firstRow) >>> 0, rows, rowCount }; // the root word names its direct table's row
+}
+
+/** The rows of a builder that is not a whole table, placed at `firstRow`. */
+function placeAlone(builder: TrieBuilder, firstRow: number) {
   const p = placementOf(builder, firstRow);
   const rowCount = p.endRow - firstRow;
   const rows = new Uint32Array(rowCount * WORDS_PER_ROW);
   place(builder, p, rows);
-  return { ref: relocateRef(ref, p), rows, rowCount };
+  return { p, rows, rowCount };
 }
 
 /**
@@ -622,7 +639,7 @@ export function buildSlot(input: TrieInput, order: Uint32Array, lo: number, hi: 
  * stack of open prefixes tracks, per prefix, the next address its direct
  * children have not yet covered.
  */
-function findShadowed(input: TrieInput, order: Uint32Array, lo: number, hi: number, out: number[]): void {
+export function findShadowed(input: TrieInput, order: Uint32Array, lo: number, hi: number, out: number[]): void {
   const addr = input.addr;
   const stack: number[] = [];
   // Per stack depth: next uncovered address (4 words), and whether a gap was seen.
@@ -681,7 +698,7 @@ function followsPrefix(cursor: Uint32Array, ct: number, a: ArrayLike<number>, at
 }
 
 /** Binding records (struct sy_binding_record) of `which`, written a u32 at a time; x86 and BPF are little-endian. */
-function writeRecords(bytes: Uint8Array, offset: number, input: TrieInput, which: ArrayLike<number>): void {
+export function writeRecords(bytes: Uint8Array, offset: number, input: TrieInput, which: ArrayLike<number>): void {
   const out = new Uint32Array(bytes.buffer, bytes.byteOffset + offset, which.length * (RECORD.size / 4));
   const bswap = (x: number) => (((x & 0xff) << 24) | ((x & 0xff00) << 8) | ((x >>> 8) & 0xff00) | (x >>> 24)) >>> 0;
   for (let k = 0, at = 0; k < which.length; k++, at += RECORD.size / 4) {

@@ -33,7 +33,11 @@ import {
 
 const STRIDE = 6;
 
-class Columns implements TrieInput {
+/** MASKS[len * 4 + w] = wordMask(len, w). */
+const MASKS = new Uint32Array(129 * 4);
+for (let len = 0; len <= 128; len++) for (let w = 0; w < 4; w++) MASKS[len * 4 + w] = wordMask(len, w);
+
+export class Columns implements TrieInput {
   count = 0;
   family: Uint8Array;
   protocol: Uint8Array;
@@ -88,21 +92,6 @@ class Columns implements TrieInput {
   }
 }
 
-function popcount32(x: number): number {
-  x -= (x >>> 1) & 0x55555555;
-  x = (x & 0x33333333) + ((x >>> 2) & 0x33333333);
-  x = (x + (x >>> 4)) & 0x0f0f0f0f;
-  return Math.imul(x, 0x01010101) >>> 24;
-}
-
-/** popcount of the 64-bit (hi, lo) restricted to bits below c (c < 64), or up to c with `inclusive`. */
-function rank(hi: number, lo: number, c: number, inclusive: boolean): number {
-  const n = c + (inclusive ? 1 : 0);
-  if (n <= 32) return popcount32(n === 32 ? lo : lo & ((1 << n) - 1));
-  const h = n - 32;
-  return popcount32(lo) + popcount32(h === 32 ? hi : hi & ((1 << h) - 1));
-}
-
 /** Sets bits [pos, pos + width) of the 4-word address at `at` to `v` (they are 0). */
 function setBits(words: Uint32Array, at: number, pos: number, width: number, v: number): void {
   for (let b = 0; b < width; b++) {
@@ -112,32 +101,46 @@ function setBits(words: Uint32Array, at: number, pos: number, width: number, v: 
   }
 }
 
-class TableDecoder {
+export class TableDecoder {
   readonly out: Columns;
   private family = 4;
   private protocol = 6;
   private port = 0;
   /** Region starts, one 4-word address per depth. */
   private readonly starts = new Uint32Array(160 * 4);
-  /** Prefixes containing the current region: 4 address words + length each. */
-  private readonly open = new Uint32Array(130 * 5);
+  /** Prefixes containing the current region: 4 address words, length and leaf word each. */
+  private readonly open = new Uint32Array(130 * 6);
   private openCount = 0;
 
   constructor(private readonly table: Uint32Array, capacity: number) {
     this.out = new Columns(capacity);
   }
 
-  decodeTrie(slot: number, root: number): void {
+  private enterTrie(slot: number): void {
     this.family = slot >>> 17 === 0 ? 4 : 6;
     this.protocol = (slot >>> 16) & 1 ? 17 : 6;
     this.port = slot & 0xffff;
     this.openCount = 0;
+  }
+
+  /** The bindings reachable from one reference of trie `slot` whose region starts at `start`, `pos` bits deep. */
+  decodeRef(slot: number, ref: number, start: ArrayLike<number>, pos: number): void {
+    this.enterTrie(slot);
+    for (let w = 0; w < 4; w++) this.starts[w] = start[w]!;
+    this.visit(ref, 0, pos);
+  }
+
+  decodeTrie(slot: number, root: number): void {
+    this.enterTrie(slot);
     const s = root >>> ROOT_BITS_SHIFT;
     const base = (root & ROOT_ROW_MASK) * WORDS_PER_ROW;
+    const starts = this.starts;
+    starts.fill(0, 0, 4);
     for (let v = 0; v < 1 << s; v++) {
-      this.starts.fill(0, 0, 4);
-      setBits(this.starts, 0, 0, s, v);
-      this.visit(this.table[base + v]!, 0, s);
+      starts[0] = s === 0 ? 0 : (v << (32 - s)) >>> 0; // s <= 22
+      const ref = this.table[base + v]!;
+      if (ref === 0) continue;
+      this.visit(ref, 0, s);
     }
   }
 
@@ -173,19 +176,45 @@ class TableDecoder {
     }
     const width = Math.min(STRIDE, 64 - (pos & 63));
     const spread = STRIDE - width;
-    const vHi = t[at + NODE.vectorHi]!;
-    const vLo = t[at + NODE.vectorLo]!;
-    const lHi = t[at + NODE.leafvecHi]!;
-    const lLo = t[at + NODE.leafvecLo]!;
     const childBase = t[at + NODE.childBase]!;
     const leafBase = t[at + NODE.leafBase]!;
-    for (let c = 0; c < 64; c += 1 << spread) {
-      for (let w = 0; w < 4; w++) this.starts[next + w] = this.starts[depth * 4 + w]!;
-      setBits(this.starts, next, pos, width, c >>> spread);
-      const internal = c < 32 ? (vLo >>> c) & 1 : (vHi >>> (c - 32)) & 1;
-      if (internal) this.node(childBase + rank(vHi, vLo, c, false), depth + 1, pos + width);
-      else this.emit(t[leafBase + rank(lHi, lLo, c, true) - 1]!, this.starts, next);
+    const vLo = t[at + NODE.vectorLo]!;
+    const vHi = t[at + NODE.vectorHi]!;
+    const lLo = t[at + NODE.leafvecLo]!;
+    const lHi = t[at + NODE.leafvecHi]!;
+    let child = 0;
+    let leafIndex = -1;
+    let leaf = 0;
+    let last = -1;
+    for (let c = 0; c < 64; c++) {
+      const b = c & 31;
+      // Runs start at leafvec bits, unreachable padding slots of a short stride included.
+      if (((c < 32 ? lLo : lHi) >>> b) & 1) leaf = t[leafBase + ++leafIndex]!;
+      if (c & ((1 << spread) - 1)) continue;
+      if (((c < 32 ? vLo : vHi) >>> b) & 1) {
+        this.setStart(depth, pos, width, c >>> spread);
+        this.node(childBase + child++, depth + 1, pos + width);
+        last = -1; // a run resumed after a child may be another prefix with the same leaf
+        continue;
+      }
+      // A slot opens a prefix if its leaf differs from the slot before, or
+      // if it starts a new block of that prefix's length (equal leaves of
+      // adjacent prefixes share a run). emit() drops a prefix already open.
+      const plen = (leaf >>> LEAF_PLEN_SHIFT) & LEAF_PLEN_MASK;
+      const opens = leaf !== last || (plen > pos && ((c >>> spread) & ((1 << (pos + width - plen)) - 1)) === 0);
+      last = leaf;
+      if (opens && leaf & LEAF_RESULT_MASK) {
+        this.setStart(depth, pos, width, c >>> spread);
+        this.emit(leaf, this.starts, next);
+      }
     }
+  }
+
+  /** starts[depth + 1] = starts[depth] with bits [pos, pos + width) = v. */
+  private setStart(depth: number, pos: number, width: number, v: number): void {
+    const next = (depth + 1) * 4;
+    for (let w = 0; w < 4; w++) this.starts[next + w] = this.starts[depth * 4 + w]!;
+    setBits(this.starts, next, pos, width, v);
   }
 
   /** The leaf answering for the region that starts at address a[at..at+4). */
@@ -196,22 +225,25 @@ class TableDecoder {
     const open = this.open;
     // Close the prefixes the region has left (regions only move forward).
     while (this.openCount > 0) {
-      const o = (this.openCount - 1) * 5;
-      let inside = true;
-      for (let w = 0; w < 4 && inside; w++) if (((open[o + w]! ^ a[at + w]!) & wordMask(open[o + 4]!, w)) !== 0) inside = false;
-      if (inside) break;
+      const o = (this.openCount - 1) * 6;
+      const m = open[o + 4]! * 4;
+      if (
+        ((open[o]! ^ a[at]!) & MASKS[m]!) === 0 &&
+        ((open[o + 1]! ^ a[at + 1]!) & MASKS[m + 1]!) === 0 &&
+        ((open[o + 2]! ^ a[at + 2]!) & MASKS[m + 2]!) === 0 &&
+        ((open[o + 3]! ^ a[at + 3]!) & MASKS[m + 3]!) === 0
+      ) {
+        // The longest open prefix answers here: seen before if it has this leaf.
+        if (open[o + 5] === leaf) return;
+        break;
+      }
       this.openCount--;
     }
-    if (this.openCount > 0) {
-      const o = (this.openCount - 1) * 5;
-      // The longest open prefix is the one answering here, if it is this one.
-      let same = open[o + 4] === plen;
-      for (let w = 0; w < 4 && same; w++) if (open[o + w] !== ((a[at + w]! & wordMask(plen, w)) >>> 0)) same = false;
-      if (same) return;
-    }
-    const o = this.openCount++ * 5;
-    for (let w = 0; w < 4; w++) open[o + w] = (a[at + w]! & wordMask(plen, w)) >>> 0;
+    const o = this.openCount++ * 6;
+    const m = plen * 4;
+    for (let w = 0; w < 4; w++) open[o + w] = (a[at + w]! & MASKS[m + w]!) >>> 0;
     open[o + 4] = plen;
+    open[o + 5] = leaf;
     this.out.push(this.family, this.protocol, this.port, plen, a, at, result - 1);
   }
 }
@@ -221,8 +253,7 @@ class TableDecoder {
  * Throws if `table` is not a table of this ABI.
  */
 export function decodeTable(table: Uint32Array): TrieInput {
-  const view = new DataView(table.buffer, table.byteOffset, table.byteLength);
-  const header = readHeader(view);
+  const header = readHeader(new DataView(table.buffer, table.byteOffset, table.byteLength));
   if (!header) throw new Error('not a bindings table of this ABI');
   const decoder = new TableDecoder(table, header.bindingCount);
   for (let slot = 0; slot < ROOT_SLOTS; slot++) {
@@ -231,9 +262,17 @@ export function decodeTable(table: Uint32Array): TrieInput {
   }
   const out = decoder.out;
   if (!header.shadowRow) return out.trimmed();
-  const count = table[header.shadowRow * WORDS_PER_ROW]!;
   const first = out.count;
-  const record = (header.shadowRow + 1) * ROW_BYTES;
+  readListed(table, header.shadowRow, out);
+  return withoutRepeats(out.trimmed(), first);
+}
+
+/** Appends the bindings listed at `shadowRow` (struct sy_table_header) to `out`. */
+export function readListed(table: Uint32Array, shadowRow: number, out: Columns): void {
+  if (!shadowRow) return;
+  const view = new DataView(table.buffer, table.byteOffset, table.byteLength);
+  const count = table[shadowRow * WORDS_PER_ROW]!;
+  const record = (shadowRow + 1) * ROW_BYTES;
   const addr = new Uint32Array(4);
   for (let k = 0; k < count; k++) {
     const at = record + k * RECORD.size;
@@ -248,7 +287,6 @@ export function decodeTable(table: Uint32Array): TrieInput {
       view.getUint16(at + RECORD.destination, true),
     );
   }
-  return withoutRepeats(out.trimmed(), first);
 }
 
 /**

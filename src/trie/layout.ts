@@ -40,6 +40,7 @@ export const NODE = {
   childBase: 4,
   leafBase: 5,
   skipLen: 6,
+  inherited: 7,
 } as const;
 
 /** struct sy_terminal, u32 word offsets. */

@@ -44,8 +44,8 @@ describe.skipIf(!btf)('layouts mirror bpf/switchyard.h (BTF of bpf/layout.o; nee
   it('sy_node', () => {
     const o = offsets('sy_node');
     expect(o.size).toBe(NODE_BYTES);
-    expect([o.vector, o.leafvec, o.child_base, o.leaf_base, o.skip_len]).toEqual(
-      [NODE.vectorLo, NODE.leafvecLo, NODE.childBase, NODE.leafBase, NODE.skipLen].map((w) => w * 4),
+    expect([o.vector, o.leafvec, o.child_base, o.leaf_base, o.skip_len, o.inherited]).toEqual(
+      [NODE.vectorLo, NODE.leafvecLo, NODE.childBase, NODE.leafBase, NODE.skipLen, NODE.inherited].map((w) => w * 4),
     );
     expect(offsets('sy_row').size).toBe(ROW_BYTES);
     const t = offsets('sy_terminal');

@@ -1,0 +1,275 @@
+/**
+ * One binding bound, relabelled or unbound in a live table without
+ * rebuilding it: only the subtree under the direct-table slot the prefix
+ * falls in is decoded, changed and rebuilt, into free rows past
+ * `used_rows`, then switched in by one u32 store of the slot. Pure: the
+ * planner reads the table and returns the writes; the dispatcher makes them.
+ *
+ * The table stays the only copy of the binding set through any crash: the
+ * writes are ordered so that a table cut short after any one of them
+ * decodes to the old set or the new one.
+ * 1. new rows (past used_rows: nothing points at them yet);
+ * 2. used_rows, so no later writer reuses them;
+ * 3. the list of unreachable bindings, when it changes: bindings the change
+ *    hides are listed *before* they disappear from the trie (a listed
+ *    binding still in the trie decodes once), and an unbound listed binding
+ *    leaves the list first (while the trie may still hold it);
+ * 4. the slot (or, for a first binding of a port, the root word);
+ * 5. the binding count.
+ * The list may over-approximate (a binding hidden in one slot may show in
+ * another); the next full build lists exactly.
+ *
+ * Changes this cannot make in one slot (a prefix shorter than the trie's
+ * direct table, unbinding one exactly as long) are answered `full`.
+ */
+import { compareKeys, sortBindings } from '../bindings/order.js';
+import { bitsAt, wordMask } from '../net/address.js';
+import { buildSlot, buildTrieAt, findShadowed, readHeader, writeRecords, type TrieInput } from './builder.js';
+import { Columns, TableDecoder, readListed } from './decoder.js';
+import {
+  HEADER,
+  LEAF_RESULT_MASK,
+  NODE,
+  NODE_WORDS,
+  RECORD,
+  REF_NODE,
+  REF_TERMINAL,
+  ROOT_BITS_SHIFT,
+  ROOT_ROW_MASK,
+  ROOT_WORD,
+  ROW_BYTES,
+  TERMINAL,
+  WORDS_PER_ROW,
+  leafPrefixLen,
+  leafWord,
+  rootSlot,
+} from './layout.js';
+
+export interface BindingKey {
+  family: 4 | 6;
+  protocol: number;
+  port: number;
+  /** Four address words, host bits clear. */
+  addr: ArrayLike<number>;
+  prefixLen: number;
+}
+
+export type Patch =
+  | { kind: 'full'; reason: string }
+  /** Nothing to write: the key already has this destination, or (unbind) is not bound. */
+  | { kind: 'none'; previous: number | null }
+  | {
+      kind: 'patch';
+      /** Destination the key had before (null: unbound). */
+      previous: number | null;
+      /** Blocks of whole rows to write first, past used_rows. */
+      rows: Array<{ row: number; words: Uint32Array }>;
+      /** Then these u32 stores, in this order: [word index, value]. */
+      stores: Array<[number, number]>;
+    };
+
+/** Longest lists rewritten in place; beyond it a full build lists exactly. */
+const MAX_LISTED = 65536;
+
+const headerWord = (byteOffset: number) => byteOffset / 4;
+
+/** The leaf word of the longest prefix above what `ref` refers to (struct sy_node.inherited). */
+function inheritedOf(table: Uint32Array, ref: number): number {
+  if (ref & REF_NODE) return table[((ref & ~REF_NODE) >>> 0) * NODE_WORDS + NODE.inherited]!;
+  if (ref & REF_TERMINAL) return table[((ref & ~REF_TERMINAL) >>> 0) * TERMINAL.words + TERMINAL.fallback]!;
+  return ref;
+}
+
+function keyColumns(key: BindingKey, destination: number): Columns {
+  const c = new Columns(1);
+  c.push(key.family, key.protocol, key.port, key.prefixLen, key.addr, 0, destination);
+  return c;
+}
+
+/** Index in `set` of the key of binding i of `c`, or -1. */
+function indexOfKey(set: TrieInput, c: TrieInput, i = 0): number {
+  for (let k = 0; k < set.count; k++) if (compareKeys(set, k, c, i) === 0) return k;
+  return -1;
+}
+
+/** Plans binding `key` to `destination`, or unbinding it when `destination` is null. */
+export function planPatch(table: Uint32Array, capacityRows: number, key: BindingKey, destination: number | null): Patch {
+  const header = readHeader(new DataView(table.buffer, table.byteOffset, table.byteLength));
+  if (!header) throw new Error('not a bindings table of this ABI');
+  const slot = rootSlot(key.family, key.protocol, key.port);
+  const root = table[ROOT_WORD + slot]!;
+  const keyCols = keyColumns(key, destination ?? 0);
+  let free = header.usedRows;
+  const rows: Array<{ row: number; words: Uint32Array }> = [];
+  // The serial first: a reader comparing serials sees any change, even one cut short.
+  const serial = header.serial + 1n;
+  const stores: Array<[number, number]> = [
+    [headerWord(HEADER.serial) + 1, Number(serial >> 32n) >>> 0],
+    [headerWord(HEADER.serial), Number(serial & 0xffffffffn) >>> 0],
+  ];
+
+  if (root === 0) {
+    // The first binding of this (family, protocol, port): a trie of its own.
+    if (destination === null) return { kind: 'none', previous: null };
+    const built = buildTrieAt(keyCols, new Uint32Array([0]), 0, 1, free);
+    rows.push({ row: free, words: built.rows });
+    free += built.rowCount;
+    if (free > capacityRows) return { kind: 'full', reason: 'no free rows' };
+    stores.push([headerWord(HEADER.usedRows), free], [ROOT_WORD + slot, built.ref], [headerWord(HEADER.bindingCount), header.bindingCount + 1]);
+    return { kind: 'patch', previous: null, rows, stores };
+  }
+
+  const s = root >>> ROOT_BITS_SHIFT;
+  if (key.prefixLen < s) return { kind: 'full', reason: `a /${key.prefixLen} spans several of the trie's /${s} slots` };
+  if (key.prefixLen === s && destination === null) return { kind: 'full', reason: `unbinding a /${s} changes what its slot inherits` };
+  const v = bitsAt(key.addr, 0, 0, s);
+  const slotWord = (root & ROOT_ROW_MASK) * WORDS_PER_ROW + v;
+  const ref = table[slotWord]!;
+  const start = [(v << (32 - s)) >>> 0, 0, 0, 0];
+  const inherited = inheritedOf(table, ref);
+
+  // What the slot holds: the bindings reachable in it, the listed ones inside it.
+  const decoder = new TableDecoder(table, 16);
+  decoder.decodeRef(slot, ref, start, s);
+  const reachable = decoder.out;
+  const listed = new Columns(16);
+  readListed(table, header.shadowRow, listed);
+  const set = new Columns(reachable.count + 4);
+  let inheritedReachable = false;
+  for (let i = 0; i < reachable.count; i++) {
+    if (reachable.prefixLen[i]! <= s) inheritedReachable = true;
+    else set.push(reachable.family[i]!, reachable.protocol[i]!, reachable.port[i]!, reachable.prefixLen[i]!, reachable.addr, i * 4, reachable.destination[i]!);
+  }
+  const reachableCount = set.count; // set[0, reachableCount) were reachable before
+  for (let i = 0; i < listed.count; i++) {
+    const inside =
+      rootSlot(listed.family[i] as 4 | 6, listed.protocol[i]!, listed.port[i]!) === slot &&
+      listed.prefixLen[i]! > s &&
+      bitsAt(listed.addr, i * 4, 0, s) === v;
+    if (inside && !containsKey(set, listed, i)) set.push(listed.family[i]!, listed.protocol[i]!, listed.port[i]!, listed.prefixLen[i]!, listed.addr, i * 4, listed.destination[i]!);
+  }
+
+  // The change.
+  const at = key.prefixLen > s ? indexOfKey(set, keyCols) : -1;
+  const previous =
+    key.prefixLen > s
+      ? at >= 0
+        ? set.destination[at]!
+        : null
+      : (inherited & LEAF_RESULT_MASK) !== 0 && leafPrefixLen(inherited) === s
+        ? (inherited & LEAF_RESULT_MASK) - 1
+        : null;
+  if (previous === destination) return { kind: 'none', previous };
+  if (destination === null && previous === null) return { kind: 'none', previous: null };
+  const next = new Columns(set.count + 1);
+  for (let i = 0; i < set.count; i++) {
+    if (i !== at) next.push(set.family[i]!, set.protocol[i]!, set.port[i]!, set.prefixLen[i]!, set.addr, i * 4, set.destination[i]!);
+  }
+  if (destination !== null && key.prefixLen > s) next.push(key.family, key.protocol, key.port, key.prefixLen, key.addr, 0, destination);
+  const nextInherited = destination !== null && key.prefixLen === s ? leafWord(destination, s) : inherited;
+
+  const order = sortBindings(next);
+  const built = buildSlot(next, order, 0, next.count, s, nextInherited, free);
+  if (built.rowCount) rows.push({ row: free, words: built.rows });
+  free += built.rowCount;
+
+  // Which bindings no address of the slot reaches afterwards (the slot
+  // itself stands for what it inherits).
+  const hidden = hiddenAfter(next, order, start, s, key);
+  const inheritedHidden = hidden.slot;
+
+  // The list: hide before disappearing, unbound leave first.
+  const list = new Columns(listed.count + 4);
+  for (let i = 0; i < listed.count; i++) {
+    if (compareKeys(listed, i, keyCols, 0) === 0) {
+      if (destination === null) continue; // unbound: leaves the list
+      list.push(listed.family[i]!, listed.protocol[i]!, listed.port[i]!, listed.prefixLen[i]!, listed.addr, i * 4, destination);
+      continue;
+    }
+    list.push(listed.family[i]!, listed.protocol[i]!, listed.port[i]!, listed.prefixLen[i]!, listed.addr, i * 4, listed.destination[i]!);
+  }
+  let listChanged = list.count !== listed.count || (destination !== null && containsKey(listed, keyCols, 0));
+  const hide = (c: TrieInput, i: number) => {
+    if (containsKey(list, c, i)) return;
+    list.push(c.family[i]!, c.protocol[i]!, c.port[i]!, c.prefixLen[i]!, c.addr, i * 4, c.destination[i]!);
+    listChanged = true;
+  };
+  for (let i = 0; i < reachableCount; i++) {
+    if (i === at) continue;
+    if (hidden.keys.has(keyText(set, i))) hide(set, i);
+  }
+  if (destination !== null && key.prefixLen > s && hidden.keys.has(keyText(keyCols, 0))) hide(keyColumns(key, destination), 0);
+  const inheritedIsKey = key.prefixLen === s && leafPrefixLen(inherited) === s;
+  if (inheritedReachable && !inheritedIsKey && (nextInherited !== inherited || inheritedHidden)) {
+    // The binding the slot inherited stops answering here.
+    const plen = leafPrefixLen(inherited);
+    const masked = start.map((w, i) => (w & wordMask(plen, i)) >>> 0);
+    hide(keyColumns({ ...key, addr: masked, prefixLen: plen }, (inherited & LEAF_RESULT_MASK) - 1), 0);
+  }
+  if (destination !== null && key.prefixLen === s && inheritedHidden) hide(keyColumns(key, destination), 0);
+  if (list.count > MAX_LISTED) return { kind: 'full', reason: 'too many unreachable bindings to list in place' };
+
+  let shadowRow = header.shadowRow;
+  let garbage = header.garbageRows + built.rowCount;
+  if (listChanged) {
+    if (header.shadowRow) garbage += 1 + Math.ceil((listed.count * RECORD.size) / ROW_BYTES);
+    shadowRow = 0;
+    if (list.count > 0) {
+      shadowRow = free;
+      const listRows = 1 + Math.ceil((list.count * RECORD.size) / ROW_BYTES);
+      const bytes = new Uint8Array(listRows * ROW_BYTES);
+      new Uint32Array(bytes.buffer)[0] = list.count;
+      writeRecords(bytes, ROW_BYTES, list, Array.from({ length: list.count }, (_, i) => i));
+      rows.push({ row: free, words: new Uint32Array(bytes.buffer) });
+      free += listRows;
+    }
+  }
+  if (free > capacityRows) return { kind: 'full', reason: 'no free rows' };
+  stores.push([headerWord(HEADER.usedRows), free], [headerWord(HEADER.garbageRows), garbage]);
+  if (listChanged) stores.push([headerWord(HEADER.shadowRow), shadowRow]);
+  stores.push([slotWord, built.ref]);
+  const delta = previous === null ? 1 : destination === null ? -1 : 0;
+  stores.push([headerWord(HEADER.bindingCount), header.bindingCount + delta]);
+  return { kind: 'patch', previous, rows, stores };
+}
+
+function keyText(c: TrieInput, i: number): string {
+  return `${c.family[i]}/${c.protocol[i]}/${c.port[i]}/${c.prefixLen[i]}/${c.addr[i * 4]}.${c.addr[i * 4 + 1]}.${c.addr[i * 4 + 2]}.${c.addr[i * 4 + 3]}`;
+}
+
+function containsKey(set: TrieInput, c: TrieInput, i: number): boolean {
+  return indexOfKey(set, c, i) >= 0;
+}
+
+/**
+ * The slot's bindings (all longer than `s`) that longer ones tile, by key,
+ * and whether they tile the whole slot.
+ */
+function hiddenAfter(next: TrieInput, order: Uint32Array, start: number[], s: number, key: BindingKey): { keys: Set<string>; slot: boolean } {
+  // The slot as a binding of its own, shortest, first in order.
+  const withSlot = new Columns(next.count + 1);
+  withSlot.push(key.family, key.protocol, key.port, s, start, 0, 0);
+  for (let k = 0; k < next.count; k++) {
+    const i = order[k]!;
+    withSlot.push(next.family[i]!, next.protocol[i]!, next.port[i]!, next.prefixLen[i]!, next.addr, i * 4, next.destination[i]!);
+  }
+  const out: number[] = [];
+  findShadowed(withSlot, Uint32Array.from({ length: withSlot.count }, (_, i) => i), 0, withSlot.count, out);
+  const keys = new Set<string>();
+  let slot = false;
+  for (const i of out) {
+    if (i === 0) slot = true;
+    else keys.add(keyText(withSlot, i));
+  }
+  return { keys, slot };
+}
+
+/**
+ * Makes a planned patch's writes into `table` (the live table's mmap, or
+ * a copy), in the order the plan gives. Aligned u32 stores are atomic for
+ * the program reading the table, and x86 keeps stores in order.
+ */
+export function applyPatch(table: Uint32Array, patch: Extract<Patch, { kind: 'patch' }>): void {
+  for (const block of patch.rows) table.set(block.words, block.row * WORDS_PER_ROW);
+  for (const [word, value] of patch.stores) table[word] = value;
+}

@@ -1,0 +1,124 @@
+import { describe, expect, it } from 'vitest';
+import { BindingTable, IPPROTO } from '../../src/bindings/binding.js';
+import { ReferenceLpm } from '../../src/bindings/reference.js';
+import { buildTable, type TrieInput } from '../../src/trie/builder.js';
+import { decodeTable } from '../../src/trie/decoder.js';
+import { applyPatch, planPatch } from '../../src/trie/patch.js';
+import { leafDestination, leafPrefixLen, WORDS_PER_ROW } from '../../src/trie/layout.js';
+import { parsePrefix, type Prefix } from '../../src/net/address.js';
+import { walkTable } from '../support/walk.js';
+import { randomBindings, randomQueries, rng } from '../support/random.js';
+
+/** Destination ids by label, stable across the copies BindingTable.without() makes. */
+const ids = new Map<string, number>();
+const idOf = (label: string) => ids.get(label) ?? (ids.set(label, ids.size), ids.size - 1);
+
+function inputOf(table: BindingTable): TrieInput {
+  const destination = new Uint16Array(table.count);
+  for (let i = 0; i < table.count; i++) destination[i] = idOf(table.label(i));
+  return { ...table, count: table.count, destination };
+}
+
+function lines(c: TrieInput): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < c.count; i++) {
+    out.push(`${c.family[i]} ${c.protocol[i]} ${c.port[i]} ${Array.from(c.addr.subarray(i * 4, i * 4 + 4)).join('.')}/${c.prefixLen[i]} -> ${c.destination[i]}`);
+  }
+  return out.sort();
+}
+
+/** A table of `capacity` rows holding `set`, as a live table would be. */
+function liveTable(set: BindingTable, capacity: number): Uint32Array {
+  const built = buildTable(inputOf(set), 1n);
+  const table = new Uint32Array(capacity * WORDS_PER_ROW);
+  table.set(new Uint32Array(built.bytes.buffer, built.bytes.byteOffset, built.bytes.byteLength / 4));
+  return table;
+}
+
+/** Applies bind (label) or unbind (null) to the expected set and, in place or by a full build, to the table. */
+function change(table: Uint32Array, expected: BindingTable, label: string | null, protocol: 'tcp' | 'udp', prefix: Prefix, port: number) {
+  const at = expected.indexOf(protocol, prefix, port);
+  const dest = label === null ? null : idOf(label);
+  const plan = planPatch(table, table.length / WORDS_PER_ROW, { family: prefix.family, protocol: IPPROTO[protocol], port, addr: prefix.words, prefixLen: prefix.length }, dest);
+  const previous = at < 0 ? null : idOf(expected.label(at));
+  let next = expected;
+  if (label === null) {
+    if (at >= 0) next = expected.without(at);
+  } else {
+    next = at >= 0 ? expected.without(at) : expected;
+    if (next === expected) next = expected.without(-1);
+    next.add(label, protocol, prefix, port);
+  }
+  if (plan.kind === 'full') {
+    const rebuilt = liveTable(next, table.length / WORDS_PER_ROW);
+    table.set(rebuilt);
+  } else {
+    expect(plan.previous).toBe(previous);
+    if (plan.kind === 'patch') applyPatch(table, plan);
+  }
+  return { next, kind: plan.kind };
+}
+
+function agree(table: Uint32Array, expected: BindingTable, seed: number, bases: ReturnType<typeof randomBindings>['bases']) {
+  const bytes = new Uint8Array(table.buffer, table.byteOffset, table.byteLength);
+  expect(lines(decodeTable(table))).toEqual(lines(inputOf(expected)));
+  const ref = new ReferenceLpm(expected);
+  for (const q of randomQueries(seed, { table: expected, bases }, 2000)) {
+    const want = ref.lookup(q.protocol, q.address, q.port);
+    const got = walkTable(bytes, IPPROTO[q.protocol], q.address, q.port).leaf;
+    expect(leafDestination(got), JSON.stringify(q)).toBe(want === undefined ? undefined : idOf(expected.label(want.index)));
+    if (want) expect(leafPrefixLen(got)).toBe(expected.prefixLen[want.index]);
+  }
+}
+
+describe('in-place changes to a live table', () => {
+  it('a run of random binds, relabels and unbinds decodes and answers like the set they make', () => {
+    for (const families of [[4], [6], [4, 6]] as const) {
+      const start = randomBindings(17 + families.length * 3 + families[0], 3000, [...families]);
+      const pool = randomBindings(99 + families[0], 3000, [...families]).table;
+      let expected = start.table;
+      const table = liveTable(expected, 1 << 16);
+      const r = rng(5);
+      const kinds: Record<string, number> = {};
+      for (let step = 0; step < 900; step++) {
+        const x = r();
+        let i: number;
+        let src: BindingTable;
+        if (x < 0.4) [src, i] = [pool, Math.floor(r() * pool.count)];
+        else [src, i] = [expected, Math.floor(r() * expected.count)];
+        const b = src.binding(i);
+        const prefix = parsePrefix(b.prefix) as Prefix;
+        const label = x < 0.7 ? expected.labels[Math.floor(r() * expected.labels.length)]! : null;
+        const { next, kind } = change(table, expected, label, b.protocol, prefix, b.port);
+        kinds[kind] = (kinds[kind] ?? 0) + 1;
+        expected = next;
+        if (step % 300 === 299) agree(table, expected, step, start.bases);
+      }
+      agree(table, expected, 7, start.bases);
+      expect(kinds.patch ?? 0).toBeGreaterThan(600);
+    }
+  });
+
+  it('hides and lists bindings a change tiles over, and shows them again', () => {
+    const set = new BindingTable();
+    for (let i = 0; i < 200; i++) set.add('bulk', 'tcp', parsePrefix(`10.${i}.0.0/16`) as Prefix, 0);
+    set.add('wide', 'tcp', parsePrefix('198.51.100.0/24') as Prefix, 0);
+    set.add('half', 'tcp', parsePrefix('198.51.100.0/25') as Prefix, 0);
+    let expected = set;
+    const table = liveTable(expected, 1 << 16);
+    const p = (t: string) => parsePrefix(t) as Prefix;
+    for (const [label, prefix] of [
+      ['other', '198.51.100.128/25'], // tiles the /24: listed
+      ['other', '198.51.100.128/26'],
+      [null, '198.51.100.128/25'], // the /24 answers again
+      ['again', '198.51.100.128/25'],
+      [null, '198.51.100.0/24'], // unbinding a listed binding
+      [null, '198.51.100.0/25'],
+    ] as const) {
+      const r = change(table, expected, label, 'tcp', p(prefix), 0);
+      expect(r.kind, `${label} ${prefix}`).toBe('patch');
+      expected = r.next;
+      agree(table, expected, 3, { 4: [[0xc6336400, 0, 0, 0], [0x0a000000, 0, 0, 0]], 6: [[0x20010db8, 0, 0, 0]] });
+    }
+  });
+});

@@ -71,6 +71,24 @@ function agree(table: Uint32Array, expected: BindingTable, seed: number, bases: 
   }
 }
 
+/** A /24 with one /25 bound below it, among enough /16s for a direct table wider than /16. */
+function tilingSet(): BindingTable {
+  const set = new BindingTable();
+  for (let i = 0; i < 200; i++) set.add('bulk', 'tcp', parsePrefix(`10.${i}.0.0/16`) as Prefix, 0);
+  set.add('wide', 'tcp', parsePrefix('198.51.100.0/24') as Prefix, 0);
+  set.add('half', 'tcp', parsePrefix('198.51.100.0/25') as Prefix, 0);
+  return set;
+}
+
+const TILING_STEPS = [
+  ['other', '198.51.100.128/25'], // tiles the /24: listed
+  ['other', '198.51.100.128/26'],
+  [null, '198.51.100.128/25'], // the /24 answers again
+  ['again', '198.51.100.128/25'],
+  [null, '198.51.100.0/24'], // unbinding a listed binding
+  [null, '198.51.100.0/25'],
+] as const;
+
 describe('in-place changes to a live table', () => {
   it('a run of random binds, relabels and unbinds decodes and answers like the set they make', () => {
     for (const families of [[4], [6], [4, 6]] as const) {
@@ -100,25 +118,57 @@ describe('in-place changes to a live table', () => {
   });
 
   it('hides and lists bindings a change tiles over, and shows them again', () => {
-    const set = new BindingTable();
-    for (let i = 0; i < 200; i++) set.add('bulk', 'tcp', parsePrefix(`10.${i}.0.0/16`) as Prefix, 0);
-    set.add('wide', 'tcp', parsePrefix('198.51.100.0/24') as Prefix, 0);
-    set.add('half', 'tcp', parsePrefix('198.51.100.0/25') as Prefix, 0);
-    let expected = set;
+    let expected = tilingSet();
     const table = liveTable(expected, 1 << 16);
     const p = (t: string) => parsePrefix(t) as Prefix;
-    for (const [label, prefix] of [
-      ['other', '198.51.100.128/25'], // tiles the /24: listed
-      ['other', '198.51.100.128/26'],
-      [null, '198.51.100.128/25'], // the /24 answers again
-      ['again', '198.51.100.128/25'],
-      [null, '198.51.100.0/24'], // unbinding a listed binding
-      [null, '198.51.100.0/25'],
-    ] as const) {
+    for (const [label, prefix] of TILING_STEPS) {
       const r = change(table, expected, label, 'tcp', p(prefix), 0);
       expect(r.kind, `${label} ${prefix}`).toBe('patch');
       expected = r.next;
       agree(table, expected, 3, { 4: [[0xc6336400, 0, 0, 0], [0x0a000000, 0, 0, 0]], 6: [[0x20010db8, 0, 0, 0]] });
     }
   });
+
+  it('a table cut short after any of a patch\'s writes decodes to the old set or the new one', () => {
+    // Tiling changes first (they list and unlist), then random ones.
+    let expected = tilingSet();
+    let table = liveTable(expected, 1 << 15);
+    let cuts = 0;
+    for (const [label, prefix] of TILING_STEPS) {
+      const r = changeCheckingCuts(table, expected, label, 'tcp', parsePrefix(prefix) as Prefix, 0);
+      expected = r.next;
+      cuts += r.cuts;
+    }
+    const start = randomBindings(41, 1000, [4, 6]);
+    const pool = randomBindings(42, 400, [4, 6]).table;
+    expected = start.table;
+    table = liveTable(expected, 1 << 15);
+    const r = rng(9);
+    for (let step = 0; step < 100; step++) {
+      const src = r() < 0.5 ? pool : expected;
+      const b = src.binding(Math.floor(r() * src.count));
+      const label = r() < 0.7 ? 'cut' + Math.floor(r() * 3) : null;
+      const c = changeCheckingCuts(table, expected, label, b.protocol, parsePrefix(b.prefix) as Prefix, b.port);
+      expected = c.next;
+      cuts += c.cuts;
+    }
+    expect(cuts).toBeGreaterThan(250);
+  });
 });
+
+/** Makes a change like change(), first checking every prefix of its writes decodes to the old or the new set. */
+function changeCheckingCuts(table: Uint32Array, expected: BindingTable, label: string | null, protocol: 'tcp' | 'udp', prefix: Prefix, port: number) {
+  const before = lines(inputOf(expected)).join('\n');
+  const plan = planPatch(table, table.length / WORDS_PER_ROW, { family: prefix.family, protocol: IPPROTO[protocol], port, addr: prefix.words, prefixLen: prefix.length }, label === null ? null : idOf(label));
+  const { next } = change(table.slice(), expected, label, protocol, prefix, port);
+  if (plan.kind !== 'patch') return { next: change(table, expected, label, protocol, prefix, port).next, cuts: 0 };
+  const after = lines(inputOf(next)).join('\n');
+  for (let k = 0; k <= plan.stores.length; k++) {
+    const copy = table.slice();
+    applyPatch(copy, { ...plan, stores: plan.stores.slice(0, k) });
+    const got = lines(decodeTable(copy)).join('\n');
+    expect(got === before || got === after, `${label} ${protocol} ${prefix.length} ${port}: ${k} of ${plan.stores.length} stores`).toBe(true);
+  }
+  applyPatch(table, plan);
+  return { next, cuts: plan.stores.length + 1 };
+}

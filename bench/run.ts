@@ -127,20 +127,39 @@ async function withDispatcher<T>(fn: (d: Dispatcher, ns: TestNamespace) => T | P
   }
 }
 
-/** Time from `bind` (the library call the CLI makes) until the loaded program answers with it. */
-function bindLatency(size: number): Promise<{ bindings: number; bind_ms: number; samples: number[] }> {
+/**
+ * Time from `bind` (the library call the CLI and the agent make) until the
+ * loaded program answers with it (BPF_PROG_TEST_RUN). A long-lived owner
+ * (the agent) keeps the table mapped: the first bind of a Dispatcher maps
+ * it (reported apart as `first_ms`), the rest are the steady state.
+ */
+function bindLatency(size: number, count: number): Promise<{ bindings: number; bind_ms: number; p90_ms: number; first_ms: number; in_place: number; samples: number }> {
   return withDispatcher((d) => {
     d.replaceBindings(makeSet('random', size));
     const samples: number[] = [];
-    for (let k = 0; k < 3; k++) {
-      const prefix = parsePrefix(`198.18.${k}.0/24`) as Prefix;
+    let inPlace = 0;
+    for (let k = 0; k < count; k++) {
+      // 198.18.0.0/15 (benchmarking range): /24s the random set may or may not hold.
+      const address = (0xc6120000 + (k << 8)) >>> 0;
+      const prefix: Prefix = { family: 4, words: [address, 0, 0, 0], length: 24 };
+      const label = `bench-bind-${k % 3}`;
       const started = performance.now();
-      d.bind({ label: 'bench-bind', protocol: 'tcp', prefix, port: 0 });
-      const [answer] = [...d.lookup([{ protocol: 'tcp', address: { family: 4, words: [(0xc6120000 | (k << 8) | 1) >>> 0, 0, 0, 0] }, port: 80 }])];
+      const r = d.bind({ label, protocol: 'tcp', prefix, port: 0 });
+      const [answer] = [...d.lookup([{ protocol: 'tcp', address: { family: 4, words: [address + 1, 0, 0, 0] }, port: 80 }])];
       samples.push(performance.now() - started);
-      if (answer?.label !== 'bench-bind') throw new Error('bind not visible to the program');
+      if (answer?.label !== label) throw new Error(`bind ${k} not visible to the program`);
+      if (r.inPlace) inPlace++;
     }
-    return { bindings: size, bind_ms: Math.round(median(samples) * 10) / 10, samples: samples.map((s) => Math.round(s)) };
+    const rest = samples.slice(1).sort((a, b) => a - b);
+    const round = (x: number) => Math.round(x * 1000) / 1000;
+    return {
+      bindings: size,
+      bind_ms: round(median(rest)),
+      p90_ms: round(rest[Math.floor(rest.length * 0.9)]!),
+      first_ms: round(samples[0]!),
+      in_place: inPlace,
+      samples: samples.length,
+    };
   });
 }
 
@@ -234,8 +253,8 @@ async function main(): Promise<void> {
   }
   const release = runs('release') ? await releaseTimes(makeSet('random', 1_000_000)) : null;
   if (release) log(`release 1M: ours ${release.ours.ms ?? 'not seen'} ms (${release.ours.bytes} bytes), tubular ${release.tubular.ms ?? 'not seen'} ms (${release.tubular.bytes} bytes)`);
-  const bind = runs('bind') ? await bindLatency(quick ? 100_000 : 1_000_000) : null;
-  if (bind) log(`bind visible to the program: ${bind.bind_ms} ms with ${bind.bindings} bindings`);
+  const bind = runs('bind') ? await bindLatency(1_000_000, quick ? 50 : 200) : null;
+  if (bind) log(`bind visible to the program: median ${bind.bind_ms} ms, p90 ${bind.p90_ms} ms (first of this process ${bind.first_ms} ms) with ${bind.bindings} bindings`);
   const conn = runs('conn') ? await connectionRate(quick ? 6_000 : 30_000, quick ? 20 : 60) : null;
   if (conn) log(`TCP connections: plain ${conn.plain_per_s}/s, through the dispatcher ${conn.dispatched_per_s}/s (${conn.difference_pct}%, median of per-round pairs)`);
   const oneM = rows.find((r) => r.set === 'random' && r.bindings === 1_000_000);

@@ -183,7 +183,7 @@ const COMMANDS: Record<string, Command> = {
       const b = parseBindingArgs(args, this.usage);
       const r = withDispatcher(flags, (d) => d.bind(b));
       out.data(r, () =>
-        r.replaced ? `bound (was ${r.replaced}); ${r.bindings} bindings` : `bound; ${r.bindings} bindings`,
+        `${r.replaced ? `bound (was ${r.replaced})` : 'bound'}${r.inPlace ? ' in place' : ''}; ${r.bindings} bindings`,
       );
       return 0;
     },
@@ -194,7 +194,7 @@ const COMMANDS: Record<string, Command> = {
     run(args, flags, out) {
       const b = parseBindingArgs(args, this.usage);
       const r = withDispatcher(flags, (d) => d.unbind(b));
-      out.data(r, () => `unbound; ${r.bindings} bindings`);
+      out.data(r, () => `unbound${r.inPlace ? ' in place' : ''}; ${r.bindings} bindings`);
       return 0;
     },
   },

@@ -25,27 +25,19 @@ export interface Destination {
 
 export const destinationKey = (label: string, family: Family, protocol: Protocol) => `${label}|${family}|${protocol}`;
 
+/**
+ * A view of the pinned `destinations` map through a shared mapping: the
+ * bytes are always the kernel's, other processes' changes included. Lookups
+ * by id read the entry itself; lookups by key go through an index that is
+ * checked against the bytes on every hit and rebuilt on a miss, so a
+ * long-lived owner (the agent) pays the 64K-entry scan only when a key is new.
+ */
 export class Destinations {
   private readonly bytes: Uint8Array;
-  private readonly byKey = new Map<string, Destination>();
-  private readonly byId = new Map<number, Destination>();
+  private index: Map<string, number> | undefined;
 
   private constructor(private readonly buffer: ArrayBuffer) {
     this.bytes = new Uint8Array(buffer);
-    for (let id = 0; id < MAX_DESTINATIONS; id++) {
-      const at = id * DESTINATION.size;
-      if (!this.bytes[at + DESTINATION.inUse]) continue;
-      const len = this.bytes[at + DESTINATION.labelLen]!;
-      const label = Buffer.from(this.bytes.subarray(at + DESTINATION.label, at + DESTINATION.label + len)).toString('latin1');
-      const d: Destination = {
-        id,
-        label,
-        family: this.bytes[at + DESTINATION.family] === 6 ? 6 : 4,
-        protocol: protocolName(this.bytes[at + DESTINATION.protocol]!),
-      };
-      this.byKey.set(destinationKey(d.label, d.family, d.protocol), d);
-      this.byId.set(id, d);
-    }
   }
 
   static read(map: BpfMap, writable: boolean): Destinations {
@@ -56,16 +48,37 @@ export class Destinations {
     native().unmap(this.buffer);
   }
 
-  all(): Destination[] {
-    return [...this.byId.values()];
+  get(id: number): Destination | undefined {
+    const at = id * DESTINATION.size;
+    if (id < 0 || id >= MAX_DESTINATIONS || !this.bytes[at + DESTINATION.inUse]) return undefined;
+    const len = this.bytes[at + DESTINATION.labelLen]!;
+    return {
+      id,
+      label: Buffer.from(this.bytes.subarray(at + DESTINATION.label, at + DESTINATION.label + len)).toString('latin1'),
+      family: this.bytes[at + DESTINATION.family] === 6 ? 6 : 4,
+      protocol: protocolName(this.bytes[at + DESTINATION.protocol]!),
+    };
   }
 
-  get(id: number): Destination | undefined {
-    return this.byId.get(id);
+  all(): Destination[] {
+    const out: Destination[] = [];
+    for (let id = 0; id < MAX_DESTINATIONS; id++) {
+      const d = this.bytes[id * DESTINATION.size + DESTINATION.inUse] ? this.get(id) : undefined;
+      if (d) out.push(d);
+    }
+    return out;
   }
 
   find(label: string, family: Family, protocol: Protocol): Destination | undefined {
-    return this.byKey.get(destinationKey(label, family, protocol));
+    const key = destinationKey(label, family, protocol);
+    const cached = this.index?.get(key);
+    if (cached !== undefined) {
+      const d = this.get(cached);
+      if (d && destinationKey(d.label, d.family, d.protocol) === key) return d;
+    }
+    this.index = new Map(this.all().map((d) => [destinationKey(d.label, d.family, d.protocol), d.id]));
+    const id = this.index.get(key);
+    return id === undefined ? undefined : this.get(id);
   }
 
   /** The id of (label, family, protocol), allocating a free one if needed. */
@@ -73,7 +86,7 @@ export class Destinations {
     const found = this.find(label, family, protocol);
     if (found) return found;
     let id = 0;
-    while (id < MAX_DESTINATIONS && (this.byId.has(id) || inUse(id))) id++;
+    while (id < MAX_DESTINATIONS && (this.bytes[id * DESTINATION.size + DESTINATION.inUse] || inUse(id))) id++;
     if (id === MAX_DESTINATIONS) {
       throw new SwitchyardError('ECAPACITY', `no free destination for ${label} ipv${family} ${protocol}: all ${MAX_DESTINATIONS} are in use`, {
         entry: label,
@@ -86,19 +99,13 @@ export class Destinations {
     this.bytes[at + DESTINATION.labelLen] = label8.length;
     this.bytes[at + DESTINATION.family] = family;
     this.bytes[at + DESTINATION.protocol] = IPPROTO[protocol];
-    this.bytes[at + DESTINATION.inUse] = 1;
-    const d: Destination = { id, label, family, protocol };
-    this.byKey.set(destinationKey(label, family, protocol), d);
-    this.byId.set(id, d);
-    return d;
+    this.bytes[at + DESTINATION.inUse] = 1; // last: the entry is complete before it counts
+    this.index?.set(destinationKey(label, family, protocol), id);
+    return { id, label, family, protocol };
   }
 
   release(id: number): void {
-    const d = this.byId.get(id);
-    if (!d) return;
     this.bytes.fill(0, id * DESTINATION.size, (id + 1) * DESTINATION.size);
-    this.byId.delete(id);
-    this.byKey.delete(destinationKey(d.label, d.family, d.protocol));
   }
 }
 

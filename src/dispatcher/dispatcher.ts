@@ -13,7 +13,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { projectPath } from '../paths.js';
 import { SwitchyardError } from '../errors.js';
-import { BpfMap, Fd, describeMismatch, u32Key, ATTACH_SK_LOOKUP, LINK_TYPE_NETNS, PROG_TYPE_SK_LOOKUP } from '../kernel/bpf.js';
+import { BpfMap, Fd, describeMismatch, loadObject, u32Key, ATTACH_SK_LOOKUP, LINK_TYPE_NETNS, PROG_TYPE_SK_LOOKUP } from '../kernel/bpf.js';
 import { native, type SocketInfo } from '../kernel/native.js';
 import { IPPROTO_TCP, IPPROTO_UDP } from '../kernel/linux.js';
 import { type Family, type Prefix, formatAddress, formatPrefix, maskWords } from '../net/address.js';
@@ -34,7 +34,7 @@ import {
   withWriterLock,
 } from './state.js';
 import { Destinations, clearStats, readStats, type Destination, type DestinationStats } from './destinations.js';
-import { createTableMap, loadWithCapacity, publishTable, readCurrentTable, swapTable, withPublishedTable, type TableSummary } from './table.js';
+import { createTableMap, loadWithCapacity, publishTable, readCurrentTable, swapTable, LiveTable, type TableSummary } from './table.js';
 import type { BuiltTable } from '../trie/builder.js';
 import { ProgramLookup, type LookupQuery } from './lookup.js';
 import { checkSocket, describeSocket } from '../sockets/sockets.js';
@@ -62,6 +62,8 @@ export interface ApplyResult {
   tableBytes: number;
   buildMs: number;
   publishMs: number;
+  /** Changed in place in the published table (src/trie/patch.ts), not by a new generation. */
+  inPlace: boolean;
 }
 
 export interface LookupAnswer {
@@ -164,7 +166,7 @@ export function upgrade(location: Location, objectPath = defaultObjectPath()): {
     try {
       const reuse: Record<string, number> = {};
       for (const name of MAP_NAMES) reuse[name] = state.maps[name].fd;
-      const { maps, programs } = native().loadObject(objectPath, reuse);
+      const { maps, programs } = loadObject(objectPath, reuse);
       const owned = [...Object.values(maps), ...Object.values(programs)].map((fd) => new Fd(fd));
       try {
         const prog = programs[PROGRAM_NAME];
@@ -232,7 +234,19 @@ export class Dispatcher {
   }
 
   close(): void {
+    this.destinationsView?.close();
+    this.destinationsView = undefined;
+    this.live?.close();
+    this.live = undefined;
     this.state.close();
+  }
+
+  private destinationsView: Destinations | undefined;
+
+  /** The pinned destinations, mapped once for this Dispatcher's life (the mapping is shared, so always current). */
+  private destinations(): Destinations {
+    this.destinationsView ??= Destinations.read(this.state.maps.destinations, true);
+    return this.destinationsView;
   }
 
   private socketCookie(id: number): bigint | undefined {
@@ -243,12 +257,8 @@ export class Dispatcher {
   /** The published binding set, with labels. */
   bindings(): BindingTable {
     const current = readCurrentTable(this.location.dir, this.state.maps.generation);
-    const destinations = Destinations.read(this.state.maps.destinations, false);
-    try {
-      return toBindingTable(current?.bindings, destinations);
-    } finally {
-      destinations.close();
-    }
+    const destinations = this.destinations();
+    return toBindingTable(current?.bindings, destinations);
   }
 
   /**
@@ -281,63 +291,60 @@ export class Dispatcher {
     }
     const { maps } = this.state;
     const current = readCurrentTable(this.location.dir, maps.generation, before === undefined);
-    const destinations = Destinations.read(maps.destinations, true);
-    try {
-      const previous = before ?? toBindingTable(current?.bindings, destinations);
-      const diff = countChanges(previous, next, (i, j) => previous.label(i) === next.label(j), previous.order(), next.order());
-      const referenced = new Set<number>();
-      const input: TrieInput = {
-        count: next.count,
-        family: next.family.subarray(0, next.count),
-        protocol: next.protocol.subarray(0, next.count),
-        prefixLen: next.prefixLen.subarray(0, next.count),
-        port: next.port.subarray(0, next.count),
-        addr: next.addr.subarray(0, next.count * 4),
-        destination: new Uint16Array(next.count),
-      };
-      // Destination per (label, family, protocol), allocated before the
-      // table that names it is published.
-      const idCache = new Map<number, number>();
-      const dest = input.destination as Uint16Array;
-      for (let i = 0; i < next.count; i++) {
-        const cacheKey = next.labelIndex[i]! * 16 + next.family[i]! + (next.protocol[i] === IPPROTO_TCP ? 0 : 8);
-        let id = idCache.get(cacheKey);
-        if (id === undefined) {
-          const d = destinations.ensure(next.label(i), next.family[i] as Family, protocolName(next.protocol[i]!), (candidate) => {
-            return this.socketCookie(candidate) !== undefined;
-          });
-          id = d.id;
-          idCache.set(cacheKey, id);
-          referenced.add(id);
-        }
-        dest[i] = id;
+    const destinations = this.destinations();
+    const previous = before ?? toBindingTable(current?.bindings, destinations);
+    const diff = countChanges(previous, next, (i, j) => previous.label(i) === next.label(j), previous.order(), next.order());
+    const referenced = new Set<number>();
+    const input: TrieInput = {
+      count: next.count,
+      family: next.family.subarray(0, next.count),
+      protocol: next.protocol.subarray(0, next.count),
+      prefixLen: next.prefixLen.subarray(0, next.count),
+      port: next.port.subarray(0, next.count),
+      addr: next.addr.subarray(0, next.count * 4),
+      destination: new Uint16Array(next.count),
+    };
+    // Destination per (label, family, protocol), allocated before the
+    // table that names it is published.
+    const idCache = new Map<number, number>();
+    const dest = input.destination as Uint16Array;
+    for (let i = 0; i < next.count; i++) {
+      const cacheKey = next.labelIndex[i]! * 16 + next.family[i]! + (next.protocol[i] === IPPROTO_TCP ? 0 : 8);
+      let id = idCache.get(cacheKey);
+      if (id === undefined) {
+        const d = destinations.ensure(next.label(i), next.family[i] as Family, protocolName(next.protocol[i]!), (candidate) => {
+          return this.socketCookie(candidate) !== undefined;
+        });
+        id = d.id;
+        idCache.set(cacheKey, id);
+        referenced.add(id);
       }
-      const serial = (current?.summary.serial ?? 0n) + 1n;
-      const built = buildTable(input, serial, next.order());
-      const builtAt = performance.now();
-      const capacity = current?.summary.capacityRows ?? MIN_CAPACITY_ROWS;
-      if (built.rows <= capacity) publishTable(this.location.dir, maps.generation, built, capacity);
-      else this.grow(built);
-      const publishedAt = performance.now();
-      // Only now may ids the new table no longer names be reused.
-      for (const d of destinations.all()) {
-        if (!referenced.has(d.id) && this.socketCookie(d.id) === undefined) {
-          destinations.release(d.id);
-          clearStats(maps.destination_stats, d.id);
-        }
-      }
-      return {
-        serial,
-        bindings: next.count,
-        added: diff.added,
-        removed: diff.removed,
-        tableBytes: built.bytes.length,
-        buildMs: builtAt - started,
-        publishMs: publishedAt - builtAt,
-      };
-    } finally {
-      destinations.close();
+      dest[i] = id;
     }
+    const serial = (current?.summary.serial ?? 0n) + 1n;
+    const built = buildTable(input, serial, next.order());
+    const builtAt = performance.now();
+    const capacity = current?.summary.capacityRows ?? MIN_CAPACITY_ROWS;
+    if (built.rows <= capacity) publishTable(this.location.dir, maps.generation, built, capacity);
+    else this.grow(built);
+    const publishedAt = performance.now();
+    // Only now may ids the new table no longer names be reused.
+    for (const d of destinations.all()) {
+      if (!referenced.has(d.id) && this.socketCookie(d.id) === undefined) {
+        destinations.release(d.id);
+        clearStats(maps.destination_stats, d.id);
+      }
+    }
+    return {
+      serial,
+      bindings: next.count,
+      added: diff.added,
+      removed: diff.removed,
+      tableBytes: built.bytes.length,
+      buildMs: builtAt - started,
+      publishMs: publishedAt - builtAt,
+      inPlace: false,
+    };
   }
 
   private reopen(): void {
@@ -387,14 +394,10 @@ export class Dispatcher {
   bind(binding: BindingSpec): ApplyResult & { replaced: string | null } {
     return this.writing(() => {
       const started = performance.now();
-      const destinations = Destinations.read(this.state.maps.destinations, true);
-      try {
-        const d = destinations.ensure(binding.label, binding.prefix.family, binding.protocol, (id) => this.socketCookie(id) !== undefined);
-        const patched = this.patch(binding, d.id, () => true, started);
-        if (patched && patched !== 'refused') return { ...patched.result, replaced: patched.previous === null ? null : (destinations.get(patched.previous)?.label ?? null) };
-      } finally {
-        destinations.close();
-      }
+      const destinations = this.destinations();
+      const d = destinations.ensure(binding.label, binding.prefix.family, binding.protocol, (id) => this.socketCookie(id) !== undefined);
+      const patched = this.patch(binding, d.id, () => true, started);
+      if (patched && patched !== 'refused') return { ...patched.result, replaced: patched.previous === null ? null : (destinations.get(patched.previous)?.label ?? null) };
       const current = this.bindings();
       const at = current.indexOf(binding.protocol, binding.prefix, binding.port);
       const next = current.without(at);
@@ -409,14 +412,10 @@ export class Dispatcher {
       const started = performance.now();
       const text = `${binding.label} ${binding.protocol} ${formatPrefix(binding.prefix)} ${binding.port}`;
       const notBound = () => new SwitchyardError('EINVAL_BINDING', `no such binding: ${text}`, { entry: text });
-      const destinations = Destinations.read(this.state.maps.destinations, false);
+      const destinations = this.destinations();
       let patched: ReturnType<Dispatcher['patch']>;
-      try {
-        const bound = (previous: number | null) => previous !== null && destinations.get(previous)?.label === binding.label;
-        patched = this.patch(binding, null, bound, started);
-      } finally {
-        destinations.close();
-      }
+      const bound = (previous: number | null) => previous !== null && destinations.get(previous)?.label === binding.label;
+      patched = this.patch(binding, null, bound, started);
       if (patched === 'refused') throw notBound();
       if (patched) return patched.result;
       const current = this.bindings();
@@ -439,25 +438,37 @@ export class Dispatcher {
       addr: binding.prefix.words,
       prefixLen: binding.prefix.length,
     };
-    return withPublishedTable(this.location.dir, this.state.maps.generation, (table, capacityRows) => {
-      const plan = planPatch(table, capacityRows, key, destination);
-      if (plan.kind === 'full') return undefined;
-      if (!accept(plan.previous)) return 'refused' as const;
-      const planned = performance.now();
-      if (plan.kind === 'patch') applyPatch(table, plan);
-      const header = readHeader(new DataView(table.buffer, table.byteOffset, table.byteLength))!;
-      const changed = plan.kind === 'patch';
-      const result: ApplyResult = {
-        serial: header.serial,
-        bindings: header.bindingCount,
-        added: changed && destination !== null ? 1 : 0,
-        removed: changed && plan.previous !== null ? 1 : 0,
-        tableBytes: capacityRows * ROW_BYTES,
-        buildMs: planned - started,
-        publishMs: performance.now() - planned,
-      };
-      return { result, previous: plan.previous };
-    });
+    const live = this.liveTable();
+    if (!live) return undefined;
+    const table = live.words;
+    const plan = planPatch(table, live.capacityRows, key, destination);
+    if (plan.kind === 'full') return undefined;
+    if (!accept(plan.previous)) return 'refused' as const;
+    const planned = performance.now();
+    if (plan.kind === 'patch') applyPatch(table, plan);
+    const header = readHeader(new DataView(table.buffer, table.byteOffset, table.byteLength))!;
+    const changed = plan.kind === 'patch';
+    const result: ApplyResult = {
+      serial: header.serial,
+      bindings: header.bindingCount,
+      added: changed && destination !== null ? 1 : 0,
+      removed: changed && plan.previous !== null ? 1 : 0,
+      tableBytes: live.capacityRows * ROW_BYTES,
+      buildMs: planned - started,
+      publishMs: performance.now() - planned,
+      inPlace: true,
+    };
+    return { result, previous: plan.previous };
+  }
+
+  private live: LiveTable | undefined;
+
+  /** The published table, mapped once while it stays the published one. */
+  private liveTable(): LiveTable | undefined {
+    if (this.live?.isCurrent(this.state.maps.generation)) return this.live;
+    this.live?.close();
+    this.live = LiveTable.open(this.location.dir, this.state.maps.generation);
+    return this.live;
   }
 
   /**
@@ -468,45 +479,37 @@ export class Dispatcher {
     return this.writing(() => {
       const info: SocketInfo = native().socketInfo(fd);
       const checked = checkSocket(info, this.location.netnsIno);
-      const destinations = Destinations.read(this.state.maps.destinations, true);
-      try {
-        const d = destinations.ensure(label, checked.family, checked.protocol, (id) => this.socketCookie(id) !== undefined);
-        const replaced = this.socketCookie(d.id) !== undefined;
-        const value = Buffer.alloc(8);
-        value.writeBigUInt64LE(BigInt(fd));
-        this.state.maps.sockets.update(u32Key(d.id), value);
-        return { destination: d, socket: describeSocket(info), replaced };
-      } finally {
-        destinations.close();
-      }
+      const destinations = this.destinations();
+      const d = destinations.ensure(label, checked.family, checked.protocol, (id) => this.socketCookie(id) !== undefined);
+      const replaced = this.socketCookie(d.id) !== undefined;
+      const value = Buffer.alloc(8);
+      value.writeBigUInt64LE(BigInt(fd));
+      this.state.maps.sockets.update(u32Key(d.id), value);
+      return { destination: d, socket: describeSocket(info), replaced };
     });
   }
 
   unregister(label: string, family: Family, protocol: Protocol): { removed: boolean } {
     return this.writing(() => {
-      const destinations = Destinations.read(this.state.maps.destinations, true);
-      try {
-        const d = destinations.find(label, family, protocol);
-        if (!d) return { removed: false };
-        const removed = this.state.maps.sockets.delete(u32Key(d.id));
-        // Free the id if no binding names it any more.
-        const current = readCurrentTable(this.location.dir, this.state.maps.generation, true);
-        const named = current ? (current.bindings.destination as Uint16Array).includes(d.id) : false;
-        if (!named) {
-          destinations.release(d.id);
-          clearStats(this.state.maps.destination_stats, d.id);
-        }
-        return { removed };
-      } finally {
-        destinations.close();
+      const destinations = this.destinations();
+      const d = destinations.find(label, family, protocol);
+      if (!d) return { removed: false };
+      const removed = this.state.maps.sockets.delete(u32Key(d.id));
+      // Free the id if no binding names it any more.
+      const current = readCurrentTable(this.location.dir, this.state.maps.generation, true);
+      const named = current ? (current.bindings.destination as Uint16Array).includes(d.id) : false;
+      if (!named) {
+        destinations.release(d.id);
+        clearStats(this.state.maps.destination_stats, d.id);
       }
+      return { removed };
     });
   }
 
   /** Runs the loaded program on each query (BPF_PROG_TEST_RUN) and explains the outcome. */
   lookup(queries: Iterable<LookupQuery>): Iterable<LookupAnswer> {
     const program = new ProgramLookup(this.state.program, this.state.maps.trace);
-    const destinations = Destinations.read(this.state.maps.destinations, false);
+    const destinations = this.destinations();
     const explain = (q: LookupQuery): LookupAnswer => {
       const raw = program.run(q);
       const destination = leafDestination(raw.chosen);
@@ -539,11 +542,7 @@ export class Dispatcher {
     };
     return {
       *[Symbol.iterator]() {
-        try {
-          for (const q of queries) yield explain(q);
-        } finally {
-          destinations.close();
-        }
+        for (const q of queries) yield explain(q);
       },
     };
   }
@@ -558,30 +557,26 @@ export class Dispatcher {
     const current = readCurrentTable(this.location.dir, maps.generation, true);
     const counts = new Map<number, number>();
     if (current) for (const id of current.bindings.destination as Uint16Array) counts.set(id, (counts.get(id) ?? 0) + 1);
-    const destinations = Destinations.read(maps.destinations, false);
-    try {
-      const list = destinations.all().map((d): DestinationStatus => {
-        const s: DestinationStats = readStats(maps.destination_stats, d.id);
-        const cookie = this.socketCookie(d.id);
-        return {
-          ...d,
-          bindings: counts.get(d.id) ?? 0,
-          socket: cookie === undefined ? null : cookie.toString(),
-          stats: { lookups: s.lookups.toString(), misses: s.misses.toString(), errors: s.errors.toString() },
-        };
-      });
+    const destinations = this.destinations();
+    const list = destinations.all().map((d): DestinationStatus => {
+      const s: DestinationStats = readStats(maps.destination_stats, d.id);
+      const cookie = this.socketCookie(d.id);
       return {
-        netns: this.location.netnsPath,
-        netnsInode: this.location.netnsIno,
-        stateDir: this.location.dir,
-        program: { id: prog.id, name: prog.name, jited: prog.jited },
-        link: { id: link.id, progId: link.progId, netnsInode: link.netnsIno },
-        table: current?.summary ?? null,
-        destinations: list.sort((a, b) => a.label.localeCompare(b.label) || a.family - b.family || a.protocol.localeCompare(b.protocol)),
+        ...d,
+        bindings: counts.get(d.id) ?? 0,
+        socket: cookie === undefined ? null : cookie.toString(),
+        stats: { lookups: s.lookups.toString(), misses: s.misses.toString(), errors: s.errors.toString() },
       };
-    } finally {
-      destinations.close();
-    }
+    });
+    return {
+      netns: this.location.netnsPath,
+      netnsInode: this.location.netnsIno,
+      stateDir: this.location.dir,
+      program: { id: prog.id, name: prog.name, jited: prog.jited },
+      link: { id: link.id, progId: link.progId, netnsInode: link.netnsIno },
+      table: current?.summary ?? null,
+      destinations: list.sort((a, b) => a.label.localeCompare(b.label) || a.family - b.family || a.protocol.localeCompare(b.protocol)),
+    };
   }
 }
 

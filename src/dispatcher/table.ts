@@ -7,7 +7,7 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { BpfMap, u32Key } from '../kernel/bpf.js';
+import { BpfMap, loadObject, u32Key } from '../kernel/bpf.js';
 import { native } from '../kernel/native.js';
 import { emptyInput, readHeader, type BuiltTable, type TrieInput } from '../trie/builder.js';
 import { decodeTable } from '../trie/decoder.js';
@@ -44,9 +44,8 @@ const PIN = 'table';
 const PIN_NEXT = 'table_next';
 
 function openCurrent(dir: string, generation: BpfMap): { map: BpfMap; id: number } | undefined {
-  const value = Buffer.alloc(4);
-  if (!generation.lookup(u32Key(0), value)) return undefined;
-  const id = value.readUInt32LE(0);
+  const id = publishedTableId(generation);
+  if (id === undefined) return undefined;
   for (const name of [PIN, PIN_NEXT]) {
     let fd: number;
     try {
@@ -87,22 +86,49 @@ export function readCurrentTable(dir: string, generation: BpfMap, withBindings =
   }
 }
 
+/** Map id of the published table, or undefined before the first publish. */
+function publishedTableId(generation: BpfMap): number | undefined {
+  const value = Buffer.alloc(4);
+  return generation.lookup(u32Key(0), value) ? value.readUInt32LE(0) : undefined;
+}
+
 /**
- * Runs `fn` on the published table's rows, mapped writable (in-place
- * changes, src/trie/patch.ts); undefined when nothing is published.
+ * The published table mapped writable, for in-place changes
+ * (src/trie/patch.ts). Mapping a BPF array maps all its pages at once (5 ms
+ * for 64 MiB here), so an owner keeps it while it stays the published table:
+ * `isCurrent()` costs one map lookup.
  */
-export function withPublishedTable<T>(dir: string, generation: BpfMap, fn: (table: Uint32Array, capacityRows: number) => T): T | undefined {
-  const current = openCurrent(dir, generation);
-  if (!current) return undefined;
-  try {
-    const buffer = current.map.mmap(true);
+export class LiveTable {
+  private constructor(
+    readonly id: number,
+    private readonly map: BpfMap,
+    private readonly buffer: ArrayBuffer,
+    readonly words: Uint32Array,
+  ) {}
+
+  static open(dir: string, generation: BpfMap): LiveTable | undefined {
+    const current = openCurrent(dir, generation);
+    if (!current) return undefined;
     try {
-      return fn(new Uint32Array(buffer), current.map.spec.maxEntries);
-    } finally {
-      native().unmap(buffer);
+      const buffer = current.map.mmap(true);
+      return new LiveTable(current.id, current.map, buffer, new Uint32Array(buffer));
+    } catch (err) {
+      current.map.close();
+      throw err;
     }
-  } finally {
-    current.map.close();
+  }
+
+  get capacityRows(): number {
+    return this.map.spec.maxEntries;
+  }
+
+  isCurrent(generation: BpfMap): boolean {
+    return publishedTableId(generation) === this.id;
+  }
+
+  close(): void {
+    native().unmap(this.buffer);
+    this.map.close();
   }
 }
 
@@ -136,7 +162,7 @@ export function loadWithCapacity(objectPath: string, reuse: Record<string, numbe
   const spec = tableSpec(capacityRows);
   const template = new BpfMap(native().mapCreate(spec.type, spec.keySize, spec.valueSize, spec.maxEntries, spec.flags, 'sy_table_tmpl'), spec);
   try {
-    return native().loadObject(objectPath, reuse, { generation: template.fd });
+    return loadObject(objectPath, reuse, { generation: template.fd });
   } finally {
     template.close();
   }

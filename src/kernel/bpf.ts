@@ -99,3 +99,18 @@ export function u32Key(n: number): Buffer {
   b.writeUInt32LE(n >>> 0);
   return b;
 }
+
+/**
+ * Loads a BPF object (native loadObject), again when the verifier was cut
+ * short by a signal: it answers EAGAIN when one is pending (SIGCHLD in the
+ * agent, SIGPROF under a profiler), a retry then succeeds.
+ */
+export function loadObject(...args: Parameters<ReturnType<typeof native>['loadObject']>): ReturnType<ReturnType<typeof native>['loadObject']> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return native().loadObject(...args);
+    } catch (err) {
+      if (attempt >= 5 || (err as { code?: string }).code !== 'EAGAIN') throw err;
+    }
+  }
+}

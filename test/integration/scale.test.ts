@@ -3,9 +3,9 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { TestNamespace, isRoot } from '../support/netns.js';
-import { randomBindings, randomQueries } from '../support/random.js';
+import { randomBindings, randomQueries, rng } from '../support/random.js';
 import { ReferenceLpm } from '../../src/bindings/reference.js';
-import { formatAddress } from '../../src/net/address.js';
+import { type Prefix, formatAddress, parseAddress, parsePrefix } from '../../src/net/address.js';
 
 describe.skipIf(!isRoot)('dispatcher at scale', () => {
   let ns: TestNamespace;
@@ -53,5 +53,37 @@ describe.skipIf(!isRoot)('dispatcher at scale', () => {
       expect(got.binding, what).toEqual(expect.objectContaining({ prefix: b.prefix, port: b.port }));
     });
     expect(matched).toBeGreaterThan(3_000);
+  });
+
+  it('bind and unbind change a 100K table in place; the set read back and the answers are the new ones', () => {
+    const set = randomBindings(77, 100_000, [4]);
+    const file = path.join(dir, 'bindings.json');
+    fs.writeFileSync(file, JSON.stringify({ bindings: [...set.table] }));
+    ns.ok(['load-bindings', file]);
+    let expected = set.table;
+    let inPlace = 0;
+    const r = rng(3);
+    for (let k = 0; k < 20; k++) {
+      const add = k % 2 === 0;
+      const i = Math.floor(r() * expected.count);
+      const b = add
+        ? { label: `new${k % 3}`, protocol: 'tcp' as const, prefix: `198.18.${k}.${1 + Math.floor(r() * 250)}/32`, port: 0 }
+        : expected.binding(i);
+      const result = ns.json<{ inPlace: boolean }>([add ? 'bind' : 'unbind', b.label, b.protocol, b.prefix, String(b.port)]);
+      if (result.inPlace) inPlace++;
+      if (add) {
+        expect(result.inPlace, `bind ${JSON.stringify(b)}`).toBe(true);
+        expected = expected.without(-1);
+        expected.add(b.label, b.protocol, parsePrefix(b.prefix) as Prefix, b.port);
+      } else {
+        expected = expected.without(i);
+      }
+      const answer = ns.json<{ label: string | null }>(['lookup', b.protocol, b.prefix.split('/')[0]!, String(b.port || 80)]);
+      const want = new ReferenceLpm(expected).lookup(b.protocol, parseAddress(b.prefix.split('/')[0]!)!, b.port || 80);
+      expect(answer.label).toBe(want ? expected.label(want.index) : null);
+    }
+    expect(inPlace).toBeGreaterThan(14); // the binds, and unbinds of prefixes no shorter than their trie's direct table
+    const read = ns.json<{ bindings: Array<Record<string, unknown>> }>(['bindings']).bindings.map((b) => JSON.stringify(b)).sort();
+    expect(read).toEqual([...expected].map((b) => JSON.stringify(b)).sort());
   });
 });

@@ -22,10 +22,10 @@ import { socketsOfProcess } from '../src/sockets/sockets.js';
 import { releaseTimes } from './release.js';
 
 const root = projectRoot();
-const { values: flags } = parseArgs({ options: { quick: { type: 'boolean' }, out: { type: 'string' }, only: { type: 'string' } } });
+const { values: flags } = parseArgs({ options: { quick: { type: 'boolean' }, out: { type: 'string' }, only: { type: 'string' }, sets: { type: 'string' } } });
 const quick = flags.quick === true;
 const outDir = flags.out ?? path.join(root, 'bench/results');
-/** --only lookups,release,bind,conn runs a part (and writes no results). */
+/** --only lookups,release,bind,conn runs a part (and writes no results); --sets real,random:1000000 picks lookup rows (with --only). */
 const only = flags.only?.split(',');
 const runs = (part: string) => !only || only.includes(part);
 
@@ -244,8 +244,12 @@ async function main(): Promise<void> {
         ...(['dense', 'random', 'bgp', 'ipv6'] as SetName[]).flatMap((s) => [1_000, 10_000, 100_000, 1_000_000].map((n) => [s, n, true] as [SetName, number, boolean])),
         ['real', Infinity, true], ['real6', Infinity, true], ['random', 4_000_000, false], ['bgp', 4_000_000, false],
       ];
+  const picked: Array<[SetName, number, boolean]> | undefined = flags.sets?.split(',').map((entry) => {
+    const [name, size] = entry.split(':');
+    return [name as SetName, size ? Number(size) : Infinity, true];
+  });
   const rows: LookupRow[] = [];
-  for (const [name, size, withTubular] of runs('lookups') ? plan : []) {
+  for (const [name, size, withTubular] of runs('lookups') ? (picked ?? plan) : []) {
     const t = performance.now();
     const row = lookupRow(name, size, withTubular, queryCount);
     rows.push(row);
@@ -266,7 +270,7 @@ async function main(): Promise<void> {
     ports: PORTS,
   };
   const result = { machine, quick, date: new Date().toISOString(), lookups: rows, ...extra };
-  if (only) return;
+  if (only || picked) return;
   fs.mkdirSync(outDir, { recursive: true });
   fs.writeFileSync(path.join(outDir, 'latest.json'), `${JSON.stringify(result, null, 2)}\n`);
   fs.writeFileSync(path.join(outDir, 'latest.md'), markdown(machine, rows, extra));

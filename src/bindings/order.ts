@@ -30,17 +30,42 @@ export function sortBindings(input: BindingColumns): Uint32Array {
   const digit = new Uint16Array(n);
   const slots = new Uint32Array(n);
   for (let i = 0; i < n; i++) slots[i] = rootSlot(input.family[i] as 4 | 6, input.protocol[i]!, input.port[i]!);
-  // Least significant first: prefix length, address words 3..0, trie.
-  const passes: Array<(i: number) => number> = [(i) => input.prefixLen[i]!];
-  for (let w = 3; w >= 0; w--) passes.push((i) => input.addr[i * 4 + w]! & 0xffff, (i) => input.addr[i * 4 + w]! >>> 16);
-  passes.push((i) => slots[i]! & 0xffff, (i) => slots[i]! >>> 16);
-  for (const extract of passes) {
+  const addr = input.addr;
+  // Least significant first: prefix length, address words 3..0, trie. An
+  // address word the same in every binding (IPv4: words 1..3) is skipped
+  // without a pass.
+  const constantWord = (w: number) => {
+    for (let i = 1; i < n; i++) if (addr[i * 4 + w] !== addr[w]) return false;
+    return true;
+  };
+  const passes: Array<(digits: Uint16Array) => void> = [
+    (d) => {
+      for (let i = 0; i < n; i++) d[i] = input.prefixLen[i]!;
+    },
+  ];
+  for (let w = 3; w >= 0; w--) {
+    if (n > 0 && constantWord(w)) continue;
+    passes.push(
+      (d) => {
+        for (let i = 0; i < n; i++) d[i] = addr[i * 4 + w]! & 0xffff;
+      },
+      (d) => {
+        for (let i = 0; i < n; i++) d[i] = addr[i * 4 + w]! >>> 16;
+      },
+    );
+  }
+  passes.push(
+    (d) => {
+      for (let i = 0; i < n; i++) d[i] = slots[i]! & 0xffff;
+    },
+    (d) => {
+      for (let i = 0; i < n; i++) d[i] = slots[i]! >>> 16;
+    },
+  );
+  for (const fill of passes) {
+    fill(digit);
     counts.fill(0);
-    for (let i = 0; i < n; i++) {
-      const d = extract(i);
-      digit[i] = d;
-      counts[d + 1]!++;
-    }
+    for (let i = 0; i < n; i++) counts[digit[i]! + 1]!++;
     if (n === 0 || counts[digit[0]! + 1] === n) continue; // every binding has this digit
     for (let d = 1; d <= 65536; d++) counts[d]! += counts[d - 1]!;
     for (let k = 0; k < n; k++) {

@@ -100,6 +100,10 @@ export function wordMask(length: number, i: number): number {
   return bits === 0 ? 0 : bits === 32 ? 0xffffffff : (0xffffffff << (32 - bits)) >>> 0;
 }
 
+/** PREFIX_MASKS[length * 4 + i] = wordMask(length, i), for hot loops. */
+export const PREFIX_MASKS = new Uint32Array(129 * 4);
+for (let length = 0; length <= 128; length++) for (let i = 0; i < 4; i++) PREFIX_MASKS[length * 4 + i] = wordMask(length, i);
+
 export function maskWords(words: Words, length: number): Words {
   return [
     (words[0] & wordMask(length, 0)) >>> 0,

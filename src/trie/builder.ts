@@ -12,7 +12,7 @@
  * - skip nodes where all prefixes of a subtree share their next bits, so a
  *   lone IPv6 /128 under a /32 costs two node loads, not fifteen.
  */
-import { bitsAt, wordMask } from '../net/address.js';
+import { PREFIX_MASKS, bitsAt, wordMask } from '../net/address.js';
 import { type BindingColumns, sortBindings } from '../bindings/order.js';
 import {
   HEADER,
@@ -221,8 +221,18 @@ class TrieBuilder {
     const ipv4 = this.input.family[this.order[lo]!] === 4;
     // Bits each prefix shares with the one before it, for every candidate.
     const shared = new Uint8Array(hi - lo);
-    for (let k = lo + 1; k < hi; k++) shared[k - lo] = this.commonBits(this.order[k - 1]!, this.order[k]!);
-    const cost = (s: number) => this.estimateBytes(lo, hi, s, ipv4, shared);
+    const addr = this.input.addr;
+    for (let k = lo + 1; k < hi; k++) {
+      const a = this.order[k - 1]! * 4;
+      const b = this.order[k]! * 4;
+      // IPv4 lives in word 0 (the others are 0): 32 stands for "all".
+      shared[k - lo] = ipv4 ? (addr[a] === addr[b] ? 32 : Math.clz32(addr[a]! ^ addr[b]!)) : this.commonBits(this.order[k - 1]!, this.order[k]!);
+    }
+    // Big IPv4 tries are estimated on an eighth of the address space (whole
+    // slots of every candidate width: regions of the narrowest), scaled up.
+    const narrowest = Math.max(4, base - 6);
+    const sampleAt = ipv4 && hi - lo > 65536 ? narrowest - 3 : -1;
+    const cost = (s: number) => this.estimateBytes(lo, hi, s, ipv4, shared, sampleAt);
     let best = base;
     let bestCost = Infinity;
     for (let s = Math.max(4, base - 1); s <= Math.min(22, base + 1); s++) {
@@ -233,7 +243,7 @@ class TrieBuilder {
     // Narrower: the widths that end the most common prefix length at a stride.
     const near = bestCost;
     const common = this.commonLength(lo, hi);
-    for (let s = common - STRIDE; s >= Math.max(4, base - 6); s -= STRIDE) {
+    for (let s = common - STRIDE; s >= narrowest; s -= STRIDE) {
       if (s >= base - 1) continue;
       const c = cost(s);
       if (c < bestCost && c < near * 0.75) [best, bestCost] = [s, c];
@@ -256,13 +266,13 @@ class TrieBuilder {
    * one prefix below it is a terminal or a skip node, with more a node and
    * its leaf runs (the first level's in a row of their own).
    */
-  private estimateBytes(lo: number, hi: number, s: number, ipv4: boolean, sharedBits: Uint8Array): number {
+  private estimateBytes(lo: number, hi: number, s: number, ipv4: boolean, sharedBits: Uint8Array, sampleAt: number): number {
     const { order, input } = this;
     const depthMax = Math.ceil(((ipv4 ? 32 : 128) - s) / STRIDE) + 1;
     const count = new Float64Array(depthMax);
     const ending = new Float64Array(depthMax);
     const pending = new Float64Array(depthMax);
-    let bytes = 4 * 2 ** s;
+    let bytes = 0;
     let open = 0; // levels with a block open
     const close = (d: number) => {
       const m = count[d]!;
@@ -282,7 +292,7 @@ class TrieBuilder {
     for (let k = lo; k < hi; k++) {
       const len = input.prefixLen[order[k]!]!;
       shared = Math.min(shared, sharedBits[k - lo]!);
-      if (len <= s) continue;
+      if (len <= s || (sampleAt >= 0 && bitsAt(input.addr, order[k]! * 4, sampleAt, 3) !== 0)) continue;
       // Blocks of levels deeper than the bits shared with the previous prefix end here.
       while (open > 0 && s + STRIDE * (open - 1) > shared) close(--open);
       for (let d = 0; d < depthMax && s + STRIDE * d < len; d++) {
@@ -293,7 +303,7 @@ class TrieBuilder {
       shared = 128;
     }
     while (open > 0) close(--open);
-    return bytes;
+    return 4 * 2 ** s + (sampleAt >= 0 ? 8 : 1) * bytes;
   }
 
   /**
@@ -733,14 +743,16 @@ function placeAlone(builder: TrieBuilder, firstRow: number) {
 export function findShadowed(input: TrieInput, order: Uint32Array, lo: number, hi: number, out: number[]): void {
   const addr = input.addr;
   const stack: number[] = [];
-  // Per stack depth: next uncovered address (4 words), and whether a gap was seen.
+  // Per stack depth: next uncovered address (4 words), whether a gap was
+  // seen, whether any prefix nests in it (most have none: no cover to check).
   const cursor = new Uint32Array(130 * 4);
   const gap = new Uint8Array(130);
+  const nested = new Uint8Array(130);
   const close = () => {
     const i = stack.pop()!;
     const d = stack.length;
     // Covered to the end: the cursor is the address right after the prefix.
-    if (!gap[d] && followsPrefix(cursor, d * 4, addr, i * 4, input.prefixLen[i]!)) out.push(i);
+    if (nested[d] && !gap[d] && followsPrefix(cursor, d * 4, addr, i * 4, input.prefixLen[i]!)) out.push(i);
   };
   for (let k = lo; k < hi; k++) {
     const i = order[k]!;
@@ -748,6 +760,7 @@ export function findShadowed(input: TrieInput, order: Uint32Array, lo: number, h
     const d = stack.length;
     if (d > 0) {
       const c = (d - 1) * 4;
+      nested[d - 1] = 1;
       let same = true;
       for (let w = 0; w < 4; w++) if (cursor[c + w] !== addr[i * 4 + w]) same = false;
       if (!same) gap[d - 1] = 1;
@@ -755,6 +768,7 @@ export function findShadowed(input: TrieInput, order: Uint32Array, lo: number, h
     }
     stack.push(i);
     gap[d] = 0;
+    nested[d] = 0;
     for (let w = 0; w < 4; w++) cursor[d * 4 + w] = addr[i * 4 + w]!;
   }
   while (stack.length) close();
@@ -763,7 +777,7 @@ export function findShadowed(input: TrieInput, order: Uint32Array, lo: number, h
 /** Whether prefix (a, len) contains address b. */
 function contains(a: ArrayLike<number>, at: number, len: number, b: ArrayLike<number>, bt: number): boolean {
   for (let w = 0; w < 4; w++) {
-    const m = wordMask(len, w);
+    const m = PREFIX_MASKS[len * 4 + w]!;
     if (m === 0) return true;
     if (((a[at + w]! ^ b[bt + w]!) & m) !== 0) return false;
   }
@@ -774,15 +788,17 @@ function contains(a: ArrayLike<number>, at: number, len: number, b: ArrayLike<nu
 function afterPrefix(a: ArrayLike<number>, at: number, len: number, out: Uint32Array, ot: number): void {
   let carry = 1;
   for (let w = 3; w >= 0; w--) {
-    const host = ~wordMask(len, w) >>> 0;
+    const host = ~PREFIX_MASKS[len * 4 + w]! >>> 0;
     const v = ((a[at + w]! | host) >>> 0) + carry;
     out[ot + w] = v >>> 0;
     carry = v > 0xffffffff ? 1 : 0;
   }
 }
 
+const nextAddress = new Uint32Array(4);
+
 function followsPrefix(cursor: Uint32Array, ct: number, a: ArrayLike<number>, at: number, len: number): boolean {
-  const next = new Uint32Array(4);
+  const next = nextAddress;
   afterPrefix(a, at, len, next, 0);
   for (let w = 0; w < 4; w++) if (next[w] !== cursor[ct + w]) return false;
   return true;

@@ -11,7 +11,7 @@
  * below) tells a prefix seen again from a new one.
  */
 import { sortBindings } from '../bindings/order.js';
-import { wordMask } from '../net/address.js';
+import { PREFIX_MASKS, wordMask } from '../net/address.js';
 import { readHeader, type TrieInput } from './builder.js';
 import {
   LEAF_PLEN_MASK,
@@ -33,9 +33,7 @@ import {
 
 const STRIDE = 6;
 
-/** MASKS[len * 4 + w] = wordMask(len, w). */
-const MASKS = new Uint32Array(129 * 4);
-for (let len = 0; len <= 128; len++) for (let w = 0; w < 4; w++) MASKS[len * 4 + w] = wordMask(len, w);
+const MASKS = PREFIX_MASKS;
 
 export class Columns implements TrieInput {
   count = 0;

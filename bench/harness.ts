@@ -167,7 +167,7 @@ export class LookupBench {
   }
 
   /** Runs a check program over every query once and returns the answers. */
-  answers(program: 'check_ours' | 'check_tubular'): Uint32Array {
+  answers(program: 'check_ours' | 'check_tubular' | 'check_single'): Uint32Array {
     this.rewind();
     native().progTestRun(this.programs[program]!, this.ctx, this.queries.count);
     const out = new Uint32Array(this.queries.count);
@@ -180,7 +180,7 @@ export class LookupBench {
   }
 
   /** Average ns per program run over `repeat` runs (BPF_PROG_TEST_RUN's own clock). */
-  time(program: 'bench_floor' | 'bench_ours' | 'bench_tubular', repeat: number): number {
+  time(program: 'bench_floor' | 'bench_ours' | 'bench_tubular' | 'bench_single', repeat: number): number {
     this.rewind();
     return native().progTestRun(this.programs[program]!, this.ctx, repeat).duration;
   }

@@ -20,9 +20,10 @@ import { chart } from './chart.js';
 import { TestNamespace } from '../test/support/netns.js';
 import { socketsOfProcess } from '../src/sockets/sockets.js';
 import { releaseTimes } from './release.js';
+import { buildSingle } from './single.js';
 
 const root = projectRoot();
-const { values: flags } = parseArgs({ options: { quick: { type: 'boolean' }, out: { type: 'string' }, only: { type: 'string' }, sets: { type: 'string' } } });
+const { values: flags } = parseArgs({ options: { quick: { type: 'boolean' }, out: { type: 'string' }, only: { type: 'string' }, sets: { type: 'string' }, single: { type: 'boolean' } } });
 const quick = flags.quick === true;
 const outDir = flags.out ?? path.join(root, 'bench/results');
 /** --only lookups,release,bind,conn runs a part (and writes no results); --sets real,random:1000000 picks lookup rows (with --only). */
@@ -46,6 +47,9 @@ export interface LookupRow {
   ours_bytes: number;
   ours_trie_bytes: number;
   tubular_bytes: number | null;
+  /** The single-walk prototype (bench/single.ts), when run (--single). */
+  single_ns?: number;
+  single_bytes?: number;
 }
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
@@ -102,6 +106,22 @@ function lookupRow(name: SetName, size: number, withTubular: boolean, queryCount
       tubular_bytes: tubular ? mapMemory(tubular.map.fd) : null,
     };
     if (row.tubular_ns !== null) row.ratio = Math.round((row.tubular_ns / Math.max(1, row.ours_ns)) * 10) / 10;
+    if (flags.single && tubular) {
+      const single = new LookupBench(buildSingle(set), stand, queries);
+      try {
+        const theirs = bench.answers('check_tubular');
+        const answers = single.answers('check_single');
+        for (let i = 0; i < answers.length; i++) {
+          if (answers[i] !== theirs[i]) throw new Error(`${name} ${set.count}: query ${i}: single-walk prototype says ${answers[i]}, tubular ${theirs[i]}; stopping`);
+        }
+        const times: number[] = [];
+        for (let round = 0; round < 3; round++) times.push(single.time('bench_single', queries.count));
+        row.single_ns = Math.max(0, median(times) - floor);
+        row.single_bytes = single.tableMemory();
+      } finally {
+        single.close();
+      }
+    }
     return row;
   } finally {
     bench.close();
@@ -253,7 +273,8 @@ async function main(): Promise<void> {
     const t = performance.now();
     const row = lookupRow(name, size, withTubular, queryCount);
     rows.push(row);
-    log(`${name.padEnd(6)} ${String(row.bindings).padStart(8)}  floor ${row.floor_ns} ns  ours ${row.ours_ns} ns  tubular ${row.tubular_ns ?? '—'} ns  ratio ${row.ratio ?? '—'}  (${((performance.now() - t) / 1000).toFixed(1)} s)`);
+    const single = row.single_ns === undefined ? '' : `  single-walk prototype ${row.single_ns} ns (${((row.tubular_ns ?? 0) / Math.max(1, row.single_ns)).toFixed(1)}x, ${(row.single_bytes! / row.bindings).toFixed(1)} B/binding)`;
+    log(`${name.padEnd(6)} ${String(row.bindings).padStart(8)}  floor ${row.floor_ns} ns  ours ${row.ours_ns} ns  tubular ${row.tubular_ns ?? '—'} ns  ratio ${row.ratio ?? '—'}${single}  (${((performance.now() - t) / 1000).toFixed(1)} s)`);
   }
   const release = runs('release') ? await releaseTimes(makeSet('random', 1_000_000)) : null;
   if (release) log(`release 1M: ours ${release.ours.ms ?? 'not seen'} ms (${release.ours.bytes} bytes), tubular ${release.tubular.ms ?? 'not seen'} ms (${release.tubular.bytes} bytes)`);

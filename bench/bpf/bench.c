@@ -130,6 +130,50 @@ static __always_inline __u32 tubular(struct bench_query *q)
 	return wildcard ? wildcard->id : 0;
 }
 
+/*
+ * The single-walk prototype (bench/single.ts): one trie per (family,
+ * protocol); the leaf answers for all ports, one port class, or names a row
+ * listing the any-port answer and the port answers that beat it.
+ */
+#define SINGLE_LIST 63u
+static __always_inline __u32 single(struct bench_query *q)
+{
+	__u32 zero = 0, base, root, cls, leaf, c, any;
+	void *table = bpf_map_lookup_elem(&generation, &zero);
+	struct sy_row *r;
+
+	if (!table)
+		return 0;
+	base = SY_ROOT_WORD + ((q->family * 2 + q->proto) << 16);
+	root = table_word(table, base);
+	cls = q->port ? table_word(table, base + q->port) : 0;
+	if (q->family == 0)
+		leaf = walk(table, root, q->hi, q->lo, SY_MAX_STEPS_V4, 1);
+	else
+		leaf = walk(table, root, q->hi, q->lo, SY_MAX_STEPS_V6, 0);
+	c = (leaf >> 24) & 63;
+	if (c == 0)
+		return leaf & 0xffff;
+	if (c != SINGLE_LIST)
+		return c == cls ? leaf & 0xffff : 0;
+	r = sy_table_row(table, leaf & 0xffffff);
+	if (!r)
+		return 0;
+	any = r->word[0];
+	for (int k = 1; k < SY_WORDS_PER_ROW; k++) {
+		__u32 e = r->word[k];
+
+		if (!e)
+			break;
+		if (cls && ((e >> 24) & 63) == cls) {
+			if ((any & 0xffff) && ((any >> 16) & 0xff) > ((e >> 16) & 0xff))
+				return any & 0xffff;
+			return e & 0xffff;
+		}
+	}
+	return any & 0xffff;
+}
+
 /* A timed program: resolve the next query, fold the answer into the sink. */
 #define BENCH_PROGRAM(name, resolve)                                     \
 	SEC("sk_lookup")                                                 \
@@ -167,7 +211,9 @@ static __always_inline __u32 floor_only(struct bench_query *q)
 BENCH_PROGRAM(bench_floor, floor_only)
 BENCH_PROGRAM(bench_ours, ours)
 BENCH_PROGRAM(bench_tubular, tubular)
+BENCH_PROGRAM(bench_single, single)
 CHECK_PROGRAM(check_ours, ours)
 CHECK_PROGRAM(check_tubular, tubular)
+CHECK_PROGRAM(check_single, single)
 
 char _license[] SEC("license") = "Dual BSD/GPL";

@@ -40,6 +40,8 @@ import {
 /** Bindings with their destination ids resolved, in columns. */
 export interface TrieInput extends BindingColumns {
   destination: ArrayLike<number>;
+  /** Leaf words to use instead of (destination, prefix length): the benchmark's single-walk prototype. */
+  leaf?: ArrayLike<number>;
 }
 
 export interface BuiltTable {
@@ -149,6 +151,7 @@ class TrieBuilder {
   }
 
   private leafOf(i: number): number {
+    if (this.input.leaf) return this.input.leaf[i]!;
     return leafWord(this.input.destination[i]!, this.input.prefixLen[i]!);
   }
 

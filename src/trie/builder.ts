@@ -222,20 +222,32 @@ class TrieBuilder {
   private chooseDirectBits(lo: number, hi: number): number {
     const base = directBits(hi - lo);
     const ipv4 = this.input.family[this.order[lo]!] === 4;
-    // Bits each prefix shares with the one before it, for every candidate.
-    const shared = new Uint8Array(hi - lo);
-    const addr = this.input.addr;
-    for (let k = lo + 1; k < hi; k++) {
-      const a = this.order[k - 1]! * 4;
-      const b = this.order[k]! * 4;
-      // IPv4 lives in word 0 (the others are 0): 32 stands for "all".
-      shared[k - lo] = ipv4 ? (addr[a] === addr[b] ? 32 : Math.clz32(addr[a]! ^ addr[b]!)) : this.commonBits(this.order[k - 1]!, this.order[k]!);
-    }
     // Big IPv4 tries are estimated on an eighth of the address space (whole
     // slots of every candidate width: regions of the narrowest), scaled up.
     const narrowest = Math.max(4, base - 6);
     const sampleAt = ipv4 && hi - lo > 65536 ? narrowest - 3 : -1;
-    const cost = (s: number) => this.estimateBytes(lo, hi, s, ipv4, shared, sampleAt);
+    // The prefixes estimated, their lengths, and the bits each shares with
+    // the one before (the least over those skipped between).
+    const addr = this.input.addr;
+    const lens = new Uint8Array(hi - lo);
+    const shared = new Uint8Array(hi - lo);
+    let count = 0;
+    let since = 0;
+    for (let k = lo; k < hi; k++) {
+      const i = this.order[k]!;
+      if (k > lo) {
+        const a = this.order[k - 1]! * 4;
+        // IPv4 lives in word 0 (the others are 0): 32 stands for "all".
+        const bits = ipv4 ? (addr[a] === addr[i * 4] ? 32 : Math.clz32(addr[a]! ^ addr[i * 4]!)) : this.commonBits(this.order[k - 1]!, i);
+        since = Math.min(since, bits);
+      }
+      if (sampleAt >= 0 && bitsAt(addr, i * 4, sampleAt, 3) !== 0) continue;
+      lens[count] = this.input.prefixLen[i]!;
+      shared[count++] = since;
+      since = 128;
+    }
+    const scale = sampleAt >= 0 ? 8 : 1;
+    const cost = (s: number) => 4 * 2 ** s + scale * estimateBytes(lens, shared, count, s, ipv4);
     let best = base;
     let bestCost = Infinity;
     for (let s = Math.max(4, base - 1); s <= Math.min(22, base + 1); s++) {
@@ -261,52 +273,6 @@ class TrieBuilder {
     let best = 0;
     for (let len = 1; len <= 128; len++) if (counts[len]! > counts[best]!) best = len;
     return best;
-  }
-
-  /**
-   * Bytes of the trie over order[lo..hi) with an s-bit direct table, by
-   * counting the nodes each level of strides needs: a block of a level with
-   * one prefix below it is a terminal or a skip node, with more a node and
-   * its leaf runs (the first level's in a row of their own).
-   */
-  private estimateBytes(lo: number, hi: number, s: number, ipv4: boolean, sharedBits: Uint8Array, sampleAt: number): number {
-    const { order, input } = this;
-    const depthMax = Math.ceil(((ipv4 ? 32 : 128) - s) / STRIDE) + 1;
-    const count = new Float64Array(depthMax);
-    const ending = new Float64Array(depthMax);
-    const pending = new Float64Array(depthMax);
-    let bytes = 0;
-    let open = 0; // levels with a block open
-    const close = (d: number) => {
-      const m = count[d]!;
-      let cost = 0;
-      if (m === 1) cost = d === 0 && ipv4 ? 16 : 32;
-      else if (m > 1) {
-        const runs = 2 * ending[d]! + 1;
-        cost = (d === 0 && runs <= NODE_WORDS ? 64 : 32 + 4 * runs) + pending[d]!;
-      }
-      if (d === 0) bytes += cost;
-      else pending[d - 1]! += cost;
-      count[d] = 0;
-      ending[d] = 0;
-      pending[d] = 0;
-    };
-    let shared = 0; // with the previous prefix longer than s
-    for (let k = lo; k < hi; k++) {
-      const len = input.prefixLen[order[k]!]!;
-      shared = Math.min(shared, sharedBits[k - lo]!);
-      if (len <= s || (sampleAt >= 0 && bitsAt(input.addr, order[k]! * 4, sampleAt, 3) !== 0)) continue;
-      // Blocks of levels deeper than the bits shared with the previous prefix end here.
-      while (open > 0 && s + STRIDE * (open - 1) > shared) close(--open);
-      for (let d = 0; d < depthMax && s + STRIDE * d < len; d++) {
-        count[d]!++;
-        if (len <= s + STRIDE * (d + 1)) ending[d]!++;
-        if (d + 1 > open) open = d + 1;
-      }
-      shared = 128;
-    }
-    while (open > 0) close(--open);
-    return 4 * 2 ** s + (sampleAt >= 0 ? 8 : 1) * bytes;
   }
 
   /**
@@ -541,6 +507,52 @@ class TrieBuilder {
       n[at + NODE.skipLen] = skip;
     }
   }
+}
+
+/**
+ * Bytes below an s-bit direct table of a trie whose prefixes, in order,
+ * have lengths `lens` and share `shared` bits with the one before: counts
+ * the nodes each level of strides needs. A block of a level with one prefix
+ * below it is a terminal or a skip node, with more a node and its leaf runs
+ * (the first level's in a row of their own).
+ */
+function estimateBytes(lens: Uint8Array, sharedBits: Uint8Array, n: number, s: number, ipv4: boolean): number {
+  const depthMax = Math.ceil(((ipv4 ? 32 : 128) - s) / STRIDE) + 1;
+  const count = new Float64Array(depthMax);
+  const ending = new Float64Array(depthMax);
+  const pending = new Float64Array(depthMax);
+  let bytes = 0;
+  let open = 0; // levels with a block open
+  const close = (d: number) => {
+    const m = count[d]!;
+    let cost = 0;
+    if (m === 1) cost = d === 0 && ipv4 ? 16 : 32;
+    else if (m > 1) {
+      const runs = 2 * ending[d]! + 1;
+      cost = (d === 0 && runs <= NODE_WORDS ? 64 : 32 + 4 * runs) + pending[d]!;
+    }
+    if (d === 0) bytes += cost;
+    else pending[d - 1]! += cost;
+    count[d] = 0;
+    ending[d] = 0;
+    pending[d] = 0;
+  };
+  let shared = 0; // with the previous prefix longer than s
+  for (let k = 0; k < n; k++) {
+    const len = lens[k]!;
+    shared = Math.min(shared, sharedBits[k]!);
+    if (len <= s) continue;
+    // Blocks of levels deeper than the bits shared with the previous prefix end here.
+    while (open > 0 && s + STRIDE * (open - 1) > shared) close(--open);
+    for (let d = 0; d < depthMax && s + STRIDE * d < len; d++) {
+      count[d]!++;
+      if (len <= s + STRIDE * (d + 1)) ending[d]!++;
+      if (d + 1 > open) open = d + 1;
+    }
+    shared = 128;
+  }
+  while (open > 0) close(--open);
+  return bytes;
 }
 
 /** Bits [off, off + len) of a 64-bit half, restricted to the u32 at `wordOffset` (0 = high). */

@@ -34,7 +34,7 @@ import {
   withWriterLock,
 } from './state.js';
 import { Destinations, clearStats, readStats, type Destination, type DestinationStats } from './destinations.js';
-import { createTableMap, loadWithCapacity, publishTable, readCurrentTable, swapTable, LiveTable, type TableSummary } from './table.js';
+import { createTableMap, loadWithCapacity, publishTable, readCurrentTable, swapTable, LiveTable, settleTablePins, type TableSummary } from './table.js';
 import type { BuiltTable } from '../trie/builder.js';
 import { ProgramLookup, type LookupQuery } from './lookup.js';
 import { checkSocket, describeSocket } from '../sockets/sockets.js';
@@ -272,11 +272,13 @@ export class Dispatcher {
 
   /**
    * Every write: under the writer lock, after completing or discarding a
-   * growth a dead writer left half done, so it reads the live state.
+   * growth or a publish a dead writer left half done, so it reads the live
+   * state and leaves no stray pins.
    */
   private writing<T>(fn: () => T): T {
     return withWriterLock(this.location, () => {
       if (finishInterruptedGrowth(this.location)) this.reopen();
+      settleTablePins(this.location.dir, this.state.maps.generation);
       return fn();
     });
   }

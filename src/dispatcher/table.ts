@@ -86,6 +86,32 @@ export function readCurrentTable(dir: string, generation: BpfMap, withBindings =
   }
 }
 
+/**
+ * A writer killed between its swap and its rename left `table_next` naming
+ * the live table (or, killed before the swap, a table that never served):
+ * the next writer renames it over `table`, or removes it. Writers call it
+ * under the lock; in-place changes publish nothing, so without it the
+ * leftover pin would stay.
+ */
+export function settleTablePins(dir: string, generation: BpfMap): void {
+  const next = path.join(dir, PIN_NEXT);
+  let fd: number;
+  try {
+    fd = native().objGet(next);
+  } catch (err) {
+    if (isKernelError(err, 'ENOENT')) return;
+    throw err;
+  }
+  let live: boolean;
+  try {
+    live = native().objInfo(fd, 'map').id === publishedTableId(generation);
+  } finally {
+    fs.closeSync(fd);
+  }
+  if (live) fs.renameSync(next, path.join(dir, PIN));
+  else fs.rmSync(next);
+}
+
 /** Map id of the published table, or undefined before the first publish. */
 function publishedTableId(generation: BpfMap): number | undefined {
   const value = Buffer.alloc(4);

@@ -79,6 +79,28 @@ describe.skipIf(!isRoot)('pinned state survives writers dying and racing', () =>
     }
   });
 
+  it('a publish interrupted before or after its swap leaves a table_next pin the next writer settles, in-place writes included', () => {
+    ns.ok(['bind', 'cdn', 'tcp', '192.0.2.0/24', '0']);
+    const dir = stateDir();
+    const pinAs = (name: string, from: string) => {
+      const fd = native().objGet(path.join(dir, from));
+      try {
+        native().objPin(fd, path.join(dir, name));
+      } finally {
+        fs.closeSync(fd);
+      }
+    };
+    // Killed after the swap: table_next names the live table.
+    pinAs('table_next', 'table');
+    expect(ns.json<{ inPlace: boolean }>(['bind', 'api', 'tcp', '192.0.2.7/32', '0']).inPlace).toBe(true);
+    expect(fs.readdirSync(dir).filter((f) => f.includes('next'))).toEqual([]);
+    // Killed before the swap: table_next never served (here: some other map).
+    pinAs('table_next', 'meta');
+    expect(ns.json<{ inPlace: boolean }>(['unbind', 'api', 'tcp', '192.0.2.7/32', '0']).inPlace).toBe(true);
+    expect(fs.readdirSync(dir).filter((f) => f.includes('next'))).toEqual([]);
+    expect(ns.json<{ bindings: unknown[] }>(['bindings']).bindings).toEqual([{ label: 'cdn', protocol: 'tcp', prefix: '192.0.2.0/24', port: 0 }]);
+  });
+
   it('a growth interrupted before or after its link update is discarded or completed by the next writer', () => {
     ns.ok(['bind', 'cdn', 'tcp', '192.0.2.0/24', '0']);
     const dir = stateDir();

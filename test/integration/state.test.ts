@@ -82,20 +82,12 @@ describe.skipIf(!isRoot)('pinned state survives writers dying and racing', () =>
   it('a publish interrupted before or after its swap leaves a table_next pin the next writer settles, in-place writes included', () => {
     ns.ok(['bind', 'cdn', 'tcp', '192.0.2.0/24', '0']);
     const dir = stateDir();
-    const pinAs = (name: string, from: string) => {
-      const fd = native().objGet(path.join(dir, from));
-      try {
-        native().objPin(fd, path.join(dir, name));
-      } finally {
-        fs.closeSync(fd);
-      }
-    };
     // Killed after the swap: table_next names the live table.
-    pinAs('table_next', 'table');
+    pinAs(dir, 'table_next', 'table');
     expect(ns.json<{ inPlace: boolean }>(['bind', 'api', 'tcp', '192.0.2.7/32', '0']).inPlace).toBe(true);
     expect(fs.readdirSync(dir).filter((f) => f.includes('next'))).toEqual([]);
     // Killed before the swap: table_next never served (here: some other map).
-    pinAs('table_next', 'meta');
+    pinAs(dir, 'table_next', 'meta');
     expect(ns.json<{ inPlace: boolean }>(['unbind', 'api', 'tcp', '192.0.2.7/32', '0']).inPlace).toBe(true);
     expect(fs.readdirSync(dir).filter((f) => f.includes('next'))).toEqual([]);
     expect(ns.json<{ bindings: unknown[] }>(['bindings']).bindings).toEqual([{ label: 'cdn', protocol: 'tcp', prefix: '192.0.2.0/24', port: 0 }]);
@@ -104,29 +96,21 @@ describe.skipIf(!isRoot)('pinned state survives writers dying and racing', () =>
   it('a growth interrupted before or after its link update is discarded or completed by the next writer', () => {
     ns.ok(['bind', 'cdn', 'tcp', '192.0.2.0/24', '0']);
     const dir = stateDir();
-    const pin = (name: string, from: string) => {
-      const fd = native().objGet(path.join(dir, from));
-      try {
-        native().objPin(fd, path.join(dir, name));
-      } finally {
-        fs.closeSync(fd);
-      }
-    };
     // Died before BPF_LINK_UPDATE: the *_next objects never served; they go.
     const reuse: Record<string, number> = {};
     for (const name of ['generation', 'sockets', 'destination_stats', 'destinations', 'meta', 'trace']) reuse[name] = native().objGet(path.join(dir, name));
     const loaded = native().loadObject(path.resolve('bpf/dispatcher.o'), reuse);
     for (const fd of Object.values(reuse)) fs.closeSync(fd);
     native().objPin(loaded.programs.switchyard_dispatch!, path.join(dir, 'program_next'));
-    pin('generation_next', 'generation');
+    pinAs(dir, 'generation_next', 'generation');
     const before = ns.json<{ program: { id: number } }>(['status']).program.id;
     ns.ok(['bind', 'api', 'tcp', '198.51.100.0/24', '0']);
     expect(fs.readdirSync(dir).filter((f) => f.endsWith('_next'))).toEqual([]);
     expect(ns.json<{ program: { id: number } }>(['status']).program.id).toBe(before);
 
     // Died after it: the link already runs program_next, so it takes the pinned names.
-    pin('program_next', 'program');
-    pin('generation_next', 'generation');
+    pinAs(dir, 'program_next', 'program');
+    pinAs(dir, 'generation_next', 'generation');
     ns.ok(['bind', 'dns', 'udp', '203.0.113.0/24', '53']);
     expect(fs.readdirSync(dir).filter((f) => f.endsWith('_next'))).toEqual([]);
     expect(ns.json<{ bindings: unknown[] }>(['bindings']).bindings).toHaveLength(3);
@@ -183,3 +167,13 @@ describe.skipIf(!isRoot)('pinned state survives writers dying and racing', () =>
     }
   });
 });
+
+/** Pins the object pinned at `from` again as `name`, in state directory `dir` (what a killed writer leaves). */
+function pinAs(dir: string, name: string, from: string): void {
+  const fd = native().objGet(path.join(dir, from));
+  try {
+    native().objPin(fd, path.join(dir, name));
+  } finally {
+    fs.closeSync(fd);
+  }
+}

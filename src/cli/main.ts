@@ -117,7 +117,7 @@ function printStatus(s: Status): string {
     `program            id ${s.program.id} ${s.program.name}${s.program.jited ? ' (jited)' : ''}`,
     `link               id ${s.link.id}, program ${s.link.progId}`,
     s.table
-      ? `bindings           ${s.table.bindingCount} (table serial ${s.table.serial}, map ${s.table.mapId}, ${s.table.bytes} bytes, ${s.table.nodeCount} nodes)`
+      ? `bindings           ${s.table.bindingCount} (table serial ${s.table.serial}, map ${s.table.mapId}, ${s.table.bytes} bytes, rows ${s.table.rows} of ${s.table.capacityRows} in use, ${s.table.garbageRows} left by in-place changes)`
       : 'bindings           none published',
   ];
   if (s.destinations.length > 0) {

@@ -25,6 +25,8 @@ export interface TableSummary {
   nodeCount: number;
   wordCount: number;
   bindingCount: number;
+  /** Rows left behind by in-place changes, reclaimed by the next full build. */
+  garbageRows: number;
 }
 
 export interface CurrentTable {
@@ -77,6 +79,7 @@ export function readCurrentTable(dir: string, generation: BpfMap, withBindings =
       nodeCount: header.nodeCount,
       wordCount: header.wordCount,
       bindingCount: header.bindingCount,
+      garbageRows: header.garbageRows,
     };
     const bindings = withBindings ? decodeTable(new Uint32Array(buffer)) : emptyInput();
     return { summary, bindings };

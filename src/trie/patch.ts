@@ -267,9 +267,10 @@ function hiddenAfter(next: TrieInput, order: Uint32Array, start: number[], s: nu
 /**
  * Makes a planned patch's writes into `table` (the live table's mmap, or
  * a copy), in the order the plan gives. Aligned u32 stores are atomic for
- * the program reading the table, and x86 keeps stores in order.
+ * the program reading the table, and x86 makes stores visible in order.
  */
 export function applyPatch(table: Uint32Array, patch: Extract<Patch, { kind: 'patch' }>): void {
   for (const block of patch.rows) table.set(block.words, block.row * WORDS_PER_ROW);
-  for (const [word, value] of patch.stores) table[word] = value;
+  // Atomics: the compiler keeps these in program order too, after the rows.
+  for (const [word, value] of patch.stores) Atomics.store(table, word, value);
 }

@@ -7,4 +7,4 @@ cd "$(dirname "$0")/.."
 sh scripts/setup.sh
 make -s -C bench/bpf
 cpu=$(( $(nproc) - 1 ))
-exec taskset -c "$cpu" node --max-old-space-size=16384 dist/bench/run.js "$@"
+exec taskset -c "$cpu" node --max-old-space-size=16384 --expose-gc dist/bench/run.js "$@"

@@ -50,13 +50,14 @@ static __always_inline __u32 terminal(void *table, __u32 ref, __u64 hi)
 static __always_inline __u32 walk(void *table, __u32 root, __u64 hi, __u64 lo,
 				  const int max_steps, const int ipv4)
 {
-	__u32 bits, pos, ref;
+	__u32 bits, pos, ref, slot;
 
 	if (!root)
 		return 0;
 	bits = root >> SY_ROOT_BITS_SHIFT;
-	ref = table_word(table, (root & SY_ROOT_ROW_MASK) * SY_WORDS_PER_ROW +
-				       (__u32)(hi >> (64 - bits)));
+	slot = (__u32)(hi >> (64 - bits));
+	ref = table_word(table, ((root & SY_ROOT_ROW_MASK) + (slot >> SY_DIRECT_ROW_SHIFT)) * SY_WORDS_PER_ROW +
+					(slot & (SY_DIRECT_SLOTS_PER_ROW - 1)));
 	pos = bits;
 
 	for (int step = 0; step < max_steps; step++) {

@@ -13,7 +13,7 @@
 
 #include <linux/types.h>
 
-#define SY_ABI_VERSION 2
+#define SY_ABI_VERSION 3
 #define SY_META_MAGIC 0x53594431u /* "SYD1" */
 
 #define SY_MAX_DESTINATIONS 65536
@@ -58,6 +58,14 @@
  */
 #define SY_REF_TERMINAL 0x40000000u
 #define SY_TERMINALS_PER_ROW 4
+/*
+ * A direct table fills the first half of each of its rows: slot v is word
+ * v % 8 of row root_row + v / 8. The second half holds up to two terminals
+ * for lone prefixes of those slots, in the cache line the walk already has.
+ */
+#define SY_DIRECT_SLOTS_PER_ROW 8
+#define SY_DIRECT_ROW_SHIFT 3
+#define SY_INLINE_TERMINALS_PER_ROW 2
 #define SY_LEAF_RESULT_MASK 0x1ffffu
 #define SY_LEAF_PLEN_SHIFT 17
 #define SY_LEAF_PLEN_MASK 0xffu

@@ -28,6 +28,9 @@ import {
   REF_TERMINAL,
   TERMINAL,
   TERMINALS_PER_ROW,
+  DIRECT_SLOTS_PER_ROW,
+  DIRECT_ROW_SHIFT,
+  INLINE_TERMINALS_PER_ROW,
   ROOT_BITS_SHIFT,
   ROOT_SLOTS,
   ROOT_WORD,
@@ -121,6 +124,8 @@ class TrieBuilder {
   readonly nodes: Growable;
   /** Word ranges of direct tables, whose node references need relocating. */
   readonly directTables: Array<[number, number]> = [];
+  /** Words of direct tables holding a reference to a terminal in their own row (relocated with the words). */
+  readonly inlineTerminals: number[] = [];
   private maxSteps = MAX_STEPS_V4;
 
   /** With `withRoot`, words start with the header row and the root table (a whole table); without, a subtree. */
@@ -139,15 +144,17 @@ class TrieBuilder {
 
   /** A terminal for the lone IPv4 prefix i, answering `fallback` elsewhere; returns its reference. */
   private terminal(i: number, fallback: number): number {
-    const len = this.input.prefixLen[i]!;
-    const mask = wordMask(len, 0);
     const at = this.terminals.reserve(TERMINAL.words);
-    const t = this.terminals.data;
+    this.writeTerminal(this.terminals.data, at, i, fallback);
+    return (REF_TERMINAL | (at / TERMINAL.words)) >>> 0;
+  }
+
+  private writeTerminal(t: Uint32Array, at: number, i: number, fallback: number): void {
+    const mask = wordMask(this.input.prefixLen[i]!, 0);
     t[at + TERMINAL.value] = (this.input.addr[i * 4]! & mask) >>> 0;
     t[at + TERMINAL.mask] = mask;
     t[at + TERMINAL.leaf] = this.leafOf(i);
     t[at + TERMINAL.fallback] = fallback;
-    return (REF_TERMINAL | (at / TERMINAL.words)) >>> 0;
   }
 
   private leafOf(i: number): number {
@@ -190,20 +197,44 @@ class TrieBuilder {
     return slots;
   }
 
-  /** Builds the trie of sorted bindings order[lo..hi) and returns its root word. */
+  /**
+   * Builds the trie of sorted bindings order[lo..hi) and returns its root
+   * word. The direct table takes half of each row (DIRECT_SLOTS_PER_ROW
+   * slots); the other half holds up to two terminals for lone IPv4 prefixes
+   * of those slots, so the walk's second load hits the cache line of its
+   * first (a terminal elsewhere was a second DRAM miss for most lookups at
+   * 1M bindings). Terminals that do not fit go after the nodes.
+   */
   buildTrie(lo: number, hi: number): number {
     const s = this.chooseDirectBits(lo, hi);
     // Direct tables start on a row so the root word can name them by row.
     const pad = (WORDS_PER_ROW - (this.words.length % WORDS_PER_ROW)) % WORDS_PER_ROW;
     this.words.reserve(pad);
-    const base = this.words.reserve(1 << s);
-    this.directTables.push([base, 1 << s]);
+    const rows = (1 << s) / DIRECT_SLOTS_PER_ROW;
+    const base = this.words.reserve(rows * WORDS_PER_ROW);
+    this.directTables.push([base, rows * WORDS_PER_ROW]);
+    const slotWord = (v: number) => base + (v >>> DIRECT_ROW_SHIFT) * WORDS_PER_ROW + (v & (DIRECT_SLOTS_PER_ROW - 1));
     const slots = this.fillSlots(0, lo, hi, 0, s, 1 << s, 0, 0);
-    this.words.data.set(slots.values.subarray(0, 1 << s), base);
+    const words = this.words.data;
+    for (let r = 0; r < rows; r++) {
+      words.set(slots.values.subarray(r * DIRECT_SLOTS_PER_ROW, (r + 1) * DIRECT_SLOTS_PER_ROW), base + r * WORDS_PER_ROW);
+    }
+    const inlineUsed = new Uint8Array(rows);
+    const ipv4 = this.input.family[this.order[lo]!] === 4;
     for (let c = 0; c < slots.childCount; c++) {
       const v = slots.childSlot[c]!;
-      const ref = this.buildSlot(slots.childStart[c]!, slots.childEnd[c]!, s, slots.values[v]!);
-      this.words.data[base + v] = ref; // after the build: it may have moved words.data
+      const start = slots.childStart[c]!;
+      const end = slots.childEnd[c]!;
+      const row = v >>> DIRECT_ROW_SHIFT;
+      if (ipv4 && end - start === 1 && inlineUsed[row]! < INLINE_TERMINALS_PER_ROW) {
+        const at = base + row * WORDS_PER_ROW + DIRECT_SLOTS_PER_ROW + inlineUsed[row]!++ * TERMINAL.words;
+        this.writeTerminal(this.words.data, at, this.order[start]!, slots.values[v]!);
+        this.words.data[slotWord(v)] = (REF_TERMINAL | (at / TERMINAL.words)) >>> 0;
+        this.inlineTerminals.push(slotWord(v));
+        continue;
+      }
+      const ref = this.buildSlot(start, end, s, slots.values[v]!);
+      this.words.data[slotWord(v)] = ref; // after the build: it may have moved words.data
     }
     return ((s << ROOT_BITS_SHIFT) | (base / WORDS_PER_ROW)) >>> 0;
   }
@@ -247,7 +278,7 @@ class TrieBuilder {
       since = 128;
     }
     const scale = sampleAt >= 0 ? 8 : 1;
-    const cost = (s: number) => 4 * 2 ** s + scale * estimateBytes(lens, shared, count, s, ipv4);
+    const cost = (s: number) => (ROW_BYTES / DIRECT_SLOTS_PER_ROW) * 2 ** s + scale * estimateBytes(lens, shared, count, s, ipv4);
     let best = base;
     let bestCost = Infinity;
     for (let s = Math.max(4, base - 1); s <= Math.min(22, base + 1); s++) {
@@ -526,7 +557,7 @@ function estimateBytes(lens: Uint8Array, sharedBits: Uint8Array, n: number, s: n
   const close = (d: number) => {
     const m = count[d]!;
     let cost = 0;
-    if (m === 1) cost = d === 0 && ipv4 ? 16 : 32;
+    if (m === 1) cost = d === 0 && ipv4 ? 0 : 32; // a lone IPv4 prefix: a terminal in the direct table's row, mostly
     else if (m > 1) {
       const runs = 2 * ending[d]! + 1;
       cost = (d === 0 && runs <= NODE_WORDS ? 64 : 32 + 4 * runs) + pending[d]!;
@@ -603,9 +634,15 @@ function place(builder: TrieBuilder, p: Placement, rows: Uint32Array): void {
   const wordBase = p.firstRow * WORDS_PER_ROW;
   const nodeBase = p.nodeRow * NODES_PER_ROW;
   const words = builder.words.data;
+  // Direct tables: slot words only (the other half of each row is
+  // terminals); terminals in a direct table's row move with the words.
+  const inlineRefs = Uint32Array.from(builder.inlineTerminals, (k) => (words[k]! + wordBase / TERMINAL.words) >>> 0);
   for (const [start, size] of builder.directTables) {
-    for (let k = start; k < start + size; k++) words[k] = relocateRef(words[k]!, p);
+    for (let row = start; row < start + size; row += WORDS_PER_ROW) {
+      for (let k = row; k < row + DIRECT_SLOTS_PER_ROW; k++) words[k] = relocateRef(words[k]!, p);
+    }
   }
+  builder.inlineTerminals.forEach((k, j) => (words[k] = inlineRefs[j]!));
   const nodes = builder.nodes.data;
   // Inline leaves: word index of the row's second half; those slots are data, not nodes.
   const leafSlots = new Uint8Array(p.nodeCount);

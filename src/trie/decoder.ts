@@ -29,6 +29,7 @@ import {
   ROW_BYTES,
   TERMINAL,
   WORDS_PER_ROW,
+  directSlotWord,
 } from './layout.js';
 
 const STRIDE = 6;
@@ -131,12 +132,12 @@ export class TableDecoder {
   decodeTrie(slot: number, root: number): void {
     this.enterTrie(slot);
     const s = root >>> ROOT_BITS_SHIFT;
-    const base = (root & ROOT_ROW_MASK) * WORDS_PER_ROW;
+    const row = root & ROOT_ROW_MASK;
     const starts = this.starts;
     starts.fill(0, 0, 4);
     for (let v = 0; v < 1 << s; v++) {
       starts[0] = s === 0 ? 0 : (v << (32 - s)) >>> 0; // s <= 22
-      const ref = this.table[base + v]!;
+      const ref = this.table[directSlotWord(row, v)]!;
       if (ref === 0) continue;
       this.visit(ref, 0, s);
     }

@@ -3,7 +3,7 @@
  * dispatcher program. test/unit/layout.test.ts checks every size and offset
  * here against the BTF of the compiled bpf/dispatcher.o.
  */
-export const ABI_VERSION = 2;
+export const ABI_VERSION = 3;
 export const META_MAGIC = 0x53594431;
 export const HEADER_MAGIC = 0x53595431;
 
@@ -24,6 +24,14 @@ export const ROOT_ROW_MASK = (1 << ROOT_BITS_SHIFT) - 1;
 export const REF_NODE = 0x80000000;
 export const REF_TERMINAL = 0x40000000;
 export const TERMINALS_PER_ROW = 4;
+export const DIRECT_SLOTS_PER_ROW = 8;
+export const DIRECT_ROW_SHIFT = 3;
+export const INLINE_TERMINALS_PER_ROW = 2;
+
+/** Word index of direct-table slot v of a table starting at row `row`. */
+export function directSlotWord(row: number, v: number): number {
+  return (row + (v >>> DIRECT_ROW_SHIFT)) * WORDS_PER_ROW + (v & (DIRECT_SLOTS_PER_ROW - 1));
+}
 export const LEAF_RESULT_MASK = 0x1ffff;
 export const LEAF_PLEN_SHIFT = 17;
 export const LEAF_PLEN_MASK = 0xff;

@@ -40,6 +40,7 @@ import {
   ROW_BYTES,
   TERMINAL,
   WORDS_PER_ROW,
+  directSlotWord,
   leafPrefixLen,
   leafWord,
   rootSlot,
@@ -123,7 +124,7 @@ export function planPatch(table: Uint32Array, capacityRows: number, key: Binding
   if (key.prefixLen < s) return { kind: 'full', reason: `a /${key.prefixLen} spans several of the trie's /${s} slots` };
   if (key.prefixLen === s && destination === null) return { kind: 'full', reason: `unbinding a /${s} changes what its slot inherits` };
   const v = bitsAt(key.addr, 0, 0, s);
-  const slotWord = (root & ROOT_ROW_MASK) * WORDS_PER_ROW + v;
+  const slotWord = directSlotWord(root & ROOT_ROW_MASK, v);
   const ref = table[slotWord]!;
   const start = [(v << (32 - s)) >>> 0, 0, 0, 0];
   const inherited = inheritedOf(table, ref);

@@ -16,6 +16,7 @@ import {
   ROW_BYTES,
   MAX_STEPS_V4,
   MAX_STEPS_V6,
+  directSlotWord,
   rootSlot,
 } from '../../src/trie/layout.js';
 import type { Address } from '../../src/net/address.js';
@@ -33,7 +34,7 @@ export function walkTable(bytes: Uint8Array, ipproto: number, address: Address, 
     if (!root) return 0;
     const bits = root >>> ROOT_BITS_SHIFT;
     const row = root & ROOT_ROW_MASK;
-    let ref = word(row * 16 + Number(hi >> BigInt(64 - bits)));
+    let ref = word(directSlotWord(row, Number(hi >> BigInt(64 - bits))));
     let pos = bits;
     for (let step = 0; step < maxSteps; step++) {
       if (!(ref & REF_NODE)) {

@@ -244,11 +244,11 @@ class TrieBuilder {
    * a prefix: most walks end one node below the table); a bit either side
    * is taken when an estimate of the trie's bytes favours it, and a
    * narrower table (down to 8 bits fewer, ending the most common length at
-   * a stride) only when it saves a quarter of the bytes: where strides end matters more than the table when most
-   * prefixes have a few lengths. Real tables are mostly /22-/24: a 12-bit
-   * table ends /24s exactly at a node level and the trie shrinks from 33 to
-   * 24 bytes a binding, where a 17-bit one leaves every /23 and /24 a node
-   * deeper.
+   * a stride) only when it saves a quarter of the bytes: where strides end
+   * matters more than the table when most prefixes have a few lengths. Real
+   * tables are mostly /22-/24: a 12-bit table ends /24s exactly at a node
+   * level (the real-derived set: 33 -> 26-28 bytes a binding), where a
+   * 17-bit one leaves every /23 and /24 a node deeper.
    */
   private chooseDirectBits(lo: number, hi: number): number {
     const base = directBits(hi - lo);

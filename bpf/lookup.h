@@ -56,8 +56,11 @@ static __always_inline __u32 walk(void *table, __u32 root, __u64 hi, __u64 lo,
 		return 0;
 	bits = root >> SY_ROOT_BITS_SHIFT;
 	slot = (__u32)(hi >> (64 - bits));
-	ref = table_word(table, ((root & SY_ROOT_ROW_MASK) + (slot >> SY_DIRECT_ROW_SHIFT)) * SY_WORDS_PER_ROW +
-					(slot & (SY_DIRECT_SLOTS_PER_ROW - 1)));
+	if (root & SY_ROOT_INLINE_TERMINALS)
+		ref = table_word(table, ((root & SY_ROOT_ROW_MASK) + (slot >> SY_DIRECT_ROW_SHIFT)) * SY_WORDS_PER_ROW +
+						(slot & (SY_DIRECT_SLOTS_PER_ROW - 1)));
+	else
+		ref = table_word(table, (root & SY_ROOT_ROW_MASK) * SY_WORDS_PER_ROW + slot);
 	pos = bits;
 
 	for (int step = 0; step < max_steps; step++) {

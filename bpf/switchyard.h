@@ -41,7 +41,9 @@
  * indexed by the top (root >> SY_ROOT_BITS_SHIFT) bits of the address.
  */
 #define SY_ROOT_BITS_SHIFT 27
-#define SY_ROOT_ROW_MASK ((1u << SY_ROOT_BITS_SHIFT) - 1)
+/* Set when the direct table keeps terminals in its rows (see below). */
+#define SY_ROOT_INLINE_TERMINALS (1u << 26)
+#define SY_ROOT_ROW_MASK (SY_ROOT_INLINE_TERMINALS - 1)
 
 /*
  * A reference in the trie (direct-table slot, skip target) is either a node

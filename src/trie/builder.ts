@@ -31,6 +31,9 @@ import {
   DIRECT_SLOTS_PER_ROW,
   DIRECT_ROW_SHIFT,
   INLINE_TERMINALS_PER_ROW,
+  ROOT_INLINE_TERMINALS,
+  ROOT_ROW_MASK,
+  directSlotWord,
   ROOT_BITS_SHIFT,
   ROOT_SLOTS,
   ROOT_WORD,
@@ -123,7 +126,8 @@ class TrieBuilder {
   readonly words: Growable;
   readonly nodes: Growable;
   /** Word ranges of direct tables, whose node references need relocating. */
-  readonly directTables: Array<[number, number]> = [];
+  /** Direct tables: first word, words, slots a row. */
+  readonly directTables: Array<[number, number, number]> = [];
   /** Words of direct tables holding a reference to a terminal in their own row (relocated with the words). */
   readonly inlineTerminals: number[] = [];
   private maxSteps = MAX_STEPS_V4;
@@ -207,26 +211,32 @@ class TrieBuilder {
    */
   buildTrie(lo: number, hi: number): number {
     const s = this.chooseDirectBits(lo, hi);
+    const slots = this.fillSlots(0, lo, hi, 0, s, 1 << s, 0, 0);
+    // Terminals in the table's rows where most filled slots hold a lone
+    // prefix (random hosts); elsewhere (real tables: a few /22-/24 a slot)
+    // the rows would only double the table.
+    let lone = 0;
+    for (let c = 0; c < slots.childCount; c++) if (slots.childEnd[c]! - slots.childStart[c]! === 1) lone++;
+    const inline = this.input.family[this.order[lo]!] === 4 && slots.childCount > 0 && lone * 2 >= slots.childCount;
+    const perRow = inline ? DIRECT_SLOTS_PER_ROW : WORDS_PER_ROW;
     // Direct tables start on a row so the root word can name them by row.
     const pad = (WORDS_PER_ROW - (this.words.length % WORDS_PER_ROW)) % WORDS_PER_ROW;
     this.words.reserve(pad);
-    const rows = (1 << s) / DIRECT_SLOTS_PER_ROW;
+    const rows = Math.max(1, (1 << s) / perRow);
     const base = this.words.reserve(rows * WORDS_PER_ROW);
-    this.directTables.push([base, rows * WORDS_PER_ROW]);
-    const slotWord = (v: number) => base + (v >>> DIRECT_ROW_SHIFT) * WORDS_PER_ROW + (v & (DIRECT_SLOTS_PER_ROW - 1));
-    const slots = this.fillSlots(0, lo, hi, 0, s, 1 << s, 0, 0);
+    this.directTables.push([base, rows * WORDS_PER_ROW, perRow]);
+    const root = ((s << ROOT_BITS_SHIFT) | (inline ? ROOT_INLINE_TERMINALS : 0) | (base / WORDS_PER_ROW)) >>> 0;
+    // directSlotWord() with the table at word 0; `base` added.
+    const slotWord = (v: number) => base + directSlotWord(root & ~ROOT_ROW_MASK, v);
     const words = this.words.data;
-    for (let r = 0; r < rows; r++) {
-      words.set(slots.values.subarray(r * DIRECT_SLOTS_PER_ROW, (r + 1) * DIRECT_SLOTS_PER_ROW), base + r * WORDS_PER_ROW);
-    }
+    for (let r = 0; r < rows; r++) words.set(slots.values.subarray(r * perRow, (r + 1) * perRow), base + r * WORDS_PER_ROW);
     const inlineUsed = new Uint8Array(rows);
-    const ipv4 = this.input.family[this.order[lo]!] === 4;
     for (let c = 0; c < slots.childCount; c++) {
       const v = slots.childSlot[c]!;
       const start = slots.childStart[c]!;
       const end = slots.childEnd[c]!;
       const row = v >>> DIRECT_ROW_SHIFT;
-      if (ipv4 && end - start === 1 && inlineUsed[row]! < INLINE_TERMINALS_PER_ROW) {
+      if (inline && end - start === 1 && inlineUsed[row]! < INLINE_TERMINALS_PER_ROW) {
         const at = base + row * WORDS_PER_ROW + DIRECT_SLOTS_PER_ROW + inlineUsed[row]!++ * TERMINAL.words;
         this.writeTerminal(this.words.data, at, this.order[start]!, slots.values[v]!);
         this.words.data[slotWord(v)] = (REF_TERMINAL | (at / TERMINAL.words)) >>> 0;
@@ -236,7 +246,7 @@ class TrieBuilder {
       const ref = this.buildSlot(start, end, s, slots.values[v]!);
       this.words.data[slotWord(v)] = ref; // after the build: it may have moved words.data
     }
-    return ((s << ROOT_BITS_SHIFT) | (base / WORDS_PER_ROW)) >>> 0;
+    return root;
   }
 
   /**
@@ -278,7 +288,7 @@ class TrieBuilder {
       since = 128;
     }
     const scale = sampleAt >= 0 ? 8 : 1;
-    const cost = (s: number) => (ROW_BYTES / DIRECT_SLOTS_PER_ROW) * 2 ** s + scale * estimateBytes(lens, shared, count, s, ipv4);
+    const cost = (s: number) => 4 * 2 ** s + scale * estimateBytes(lens, shared, count, s, ipv4);
     let best = base;
     let bestCost = Infinity;
     for (let s = Math.max(4, base - 1); s <= Math.min(22, base + 1); s++) {
@@ -557,7 +567,7 @@ function estimateBytes(lens: Uint8Array, sharedBits: Uint8Array, n: number, s: n
   const close = (d: number) => {
     const m = count[d]!;
     let cost = 0;
-    if (m === 1) cost = d === 0 && ipv4 ? 0 : 32; // a lone IPv4 prefix: a terminal in the direct table's row, mostly
+    if (m === 1) cost = d === 0 && ipv4 ? 16 : 32;
     else if (m > 1) {
       const runs = 2 * ending[d]! + 1;
       cost = (d === 0 && runs <= NODE_WORDS ? 64 : 32 + 4 * runs) + pending[d]!;
@@ -637,9 +647,9 @@ function place(builder: TrieBuilder, p: Placement, rows: Uint32Array): void {
   // Direct tables: slot words only (the other half of each row is
   // terminals); terminals in a direct table's row move with the words.
   const inlineRefs = Uint32Array.from(builder.inlineTerminals, (k) => (words[k]! + wordBase / TERMINAL.words) >>> 0);
-  for (const [start, size] of builder.directTables) {
+  for (const [start, size, perRow] of builder.directTables) {
     for (let row = start; row < start + size; row += WORDS_PER_ROW) {
-      for (let k = row; k < row + DIRECT_SLOTS_PER_ROW; k++) words[k] = relocateRef(words[k]!, p);
+      for (let k = row; k < row + perRow; k++) words[k] = relocateRef(words[k]!, p);
     }
   }
   builder.inlineTerminals.forEach((k, j) => (words[k] = inlineRefs[j]!));

@@ -23,7 +23,6 @@ import {
   REF_NODE,
   REF_TERMINAL,
   ROOT_BITS_SHIFT,
-  ROOT_ROW_MASK,
   ROOT_SLOTS,
   ROOT_WORD,
   ROW_BYTES,
@@ -132,12 +131,11 @@ export class TableDecoder {
   decodeTrie(slot: number, root: number): void {
     this.enterTrie(slot);
     const s = root >>> ROOT_BITS_SHIFT;
-    const row = root & ROOT_ROW_MASK;
     const starts = this.starts;
     starts.fill(0, 0, 4);
     for (let v = 0; v < 1 << s; v++) {
       starts[0] = s === 0 ? 0 : (v << (32 - s)) >>> 0; // s <= 22
-      const ref = this.table[directSlotWord(row, v)]!;
+      const ref = this.table[directSlotWord(root, v)]!;
       if (ref === 0) continue;
       this.visit(ref, 0, s);
     }

@@ -19,7 +19,8 @@ export const NODE_WORDS = NODE_BYTES / 4;
 export const ROOT_WORD = WORDS_PER_ROW;
 export const ROOT_SLOTS = 4 << 16;
 export const ROOT_BITS_SHIFT = 27;
-export const ROOT_ROW_MASK = (1 << ROOT_BITS_SHIFT) - 1;
+export const ROOT_INLINE_TERMINALS = 1 << 26;
+export const ROOT_ROW_MASK = ROOT_INLINE_TERMINALS - 1;
 
 export const REF_NODE = 0x80000000;
 export const REF_TERMINAL = 0x40000000;
@@ -28,8 +29,10 @@ export const DIRECT_SLOTS_PER_ROW = 8;
 export const DIRECT_ROW_SHIFT = 3;
 export const INLINE_TERMINALS_PER_ROW = 2;
 
-/** Word index of direct-table slot v of a table starting at row `row`. */
-export function directSlotWord(row: number, v: number): number {
+/** Word index of direct-table slot v of the trie whose root word is `root`. */
+export function directSlotWord(root: number, v: number): number {
+  const row = root & ROOT_ROW_MASK;
+  if (!(root & ROOT_INLINE_TERMINALS)) return row * WORDS_PER_ROW + v;
   return (row + (v >>> DIRECT_ROW_SHIFT)) * WORDS_PER_ROW + (v & (DIRECT_SLOTS_PER_ROW - 1));
 }
 export const LEAF_RESULT_MASK = 0x1ffff;

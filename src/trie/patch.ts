@@ -35,7 +35,6 @@ import {
   REF_NODE,
   REF_TERMINAL,
   ROOT_BITS_SHIFT,
-  ROOT_ROW_MASK,
   ROOT_WORD,
   ROW_BYTES,
   TERMINAL,
@@ -124,7 +123,7 @@ export function planPatch(table: Uint32Array, capacityRows: number, key: Binding
   if (key.prefixLen < s) return { kind: 'full', reason: `a /${key.prefixLen} spans several of the trie's /${s} slots` };
   if (key.prefixLen === s && destination === null) return { kind: 'full', reason: `unbinding a /${s} changes what its slot inherits` };
   const v = bitsAt(key.addr, 0, 0, s);
-  const slotWord = directSlotWord(root & ROOT_ROW_MASK, v);
+  const slotWord = directSlotWord(root, v);
   const ref = table[slotWord]!;
   const start = [(v << (32 - s)) >>> 0, 0, 0, 0];
   const inherited = inheritedOf(table, ref);

@@ -11,7 +11,6 @@ import {
   REF_NODE,
   REF_TERMINAL,
   ROOT_BITS_SHIFT,
-  ROOT_ROW_MASK,
   ROOT_WORD,
   ROW_BYTES,
   MAX_STEPS_V4,
@@ -33,8 +32,7 @@ export function walkTable(bytes: Uint8Array, ipproto: number, address: Address, 
   const walk = (root: number): number => {
     if (!root) return 0;
     const bits = root >>> ROOT_BITS_SHIFT;
-    const row = root & ROOT_ROW_MASK;
-    let ref = word(directSlotWord(row, Number(hi >> BigInt(64 - bits))));
+    let ref = word(directSlotWord(root, Number(hi >> BigInt(64 - bits))));
     let pos = bits;
     for (let step = 0; step < maxSteps; step++) {
       if (!(ref & REF_NODE)) {

@@ -117,6 +117,24 @@ describe('in-place changes to a live table', () => {
     }
   });
 
+  it('changes host routes whose terminals live in the direct table\'s rows', () => {
+    const r = rng(21);
+    let expected = new BindingTable();
+    const host = () => ({ family: 4 as const, words: [Math.floor(r() * 2 ** 32) >>> 0, 0, 0, 0] as [number, number, number, number], length: 32 });
+    while (expected.count < 5000) expected.add(`h${expected.count % 4}`, 'tcp', host(), 0);
+    const table = liveTable(expected, 1 << 16);
+    let patched = 0;
+    for (let step = 0; step < 400; step++) {
+      const unbind = step % 3 === 0;
+      const prefix = unbind ? expected.prefix(Math.floor(r() * expected.count)) : host();
+      const c = change(table, expected, unbind ? null : `h${step % 5}`, 'tcp', prefix, 0);
+      if (c.kind === 'patch') patched++;
+      expected = c.next;
+    }
+    expect(patched).toBeGreaterThan(350);
+    agree(table, expected, 5, { 4: [[0, 0, 0, 0]], 6: [[0x20010db8, 0, 0, 0]] });
+  });
+
   it('hides and lists bindings a change tiles over, and shows them again', () => {
     let expected = tilingSet();
     const table = liveTable(expected, 1 << 16);

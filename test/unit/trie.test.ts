@@ -2,10 +2,11 @@ import { describe, expect, it } from 'vitest';
 import { BindingTable, IPPROTO } from '../../src/bindings/binding.js';
 import { ReferenceLpm } from '../../src/bindings/reference.js';
 import { buildTable, type TrieInput } from '../../src/trie/builder.js';
-import { leafDestination, leafPrefixLen } from '../../src/trie/layout.js';
+import { ROOT_INLINE_TERMINALS, ROOT_WORD, leafDestination, leafPrefixLen, rootSlot } from '../../src/trie/layout.js';
+import { decodeTable } from '../../src/trie/decoder.js';
 import { parseAddress, parsePrefix, type Prefix } from '../../src/net/address.js';
 import { walkTable } from '../support/walk.js';
-import { randomBindings, randomQueries } from '../support/random.js';
+import { randomBindings, randomQueries, rng } from '../support/random.js';
 
 /** Destination id = label index, enough to tell bindings apart by label. */
 function inputOf(table: BindingTable): TrieInput {
@@ -45,6 +46,33 @@ describe('trie builder against the reference LPM', () => {
       const set = randomBindings(seed, 1 + (seed % 40), seed % 3 === 0 ? [6] : seed % 3 === 1 ? [4] : [4, 6]);
       check(set.table, seed * 13, 300, set.bases);
     }
+  });
+
+  it('keeps lone host routes as terminals in the direct table\'s rows, and agrees with the reference', () => {
+    const r = rng(11);
+    const table = new BindingTable();
+    const seen = new Set<number>();
+    while (table.count < 20_000) {
+      const a = Math.floor(r() * 2 ** 32) >>> 0;
+      if (seen.has(a)) continue;
+      seen.add(a);
+      table.add(`s${table.count % 7}`, 'tcp', { family: 4, words: [a, 0, 0, 0], length: 32 }, table.count % 3 === 0 ? 443 : 0);
+    }
+    const built = buildTable(inputOf(table));
+    const root = new DataView(built.bytes.buffer).getUint32((ROOT_WORD + rootSlot(4, 6, 0)) * 4, true);
+    expect(root & ROOT_INLINE_TERMINALS).not.toBe(0);
+    const ref = new ReferenceLpm(table);
+    let hits = 0;
+    for (let k = 0; k < 20_000; k++) {
+      const address = k % 2 ? { family: 4 as const, words: [Math.floor(r() * 2 ** 32) >>> 0, 0, 0, 0] as [number, number, number, number] } : table.prefix(Math.floor(r() * table.count));
+      const port = k % 3 ? 443 : 80;
+      const want = ref.lookup('tcp', address, port);
+      const got = walkTable(built.bytes, 6, address, port).leaf;
+      expect(leafDestination(got)).toBe(want === undefined ? undefined : table.labelIndex[want.index]);
+      if (want) hits++;
+    }
+    expect(hits).toBeGreaterThan(5_000);
+    expect(decodeTable(new Uint32Array(built.bytes.buffer, built.bytes.byteOffset, built.bytes.byteLength / 4)).count).toBe(table.count);
   });
 
   it('uses skip nodes so a lone IPv6 host costs few nodes', () => {

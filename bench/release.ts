@@ -27,7 +27,25 @@ function meminfoKb(field: string): number {
   return m ? Number(m[1]) : NaN;
 }
 
+/**
+ * Waits until `counter` holds still (under 1 MB of change in 100 ms, at most
+ * 5 s), so frees the previous measurements queued (the 4M table, 190 MB)
+ * are not counted: right after the 4M row the same release measured 17 ms
+ * (twice), alone 4-8 ms, and after this wait 6.9 ms.
+ */
+async function settled(counter: string): Promise<void> {
+  const started = performance.now();
+  let last = meminfoKb(counter);
+  while (performance.now() - started < 5_000) {
+    await new Promise((r) => setTimeout(r, 100));
+    const now = meminfoKb(counter);
+    if (Math.abs(now - last) < 1024) return;
+    last = now;
+  }
+}
+
 async function release(fd: Fd, counter: 'VmallocUsed' | 'SUnreclaim', timeoutMs = 30_000): Promise<ReleaseTime> {
+  await settled(counter);
   const bytes = mapMemory(fd.fd);
   const before = meminfoKb(counter);
   const target = before - (0.9 * bytes) / 1024;

@@ -13,6 +13,7 @@
  */
 import type { BindingTable } from '../src/bindings/binding.js';
 import { sortBindings } from '../src/bindings/order.js';
+import { prefixContains } from '../src/net/address.js';
 import { buildTable, type BuiltTable, type TrieInput } from '../src/trie/builder.js';
 import { ROOT_WORD, ROW_BYTES, WORDS_PER_ROW, rootSlot } from '../src/trie/layout.js';
 
@@ -53,13 +54,7 @@ export function buildSingle(table: BindingTable): BuiltTable {
   const contains = (a: number, b: number) => {
     const len = table.prefixLen[a]!;
     if (table.family[a] !== table.family[b] || table.protocol[a] !== table.protocol[b] || table.prefixLen[b]! < len) return false;
-    for (let w = 0; w < 4; w++) {
-      const bits = Math.max(0, Math.min(32, len - 32 * w));
-      if (bits === 0) break;
-      const mask = bits === 32 ? 0xffffffff : (0xffffffff << (32 - bits)) >>> 0;
-      if (((table.addr[a * 4 + w]! ^ table.addr[b * 4 + w]!) & mask) !== 0) return false;
-    }
-    return true;
+    return prefixContains(table.addr, a * 4, len, table.addr, b * 4);
   };
   for (let k = 0; k < n; ) {
     const i = order[k]!;

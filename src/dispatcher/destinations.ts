@@ -40,8 +40,8 @@ export class Destinations {
     this.bytes = new Uint8Array(buffer);
   }
 
-  static read(map: BpfMap, writable: boolean): Destinations {
-    return new Destinations(map.mmap(writable));
+  static read(map: BpfMap): Destinations {
+    return new Destinations(map.mmap(true));
   }
 
   close(): void {

@@ -245,7 +245,7 @@ export class Dispatcher {
 
   /** The pinned destinations, mapped once for this Dispatcher's life (the mapping is shared, so always current). */
   private destinations(): Destinations {
-    this.destinationsView ??= Destinations.read(this.state.maps.destinations, true);
+    this.destinationsView ??= Destinations.read(this.state.maps.destinations);
     return this.destinationsView;
   }
 

@@ -104,6 +104,16 @@ export function wordMask(length: number, i: number): number {
 export const PREFIX_MASKS = new Uint32Array(129 * 4);
 for (let length = 0; length <= 128; length++) for (let i = 0; i < 4; i++) PREFIX_MASKS[length * 4 + i] = wordMask(length, i);
 
+/** Whether the prefix (words[at..at+4), length) contains the address other[ot..ot+4). */
+export function prefixContains(words: ArrayLike<number>, at: number, length: number, other: ArrayLike<number>, ot: number): boolean {
+  for (let i = 0; i < 4; i++) {
+    const m = PREFIX_MASKS[length * 4 + i]!;
+    if (m === 0) return true;
+    if (((words[at + i]! ^ other[ot + i]!) & m) !== 0) return false;
+  }
+  return true;
+}
+
 export function maskWords(words: Words, length: number): Words {
   return [
     (words[0] & wordMask(length, 0)) >>> 0,

@@ -12,7 +12,7 @@
  * - skip nodes where all prefixes of a subtree share their next bits, so a
  *   lone IPv6 /128 under a /32 costs two node loads, not fifteen.
  */
-import { PREFIX_MASKS, bitsAt, wordMask } from '../net/address.js';
+import { PREFIX_MASKS, bitsAt, prefixContains, wordMask } from '../net/address.js';
 import { type BindingColumns, sortBindings } from '../bindings/order.js';
 import {
   HEADER,
@@ -827,7 +827,7 @@ export function findShadowed(input: TrieInput, order: Uint32Array, lo: number, h
   };
   for (let k = lo; k < hi; k++) {
     const i = order[k]!;
-    while (stack.length && !contains(addr, stack[stack.length - 1]! * 4, input.prefixLen[stack[stack.length - 1]!]!, addr, i * 4)) close();
+    while (stack.length && !prefixContains(addr, stack[stack.length - 1]! * 4, input.prefixLen[stack[stack.length - 1]!]!, addr, i * 4)) close();
     const d = stack.length;
     if (d > 0) {
       const c = (d - 1) * 4;
@@ -843,16 +843,6 @@ export function findShadowed(input: TrieInput, order: Uint32Array, lo: number, h
     for (let w = 0; w < 4; w++) cursor[d * 4 + w] = addr[i * 4 + w]!;
   }
   while (stack.length) close();
-}
-
-/** Whether prefix (a, len) contains address b. */
-function contains(a: ArrayLike<number>, at: number, len: number, b: ArrayLike<number>, bt: number): boolean {
-  for (let w = 0; w < 4; w++) {
-    const m = PREFIX_MASKS[len * 4 + w]!;
-    if (m === 0) return true;
-    if (((a[at + w]! ^ b[bt + w]!) & m) !== 0) return false;
-  }
-  return true;
 }
 
 /** Writes into out[ot..ot+4) the address after prefix (a, len), wrapping to 0 past the top. */

@@ -10,8 +10,8 @@
  * of the prefixes that contain the current region (each longer than the one
  * below) tells a prefix seen again from a new one.
  */
-import { sortBindings } from '../bindings/order.js';
-import { PREFIX_MASKS, wordMask } from '../net/address.js';
+import { compareKeys, sortBindings } from '../bindings/order.js';
+import { PREFIX_MASKS } from '../net/address.js';
 import { readHeader, type TrieInput } from './builder.js';
 import {
   LEAF_PLEN_MASK,
@@ -33,7 +33,6 @@ import {
 
 const STRIDE = 6;
 
-const MASKS = PREFIX_MASKS;
 
 export class Columns implements TrieInput {
   count = 0;
@@ -58,7 +57,7 @@ export class Columns implements TrieInput {
     this.protocol[i] = protocol;
     this.port[i] = port;
     this.prefixLen[i] = plen;
-    for (let w = 0; w < 4; w++) this.addr[i * 4 + w] = (addr[at + w]! & wordMask(plen, w)) >>> 0;
+    for (let w = 0; w < 4; w++) this.addr[i * 4 + w] = (addr[at + w]! & PREFIX_MASKS[plen * 4 + w]!) >>> 0;
     this.destination[i] = destination;
   }
   private grow(): void {
@@ -225,10 +224,10 @@ export class TableDecoder {
       const o = (this.openCount - 1) * 6;
       const m = open[o + 4]! * 4;
       if (
-        ((open[o]! ^ a[at]!) & MASKS[m]!) === 0 &&
-        ((open[o + 1]! ^ a[at + 1]!) & MASKS[m + 1]!) === 0 &&
-        ((open[o + 2]! ^ a[at + 2]!) & MASKS[m + 2]!) === 0 &&
-        ((open[o + 3]! ^ a[at + 3]!) & MASKS[m + 3]!) === 0
+        ((open[o]! ^ a[at]!) & PREFIX_MASKS[m]!) === 0 &&
+        ((open[o + 1]! ^ a[at + 1]!) & PREFIX_MASKS[m + 1]!) === 0 &&
+        ((open[o + 2]! ^ a[at + 2]!) & PREFIX_MASKS[m + 2]!) === 0 &&
+        ((open[o + 3]! ^ a[at + 3]!) & PREFIX_MASKS[m + 3]!) === 0
       ) {
         // The longest open prefix answers here: seen before if it has this leaf.
         if (open[o + 5] === leaf) return;
@@ -238,7 +237,7 @@ export class TableDecoder {
     }
     const o = this.openCount++ * 6;
     const m = plen * 4;
-    for (let w = 0; w < 4; w++) open[o + w] = (a[at + w]! & MASKS[m + w]!) >>> 0;
+    for (let w = 0; w < 4; w++) open[o + w] = (a[at + w]! & PREFIX_MASKS[m + w]!) >>> 0;
     open[o + 4] = plen;
     open[o + 5] = leaf;
     this.out.push(this.family, this.protocol, this.port, plen, a, at, result - 1);
@@ -296,7 +295,7 @@ function withoutRepeats(input: TrieInput, firstListed: number): TrieInput {
   for (let k = 0; k < input.count; k++) {
     const i = order[k]!;
     const j = k + 1 < input.count ? order[k + 1]! : -1;
-    if (j >= 0 && sameKey(input, i, j)) {
+    if (j >= 0 && compareKeys(input, i, input, j) === 0) {
       keep.push(i < firstListed ? i : j);
       k++;
       continue;
@@ -307,10 +306,4 @@ function withoutRepeats(input: TrieInput, firstListed: number): TrieInput {
   const out = new Columns(keep.length);
   for (const i of keep) out.push(input.family[i]!, input.protocol[i]!, input.port[i]!, input.prefixLen[i]!, input.addr, i * 4, input.destination[i]!);
   return out.trimmed();
-}
-
-function sameKey(c: TrieInput, i: number, j: number): boolean {
-  if (c.family[i] !== c.family[j] || c.protocol[i] !== c.protocol[j] || c.port[i] !== c.port[j] || c.prefixLen[i] !== c.prefixLen[j]) return false;
-  for (let w = 0; w < 4; w++) if (c.addr[i * 4 + w] !== c.addr[j * 4 + w]) return false;
-  return true;
 }

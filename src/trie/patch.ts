@@ -196,9 +196,10 @@ export function planPatch(table: Uint32Array, capacityRows: number, key: Binding
   };
   for (let i = 0; i < reachableCount; i++) {
     if (i === at) continue;
-    if (hidden.keys.has(keyText(set, i))) hide(set, i);
+    // set[i] is next[i] below the changed key's index, next[i - 1] above it.
+    if (hidden.bindings[at >= 0 && i > at ? i - 1 : i]) hide(set, i);
   }
-  if (destination !== null && key.prefixLen > s && hidden.keys.has(keyText(keyCols, 0))) hide(keyColumns(key, destination), 0);
+  if (destination !== null && key.prefixLen > s && hidden.bindings[next.count - 1]) hide(keyColumns(key, destination), 0); // pushed last
   const inheritedIsKey = key.prefixLen === s && leafPrefixLen(inherited) === s;
   if (inheritedReachable && !inheritedIsKey && (nextInherited !== inherited || inheritedHidden)) {
     // The binding the slot inherited stops answering here.
@@ -233,19 +234,15 @@ export function planPatch(table: Uint32Array, capacityRows: number, key: Binding
   return { kind: 'patch', previous, rows, stores };
 }
 
-function keyText(c: TrieInput, i: number): string {
-  return `${c.family[i]}/${c.protocol[i]}/${c.port[i]}/${c.prefixLen[i]}/${c.addr[i * 4]}.${c.addr[i * 4 + 1]}.${c.addr[i * 4 + 2]}.${c.addr[i * 4 + 3]}`;
-}
-
 function containsKey(set: TrieInput, c: TrieInput, i: number): boolean {
   return indexOfKey(set, c, i) >= 0;
 }
 
 /**
- * The slot's bindings (all longer than `s`) that longer ones tile, by key,
- * and whether they tile the whole slot.
+ * Which of the slot's bindings (all longer than `s`; by index in `next`)
+ * longer ones tile, and whether they tile the whole slot.
  */
-function hiddenAfter(next: TrieInput, order: Uint32Array, start: number[], s: number, key: BindingKey): { keys: Set<string>; slot: boolean } {
+function hiddenAfter(next: TrieInput, order: Uint32Array, start: number[], s: number, key: BindingKey): { bindings: Uint8Array; slot: boolean } {
   // The slot as a binding of its own, shortest, first in order.
   const withSlot = new Columns(next.count + 1);
   withSlot.push(key.family, key.protocol, key.port, s, start, 0, 0);
@@ -255,13 +252,13 @@ function hiddenAfter(next: TrieInput, order: Uint32Array, start: number[], s: nu
   }
   const out: number[] = [];
   findShadowed(withSlot, Uint32Array.from({ length: withSlot.count }, (_, i) => i), 0, withSlot.count, out);
-  const keys = new Set<string>();
+  const bindings = new Uint8Array(next.count);
   let slot = false;
-  for (const i of out) {
-    if (i === 0) slot = true;
-    else keys.add(keyText(withSlot, i));
+  for (const w of out) {
+    if (w === 0) slot = true;
+    else bindings[order[w - 1]!] = 1;
   }
-  return { keys, slot };
+  return { bindings, slot };
 }
 
 /**

@@ -238,6 +238,8 @@ function markdown(machine: Machine, rows: LookupRow[], extra: Record<string, unk
     '',
     `Machine: ${machine.cpu}, ${machine.cpus} CPUs, ${Object.entries(machine.caches).map(([k, v]) => `${k} ${v}`).join(', ')}; kernel ${machine.kernel}; BPF JIT ${machine.bpfJit}; SRSO: ${machine.mitigations.spec_rstack_overflow}.`,
     '',
+    `Dependent-load latency (random 64-byte lines; what one cache-missing trie level costs): ${Object.entries(machine.loadLatencyNs).map(([k, v]) => `${k} ${v} ns`).join(', ')}.`,
+    '',
     'Lookup: ns per program run (BPF_PROG_TEST_RUN, queries rotated through a random array), net of an empty program\'s floor measured in the same run; median of 3.',
     '',
     '| set | family | bindings | floor ns | ours ns | tubular ns | ratio | ours B/binding (trie) | tubular B/binding | ours build+publish ms | tubular insert ms |',
@@ -269,7 +271,7 @@ function markdown(machine: Machine, rows: LookupRow[], extra: Record<string, unk
 
 async function main(): Promise<void> {
   const machine = describeMachine();
-  log(`machine: ${machine.cpu}, ${machine.cpus} CPUs, ${JSON.stringify(machine.caches)}, kernel ${machine.kernel}, JIT ${machine.bpfJit}`);
+  log(`machine: ${machine.cpu}, ${machine.cpus} CPUs, ${JSON.stringify(machine.caches)}, kernel ${machine.kernel}, JIT ${machine.bpfJit}, load latency ${JSON.stringify(machine.loadLatencyNs)}`);
   const queryCount = 1 << 20;
   const plan: Array<[SetName, number, boolean]> = quick
     ? [

@@ -206,20 +206,32 @@ const DOCUMENT_FIELDS = new Set(['bindings']);
 const BINDING_FIELDS = new Set(['label', 'protocol', 'prefix', 'port']);
 
 /**
- * Validates a whole bindings document (`{"bindings": [...]}`) before anything
- * is applied: unknown fields, bad values and duplicate keys are errors that
- * name the entry (its index and content).
+ * Validates a bindings document (`{"bindings": [...]}`) before anything is
+ * applied. The desired-state document (src/desired/state.ts) adds service
+ * policies and HTTPS-only ranges around the same list.
  */
 export function parseBindingsDocument(doc: unknown, source: string): BindingTable {
+  checkDocumentFields(doc, source, DOCUMENT_FIELDS, '{"bindings": [...]}');
+  return parseBindingList((doc as { bindings?: unknown }).bindings, source);
+}
+
+/** An object with only these fields, or an error that names the first other one. */
+export function checkDocumentFields(doc: unknown, source: string, fields: ReadonlySet<string>, shape: string): asserts doc is Record<string, unknown> {
   if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) {
-    throw new SwitchyardError('EINVAL_FILE', `${source}: expected an object {"bindings": [...]}`, { entry: source });
+    throw new SwitchyardError('EINVAL_FILE', `${source}: expected an object ${shape}`, { entry: source });
   }
   for (const field of Object.keys(doc)) {
-    if (!DOCUMENT_FIELDS.has(field)) {
+    if (!fields.has(field)) {
       throw new SwitchyardError('EINVAL_FILE', `${source}: unknown field ${JSON.stringify(field)}`, { entry: field });
     }
   }
-  const list = (doc as { bindings?: unknown }).bindings;
+}
+
+/**
+ * The "bindings" list of a document: unknown fields, bad values and duplicate
+ * keys are errors that name the entry (its index and content).
+ */
+export function parseBindingList(list: unknown, source: string): BindingTable {
   if (!Array.isArray(list)) {
     throw new SwitchyardError('EINVAL_FILE', `${source}: "bindings" must be an array`, { entry: source });
   }

@@ -9,7 +9,6 @@ import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { SwitchyardError, isKernelError } from '../errors.js';
 import {
   parseBindingPrefix,
-  parseBindingsDocument,
   parseLabel,
   parsePort,
   parseProtocol,
@@ -17,6 +16,7 @@ import {
 } from '../bindings/binding.js';
 import { parseAddress, type Prefix, maskWords } from '../net/address.js';
 import { locate, type Location } from '../dispatcher/state.js';
+import { readDesiredState } from '../desired/state.js';
 import { Dispatcher, load, unload, upgrade, type BindingSpec, type LookupAnswer, type Status } from '../dispatcher/dispatcher.js';
 import type { LookupQuery } from '../dispatcher/lookup.js';
 import { listenFds, socketsOfProcess } from '../sockets/sockets.js';
@@ -223,17 +223,11 @@ const COMMANDS: Record<string, Command> = {
   },
   'load-bindings': {
     usage: 'load-bindings <file.json>',
-    summary: 'replace the whole binding set from {"bindings":[{"label","protocol","prefix","port"}]}; validated first, switched atomically',
+    summary:
+      'replace the whole binding set from a desired-state file {"bindings":[{"label","protocol","prefix","port"}], "services":…, "https_only":…} (only its bindings are used here); the whole file is validated first, the table switched atomically',
     run(args, flags, out) {
       expectArgs(args, 1, this.usage);
-      const file = args[0]!;
-      let doc: unknown;
-      try {
-        doc = JSON.parse(file === '-' ? fs.readFileSync(0, 'utf8') : fs.readFileSync(file, 'utf8'));
-      } catch (err) {
-        throw new SwitchyardError('EINVAL_FILE', `${file}: ${(err as Error).message}`, { entry: file, cause: err });
-      }
-      const next = parseBindingsDocument(doc, file);
+      const next = readDesiredState(args[0]!).bindings;
       const r = withDispatcher(flags, (d) => d.replaceBindings(next));
       out.data(r, () =>
         `loaded ${r.bindings} bindings (+${r.added} −${r.removed}), table ${r.tableBytes} bytes, built in ${r.buildMs.toFixed(0)} ms, published in ${r.publishMs.toFixed(1)} ms`,

@@ -1,0 +1,277 @@
+/**
+ * The firewall's desired state, rendered from the desired-state document by a
+ * pure function (no I/O): ipsets and the rules of the chains we own, per
+ * family. The verdicts follow the dispatcher's precedence exactly
+ * (system.md): a packet to (protocol, address, port) is
+ *
+ *   reject  if the address is in an HTTPS-only range and the port is plaintext
+ *           (TCP: reset, UDP: ICMP port unreachable), whatever is bound there;
+ *   accept  if the binding the dispatcher picks belongs to a service whose
+ *           policy allows that protocol and port;
+ *   drop    otherwise, if the address is in any bound prefix of its family;
+ *   pass    (left to the rest of INPUT) if it is not ours at all.
+ *
+ * Longest-prefix precedence is expressed with ipset `hash:net` `nomatch`
+ * entries (a set matches by its most specific entry), so carving a /32 out of
+ * a /24 is one more entry, not a split into disjoint CIDRs. Per family and
+ * protocol:
+ *   - one set per service with wildcard-port bindings: the addresses where
+ *     the longest wildcard binding is that service's;
+ *   - one set per port that has exact-port bindings: the addresses where the
+ *     binding picked for that port belongs to a service allowing it. Packets
+ *     to such a port are decided there and never reach the per-service rules.
+ * Rules stay few (they do not grow with the bindings); sets grow.
+ */
+import crypto from 'node:crypto';
+import { type Family, type Prefix, PREFIX_MASKS, formatPrefix } from '../net/address.js';
+import { IPPROTO, type Protocol } from '../bindings/binding.js';
+import { type DesiredState, type PortRanges, allowedPorts, rangesContain } from '../desired/state.js';
+
+export const MAIN_CHAIN = 'SWITCHYARD';
+export const PROTOCOL_CHAIN: Record<Protocol, string> = { tcp: 'SWITCHYARD-TCP', udp: 'SWITCHYARD-UDP' };
+/** Every set we own starts with this (s[yx] + family + '-'); sx… are temporaries for swaps. */
+export const OWNED_SET = /^s[yx][46]-/;
+/** ipset's limit on set names. */
+const SET_NAME_MAX = 31;
+/** iptables' multiport match takes at most 15 ports, a range counting as two. */
+const MULTIPORT_SLOTS = 15;
+
+export type Verdict = 'accept' | 'drop' | 'reject' | 'pass';
+
+export interface SetEntry {
+  prefix: Prefix;
+  nomatch: boolean;
+}
+
+export interface IpSet {
+  name: string;
+  family: Family;
+  entries: SetEntry[];
+  /** What the set stands for, for status output and errors. */
+  purpose: string;
+}
+
+export type RuleTarget = 'ACCEPT' | 'DROP' | 'RETURN' | 'REJECT' | string;
+
+export interface Rule {
+  protocol?: Protocol;
+  /** Destination ports; absent means any. */
+  dports?: PortRanges;
+  set?: { name: string; negate: boolean };
+  target: RuleTarget;
+  rejectWith?: 'tcp-reset' | 'icmp-port-unreachable' | 'icmp6-port-unreachable';
+  /** Why the rule exists, for errors that map a failed line back to it. */
+  why: string;
+}
+
+export interface Chain {
+  name: string;
+  rules: Rule[];
+}
+
+export interface FamilyPlan {
+  family: Family;
+  /** Main chain first: the one INPUT jumps to. */
+  chains: Chain[];
+  sets: IpSet[];
+}
+
+export interface FirewallPlan {
+  families: [FamilyPlan, FamilyPlan];
+}
+
+const setPrefix = (family: Family) => `sy${family}-`;
+
+/** Set names carry the label when it fits and a hash of it when it does not. */
+function labelSetName(family: Family, protocol: Protocol, label: string): string {
+  const head = `${setPrefix(family)}${protocol}-l-`;
+  if (head.length + label.length <= SET_NAME_MAX) return head + label;
+  const hash = crypto.createHash('sha256').update(label).digest('hex').slice(0, 8);
+  return `${head}${label.slice(0, SET_NAME_MAX - head.length - 9)}-${hash}`;
+}
+
+export const managedSetName = (family: Family) => `${setPrefix(family)}managed`;
+export const httpsOnlySetName = (family: Family) => `${setPrefix(family)}https`;
+const portSetName = (family: Family, protocol: Protocol, port: number) => `${setPrefix(family)}${protocol}-p${port}`;
+/** The temporary a set is filled in before a swap: same length, still ours. */
+export const temporarySetName = (name: string) => `sx${name.slice(2)}`;
+
+function compareAddresses(a: Prefix, b: Prefix): number {
+  for (let i = 0; i < 4; i++) if (a.words[i] !== b.words[i]) return a.words[i]! < b.words[i]! ? -1 : 1;
+  return a.length - b.length;
+}
+
+function contains(outer: Prefix, inner: Prefix): boolean {
+  if (outer.length > inner.length) return false;
+  for (let i = 0; i < 4; i++) {
+    const m = PREFIX_MASKS[outer.length * 4 + i]!;
+    if (((outer.words[i]! ^ inner.words[i]!) & m) !== 0) return false;
+  }
+  return true;
+}
+
+/** hash:net cannot hold a /0: it becomes its two /1 halves (unless a half is itself listed). */
+function withoutZeroLength<T extends { prefix: Prefix }>(items: T[]): T[] {
+  const out: T[] = [];
+  const listed = new Set(items.filter((i) => i.prefix.length === 1).map((i) => formatPrefix(i.prefix)));
+  for (const item of items) {
+    if (item.prefix.length !== 0) {
+      out.push(item);
+      continue;
+    }
+    for (const words of [[0, 0, 0, 0], [0x80000000, 0, 0, 0]]) {
+      const half: Prefix = { family: item.prefix.family, words: words as Prefix['words'], length: 1 };
+      if (!listed.has(formatPrefix(half))) out.push({ ...item, prefix: half });
+    }
+  }
+  return out;
+}
+
+/**
+ * The fewest hash:net entries whose most-specific-match equals `verdict` for
+ * every address, given each listed prefix's verdict (the longest listed
+ * prefix containing an address decides; no listed prefix means no match).
+ * An entry is needed only where its verdict differs from what encloses it.
+ */
+export function lpmEntries(items: Array<{ prefix: Prefix; verdict: boolean }>): SetEntry[] {
+  const sorted = withoutZeroLength(items).sort((a, b) => compareAddresses(a.prefix, b.prefix));
+  const entries: SetEntry[] = [];
+  const stack: Array<{ prefix: Prefix; verdict: boolean }> = [];
+  for (const item of sorted) {
+    while (stack.length > 0 && !contains(stack[stack.length - 1]!.prefix, item.prefix)) stack.pop();
+    const enclosing = stack.length > 0 ? stack[stack.length - 1]!.verdict : false;
+    if (item.verdict !== enclosing) entries.push({ prefix: item.prefix, nomatch: !item.verdict });
+    stack.push(item);
+  }
+  return entries;
+}
+
+/** Prefixes with the ones inside another dropped (a plain, all-match set). */
+function outermost(prefixes: Prefix[]): SetEntry[] {
+  return lpmEntries(prefixes.map((prefix) => ({ prefix, verdict: true })));
+}
+
+/** Ranges as multiport chunks of at most 15 slots (a range takes two). */
+function portChunks(ranges: PortRanges): PortRanges[] {
+  if (ranges.length === 1 && ranges[0]![0] === 1 && ranges[0]![1] === 65535) return [[]];
+  const chunks: Array<Array<readonly [number, number]>> = [];
+  let current: Array<readonly [number, number]> = [];
+  let slots = 0;
+  for (const r of ranges) {
+    const cost = r[0] === r[1] ? 1 : 2;
+    if (slots + cost > MULTIPORT_SLOTS) {
+      chunks.push(current);
+      current = [];
+      slots = 0;
+    }
+    current.push(r);
+    slots += cost;
+  }
+  if (current.length > 0) chunks.push(current);
+  return chunks;
+}
+
+/** One rule per chunk of ports (an empty chunk list means no rule; [[]] means any port). */
+function perPortChunk(ranges: PortRanges, make: (dports: PortRanges | undefined) => Rule): Rule[] {
+  if (ranges.length === 0) return [];
+  return portChunks(ranges).map((chunk) => make(chunk.length === 0 ? undefined : chunk));
+}
+
+interface Bound {
+  prefix: Prefix;
+  label: string;
+  port: number;
+}
+
+function protocolPlan(state: DesiredState, family: Family, protocol: Protocol, bound: Bound[]): { chain: Chain; sets: IpSet[] } {
+  const managed = managedSetName(family);
+  const wildcard = bound.filter((b) => b.port === 0);
+  const exactPorts = [...new Set(bound.filter((b) => b.port !== 0).map((b) => b.port))].sort((a, b) => a - b);
+  const rules: Rule[] = [];
+  const sets: IpSet[] = [];
+
+  for (const port of exactPorts) {
+    // The binding picked for this port at each prefix: on equal prefixes the
+    // exact port beats the wildcard, so exact ones overwrite.
+    const picked = new Map<string, Bound>();
+    for (const b of wildcard) picked.set(formatPrefix(b.prefix), b);
+    for (const b of bound) if (b.port === port) picked.set(formatPrefix(b.prefix), b);
+    const entries = lpmEntries(
+      [...picked.values()].map((b) => ({ prefix: b.prefix, verdict: rangesContain(allowedPorts(state, b.label, protocol), port) })),
+    );
+    const name = portSetName(family, protocol, port);
+    if (entries.length > 0) {
+      sets.push({ name, family, entries, purpose: `${protocol} port ${port}: addresses whose binding for this port belongs to a service allowing it` });
+      rules.push({ protocol, dports: [[port, port]], set: { name, negate: false }, target: 'ACCEPT', why: `${protocol}/${port}: accept where the picked binding's service allows it` });
+    }
+    rules.push({ protocol, dports: [[port, port]], set: { name: managed, negate: false }, target: 'DROP', why: `${protocol}/${port}: drop the rest of the bound addresses` });
+  }
+
+  const labels = [...new Set(wildcard.map((b) => b.label))].sort();
+  for (const label of labels) {
+    const ports = allowedPorts(state, label, protocol);
+    if (ports.length === 0) continue;
+    const entries = lpmEntries(wildcard.map((b) => ({ prefix: b.prefix, verdict: b.label === label })));
+    const name = labelSetName(family, protocol, label);
+    sets.push({ name, family, entries, purpose: `${protocol} any-port bindings of ${label}: where the longest one is ${label}'s` });
+    rules.push(
+      ...perPortChunk(ports, (dports) => ({
+        protocol,
+        ...(dports ? { dports } : {}),
+        set: { name, negate: false },
+        target: 'ACCEPT',
+        why: `${protocol}: ${label}'s policy on its any-port bindings`,
+      })),
+    );
+  }
+  rules.push({ set: { name: managed, negate: false }, target: 'DROP', why: `${protocol}: drop what no policy allows on bound addresses` });
+  return { chain: { name: PROTOCOL_CHAIN[protocol], rules }, sets };
+}
+
+function familyPlan(state: DesiredState, family: Family): FamilyPlan {
+  const t = state.bindings;
+  const bound: Record<Protocol, Bound[]> = { tcp: [], udp: [] };
+  const all: Prefix[] = [];
+  for (let i = 0; i < t.count; i++) {
+    if (t.family[i] !== family) continue;
+    const b = { prefix: t.prefix(i), label: t.label(i), port: t.port[i]! };
+    bound[t.protocol[i] === IPPROTO.tcp ? 'tcp' : 'udp'].push(b);
+    all.push(b.prefix);
+  }
+  const managed = managedSetName(family);
+  const https = httpsOnlySetName(family);
+  const httpsPrefixes = state.httpsOnly.prefixes.filter((p) => p.family === family);
+  const sets: IpSet[] = [
+    { name: managed, family, entries: outermost(all), purpose: 'every bound prefix (traffic outside them is not ours)' },
+  ];
+  const main: Rule[] = [];
+  if (httpsPrefixes.length > 0) {
+    sets.push({ name: https, family, entries: outermost(httpsPrefixes), purpose: 'HTTPS-only ranges' });
+    const unreachable = family === 4 ? 'icmp-port-unreachable' : 'icmp6-port-unreachable';
+    for (const protocol of ['tcp', 'udp'] as const) {
+      main.push(
+        ...perPortChunk(state.httpsOnly.plaintextPorts, (dports) => ({
+          protocol,
+          ...(dports ? { dports } : {}),
+          set: { name: https, negate: false },
+          target: 'REJECT',
+          rejectWith: protocol === 'tcp' ? 'tcp-reset' : unreachable,
+          why: `HTTPS-only: refuse plaintext ${protocol} ports`,
+        })),
+      );
+    }
+  }
+  const chains: Chain[] = [{ name: MAIN_CHAIN, rules: main }];
+  for (const protocol of ['tcp', 'udp'] as const) {
+    const p = protocolPlan(state, family, protocol, bound[protocol]);
+    main.push({ protocol, target: p.chain.name, why: `${protocol} to the ${protocol} chain` });
+    chains.push(p.chain);
+    sets.push(...p.sets);
+  }
+  return { family, chains, sets };
+}
+
+/** The whole firewall for a desired state: both families, always. */
+export function planFirewall(state: DesiredState): FirewallPlan {
+  return { families: [familyPlan(state, 4), familyPlan(state, 6)] };
+}

@@ -12,7 +12,8 @@ export type ErrorCode =
   | 'ECAPACITY'
   | 'ESOCKET_REJECTED'
   | 'ENO_SOCKETS'
-  | 'EKERNEL';
+  | 'EKERNEL'
+  | 'EFIREWALL';
 
 export class SwitchyardError extends Error {
   readonly code: ErrorCode;

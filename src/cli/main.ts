@@ -17,6 +17,7 @@ import {
 import { parseAddress, type Prefix, maskWords } from '../net/address.js';
 import { locate, type Location } from '../dispatcher/state.js';
 import { readDesiredState } from '../desired/state.js';
+import { FIREWALL_USAGE, firewallCommand, firewallVerdicts, type FirewallVerdict } from './firewall.js';
 import { Dispatcher, load, unload, upgrade, type BindingSpec, type LookupAnswer, type Status } from '../dispatcher/dispatcher.js';
 import type { LookupQuery } from '../dispatcher/lookup.js';
 import { listenFds, socketsOfProcess } from '../sockets/sockets.js';
@@ -89,7 +90,12 @@ function table(rows: string[][]): string {
   return rows.map((r) => r.map((cell, c) => (c === r.length - 1 ? cell : cell.padEnd(widths[c]!))).join('  ')).join('\n');
 }
 
-function describeAnswer(a: LookupAnswer): string {
+function describeAnswer(a: LookupAnswer & { firewall?: FirewallVerdict }): string {
+  const firewall = a.firewall ? `; firewall: ${a.firewall.verdict}${a.firewall.rule ? ` (${a.firewall.chain}: ${a.firewall.rule})` : ''}${a.firewall.error ? ` (${a.firewall.error})` : ''}` : '';
+  return describeDispatch(a) + firewall;
+}
+
+function describeDispatch(a: LookupAnswer): string {
   const query = `${a.protocol} ${a.address.includes(':') ? `[${a.address}]` : a.address}:${a.port}`;
   if (!a.binding) return `${query}: no binding matches; the kernel's normal socket lookup decides`;
   const b = `${a.binding.label} ${a.binding.protocol} ${a.binding.prefix} ${a.binding.port === 0 ? 'any port' : `port ${a.binding.port}`}`;
@@ -288,14 +294,25 @@ const COMMANDS: Record<string, Command> = {
   },
   lookup: {
     usage: 'lookup <tcp|udp> <ip> <port> | lookup - [--json]',
-    summary: 'run the loaded program on a query (BPF_PROG_TEST_RUN); "-" reads "proto ip port" lines from stdin',
+    summary: 'run the loaded program on a query (BPF_PROG_TEST_RUN), and evaluate the firewall rules and sets now in the kernel for it; "-" reads "proto ip port" lines from stdin',
     async run(args, flags, out) {
       if (args.length === 1 && args[0] === '-') return lookupStream(flags, out);
       expectArgs(args, 3, this.usage);
       const q = parseQuery(args[0]!, args[1]!, args[2]!, `query "${args.join(' ')}"`);
       const [answer] = withDispatcher(flags, (d) => [...d.lookup([q])]);
-      out.data(answer, () => describeAnswer(answer!));
+      const verdictOf = await firewallVerdicts(flags);
+      const withFirewall = { ...answer!, firewall: verdictOf(q.protocol, q.address, q.port) };
+      out.data(withFirewall, () => describeAnswer(withFirewall));
       return 0;
+    },
+  },
+  firewall: {
+    usage: FIREWALL_USAGE,
+    summary:
+      'ipsets and iptables rules that agree with the bindings: plan (what would be written), apply (write only what differs), status (what is in the kernel; with a state file, whether it drifted), cleanup (remove everything Switchyard created). Reads the desired-state file of load-bindings (bindings, services, https_only).',
+    options: { backend: { type: 'string' } },
+    run(args, flags, out) {
+      return firewallCommand(args, flags, out);
     },
   },
 };
@@ -311,8 +328,14 @@ async function lookupStream(flags: Record<string, unknown>, out: Output): Promis
       buffer = [];
     };
     const queries: LookupQuery[] = [];
+    const verdictOf = await firewallVerdicts(flags);
     const answer = () => {
-      for (const a of d.lookup(queries)) buffer.push(out.json ? `${JSON.stringify(a)}\n` : `${describeAnswer(a)}\n`);
+      let i = 0;
+      for (const a of d.lookup(queries)) {
+        const q = queries[i++]!;
+        const withFirewall = { ...a, firewall: verdictOf(q.protocol, q.address, q.port) };
+        buffer.push(out.json ? `${JSON.stringify(withFirewall)}\n` : `${describeAnswer(withFirewall)}\n`);
+      }
       queries.length = 0;
       flush();
     };
@@ -370,7 +393,7 @@ function oneLine(err: unknown): string {
 export async function main(argv: string[]): Promise<number> {
   // The command is the first word that is not an option or an option's value,
   // so global options may come before it (switchyard --netns X status).
-  const valued = new Set(['--netns', '--bpffs', '--object', '--label', '--protocol', '--prefix']);
+  const valued = new Set(['--netns', '--bpffs', '--object', '--label', '--protocol', '--prefix', '--backend']);
   let at = 0;
   while (at < argv.length && argv[at]!.startsWith('-') && argv[at] !== '-') at += valued.has(argv[at]!) ? 2 : 1;
   const name = argv[at] ?? (argv.some((a) => a === '--help' || a === '-h') ? '--help' : undefined);

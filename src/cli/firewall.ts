@@ -1,0 +1,141 @@
+/**
+ * `switchyard firewall plan|apply|status|cleanup`, and the firewall part of
+ * `lookup`: the kernel's rules and sets read back and evaluated, so the
+ * answer is what the firewall does now, not what a file says it should.
+ */
+import { SwitchyardError } from '../errors.js';
+import type { Address } from '../net/address.js';
+import type { Protocol } from '../bindings/binding.js';
+import { DEFAULT_NETNS } from '../dispatcher/state.js';
+import { readDesiredState } from '../desired/state.js';
+import { planFirewall, type FirewallPlan } from '../firewall/plan.js';
+import { Firewall, isEmpty, planChanges, type Backend, type Observed } from '../firewall/apply.js';
+import { observedRuleSet, renderChain, ruleBody } from '../firewall/netfilter.js';
+import { evaluate } from '../firewall/verdict.js';
+import { ProcessRunner } from '../firewall/runner.js';
+
+export const FIREWALL_USAGE = 'firewall plan|apply|status|cleanup [state.json] [--backend nft|legacy|auto] [--json]';
+
+export function openFirewall(flags: Record<string, unknown>): Firewall {
+  const backend = (flags.backend as string | undefined) ?? 'auto';
+  if (!['nft', 'legacy', 'auto'].includes(backend)) {
+    throw new SwitchyardError('EINVAL_ARGUMENT', `--backend ${JSON.stringify(backend)} must be nft, legacy or auto`, { entry: '--backend' });
+  }
+  const netns = flags.netns as string | undefined;
+  return new Firewall(new ProcessRunner(netns && netns !== DEFAULT_NETNS ? netns : undefined), { backend: backend as Backend | 'auto' });
+}
+
+function describePlan(plan: FirewallPlan) {
+  return plan.families.map((f) => ({
+    family: f.family,
+    sets: f.sets.map((s) => ({ name: s.name, entries: s.entries.length, nomatch: s.entries.filter((e) => e.nomatch).length, purpose: s.purpose })),
+    chains: f.chains.map((c) => ({ name: c.name, rules: renderChain(c).map((r) => ({ rule: ruleBody(r.rule).join(' '), why: r.rule.why, hash: r.hash })) })),
+  }));
+}
+
+function summarizeSets(observed: Observed) {
+  return [...observed.sets.values()].map((s) => ({ name: s.name, type: s.type, family: s.family, entries: s.entries.size, maxelem: s.maxelem }));
+}
+
+function summarizeRules(observed: Observed) {
+  return ([4, 6] as const).map((family) => {
+    const r = observed.rules[family];
+    return { family, jumps: r.jumps, chains: [...r.chains.values()].map((c) => ({ name: c.name, rules: c.hashes.length, ours: c.parsed })) };
+  });
+}
+
+type Out = { data(value: unknown, human: () => string): void };
+
+export async function firewallCommand(args: string[], flags: Record<string, unknown>, out: Out): Promise<number> {
+  const [sub, file, ...extra] = args;
+  if (extra.length > 0 || !sub) throw new SwitchyardError('EINVAL_ARGUMENT', `expected: ${FIREWALL_USAGE}`);
+  const needsFile = sub === 'plan' || sub === 'apply';
+  if (needsFile && !file) throw new SwitchyardError('EINVAL_ARGUMENT', `firewall ${sub} needs a state file: ${FIREWALL_USAGE}`);
+  if (sub === 'cleanup' && file) throw new SwitchyardError('EINVAL_ARGUMENT', 'firewall cleanup takes no state file: it removes everything Switchyard created');
+  // Validate the whole file before touching anything.
+  const plan = file ? planFirewall(readDesiredState(file)) : undefined;
+  const firewall = openFirewall(flags);
+  switch (sub) {
+    case 'plan': {
+      const observed = await firewall.observe();
+      const changes = planChanges(plan!, observed);
+      const value = { plan: describePlan(plan!), changes: changes.summary, inSync: isEmpty(changes) };
+      out.data(value, () =>
+        [
+          ...value.plan.flatMap((f) => [
+            `IPv${f.family}:`,
+            ...f.sets.map((s) => `  set ${s.name}: ${s.entries} entries (${s.nomatch} nomatch) — ${s.purpose}`),
+            ...f.chains.flatMap((c) => [`  chain ${c.name}:`, ...c.rules.map((r) => `    ${r.rule}   # ${r.why}`)]),
+          ]),
+          value.inSync ? 'the kernel already matches: apply would write nothing' : `apply would change: ${JSON.stringify(changes.summary)}`,
+        ].join('\n'),
+      );
+      return 0;
+    }
+    case 'apply': {
+      const result = await firewall.apply(plan!);
+      out.data(result, () =>
+        result.changed
+          ? `applied (${result.backend}) in ${result.ms.toFixed(0)} ms: ${Object.entries(result.summary).filter(([, v]) => v).map(([k, v]) => `${k} ${v}`).join(', ')}`
+          : `already in place (${result.backend}); nothing written (${result.ms.toFixed(0)} ms)`,
+      );
+      return 0;
+    }
+    case 'status': {
+      const observed = await firewall.observe();
+      const changes = plan ? planChanges(plan, observed) : undefined;
+      const value = {
+        backend: await firewall.backend(),
+        rules: summarizeRules(observed),
+        sets: summarizeSets(observed),
+        ...(changes ? { inSync: isEmpty(changes), drift: changes.summary } : {}),
+      };
+      out.data(value, () =>
+        [
+          `backend  ${value.backend}`,
+          ...value.rules.map(
+            (r) =>
+              `IPv${r.family}     jump from INPUT at ${r.jumps.length ? r.jumps.join(', ') : 'none (our rules are not hooked in)'}; ${r.chains.map((c) => `${c.name} ${c.rules} rules${c.ours ? '' : ' (some not ours)'}`).join(', ') || 'no chains'}`,
+          ),
+          ...value.sets.map((s) => `set      ${s.name} ${s.type} ${s.family}: ${s.entries} entries (maxelem ${s.maxelem})`),
+          ...(changes ? [isEmpty(changes) ? 'in sync with the state file' : `drift: apply would change ${JSON.stringify(changes.summary)}`] : []),
+        ].join('\n'),
+      );
+      return 0;
+    }
+    case 'cleanup': {
+      const result = await firewall.cleanup();
+      out.data(result, () =>
+        result.changed ? `removed: ${result.summary.jumpsFixed} jumps, ${result.summary.chainsWritten} chains, ${result.summary.setsDestroyed} sets` : 'nothing of ours to remove',
+      );
+      return 0;
+    }
+    default:
+      throw new SwitchyardError('EINVAL_ARGUMENT', `unknown firewall command ${JSON.stringify(sub)}: ${FIREWALL_USAGE}`);
+  }
+}
+
+export interface FirewallVerdict {
+  verdict: 'accept' | 'drop' | 'reject' | 'pass' | 'unknown';
+  /** The rule that decided, as iptables would print it. */
+  rule?: string;
+  chain?: string;
+  error?: string;
+}
+
+/** Evaluates queries against the rules and sets in the kernel now. */
+export async function firewallVerdicts(flags: Record<string, unknown>): Promise<(protocol: Protocol, address: Address, port: number) => FirewallVerdict> {
+  let observed: Observed;
+  try {
+    observed = await openFirewall(flags).observe();
+  } catch (err) {
+    const error = (err as Error).message;
+    return () => ({ verdict: 'unknown', error });
+  }
+  const ruleSets = { 4: observedRuleSet(observed.rules[4], observed.sets, 4), 6: observedRuleSet(observed.rules[6], observed.sets, 6) };
+  return (protocol, address, port) => {
+    if (observed.rules[address.family].jumps.length === 0) return { verdict: 'pass', error: 'no jump from INPUT to our chains' };
+    const e = evaluate(ruleSets[address.family], protocol, address, port);
+    return { verdict: e.verdict, ...(e.rule ? { rule: ruleBody(e.rule).join(' '), chain: e.chain } : {}) };
+  };
+}

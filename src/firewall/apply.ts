@@ -1,0 +1,285 @@
+/**
+ * Bringing the kernel's firewall to a plan: read back what is there (ours
+ * only), compute the changes with a pure function, then run them in an order
+ * that never opens a port a verdict should close:
+ *
+ *   1. `ipset restore`: leftover temporaries destroyed; new sets created and
+ *      filled (nothing refers to them yet); in existing sets first every
+ *      change that can only narrow what matches (adding `nomatch` entries,
+ *      deleting match entries), then every change that widens it; big
+ *      changes filled into a temporary and swapped in whole.
+ *   2. `iptables-restore --noflush --wait`, one call per family (an earlier
+ *      table's COMMIT sticks when a later one fails): only chains whose hash
+ *      list differs are rewritten, and INPUT gets exactly one jump, first.
+ *   3. `ipset restore` again: sets no rule refers to any more are destroyed.
+ *
+ * Between steps 1a and 1b a set matches a subset of both the old and the new
+ * content (fail closed, for milliseconds), never a superset. A failure
+ * stops the apply with an error naming the object of the failed line; what
+ * was done stays and the next apply converges (every step is idempotent).
+ * Nothing is written when everything is already right: a restart resets no
+ * counter.
+ */
+import { SwitchyardError } from '../errors.js';
+import type { Family } from '../net/address.js';
+import { type FamilyPlan, type FirewallPlan, MAIN_CHAIN, temporarySetName } from './plan.js';
+import {
+  JUMP_COMMENT,
+  type ObservedRules,
+  type ObservedSet,
+  createLine,
+  entryText,
+  ipsetFamily,
+  parseIpsetSave,
+  parseIptablesSave,
+  renderChain,
+} from './netfilter.js';
+import type { Runner } from './runner.js';
+
+export type Backend = 'nft' | 'legacy';
+
+export interface Observed {
+  rules: Record<Family, ObservedRules>;
+  sets: Map<string, ObservedSet>;
+}
+
+/** One line of a tool's input and the object it is about (for error messages). */
+export interface ScriptLine {
+  text: string;
+  what: string;
+}
+
+export interface ChangeSummary {
+  setsCreated: number;
+  setsReplaced: number;
+  entriesAdded: number;
+  entriesRemoved: number;
+  chainsWritten: number;
+  jumpsFixed: number;
+  setsDestroyed: number;
+}
+
+export interface Changes {
+  sets: ScriptLine[];
+  rules: Record<Family, ScriptLine[]>;
+  destroy: ScriptLine[];
+  summary: ChangeSummary;
+}
+
+/** A set whose change touches more entries than this share is refilled and swapped in whole. */
+const SWAP_SHARE = 0.25;
+const SWAP_MIN = 1000;
+
+export function isEmpty(changes: Changes): boolean {
+  return changes.sets.length === 0 && changes.rules[4].length === 0 && changes.rules[6].length === 0 && changes.destroy.length === 0;
+}
+
+function setChanges(family: FamilyPlan, observed: Observed, out: { create: ScriptLine[]; narrow: ScriptLine[]; widen: ScriptLine[]; swap: ScriptLine[] }, summary: ChangeSummary): void {
+  for (const set of family.sets) {
+    const have = observed.sets.get(set.name);
+    const want = set.entries.map(entryText);
+    const fill = (name: string) => want.map((e) => ({ text: `add ${name} ${e}`, what: `set ${set.name} entry ${e}` }));
+    if (!have) {
+      out.create.push({ text: createLine(set, want.length), what: `set ${set.name}` }, ...fill(set.name));
+      summary.setsCreated++;
+      summary.entriesAdded += want.length;
+      continue;
+    }
+    if (have.type !== 'hash:net' || have.family !== ipsetFamily(set.family)) {
+      throw new SwitchyardError(
+        'EFIREWALL',
+        `set ${set.name} exists as ${have.type} family ${have.family}, not hash:net family ${ipsetFamily(set.family)}: it is in our name space but not ours to change in place; remove it (switchyard firewall cleanup) and apply again`,
+        { entry: set.name },
+      );
+    }
+    const wantSet = new Set(want);
+    const adds = want.filter((e) => !have.entries.has(e));
+    const dels = [...have.entries].filter((e) => !wantSet.has(e));
+    if (adds.length === 0 && dels.length === 0) continue;
+    summary.entriesAdded += adds.length;
+    summary.entriesRemoved += dels.length;
+    if (adds.length + dels.length > Math.max(SWAP_MIN, want.length * SWAP_SHARE) || want.length > have.maxelem) {
+      const temporary = temporarySetName(set.name);
+      out.swap.push(
+        { text: createLine(set, want.length, temporary), what: `set ${set.name} (its replacement ${temporary})` },
+        ...fill(temporary),
+        { text: `swap ${temporary} ${set.name}`, what: `set ${set.name} (swap)` },
+        { text: `destroy ${temporary}`, what: `set ${set.name} (old content)` },
+      );
+      summary.setsReplaced++;
+      continue;
+    }
+    const line = (op: 'add' | 'del', e: string) => ({ text: `${op} ${set.name} ${e}`, what: `set ${set.name} entry ${e}` });
+    // Narrowing: a new nomatch entry, a match entry going away. An entry whose
+    // flag flips is a delete plus an add on the same side.
+    for (const e of dels) (e.endsWith(' nomatch') ? out.widen : out.narrow).push(line('del', e));
+    for (const e of adds) (e.endsWith(' nomatch') ? out.narrow : out.widen).push(line('add', e));
+  }
+}
+
+function ruleChanges(family: FamilyPlan, observed: ObservedRules, summary: ChangeSummary): ScriptLine[] {
+  const declare: ScriptLine[] = [];
+  const body: ScriptLine[] = [];
+  for (const chain of family.chains) {
+    const rendered = renderChain(chain);
+    const have = observed.chains.get(chain.name);
+    if (have && have.hashes.length === rendered.length && have.hashes.every((h, i) => h === rendered[i]!.hash)) continue;
+    // Declaring a chain in --noflush mode creates it or flushes it.
+    declare.push({ text: `:${chain.name} - [0:0]`, what: `chain ${chain.name}` });
+    body.push(...rendered.map((r) => ({ text: r.line, what: `chain ${chain.name} rule "${r.rule.why}"` })));
+    summary.chainsWritten++;
+  }
+  const jumps: ScriptLine[] = [];
+  if (observed.jumps.length !== 1 || observed.jumps[0] !== 1) {
+    // Highest position first, so the earlier positions stay valid.
+    for (const position of [...observed.jumps].sort((a, b) => b - a)) jumps.push({ text: `-D INPUT ${position}`, what: `INPUT rule ${position} (a stray jump to ${MAIN_CHAIN})` });
+    jumps.push({ text: `-I INPUT 1 -m comment --comment ${JUMP_COMMENT} -j ${MAIN_CHAIN}`, what: `INPUT's jump to ${MAIN_CHAIN}` });
+    summary.jumpsFixed++;
+  }
+  if (declare.length === 0 && jumps.length === 0) return [];
+  return [{ text: '*filter', what: 'filter table' }, ...declare, ...body, ...jumps, { text: 'COMMIT', what: 'filter table' }];
+}
+
+/** The changes that bring `observed` to `plan` (pure). */
+export function planChanges(plan: FirewallPlan, observed: Observed): Changes {
+  const summary: ChangeSummary = { setsCreated: 0, setsReplaced: 0, entriesAdded: 0, entriesRemoved: 0, chainsWritten: 0, jumpsFixed: 0, setsDestroyed: 0 };
+  const out = { create: [] as ScriptLine[], narrow: [] as ScriptLine[], widen: [] as ScriptLine[], swap: [] as ScriptLine[] };
+  const leftovers: ScriptLine[] = [];
+  for (const name of observed.sets.keys()) {
+    if (name.startsWith('sx')) leftovers.push({ text: `destroy ${name}`, what: `set ${name} (a temporary left by an interrupted apply)` });
+  }
+  for (const family of plan.families) setChanges(family, observed, out, summary);
+  const rules = { 4: ruleChanges(plan.families[0], observed.rules[4], summary), 6: ruleChanges(plan.families[1], observed.rules[6], summary) };
+  const wanted = new Set(plan.families.flatMap((f) => f.sets.map((s) => s.name)));
+  const destroy: ScriptLine[] = [];
+  for (const name of observed.sets.keys()) {
+    if (!name.startsWith('sx') && !wanted.has(name)) {
+      destroy.push({ text: `destroy ${name}`, what: `set ${name} (no longer used)` });
+      summary.setsDestroyed++;
+    }
+  }
+  return { sets: [...leftovers, ...out.create, ...out.narrow, ...out.widen, ...out.swap], rules, destroy, summary };
+}
+
+/** What removes everything we own (pure): INPUT's jumps, our chains, our sets. */
+export function planCleanup(observed: Observed): Changes {
+  const summary: ChangeSummary = { setsCreated: 0, setsReplaced: 0, entriesAdded: 0, entriesRemoved: 0, chainsWritten: 0, jumpsFixed: 0, setsDestroyed: 0 };
+  const rules = { 4: [] as ScriptLine[], 6: [] as ScriptLine[] };
+  for (const family of [4, 6] as const) {
+    const o = observed.rules[family];
+    if (o.jumps.length === 0 && o.chains.size === 0) continue;
+    const lines: ScriptLine[] = [{ text: '*filter', what: 'filter table' }];
+    for (const position of [...o.jumps].sort((a, b) => b - a)) lines.push({ text: `-D INPUT ${position}`, what: `INPUT's jump to ${MAIN_CHAIN}` });
+    for (const name of o.chains.keys()) lines.push({ text: `-F ${name}`, what: `chain ${name}` });
+    for (const name of o.chains.keys()) lines.push({ text: `-X ${name}`, what: `chain ${name}` });
+    lines.push({ text: 'COMMIT', what: 'filter table' });
+    rules[family] = lines;
+    summary.jumpsFixed += o.jumps.length;
+    summary.chainsWritten += o.chains.size;
+  }
+  const destroy = [...observed.sets.keys()].map((name) => ({ text: `destroy ${name}`, what: `set ${name}` }));
+  summary.setsDestroyed = destroy.length;
+  return { sets: [], rules, destroy, summary };
+}
+
+export interface ToolNames {
+  save: Record<Family, string>;
+  restore: Record<Family, string>;
+}
+
+export const toolNames = (backend: Backend): ToolNames => ({
+  save: { 4: `iptables-${backend}-save`, 6: `ip6tables-${backend}-save` },
+  restore: { 4: `iptables-${backend}-restore`, 6: `ip6tables-${backend}-restore` },
+});
+
+export interface FirewallOptions {
+  /** Which iptables backend; 'auto' asks `iptables -V`. */
+  backend?: Backend | 'auto';
+  /** Seconds iptables-restore waits for the xtables lock (never unbounded). */
+  lockWaitSeconds?: number;
+  timeoutMs?: number;
+}
+
+export interface ApplyResult {
+  backend: Backend;
+  changed: boolean;
+  summary: ChangeSummary;
+  ms: number;
+}
+
+/** Maps a tool's "line N" complaint back to the object that line was about. */
+function failure(tool: string, lines: ScriptLine[], stderr: string): SwitchyardError {
+  const m = /(?:Error in line|line:?|at line:?)\s*(\d+)/i.exec(stderr);
+  const line = m ? lines[Number(m[1]) - 1] : undefined;
+  const detail = stderr.trim().split('\n').filter((l) => l && !l.startsWith('Try `')).join('; ');
+  return new SwitchyardError('EFIREWALL', `${tool} failed${line ? ` on ${line.what} (${JSON.stringify(line.text)})` : ''}: ${detail}`, {
+    entry: line?.what ?? tool,
+  });
+}
+
+/** The kernel's firewall, through the tools, in one network namespace (the runner's). */
+export class Firewall {
+  private backendFound: Backend | undefined;
+
+  constructor(
+    private readonly runner: Runner,
+    private readonly options: FirewallOptions = {},
+  ) {}
+
+  async backend(): Promise<Backend> {
+    if (this.options.backend && this.options.backend !== 'auto') return this.options.backend;
+    if (this.backendFound) return this.backendFound;
+    const r = await this.runner.run(['iptables', '-V'], { timeoutMs: this.options.timeoutMs });
+    const m = /\((nf_tables|legacy)\)/.exec(r.stdout + r.stderr);
+    if (r.code !== 0 || !m) throw new SwitchyardError('EFIREWALL', `iptables -V: cannot tell the backend (${(r.stdout + r.stderr).trim() || `exit ${r.code}`}); pass --backend nft|legacy`);
+    this.backendFound = m[1] === 'legacy' ? 'legacy' : 'nft';
+    return this.backendFound;
+  }
+
+  private async tool(argv: string[], input?: string): Promise<string> {
+    const r = await this.runner.run(argv, { ...(input !== undefined ? { input } : {}), timeoutMs: this.options.timeoutMs });
+    if (r.code !== 0) throw new SwitchyardError('EFIREWALL', `${argv.join(' ')}: exit ${r.code}: ${r.stderr.trim()}`, { entry: argv[0] });
+    return r.stdout;
+  }
+
+  async observe(): Promise<Observed> {
+    const tools = toolNames(await this.backend());
+    const [v4, v6, sets] = await Promise.all([
+      this.tool([tools.save[4], '-t', 'filter']),
+      this.tool([tools.save[6], '-t', 'filter']),
+      this.tool(['ipset', 'save']),
+    ]);
+    return { rules: { 4: parseIptablesSave(v4), 6: parseIptablesSave(v6) }, sets: parseIpsetSave(sets) };
+  }
+
+  private async runScript(argv: string[], lines: ScriptLine[]): Promise<void> {
+    if (lines.length === 0) return;
+    const r = await this.runner.run(argv, { input: `${lines.map((l) => l.text).join('\n')}\n`, timeoutMs: this.options.timeoutMs });
+    if (r.code !== 0) throw failure(argv.join(' '), lines, r.stderr);
+  }
+
+  /** Runs planned changes in the documented order. */
+  async execute(changes: Changes): Promise<void> {
+    const tools = toolNames(await this.backend());
+    const wait = String(this.options.lockWaitSeconds ?? 5);
+    await this.runScript(['ipset', '-exist', 'restore'], changes.sets);
+    for (const family of [4, 6] as const) await this.runScript([tools.restore[family], '--noflush', '--wait', wait], changes.rules[family]);
+    await this.runScript(['ipset', 'restore'], changes.destroy);
+  }
+
+  /** Observe, plan, execute: nothing is written when nothing differs. */
+  async apply(plan: FirewallPlan): Promise<ApplyResult> {
+    const started = performance.now();
+    const observed = await this.observe();
+    const changes = planChanges(plan, observed);
+    if (!isEmpty(changes)) await this.execute(changes);
+    return { backend: await this.backend(), changed: !isEmpty(changes), summary: changes.summary, ms: performance.now() - started };
+  }
+
+  async cleanup(): Promise<ApplyResult> {
+    const started = performance.now();
+    const changes = planCleanup(await this.observe());
+    if (!isEmpty(changes)) await this.execute(changes);
+    return { backend: await this.backend(), changed: !isEmpty(changes), summary: changes.summary, ms: performance.now() - started };
+  }
+}

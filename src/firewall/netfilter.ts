@@ -1,0 +1,220 @@
+/**
+ * Our rules and sets as the tools write and print them: iptables-restore /
+ * iptables-save lines and ipset restore / save lines. Rendering and parsing
+ * are pure. Only our own objects are parsed back (chains we own, rules with
+ * our hash comment, sets with our name prefix): iptables-save does not
+ * round-trip other tools' rules, so we never interpret them.
+ */
+import crypto from 'node:crypto';
+import type { Family } from '../net/address.js';
+import { type Prefix, formatPrefix, parsePrefix } from '../net/address.js';
+import type { Protocol } from '../bindings/binding.js';
+import type { PortRanges } from '../desired/state.js';
+import { type Chain, type IpSet, type Rule, type SetEntry, MAIN_CHAIN, OWNED_SET, PROTOCOL_CHAIN } from './plan.js';
+
+export const OUR_CHAINS: readonly string[] = [MAIN_CHAIN, PROTOCOL_CHAIN.tcp, PROTOCOL_CHAIN.udp];
+/** The comment on INPUT's jump to our main chain. */
+export const JUMP_COMMENT = 'sy:jump';
+
+const formatPorts = (ranges: PortRanges) => ranges.map(([lo, hi]) => (lo === hi ? `${lo}` : `${lo}:${hi}`)).join(',');
+
+/** A rule's match and target, without the comment (what its hash covers). */
+export function ruleBody(rule: Rule): string[] {
+  const args: string[] = [];
+  if (rule.protocol) args.push('-p', rule.protocol);
+  if (rule.dports) {
+    if (rule.dports.length === 1) args.push('-m', rule.protocol!, '--dport', formatPorts(rule.dports));
+    else args.push('-m', 'multiport', '--dports', formatPorts(rule.dports));
+  }
+  if (rule.set) args.push('-m', 'set', ...(rule.set.negate ? ['!'] : []), '--match-set', rule.set.name, 'dst');
+  args.push('-j', rule.target);
+  if (rule.rejectWith) args.push('--reject-with', rule.rejectWith);
+  return args;
+}
+
+export interface RenderedRule {
+  rule: Rule;
+  hash: string;
+  /** The iptables-restore line, `-A <chain> …`. */
+  line: string;
+}
+
+/**
+ * Each rule's comment carries a hash of its chain, its body and the hash of
+ * the rule before it (as Felix does), so the list of hashes read back says
+ * whether the whole chain, order included, is what we want.
+ */
+export function renderChain(chain: Chain): RenderedRule[] {
+  let previous = chain.name;
+  return chain.rules.map((rule) => {
+    const body = ruleBody(rule);
+    const hash = `sy:${crypto.createHash('sha256').update(`${previous}\n${body.join(' ')}`).digest('base64url').slice(0, 16)}`;
+    previous = hash;
+    const [head, tail] = [body.slice(0, body.indexOf('-j')), body.slice(body.indexOf('-j'))];
+    return { rule, hash, line: ['-A', chain.name, ...head, '-m', 'comment', '--comment', hash, ...tail].join(' ') };
+  });
+}
+
+/** Whitespace-separated words with double quotes removed (iptables-save quotes comments). */
+function words(line: string): string[] {
+  return (line.match(/"[^"]*"|\S+/g) ?? []).map((w) => (w.startsWith('"') ? w.slice(1, -1) : w));
+}
+
+function parsePortList(text: string): PortRanges | undefined {
+  const out: Array<[number, number]> = [];
+  for (const part of text.split(',')) {
+    const m = /^(\d+)(?::(\d+))?$/.exec(part);
+    if (!m) return undefined;
+    out.push([Number(m[1]), Number(m[2] ?? m[1])]);
+  }
+  return out;
+}
+
+/** One of our rules from its iptables-save line; undefined when it is not in our grammar. */
+export function parseRuleLine(line: string): { chain: string; rule: Rule; hash?: string } | undefined {
+  const w = words(line);
+  if (w[0] !== '-A' || !w[1]) return undefined;
+  const rule: Rule = { target: '', why: 'read back' };
+  let hash: string | undefined;
+  for (let i = 2; i < w.length; i++) {
+    const a = w[i]!;
+    const next = () => w[++i];
+    if (a === '-p') {
+      const p = next();
+      if (p !== 'tcp' && p !== 'udp') return undefined;
+      rule.protocol = p as Protocol;
+    } else if (a === '-m') {
+      const module = next();
+      if (!['tcp', 'udp', 'multiport', 'set', 'comment'].includes(module ?? '')) return undefined;
+    } else if (a === '--dport' || a === '--dports') {
+      const ports = parsePortList(next() ?? '');
+      if (!ports) return undefined;
+      rule.dports = ports;
+    } else if (a === '!' && w[i + 1] === '--match-set') {
+      rule.set = { name: w[i + 2] ?? '', negate: true };
+      i += 3;
+    } else if (a === '--match-set') {
+      rule.set = { name: next() ?? '', negate: false };
+      i++; // "dst"
+    } else if (a === '--comment') {
+      hash = next();
+    } else if (a === '-j') {
+      rule.target = next() ?? '';
+    } else if (a === '--reject-with') {
+      rule.rejectWith = next() as Rule['rejectWith'];
+    } else {
+      return undefined;
+    }
+  }
+  return { chain: w[1], rule, ...(hash ? { hash } : {}) };
+}
+
+export interface ObservedChain {
+  name: string;
+  /** Our hash comment per rule, in order ('' for a rule without one). */
+  hashes: string[];
+  /** The rules we could parse (all of them when the chain is intact). */
+  rules: Rule[];
+  /** Whether every rule parsed in our grammar. */
+  parsed: boolean;
+}
+
+export interface ObservedRules {
+  /** Our chains that exist. */
+  chains: Map<string, ObservedChain>;
+  /** 1-based positions in INPUT of rules that jump to our main chain. */
+  jumps: number[];
+}
+
+/** Our chains and INPUT's jumps to them, from `iptables-save -t filter`. */
+export function parseIptablesSave(text: string): ObservedRules {
+  const chains = new Map<string, ObservedChain>();
+  const jumps: number[] = [];
+  let inputRules = 0;
+  let inFilter = false;
+  for (const line of text.split('\n')) {
+    if (line.startsWith('*')) inFilter = line === '*filter';
+    if (!inFilter) continue;
+    const declared = /^:(\S+) /.exec(line);
+    if (declared && OUR_CHAINS.includes(declared[1]!)) chains.set(declared[1]!, { name: declared[1]!, hashes: [], rules: [], parsed: true });
+    if (!line.startsWith('-A ')) continue;
+    const chainName = line.split(' ')[1]!;
+    if (chainName === 'INPUT') {
+      inputRules++;
+      if (/ -j SWITCHYARD(\s|$)/.test(line)) jumps.push(inputRules);
+      continue;
+    }
+    const chain = chains.get(chainName);
+    if (!chain) continue;
+    const parsed = parseRuleLine(line);
+    chain.hashes.push(parsed?.hash ?? '');
+    if (parsed) chain.rules.push(parsed.rule);
+    else chain.parsed = false;
+  }
+  return { chains, jumps };
+}
+
+export interface ObservedSet {
+  name: string;
+  type: string;
+  family: string;
+  maxelem: number;
+  /** Canonical entry text (`prefix` or `prefix nomatch`). */
+  entries: Set<string>;
+}
+
+export const entryText = (e: SetEntry) => `${formatPrefix(e.prefix)}${e.nomatch ? ' nomatch' : ''}`;
+
+/** Canonical text of an entry as ipset prints it (hosts without /32, IPv6 not always compressed). */
+function canonicalEntry(text: string): string | undefined {
+  const [prefix, flag] = text.split(' ');
+  const parsed = parsePrefix(prefix ?? '', true);
+  if (typeof parsed === 'string') return undefined;
+  return `${formatPrefix(parsed)}${flag === 'nomatch' ? ' nomatch' : ''}`;
+}
+
+/** Our sets from `ipset save` (every set's lines; others' are skipped). */
+export function parseIpsetSave(text: string): Map<string, ObservedSet> {
+  const sets = new Map<string, ObservedSet>();
+  for (const line of text.split('\n')) {
+    const w = line.split(' ');
+    if (w[0] === 'create' && OWNED_SET.test(w[1] ?? '')) {
+      const option = (key: string) => w[w.indexOf(key) + 1] ?? '';
+      sets.set(w[1]!, { name: w[1]!, type: w[2] ?? '', family: option('family'), maxelem: Number(option('maxelem')) || 65536, entries: new Set() });
+    } else if (w[0] === 'add') {
+      const set = sets.get(w[1] ?? '');
+      const entry = set && canonicalEntry(w.slice(2).join(' '));
+      if (set) set.entries.add(entry ?? `unparsed ${w.slice(2).join(' ')}`);
+    }
+  }
+  return sets;
+}
+
+export const ipsetFamily = (family: Family) => (family === 4 ? 'inet' : 'inet6');
+
+/** maxelem with room to grow, so a set is not rebuilt for every few additions. */
+export function maxelemFor(count: number): number {
+  let m = 65536;
+  while (m < count * 1.25) m *= 2;
+  return m;
+}
+
+export function createLine(set: Pick<IpSet, 'name' | 'family'>, count: number, name = set.name): string {
+  const hashsize = Math.max(1024, 2 ** Math.ceil(Math.log2(Math.max(1, count / 4))));
+  return `create ${name} hash:net family ${ipsetFamily(set.family)} hashsize ${hashsize} maxelem ${maxelemFor(count)}`;
+}
+
+/** Our chains and sets of one family as read back, in the form `evaluate` runs. */
+export function observedRuleSet(rules: ObservedRules, sets: Map<string, ObservedSet>, family: Family): { family: Family; chains: Chain[]; sets: Array<Pick<IpSet, 'name' | 'entries'>> } {
+  const entriesOf = (set: ObservedSet): SetEntry[] =>
+    [...set.entries].flatMap((text) => {
+      const [prefix, flag] = text.split(' ');
+      const parsed = parsePrefix(prefix ?? '', true);
+      return typeof parsed === 'string' ? [] : [{ prefix: parsed as Prefix, nomatch: flag === 'nomatch' }];
+    });
+  return {
+    family,
+    chains: [...rules.chains.values()].map((c) => ({ name: c.name, rules: c.rules })),
+    sets: [...sets.values()].filter((s) => s.family === ipsetFamily(family)).map((s) => ({ name: s.name, entries: entriesOf(s) })),
+  };
+}

@@ -1,0 +1,61 @@
+/**
+ * The firewall tools as child processes: argv arrays only (never a shell),
+ * input on stdin, a hard timeout, and an `EPIPE` on stdin (the tool died
+ * before reading everything, e.g. `ipset restore` stopping at its first
+ * error) reported as the tool's failure instead of crashing Node. The unit
+ * tests swap this for a fake that injects failures.
+ */
+import { spawn } from 'node:child_process';
+import { SwitchyardError } from '../errors.js';
+
+export interface RunResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+export interface Runner {
+  run(argv: readonly string[], options?: { input?: string; timeoutMs?: number }): Promise<RunResult>;
+}
+
+const DEFAULT_TIMEOUT_MS = 30_000;
+
+/** Runs tools on this machine; with `netnsPath`, inside that network namespace (nsenter). */
+export class ProcessRunner implements Runner {
+  constructor(private readonly netnsPath?: string) {}
+
+  run(argv: readonly string[], options: { input?: string; timeoutMs?: number } = {}): Promise<RunResult> {
+    const full = this.netnsPath ? ['nsenter', `--net=${this.netnsPath}`, '--', ...argv] : [...argv];
+    const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+    return new Promise((resolve, reject) => {
+      const child = spawn(full[0]!, full.slice(1), { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, LC_ALL: 'C' } });
+      const out: Buffer[] = [];
+      const err: Buffer[] = [];
+      let timedOut = false;
+      const timer = setTimeout(() => {
+        timedOut = true;
+        child.kill('SIGKILL');
+      }, timeoutMs);
+      child.stdout.on('data', (d: Buffer) => out.push(d));
+      child.stderr.on('data', (d: Buffer) => err.push(d));
+      // The tool may exit before reading all its input; its exit status says why.
+      child.stdin.on('error', () => {});
+      child.on('error', (e: NodeJS.ErrnoException) => {
+        clearTimeout(timer);
+        reject(
+          new SwitchyardError('EFIREWALL', `${argv[0]}: cannot run it (${e.code ?? e.message}); is it installed?`, { entry: argv[0], cause: e }),
+        );
+      });
+      child.on('close', (code, signal) => {
+        clearTimeout(timer);
+        const stderr = Buffer.concat(err).toString('utf8');
+        if (timedOut) {
+          reject(new SwitchyardError('EFIREWALL', `${argv.join(' ')}: no answer within ${timeoutMs} ms (killed)`, { entry: argv[0] }));
+          return;
+        }
+        resolve({ code: code ?? (signal ? 128 : 1), stdout: Buffer.concat(out).toString('utf8'), stderr });
+      });
+      child.stdin.end(options.input ?? '');
+    });
+  }
+}

@@ -4,21 +4,25 @@
  * that never opens a port a verdict should close:
  *
  *   1. `ipset restore`: leftover temporaries destroyed; new sets created and
- *      filled (nothing refers to them yet); in existing sets first every
- *      change that can only narrow what matches (adding `nomatch` entries,
- *      deleting match entries), then every change that widens it; big
- *      changes filled into a temporary and swapped in whole.
+ *      filled (nothing refers to them yet); in existing sets every change
+ *      that can only narrow what matches (adding `nomatch` entries, deleting
+ *      match entries); sets that change by more than a quarter are filled
+ *      into a temporary and swapped in whole.
  *   2. `iptables-restore --noflush --wait`, one call per family (an earlier
  *      table's COMMIT sticks when a later one fails): only chains whose hash
  *      list differs are rewritten, and INPUT gets exactly one jump, first.
- *   3. `ipset restore` again: sets no rule refers to any more are destroyed.
+ *   3. `ipset restore` again: the widening changes (new match entries,
+ *      `nomatch` entries going away), then sets no rule refers to any more
+ *      are destroyed.
  *
- * Between steps 1a and 1b a set matches a subset of both the old and the new
- * content (fail closed, for milliseconds), never a superset. A failure
- * stops the apply with an error naming the object of the failed line; what
- * was done stays and the next apply converges (every step is idempotent).
- * Nothing is written when everything is already right: a restart resets no
- * counter.
+ * So until the rules switch, a packet is accepted only if the old state
+ * accepted it, and from then on only if the new one does: a port never
+ * opens that neither opens (a new address may be refused for the
+ * milliseconds between steps 2 and 3: fail closed). Sets swapped in whole
+ * are the exception, for that one step. A failure stops the apply with an
+ * error naming the object of the failed line; what was done stays and the
+ * next apply converges (every step is idempotent). Nothing is written when
+ * everything is already right: a restart resets no counter.
  */
 import { SwitchyardError } from '../errors.js';
 import type { Family } from '../net/address.js';
@@ -60,9 +64,12 @@ export interface ChangeSummary {
 }
 
 export interface Changes {
+  /** Step 1: creations, narrowing changes, then swaps (from `swapFrom`). */
   sets: ScriptLine[];
+  swapFrom: number;
   rules: Record<Family, ScriptLine[]>;
-  destroy: ScriptLine[];
+  /** Step 3: widening changes, then sets destroyed. */
+  after: ScriptLine[];
   summary: ChangeSummary;
 }
 
@@ -71,7 +78,7 @@ const SWAP_SHARE = 0.25;
 const SWAP_MIN = 1000;
 
 export function isEmpty(changes: Changes): boolean {
-  return changes.sets.length === 0 && changes.rules[4].length === 0 && changes.rules[6].length === 0 && changes.destroy.length === 0;
+  return changes.sets.length === 0 && changes.rules[4].length === 0 && changes.rules[6].length === 0 && changes.after.length === 0;
 }
 
 function setChanges(family: FamilyPlan, observed: Observed, out: { create: ScriptLine[]; narrow: ScriptLine[]; widen: ScriptLine[]; swap: ScriptLine[] }, summary: ChangeSummary): void {
@@ -158,7 +165,8 @@ export function planChanges(plan: FirewallPlan, observed: Observed): Changes {
       summary.setsDestroyed++;
     }
   }
-  return { sets: [...leftovers, ...out.create, ...out.narrow, ...out.widen, ...out.swap], rules, destroy, summary };
+  const sets = [...leftovers, ...out.create, ...out.narrow, ...out.swap];
+  return { sets, swapFrom: sets.length - out.swap.length, rules, after: [...out.widen, ...destroy], summary };
 }
 
 /** What removes everything we own (pure): INPUT's jumps, our chains, our sets. */
@@ -179,7 +187,7 @@ export function planCleanup(observed: Observed): Changes {
   }
   const destroy = [...observed.sets.keys()].map((name) => ({ text: `destroy ${name}`, what: `set ${name}` }));
   summary.setsDestroyed = destroy.length;
-  return { sets: [], rules, destroy, summary };
+  return { sets: [], swapFrom: 0, rules, after: destroy, summary };
 }
 
 export interface ToolNames {
@@ -264,7 +272,7 @@ export class Firewall {
     const wait = String(this.options.lockWaitSeconds ?? 5);
     await this.runScript(['ipset', '-exist', 'restore'], changes.sets);
     for (const family of [4, 6] as const) await this.runScript([tools.restore[family], '--noflush', '--wait', wait], changes.rules[family]);
-    await this.runScript(['ipset', 'restore'], changes.destroy);
+    await this.runScript(['ipset', '-exist', 'restore'], changes.after);
   }
 
   /** Observe, plan, execute: nothing is written when nothing differs. */

@@ -1,0 +1,231 @@
+import { describe, expect, it } from 'vitest';
+import { parseDesiredState } from '../../src/desired/state.js';
+import { planFirewall, type FirewallPlan } from '../../src/firewall/plan.js';
+import { Firewall, planChanges } from '../../src/firewall/apply.js';
+import { observedRuleSet } from '../../src/firewall/netfilter.js';
+import { evaluate } from '../../src/firewall/verdict.js';
+import { FirewallReconciler } from '../../src/firewall/reconciler.js';
+import { ProcessRunner } from '../../src/firewall/runner.js';
+import { parseAddress } from '../../src/net/address.js';
+import type { Protocol } from '../../src/bindings/binding.js';
+import { FakeNetfilter } from '../support/fake-netfilter.js';
+
+type Doc = { bindings: Array<{ label: string; protocol: string; prefix: string; port: number }>; services: Record<string, unknown>; https_only?: unknown };
+
+const BASE: Doc = {
+  bindings: [
+    { label: 'spectrum', protocol: 'tcp', prefix: '192.0.2.0/24', port: 0 },
+    { label: 'cdn', protocol: 'tcp', prefix: '192.0.2.0/25', port: 0 },
+    { label: 'tls', protocol: 'tcp', prefix: '198.51.100.0/24', port: 443 },
+    { label: 'cdn', protocol: 'udp', prefix: '2001:db8::/32', port: 0 },
+  ],
+  services: { cdn: { tcp: [80, 443], udp: [443] }, spectrum: { tcp: [22, 443] }, tls: { tcp: [443] } },
+  https_only: { prefixes: ['192.0.2.128/26'] },
+};
+const plan = (doc: Doc) => planFirewall(parseDesiredState(doc, 'test'));
+const MOVED: Doc = { ...BASE, bindings: [...BASE.bindings, { label: 'cdn', protocol: 'tcp', prefix: '192.0.2.200/32', port: 0 }] };
+
+/** Queries over the test prefixes: a few hosts × the interesting ports. */
+const QUERIES: Array<[Protocol, string, number]> = [];
+for (const ip of ['192.0.2.1', '192.0.2.130', '192.0.2.200', '192.0.2.201', '198.51.100.7', '203.0.113.1', '2001:db8::1']) {
+  for (const port of [22, 80, 443, 8080]) for (const p of ['tcp', 'udp'] as const) QUERIES.push([p, ip, port]);
+}
+
+async function kernelVerdicts(fake: FakeNetfilter): Promise<string[]> {
+  const observed = await new Firewall(fake).observe();
+  return QUERIES.map(([protocol, ip, port]) => {
+    const address = parseAddress(ip)!;
+    if (observed.rules[address.family].jumps.length === 0) return 'pass';
+    return evaluate(observedRuleSet(observed.rules[address.family], observed.sets, address.family), protocol, address, port).verdict;
+  });
+}
+const planVerdicts = (p: FirewallPlan) =>
+  QUERIES.map(([protocol, ip, port]) => {
+    const address = parseAddress(ip)!;
+    return evaluate(p.families[address.family === 4 ? 0 : 1], protocol, address, port).verdict;
+  });
+
+describe('firewall applier (fake tools)', () => {
+  it('applies a plan whose read-back verdicts are the plan’s, then writes nothing', async () => {
+    const fake = new FakeNetfilter();
+    const fw = new Firewall(fake);
+    const first = await fw.apply(plan(BASE));
+    expect(first.changed).toBe(true);
+    expect(await kernelVerdicts(fake)).toEqual(planVerdicts(plan(BASE)));
+    fake.writes = [];
+    const again = await fw.apply(plan(BASE));
+    expect(again.changed).toBe(false);
+    expect(fake.writes).toEqual([]);
+  });
+
+  it('moves a carved-out /32 in place, narrowing before widening', async () => {
+    const fake = new FakeNetfilter();
+    const fw = new Firewall(fake);
+    await fw.apply(plan(BASE));
+    const changes = planChanges(plan(MOVED), await fw.observe());
+    expect(changes.sets.map((l) => l.text)).toEqual(['add sy4-tcp-l-spectrum 192.0.2.200/32 nomatch']); // spectrum loses it first
+    expect(changes.after.map((l) => l.text)).toEqual(['add sy4-tcp-l-cdn 192.0.2.200/32']); // then cdn gets it
+    expect(changes.rules[4]).toEqual([]);
+    await fw.execute(changes);
+    expect(await kernelVerdicts(fake)).toEqual(planVerdicts(plan(MOVED)));
+  });
+
+  it('narrows before it widens, wherever the apply fails', async () => {
+    // A /32 moves from spectrum to cdn, a /25 leaves cdn, a policy changes.
+    const big: Doc = {
+      ...MOVED,
+      bindings: [...MOVED.bindings.filter((b) => b.prefix !== '192.0.2.0/25'), { label: 'tls', protocol: 'tcp', prefix: '192.0.2.64/26', port: 443 }],
+      services: { ...MOVED.services, spectrum: { tcp: [22, 80] } },
+    };
+    for (const [from, to] of [
+      [BASE, MOVED],
+      [MOVED, big],
+      [big, BASE],
+    ] as const) {
+      const before = planVerdicts(plan(from));
+      const after = planVerdicts(plan(to));
+      const probe = new FakeNetfilter();
+      await new Firewall(probe).apply(plan(from));
+      const changes = planChanges(plan(to), await new Firewall(probe).observe());
+      // [tool, failing line, which state may be accepting then]
+      const cuts: Array<[RegExp, number, 'old' | 'new' | 'either']> = [
+        ...changes.sets.map((_, i) => [/^ipset -exist restore$/, i + 1, i <= changes.swapFrom ? 'old' : 'either'] as const),
+        ...changes.rules[4].map((_, i) => [/^iptables-nft-restore/, i + 1, 'old'] as const),
+        ...changes.after.map((_, i) => [/^ipset -exist restore$/, i + 1, 'new'] as const),
+      ].map(([t, l, w]) => [t, l, w]);
+      expect(cuts.length).toBeGreaterThan(1);
+      for (const [tool, line, which] of cuts) {
+        const fake = new FakeNetfilter();
+        const fw = new Firewall(fake);
+        await fw.apply(plan(from));
+        if (which === 'new' && changes.sets.length > 0) {
+          // The failure is meant for the second ipset call: let the first pass.
+          const first = fake.run.bind(fake);
+          let calls = 0;
+          fake.run = (argv, options) => {
+            if (argv.join(' ') === 'ipset -exist restore' && calls++ === 1) fake.fail = { tool, line };
+            return first(argv, options);
+          };
+        } else {
+          fake.fail = { tool, line };
+        }
+        await expect(fw.apply(plan(to))).rejects.toThrow(/failed on /);
+        const allowed = (i: number) =>
+          which === 'old' ? before[i] === 'accept' : which === 'new' ? after[i] === 'accept' : before[i] === 'accept' || after[i] === 'accept';
+        (await kernelVerdicts(fake)).forEach((v, i) => {
+          if (v === 'accept') expect(allowed(i), `${QUERIES[i]!.join(' ')} accepted with ${tool.source} failing at line ${line} (${which})`).toBe(true);
+        });
+        await fw.apply(plan(to));
+        expect(await kernelVerdicts(fake)).toEqual(after);
+      }
+    }
+  });
+
+  it('names the object of a failed line', async () => {
+    const fake = new FakeNetfilter();
+    const fw = new Firewall(fake);
+    fake.fail = { tool: /^ipset -exist restore$/, line: 2 };
+    await expect(fw.apply(plan(BASE))).rejects.toThrow(/ipset -exist restore failed on set sy4-managed entry 192\.0\.2\.0\/24 \("add sy4-managed 192\.0\.2\.0\/24"\): ipset v7\.17: Error in line 2: injected failure/);
+    fake.fail = { tool: /^ip6tables-nft-restore/, line: 3 };
+    await expect(fw.apply(plan(BASE))).rejects.toThrow(/ip6tables-nft-restore --noflush --wait 5 failed on chain SWITCHYARD-TCP/);
+    // IPv4 went in; the next apply finishes IPv6.
+    expect((await fw.observe()).rules[4].jumps).toEqual([1]);
+    await fw.apply(plan(BASE));
+    expect(await kernelVerdicts(fake)).toEqual(planVerdicts(plan(BASE)));
+  });
+
+  it('repairs drift: chain flushed, jump deleted or duplicated, set emptied or destroyed', async () => {
+    const fake = new FakeNetfilter();
+    const fw = new Firewall(fake);
+    const p = plan(BASE);
+    await fw.apply(p);
+    const want = await kernelVerdicts(fake);
+    fake.tables[4].chains.set('SWITCHYARD-TCP', []);
+    fake.tables[4].chains.get('INPUT')!.unshift('-p icmp -j ACCEPT', '-j SWITCHYARD');
+    fake.tables[6].chains.set('INPUT', ['-p icmp -j ACCEPT']);
+    fake.sets.get('sy4-tcp-l-cdn')!.entries.clear();
+    fake.sets.delete('sy6-udp-l-cdn');
+    fake.tables[6].chains.set('SWITCHYARD-UDP', []);
+    expect(await kernelVerdicts(fake)).not.toEqual(want);
+    const r = await fw.apply(p);
+    expect(r.summary).toMatchObject({ chainsWritten: 2, jumpsFixed: 2, setsCreated: 1 });
+    expect(await kernelVerdicts(fake)).toEqual(want);
+    expect(fake.tables[4].chains.get('INPUT')).toEqual(['-m comment --comment sy:jump -j SWITCHYARD', '-p icmp -j ACCEPT']);
+    expect(fake.tables[6].chains.get('INPUT')![1]).toBe('-p icmp -j ACCEPT');
+  });
+
+  it('swaps a set in whole for a big change, and clears a temporary left by a crash', async () => {
+    const many = (n: number, label: string, from = 0): Doc => ({
+      bindings: Array.from({ length: n }, (_, k) => k + from).map((i) => ({ label, protocol: 'udp', prefix: `10.${(i >> 8) & 255}.${i & 255}.0/24`, port: 0 })),
+      services: { a: { udp: [53] }, b: { udp: [53] } },
+    });
+    const fake = new FakeNetfilter();
+    const fw = new Firewall(fake);
+    await fw.apply(plan(many(3000, 'a')));
+    fake.sets.set('sx4-udp-l-a', { type: 'hash:net', family: 'inet', maxelem: 65536, entries: new Set(['1.0.0.0/8']) });
+    const changes = planChanges(plan(many(2000, 'a', 5000)), await fw.observe());
+    expect(changes.sets[0]!.text).toBe('destroy sx4-udp-l-a');
+    expect(changes.sets.some((l) => l.text === 'swap sx4-udp-l-a sy4-udp-l-a')).toBe(true);
+    await fw.execute(changes);
+    expect(fake.sets.get('sy4-udp-l-a')!.entries.size).toBe(2000);
+    expect([...fake.sets.keys()].some((n) => n.startsWith('sx'))).toBe(false);
+    // A label leaving: its set goes after the rule that used it.
+    await fw.apply(plan(many(10, 'b')));
+    expect(fake.sets.has('sy4-udp-l-a')).toBe(false);
+  });
+
+  it('refuses to touch a set in our name space with another type, changing nothing', async () => {
+    const fake = new FakeNetfilter();
+    fake.sets.set('sy4-managed', { type: 'hash:ip', family: 'inet', maxelem: 65536, entries: new Set() });
+    await expect(new Firewall(fake).apply(plan(BASE))).rejects.toThrow(/set sy4-managed exists as hash:ip family inet, not hash:net/);
+    expect(fake.writes).toEqual([]);
+  });
+
+  it('cleanup removes exactly what it created', async () => {
+    const fake = new FakeNetfilter();
+    fake.tables[4].chains.get('INPUT')!.push('-p icmp -j ACCEPT');
+    fake.sets.set('theirs', { type: 'hash:ip', family: 'inet', maxelem: 65536, entries: new Set(['1.2.3.4/32']) });
+    const before = [fake.save(4), fake.save(6), fake.ipsetSave()];
+    const fw = new Firewall(fake);
+    await fw.apply(plan(BASE));
+    await fw.cleanup();
+    expect([fake.save(4), fake.save(6), fake.ipsetSave()]).toEqual(before);
+  });
+});
+
+describe('firewall reconciler', () => {
+  it('coalesces changes within the minimum interval and repairs drift on resync', async () => {
+    const fake = new FakeNetfilter();
+    const rec = new FirewallReconciler(new Firewall(fake), { minIntervalMs: 50, resyncMs: 100 });
+    rec.setDesired(plan(BASE));
+    await rec.idle();
+    const applies = rec.status().applies;
+    rec.setDesired(plan(MOVED));
+    rec.setDesired(plan(BASE));
+    rec.setDesired(plan(MOVED));
+    await rec.idle();
+    expect(await kernelVerdicts(fake)).toEqual(planVerdicts(plan(MOVED)));
+    expect(rec.status().applies - applies).toBe(1); // the three pushes became one apply
+    rec.start();
+    fake.tables[4].chains.set('SWITCHYARD-TCP', []);
+    await new Promise((r) => setTimeout(r, 300));
+    await rec.idle();
+    expect(await kernelVerdicts(fake)).toEqual(planVerdicts(plan(MOVED)));
+    expect(rec.status().changes).toBeGreaterThanOrEqual(3);
+    await rec.stop();
+    expect(fake.tables[4].chains.get('INPUT')!.length).toBe(1); // stopping leaves the rules
+  });
+});
+
+describe('process runner', () => {
+  it('reports a tool that exits before reading its input, without an EPIPE crash', async () => {
+    const r = await new ProcessRunner().run(['sh', '-c', 'exit 3'], { input: 'x'.repeat(4 << 20) });
+    expect(r.code).toBe(3);
+  });
+  it('kills a tool that hangs', async () => {
+    await expect(new ProcessRunner().run(['sleep', '5'], { timeoutMs: 100 })).rejects.toThrow(/no answer within 100 ms/);
+  });
+  it('says when a tool is missing', async () => {
+    await expect(new ProcessRunner().run(['no-such-tool-here'])).rejects.toThrow(/cannot run it \(ENOENT\)/);
+  });
+});

@@ -3,6 +3,7 @@
  * only), compute the changes with a pure function, then run them in an order
  * that never opens a port a verdict should close:
  *
+ * per family (IPv4, then IPv6):
  *   1. `ipset restore`: leftover temporaries destroyed; new sets created and
  *      filled (nothing refers to them yet); in existing sets every change
  *      that can only narrow what matches (adding `nomatch` entries, deleting
@@ -20,8 +21,10 @@
  * opens that neither opens (a new address may be refused for the
  * milliseconds between steps 2 and 3: fail closed). Sets swapped in whole
  * are the exception, for that one step. A failure stops the apply with an
- * error naming the object of the failed line; what was done stays and the
- * next apply converges (every step is idempotent). Nothing is written when
+ * error naming the object of the failed line. If it failed in step 1 or 2,
+ * the family's narrowing changes are undone (its verdicts are as they were);
+ * in step 3, the family is between the two states and only accepts what the
+ * new one does. The next apply converges (every step is idempotent). Nothing is written when
  * everything is already right: a restart resets no counter.
  */
 import { SwitchyardError } from '../errors.js';
@@ -63,13 +66,21 @@ export interface ChangeSummary {
   setsDestroyed: number;
 }
 
-export interface Changes {
-  /** Step 1: creations, narrowing changes, then swaps (from `swapFrom`). */
+/** The changes of one family, in the order they run. */
+export interface FamilyChanges {
+  /** Step 1: leftovers destroyed, creations, narrowing changes, then swaps (from `swapFrom`). */
   sets: ScriptLine[];
   swapFrom: number;
-  rules: Record<Family, ScriptLine[]>;
+  /** Step 2: one iptables-restore input. */
+  rules: ScriptLine[];
   /** Step 3: widening changes, then sets destroyed. */
   after: ScriptLine[];
+  /** The narrowing changes inverted: run when step 1 or 2 fails, so the family is as it was. */
+  undo: ScriptLine[];
+}
+
+export interface Changes {
+  families: Record<Family, FamilyChanges>;
   summary: ChangeSummary;
 }
 
@@ -78,7 +89,15 @@ const SWAP_SHARE = 0.25;
 const SWAP_MIN = 1000;
 
 export function isEmpty(changes: Changes): boolean {
-  return changes.sets.length === 0 && changes.rules[4].length === 0 && changes.rules[6].length === 0 && changes.after.length === 0;
+  return Object.values(changes.families).every((f) => f.sets.length === 0 && f.rules.length === 0 && f.after.length === 0);
+}
+
+/** The inverse of a narrowing line (`add … nomatch` ↔ `del …`, `del` of a match entry ↔ `add`). */
+function inverse(line: ScriptLine): ScriptLine {
+  const [op, name, prefix, flag] = line.text.split(' ');
+  const entry = line.what.split(' entry ')[1] ?? '';
+  if (op === 'add') return { text: `del ${name} ${prefix}`, what: `${line.what} (undo)` };
+  return { text: `add ${name} ${entry || `${prefix}${flag ? ` ${flag}` : ''}`}`, what: `${line.what} (undo)` };
 }
 
 function setChanges(family: FamilyPlan, observed: Observed, out: { create: ScriptLine[]; narrow: ScriptLine[]; widen: ScriptLine[]; swap: ScriptLine[] }, summary: ChangeSummary): void {
@@ -116,7 +135,8 @@ function setChanges(family: FamilyPlan, observed: Observed, out: { create: Scrip
       summary.setsReplaced++;
       continue;
     }
-    const line = (op: 'add' | 'del', e: string) => ({ text: `${op} ${set.name} ${e}`, what: `set ${set.name} entry ${e}` });
+    // `del` takes the bare prefix: ipset refuses flags on a delete.
+    const line = (op: 'add' | 'del', e: string) => ({ text: `${op} ${set.name} ${op === 'del' ? e.replace(' nomatch', '') : e}`, what: `set ${set.name} entry ${e}` });
     // Narrowing: a new nomatch entry, a match entry going away. An entry whose
     // flag flips is a delete plus an add on the same side.
     for (const e of dels) (e.endsWith(' nomatch') ? out.widen : out.narrow).push(line('del', e));
@@ -147,31 +167,43 @@ function ruleChanges(family: FamilyPlan, observed: ObservedRules, summary: Chang
   return [{ text: '*filter', what: 'filter table' }, ...declare, ...body, ...jumps, { text: 'COMMIT', what: 'filter table' }];
 }
 
+const emptySummary = (): ChangeSummary => ({ setsCreated: 0, setsReplaced: 0, entriesAdded: 0, entriesRemoved: 0, chainsWritten: 0, jumpsFixed: 0, setsDestroyed: 0 });
+const familyOfSet = (name: string): Family => (name[2] === '6' ? 6 : 4);
+
 /** The changes that bring `observed` to `plan` (pure). */
 export function planChanges(plan: FirewallPlan, observed: Observed): Changes {
-  const summary: ChangeSummary = { setsCreated: 0, setsReplaced: 0, entriesAdded: 0, entriesRemoved: 0, chainsWritten: 0, jumpsFixed: 0, setsDestroyed: 0 };
-  const out = { create: [] as ScriptLine[], narrow: [] as ScriptLine[], widen: [] as ScriptLine[], swap: [] as ScriptLine[] };
-  const leftovers: ScriptLine[] = [];
-  for (const name of observed.sets.keys()) {
-    if (name.startsWith('sx')) leftovers.push({ text: `destroy ${name}`, what: `set ${name} (a temporary left by an interrupted apply)` });
-  }
-  for (const family of plan.families) setChanges(family, observed, out, summary);
-  const rules = { 4: ruleChanges(plan.families[0], observed.rules[4], summary), 6: ruleChanges(plan.families[1], observed.rules[6], summary) };
-  const wanted = new Set(plan.families.flatMap((f) => f.sets.map((s) => s.name)));
-  const destroy: ScriptLine[] = [];
-  for (const name of observed.sets.keys()) {
-    if (!name.startsWith('sx') && !wanted.has(name)) {
-      destroy.push({ text: `destroy ${name}`, what: `set ${name} (no longer used)` });
-      summary.setsDestroyed++;
+  const summary = emptySummary();
+  const families = {} as Record<Family, FamilyChanges>;
+  for (const family of plan.families) {
+    const f = family.family;
+    const out = { create: [] as ScriptLine[], narrow: [] as ScriptLine[], widen: [] as ScriptLine[], swap: [] as ScriptLine[] };
+    const leftovers: ScriptLine[] = [];
+    const destroy: ScriptLine[] = [];
+    const wanted = new Set(family.sets.map((s) => s.name));
+    for (const name of observed.sets.keys()) {
+      if (familyOfSet(name) !== f) continue;
+      if (name.startsWith('sx')) leftovers.push({ text: `destroy ${name}`, what: `set ${name} (a temporary left by an interrupted apply)` });
+      else if (!wanted.has(name)) {
+        destroy.push({ text: `destroy ${name}`, what: `set ${name} (no longer used)` });
+        summary.setsDestroyed++;
+      }
     }
+    setChanges(family, observed, out, summary);
+    const sets = [...leftovers, ...out.create, ...out.narrow, ...out.swap];
+    families[f] = {
+      sets,
+      swapFrom: sets.length - out.swap.length,
+      rules: ruleChanges(family, observed.rules[f], summary),
+      after: [...out.widen, ...destroy],
+      undo: out.narrow.map(inverse).reverse(),
+    };
   }
-  const sets = [...leftovers, ...out.create, ...out.narrow, ...out.swap];
-  return { sets, swapFrom: sets.length - out.swap.length, rules, after: [...out.widen, ...destroy], summary };
+  return { families, summary };
 }
 
 /** What removes everything we own (pure): INPUT's jumps, our chains, our sets. */
 export function planCleanup(observed: Observed): Changes {
-  const summary: ChangeSummary = { setsCreated: 0, setsReplaced: 0, entriesAdded: 0, entriesRemoved: 0, chainsWritten: 0, jumpsFixed: 0, setsDestroyed: 0 };
+  const summary = emptySummary();
   const rules = { 4: [] as ScriptLine[], 6: [] as ScriptLine[] };
   for (const family of [4, 6] as const) {
     const o = observed.rules[family];
@@ -185,9 +217,10 @@ export function planCleanup(observed: Observed): Changes {
     summary.jumpsFixed += o.jumps.length;
     summary.chainsWritten += o.chains.size;
   }
-  const destroy = [...observed.sets.keys()].map((name) => ({ text: `destroy ${name}`, what: `set ${name}` }));
-  summary.setsDestroyed = destroy.length;
-  return { sets: [], swapFrom: 0, rules, after: destroy, summary };
+  const destroy = (f: Family) => [...observed.sets.keys()].filter((n) => familyOfSet(n) === f).map((name) => ({ text: `destroy ${name}`, what: `set ${name}` }));
+  summary.setsDestroyed = observed.sets.size;
+  const only = (f: Family): FamilyChanges => ({ sets: [], swapFrom: 0, rules: rules[f], after: destroy(f), undo: [] });
+  return { families: { 4: only(4), 6: only(6) }, summary };
 }
 
 export interface ToolNames {
@@ -266,13 +299,34 @@ export class Firewall {
     if (r.code !== 0) throw failure(argv.join(' '), lines, r.stderr);
   }
 
-  /** Runs planned changes in the documented order. */
+  /**
+   * Runs planned changes in the documented order, one family after the
+   * other. When step 1 or 2 of a family fails, its narrowing changes are
+   * undone, so that family's verdicts are as they were (an earlier family
+   * stays fully applied); sets swapped in whole stay swapped.
+   */
   async execute(changes: Changes): Promise<void> {
     const tools = toolNames(await this.backend());
     const wait = String(this.options.lockWaitSeconds ?? 5);
-    await this.runScript(['ipset', '-exist', 'restore'], changes.sets);
-    for (const family of [4, 6] as const) await this.runScript([tools.restore[family], '--noflush', '--wait', wait], changes.rules[family]);
-    await this.runScript(['ipset', '-exist', 'restore'], changes.after);
+    for (const family of [4, 6] as const) {
+      const f = changes.families[family];
+      try {
+        await this.runScript(['ipset', '-exist', 'restore'], f.sets);
+        await this.runScript([tools.restore[family], '--noflush', '--wait', wait], f.rules);
+      } catch (err) {
+        if (f.undo.length === 0) throw err;
+        try {
+          await this.runScript(['ipset', '-exist', 'restore'], f.undo);
+        } catch (undoErr) {
+          throw new SwitchyardError('EFIREWALL', `${(err as Error).message}; undoing the IPv${family} set changes failed too: ${(undoErr as Error).message}`, { cause: err });
+        }
+        throw new SwitchyardError('EFIREWALL', `${(err as Error).message} (IPv${family} set changes undone; its verdicts are as they were)`, {
+          ...((err as SwitchyardError).entry ? { entry: (err as SwitchyardError).entry } : {}),
+          cause: err,
+        });
+      }
+      await this.runScript(['ipset', '-exist', 'restore'], f.after);
+    }
   }
 
   /** Observe, plan, execute: nothing is written when nothing differs. */

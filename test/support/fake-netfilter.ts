@@ -129,13 +129,14 @@ export class FakeNetfilter implements Runner {
           if (!set) return error(n, "The set with the given name does not exist");
           const p = parsePrefix(w[2]!, true);
           if (typeof p === 'string') return error(n, `cannot parse ${w[2]}`);
+          if (w[0] === 'del' && w.length > 3) return error(n, `Unknown argument: \`${w[3]}'`); // as ipset 7.17 says
           const key = `${formatPrefix(p)}${w[3] === 'nomatch' ? ' nomatch' : ''}`;
           const other = w[3] === 'nomatch' ? formatPrefix(p) : `${formatPrefix(p)} nomatch`;
           if (w[0] === 'add') {
             if (set.entries.has(other) || (set.entries.has(key) && !exist)) return error(n, "Element cannot be added to the set: it's already added");
             if (set.entries.size >= set.maxelem) return error(n, 'Hash is full, cannot add more elements');
             set.entries.add(key);
-          } else if (!set.entries.delete(key) && !exist) return error(n, "Element cannot be deleted from the set: it's not added");
+          } else if (!set.entries.delete(key) && !set.entries.delete(other) && !exist) return error(n, "Element cannot be deleted from the set: it's not added");
           break;
         }
         case 'swap': {

@@ -56,7 +56,8 @@ export class TestNamespace {
     this.path = `/run/netns/${name}`;
   }
 
-  static create(): TestNamespace {
+  /** `localRoutes: false` makes a client namespace: no documentation prefixes on its own lo. */
+  static create(options: { localRoutes?: boolean } = {}): TestNamespace {
     const name = `sy-test-${process.pid}-${++counter}`;
     execFileSync('ip', ['netns', 'add', name]);
     const bpffs = fs.mkdtempSync(path.join(os.tmpdir(), 'sy-bpffs-'));
@@ -64,8 +65,10 @@ export class TestNamespace {
     try {
       execFileSync('mount', ['-t', 'bpf', 'bpf', bpffs]);
       ns.ip(['link', 'set', 'lo', 'up']);
-      for (const p of LOCAL_PREFIXES) ns.ip(['route', 'add', 'local', p, 'dev', 'lo']);
-      for (const p of LOCAL_PREFIXES_V6) ns.ip(['-6', 'route', 'add', 'local', p, 'dev', 'lo']);
+      if (options.localRoutes !== false) {
+        for (const p of LOCAL_PREFIXES) ns.ip(['route', 'add', 'local', p, 'dev', 'lo']);
+        for (const p of LOCAL_PREFIXES_V6) ns.ip(['-6', 'route', 'add', 'local', p, 'dev', 'lo']);
+      }
     } catch (err) {
       ns.destroy();
       throw err;
@@ -73,14 +76,41 @@ export class TestNamespace {
     return ns;
   }
 
+  /**
+   * A veth pair from this (server) namespace to `client`, which routes the
+   * documentation prefixes here: client 10.99.0.2 / fd00:99::2, server
+   * 10.99.0.1 / fd00:99::1. Traffic then crosses the server's INPUT as it
+   * would from the Internet.
+   */
+  linkTo(client: TestNamespace): void {
+    const here = `syv${counter}`;
+    const there = `syc${counter}`;
+    execFileSync('ip', ['link', 'add', here, 'netns', this.name, 'type', 'veth', 'peer', 'name', there, 'netns', client.name]);
+    this.ip(['addr', 'add', '10.99.0.1/24', 'dev', here]);
+    this.ip(['-6', 'addr', 'add', 'fd00:99::1/64', 'dev', here, 'nodad']);
+    this.ip(['link', 'set', here, 'up']);
+    client.ip(['addr', 'add', '10.99.0.2/24', 'dev', there]);
+    client.ip(['-6', 'addr', 'add', 'fd00:99::2/64', 'dev', there, 'nodad']);
+    client.ip(['link', 'set', there, 'up']);
+    for (const p of LOCAL_PREFIXES) client.ip(['route', 'add', p, 'via', '10.99.0.1']);
+    for (const p of LOCAL_PREFIXES_V6) client.ip(['-6', 'route', 'add', p, 'via', 'fd00:99::1']);
+  }
+
+  /** Runs a command inside the namespace (argv, no shell). */
+  exec(argv: string[], input?: string): CliResult {
+    const r = spawnSync('ip', ['netns', 'exec', this.name, ...argv], { input, encoding: 'utf8' });
+    return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
+  }
+
   ip(args: string[]): void {
     execFileSync('ip', ['-n', this.name, ...args]);
   }
 
   /** Runs the CLI from the host namespace, aimed at this one. */
-  cli(args: string[], input?: string): CliResult {
+  cli(args: string[], input?: string, env?: Record<string, string>): CliResult {
     const r = spawnSync(CLI, [...args, '--netns', this.path, '--bpffs', this.bpffs], {
       input,
+      ...(env ? { env: { ...process.env, ...env } } : {}),
       encoding: 'utf8',
       maxBuffer: 256 * 1024 * 1024,
     });
@@ -144,10 +174,11 @@ export class TestNamespace {
   }
 
   /** Sends bounded traffic from inside the namespace; one result per target. */
-  probe(targets: ProbeTarget[]): string[] {
+  probe(targets: ProbeTarget[], options: { fromAnyAddress?: boolean } = {}): string[] {
     const out = execFileSync('ip', ['netns', 'exec', this.name, process.execPath, path.join(FIXTURES, 'probe.mjs'), JSON.stringify(targets)], {
       encoding: 'utf8',
       timeout: 120_000,
+      env: { ...process.env, ...(options.fromAnyAddress ? { PROBE_FROM_ANY: '1' } : {}) },
     });
     return JSON.parse(out) as string[];
   }

@@ -163,10 +163,16 @@ export interface ObservedSet {
   entries: Set<string>;
 }
 
-export const entryText = (e: SetEntry) => `${formatPrefix(e.prefix)}${e.nomatch ? ' nomatch' : ''}`;
+export const entryText = (e: SetEntry) => `${e.text ?? formatPrefix(e.prefix)}${e.nomatch ? ' nomatch' : ''}`;
 
 /** Canonical text of an entry as ipset prints it (hosts without /32, IPv6 not always compressed). */
 function canonicalEntry(text: string): string | undefined {
+  // IPv4 comes back canonical but for hosts' missing /32: no parse needed.
+  if (/^\d+\.\d+\.\d+\.\d+(\/\d+)?( nomatch)?$/.test(text)) {
+    const space = text.indexOf(' ');
+    const prefix = space < 0 ? text : text.slice(0, space);
+    return `${prefix.includes('/') ? prefix : `${prefix}/32`}${space < 0 ? '' : ' nomatch'}`;
+  }
   const [prefix, flag] = text.split(' ');
   const parsed = parsePrefix(prefix ?? '', true);
   if (typeof parsed === 'string') return undefined;
@@ -176,15 +182,26 @@ function canonicalEntry(text: string): string | undefined {
 /** Our sets from `ipset save` (every set's lines; others' are skipped). */
 export function parseIpsetSave(text: string): Map<string, ObservedSet> {
   const sets = new Map<string, ObservedSet>();
-  for (const line of text.split('\n')) {
-    const w = line.split(' ');
-    if (w[0] === 'create' && OWNED_SET.test(w[1] ?? '')) {
+  let current: ObservedSet | undefined;
+  let at = 0;
+  while (at < text.length) {
+    let end = text.indexOf('\n', at);
+    if (end < 0) end = text.length;
+    const line = text.slice(at, end);
+    at = end + 1;
+    if (line.startsWith('add ')) {
+      // Lines of one set come together: check the name without splitting.
+      const nameEnd = line.indexOf(' ', 4);
+      if (!current || line.slice(4, nameEnd) !== current.name) current = sets.get(line.slice(4, nameEnd));
+      if (!current) continue;
+      const raw = line.slice(nameEnd + 1);
+      current.entries.add(canonicalEntry(raw) ?? `unparsed ${raw}`);
+    } else if (line.startsWith('create ')) {
+      const w = line.split(' ');
+      if (!OWNED_SET.test(w[1] ?? '')) continue;
       const option = (key: string) => w[w.indexOf(key) + 1] ?? '';
-      sets.set(w[1]!, { name: w[1]!, type: w[2] ?? '', family: option('family'), maxelem: Number(option('maxelem')) || 65536, entries: new Set() });
-    } else if (w[0] === 'add') {
-      const set = sets.get(w[1] ?? '');
-      const entry = set && canonicalEntry(w.slice(2).join(' '));
-      if (set) set.entries.add(entry ?? `unparsed ${w.slice(2).join(' ')}`);
+      current = { name: w[1]!, type: w[2] ?? '', family: option('family'), maxelem: Number(option('maxelem')) || 65536, entries: new Set() };
+      sets.set(current.name, current);
     }
   }
   return sets;

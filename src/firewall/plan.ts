@@ -41,6 +41,8 @@ export type Verdict = 'accept' | 'drop' | 'reject' | 'pass';
 export interface SetEntry {
   prefix: Prefix;
   nomatch: boolean;
+  /** formatPrefix(prefix), when the planner already has it. */
+  text?: string;
 }
 
 export interface IpSet {
@@ -133,22 +135,29 @@ function withoutZeroLength<T extends { prefix: Prefix }>(items: T[]): T[] {
  * prefix containing an address decides; no listed prefix means no match).
  * An entry is needed only where its verdict differs from what encloses it.
  */
-export function lpmEntries(items: Array<{ prefix: Prefix; verdict: boolean }>): SetEntry[] {
-  const sorted = withoutZeroLength(items).sort((a, b) => compareAddresses(a.prefix, b.prefix));
+export function lpmEntries<T extends { prefix: Prefix; text?: string }>(items: T[], verdict: (item: T) => boolean, presorted = false): SetEntry[] {
+  // Callers that sorted once for many sets pass presorted (and no /0 among them).
+  const sorted = presorted ? items : withoutZeroLength(items).sort((a, b) => compareAddresses(a.prefix, b.prefix));
   const entries: SetEntry[] = [];
-  const stack: Array<{ prefix: Prefix; verdict: boolean }> = [];
+  const stack: Prefix[] = [];
+  const verdicts: boolean[] = [];
   for (const item of sorted) {
-    while (stack.length > 0 && !contains(stack[stack.length - 1]!.prefix, item.prefix)) stack.pop();
-    const enclosing = stack.length > 0 ? stack[stack.length - 1]!.verdict : false;
-    if (item.verdict !== enclosing) entries.push({ prefix: item.prefix, nomatch: !item.verdict });
-    stack.push(item);
+    while (stack.length > 0 && !contains(stack[stack.length - 1]!, item.prefix)) {
+      stack.pop();
+      verdicts.pop();
+    }
+    const enclosing = verdicts.length > 0 ? verdicts[verdicts.length - 1]! : false;
+    const v = verdict(item);
+    if (v !== enclosing) entries.push(item.text === undefined ? { prefix: item.prefix, nomatch: !v } : { prefix: item.prefix, nomatch: !v, text: item.text });
+    stack.push(item.prefix);
+    verdicts.push(v);
   }
   return entries;
 }
 
 /** Prefixes with the ones inside another dropped (a plain, all-match set). */
-function outermost(prefixes: Prefix[]): SetEntry[] {
-  return lpmEntries(prefixes.map((prefix) => ({ prefix, verdict: true })));
+function outermost(items: Array<{ prefix: Prefix; text?: string }>, presorted = false): SetEntry[] {
+  return lpmEntries(items, () => true, presorted);
 }
 
 /** Ranges as multiport chunks of at most 15 slots (a range takes two). */
@@ -179,11 +188,16 @@ function perPortChunk(ranges: PortRanges, make: (dports: PortRanges | undefined)
 
 interface Bound {
   prefix: Prefix;
+  text: string;
   label: string;
   port: number;
 }
 
-function protocolPlan(state: DesiredState, family: Family, protocol: Protocol, bound: Bound[]): { chain: Chain; sets: IpSet[] } {
+const samePrefix = (a: Prefix, b: Prefix) =>
+  a.length === b.length && a.words[0] === b.words[0] && a.words[1] === b.words[1] && a.words[2] === b.words[2] && a.words[3] === b.words[3];
+
+/** `bound`: this protocol's bindings sorted by address then length (`presorted`: and no /0). */
+function protocolPlan(state: DesiredState, family: Family, protocol: Protocol, bound: Bound[], presorted: boolean): { chain: Chain; sets: IpSet[] } {
   const managed = managedSetName(family);
   const wildcard = bound.filter((b) => b.port === 0);
   const exactPorts = [...new Set(bound.filter((b) => b.port !== 0).map((b) => b.port))].sort((a, b) => a - b);
@@ -192,12 +206,22 @@ function protocolPlan(state: DesiredState, family: Family, protocol: Protocol, b
 
   for (const port of exactPorts) {
     // The binding picked for this port at each prefix: on equal prefixes the
-    // exact port beats the wildcard, so exact ones overwrite.
-    const picked = new Map<string, Bound>();
-    for (const b of wildcard) picked.set(formatPrefix(b.prefix), b);
-    for (const b of bound) if (b.port === port) picked.set(formatPrefix(b.prefix), b);
+    // exact port beats the wildcard (equal prefixes are neighbours here).
+    const picked: Bound[] = [];
+    for (const b of bound) {
+      if (b.port !== port && b.port !== 0) continue;
+      const last = picked[picked.length - 1];
+      if (last && samePrefix(last.prefix, b.prefix)) {
+        if (b.port === port) picked[picked.length - 1] = b;
+      } else {
+        picked.push(b);
+      }
+    }
+    const allows = new Map<string, boolean>();
     const entries = lpmEntries(
-      [...picked.values()].map((b) => ({ prefix: b.prefix, verdict: rangesContain(allowedPorts(state, b.label, protocol), port) })),
+      picked,
+      (b) => allows.get(b.label) ?? (allows.set(b.label, rangesContain(allowedPorts(state, b.label, protocol), port)), allows.get(b.label)!),
+      presorted,
     );
     const name = portSetName(family, protocol, port);
     if (entries.length > 0) {
@@ -211,7 +235,7 @@ function protocolPlan(state: DesiredState, family: Family, protocol: Protocol, b
   for (const label of labels) {
     const ports = allowedPorts(state, label, protocol);
     if (ports.length === 0) continue;
-    const entries = lpmEntries(wildcard.map((b) => ({ prefix: b.prefix, verdict: b.label === label })));
+    const entries = lpmEntries(wildcard, (b) => b.label === label, presorted);
     const name = labelSetName(family, protocol, label);
     sets.push({ name, family, entries, purpose: `${protocol} any-port bindings of ${label}: where the longest one is ${label}'s` });
     rules.push(
@@ -230,23 +254,29 @@ function protocolPlan(state: DesiredState, family: Family, protocol: Protocol, b
 
 function familyPlan(state: DesiredState, family: Family): FamilyPlan {
   const t = state.bindings;
-  const bound: Record<Protocol, Bound[]> = { tcp: [], udp: [] };
-  const all: Prefix[] = [];
+  // Sorted once by address then length; every set below is a sweep over it.
+  const all: Array<Bound & { tcp: boolean }> = [];
+  let zeroLength = false;
   for (let i = 0; i < t.count; i++) {
     if (t.family[i] !== family) continue;
-    const b = { prefix: t.prefix(i), label: t.label(i), port: t.port[i]! };
-    bound[t.protocol[i] === IPPROTO.tcp ? 'tcp' : 'udp'].push(b);
-    all.push(b.prefix);
+    const prefix = t.prefix(i);
+    zeroLength ||= prefix.length === 0;
+    all.push({ prefix, text: formatPrefix(prefix), label: t.label(i), port: t.port[i]!, tcp: t.protocol[i] === IPPROTO.tcp });
   }
+  // Sorted even with a /0 (equal prefixes must be neighbours); lpmEntries
+  // then splits the /0 and sorts again.
+  all.sort((a, b) => compareAddresses(a.prefix, b.prefix));
+  const presorted = !zeroLength;
+  const bound: Record<Protocol, Bound[]> = { tcp: all.filter((b) => b.tcp), udp: all.filter((b) => !b.tcp) };
   const managed = managedSetName(family);
   const https = httpsOnlySetName(family);
   const httpsPrefixes = state.httpsOnly.prefixes.filter((p) => p.family === family);
   const sets: IpSet[] = [
-    { name: managed, family, entries: outermost(all), purpose: 'every bound prefix (traffic outside them is not ours)' },
+    { name: managed, family, entries: outermost(all, presorted), purpose: 'every bound prefix (traffic outside them is not ours)' },
   ];
   const main: Rule[] = [];
   if (httpsPrefixes.length > 0) {
-    sets.push({ name: https, family, entries: outermost(httpsPrefixes), purpose: 'HTTPS-only ranges' });
+    sets.push({ name: https, family, entries: outermost(httpsPrefixes.map((prefix) => ({ prefix }))), purpose: 'HTTPS-only ranges' });
     const unreachable = family === 4 ? 'icmp-port-unreachable' : 'icmp6-port-unreachable';
     for (const protocol of ['tcp', 'udp'] as const) {
       main.push(
@@ -263,7 +293,7 @@ function familyPlan(state: DesiredState, family: Family): FamilyPlan {
   }
   const chains: Chain[] = [{ name: MAIN_CHAIN, rules: main }];
   for (const protocol of ['tcp', 'udp'] as const) {
-    const p = protocolPlan(state, family, protocol, bound[protocol]);
+    const p = protocolPlan(state, family, protocol, bound[protocol], presorted);
     main.push({ protocol, target: p.chain.name, why: `${protocol} to the ${protocol} chain` });
     chains.push(p.chain);
     sets.push(...p.sets);

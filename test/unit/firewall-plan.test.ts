@@ -89,7 +89,7 @@ describe('firewall planner', () => {
       { prefix: parsePrefix('0.0.0.0/0') as Prefix, verdict: true },
       { prefix: parsePrefix('128.0.0.0/1') as Prefix, verdict: false },
       { prefix: parsePrefix('10.0.0.0/8') as Prefix, verdict: false },
-    ]);
+    ], (i) => i.verdict);
     expect(entries.map((e) => `${formatPrefix(e.prefix)}${e.nomatch ? '!' : ''}`)).toEqual(['0.0.0.0/1', '10.0.0.0/8!']);
   });
 
@@ -184,7 +184,7 @@ describe('firewall planner property', () => {
     fc.assert(
       fc.property(fc.uniqueArray(arbV4Prefix, { maxLength: 25 }), fc.array(fc.boolean(), { minLength: 25, maxLength: 25 }), (prefixes, verdicts) => {
         const items = prefixes.map((p, i) => ({ prefix: parsePrefix(p) as Prefix, verdict: verdicts[i]! }));
-        const index = new SetIndex({ entries: lpmEntries(items) });
+        const index = new SetIndex({ entries: lpmEntries(items, (i) => i.verdict) });
         for (let host = 0; host < 1024; host += 7) {
           const a = queryAddress(false, host);
           const want = new SetIndex({ entries: items.map((i) => ({ prefix: i.prefix, nomatch: !i.verdict })) }).has(a);

@@ -1,0 +1,108 @@
+/**
+ * Firewall sync at scale (issue 4's figures): 100,000 prefixes across three
+ * services and both families, applied in a fresh network namespace with the
+ * real tools. Measured: the first apply, a one-prefix change (a /32 carved
+ * out of a cdn prefix and given to spectrum), and a restart with nothing to
+ * change (a new Firewall, as a restarted agent has: must write nothing).
+ * Each figure is plan + read-back + writes, as the agent would pay it.
+ */
+import { parseDesiredState } from '../src/desired/state.js';
+import { planFirewall } from '../src/firewall/plan.js';
+import { Firewall } from '../src/firewall/apply.js';
+import { ProcessRunner, type Runner } from '../src/firewall/runner.js';
+import { formatAddress } from '../src/net/address.js';
+import { TestNamespace } from '../test/support/netns.js';
+import { rng } from '../test/support/random.js';
+
+export interface FirewallBench {
+  prefixes: number;
+  set_entries: number;
+  first_apply_ms: number;
+  one_prefix_change_ms: number;
+  one_prefix_change_writes: number;
+  restart_noop_ms: number;
+  restart_noop_writes: number;
+  backend: string;
+}
+
+const LABELS = ['cdn', 'spectrum', 'dns'];
+
+/** IPv4 /16-/28 and IPv6 /32-/64 prefixes, a tenth of them nested in others (carve-outs). */
+export function stateDoc(count: number) {
+  const r = rng(44);
+  const seen = new Set<string>();
+  const bindings: Array<{ label: string; protocol: string; prefix: string; port: number }> = [];
+  while (bindings.length < count) {
+    const v6 = r() < 0.3;
+    const nested = bindings.length > 0 && r() < 0.1;
+    let prefix: string;
+    if (!v6) {
+      const length = nested ? 28 + Math.floor(r() * 5) : 16 + Math.floor(r() * 13);
+      const word = ((Math.floor(r() * 4294967296) & (length === 0 ? 0 : 0xffffffff << (32 - length))) >>> 0) | 0;
+      prefix = `${formatAddress(4, [word >>> 0, 0, 0, 0])}/${length}`;
+    } else {
+      const length = 32 + Math.floor(r() * 33);
+      const hi = Math.floor(r() * 4294967296) >>> 0;
+      const lo = length >= 64 ? Math.floor(r() * 4294967296) >>> 0 : 0;
+      const keep = (w: number, bits: number) => (bits <= 0 ? 0 : bits >= 32 ? w : (w & (0xffffffff << (32 - bits))) >>> 0);
+      prefix = `${formatAddress(6, [0x20010db8, keep(hi, length - 32), keep(lo, length - 64), 0])}/${length}`;
+    }
+    const protocol = r() < 0.8 ? 'tcp' : 'udp';
+    const port = r() < 0.5 ? 0 : [80, 443, 53][Math.floor(r() * 3)]!;
+    const key = `${protocol} ${prefix} ${port}`;
+    if (seen.has(key)) continue;
+    seen.add(key);
+    bindings.push({ label: LABELS[Math.floor(r() * LABELS.length)]!, protocol, prefix, port });
+  }
+  return {
+    bindings,
+    services: { cdn: { tcp: [80, 443], udp: [443] }, spectrum: { tcp: ['1-1023', 2000] }, dns: { udp: [53], tcp: [53] } },
+    https_only: { prefixes: ['198.18.0.0/15', '2001:db8:ffff::/48'] },
+  };
+}
+
+class CountingRunner implements Runner {
+  writes = 0;
+  constructor(private readonly inner: Runner) {}
+  run(argv: readonly string[], options?: { input?: string; timeoutMs?: number }) {
+    if (argv.some((a) => a.endsWith('restore'))) this.writes++;
+    return this.inner.run(argv, options);
+  }
+}
+
+export async function firewallBench(count = 100_000): Promise<FirewallBench> {
+  const ns = TestNamespace.create();
+  try {
+    const doc = stateDoc(count);
+    const runner = new CountingRunner(new ProcessRunner(ns.path));
+    const timed = async (document: typeof doc) => {
+      const started = performance.now();
+      const firewall = new Firewall(runner); // a fresh one each time: what a restarted agent has
+      const plan = planFirewall(parseDesiredState(document, 'bench'));
+      const result = await firewall.apply(plan);
+      return { ms: performance.now() - started, result, plan };
+    };
+    const first = await timed(doc);
+    const entries = first.plan.families.reduce((n, f) => n + f.sets.reduce((m, s) => m + s.entries.length, 0), 0);
+    const cdnIPv4 = doc.bindings.find((b) => b.label === 'cdn' && b.port === 0 && b.protocol === 'tcp' && !b.prefix.includes(':') && Number(b.prefix.split('/')[1]) <= 24)!;
+    const carved = { label: 'spectrum', protocol: 'tcp', prefix: `${cdnIPv4.prefix.split('/')[0]!.replace(/\.\d+$/, '.77')}/32`, port: 0 };
+    runner.writes = 0;
+    const change = await timed({ ...doc, bindings: [...doc.bindings, carved] });
+    const changeWrites = runner.writes;
+    runner.writes = 0;
+    const restart = await timed({ ...doc, bindings: [...doc.bindings, carved] });
+    if (restart.result.changed) throw new Error(`restart with nothing to change wrote: ${JSON.stringify(restart.result.summary)}`);
+    return {
+      prefixes: count,
+      set_entries: entries,
+      first_apply_ms: Math.round(first.ms),
+      one_prefix_change_ms: Math.round(change.ms),
+      one_prefix_change_writes: changeWrites,
+      restart_noop_ms: Math.round(restart.ms),
+      restart_noop_writes: runner.writes,
+      backend: first.result.backend,
+    };
+  } finally {
+    ns.destroy();
+  }
+}

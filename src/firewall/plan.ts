@@ -51,6 +51,8 @@ export interface IpSet {
   entries: SetEntry[];
   /** What the set stands for, for status output and errors. */
   purpose: string;
+  /** Port sets are left out when empty (and so is their rule). */
+  optional?: boolean;
 }
 
 export type RuleTarget = 'ACCEPT' | 'DROP' | 'RETURN' | 'REJECT' | string;
@@ -98,12 +100,12 @@ const portSetName = (family: Family, protocol: Protocol, port: number) => `${set
 /** The temporary a set is filled in before a swap: same length, still ours. */
 export const temporarySetName = (name: string) => `sx${name.slice(2)}`;
 
-function compareAddresses(a: Prefix, b: Prefix): number {
+export function compareAddresses(a: Prefix, b: Prefix): number {
   for (let i = 0; i < 4; i++) if (a.words[i] !== b.words[i]) return a.words[i]! < b.words[i]! ? -1 : 1;
   return a.length - b.length;
 }
 
-function contains(outer: Prefix, inner: Prefix): boolean {
+export function contains(outer: Prefix, inner: Prefix): boolean {
   if (outer.length > inner.length) return false;
   for (let i = 0; i < 4; i++) {
     const m = PREFIX_MASKS[outer.length * 4 + i]!;
@@ -186,7 +188,7 @@ function perPortChunk(ranges: PortRanges, make: (dports: PortRanges | undefined)
   return portChunks(ranges).map((chunk) => make(chunk.length === 0 ? undefined : chunk));
 }
 
-interface Bound {
+export interface Bound {
   prefix: Prefix;
   text: string;
   label: string;
@@ -196,94 +198,92 @@ interface Bound {
 const samePrefix = (a: Prefix, b: Prefix) =>
   a.length === b.length && a.words[0] === b.words[0] && a.words[1] === b.words[1] && a.words[2] === b.words[2] && a.words[3] === b.words[3];
 
-/** `bound`: this protocol's bindings sorted by address then length (`presorted`: and no /0). */
-function protocolPlan(state: DesiredState, family: Family, protocol: Protocol, bound: Bound[], presorted: boolean): { chain: Chain; sets: IpSet[] } {
-  const managed = managedSetName(family);
-  const wildcard = bound.filter((b) => b.port === 0);
-  const exactPorts = [...new Set(bound.filter((b) => b.port !== 0).map((b) => b.port))].sort((a, b) => a - b);
-  const rules: Rule[] = [];
-  const sets: IpSet[] = [];
-
-  for (const port of exactPorts) {
-    // The binding picked for this port at each prefix: on equal prefixes the
-    // exact port beats the wildcard (equal prefixes are neighbours here).
-    const picked: Bound[] = [];
-    for (const b of bound) {
-      if (b.port !== port && b.port !== 0) continue;
-      const last = picked[picked.length - 1];
-      if (last && samePrefix(last.prefix, b.prefix)) {
-        if (b.port === port) picked[picked.length - 1] = b;
-      } else {
-        picked.push(b);
-      }
-    }
-    const allows = new Map<string, boolean>();
-    const entries = lpmEntries(
-      picked,
-      (b) => allows.get(b.label) ?? (allows.set(b.label, rangesContain(allowedPorts(state, b.label, protocol), port)), allows.get(b.label)!),
-      presorted,
-    );
-    const name = portSetName(family, protocol, port);
-    if (entries.length > 0) {
-      sets.push({ name, family, entries, purpose: `${protocol} port ${port}: addresses whose binding for this port belongs to a service allowing it` });
-      rules.push({ protocol, dports: [[port, port]], set: { name, negate: false }, target: 'ACCEPT', why: `${protocol}/${port}: accept where the picked binding's service allows it` });
-    }
-    rules.push({ protocol, dports: [[port, port]], set: { name: managed, negate: false }, target: 'DROP', why: `${protocol}/${port}: drop the rest of the bound addresses` });
-  }
-
-  const labels = [...new Set(wildcard.map((b) => b.label))].sort();
-  for (const label of labels) {
-    const ports = allowedPorts(state, label, protocol);
-    if (ports.length === 0) continue;
-    const entries = lpmEntries(wildcard, (b) => b.label === label, presorted);
-    const name = labelSetName(family, protocol, label);
-    sets.push({ name, family, entries, purpose: `${protocol} any-port bindings of ${label}: where the longest one is ${label}'s` });
-    rules.push(
-      ...perPortChunk(ports, (dports) => ({
-        protocol,
-        ...(dports ? { dports } : {}),
-        set: { name, negate: false },
-        target: 'ACCEPT',
-        why: `${protocol}: ${label}'s policy on its any-port bindings`,
-      })),
-    );
-  }
-  rules.push({ set: { name: managed, negate: false }, target: 'DROP', why: `${protocol}: drop what no policy allows on bound addresses` });
-  return { chain: { name: PROTOCOL_CHAIN[protocol], rules }, sets };
+/** What the rules depend on, per protocol: the ports with exact-port bindings, the labels with any-port ones. */
+export interface Skeleton {
+  exactPorts: Record<Protocol, number[]>;
+  labels: Record<Protocol, string[]>;
 }
 
-function familyPlan(state: DesiredState, family: Family): FamilyPlan {
-  const t = state.bindings;
-  // Sorted once by address then length; every set below is a sweep over it.
-  const all: Array<Bound & { tcp: boolean }> = [];
-  let zeroLength = false;
-  for (let i = 0; i < t.count; i++) {
-    if (t.family[i] !== family) continue;
-    const prefix = t.prefix(i);
-    zeroLength ||= prefix.length === 0;
-    all.push({ prefix, text: formatPrefix(prefix), label: t.label(i), port: t.port[i]!, tcp: t.protocol[i] === IPPROTO.tcp });
+/** A family's bindings as the planner sweeps them: sorted by address, then length. */
+export type PlanItem = Bound & { tcp: boolean };
+
+export function skeletonOf(items: PlanItem[]): Skeleton {
+  const ports = { tcp: new Set<number>(), udp: new Set<number>() };
+  const labels = { tcp: new Set<string>(), udp: new Set<string>() };
+  for (const b of items) {
+    const p = b.tcp ? 'tcp' : 'udp';
+    if (b.port === 0) labels[p].add(b.label);
+    else ports[p].add(b.port);
   }
-  // Sorted even with a /0 (equal prefixes must be neighbours); lpmEntries
-  // then splits the /0 and sorts again.
-  all.sort((a, b) => compareAddresses(a.prefix, b.prefix));
-  const presorted = !zeroLength;
-  const bound: Record<Protocol, Bound[]> = { tcp: all.filter((b) => b.tcp), udp: all.filter((b) => !b.tcp) };
-  const managed = managedSetName(family);
-  const https = httpsOnlySetName(family);
-  const httpsPrefixes = state.httpsOnly.prefixes.filter((p) => p.family === family);
+  const sortedPorts = (x: Set<number>) => [...x].sort((a, b) => a - b);
+  return { exactPorts: { tcp: sortedPorts(ports.tcp), udp: sortedPorts(ports.udp) }, labels: { tcp: [...labels.tcp].sort(), udp: [...labels.udp].sort() } };
+}
+
+/**
+ * Every set of one family for `items` (sorted; `presorted` also says there
+ * is no /0), shaped by `skeleton`: port sets come out even when empty, so a
+ * region's sets (incremental.ts) line up with the whole state's.
+ */
+export function familySets(state: DesiredState, family: Family, items: PlanItem[], presorted: boolean, skeleton: Skeleton): IpSet[] {
   const sets: IpSet[] = [
-    { name: managed, family, entries: outermost(all, presorted), purpose: 'every bound prefix (traffic outside them is not ours)' },
+    { name: managedSetName(family), family, entries: outermost(items, presorted), purpose: 'every bound prefix (traffic outside them is not ours)' },
   ];
-  const main: Rule[] = [];
+  const httpsPrefixes = state.httpsOnly.prefixes.filter((p) => p.family === family);
   if (httpsPrefixes.length > 0) {
-    sets.push({ name: https, family, entries: outermost(httpsPrefixes.map((prefix) => ({ prefix }))), purpose: 'HTTPS-only ranges' });
+    sets.push({ name: httpsOnlySetName(family), family, entries: outermost(httpsPrefixes.map((prefix) => ({ prefix }))), purpose: 'HTTPS-only ranges' });
+  }
+  for (const protocol of ['tcp', 'udp'] as const) {
+    const bound = items.filter((b) => b.tcp === (protocol === 'tcp'));
+    for (const port of skeleton.exactPorts[protocol]) {
+      // The binding picked for this port at each prefix: on equal prefixes the
+      // exact port beats the wildcard (equal prefixes are neighbours here).
+      const picked: Bound[] = [];
+      for (const b of bound) {
+        if (b.port !== port && b.port !== 0) continue;
+        const last = picked[picked.length - 1];
+        if (last && samePrefix(last.prefix, b.prefix)) {
+          if (b.port === port) picked[picked.length - 1] = b;
+        } else {
+          picked.push(b);
+        }
+      }
+      const allows = new Map<string, boolean>();
+      const allowed = (label: string) => allows.get(label) ?? (allows.set(label, rangesContain(allowedPorts(state, label, protocol), port)), allows.get(label)!);
+      sets.push({
+        name: portSetName(family, protocol, port),
+        family,
+        entries: lpmEntries(picked, (b) => allowed(b.label), presorted),
+        optional: true,
+        purpose: `${protocol} port ${port}: addresses whose binding for this port belongs to a service allowing it`,
+      });
+    }
+    const wildcard = bound.filter((b) => b.port === 0);
+    for (const label of skeleton.labels[protocol]) {
+      if (allowedPorts(state, label, protocol).length === 0) continue;
+      sets.push({
+        name: labelSetName(family, protocol, label),
+        family,
+        entries: lpmEntries(wildcard, (b) => b.label === label, presorted),
+        purpose: `${protocol} any-port bindings of ${label}: where the longest one is ${label}'s`,
+      });
+    }
+  }
+  return sets;
+}
+
+/** The chains of one family, given its (non-empty) sets. */
+export function familyChains(state: DesiredState, family: Family, sets: IpSet[], skeleton: Skeleton): Chain[] {
+  const managed = managedSetName(family);
+  const has = new Set(sets.map((s) => s.name));
+  const main: Rule[] = [];
+  if (has.has(httpsOnlySetName(family))) {
     const unreachable = family === 4 ? 'icmp-port-unreachable' : 'icmp6-port-unreachable';
     for (const protocol of ['tcp', 'udp'] as const) {
       main.push(
         ...perPortChunk(state.httpsOnly.plaintextPorts, (dports) => ({
           protocol,
           ...(dports ? { dports } : {}),
-          set: { name: https, negate: false },
+          set: { name: httpsOnlySetName(family), negate: false },
           target: 'REJECT',
           rejectWith: protocol === 'tcp' ? 'tcp-reset' : unreachable,
           why: `HTTPS-only: refuse plaintext ${protocol} ports`,
@@ -293,15 +293,64 @@ function familyPlan(state: DesiredState, family: Family): FamilyPlan {
   }
   const chains: Chain[] = [{ name: MAIN_CHAIN, rules: main }];
   for (const protocol of ['tcp', 'udp'] as const) {
-    const p = protocolPlan(state, family, protocol, bound[protocol], presorted);
-    main.push({ protocol, target: p.chain.name, why: `${protocol} to the ${protocol} chain` });
-    chains.push(p.chain);
-    sets.push(...p.sets);
+    const rules: Rule[] = [];
+    for (const port of skeleton.exactPorts[protocol]) {
+      const name = portSetName(family, protocol, port);
+      if (has.has(name)) {
+        rules.push({ protocol, dports: [[port, port]], set: { name, negate: false }, target: 'ACCEPT', why: `${protocol}/${port}: accept where the picked binding's service allows it` });
+      }
+      rules.push({ protocol, dports: [[port, port]], set: { name: managed, negate: false }, target: 'DROP', why: `${protocol}/${port}: drop the rest of the bound addresses` });
+    }
+    for (const label of skeleton.labels[protocol]) {
+      const name = labelSetName(family, protocol, label);
+      if (!has.has(name)) continue;
+      rules.push(
+        ...perPortChunk(allowedPorts(state, label, protocol), (dports) => ({
+          protocol,
+          ...(dports ? { dports } : {}),
+          set: { name, negate: false },
+          target: 'ACCEPT',
+          why: `${protocol}: ${label}'s policy on its any-port bindings`,
+        })),
+      );
+    }
+    rules.push({ set: { name: managed, negate: false }, target: 'DROP', why: `${protocol}: drop what no policy allows on bound addresses` });
+    main.push({ protocol, target: PROTOCOL_CHAIN[protocol], why: `${protocol} to the ${protocol} chain` });
+    chains.push({ name: PROTOCOL_CHAIN[protocol], rules });
   }
-  return { family, chains, sets };
+  return chains;
+}
+
+/** A family's bindings, sorted once by address then length; every set is a sweep over them. */
+export function familyItems(state: DesiredState, family: Family): { items: PlanItem[]; presorted: boolean } {
+  const t = state.bindings;
+  const items: PlanItem[] = [];
+  let zeroLength = false;
+  for (let i = 0; i < t.count; i++) {
+    if (t.family[i] !== family) continue;
+    const prefix = t.prefix(i);
+    zeroLength ||= prefix.length === 0;
+    items.push({ prefix, text: formatPrefix(prefix), label: t.label(i), port: t.port[i]!, tcp: t.protocol[i] === IPPROTO.tcp });
+  }
+  // Sorted even with a /0 (equal prefixes must be neighbours); lpmEntries
+  // then splits the /0 and sorts again.
+  items.sort((a, b) => compareAddresses(a.prefix, b.prefix));
+  return { items, presorted: !zeroLength };
+}
+
+/** Port sets that came out empty are not created (nor is their rule). */
+export const keepSet = (set: IpSet) => set.entries.length > 0 || !set.optional;
+
+export function familyPlan(state: DesiredState, family: Family, items: PlanItem[], presorted: boolean, skeleton = skeletonOf(items)): FamilyPlan {
+  const sets = familySets(state, family, items, presorted, skeleton).filter(keepSet);
+  return { family, chains: familyChains(state, family, sets, skeleton), sets };
 }
 
 /** The whole firewall for a desired state: both families, always. */
 export function planFirewall(state: DesiredState): FirewallPlan {
-  return { families: [familyPlan(state, 4), familyPlan(state, 6)] };
+  const family = (f: Family) => {
+    const { items, presorted } = familyItems(state, f);
+    return familyPlan(state, f, items, presorted);
+  };
+  return { families: [family(4), family(6)] };
 }

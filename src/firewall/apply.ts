@@ -42,6 +42,8 @@ import {
   renderChain,
 } from './netfilter.js';
 import type { Runner } from './runner.js';
+import { FirewallModel, type BindingChange, type SetDelta } from './incremental.js';
+import type { DesiredState } from '../desired/state.js';
 
 export type Backend = 'nft' | 'legacy';
 
@@ -77,6 +79,8 @@ export interface FamilyChanges {
   after: ScriptLine[];
   /** The narrowing changes inverted: run when step 1 or 2 fails, so the family is as it was. */
   undo: ScriptLine[];
+  /** The widening changes inverted (see execute: one call when the rules stay). */
+  undoAfter: ScriptLine[];
 }
 
 export interface Changes {
@@ -135,13 +139,49 @@ function setChanges(family: FamilyPlan, observed: Observed, out: { create: Scrip
       summary.setsReplaced++;
       continue;
     }
-    // `del` takes the bare prefix: ipset refuses flags on a delete.
-    const line = (op: 'add' | 'del', e: string) => ({ text: `${op} ${set.name} ${op === 'del' ? e.replace(' nomatch', '') : e}`, what: `set ${set.name} entry ${e}` });
-    // Narrowing: a new nomatch entry, a match entry going away. An entry whose
-    // flag flips is a delete plus an add on the same side.
-    for (const e of dels) (e.endsWith(' nomatch') ? out.widen : out.narrow).push(line('del', e));
-    for (const e of adds) (e.endsWith(' nomatch') ? out.narrow : out.widen).push(line('add', e));
+    entryLines(set.name, adds, dels, out);
   }
+}
+
+/**
+ * In-place changes to one set, sorted by their effect: narrowing (a new
+ * nomatch entry, a match entry going away) or widening. An entry whose flag
+ * flips is a delete plus an add on the same side.
+ */
+function entryLines(name: string, adds: string[], dels: string[], out: { narrow: ScriptLine[]; widen: ScriptLine[] }): void {
+  // `del` takes the bare prefix: ipset refuses flags on a delete.
+  const line = (op: 'add' | 'del', e: string) => ({ text: `${op} ${name} ${op === 'del' ? e.replace(' nomatch', '') : e}`, what: `set ${name} entry ${e}` });
+  for (const e of dels) (e.endsWith(' nomatch') ? out.widen : out.narrow).push(line('del', e));
+  for (const e of adds) (e.endsWith(' nomatch') ? out.narrow : out.widen).push(line('add', e));
+}
+
+/** The kernel changes for set deltas from FirewallModel.update (rules unchanged). */
+export function deltaChanges(deltas: SetDelta[]): Changes {
+  const summary = emptySummary();
+  const families = {} as Record<Family, FamilyChanges>;
+  for (const f of [4, 6] as const) {
+    const out = { narrow: [] as ScriptLine[], widen: [] as ScriptLine[] };
+    for (const d of deltas) {
+      if (d.set.family !== f) continue;
+      const before = new Set(d.before.map(entryText));
+      const after = d.after.map(entryText);
+      const afterSet = new Set(after);
+      const adds = after.filter((e) => !before.has(e));
+      const dels = [...before].filter((e) => !afterSet.has(e));
+      summary.entriesAdded += adds.length;
+      summary.entriesRemoved += dels.length;
+      entryLines(d.set.name, adds, dels, out);
+    }
+    families[f] = {
+      sets: out.narrow,
+      swapFrom: out.narrow.length,
+      rules: [],
+      after: out.widen,
+      undo: out.narrow.map(inverse).reverse(),
+      undoAfter: out.widen.map(inverse).reverse(),
+    };
+  }
+  return { families, summary };
 }
 
 function ruleChanges(family: FamilyPlan, observed: ObservedRules, summary: ChangeSummary): ScriptLine[] {
@@ -196,6 +236,7 @@ export function planChanges(plan: FirewallPlan, observed: Observed): Changes {
       rules: ruleChanges(family, observed.rules[f], summary),
       after: [...out.widen, ...destroy],
       undo: out.narrow.map(inverse).reverse(),
+      undoAfter: out.widen.map(inverse).reverse(),
     };
   }
   return { families, summary };
@@ -219,7 +260,7 @@ export function planCleanup(observed: Observed): Changes {
   }
   const destroy = (f: Family) => [...observed.sets.keys()].filter((n) => familyOfSet(n) === f).map((name) => ({ text: `destroy ${name}`, what: `set ${name}` }));
   summary.setsDestroyed = observed.sets.size;
-  const only = (f: Family): FamilyChanges => ({ sets: [], swapFrom: 0, rules: rules[f], after: destroy(f), undo: [] });
+  const only = (f: Family): FamilyChanges => ({ sets: [], swapFrom: 0, rules: rules[f], after: destroy(f), undo: [], undoAfter: [] });
   return { families: { 4: only(4), 6: only(6) }, summary };
 }
 
@@ -261,6 +302,8 @@ function failure(tool: string, lines: ScriptLine[], stderr: string): SwitchyardE
 /** The kernel's firewall, through the tools, in one network namespace (the runner's). */
 export class Firewall {
   private backendFound: Backend | undefined;
+  /** What the last apply put in the kernel, for changes that skip the read-back (sync with changes). */
+  private model: FirewallModel | undefined;
 
   constructor(
     private readonly runner: Runner,
@@ -310,13 +353,21 @@ export class Firewall {
     const wait = String(this.options.lockWaitSeconds ?? 5);
     for (const family of [4, 6] as const) {
       const f = changes.families[family];
+      // With no rule change between them, narrowing and widening go in one
+      // call (ipset restore runs its lines in order): one process, not two.
+      const merged = f.rules.length === 0 && f.swapFrom === f.sets.length && f.after.every((l) => !l.text.startsWith('destroy '));
       try {
+        if (merged) {
+          await this.runScript(['ipset', '-exist', 'restore'], [...f.sets, ...f.after]);
+          continue;
+        }
         await this.runScript(['ipset', '-exist', 'restore'], f.sets);
         await this.runScript([tools.restore[family], '--noflush', '--wait', wait], f.rules);
       } catch (err) {
-        if (f.undo.length === 0) throw err;
+        const undo = merged ? [...f.undoAfter, ...f.undo] : f.undo;
+        if (undo.length === 0) throw err;
         try {
-          await this.runScript(['ipset', '-exist', 'restore'], f.undo);
+          await this.runScript(['ipset', '-exist', 'restore'], undo);
         } catch (undoErr) {
           throw new SwitchyardError('EFIREWALL', `${(err as Error).message}; undoing the IPv${family} set changes failed too: ${(undoErr as Error).message}`, { cause: err });
         }
@@ -332,14 +383,45 @@ export class Firewall {
   /** Observe, plan, execute: nothing is written when nothing differs. */
   async apply(plan: FirewallPlan): Promise<ApplyResult> {
     const started = performance.now();
+    this.model = undefined;
     const observed = await this.observe();
     const changes = planChanges(plan, observed);
     if (!isEmpty(changes)) await this.execute(changes);
     return { backend: await this.backend(), changed: !isEmpty(changes), summary: changes.summary, ms: performance.now() - started };
   }
 
+  /**
+   * Brings the firewall to `state`. With `changes` (the binding delta from
+   * the state of the previous sync, policies unchanged) and a model of what
+   * the last sync applied, only the entries inside the changed prefixes are
+   * planned and written, without reading the kernel back: a drifted kernel
+   * is repaired by the next full sync (the reconciler's resync). Otherwise,
+   * or when the change reshapes the rules, a full apply.
+   */
+  async sync(state: DesiredState, changes?: BindingChange[]): Promise<ApplyResult> {
+    const started = performance.now();
+    const update = changes && this.model ? this.model.update(state, changes) : undefined;
+    if (update) {
+      const delta = deltaChanges(update.deltas);
+      this.model = undefined; // until the writes are known to have gone in
+      try {
+        if (!isEmpty(delta)) await this.execute(delta);
+        this.model = update.model;
+        return { backend: await this.backend(), changed: !isEmpty(delta), summary: delta.summary, ms: performance.now() - started };
+      } catch {
+        // The kernel was not what the model said (a set full, one destroyed
+        // by someone): the full apply below reads it back and repairs.
+      }
+    }
+    const model = FirewallModel.of(state);
+    const result = await this.apply(model.plan);
+    this.model = model;
+    return { ...result, ms: performance.now() - started };
+  }
+
   async cleanup(): Promise<ApplyResult> {
     const started = performance.now();
+    this.model = undefined;
     const changes = planCleanup(await this.observe());
     if (!isEmpty(changes)) await this.execute(changes);
     return { backend: await this.backend(), changed: !isEmpty(changes), summary: changes.summary, ms: performance.now() - started };

@@ -93,11 +93,15 @@ describe('firewall applier (fake tools)', () => {
       // [tool, failing line, what the verdicts may be afterwards]: failing in
       // step 1 or 2 undoes the narrowing (exactly the old verdicts, unless a
       // swap went through); in step 3 only what the new state accepts.
-      const cuts: Array<[RegExp, number, 'old' | 'new' | 'either']> = [
+      // Without a rule change, one call does both and a failure undoes it all.
+      const merged = v4.rules.length === 0 && v4.swapFrom === v4.sets.length;
+      const cuts: Array<[RegExp, number, 'old' | 'new' | 'either']> = merged
+        ? [...v4.sets, ...v4.after].map((_, i) => [/^ipset -exist restore$/, i + 1, 'old'] as [RegExp, number, 'old'])
+        : [
         ...v4.sets.map((_, i) => [/^ipset -exist restore$/, i + 1, i <= v4.swapFrom ? 'old' : 'either'] as [RegExp, number, 'old']),
         ...v4.rules.map((_, i) => [/^iptables-nft-restore/, i + 1, v4.swapFrom < v4.sets.length ? 'either' : 'old'] as [RegExp, number, 'old']),
         ...v4.after.map((_, i) => [/^ipset -exist restore$/, i + 1, 'new'] as [RegExp, number, 'new']),
-      ];
+          ];
       expect(cuts.length).toBeGreaterThan(1);
       for (const [tool, line, which] of cuts) {
         const fake = new FakeNetfilter();

@@ -58,7 +58,42 @@ function lowerBound(items: PlanItem[], key: Prefix): number {
   return lo;
 }
 
-const sameSkeleton = (a: Skeleton, b: Skeleton) => JSON.stringify(a) === JSON.stringify(b);
+/** How many bindings hold each skeleton key ("tcp port 443", "udp label cdn"): a key that comes or goes reshapes the rules. */
+type SkeletonCounts = Map<string, number>;
+const skeletonKey = (item: Pick<PlanItem, 'tcp' | 'port' | 'label'>) => `${item.tcp ? 'tcp' : 'udp'} ${item.port === 0 ? `label ${item.label}` : `port ${item.port}`}`;
+
+function countSkeleton(items: PlanItem[]): SkeletonCounts {
+  const counts: SkeletonCounts = new Map();
+  for (const item of items) {
+    const k = skeletonKey(item);
+    counts.set(k, (counts.get(k) ?? 0) + 1);
+  }
+  return counts;
+}
+
+/** Entries [lo, hi) of a sorted entry list that lie inside p. */
+function rangeInside(entries: SetEntry[], p: Prefix): [number, number] {
+  let lo = 0;
+  let hi = entries.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (compareAddresses(entries[mid]!.prefix, p) < 0) lo = mid + 1;
+    else hi = mid;
+  }
+  let end = lo;
+  while (end < entries.length && contains(p, entries[end]!.prefix)) end++;
+  return [lo, end];
+}
+
+/** The entries inside any of `prefixes`, each once. */
+function entriesInside(entries: SetEntry[], prefixes: Prefix[]): SetEntry[] {
+  const picked = new Set<SetEntry>();
+  for (const p of prefixes) {
+    const [lo, hi] = rangeInside(entries, p);
+    for (let i = lo; i < hi; i++) picked.add(entries[i]!);
+  }
+  return [...picked];
+}
 
 /** The items enclosing `p` and those inside it, in sorted order. */
 function region(items: PlanItem[], p: Prefix): PlanItem[] {
@@ -77,6 +112,7 @@ export class FirewallModel {
     readonly plan: FirewallPlan,
     private readonly items: Record<Family, PlanItem[]>,
     private readonly skeletons: Record<Family, Skeleton>,
+    private readonly counts: Record<Family, SkeletonCounts>,
     private readonly policies: string,
     private readonly presorted: boolean,
   ) {}
@@ -88,7 +124,8 @@ export class FirewallModel {
     const plan: FirewallPlan = {
       families: [familyPlan(state, 4, v4.items, v4.presorted, skeletons[4]), familyPlan(state, 6, v6.items, v6.presorted, skeletons[6])],
     };
-    return new FirewallModel(state, plan, { 4: v4.items, 6: v6.items }, skeletons, policyKey(state), v4.presorted && v6.presorted);
+    const counts = { 4: countSkeleton(v4.items), 6: countSkeleton(v6.items) };
+    return new FirewallModel(state, plan, { 4: v4.items, 6: v6.items }, skeletons, counts, policyKey(state), v4.presorted && v6.presorted);
   }
 
   /**
@@ -99,6 +136,15 @@ export class FirewallModel {
   update(next: DesiredState, changes: BindingChange[]): { model: FirewallModel; deltas: SetDelta[] } | undefined {
     if (!this.presorted || policyKey(next) !== this.policies) return undefined;
     const items = { 4: this.items[4], 6: this.items[6] };
+    const counts = { 4: new Map(this.counts[4]), 6: new Map(this.counts[6]) };
+    const count = (f: Family, item: PlanItem, by: number) => {
+      const k = skeletonKey(item);
+      const n = (counts[f].get(k) ?? 0) + by;
+      if (n === 0) counts[f].delete(k);
+      else counts[f].set(k, n);
+      // A key appearing or vanishing changes the rules: the full planner does that.
+      return (n === 0 && by < 0) || (n === 1 && by > 0);
+    };
     const touched: Record<Family, Prefix[]> = { 4: [], 6: [] };
     for (const { binding, removed } of changes) {
       const prefix = parseBindingPrefix(binding.prefix, 'change');
@@ -112,9 +158,12 @@ export class FirewallModel {
       const same = at < list.length && compareAddresses(list[at]!.prefix, prefix) === 0;
       if (removed) {
         if (!same) return undefined; // not ours to remove: let the full planner decide
+        if (count(f, list[at]!, -1)) return undefined;
         list.splice(at, 1);
       } else {
         const item: PlanItem = { prefix, text: formatPrefix(prefix), label: binding.label, port: binding.port, tcp };
+        if (same && count(f, list[at]!, -1)) return undefined;
+        if (count(f, item, 1)) return undefined;
         if (same) list[at] = item;
         else list.splice(at, 0, item);
       }
@@ -124,35 +173,34 @@ export class FirewallModel {
     const families = [...this.plan.families] as FirewallPlan['families'];
     for (const f of FAMILIES) {
       if (touched[f].length === 0) continue;
-      const skeleton = skeletonOf(items[f]);
-      if (!sameSkeleton(skeleton, this.skeletons[f])) return undefined;
-      const inside = (e: SetEntry) => touched[f].some((p) => contains(p, e.prefix));
-      // New entries inside the touched prefixes, from each one's region.
-      const fresh = new Map<string, Map<string, SetEntry>>();
+      const skeleton = this.skeletons[f];
+      const old = families[f === 4 ? 0 : 1];
+      // Each touched prefix's region, planned again; its entries inside the
+      // prefix replace the old ones (sets stay sorted: lpmEntries sweeps in order).
+      const sets = old.sets.map((set) => ({ ...set, entries: set.entries }));
       for (const p of touched[f]) {
-        for (const set of familySets(next, f, region(items[f], p), true, skeleton)) {
-          let m = fresh.get(set.name);
-          if (!m) fresh.set(set.name, (m = new Map()));
-          for (const e of set.entries) if (contains(p, e.prefix)) m.set(`${e.text ?? formatPrefix(e.prefix)}${e.nomatch ? '!' : ''}`, e);
+        for (const fresh of familySets(next, f, region(items[f], p), true, skeleton)) {
+          const set = sets.find((s) => s.name === fresh.name);
+          const [lo, hi] = rangeInside(fresh.entries, p);
+          if (!set) {
+            // A port set that was empty: it appears only with the full planner.
+            if (hi > lo) return undefined;
+            continue;
+          }
+          const [from, to] = rangeInside(set.entries, p);
+          if (from === to && lo === hi) continue;
+          set.entries = [...set.entries.slice(0, from), ...fresh.entries.slice(lo, hi), ...set.entries.slice(to)];
         }
       }
-      const old = families[f === 4 ? 0 : 1];
-      const all = familySets(next, f, [], true, skeleton); // names and order only
-      const sets: IpSet[] = [];
-      for (const shape of all) {
-        const previous = old.sets.find((s) => s.name === shape.name);
-        const after = [...(fresh.get(shape.name)?.values() ?? [])];
-        const before = previous ? previous.entries.filter(inside) : [];
-        const entries = previous ? previous.entries.filter((e) => !inside(e)).concat(after) : after;
-        const set = { ...shape, entries };
-        // A port set appearing or emptying changes the rules: full planner.
-        if (keepSet(set) !== Boolean(previous)) return undefined;
-        if (!keepSet(set)) continue;
-        sets.push(set);
-        if (before.length > 0 || after.length > 0) deltas.push({ set, before, after });
+      for (let i = 0; i < sets.length; i++) {
+        const set = sets[i]!;
+        if (set.entries === old.sets[i]!.entries) continue;
+        // A port set emptying drops its rule: the full planner again.
+        if (!keepSet(set)) return undefined;
+        deltas.push({ set, before: entriesInside(old.sets[i]!.entries, touched[f]), after: entriesInside(set.entries, touched[f]) });
       }
       families[f === 4 ? 0 : 1] = { ...old, sets };
     }
-    return { model: new FirewallModel(next, { families }, items, this.skeletons, this.policies, true), deltas };
+    return { model: new FirewallModel(next, { families }, items, this.skeletons, counts, this.policies, true), deltas };
   }
 }

@@ -3,10 +3,12 @@
  * only), compute the changes with a pure function, then run them in an order
  * that never opens a port a verdict should close:
  *
- * per family (IPv4, then IPv6):
- *   1. `ipset restore`: leftover temporaries destroyed; new sets created and
- *      filled (nothing refers to them yet); in existing sets every change
- *      that can only narrow what matches (adding `nomatch` entries, deleting
+ *   0. `ipset restore`, both families, in two processes side by side:
+ *      leftover temporaries destroyed; new sets created and filled (nothing
+ *      refers to them yet).
+ * Then per family (IPv4, then IPv6):
+ *   1. `ipset restore`: in existing sets every change that can only narrow
+ *      what matches (adding `nomatch` entries, deleting
  *      match entries); sets that change by more than a quarter are filled
  *      into a temporary and swapped in whole.
  *   2. `iptables-restore --noflush --wait`, one call per family (an earlier
@@ -52,10 +54,20 @@ export interface Observed {
   sets: Map<string, ObservedSet>;
 }
 
-/** One line of a tool's input and the object it is about (for error messages). */
+/**
+ * One line of a tool's input and the object it is about (for error
+ * messages). `add` lines, a hundred thousand at a time, leave `what` out:
+ * describe() derives it from the text when an error needs it.
+ */
 export interface ScriptLine {
   text: string;
-  what: string;
+  what?: string;
+}
+
+export function describe(line: ScriptLine): string {
+  if (line.what) return line.what;
+  const [op, name, ...entry] = line.text.split(' ');
+  return op === 'add' || op === 'del' ? `set ${name} entry ${entry.join(' ')}` : line.text;
 }
 
 export interface ChangeSummary {
@@ -70,7 +82,9 @@ export interface ChangeSummary {
 
 /** The changes of one family, in the order they run. */
 export interface FamilyChanges {
-  /** Step 1: leftovers destroyed, creations, narrowing changes, then swaps (from `swapFrom`). */
+  /** Step 0: temporaries left by an interrupted apply destroyed, new sets created and filled (nothing refers to them yet). */
+  creates: ScriptLine[];
+  /** Step 1: narrowing changes, then swaps (from `swapFrom`). */
   sets: ScriptLine[];
   swapFrom: number;
   /** Step 2: one iptables-restore input. */
@@ -93,22 +107,40 @@ const SWAP_SHARE = 0.25;
 const SWAP_MIN = 1000;
 
 export function isEmpty(changes: Changes): boolean {
-  return Object.values(changes.families).every((f) => f.sets.length === 0 && f.rules.length === 0 && f.after.length === 0);
+  return Object.values(changes.families).every((f) => f.creates.length === 0 && f.sets.length === 0 && f.rules.length === 0 && f.after.length === 0);
+}
+
+/**
+ * Step 0 of both families as at most two ipset inputs of about equal size,
+ * whole sets each, run side by side: filling 100,000 entries is most of a
+ * first apply, and the tool is single-threaded.
+ */
+export function createChunks(changes: Changes): ScriptLine[][] {
+  const groups: ScriptLine[][] = [];
+  for (const f of [4, 6] as const) {
+    for (const line of changes.families[f].creates) {
+      if (line.text.startsWith('create ') || line.text.startsWith('destroy ') || groups.length === 0) groups.push([]);
+      groups[groups.length - 1]!.push(line);
+    }
+  }
+  const chunks: ScriptLine[][] = [[], []];
+  for (const g of groups.sort((a, b) => b.length - a.length)) (chunks[0]!.length <= chunks[1]!.length ? chunks[0]! : chunks[1]!).push(...g);
+  return chunks.filter((c) => c.length > 0);
 }
 
 /** The inverse of a narrowing line (`add … nomatch` ↔ `del …`, `del` of a match entry ↔ `add`). */
 function inverse(line: ScriptLine): ScriptLine {
   const [op, name, prefix, flag] = line.text.split(' ');
-  const entry = line.what.split(' entry ')[1] ?? '';
-  if (op === 'add') return { text: `del ${name} ${prefix}`, what: `${line.what} (undo)` };
-  return { text: `add ${name} ${entry || `${prefix}${flag ? ` ${flag}` : ''}`}`, what: `${line.what} (undo)` };
+  const entry = line.what?.split(' entry ')[1] ?? '';
+  if (op === 'add') return { text: `del ${name} ${prefix}`, what: `${describe(line)} (undo)` };
+  return { text: `add ${name} ${entry || `${prefix}${flag ? ` ${flag}` : ''}`}`, what: `${describe(line)} (undo)` };
 }
 
 function setChanges(family: FamilyPlan, observed: Observed, out: { create: ScriptLine[]; narrow: ScriptLine[]; widen: ScriptLine[]; swap: ScriptLine[] }, summary: ChangeSummary): void {
   for (const set of family.sets) {
     const have = observed.sets.get(set.name);
     const want = set.entries.map(entryText);
-    const fill = (name: string) => want.map((e) => ({ text: `add ${name} ${e}`, what: `set ${set.name} entry ${e}` }));
+    const fill = (name: string) => want.map((e) => ({ text: `add ${name} ${e}` }));
     if (!have) {
       out.create.push({ text: createLine(set, want.length), what: `set ${set.name}` }, ...fill(set.name));
       summary.setsCreated++;
@@ -122,10 +154,11 @@ function setChanges(family: FamilyPlan, observed: Observed, out: { create: Scrip
         { entry: set.name },
       );
     }
-    const wantSet = new Set(want);
     const adds = want.filter((e) => !have.entries.has(e));
+    // Entries are distinct: none to add and as many as wanted means equal.
+    if (adds.length === 0 && have.entries.size === want.length) continue;
+    const wantSet = new Set(want);
     const dels = [...have.entries].filter((e) => !wantSet.has(e));
-    if (adds.length === 0 && dels.length === 0) continue;
     summary.entriesAdded += adds.length;
     summary.entriesRemoved += dels.length;
     if (adds.length + dels.length > Math.max(SWAP_MIN, want.length * SWAP_SHARE) || want.length > have.maxelem) {
@@ -150,7 +183,9 @@ function setChanges(family: FamilyPlan, observed: Observed, out: { create: Scrip
  */
 function entryLines(name: string, adds: string[], dels: string[], out: { narrow: ScriptLine[]; widen: ScriptLine[] }): void {
   // `del` takes the bare prefix: ipset refuses flags on a delete.
-  const line = (op: 'add' | 'del', e: string) => ({ text: `${op} ${name} ${op === 'del' ? e.replace(' nomatch', '') : e}`, what: `set ${name} entry ${e}` });
+  // A delete keeps the entry's flag in `what`, for its inverse (undo).
+  const line = (op: 'add' | 'del', e: string): ScriptLine =>
+    op === 'add' ? { text: `add ${name} ${e}` } : { text: `del ${name} ${e.replace(' nomatch', '')}`, what: `set ${name} entry ${e}` };
   for (const e of dels) (e.endsWith(' nomatch') ? out.widen : out.narrow).push(line('del', e));
   for (const e of adds) (e.endsWith(' nomatch') ? out.narrow : out.widen).push(line('add', e));
 }
@@ -173,6 +208,7 @@ export function deltaChanges(deltas: SetDelta[]): Changes {
       entryLines(d.set.name, adds, dels, out);
     }
     families[f] = {
+      creates: [],
       sets: out.narrow,
       swapFrom: out.narrow.length,
       rules: [],
@@ -229,8 +265,9 @@ export function planChanges(plan: FirewallPlan, observed: Observed): Changes {
       }
     }
     setChanges(family, observed, out, summary);
-    const sets = [...leftovers, ...out.create, ...out.narrow, ...out.swap];
+    const sets = [...out.narrow, ...out.swap];
     families[f] = {
+      creates: [...leftovers, ...out.create],
       sets,
       swapFrom: sets.length - out.swap.length,
       rules: ruleChanges(family, observed.rules[f], summary),
@@ -260,7 +297,7 @@ export function planCleanup(observed: Observed): Changes {
   }
   const destroy = (f: Family) => [...observed.sets.keys()].filter((n) => familyOfSet(n) === f).map((name) => ({ text: `destroy ${name}`, what: `set ${name}` }));
   summary.setsDestroyed = observed.sets.size;
-  const only = (f: Family): FamilyChanges => ({ sets: [], swapFrom: 0, rules: rules[f], after: destroy(f), undo: [], undoAfter: [] });
+  const only = (f: Family): FamilyChanges => ({ creates: [], sets: [], swapFrom: 0, rules: rules[f], after: destroy(f), undo: [], undoAfter: [] });
   return { families: { 4: only(4), 6: only(6) }, summary };
 }
 
@@ -294,8 +331,8 @@ function failure(tool: string, lines: ScriptLine[], stderr: string): SwitchyardE
   const m = /(?:Error in line|line:?|at line:?)\s*(\d+)/i.exec(stderr);
   const line = m ? lines[Number(m[1]) - 1] : undefined;
   const detail = stderr.trim().split('\n').filter((l) => l && !l.startsWith('Try `')).join('; ');
-  return new SwitchyardError('EFIREWALL', `${tool} failed${line ? ` on ${line.what} (${JSON.stringify(line.text)})` : ''}: ${detail}`, {
-    entry: line?.what ?? tool,
+  return new SwitchyardError('EFIREWALL', `${tool} failed${line ? ` on ${describe(line)} (${JSON.stringify(line.text)})` : ''}: ${detail}`, {
+    entry: line ? describe(line) : tool,
   });
 }
 
@@ -351,6 +388,7 @@ export class Firewall {
   async execute(changes: Changes): Promise<void> {
     const tools = toolNames(await this.backend());
     const wait = String(this.options.lockWaitSeconds ?? 5);
+    await Promise.all(createChunks(changes).map((chunk) => this.runScript(['ipset', '-exist', 'restore'], chunk)));
     for (const family of [4, 6] as const) {
       const f = changes.families[family];
       // With no rule change between them, narrowing and widening go in one

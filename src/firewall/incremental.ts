@@ -23,6 +23,7 @@ import {
   familyItems,
   familyPlan,
   familySets,
+  ipsetText,
   keepSet,
   skeletonOf,
 } from './plan.js';
@@ -147,7 +148,9 @@ export class FirewallModel {
     };
     const touched: Record<Family, Prefix[]> = { 4: [], 6: [] };
     for (const { binding, removed } of changes) {
-      const prefix = parseBindingPrefix(binding.prefix, 'change');
+      const parsed = parseBindingPrefix(binding.prefix, 'change');
+      // The same word representation as familyItems (typed), for the sweeps.
+      const prefix: Prefix = { ...parsed, words: Uint32Array.from(parsed.words) as unknown as Prefix['words'] };
       if (prefix.length === 0) return undefined;
       const f = prefix.family;
       if (items[f] === this.items[f]) items[f] = [...items[f]];
@@ -161,7 +164,7 @@ export class FirewallModel {
         if (count(f, list[at]!, -1)) return undefined;
         list.splice(at, 1);
       } else {
-        const item: PlanItem = { prefix, text: formatPrefix(prefix), label: binding.label, port: binding.port, tcp };
+        const item: PlanItem = { prefix, text: ipsetText(prefix), label: binding.label, port: binding.port, tcp };
         if (same && count(f, list[at]!, -1)) return undefined;
         if (count(f, item, 1)) return undefined;
         if (same) list[at] = item;

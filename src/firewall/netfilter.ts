@@ -7,10 +7,10 @@
  */
 import crypto from 'node:crypto';
 import type { Family } from '../net/address.js';
-import { type Prefix, formatPrefix, parsePrefix } from '../net/address.js';
+import { type Prefix, parsePrefix } from '../net/address.js';
 import type { Protocol } from '../bindings/binding.js';
 import type { PortRanges } from '../desired/state.js';
-import { type Chain, type IpSet, type Rule, type SetEntry, MAIN_CHAIN, OWNED_SET, PROTOCOL_CHAIN } from './plan.js';
+import { type Chain, type IpSet, type Rule, type SetEntry, MAIN_CHAIN, OWNED_SET, PROTOCOL_CHAIN, ipsetText } from './plan.js';
 
 export const OUR_CHAINS: readonly string[] = [MAIN_CHAIN, PROTOCOL_CHAIN.tcp, PROTOCOL_CHAIN.udp];
 /** The comment on INPUT's jump to our main chain. */
@@ -163,20 +163,19 @@ export interface ObservedSet {
   entries: Set<string>;
 }
 
-export const entryText = (e: SetEntry) => `${e.text ?? formatPrefix(e.prefix)}${e.nomatch ? ' nomatch' : ''}`;
+export const entryText = (e: SetEntry) => (e.nomatch ? `${e.text ?? ipsetText(e.prefix)} nomatch` : (e.text ?? ipsetText(e.prefix)));
 
-/** Canonical text of an entry as ipset prints it (hosts without /32, IPv6 not always compressed). */
+/**
+ * An entry's text as we render it (ipsetText, plus " nomatch"). ipset prints
+ * IPv4 and most IPv6 exactly so; only an IPv6 address with an embedded
+ * dotted quad (glibc's form for ::a.b.c.d) needs parsing.
+ */
 function canonicalEntry(text: string): string | undefined {
-  // IPv4 comes back canonical but for hosts' missing /32: no parse needed.
-  if (/^\d+\.\d+\.\d+\.\d+(\/\d+)?( nomatch)?$/.test(text)) {
-    const space = text.indexOf(' ');
-    const prefix = space < 0 ? text : text.slice(0, space);
-    return `${prefix.includes('/') ? prefix : `${prefix}/32`}${space < 0 ? '' : ' nomatch'}`;
-  }
+  if (!(text.includes(':') && text.includes('.'))) return text;
   const [prefix, flag] = text.split(' ');
   const parsed = parsePrefix(prefix ?? '', true);
   if (typeof parsed === 'string') return undefined;
-  return `${formatPrefix(parsed)}${flag === 'nomatch' ? ' nomatch' : ''}`;
+  return `${ipsetText(parsed)}${flag === 'nomatch' ? ' nomatch' : ''}`;
 }
 
 /** Our sets from `ipset save` (every set's lines; others' are skipped). */

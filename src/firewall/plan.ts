@@ -23,7 +23,7 @@
  * Rules stay few (they do not grow with the bindings); sets grow.
  */
 import crypto from 'node:crypto';
-import { type Family, type Prefix, PREFIX_MASKS, formatPrefix } from '../net/address.js';
+import { type Family, type Prefix, PREFIX_MASKS, familyBits, formatAddress, formatPrefix } from '../net/address.js';
 import { IPPROTO, type Protocol } from '../bindings/binding.js';
 import { type DesiredState, type PortRanges, allowedPorts, rangesContain } from '../desired/state.js';
 
@@ -41,7 +41,7 @@ export type Verdict = 'accept' | 'drop' | 'reject' | 'pass';
 export interface SetEntry {
   prefix: Prefix;
   nomatch: boolean;
-  /** formatPrefix(prefix), when the planner already has it. */
+  /** ipsetText(prefix), when the planner already has it. */
   text?: string;
 }
 
@@ -86,6 +86,9 @@ export interface FirewallPlan {
 
 const setPrefix = (family: Family) => `sy${family}-`;
 
+/** A prefix as `ipset save` prints it (a host without its length), so read-back compares text. */
+export const ipsetText = (p: Prefix): string => (p.length === familyBits(p.family) ? formatAddress(p.family, p.words) : formatPrefix(p));
+
 /** Set names carry the label when it fits and a hash of it when it does not. */
 function labelSetName(family: Family, protocol: Protocol, label: string): string {
   const head = `${setPrefix(family)}${protocol}-l-`;
@@ -97,6 +100,7 @@ function labelSetName(family: Family, protocol: Protocol, label: string): string
 export const managedSetName = (family: Family) => `${setPrefix(family)}managed`;
 export const httpsOnlySetName = (family: Family) => `${setPrefix(family)}https`;
 const portSetName = (family: Family, protocol: Protocol, port: number) => `${setPrefix(family)}${protocol}-p${port}`;
+const portDenySetName = (family: Family, protocol: Protocol, port: number) => `${setPrefix(family)}${protocol}-x${port}`;
 /** The temporary a set is filled in before a swap: same length, still ours. */
 export const temporarySetName = (name: string) => `sx${name.slice(2)}`;
 
@@ -144,7 +148,20 @@ export function lpmEntries<T extends { prefix: Prefix; text?: string }>(items: T
   const stack: Prefix[] = [];
   const verdicts: boolean[] = [];
   for (const item of sorted) {
-    while (stack.length > 0 && !contains(stack[stack.length - 1]!, item.prefix)) {
+    const p = item.prefix;
+    while (stack.length > 0) {
+      const top = stack[stack.length - 1]!;
+      // contains(top, p), inlined: this loop runs for every item of every set.
+      if (top.length <= p.length) {
+        const m = top.length * 4;
+        if (
+          ((top.words[0] ^ p.words[0]) & PREFIX_MASKS[m]!) === 0 &&
+          ((top.words[1] ^ p.words[1]) & PREFIX_MASKS[m + 1]!) === 0 &&
+          ((top.words[2] ^ p.words[2]) & PREFIX_MASKS[m + 2]!) === 0 &&
+          ((top.words[3] ^ p.words[3]) & PREFIX_MASKS[m + 3]!) === 0
+        )
+          break;
+      }
       stack.pop();
       verdicts.pop();
     }
@@ -205,7 +222,7 @@ export interface Skeleton {
 }
 
 /** A family's bindings as the planner sweeps them: sorted by address, then length. */
-export type PlanItem = Bound & { tcp: boolean };
+export type PlanItem = Bound & { tcp: boolean; key?: number };
 
 export function skeletonOf(items: PlanItem[]): Skeleton {
   const ports = { tcp: new Set<number>(), udp: new Set<number>() };
@@ -249,13 +266,25 @@ export function familySets(state: DesiredState, family: Family, items: PlanItem[
       }
       const allows = new Map<string, boolean>();
       const allowed = (label: string) => allows.get(label) ?? (allows.set(label, rangesContain(allowedPorts(state, label, protocol), port)), allows.get(label)!);
-      sets.push({
-        name: portSetName(family, protocol, port),
-        family,
-        entries: lpmEntries(picked, (b) => allowed(b.label), presorted),
-        optional: true,
-        purpose: `${protocol} port ${port}: addresses whose binding for this port belongs to a service allowing it`,
-      });
+      // Where the exact-port binding wins: accepted if its service allows the
+      // port, dropped if not. Where a wildcard wins, the per-service sets
+      // below decide, so wildcard prefixes appear here only as carve-outs.
+      sets.push(
+        {
+          name: portSetName(family, protocol, port),
+          family,
+          entries: lpmEntries(picked, (b) => b.port === port && allowed(b.label), presorted),
+          optional: true,
+          purpose: `${protocol} port ${port}: where a binding for this port wins and its service allows the port`,
+        },
+        {
+          name: portDenySetName(family, protocol, port),
+          family,
+          entries: lpmEntries(picked, (b) => b.port === port && !allowed(b.label), presorted),
+          optional: true,
+          purpose: `${protocol} port ${port}: where a binding for this port wins and its service does not allow the port`,
+        },
+      );
     }
     const wildcard = bound.filter((b) => b.port === 0);
     for (const label of skeleton.labels[protocol]) {
@@ -295,11 +324,14 @@ export function familyChains(state: DesiredState, family: Family, sets: IpSet[],
   for (const protocol of ['tcp', 'udp'] as const) {
     const rules: Rule[] = [];
     for (const port of skeleton.exactPorts[protocol]) {
-      const name = portSetName(family, protocol, port);
-      if (has.has(name)) {
-        rules.push({ protocol, dports: [[port, port]], set: { name, negate: false }, target: 'ACCEPT', why: `${protocol}/${port}: accept where the picked binding's service allows it` });
+      const accept = portSetName(family, protocol, port);
+      const deny = portDenySetName(family, protocol, port);
+      if (has.has(accept)) {
+        rules.push({ protocol, dports: [[port, port]], set: { name: accept, negate: false }, target: 'ACCEPT', why: `${protocol}/${port}: accept where this port's binding wins and is allowed` });
       }
-      rules.push({ protocol, dports: [[port, port]], set: { name: managed, negate: false }, target: 'DROP', why: `${protocol}/${port}: drop the rest of the bound addresses` });
+      if (has.has(deny)) {
+        rules.push({ protocol, dports: [[port, port]], set: { name: deny, negate: false }, target: 'DROP', why: `${protocol}/${port}: drop where this port's binding wins but is not allowed` });
+      }
     }
     for (const label of skeleton.labels[protocol]) {
       const name = labelSetName(family, protocol, label);
@@ -328,14 +360,33 @@ export function familyItems(state: DesiredState, family: Family): { items: PlanI
   let zeroLength = false;
   for (let i = 0; i < t.count; i++) {
     if (t.family[i] !== family) continue;
-    const prefix = t.prefix(i);
+    // Words in a Uint32Array of their own: the sweeps read them millions of
+    // times, and that is ~3x faster than number arrays holding values above
+    // 2^31 or than subarray views of the table (measured).
+    const a = t.addr;
+    const words = Uint32Array.of(a[i * 4]!, a[i * 4 + 1]!, a[i * 4 + 2]!, a[i * 4 + 3]!) as unknown as Prefix['words'];
+    const prefix: Prefix = { family, words, length: t.prefixLen[i]! };
     zeroLength ||= prefix.length === 0;
-    items.push({ prefix, text: formatPrefix(prefix), label: t.label(i), port: t.port[i]!, tcp: t.protocol[i] === IPPROTO.tcp });
+    const w = prefix.words;
+    items.push({
+      prefix,
+      text: ipsetText(prefix),
+      label: t.label(i),
+      port: t.port[i]!,
+      tcp: t.protocol[i] === IPPROTO.tcp,
+      key: family === 4 ? w[0] * 64 + prefix.length : w[0] * 2097152 + (w[1] >>> 11),
+    });
   }
   // Sorted even with a /0 (equal prefixes must be neighbours); lpmEntries
-  // then splits the /0 and sorts again.
-  items.sort((a, b) => compareAddresses(a.prefix, b.prefix));
-  return { items, presorted: !zeroLength };
+  // then splits the /0 and sorts again. The numeric key orders by the first
+  // 32 bits (and, for IPv4, the length) without touching the word arrays.
+  items.sort((a, b) => a.key! - b.key! || compareAddresses(a.prefix, b.prefix));
+  // Copied in sorted order so the sweeps walk memory in order: after the
+  // sort, items sit all over the heap, and on this kind of machine every
+  // cache miss costs 100-200 ns (measured: copying first makes the planner
+  // 2-3x faster).
+  const inOrder = items.map((b) => ({ ...b, prefix: { family: b.prefix.family, words: Uint32Array.from(b.prefix.words) as unknown as Prefix['words'], length: b.prefix.length } }));
+  return { items: inOrder, presorted: !zeroLength };
 }
 
 /** Port sets that came out empty are not created (nor is their rule). */

@@ -159,8 +159,48 @@ export interface ObservedSet {
   type: string;
   family: string;
   maxelem: number;
-  /** Canonical entry text (`prefix` or `prefix nomatch`). */
-  entries: Set<string>;
+  /** Canonical entry texts (`prefix` or `prefix nomatch`), as read. */
+  list: string[];
+  /** Order-free digest of `list` (entryDigest summed), to find an unchanged set without building a Set. */
+  digest: number;
+  /** The entries as a Set, built on first use. */
+  readonly entries: Set<string>;
+}
+
+/** Two 32-bit FNV-1a hashes of an entry text, packed into 52 bits. */
+export function entryDigest(text: string): number {
+  let a = 0x811c9dc5;
+  let b = 0x01000193;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    a = Math.imul(a ^ c, 0x01000193);
+    b = Math.imul(b ^ c, 0x5bd1e995);
+  }
+  return (a >>> 0) * 0x100000 + ((b >>> 12) & 0xfffff);
+}
+
+/** Sum of entry digests modulo 2^52: the same for the same entries in any order. */
+export function setDigest(texts: Iterable<string>): number {
+  let sum = 0;
+  for (const t of texts) sum = (sum + entryDigest(t)) % 0x10000000000000;
+  return sum;
+}
+
+function observedSet(name: string, type: string, family: string, maxelem: number): ObservedSet {
+  let entries: Set<string> | undefined;
+  const set = {
+    name,
+    type,
+    family,
+    maxelem,
+    list: [] as string[],
+    digest: 0,
+    get entries(): Set<string> {
+      entries ??= new Set(set.list);
+      return entries;
+    },
+  };
+  return set;
 }
 
 export const entryText = (e: SetEntry) => (e.nomatch ? `${e.text ?? ipsetText(e.prefix)} nomatch` : (e.text ?? ipsetText(e.prefix)));
@@ -194,12 +234,14 @@ export function parseIpsetSave(text: string): Map<string, ObservedSet> {
       if (!current || line.slice(4, nameEnd) !== current.name) current = sets.get(line.slice(4, nameEnd));
       if (!current) continue;
       const raw = line.slice(nameEnd + 1);
-      current.entries.add(canonicalEntry(raw) ?? `unparsed ${raw}`);
+      const entry = canonicalEntry(raw) ?? `unparsed ${raw}`;
+      current.list.push(entry);
+      current.digest = (current.digest + entryDigest(entry)) % 0x10000000000000;
     } else if (line.startsWith('create ')) {
       const w = line.split(' ');
       if (!OWNED_SET.test(w[1] ?? '')) continue;
       const option = (key: string) => w[w.indexOf(key) + 1] ?? '';
-      current = { name: w[1]!, type: w[2] ?? '', family: option('family'), maxelem: Number(option('maxelem')) || 65536, entries: new Set() };
+      current = observedSet(w[1]!, w[2] ?? '', option('family'), Number(option('maxelem')) || 65536);
       sets.set(current.name, current);
     }
   }

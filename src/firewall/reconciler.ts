@@ -1,13 +1,15 @@
 /**
- * Keeps the firewall at the desired plan: applies on change, no more often
- * than `minIntervalMs` (bursts of changes coalesce into one apply), and
+ * Keeps the firewall at the desired state: applies on change, no more often
+ * than `minIntervalMs` (bursts of changes coalesce into one apply; binding
+ * deltas given with them go the incremental way, see Firewall.sync), and
  * re-reads every `resyncMs` to repair what someone else changed (our chain
  * flushed, our jump deleted or duplicated, a set destroyed or emptied). A
- * failed apply is retried at the next tick. Stopping leaves every rule in
- * place: the firewall fails closed, not open.
+ * failed apply is retried in full at the next tick. Stopping leaves every
+ * rule in place: the firewall fails closed, not open.
  */
 import type { ApplyResult, Firewall } from './apply.js';
-import type { FirewallPlan } from './plan.js';
+import type { DesiredState } from '../desired/state.js';
+import type { BindingChange } from './incremental.js';
 
 export interface ReconcilerOptions {
   minIntervalMs?: number;
@@ -26,7 +28,9 @@ export interface ReconcilerStatus {
 }
 
 export class FirewallReconciler {
-  private plan: FirewallPlan | undefined;
+  private desired: DesiredState | undefined;
+  /** Binding changes since the last successful sync, or undefined: the next sync reads everything back. */
+  private pending: BindingChange[] | undefined = [];
   private timer: NodeJS.Timeout | undefined;
   private resync: NodeJS.Timeout | undefined;
   private running: Promise<void> | undefined;
@@ -39,9 +43,14 @@ export class FirewallReconciler {
     private readonly options: ReconcilerOptions = {},
   ) {}
 
-  /** A new desired plan: applied within minIntervalMs. */
-  setDesired(plan: FirewallPlan): void {
-    this.plan = plan;
+  /**
+   * A new desired state, applied within minIntervalMs. `changes`: the
+   * binding delta from the previous desired state (policies unchanged), if
+   * the caller knows it; without it the next apply reads the kernel back.
+   */
+  setDesired(state: DesiredState, changes?: BindingChange[]): void {
+    this.pending = changes && this.pending && this.desired ? [...this.pending, ...changes] : undefined;
+    this.desired = state;
     this.dirty = true;
     this.schedule();
   }
@@ -49,6 +58,7 @@ export class FirewallReconciler {
   start(): void {
     const every = this.options.resyncMs ?? 90_000;
     this.resync ??= setInterval(() => {
+      this.pending = undefined; // a full read-back repairs drift
       this.dirty = true;
       this.schedule();
     }, every);
@@ -60,7 +70,7 @@ export class FirewallReconciler {
     clearInterval(this.resync);
     clearTimeout(this.timer);
     this.resync = this.timer = undefined;
-    this.plan = undefined;
+    this.desired = undefined;
     await this.running;
   }
 
@@ -74,7 +84,7 @@ export class FirewallReconciler {
   }
 
   private schedule(): void {
-    if (this.timer || this.running || !this.plan) return;
+    if (this.timer || this.running || !this.desired) return;
     const wait = Math.max(0, this.lastRun + (this.options.minIntervalMs ?? 1000) - Date.now());
     this.timer = setTimeout(() => {
       this.timer = undefined;
@@ -86,12 +96,14 @@ export class FirewallReconciler {
   }
 
   private async run(): Promise<void> {
-    const plan = this.plan;
-    if (!plan) return;
+    const state = this.desired;
+    if (!state) return;
+    const changes = this.pending;
+    this.pending = [];
     this.dirty = false;
     this.lastRun = Date.now();
     try {
-      const result = await this.firewall.apply(plan);
+      const result = await this.firewall.sync(state, changes);
       this.state.applies++;
       if (result.changed) this.state.changes++;
       this.state.lastApplied = new Date();
@@ -99,6 +111,7 @@ export class FirewallReconciler {
       delete this.state.lastError;
       if (result.changed) this.options.onResult?.(result);
     } catch (err) {
+      this.pending = undefined; // the next apply (a change or the resync tick) goes in full
       this.state.lastError = (err as Error).message;
       this.options.onResult?.(err as Error);
     }

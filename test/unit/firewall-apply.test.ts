@@ -210,12 +210,13 @@ describe('firewall reconciler', () => {
   it('coalesces changes within the minimum interval and repairs drift on resync', async () => {
     const fake = new FakeNetfilter();
     const rec = new FirewallReconciler(new Firewall(fake), { minIntervalMs: 50, resyncMs: 100 });
-    rec.setDesired(plan(BASE));
+    const state = (doc: Doc) => parseDesiredState(doc, 'test');
+    rec.setDesired(state(BASE));
     await rec.idle();
     const applies = rec.status().applies;
-    rec.setDesired(plan(MOVED));
-    rec.setDesired(plan(BASE));
-    rec.setDesired(plan(MOVED));
+    rec.setDesired(state(MOVED));
+    rec.setDesired(state(BASE));
+    rec.setDesired(state(MOVED));
     await rec.idle();
     expect(await kernelVerdicts(fake)).toEqual(planVerdicts(plan(MOVED)));
     expect(rec.status().applies - applies).toBe(1); // the three pushes became one apply

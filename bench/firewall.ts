@@ -8,6 +8,9 @@
  * the kernel back and writing; the change is a delta on a running agent
  * (validated state in hand): planning its region and writing it.
  */
+import os from 'node:os';
+import { execFileSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { parseDesiredState } from '../src/desired/state.js';
 import { planFirewall } from '../src/firewall/plan.js';
 import { Firewall } from '../src/firewall/apply.js';
@@ -115,4 +118,18 @@ export async function firewallBench(count = 100_000): Promise<FirewallBench> {
   } finally {
     ns.destroy();
   }
+}
+
+/**
+ * The firewall figures from a process on every CPU: the rest of the bench
+ * is pinned to one, but the agent is not, and its tools run beside it.
+ */
+export function firewallBenchUnpinned(count = 100_000): FirewallBench {
+  const cpus = `0-${os.cpus().length - 1}`;
+  const out = execFileSync('taskset', ['-c', cpus, process.execPath, fileURLToPath(import.meta.url), String(count)], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
+  return JSON.parse(out) as FirewallBench;
+}
+
+if (process.argv[1] === fileURLToPath(import.meta.url)) {
+  process.stdout.write(`${JSON.stringify(await firewallBench(Number(process.argv[2] ?? 100_000)))}\n`);
 }

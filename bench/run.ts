@@ -21,12 +21,13 @@ import { TestNamespace } from '../test/support/netns.js';
 import { socketsOfProcess } from '../src/sockets/sockets.js';
 import { releaseTimes } from './release.js';
 import { buildSingle } from './single.js';
+import { firewallBenchUnpinned } from './firewall.js';
 
 const root = projectRoot();
 const { values: flags } = parseArgs({ options: { quick: { type: 'boolean' }, out: { type: 'string' }, only: { type: 'string' }, sets: { type: 'string' }, single: { type: 'boolean' } } });
 const quick = flags.quick === true;
 const outDir = flags.out ?? path.join(root, 'bench/results');
-/** --only lookups,release,bind,conn runs a part (and writes no results); --sets real,random:1000000 picks lookup rows (with --only). */
+/** --only lookups,release,bind,conn,firewall runs a part (and writes no results); --sets real,random:1000000 picks lookup rows (with --only). */
 const only = flags.only?.split(',');
 const runs = (part: string) => !only || only.includes(part);
 
@@ -301,6 +302,12 @@ async function main(): Promise<void> {
   if (bind) log(`bind visible to the program: median ${bind.bind_ms} ms, p90 ${bind.p90_ms} ms (first of this process ${bind.first_ms} ms) with ${bind.bindings} bindings`);
   const conn = runs('conn') ? await connectionRate(quick ? 6_000 : 30_000, quick ? 20 : 60) : null;
   if (conn) log(`TCP connections: plain ${conn.plain_per_s}/s, through the dispatcher ${conn.dispatched_per_s}/s (${conn.difference_pct}%, median of per-round pairs)`);
+  const firewall = runs('firewall') ? firewallBenchUnpinned(100_000) : null;
+  if (firewall) {
+    log(
+      `firewall (${firewall.prefixes} prefixes, ${firewall.set_entries} set entries, ${firewall.backend}): first apply ${firewall.first_apply_ms} ms, one-prefix change ${firewall.one_prefix_change_ms} ms (${firewall.one_prefix_change_writes} writes), restart with nothing to change ${firewall.restart_noop_ms} ms (${firewall.restart_noop_writes} writes)`,
+    );
+  }
   const oneM = rows.find((r) => r.set === 'random' && r.bindings === 1_000_000);
   const rebuild = oneM ? warmBuilds(makeSet('random', 1_000_000), quick ? 1 : 3) : {};
   if (oneM) log(`replace 1M: build ${oneM.ours_build_ms} ms the first time in this process, ${JSON.stringify(rebuild)} (warm: a long-lived agent's next replace)`);
@@ -318,6 +325,7 @@ async function main(): Promise<void> {
     release_1m: release,
     bind,
     tcp_connections: conn,
+    firewall,
     ports: PORTS,
   };
   const result = { machine, quick, date: new Date().toISOString(), lookups: rows, ...extra };

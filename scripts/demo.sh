@@ -84,6 +84,31 @@ step "a bound prefix without a socket is refused, never handed to someone else"
 show bind reserved tcp 192.0.2.128/28 0
 probe 192.0.2.130 443
 
+step "the firewall follows the bindings: service policies, and an HTTPS-only range closed at the transport layer"
+cat >"$work/state.json" <<'JSON'
+{
+  "bindings": [
+    {"label": "cdn", "protocol": "tcp", "prefix": "192.0.2.0/24", "port": 0},
+    {"label": "spectrum", "protocol": "tcp", "prefix": "192.0.2.200/32", "port": 443},
+    {"label": "cdn", "protocol": "tcp", "prefix": "2001:db8:1::/48", "port": 0}
+  ],
+  "services": {"cdn": {"tcp": [80, 443]}, "spectrum": {"tcp": [443]}},
+  "https_only": {"prefixes": ["192.0.2.32/27"]}
+}
+JSON
+sed 's/^/  /' "$work/state.json"
+show load-bindings "$work/state.json"
+show firewall apply "$work/state.json"
+show firewall apply "$work/state.json"
+probe 192.0.2.10 80
+probe 192.0.2.10 8443   # bound to cdn, but cdn's policy has no 8443: dropped (timeout)
+probe 192.0.2.40 80     # HTTPS-only: refused before a byte is sent
+probe 192.0.2.40 443
+probe 192.0.2.200 443
+show lookup tcp 192.0.2.10 8443
+show firewall status "$work/state.json"
+show firewall cleanup
+
 step "status: program, link, table, sockets and per-destination counters"
 show status
 

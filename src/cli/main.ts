@@ -320,6 +320,10 @@ const COMMANDS: Record<string, Command> = {
 async function lookupStream(flags: Record<string, unknown>, out: Output): Promise<number> {
   const d = Dispatcher.open(locationOf(flags));
   try {
+    // The firewall's rules are read back first (child processes); stdin is
+    // opened only then, or its end can pass while we wait and the loop below
+    // never finishes.
+    const verdictOf = await firewallVerdicts(flags);
     const lines = readline.createInterface({ input: process.stdin, crlfDelay: Infinity });
     let n = 0;
     let buffer: string[] = [];
@@ -328,7 +332,6 @@ async function lookupStream(flags: Record<string, unknown>, out: Output): Promis
       buffer = [];
     };
     const queries: LookupQuery[] = [];
-    const verdictOf = await firewallVerdicts(flags);
     const answer = () => {
       let i = 0;
       for (const a of d.lookup(queries)) {

@@ -26,6 +26,7 @@ export function ruleBody(rule: Rule): string[] {
     if (rule.dports.length === 1) args.push('-m', rule.protocol!, '--dport', formatPorts(rule.dports));
     else args.push('-m', 'multiport', '--dports', formatPorts(rule.dports));
   }
+  if (rule.established) args.push('-m', 'conntrack', '--ctstate', 'RELATED,ESTABLISHED');
   if (rule.set) args.push('-m', 'set', ...(rule.set.negate ? ['!'] : []), '--match-set', rule.set.name, 'dst');
   args.push('-j', rule.target);
   if (rule.rejectWith) args.push('--reject-with', rule.rejectWith);
@@ -85,7 +86,10 @@ export function parseRuleLine(line: string): { chain: string; rule: Rule; hash?:
       rule.protocol = p as Protocol;
     } else if (a === '-m') {
       const module = next();
-      if (!['tcp', 'udp', 'multiport', 'set', 'comment'].includes(module ?? '')) return undefined;
+      if (!['tcp', 'udp', 'multiport', 'set', 'comment', 'conntrack'].includes(module ?? '')) return undefined;
+    } else if (a === '--ctstate') {
+      if (!/ESTABLISHED/.test(next() ?? '')) return undefined;
+      rule.established = true;
     } else if (a === '--dport' || a === '--dports') {
       const ports = parsePortList(next() ?? '');
       if (!ports) return undefined;

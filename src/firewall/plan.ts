@@ -10,6 +10,8 @@
  *           policy allows that protocol and port;
  *   drop    otherwise, if the address is in any bound prefix of its family;
  *   pass    (left to the rest of INPUT) if it is not ours at all.
+ * These are the verdicts of new flows: packets of established flows to bound
+ * addresses (replies included) are accepted after the HTTPS-only rejects.
  *
  * Longest-prefix precedence is expressed with ipset `hash:net` `nomatch`
  * entries (a set matches by its most specific entry), so carving a /32 out of
@@ -62,6 +64,8 @@ export interface Rule {
   /** Destination ports; absent means any. */
   dports?: PortRanges;
   set?: { name: string; negate: boolean };
+  /** Matches only packets of connections conntrack already knows (replies, established flows). */
+  established?: boolean;
   target: RuleTarget;
   rejectWith?: 'tcp-reset' | 'icmp-port-unreachable' | 'icmp6-port-unreachable';
   /** Why the rule exists, for errors that map a failed line back to it. */
@@ -320,6 +324,10 @@ export function familyChains(state: DesiredState, family: Family, sets: IpSet[],
       );
     }
   }
+  // Verdicts are for new flows. Packets of flows already accepted, and
+  // replies to connections the host opened from a bound address (or to
+  // itself over lo), must not meet the per-port drops.
+  main.push({ established: true, set: { name: managed, negate: false }, target: 'ACCEPT', why: 'established flows and replies to bound addresses' });
   const chains: Chain[] = [{ name: MAIN_CHAIN, rules: main }];
   for (const protocol of ['tcp', 'udp'] as const) {
     const rules: Rule[] = [];

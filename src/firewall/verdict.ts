@@ -66,6 +66,7 @@ export function evaluate(rules: RuleSet, protocol: Protocol, address: Address, p
     const chain = chains.get(name);
     if (!chain || depth > 8) return undefined;
     for (const rule of chain.rules) {
+      if (rule.established) continue; // the queries are new flows
       if (rule.protocol && rule.protocol !== protocol) continue;
       if (rule.dports && !rangesContain(rule.dports, port)) continue;
       if (rule.set && inSet(rule.set.name) === rule.set.negate) continue;

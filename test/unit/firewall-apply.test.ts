@@ -52,6 +52,10 @@ describe('firewall applier (fake tools)', () => {
     const first = await fw.apply(plan(BASE));
     expect(first.changed).toBe(true);
     expect(await kernelVerdicts(fake)).toEqual(planVerdicts(plan(BASE)));
+    // Every rule we write parses back in our grammar, the conntrack one included.
+    const observed = await fw.observe();
+    for (const f of [4, 6] as const) for (const c of observed.rules[f].chains.values()) expect(c.parsed, `IPv${f} ${c.name}`).toBe(true);
+    expect(observed.rules[4].chains.get('SWITCHYARD')!.rules.some((r) => r.established && r.target === 'ACCEPT')).toBe(true);
     fake.writes = [];
     const again = await fw.apply(plan(BASE));
     expect(again.changed).toBe(false);

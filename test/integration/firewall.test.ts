@@ -86,6 +86,9 @@ describe.skipIf(!isRoot)('firewall over a veth pair', () => {
 
     expect(server.json<{ changed: boolean }>(['firewall', 'apply', stateFile]).changed).toBe(true);
     expect(probeAll()).toEqual(expected);
+    // From the server itself over lo the source is the bound address too: the
+    // replies (to an ephemeral port) pass as an established flow.
+    expect(server.probe([tcp('192.0.2.100', 80), tcp('192.0.2.100', 2000)])).toEqual(['cdn', 'timeout']);
     expect(server.json<{ changed: boolean }>(['firewall', 'apply', stateFile]).changed).toBe(false);
     const lookup = server.json<{ label: string; firewall: { verdict: string; chain: string } }>(['lookup', 'tcp', '192.0.2.200', '2000']);
     expect(lookup.label).toBe('cdn');

@@ -17,11 +17,13 @@
  * entries (a set matches by its most specific entry), so carving a /32 out of
  * a /24 is one more entry, not a split into disjoint CIDRs. Per family and
  * protocol:
- *   - one set per service with wildcard-port bindings: the addresses where
- *     the longest wildcard binding is that service's;
- *   - one set per port that has exact-port bindings: the addresses where the
- *     binding picked for that port belongs to a service allowing it. Packets
- *     to such a port are decided there and never reach the per-service rules.
+ *   - per port that has exact-port bindings, an accept set (where the
+ *     binding picked for that port is an exact-port one whose service
+ *     allows the port) and a deny set (picked, exact-port, not allowed);
+ *     where an any-port binding wins, neither matches and the packet goes on;
+ *   - per service with any-port bindings, a set of the addresses where the
+ *     longest any-port binding is that service's, matched with its ports;
+ *   - then a drop for every other packet to a bound address.
  * Rules stay few (they do not grow with the bindings); sets grow.
  */
 import crypto from 'node:crypto';

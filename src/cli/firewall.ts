@@ -84,8 +84,10 @@ export async function firewallCommand(args: string[], flags: Record<string, unkn
     case 'status': {
       const observed = await firewall.observe();
       const changes = plan ? planChanges(plan, observed) : undefined;
+      const other = await firewall.otherBackendRules();
       const value = {
         backend: await firewall.backend(),
+        otherBackendRules: other,
         rules: summarizeRules(observed),
         sets: summarizeSets(observed),
         ...(changes ? { inSync: isEmpty(changes), drift: changes.summary } : {}),
@@ -93,9 +95,12 @@ export async function firewallCommand(args: string[], flags: Record<string, unkn
       out.data(value, () =>
         [
           `backend  ${value.backend}`,
+          ...(other[4] + other[6] > 0
+            ? [`warning  the ${value.backend === 'nft' ? 'legacy' : 'nft'} backend holds rules too (IPv4 ${other[4]}, IPv6 ${other[6]}): they apply to every packet as well as ours`]
+            : []),
           ...value.rules.map(
             (r) =>
-              `IPv${r.family}     jump from INPUT at ${r.jumps.length ? r.jumps.join(', ') : 'none (our rules are not hooked in)'}; ${r.chains.map((c) => `${c.name} ${c.rules} rules${c.ours ? '' : ' (some not ours)'}`).join(', ') || 'no chains'}`,
+              `IPv${r.family}     ${r.jumps.length ? `jump from INPUT at rule ${r.jumps.join(', ')}` : 'no jump from INPUT (our rules are not hooked in)'}; ${r.chains.map((c) => `${c.name} ${c.rules} rules${c.ours ? '' : ' (some not ours)'}`).join(', ') || 'no chains'}`,
           ),
           ...value.sets.map((s) => `set      ${s.name} ${s.type} ${s.family}: ${s.entries} entries (maxelem ${s.maxelem})`),
           ...(changes ? [isEmpty(changes) ? 'in sync with the state file' : `drift: apply would change ${JSON.stringify(changes.summary)}`] : []),

@@ -365,6 +365,27 @@ export class Firewall {
     return r.stdout;
   }
 
+  /**
+   * Rules the other iptables backend holds in this namespace, per family:
+   * both backends' rules apply to every packet (a legacy DROP beats an nft
+   * ACCEPT), so status warns about them. Legacy tables are read only when
+   * the kernel already has them (reading would load the modules).
+   */
+  async otherBackendRules(): Promise<Record<Family, number>> {
+    const backend = await this.backend();
+    const other: Backend = backend === 'nft' ? 'legacy' : 'nft';
+    if (other === 'legacy') {
+      const names = await this.runner.run(['cat', '/proc/net/ip_tables_names'], { timeoutMs: this.options.timeoutMs });
+      if (names.code !== 0 || names.stdout.trim() === '') return { 4: 0, 6: 0 };
+    }
+    const tools = toolNames(other);
+    const count = async (family: Family) => {
+      const r = await this.runner.run([tools.save[family]], { timeoutMs: this.options.timeoutMs });
+      return r.code === 0 ? r.stdout.split('\n').filter((l) => l.startsWith('-A ')).length : 0;
+    };
+    return { 4: await count(4), 6: await count(6) };
+  }
+
   async observe(): Promise<Observed> {
     const tools = toolNames(await this.backend());
     const [v4, v6, sets] = await Promise.all([

@@ -26,6 +26,8 @@ const ok = (stdout = ''): RunResult => ({ code: 0, stdout, stderr: '' });
 export class FakeNetfilter implements Runner {
   sets = new Map<string, FakeSet>();
   tables: Record<Family, Table> = { 4: { chains: new Map([['INPUT', []]]) }, 6: { chains: new Map([['INPUT', []]]) } };
+  /** Rules the legacy backend holds (per family), for the mixed-backend warning. */
+  legacyRules = 0;
   /** Restore calls that ran (the writes). */
   writes: string[][] = [];
   /** Makes the next matching call fail at this input line (1-based), or fail outright (line 0). */
@@ -35,6 +37,8 @@ export class FakeNetfilter implements Runner {
     const tool = argv.join(' ');
     const input = options.input ?? '';
     if (tool === 'iptables -V') return ok('iptables v1.8.9 (nf_tables)\n');
+    if (tool === 'cat /proc/net/ip_tables_names') return this.legacyRules > 0 ? ok('filter\n') : { code: 1, stdout: '', stderr: 'No such file or directory\n' };
+    if (/^ip6?tables-legacy-save$/.test(tool)) return ok(`*filter\n${'-A INPUT -j DROP\n'.repeat(this.legacyRules)}COMMIT\n`);
     const injected = this.fail && this.fail.tool.test(tool) ? this.fail : undefined;
     if (injected) this.fail = undefined;
     const failAt = injected?.line;

@@ -198,6 +198,13 @@ describe('firewall applier (fake tools)', () => {
     expect(fake.writes).toEqual([]);
   });
 
+  it('counts the other backend’s rules, reading legacy tables only when the kernel has them', async () => {
+    const fake = new FakeNetfilter();
+    expect(await new Firewall(fake).otherBackendRules()).toEqual({ 4: 0, 6: 0 });
+    fake.legacyRules = 2;
+    expect(await new Firewall(fake).otherBackendRules()).toEqual({ 4: 2, 6: 2 });
+  });
+
   it('cleanup removes exactly what it created', async () => {
     const fake = new FakeNetfilter();
     fake.tables[4].chains.get('INPUT')!.push('-p icmp -j ACCEPT');

@@ -108,6 +108,18 @@ describe.skipIf(!isRoot)('firewall over a veth pair', () => {
     expect(left).toEqual(found);
   });
 
+  it('works the same with the legacy backend, chosen with --backend', () => {
+    const applied = server.json<{ backend: string; changed: boolean }>(['firewall', 'apply', stateFile, '--backend', 'legacy']);
+    expect(applied).toMatchObject({ backend: 'legacy', changed: true });
+    const sample = [0, 1, 5, 7, 13, 14];
+    const got = client.probe(sample.map((i) => EXPECTED[i]![0]), { fromAnyAddress: true });
+    expect(got).toEqual(sample.map((i) => EXPECTED[i]![1]));
+    expect(server.json<{ changed: boolean }>(['firewall', 'apply', stateFile, '--backend', 'legacy']).changed).toBe(false);
+    expect(server.json<{ changed: boolean }>(['firewall', 'cleanup', '--backend', 'legacy']).changed).toBe(true);
+    expect(server.exec(['iptables-legacy-save']).stdout).not.toMatch(/SWITCHYARD/);
+    expect(server.exec(['ipset', 'list', '-n']).stdout.trim()).toBe('');
+  });
+
   it('a failed apply leaves the verdicts as they were and says what failed', () => {
     server.ok(['firewall', 'apply', stateFile]);
     // The next state moves the /32 and /128 back to spectrum and lets cdn take

@@ -386,14 +386,22 @@ export class Firewall {
     return { 4: await count(4), 6: await count(6) };
   }
 
-  async observe(): Promise<Observed> {
-    const tools = toolNames(await this.backend());
-    const [v4, v6, sets] = await Promise.all([
-      this.tool([tools.save[4], '-t', 'filter']),
-      this.tool([tools.save[6], '-t', 'filter']),
-      this.tool(['ipset', 'save'], true),
-    ]);
-    return { rules: { 4: parseIptablesSave(v4), 6: parseIptablesSave(v6) }, sets: parseIpsetSave(sets) };
+  /**
+   * Reads our rules and sets back. Once the backend is known the tools are
+   * started before this returns (no await first), so a caller can plan
+   * while they run.
+   */
+  observe(): Promise<Observed> {
+    const known = this.options.backend && this.options.backend !== 'auto' ? this.options.backend : this.backendFound;
+    const read = (backend: Backend) => {
+      const tools = toolNames(backend);
+      return Promise.all([
+        this.tool([tools.save[4], '-t', 'filter']),
+        this.tool([tools.save[6], '-t', 'filter']),
+        this.tool(['ipset', 'save'], true),
+      ]).then(([v4, v6, sets]) => ({ rules: { 4: parseIptablesSave(v4), 6: parseIptablesSave(v6) }, sets: parseIpsetSave(sets) }));
+    };
+    return known ? read(known) : this.backend().then(read);
   }
 
   private async runScript(argv: string[], lines: ScriptLine[]): Promise<void> {
@@ -477,7 +485,9 @@ export class Firewall {
         // by someone): the full apply below reads it back and repairs.
       }
     }
-    // Read the kernel back while planning: the tools run in other processes.
+    // Read the kernel back while planning: the tools run in other processes
+    // (started synchronously by observe once the backend is known).
+    await this.backend();
     const observing = this.observe();
     observing.catch(() => {}); // awaited below; planning may throw first
     const model = FirewallModel.of(state);

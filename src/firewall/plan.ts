@@ -148,11 +148,22 @@ function withoutZeroLength<T extends { prefix: Prefix }>(items: T[]): T[] {
  * An entry is needed only where its verdict differs from what encloses it.
  */
 export function lpmEntries<T extends { prefix: Prefix; text?: string }>(items: T[], verdict: (item: T) => boolean, presorted = false): SetEntry[] {
+  return lpmClasses(items, (item) => (verdict(item) ? 0 : -1), 1, presorted)[0]!;
+}
+
+/**
+ * lpmEntries for several sets in one sweep, when each item belongs to at
+ * most one of them (`classOf`: its set's index, or -1): set k's verdict for
+ * an item is "its class is k". An item needs an entry in its own set and a
+ * nomatch in its enclosing item's set exactly when the two classes differ.
+ */
+export function lpmClasses<T extends { prefix: Prefix; text?: string }>(items: T[], classOf: (item: T) => number, classes: number, presorted = false): SetEntry[][] {
   // Callers that sorted once for many sets pass presorted (and no /0 among them).
   const sorted = presorted ? items : withoutZeroLength(items).sort((a, b) => compareAddresses(a.prefix, b.prefix));
-  const entries: SetEntry[] = [];
+  const entries: SetEntry[][] = Array.from({ length: classes }, () => []);
   const stack: Prefix[] = [];
-  const verdicts: boolean[] = [];
+  const enclosingClass: number[] = [];
+  const entry = (item: T, nomatch: boolean): SetEntry => (item.text === undefined ? { prefix: item.prefix, nomatch } : { prefix: item.prefix, nomatch, text: item.text });
   for (const item of sorted) {
     const p = item.prefix;
     while (stack.length > 0) {
@@ -169,13 +180,16 @@ export function lpmEntries<T extends { prefix: Prefix; text?: string }>(items: T
           break;
       }
       stack.pop();
-      verdicts.pop();
+      enclosingClass.pop();
     }
-    const enclosing = verdicts.length > 0 ? verdicts[verdicts.length - 1]! : false;
-    const v = verdict(item);
-    if (v !== enclosing) entries.push(item.text === undefined ? { prefix: item.prefix, nomatch: !v } : { prefix: item.prefix, nomatch: !v, text: item.text });
-    stack.push(item.prefix);
-    verdicts.push(v);
+    const enclosing = enclosingClass.length > 0 ? enclosingClass[enclosingClass.length - 1]! : -1;
+    const c = classOf(item);
+    if (c !== enclosing) {
+      if (c >= 0) entries[c]!.push(entry(item, false));
+      if (enclosing >= 0) entries[enclosing]!.push(entry(item, true));
+    }
+    stack.push(p);
+    enclosingClass.push(c);
   }
   return entries;
 }
@@ -275,33 +289,41 @@ export function familySets(state: DesiredState, family: Family, items: PlanItem[
       // Where the exact-port binding wins: accepted if its service allows the
       // port, dropped if not. Where a wildcard wins, the per-service sets
       // below decide, so wildcard prefixes appear here only as carve-outs.
+      const [accept, deny] = lpmClasses(picked, (b) => (b.port !== port ? -1 : allowed(b.label) ? 0 : 1), 2, presorted);
       sets.push(
         {
           name: portSetName(family, protocol, port),
           family,
-          entries: lpmEntries(picked, (b) => b.port === port && allowed(b.label), presorted),
+          entries: accept!,
           optional: true,
           purpose: `${protocol} port ${port}: where a binding for this port wins and its service allows the port`,
         },
         {
           name: portDenySetName(family, protocol, port),
           family,
-          entries: lpmEntries(picked, (b) => b.port === port && !allowed(b.label), presorted),
+          entries: deny!,
           optional: true,
           purpose: `${protocol} port ${port}: where a binding for this port wins and its service does not allow the port`,
         },
       );
     }
-    const wildcard = bound.filter((b) => b.port === 0);
-    for (const label of skeleton.labels[protocol]) {
-      if (allowedPorts(state, label, protocol).length === 0) continue;
+    // Per service: where the longest any-port binding is its own (one sweep for all).
+    const labels = skeleton.labels[protocol].filter((label) => allowedPorts(state, label, protocol).length > 0);
+    const index = new Map(labels.map((label, i) => [label, i]));
+    const perLabel = lpmClasses(
+      bound.filter((b) => b.port === 0),
+      (b) => index.get(b.label) ?? -1,
+      labels.length,
+      presorted,
+    );
+    labels.forEach((label, i) =>
       sets.push({
         name: labelSetName(family, protocol, label),
         family,
-        entries: lpmEntries(wildcard, (b) => b.label === label, presorted),
+        entries: perLabel[i]!,
         purpose: `${protocol} any-port bindings of ${label}: where the longest one is ${label}'s`,
-      });
-    }
+      }),
+    );
   }
   return sets;
 }

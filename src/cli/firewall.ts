@@ -3,7 +3,11 @@
  * `lookup`: the kernel's rules and sets read back and evaluated, so the
  * answer is what the firewall does now, not what a file says it should.
  */
+import fs from 'node:fs';
+import path from 'node:path';
+import { pino } from 'pino';
 import { SwitchyardError } from '../errors.js';
+import { FirewallReconciler } from '../firewall/reconciler.js';
 import type { Address } from '../net/address.js';
 import type { Protocol } from '../bindings/binding.js';
 import { DEFAULT_NETNS } from '../dispatcher/state.js';
@@ -14,7 +18,7 @@ import { observedRuleSet, renderChain, ruleBody } from '../firewall/netfilter.js
 import { evaluate } from '../firewall/verdict.js';
 import { ProcessRunner } from '../firewall/runner.js';
 
-export const FIREWALL_USAGE = 'firewall plan|apply|status|cleanup [state.json] [--backend nft|legacy|auto] [--json]';
+export const FIREWALL_USAGE = 'firewall plan|apply|status|cleanup|watch [state.json] [--backend nft|legacy|auto] [--interval SECONDS] [--json]';
 
 export function openFirewall(flags: Record<string, unknown>): Firewall {
   const backend = (flags.backend as string | undefined) ?? 'auto';
@@ -49,9 +53,10 @@ type Out = { data(value: unknown, human: () => string): void };
 export async function firewallCommand(args: string[], flags: Record<string, unknown>, out: Out): Promise<number> {
   const [sub, file, ...extra] = args;
   if (extra.length > 0 || !sub) throw new SwitchyardError('EINVAL_ARGUMENT', `expected: ${FIREWALL_USAGE}`);
-  const needsFile = sub === 'plan' || sub === 'apply';
+  const needsFile = sub === 'plan' || sub === 'apply' || sub === 'watch';
   if (needsFile && !file) throw new SwitchyardError('EINVAL_ARGUMENT', `firewall ${sub} needs a state file: ${FIREWALL_USAGE}`);
   if (sub === 'cleanup' && file) throw new SwitchyardError('EINVAL_ARGUMENT', 'firewall cleanup takes no state file: it removes everything Switchyard created');
+  if (sub === 'watch') return watch(file!, flags);
   // Validate the whole file before touching anything.
   const plan = file ? planFirewall(readDesiredState(file)) : undefined;
   const firewall = openFirewall(flags);
@@ -143,4 +148,59 @@ export async function firewallVerdicts(flags: Record<string, unknown>): Promise<
     const e = evaluate(ruleSets[address.family], protocol, address, port);
     return { verdict: e.verdict, ...(e.rule ? { rule: ruleBody(e.rule).join(' '), chain: e.chain } : {}) };
   };
+}
+
+/**
+ * `firewall watch <state.json>`: the reconciler in the foreground until
+ * SIGINT/SIGTERM. Applies the file, applies it again whenever it changes
+ * (no more than once a second; a file that does not validate is logged and
+ * the last good state kept), and every --interval seconds (default 90) reads
+ * the kernel back and repairs drift. Logs one JSON line per event (pino).
+ * Stopping leaves the rules in place.
+ */
+async function watch(file: string, flags: Record<string, unknown>): Promise<number> {
+  const interval = flags.interval === undefined ? 90 : Number(flags.interval);
+  if (!Number.isFinite(interval) || interval < 1 || interval > 86_400) {
+    throw new SwitchyardError('EINVAL_ARGUMENT', `--interval ${JSON.stringify(flags.interval)} must be a number of seconds, 1-86400`, { entry: '--interval' });
+  }
+  const log = pino({ base: { component: 'firewall', state: file } });
+  const firewall = openFirewall(flags);
+  const reconciler = new FirewallReconciler(firewall, {
+    resyncMs: interval * 1000,
+    onResult: (r) => (r instanceof Error ? log.error({ err: r.message }, 'apply failed; the next resync retries') : log.info({ summary: r.summary, ms: Math.round(r.ms) }, 'applied')),
+  });
+  let last = '';
+  const load = (why: string) => {
+    let text: string;
+    try {
+      text = fs.readFileSync(file, 'utf8');
+    } catch (err) {
+      log.error({ err: (err as Error).message }, 'cannot read the state file; keeping the last good state');
+      return;
+    }
+    if (text === last) return;
+    try {
+      const state = readDesiredState(file);
+      last = text;
+      log.info({ why, bindings: state.bindings.count, services: state.services.size }, 'state validated');
+      reconciler.setDesired(state);
+    } catch (err) {
+      log.error({ err: (err as Error).message }, 'state file refused; keeping the last good state');
+    }
+  };
+  load('start');
+  if (!last) throw new SwitchyardError('EINVAL_FILE', `${file}: no valid state to start from`, { entry: file });
+  reconciler.start();
+  // Editors replace files by rename: watch the directory, filter by name.
+  const watcher = fs.watch(path.dirname(path.resolve(file)), (_event, name) => {
+    if (name === path.basename(file)) load('file changed');
+  });
+  await new Promise<void>((resolve) => {
+    process.once('SIGINT', resolve);
+    process.once('SIGTERM', resolve);
+  });
+  watcher.close();
+  await reconciler.stop();
+  log.info('stopped; the rules stay in place');
+  return 0;
 }

@@ -309,8 +309,8 @@ const COMMANDS: Record<string, Command> = {
   firewall: {
     usage: FIREWALL_USAGE,
     summary:
-      'ipsets and iptables rules that agree with the bindings: plan (what would be written), apply (write only what differs), status (what is in the kernel; with a state file, whether it drifted), cleanup (remove everything Switchyard created). Reads the desired-state file of load-bindings (bindings, services, https_only).',
-    options: { backend: { type: 'string' } },
+      'ipsets and iptables rules that agree with the bindings: plan (what would be written), apply (write only what differs), status (what is in the kernel; with a state file, whether it drifted), cleanup (remove everything Switchyard created), watch (stay in the foreground: apply the file whenever it changes, and every --interval seconds, default 90, read the kernel back and repair drift; JSON log lines; the rules stay when it stops). Reads the desired-state file of load-bindings (bindings, services, https_only).',
+    options: { backend: { type: 'string' }, interval: { type: 'string' } },
     run(args, flags, out) {
       return firewallCommand(args, flags, out);
     },
@@ -396,7 +396,7 @@ function oneLine(err: unknown): string {
 export async function main(argv: string[]): Promise<number> {
   // The command is the first word that is not an option or an option's value,
   // so global options may come before it (switchyard --netns X status).
-  const valued = new Set(['--netns', '--bpffs', '--object', '--label', '--protocol', '--prefix', '--backend']);
+  const valued = new Set(['--netns', '--bpffs', '--object', '--label', '--protocol', '--prefix', '--backend', '--interval']);
   let at = 0;
   while (at < argv.length && argv[at]!.startsWith('-') && argv[at] !== '-') at += valued.has(argv[at]!) ? 2 : 1;
   const name = argv[at] ?? (argv.some((a) => a === '--help' || a === '-h') ? '--help' : undefined);

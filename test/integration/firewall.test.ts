@@ -7,7 +7,8 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { TestNamespace, isRoot, type ProbeTarget } from '../support/netns.js';
+import { spawn } from 'node:child_process';
+import { CLI, TestNamespace, isRoot, type ProbeTarget } from '../support/netns.js';
 
 const tcp = (addr: string, port: number): ProbeTarget => ({ proto: 'tcp', addr, port });
 const udp = (addr: string, port: number): ProbeTarget => ({ proto: 'udp', addr, port });
@@ -106,6 +107,38 @@ describe.skipIf(!isRoot)('firewall over a veth pair', () => {
     expect(server.json<{ changed: boolean }>(['firewall', 'cleanup']).changed).toBe(true);
     const left = ['iptables-save', 'ip6tables-save', 'ipset save'].map((c) => server.exec(c.split(' ')).stdout.replace(/^#.*\n/gm, ''));
     expect(left).toEqual(found);
+  });
+
+  it('firewall watch applies, follows the file, repairs drift, refuses a bad file, and leaves the rules when stopped', async () => {
+    const child = spawn(CLI, ['firewall', 'watch', stateFile, '--interval', '1', '--netns', server.path, '--bpffs', server.bpffs], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let log = '';
+    child.stdout!.on('data', (d) => (log += d));
+    child.stderr!.on('data', (d) => (log += d));
+    const inSync = () => server.json<{ inSync: boolean }>(['firewall', 'status', stateFile]).inSync;
+    const eventually = async (what: string, check: () => boolean) => {
+      for (let i = 0; i < 100; i++) {
+        if (check()) return;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      throw new Error(`${what} did not happen within 10 s; log: ${log}`);
+    };
+    try {
+      await eventually('first apply', inSync);
+      server.exec(['iptables', '-F', 'SWITCHYARD-TCP']);
+      server.exec(['ip6tables', '-D', 'INPUT', '1']);
+      expect(inSync()).toBe(false);
+      await eventually('drift repair', inSync);
+      fs.writeFileSync(stateFile, JSON.stringify({ ...STATE, services: { ...STATE.services, cdn: { tcp: [80, 443, 2000], udp: [443] } } }));
+      await eventually('the changed file applied', inSync);
+      expect(client.probe([tcp('192.0.2.200', 2000)], { fromAnyAddress: true })).toEqual(['cdn']);
+      fs.writeFileSync(stateFile, '{"bindings": [{"label": "x"}]}');
+      await eventually('the bad file refused', () => /state file refused/.test(log));
+    } finally {
+      child.kill('SIGTERM');
+      await new Promise((r) => child.once('exit', r));
+    }
+    expect(log).toMatch(/stopped; the rules stay in place/);
+    expect(server.json<{ rules: Array<{ jumps: number[] }> }>(['firewall', 'status']).rules.map((r) => r.jumps)).toEqual([[1], [1]]);
   });
 
   it('works the same with the legacy backend, chosen with --backend', () => {

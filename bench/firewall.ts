@@ -6,7 +6,8 @@
  * change (a new Firewall, as a restarted agent has: must write nothing).
  * First apply and restart include parsing the state file, planning, reading
  * the kernel back and writing; the change is a delta on a running agent
- * (validated state in hand): planning its region and writing it.
+ * (validated state in hand): planning its region and writing it. Each is
+ * the median of three samples.
  */
 import os from 'node:os';
 import { execFileSync } from 'node:child_process';
@@ -19,13 +20,17 @@ import { formatAddress } from '../src/net/address.js';
 import { TestNamespace } from '../test/support/netns.js';
 import { rng } from '../test/support/random.js';
 
+/** Medians of three samples each (the machine's speed varies), and the samples. */
 export interface FirewallBench {
   prefixes: number;
   set_entries: number;
   first_apply_ms: number;
+  first_apply_samples: number[];
   one_prefix_change_ms: number;
+  one_prefix_change_samples: number[];
   one_prefix_change_writes: number;
   restart_noop_ms: number;
+  restart_noop_samples: number[];
   restart_noop_writes: number;
   backend: string;
 }
@@ -75,45 +80,70 @@ class CountingRunner implements Runner {
   }
 }
 
+const SAMPLES = 3;
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+
 export async function firewallBench(count = 100_000): Promise<FirewallBench> {
   const ns = TestNamespace.create();
   try {
     const doc = stateDoc(count);
     const runner = new CountingRunner(new ProcessRunner(ns.path));
     const parse = (document: typeof doc) => parseDesiredState(document, 'bench');
-    // First apply: a new agent with a state file and an empty kernel.
-    let started = performance.now();
-    const agent = new Firewall(runner);
-    const first = await agent.sync(parse(doc));
-    const firstMs = performance.now() - started;
+    const timed = async <T>(fn: () => Promise<T>): Promise<[T, number]> => {
+      const started = performance.now();
+      const result = await fn();
+      return [result, performance.now() - started];
+    };
+    // First apply: a new agent with a state file and an empty kernel (cleaned between samples).
+    const first: number[] = [];
+    let backend = '';
+    for (let i = 0; i < SAMPLES; i++) {
+      if (i > 0) await new Firewall(runner).cleanup();
+      const [r, ms] = await timed(() => new Firewall(runner).sync(parse(doc)));
+      first.push(ms);
+      backend = r.backend;
+    }
     const entries = planFirewall(parse(doc)).families.reduce((n, f) => n + f.sets.reduce((m, s) => m + s.entries.length, 0), 0);
-    // One prefix: a /32 carved out of a cdn /16-/24 and given to spectrum,
-    // arriving as a delta (as the control plane sends it), state already validated.
-    const cdnIPv4 = doc.bindings.find((b) => b.label === 'cdn' && b.port === 0 && b.protocol === 'tcp' && !b.prefix.includes(':') && Number(b.prefix.split('/')[1]) <= 24)!;
-    const carved = { label: 'spectrum', protocol: 'tcp' as const, prefix: `${cdnIPv4.prefix.split('/')[0]!.replace(/\.\d+$/, '.77')}/32`, port: 0 };
-    const next = { ...doc, bindings: [...doc.bindings, carved] };
-    const nextState = parse(next);
-    runner.writes = 0;
-    started = performance.now();
-    const change = await agent.sync(nextState, [{ binding: carved, removed: false }]);
-    const changeMs = performance.now() - started;
-    if (change.summary.chainsWritten || change.summary.setsCreated) throw new Error(`one-prefix change went the full way: ${JSON.stringify(change.summary)}`);
-    const changeWrites = runner.writes;
+    // One prefix at a time: a /32 carved out of a cdn /16-/24 and given to
+    // spectrum, arriving as a delta (as the control plane sends it) to a
+    // running agent, state already validated.
+    const agent = new Firewall(runner);
+    await agent.sync(parse(doc));
+    const cdn = doc.bindings.filter((b) => b.label === 'cdn' && b.port === 0 && b.protocol === 'tcp' && !b.prefix.includes(':') && Number(b.prefix.split('/')[1]) <= 24);
+    const change: number[] = [];
+    let writes = 0;
+    let current = doc;
+    for (let i = 0; i < SAMPLES; i++) {
+      const carved = { label: 'spectrum', protocol: 'tcp' as const, prefix: `${cdn[i]!.prefix.split('/')[0]!.replace(/\.\d+$/, '.77')}/32`, port: 0 };
+      current = { ...current, bindings: [...current.bindings, carved] };
+      const state = parse(current);
+      runner.writes = 0;
+      const [r, ms] = await timed(() => agent.sync(state, [{ binding: carved, removed: false }]));
+      if (r.summary.chainsWritten || r.summary.setsCreated) throw new Error(`one-prefix change went the full way: ${JSON.stringify(r.summary)}`);
+      change.push(ms);
+      writes = Math.max(writes, runner.writes);
+    }
     // Restart: a new process reads its state file and finds everything in place.
+    const restart: number[] = [];
     runner.writes = 0;
-    started = performance.now();
-    const restart = await new Firewall(runner).sync(parse(next));
-    const restartMs = performance.now() - started;
-    if (restart.changed) throw new Error(`restart with nothing to change wrote: ${JSON.stringify(restart.summary)}`);
+    for (let i = 0; i < SAMPLES; i++) {
+      const [r, ms] = await timed(() => new Firewall(runner).sync(parse(current)));
+      if (r.changed) throw new Error(`restart with nothing to change wrote: ${JSON.stringify(r.summary)}`);
+      restart.push(ms);
+    }
+    const round = (xs: number[], digits = 0) => xs.map((x) => Math.round(x * 10 ** digits) / 10 ** digits);
     return {
       prefixes: count,
       set_entries: entries,
-      first_apply_ms: Math.round(firstMs),
-      one_prefix_change_ms: Math.round(changeMs * 10) / 10,
-      one_prefix_change_writes: changeWrites,
-      restart_noop_ms: Math.round(restartMs),
+      first_apply_ms: Math.round(median(first)),
+      first_apply_samples: round(first),
+      one_prefix_change_ms: Math.round(median(change) * 10) / 10,
+      one_prefix_change_samples: round(change, 1),
+      one_prefix_change_writes: writes,
+      restart_noop_ms: Math.round(median(restart)),
+      restart_noop_samples: round(restart),
       restart_noop_writes: runner.writes,
-      backend: first.backend,
+      backend,
     };
   } finally {
     ns.destroy();

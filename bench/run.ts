@@ -305,7 +305,7 @@ async function main(): Promise<void> {
   const firewall = runs('firewall') ? firewallBenchUnpinned(100_000) : null;
   if (firewall) {
     log(
-      `firewall (${firewall.prefixes} prefixes, ${firewall.set_entries} set entries, ${firewall.backend}): first apply ${firewall.first_apply_ms} ms, one-prefix change ${firewall.one_prefix_change_ms} ms (${firewall.one_prefix_change_writes} writes), restart with nothing to change ${firewall.restart_noop_ms} ms (${firewall.restart_noop_writes} writes)`,
+      `firewall (${firewall.prefixes} prefixes, ${firewall.set_entries} set entries, ${firewall.backend}; medians of ${firewall.first_apply_samples.length}): first apply ${firewall.first_apply_ms} ms ${JSON.stringify(firewall.first_apply_samples)}, one-prefix change ${firewall.one_prefix_change_ms} ms ${JSON.stringify(firewall.one_prefix_change_samples)} (${firewall.one_prefix_change_writes} write each), restart with nothing to change ${firewall.restart_noop_ms} ms ${JSON.stringify(firewall.restart_noop_samples)} (${firewall.restart_noop_writes} writes)`,
     );
   }
   const oneM = rows.find((r) => r.set === 'random' && r.bindings === 1_000_000);

@@ -27,7 +27,7 @@
  * Rules stay few (they do not grow with the bindings); sets grow.
  */
 import crypto from 'node:crypto';
-import { type Family, type Prefix, PREFIX_MASKS, familyBits, formatAddress, formatPrefix } from '../net/address.js';
+import { type Family, type Prefix, PREFIX_MASKS, familyBits, formatAddress, formatPrefix, prefixContains } from '../net/address.js';
 import { IPPROTO, type Protocol } from '../bindings/binding.js';
 import { type DesiredState, type PortRanges, allowedPorts, rangesContain } from '../desired/state.js';
 
@@ -116,12 +116,7 @@ export function compareAddresses(a: Prefix, b: Prefix): number {
 }
 
 export function contains(outer: Prefix, inner: Prefix): boolean {
-  if (outer.length > inner.length) return false;
-  for (let i = 0; i < 4; i++) {
-    const m = PREFIX_MASKS[outer.length * 4 + i]!;
-    if (((outer.words[i]! ^ inner.words[i]!) & m) !== 0) return false;
-  }
-  return true;
+  return outer.length <= inner.length && prefixContains(outer.words, 0, outer.length, inner.words, 0);
 }
 
 /** hash:net cannot hold a /0: it becomes its two /1 halves (unless a half is itself listed). */

@@ -6,7 +6,7 @@
  * the push says, for its own version, that it means it.
  */
 import { IPPROTO } from '../bindings/binding.js';
-import { compareKeys } from '../bindings/order.js';
+import { forEachCommonKey } from '../bindings/order.js';
 import { formatPrefix, prefixContains } from '../net/address.js';
 import { MAX_DESTINATIONS } from '../trie/layout.js';
 import { type DesiredState, rangesContain } from '../desired/state.js';
@@ -77,24 +77,19 @@ function capacity(state: DesiredState, limits: GuardLimits): GuardFinding | unde
 function withdrawal(before: DesiredState, after: DesiredState, limits: GuardLimits): GuardFinding | undefined {
   const a = before.bindings;
   const b = after.bindings;
-  const x = a.order();
-  const y = b.order();
   const had = new Map<string, number>();
   const kept = new Map<string, number>();
   for (let i = 0; i < a.count; i++) had.set(a.label(i), (had.get(a.label(i)) ?? 0) + 1);
-  let i = 0;
-  let j = 0;
-  while (i < a.count && j < b.count) {
-    const c = compareKeys(a, x[i]!, b, y[j]!);
-    if (c < 0) i++;
-    else if (c > 0) j++;
-    else {
-      const label = a.label(x[i]!);
-      if (label === b.label(y[j]!)) kept.set(label, (kept.get(label) ?? 0) + 1);
-      i++;
-      j++;
-    }
-  }
+  forEachCommonKey(
+    a,
+    b,
+    (i, j) => {
+      const label = a.label(i);
+      if (label === b.label(j)) kept.set(label, (kept.get(label) ?? 0) + 1);
+    },
+    a.order(),
+    b.order(),
+  );
   const over: string[] = [];
   for (const [label, count] of had) {
     const removed = count - (kept.get(label) ?? 0);

@@ -100,6 +100,27 @@ export function findDuplicate(cols: BindingColumns, order: Uint32Array): [number
 }
 
 /**
+ * Walks two binding sets in key order and calls `same(i, j)` for every key
+ * both hold (binding i of `before`, j of `after`).
+ */
+export function forEachCommonKey(
+  before: BindingColumns,
+  after: BindingColumns,
+  same: (i: number, j: number) => void,
+  x = sortBindings(before),
+  y = sortBindings(after),
+): void {
+  let i = 0;
+  let j = 0;
+  while (i < before.count && j < after.count) {
+    const c = compareKeys(before, x[i]!, after, y[j]!);
+    if (c < 0) i++;
+    else if (c > 0) j++;
+    else same(x[i++]!, y[j++]!);
+  }
+}
+
+/**
  * Bindings added (a new key, or a key with a new label) and removed (a key
  * gone or relabelled) between two sets; `sameLabel` compares labels of
  * binding i of `before` and j of `after`.
@@ -111,18 +132,9 @@ export function countChanges(
   x = sortBindings(before),
   y = sortBindings(after),
 ): { added: number; removed: number } {
-  let i = 0;
-  let j = 0;
   let kept = 0;
-  while (i < before.count && j < after.count) {
-    const c = compareKeys(before, x[i]!, after, y[j]!);
-    if (c < 0) i++;
-    else if (c > 0) j++;
-    else {
-      if (sameLabel(x[i]!, y[j]!)) kept++;
-      i++;
-      j++;
-    }
-  }
+  forEachCommonKey(before, after, (i, j) => {
+    if (sameLabel(i, j)) kept++;
+  }, x, y);
   return { added: after.count - kept, removed: before.count - kept };
 }

@@ -1,0 +1,119 @@
+/**
+ * The agent's state directory (root only, 0700): the last known good state
+ * and the apply marker. Every file is written atomically (temporary file,
+ * fsync, rename, fsync of the directory), so a crash at any instruction
+ * leaves the old file or the new one, never a torn one.
+ *
+ * The marker is written before a version is applied and removed once it is
+ * acknowledged: an agent that finds it at start died applying that version,
+ * refuses it from then on, and says so in its hello. (A version that kills
+ * the agent must not be retried in a crash loop across the fleet.)
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { SwitchyardError } from '../errors.js';
+import type { StateId } from '../protocol/messages.js';
+
+export interface LastKnownGood extends StateId {
+  /** The desired-state document as applied (validated again when read). */
+  state: unknown;
+  /** When it was acknowledged (ms since the epoch). */
+  acked_at: number;
+}
+
+export interface ApplyMarker {
+  epoch: string;
+  version: number;
+  started_at: number;
+}
+
+const LKG = 'last-known-good.json';
+const MARKER = 'applying.json';
+const REFUSED = 'refused.json';
+
+/** Writes `data` to `file` so that a crash leaves the old content or the new, mode 0600. */
+export function writeAtomic(file: string, data: string): void {
+  const dir = path.dirname(file);
+  const temporary = path.join(dir, `.${path.basename(file)}.${process.pid}.tmp`);
+  const fd = fs.openSync(temporary, 'w', 0o600);
+  try {
+    fs.writeSync(fd, data);
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+  fs.renameSync(temporary, file);
+  const dirFd = fs.openSync(dir, 'r');
+  try {
+    fs.fsyncSync(dirFd);
+  } finally {
+    fs.closeSync(dirFd);
+  }
+}
+
+export class StateStore {
+  constructor(readonly dir: string) {
+    fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+    const mode = fs.statSync(dir).mode & 0o777;
+    if (mode & 0o077) {
+      throw new SwitchyardError('EINVAL_ARGUMENT', `state directory ${dir} is mode ${mode.toString(8)}: it must be readable by its owner only (0700)`, { entry: dir });
+    }
+  }
+
+  private read<T>(name: string): T | undefined {
+    const file = path.join(this.dir, name);
+    let text: string;
+    try {
+      text = fs.readFileSync(file, 'utf8');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw err;
+    }
+    try {
+      return JSON.parse(text) as T;
+    } catch (err) {
+      throw new SwitchyardError('EINVAL_FILE', `${file}: not JSON (${(err as Error).message}); the state directory was changed by hand?`, { entry: file, cause: err });
+    }
+  }
+
+  lastKnownGood(): LastKnownGood | undefined {
+    return this.read<LastKnownGood>(LKG);
+  }
+
+  saveLastKnownGood(lkg: LastKnownGood): void {
+    writeAtomic(path.join(this.dir, LKG), JSON.stringify(lkg));
+  }
+
+  /** Before applying a version. */
+  markApplying(marker: ApplyMarker): void {
+    writeAtomic(path.join(this.dir, MARKER), JSON.stringify(marker));
+  }
+
+  /** After the version is acknowledged (or refused cleanly). */
+  clearApplying(): void {
+    fs.rmSync(path.join(this.dir, MARKER), { force: true });
+  }
+
+  /**
+   * At start: a marker left behind means the agent died applying that
+   * version; it is recorded as refused (and the marker cleared) so it is
+   * never applied again. Returns the refused version, if any.
+   */
+  recoverFromCrash(): { epoch: string; version: number } | undefined {
+    const marker = this.read<ApplyMarker>(MARKER);
+    if (marker) {
+      writeAtomic(path.join(this.dir, REFUSED), JSON.stringify({ epoch: marker.epoch, version: marker.version }));
+      this.clearApplying();
+    }
+    return this.refused();
+  }
+
+  refused(): { epoch: string; version: number } | undefined {
+    return this.read<{ epoch: string; version: number }>(REFUSED);
+  }
+
+  isRefused(epoch: string, version: number): boolean {
+    const r = this.refused();
+    return r !== undefined && r.epoch === epoch && r.version === version;
+  }
+}

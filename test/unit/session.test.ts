@@ -1,0 +1,122 @@
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { AgentSession } from '../../src/agent/session.js';
+import { StateStore } from '../../src/agent/store.js';
+import { parseDesiredState, type DesiredState } from '../../src/desired/state.js';
+import { diffStates, stateDigest } from '../../src/protocol/state.js';
+import type { Frame, Nack } from '../../src/protocol/messages.js';
+import type { BindingChange } from '../../src/firewall/incremental.js';
+
+const SERVICES = { cdn: { tcp: [80, 443] }, spectrum: { tcp: [443] } };
+const doc = (bindings: Array<[string, string, number]>) => ({ bindings: bindings.map(([label, prefix, port]) => ({ label, protocol: 'tcp', prefix, port })), services: SERVICES });
+const V1 = doc([['cdn', '192.0.2.0/24', 0]]);
+const V2 = doc([['cdn', '192.0.2.0/24', 0], ['spectrum', '192.0.2.200/32', 443]]);
+const parse = (d: unknown) => parseDesiredState(d, 'test');
+const snapshot = (version: number, d: unknown, epoch = 'e1'): Frame => ({ type: 'snapshot', epoch, version, digest: stateDigest(parse(d)), state: d });
+
+describe('agent session (fake transport)', () => {
+  let dir: string;
+  let sent: Frame[];
+  let applied: Array<{ state: DesiredState; changes: BindingChange[] | undefined }>;
+  let failApply: boolean;
+  const session = () =>
+    new AgentSession({
+      agentId: 'edge-1',
+      agentVersion: 'test',
+      store: new StateStore(dir),
+      send: (f) => sent.push(f),
+      apply: async (state, changes) => {
+        if (failApply) throw new Error('iptables-restore failed');
+        applied.push({ state, changes });
+      },
+      limits: { maxBindings: 1000, withdrawalShare: 0.05, withdrawalMin: 1 },
+    });
+  const push = (s: AgentSession, f: unknown) => s.receive(JSON.stringify(f));
+  const last = () => sent[sent.length - 1]!;
+
+  beforeEach(() => {
+    dir = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'sy-session-')), 'state');
+    sent = [];
+    applied = [];
+    failApply = false;
+  });
+  afterEach(() => fs.rmSync(path.dirname(dir), { recursive: true, force: true }));
+
+  it('applies a snapshot, persists it, then acks; a delta on top goes as binding changes', async () => {
+    const s = session();
+    expect(s.hello().have).toBeNull();
+    await push(s, snapshot(1, V1));
+    expect(last()).toMatchObject({ type: 'ack', epoch: 'e1', version: 1, digest: stateDigest(parse(V1)) });
+    expect(new StateStore(dir).lastKnownGood()!.version).toBe(1);
+    const delta = diffStates(parse(V1), parse(V2));
+    await push(s, { type: 'delta', epoch: 'e1', from_version: 1, version: 2, digest: stateDigest(parse(V2)), ...delta });
+    expect(last()).toMatchObject({ type: 'ack', version: 2 });
+    expect(applied[1]!.changes).toEqual([{ binding: { label: 'spectrum', protocol: 'tcp', prefix: '192.0.2.200/32', port: 443 }, removed: false }]);
+    expect(s.heartbeat()).toMatchObject({ type: 'heartbeat', version: 2 });
+  });
+
+  it('acks a redelivered version without applying it again', async () => {
+    const s = session();
+    await push(s, snapshot(1, V1));
+    await push(s, snapshot(1, V1));
+    expect(sent.map((f) => f.type)).toEqual(['ack', 'ack']);
+    expect(applied.length).toBe(1);
+  });
+
+  it('answers a version gap with EGAP (the control plane then sends a snapshot)', async () => {
+    const s = session();
+    await push(s, snapshot(1, V1));
+    await push(s, { type: 'delta', epoch: 'e1', from_version: 5, version: 6, digest: stateDigest(parse(V2)), add: [], remove: [] });
+    expect(last()).toMatchObject({ type: 'nack', code: 'EGAP', version: 6 });
+    expect(s.applied!.version).toBe(1);
+  });
+
+  it('NACKs bad input, bad digests, guards and kernel failures, keeping the last known good', async () => {
+    const s = session();
+    await push(s, snapshot(1, V1));
+    const nack = () => last() as Nack;
+    await s.receive('{"type":"snapshot"');
+    expect(nack()).toMatchObject({ code: 'EINVALID' });
+    await push(s, { ...snapshot(2, V2), digest: `sha256:${'f'.repeat(64)}` });
+    expect(nack()).toMatchObject({ code: 'EDIGEST', version: 2 });
+    await push(s, { type: 'snapshot', epoch: 'e1', version: 2, digest: `sha256:${'0'.repeat(64)}`, state: doc([['cdn', '192.0.2.1/24', 0]]) });
+    expect(nack()).toMatchObject({ code: 'EINVALID' }); // the state itself names the entry
+    expect(nack().message).toMatch(/snapshot 2: bindings\[0\].*host bits/);
+    await push(s, snapshot(3, doc([])));
+    expect(nack()).toMatchObject({ code: 'EWITHDRAWAL', details: ['cdn: 1 of 1 bindings removed (the service would have none left)'] });
+    await push(s, { ...snapshot(3, doc([])), override: { version: 3, withdrawal: true } });
+    expect(last()).toMatchObject({ type: 'ack', version: 3 }); // the override for this version passes
+    failApply = true;
+    await push(s, snapshot(4, V1));
+    expect(nack()).toMatchObject({ code: 'EAPPLY', version: 4 });
+    expect(nack().message).toMatch(/iptables-restore failed; the last known good state \(3\) stays/);
+    expect(s.applied!.version).toBe(3);
+    expect(new StateStore(dir).lastKnownGood()!.version).toBe(3);
+    await s.receive('x'.repeat(10));
+    expect(nack().code).toBe('EINVALID');
+  });
+
+  it('refuses a version that killed the agent mid-apply, says so in hello, and restores the last known good at start', async () => {
+    const first = session();
+    await push(first, snapshot(1, V1));
+    new StateStore(dir).markApplying({ epoch: 'e1', version: 2, started_at: 0 }); // …and the agent dies
+    const restarted = session();
+    applied = [];
+    await restarted.restore();
+    expect(applied.map((a) => stateDigest(a.state))).toEqual([stateDigest(parse(V1))]);
+    expect(restarted.hello()).toMatchObject({ have: { epoch: 'e1', version: 1 }, refused: { epoch: 'e1', version: 2 } });
+    await push(restarted, snapshot(2, V2));
+    expect(last()).toMatchObject({ type: 'nack', code: 'EREFUSED', version: 2 });
+    await push(restarted, snapshot(3, V2));
+    expect(last()).toMatchObject({ type: 'ack', version: 3 });
+  });
+
+  it('handles pushes one at a time, in order', async () => {
+    const s = session();
+    await Promise.all([push(s, snapshot(1, V1)), push(s, snapshot(2, V2)), push(s, snapshot(2, V2))]);
+    expect(sent.map((f) => `${f.type} ${(f as { version: number }).version}`)).toEqual(['ack 1', 'ack 2', 'ack 2']);
+    expect(applied.length).toBe(2);
+  });
+});

@@ -11,13 +11,12 @@
  * acknowledged again without applying (idempotent redelivery).
  */
 import { type DesiredState, parseDesiredState } from '../desired/state.js';
-import { formatPrefix } from '../net/address.js';
 import type { BindingChange } from '../firewall/incremental.js';
 import { SwitchyardError } from '../errors.js';
 import { checkGuards, type GuardLimits } from './guards.js';
 import type { StateStore } from './store.js';
 import { PROTOCOL_VERSION, parseFrame, type Delta, type Frame, type Hello, type NackCode, type Snapshot, type StateId } from '../protocol/messages.js';
-import { applyDelta, stateDigest } from '../protocol/state.js';
+import { applyDelta, documentOf, stateDigest } from '../protocol/state.js';
 
 export interface SessionOptions {
   agentId: string;
@@ -168,19 +167,6 @@ export class AgentSession {
   private ack(c: StateId): void {
     this.options.send({ type: 'ack', epoch: c.epoch, version: c.version, digest: c.digest });
   }
-}
-
-/** A state as a document again (what the last known good file holds). */
-export function documentOf(state: DesiredState): unknown {
-  const ranges = (r: ReadonlyArray<readonly [number, number]>) => r.map(([lo, hi]) => (lo === hi ? lo : `${lo}-${hi}`));
-  return {
-    bindings: [...state.bindings],
-    services: Object.fromEntries([...state.services].map(([label, p]) => [label, { tcp: ranges(p.tcp), udp: ranges(p.udp) }])),
-    https_only: {
-      prefixes: state.httpsOnly.prefixes.map(formatPrefix),
-      plaintext_ports: ranges(state.httpsOnly.plaintextPorts),
-    },
-  };
 }
 
 /** The epoch and version of a frame that did not validate, if they can be read at all. */

@@ -121,3 +121,17 @@ export function diffStates(before: DesiredState, after: DesiredState): StateDelt
   }
   return { add, remove };
 }
+
+/** A state as a desired-state document again (snapshots, the last known good file). */
+export function documentOf(state: DesiredState): unknown {
+  const ranges = (r: ReadonlyArray<readonly [number, number]>) => r.map(([lo, hi]) => (lo === hi ? lo : `${lo}-${hi}`));
+  return {
+    bindings: [...state.bindings],
+    services: Object.fromEntries([...state.services].map(([label, p]) => [label, { tcp: ranges(p.tcp), udp: ranges(p.udp) }])),
+    https_only: {
+      prefixes: state.httpsOnly.prefixes.map(formatPrefix),
+      plaintext_ports: ranges(state.httpsOnly.plaintextPorts),
+    },
+  };
+}
+

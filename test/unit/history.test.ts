@@ -1,0 +1,80 @@
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { History } from '../../src/controlplane/history.js';
+import { AgentSession } from '../../src/agent/session.js';
+import { StateStore } from '../../src/agent/store.js';
+import { parseDesiredState } from '../../src/desired/state.js';
+import { documentOf, stateDigest } from '../../src/protocol/state.js';
+import type { Frame } from '../../src/protocol/messages.js';
+
+const SERVICES = { cdn: { tcp: [80, 443] }, spectrum: { tcp: [443] } };
+const state = (n: number, extra: Array<[string, string]> = []) =>
+  parseDesiredState(
+    {
+      bindings: [
+        ...Array.from({ length: n }, (_, i) => ({ label: 'cdn', protocol: 'tcp', prefix: `10.0.${i}.0/24`, port: 0 })),
+        ...extra.map(([label, prefix]) => ({ label, protocol: 'tcp', prefix, port: 443 })),
+      ],
+      services: SERVICES,
+    },
+    'test',
+  );
+
+describe('control-plane history, against a real agent session', () => {
+  let dir: string;
+  let agentSent: Frame[];
+  beforeEach(() => {
+    dir = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'sy-history-')), 'state');
+    agentSent = [];
+  });
+  afterEach(() => fs.rmSync(path.dirname(dir), { recursive: true, force: true }));
+  const agent = () => new AgentSession({ agentId: 'a', agentVersion: 't', store: new StateStore(dir), send: (f) => agentSent.push(f), apply: async () => {} });
+
+  it('versions states (same content, same version), then sends snapshot, delta or up-to-date from the hello', async () => {
+    const h = new History(4, 'epoch-1');
+    expect(h.frameFor({ have: null, refused: null })).toBeUndefined();
+    expect(h.publish(state(10))).toMatchObject({ version: 1, changed: true });
+    expect(h.publish(state(10))).toMatchObject({ version: 1, changed: false });
+    const a = agent();
+    const first = h.frameFor(a.hello())!;
+    expect(first.type).toBe('snapshot');
+    await a.receive(JSON.stringify(first));
+    expect(agentSent.pop()).toMatchObject({ type: 'ack', version: 1 });
+    expect(h.frameFor(a.hello())).toEqual({ type: 'up-to-date', epoch: 'epoch-1', version: 1 });
+    h.publish(state(10, [['spectrum', '10.0.3.7/32']]));
+    const second = h.frameFor(a.hello())!;
+    expect(second).toMatchObject({ type: 'delta', from_version: 1, version: 2, remove: [] });
+    await a.receive(JSON.stringify(second));
+    expect(agentSent.pop()).toMatchObject({ type: 'ack', version: 2, digest: h.current!.digest });
+  });
+
+  it('sends a snapshot to an agent of another epoch, one behind the log, or one whose digest disagrees', () => {
+    const h = new History(2, 'epoch-1');
+    for (let n = 1; n <= 5; n++) h.publish(state(10 + n));
+    const digestOf = (n: number) => stateDigest(state(10 + n));
+    expect(h.frameFor({ have: { epoch: 'epoch-0', version: 5, digest: digestOf(5) }, refused: null })!.type).toBe('snapshot');
+    expect(h.frameFor({ have: { epoch: 'epoch-1', version: 2, digest: digestOf(2) }, refused: null })!.type).toBe('snapshot'); // compacted away
+    expect(h.frameFor({ have: { epoch: 'epoch-1', version: 4, digest: digestOf(4) }, refused: null })!.type).toBe('delta');
+    expect(h.frameFor({ have: { epoch: 'epoch-1', version: 4, digest: digestOf(3) }, refused: null })!.type).toBe('snapshot');
+  });
+
+  it('does not push again a version an agent refused; carries an override for its version only', () => {
+    const h = new History(4, 'epoch-1');
+    h.publish(state(3));
+    expect(h.frameFor({ have: null, refused: { epoch: 'epoch-1', version: 1 } })).toBeUndefined();
+    h.publish(state(4));
+    expect(h.frameFor({ have: null, refused: { epoch: 'epoch-1', version: 1 } })!.type).toBe('snapshot');
+    expect(h.frameFor({ have: null, refused: null }, { version: 2, withdrawal: true })).toMatchObject({ override: { version: 2, withdrawal: true } });
+    expect(h.frameFor({ have: null, refused: null }, { version: 1, withdrawal: true })).not.toHaveProperty('override');
+  });
+
+  it('snapshots carry a document that validates back to the same digest', () => {
+    const s = parseDesiredState(
+      { bindings: [{ label: 'cdn', protocol: 'udp', prefix: '2001:db8::/48', port: 53 }], services: { cdn: { udp: [53, '1000-2000'] } }, https_only: { prefixes: ['2001:db8::/64'], plaintext_ports: [80] } },
+      'x',
+    );
+    expect(stateDigest(parseDesiredState(documentOf(s), 'again'))).toBe(stateDigest(s));
+  });
+});

@@ -28,7 +28,7 @@ export class History {
   /** `limit`: how many versions deltas can start from. */
   constructor(
     private readonly limit = 64,
-    epoch = crypto.randomUUID(),
+    epoch: string = crypto.randomUUID(),
   ) {
     this.epoch = epoch;
   }

@@ -1,0 +1,122 @@
+/**
+ * The agent's end of the channel: WSS to the control plane with the CA
+ * pinned (only servers it signed are trusted) and the agent's bearer
+ * token; `hello` on every connection; frames to the session, the session's
+ * answers back; heartbeats; a dead server found by ping/pong; reconnection
+ * with exponential backoff and jitter (1 s × 1.6 up to 120 s, ±20 %, as
+ * gRPC does). The session keeps serving its last known good state while
+ * disconnected, for as long as it takes.
+ */
+import WebSocket from 'ws';
+import type { AgentSession } from './session.js';
+import { encodeFrame } from '../protocol/messages.js';
+
+export interface ClientOptions {
+  url: string;
+  /** PEM of the CA that signed the control plane's certificate. */
+  ca: string;
+  token: string;
+  heartbeatMs?: number;
+  /** A server that does not answer a ping within this is dropped. */
+  deadAfterMs?: number;
+  maxFrameBytes?: number;
+  backoff?: { initialMs: number; factor: number; maxMs: number; jitter: number };
+  onEvent?: (event: string, detail?: unknown) => void;
+}
+
+const DEFAULT_BACKOFF = { initialMs: 1000, factor: 1.6, maxMs: 120_000, jitter: 0.2 };
+
+export class ControlPlaneClient {
+  private socket: WebSocket | undefined;
+  private stopped = false;
+  private attempt = 0;
+  private timers: NodeJS.Timeout[] = [];
+  private retry: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly session: AgentSession,
+    private readonly options: ClientOptions,
+  ) {}
+
+  get connected(): boolean {
+    return this.socket?.readyState === WebSocket.OPEN;
+  }
+
+  start(): void {
+    this.stopped = false;
+    this.connect();
+  }
+
+  stop(): void {
+    this.stopped = true;
+    clearTimeout(this.retry);
+    this.clearTimers();
+    this.socket?.terminate();
+  }
+
+  /** The delay before reconnection attempt `n` (0-based). */
+  static backoffMs(n: number, b = DEFAULT_BACKOFF, random = Math.random): number {
+    const base = Math.min(b.maxMs, b.initialMs * b.factor ** n);
+    return Math.round(base * (1 - b.jitter + 2 * b.jitter * random()));
+  }
+
+  private clearTimers(): void {
+    for (const t of this.timers) clearInterval(t);
+    this.timers = [];
+  }
+
+  private connect(): void {
+    const event = this.options.onEvent ?? (() => {});
+    const socket = new WebSocket(this.options.url, {
+      ca: this.options.ca,
+      headers: { authorization: `Bearer ${this.options.token}` },
+      maxPayload: this.options.maxFrameBytes ?? 256 * 1024 * 1024,
+      handshakeTimeout: 10_000,
+    });
+    this.socket = socket;
+    let alive = true;
+    socket.on('open', () => {
+      this.attempt = 0;
+      event('connected');
+      socket.send(encodeFrame(this.session.hello()));
+      this.timers.push(
+        setInterval(() => {
+          const beat = this.session.heartbeat();
+          if (beat && socket.readyState === WebSocket.OPEN) socket.send(encodeFrame(beat));
+        }, this.options.heartbeatMs ?? 10_000),
+        setInterval(() => {
+          if (!alive) {
+            event('dead peer');
+            socket.terminate();
+            return;
+          }
+          alive = false;
+          socket.ping();
+        }, this.options.deadAfterMs ?? 30_000),
+      );
+    });
+    socket.on('pong', () => (alive = true));
+    socket.on('ping', () => (alive = true));
+    socket.on('message', (data) => {
+      alive = true;
+      void this.session.receive(data.toString());
+    });
+    socket.on('unexpected-response', (_req, res) => {
+      event('refused', res.statusCode);
+      socket.terminate();
+    });
+    socket.on('error', (err) => event('error', err.message));
+    socket.on('close', () => {
+      this.clearTimers();
+      if (this.stopped || this.socket !== socket) return;
+      const wait = ControlPlaneClient.backoffMs(this.attempt++, this.options.backoff ?? DEFAULT_BACKOFF);
+      event('disconnected', { retryInMs: wait });
+      this.retry = setTimeout(() => this.connect(), wait);
+    });
+  }
+
+  /** What the session sends goes out on the socket (wired by the agent). */
+  send(text: string): void {
+    if (this.socket?.readyState === WebSocket.OPEN) this.socket.send(text);
+  }
+}

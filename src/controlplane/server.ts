@@ -1,0 +1,208 @@
+/**
+ * The reference control plane's channel: HTTPS + WebSocket (`ws`), agents
+ * authenticated by a per-agent bearer token (compared in constant time;
+ * the unauthenticated get 401 before the upgrade), frames validated by the
+ * shared parser, one push in flight per agent (the next waits for its ACK
+ * or NACK), dead peers found by ping/pong, a size cap on frames
+ * (`maxPayload`), and a slow agent's backlog bounded (a push is skipped
+ * while the socket still holds unsent data: the agent gets the newest state
+ * later, not every state). `GET /status` (same tokens, or the admin token)
+ * shows per agent the applied version, the last NACK and heartbeat.
+ */
+import crypto from 'node:crypto';
+import https from 'node:https';
+import type { AddressInfo } from 'node:net';
+import { WebSocketServer, type WebSocket } from 'ws';
+import type { DesiredState } from '../desired/state.js';
+import { encodeFrame, parseFrame, type Frame, type Hello, type Nack } from '../protocol/messages.js';
+import { History } from './history.js';
+
+export interface ServerOptions {
+  /** PEM certificate and key of this server (agents pin the CA that signed it). */
+  cert: string;
+  key: string;
+  /** agent id → token. */
+  tokens: Record<string, string>;
+  /** A token for `GET /status` only. */
+  adminToken?: string;
+  port?: number;
+  host?: string;
+  maxFrameBytes?: number;
+  pingMs?: number;
+  historyLimit?: number;
+  epoch?: string;
+}
+
+export interface AgentStatus {
+  agentId: string;
+  connected: boolean;
+  applied: { epoch: string; version: number; digest: string } | null;
+  lastNack: Pick<Nack, 'version' | 'code' | 'message'> | null;
+  lastHeartbeat: number | null;
+  inFlight: number | null;
+}
+
+interface Peer {
+  socket: WebSocket;
+  hello: Hello;
+  status: AgentStatus;
+  alive: boolean;
+}
+
+const sameToken = (a: string, b: string) => {
+  const x = crypto.createHash('sha256').update(a).digest();
+  const y = crypto.createHash('sha256').update(b).digest();
+  return crypto.timingSafeEqual(x, y);
+};
+
+export class ControlPlaneServer {
+  readonly history: History;
+  private readonly https: https.Server;
+  private readonly wss: WebSocketServer;
+  private readonly peers = new Map<string, Peer>();
+  private readonly statuses = new Map<string, AgentStatus>();
+  private pinger: NodeJS.Timeout | undefined;
+  private override: { version: number; withdrawal: true } | undefined;
+
+  constructor(private readonly options: ServerOptions) {
+    this.history = new History(options.historyLimit ?? 64, options.epoch);
+    this.https = https.createServer({ cert: options.cert, key: options.key }, (req, res) => {
+      if (req.method === 'GET' && req.url === '/status' && this.authorized(req.headers.authorization, true)) {
+        res.writeHead(200, { 'content-type': 'application/json' });
+        res.end(JSON.stringify(this.status()));
+        return;
+      }
+      res.writeHead(req.url === '/status' ? 401 : 404).end();
+    });
+    this.wss = new WebSocketServer({ noServer: true, maxPayload: options.maxFrameBytes ?? 256 * 1024 * 1024 });
+    this.https.on('upgrade', (req, socket, head) => {
+      const agentId = this.authorized(req.headers.authorization, false);
+      if (!agentId) {
+        socket.end('HTTP/1.1 401 Unauthorized\r\nConnection: close\r\n\r\n');
+        return;
+      }
+      this.wss.handleUpgrade(req, socket, head, (ws) => this.accept(agentId, ws));
+    });
+  }
+
+  /** The agent id for a valid agent token (or 'admin' when allowed), else undefined. */
+  private authorized(header: string | undefined, adminAllowed: boolean): string | undefined {
+    const token = /^Bearer (\S+)$/.exec(header ?? '')?.[1];
+    if (!token) return undefined;
+    if (adminAllowed && this.options.adminToken && sameToken(token, this.options.adminToken)) return 'admin';
+    for (const [agentId, expected] of Object.entries(this.options.tokens)) if (sameToken(token, expected)) return agentId;
+    return undefined;
+  }
+
+  async listen(): Promise<number> {
+    await new Promise<void>((resolve) => this.https.listen(this.options.port ?? 0, this.options.host ?? '127.0.0.1', resolve));
+    this.pinger = setInterval(() => this.ping(), this.options.pingMs ?? 10_000);
+    this.pinger.unref();
+    return (this.https.address() as AddressInfo).port;
+  }
+
+  async close(): Promise<void> {
+    clearInterval(this.pinger);
+    for (const p of this.peers.values()) p.socket.terminate();
+    this.wss.close();
+    await new Promise<void>((resolve) => this.https.close(() => resolve()));
+  }
+
+  /** Publishes a validated state; `override` lets this version withdraw beyond the agents' budget. */
+  publish(state: DesiredState, options: { override?: boolean } = {}): { version: number; changed: boolean } {
+    const r = this.history.publish(state);
+    if (options.override) this.override = { version: r.version, withdrawal: true };
+    if (r.changed) for (const peer of this.peers.values()) this.pushTo(peer);
+    return { version: r.version, changed: r.changed };
+  }
+
+  status(): AgentStatus[] {
+    return [...this.statuses.values()];
+  }
+
+  private accept(agentId: string, socket: WebSocket): void {
+    // One connection per agent: a new one replaces the old.
+    this.peers.get(agentId)?.socket.terminate();
+    const status = this.statuses.get(agentId) ?? { agentId, connected: true, applied: null, lastNack: null, lastHeartbeat: null, inFlight: null };
+    status.connected = true;
+    status.inFlight = null;
+    this.statuses.set(agentId, status);
+    let peer: Peer | undefined;
+    socket.on('pong', () => {
+      if (peer) peer.alive = true;
+    });
+    socket.on('close', () => {
+      if (this.peers.get(agentId)?.socket === socket) {
+        this.peers.delete(agentId);
+        status.connected = false;
+        status.inFlight = null;
+      }
+    });
+    socket.on('error', () => socket.terminate());
+    socket.on('message', (data) => {
+      let frame: Frame;
+      try {
+        frame = parseFrame(data.toString(), this.options.maxFrameBytes);
+      } catch {
+        socket.close(1008, 'invalid frame');
+        return;
+      }
+      if (frame.type === 'hello') {
+        if (frame.agent_id !== agentId) {
+          socket.close(1008, 'agent id does not match its token');
+          return;
+        }
+        status.applied = frame.have;
+        peer = { socket, hello: frame, status, alive: true };
+        this.peers.set(agentId, peer);
+        this.pushTo(peer);
+        return;
+      }
+      if (!peer) return;
+      if (frame.type === 'ack' || frame.type === 'nack') {
+        if (frame.type === 'ack') {
+          status.applied = { epoch: frame.epoch, version: frame.version, digest: frame.digest };
+          peer.hello = { ...peer.hello, have: status.applied };
+        } else {
+          status.lastNack = { version: frame.version, code: frame.code, message: frame.message };
+          if (frame.code === 'EREFUSED') peer.hello = { ...peer.hello, refused: { epoch: frame.epoch, version: frame.version } };
+        }
+        status.inFlight = null;
+        // A NACK for a gap or a digest mismatch is answered with a snapshot next.
+        if (frame.type === 'nack' && (frame.code === 'EGAP' || frame.code === 'EDIGEST')) peer.hello = { ...peer.hello, have: null };
+        if (frame.type === 'ack' || frame.code === 'EGAP' || frame.code === 'EDIGEST') this.pushTo(peer);
+        return;
+      }
+      if (frame.type === 'heartbeat') {
+        status.lastHeartbeat = Date.now();
+        status.applied = { epoch: frame.epoch, version: frame.version, digest: frame.digest };
+      }
+    });
+  }
+
+  private pushTo(peer: Peer): void {
+    if (peer.status.inFlight !== null) return; // one push in flight; the ACK brings the next
+    if (peer.socket.bufferedAmount > 0) return; // a slow agent: no queue grows here
+    const frame = this.history.frameFor(peer.hello, this.override);
+    if (!frame || (frame.type !== 'snapshot' && frame.type !== 'delta')) {
+      if (frame) peer.socket.send(encodeFrame(frame));
+      return;
+    }
+    if (peer.status.lastNack?.version === frame.version && peer.status.lastNack.code !== 'EGAP' && peer.status.lastNack.code !== 'EDIGEST') {
+      return; // refused once: not again until there is a newer version
+    }
+    peer.status.inFlight = frame.version;
+    peer.socket.send(encodeFrame(frame));
+  }
+
+  private ping(): void {
+    for (const peer of this.peers.values()) {
+      if (!peer.alive) {
+        peer.socket.terminate();
+        continue;
+      }
+      peer.alive = false;
+      peer.socket.ping();
+    }
+  }
+}

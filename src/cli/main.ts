@@ -18,6 +18,7 @@ import { parseAddress, type Prefix, maskWords } from '../net/address.js';
 import { locate, type Location } from '../dispatcher/state.js';
 import { readDesiredState } from '../desired/state.js';
 import { FIREWALL_USAGE, firewallCommand, firewallVerdicts, type FirewallVerdict } from './firewall.js';
+import { agentCommand, controlPlaneCommand } from './daemons.js';
 import { Dispatcher, load, unload, upgrade, type BindingSpec, type LookupAnswer, type Status } from '../dispatcher/dispatcher.js';
 import type { LookupQuery } from '../dispatcher/lookup.js';
 import { listenFds, socketsOfProcess } from '../sockets/sockets.js';
@@ -306,6 +307,24 @@ const COMMANDS: Record<string, Command> = {
       return 0;
     },
   },
+  agent: {
+    usage: 'agent --config FILE',
+    summary:
+      'the daemon: load or open the dispatcher, restore the last known good state, connect to the control plane (WSS, pinned CA, bearer token), apply pushes to the dispatcher and the firewall and acknowledge them; runs until SIGTERM, logs JSON lines',
+    options: { config: { type: 'string' } },
+    run(_args, flags) {
+      return agentCommand(flags);
+    },
+  },
+  'control-plane': {
+    usage: 'control-plane --state FILE --listen HOST:PORT --cert FILE --key FILE --tokens FILE [--admin-token-file FILE]',
+    summary:
+      'the reference control plane: validates the state file (and again whenever it changes), versions it, and pushes it to the agents holding a token in --tokens ({"agent-id": "token"}, mode 600) over WSS; GET /status (agent or admin token) shows each agent',
+    options: { state: { type: 'string' }, listen: { type: 'string' }, cert: { type: 'string' }, key: { type: 'string' }, tokens: { type: 'string' }, 'admin-token-file': { type: 'string' } },
+    run(_args, flags) {
+      return controlPlaneCommand(flags);
+    },
+  },
   firewall: {
     usage: FIREWALL_USAGE,
     summary:
@@ -396,7 +415,7 @@ function oneLine(err: unknown): string {
 export async function main(argv: string[]): Promise<number> {
   // The command is the first word that is not an option or an option's value,
   // so global options may come before it (switchyard --netns X status).
-  const valued = new Set(['--netns', '--bpffs', '--object', '--label', '--protocol', '--prefix', '--backend', '--interval']);
+  const valued = new Set(['--netns', '--bpffs', '--object', '--label', '--protocol', '--prefix', '--backend', '--interval', '--config', '--state', '--listen', '--cert', '--key', '--tokens', '--admin-token-file']);
   let at = 0;
   while (at < argv.length && argv[at]!.startsWith('-') && argv[at] !== '-') at += valued.has(argv[at]!) ? 2 : 1;
   const name = argv[at] ?? (argv.some((a) => a === '--help' || a === '-h') ? '--help' : undefined);

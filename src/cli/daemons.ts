@@ -1,0 +1,89 @@
+/**
+ * The two long-running commands: `switchyard agent --config FILE` and
+ * `switchyard control-plane --state FILE …`. Both run in the foreground
+ * until SIGINT/SIGTERM and log JSON lines (pino) on stdout.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { pino } from 'pino';
+import { SwitchyardError } from '../errors.js';
+import { readDesiredState } from '../desired/state.js';
+import { Agent, readAgentConfig } from '../agent/agent.js';
+import { ControlPlaneServer } from '../controlplane/server.js';
+
+const untilSignal = () =>
+  new Promise<void>((resolve) => {
+    process.once('SIGINT', resolve);
+    process.once('SIGTERM', resolve);
+  });
+
+/** A secret file: readable by its owner only, or refused. */
+function readSecret(file: string, what: string): string {
+  const mode = fs.statSync(file).mode & 0o777;
+  if (mode & 0o077) throw new SwitchyardError('EINVAL_FILE', `${file}: ${what} is mode ${mode.toString(8)}; it must be readable by its owner only (chmod 600)`, { entry: file });
+  return fs.readFileSync(file, 'utf8');
+}
+
+export async function agentCommand(flags: Record<string, unknown>): Promise<number> {
+  const file = flags.config as string | undefined;
+  if (!file) throw new SwitchyardError('EINVAL_ARGUMENT', 'agent needs --config FILE');
+  const config = readAgentConfig(file);
+  readSecret(config.controlPlane.tokenFile, 'the token');
+  const agent = new Agent(config);
+  await agent.start();
+  await untilSignal();
+  agent.stop();
+  return 0;
+}
+
+export async function controlPlaneCommand(flags: Record<string, unknown>): Promise<number> {
+  const need = (name: string) => {
+    const v = flags[name];
+    if (typeof v !== 'string' || v === '') throw new SwitchyardError('EINVAL_ARGUMENT', `control-plane needs --${name}`);
+    return v;
+  };
+  const stateFile = need('state');
+  const [host, portText] = need('listen').split(/:(?=\d+$)/);
+  const port = Number(portText);
+  if (!host || !Number.isInteger(port) || port < 1 || port > 65535) throw new SwitchyardError('EINVAL_ARGUMENT', `--listen ${JSON.stringify(flags.listen)} must be HOST:PORT`);
+  const tokens = JSON.parse(readSecret(need('tokens'), 'the agent tokens')) as Record<string, string>;
+  const log = pino({ base: { component: 'control-plane' } });
+  const server = new ControlPlaneServer({
+    cert: fs.readFileSync(need('cert'), 'utf8'),
+    key: readSecret(need('key'), 'the TLS key'),
+    tokens,
+    ...(typeof flags['admin-token-file'] === 'string' ? { adminToken: readSecret(flags['admin-token-file'], 'the admin token').trim() } : {}),
+    host,
+    port,
+  });
+  let last = '';
+  const publish = (why: string) => {
+    let text: string;
+    try {
+      text = fs.readFileSync(stateFile, 'utf8');
+    } catch (err) {
+      log.error({ err: (err as Error).message }, 'cannot read the state file; agents keep the last version');
+      return;
+    }
+    if (text === last) return;
+    try {
+      const state = readDesiredState(stateFile);
+      last = text;
+      const r = server.publish(state);
+      log.info({ why, version: r.version, changed: r.changed, bindings: state.bindings.count }, r.changed ? 'published' : 'unchanged');
+    } catch (err) {
+      log.error({ err: (err as Error).message }, 'state file refused; agents keep the last version');
+    }
+  };
+  publish('start');
+  if (!last) throw new SwitchyardError('EINVAL_FILE', `${stateFile}: no valid state to start from`, { entry: stateFile });
+  const bound = await server.listen();
+  log.info({ host, port: bound, epoch: server.history.epoch }, 'listening');
+  const watcher = fs.watch(path.dirname(path.resolve(stateFile)), (_e, name) => {
+    if (name === path.basename(stateFile)) publish('file changed');
+  });
+  await untilSignal();
+  watcher.close();
+  await server.close();
+  return 0;
+}

@@ -1,0 +1,101 @@
+/**
+ * Control plane → agent → dispatcher and firewall → real connections, in a
+ * fresh namespace, with the real commands (`switchyard control-plane`,
+ * `switchyard agent`) as child processes.
+ */
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { CLI, TestNamespace, isRoot } from '../support/netns.js';
+import { makeCerts } from '../support/certs.js';
+
+const SERVICES = { cdn: { tcp: [80, 443] }, spectrum: { tcp: [443] } };
+const V1 = { bindings: [{ label: 'cdn', protocol: 'tcp', prefix: '192.0.2.0/24', port: 0 }], services: SERVICES };
+const V2 = { ...V1, bindings: [...V1.bindings, { label: 'spectrum', protocol: 'tcp', prefix: '192.0.2.200/32', port: 443 }] };
+
+describe.skipIf(!isRoot)('agent and control plane end to end', () => {
+  let ns: TestNamespace;
+  let dir: string;
+  const children: ChildProcess[] = [];
+  const logs = new Map<ChildProcess, string>();
+
+  beforeEach(() => {
+    ns = TestNamespace.create();
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sy-agent-'));
+  });
+  afterEach(() => {
+    for (const c of children.splice(0)) c.kill('SIGKILL');
+    ns.destroy();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  const start = (args: string[]) => {
+    const child = spawn(CLI, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    logs.set(child, '');
+    const add = (d: Buffer) => logs.set(child, logs.get(child)! + d.toString());
+    child.stdout!.on('data', add);
+    child.stderr!.on('data', add);
+    children.push(child);
+    return child;
+  };
+  const eventually = async (what: string, check: () => boolean, ms = 15_000) => {
+    for (let t = 0; t < ms; t += 100) {
+      if (check()) return;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    throw new Error(`${what}: not within ${ms} ms; logs: ${[...logs.values()].join('\n---\n')}`);
+  };
+  const labelAt = (ip: string, port: number) => {
+    const r = ns.cli(['lookup', 'tcp', ip, String(port), '--json']);
+    return r.code === 0 ? (JSON.parse(r.stdout) as { label: string | null }).label : `error ${r.stderr}`;
+  };
+
+  it('pushes bindings to the data plane, moves a carve-out, refuses a withdrawal, and serves on without agent or control plane', async () => {
+    const certs = makeCerts();
+    const file = (name: string, content: string) => {
+      fs.writeFileSync(path.join(dir, name), content, { mode: 0o600 });
+      return path.join(dir, name);
+    };
+    const state = file('desired.json', JSON.stringify(V1));
+    const port = 20000 + Math.floor(Math.random() * 20000);
+    const cpArgs = ['control-plane', '--state', state, '--listen', `127.0.0.1:${port}`, '--cert', file('cert.pem', certs.cert), '--key', file('key.pem', certs.key), '--tokens', file('tokens.json', JSON.stringify({ 'edge-1': 'tok-1' }))];
+    const cp = start(cpArgs);
+    const config = file(
+      'agent.json',
+      JSON.stringify({
+        agent_id: 'edge-1',
+        state_dir: path.join(dir, 'state'),
+        control_plane: { url: `wss://127.0.0.1:${port}/`, ca_file: file('ca.pem', certs.ca), token_file: file('token', 'tok-1\n') },
+        netns: ns.path,
+        bpffs: ns.bpffs,
+        heartbeat_seconds: 1,
+      }),
+    );
+    let agent = start(['agent', '--config', config]);
+    await eventually('v1 in the data plane', () => labelAt('192.0.2.200', 443) === 'cdn');
+    await ns.startService('cdn', ['tcp4'], true);
+    await ns.startService('spectrum', ['tcp4'], true);
+    expect(ns.probe([{ proto: 'tcp', addr: '192.0.2.200', port: 443 }])).toEqual(['cdn']);
+
+    fs.writeFileSync(state, JSON.stringify(V2));
+    await eventually('the carve-out in the data plane', () => labelAt('192.0.2.200', 443) === 'spectrum');
+    expect(ns.probe([{ proto: 'tcp', addr: '192.0.2.200', port: 443 }, { proto: 'tcp', addr: '192.0.2.200', port: 80 }, { proto: 'tcp', addr: '192.0.2.200', port: 22 }])).toEqual(['spectrum', 'cdn', 'timeout']);
+
+    // A push that empties every service: refused by the agent's guard; nothing changes.
+    fs.writeFileSync(state, JSON.stringify({ bindings: [], services: SERVICES }));
+    await eventually('the withdrawal refused', () => /EWITHDRAWAL/.test(logs.get(agent)!));
+    expect(labelAt('192.0.2.200', 443)).toBe('spectrum');
+
+    // The agent killed, then the control plane stopped: the data plane serves on, and a new agent restores its last known good state.
+    agent.kill('SIGKILL');
+    cp.kill('SIGTERM');
+    expect(ns.probe([{ proto: 'tcp', addr: '192.0.2.200', port: 443 }])).toEqual(['spectrum']);
+    agent = start(['agent', '--config', config]);
+    await eventually('restored', () => /last known good state restored/.test(logs.get(agent)!));
+    expect(labelAt('192.0.2.200', 443)).toBe('spectrum');
+    expect(ns.probe([{ proto: 'tcp', addr: '192.0.2.200', port: 443 }])).toEqual(['spectrum']);
+    fs.rmSync(certs.dir, { recursive: true, force: true });
+  });
+});

@@ -4,10 +4,9 @@
  * until SIGINT/SIGTERM and log JSON lines (pino) on stdout.
  */
 import fs from 'node:fs';
-import path from 'node:path';
 import { pino } from 'pino';
 import { SwitchyardError } from '../errors.js';
-import { readDesiredState } from '../desired/state.js';
+import { watchStateFile } from '../desired/watch.js';
 import { Agent, readAgentConfig } from '../agent/agent.js';
 import { ControlPlaneServer } from '../controlplane/server.js';
 
@@ -56,34 +55,18 @@ export async function controlPlaneCommand(flags: Record<string, unknown>): Promi
     host,
     port,
   });
-  let last = '';
-  const publish = (why: string) => {
-    let text: string;
-    try {
-      text = fs.readFileSync(stateFile, 'utf8');
-    } catch (err) {
-      log.error({ err: (err as Error).message }, 'cannot read the state file; agents keep the last version');
-      return;
-    }
-    if (text === last) return;
-    try {
-      const state = readDesiredState(stateFile);
-      last = text;
-      const r = server.publish(state);
-      log.info({ why, version: r.version, changed: r.changed, bindings: state.bindings.count }, r.changed ? 'published' : 'unchanged');
-    } catch (err) {
-      log.error({ err: (err as Error).message }, 'state file refused; agents keep the last version');
-    }
-  };
-  publish('start');
-  if (!last) throw new SwitchyardError('EINVAL_FILE', `${stateFile}: no valid state to start from`, { entry: stateFile });
+  const watch = watchStateFile(stateFile, log, (state, why) => {
+    const r = server.publish(state);
+    log.info({ why, version: r.version, changed: r.changed, bindings: state.bindings.count }, r.changed ? 'published' : 'unchanged');
+  });
+  if (!watch.loaded) {
+    watch.close();
+    throw new SwitchyardError('EINVAL_FILE', `${stateFile}: no valid state to start from`, { entry: stateFile });
+  }
   const bound = await server.listen();
   log.info({ host, port: bound, epoch: server.history.epoch }, 'listening');
-  const watcher = fs.watch(path.dirname(path.resolve(stateFile)), (_e, name) => {
-    if (name === path.basename(stateFile)) publish('file changed');
-  });
   await untilSignal();
-  watcher.close();
+  watch.close();
   await server.close();
   return 0;
 }

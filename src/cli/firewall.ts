@@ -3,11 +3,10 @@
  * `lookup`: the kernel's rules and sets read back and evaluated, so the
  * answer is what the firewall does now, not what a file says it should.
  */
-import fs from 'node:fs';
-import path from 'node:path';
 import { pino } from 'pino';
 import { SwitchyardError } from '../errors.js';
 import { FirewallReconciler } from '../firewall/reconciler.js';
+import { watchStateFile } from '../desired/watch.js';
 import type { Address } from '../net/address.js';
 import type { Protocol } from '../bindings/binding.js';
 import { DEFAULT_NETNS } from '../dispatcher/state.js';
@@ -169,37 +168,20 @@ async function watch(file: string, flags: Record<string, unknown>): Promise<numb
     resyncMs: interval * 1000,
     onResult: (r) => (r instanceof Error ? log.error({ err: r.message }, 'apply failed; the next resync retries') : log.info({ summary: r.summary, ms: Math.round(r.ms) }, 'applied')),
   });
-  let last = '';
-  const load = (why: string) => {
-    let text: string;
-    try {
-      text = fs.readFileSync(file, 'utf8');
-    } catch (err) {
-      log.error({ err: (err as Error).message }, 'cannot read the state file; keeping the last good state');
-      return;
-    }
-    if (text === last) return;
-    try {
-      const state = readDesiredState(file);
-      last = text;
-      log.info({ why, bindings: state.bindings.count, services: state.services.size }, 'state validated');
-      reconciler.setDesired(state);
-    } catch (err) {
-      log.error({ err: (err as Error).message }, 'state file refused; keeping the last good state');
-    }
-  };
-  load('start');
-  if (!last) throw new SwitchyardError('EINVAL_FILE', `${file}: no valid state to start from`, { entry: file });
-  reconciler.start();
-  // Editors replace files by rename: watch the directory, filter by name.
-  const watcher = fs.watch(path.dirname(path.resolve(file)), (_event, name) => {
-    if (name === path.basename(file)) load('file changed');
+  const watch = watchStateFile(file, log, (state, why) => {
+    log.info({ why, bindings: state.bindings.count, services: state.services.size }, 'state validated');
+    reconciler.setDesired(state);
   });
+  if (!watch.loaded) {
+    watch.close();
+    throw new SwitchyardError('EINVAL_FILE', `${file}: no valid state to start from`, { entry: file });
+  }
+  reconciler.start();
   await new Promise<void>((resolve) => {
     process.once('SIGINT', resolve);
     process.once('SIGTERM', resolve);
   });
-  watcher.close();
+  watch.close();
   await reconciler.stop();
   log.info('stopped; the rules stay in place');
   return 0;

@@ -13,6 +13,7 @@ command -v ip >/dev/null 2>&1 || need="$need iproute2"
 command -v iptables-nft-restore >/dev/null 2>&1 || need="$need iptables"
 command -v ipset >/dev/null 2>&1 || need="$need ipset"
 command -v nsenter >/dev/null 2>&1 || need="$need util-linux"
+command -v openssl >/dev/null 2>&1 || need="$need openssl"   # test certificates for the control-plane channel
 command -v make >/dev/null 2>&1 || need="$need make"
 command -v g++ >/dev/null 2>&1 || need="$need g++"
 command -v python3 >/dev/null 2>&1 || need="$need python3"

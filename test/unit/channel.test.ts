@@ -115,8 +115,8 @@ describe.skipIf(!hasOpenssl)('control-plane channel over TLS (loopback)', () => 
     server = new ControlPlaneServer({ cert: certs.cert, key: certs.key, tokens: { 'edge-1': 'secret-1' }, pingMs: 200, epoch: 'e1', port });
     server.publish(state(['192.0.2.200/32']));
     await server.listen();
-    await eventually('reconnected', () => server.status()[0]?.connected === true);
-    expect(server.status()[0]!.applied!.version).toBe(1);
+    // Connected first, then its hello says what it has.
+    await eventually('reconnected and said what it has', () => server.status()[0]?.connected === true && server.status()[0]?.applied?.version === 1);
     expect(a.applied).toEqual([2]); // applied once; the resumed channel sent up-to-date
     expect(a.events.filter((e) => e === 'connected').length).toBe(2);
   });

@@ -1,5 +1,6 @@
 // The few syscalls Node lacks: pidfd_open/pidfd_getfd, socket introspection,
-// flock. Each reports failure as an errno error naming the syscall.
+// flock, sd_notify (a datagram to an AF_UNIX socket, which Node cannot
+// send). Each reports failure as an errno error naming the syscall.
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <linux/sockios.h>
@@ -9,9 +10,12 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstring>
+#include <string>
 
 #include "errors.h"
 
@@ -102,7 +106,31 @@ static Napi::Value Flock(const Napi::CallbackInfo &info) {
   return Napi::Boolean::New(info.Env(), true);
 }
 
+// sdNotify(socketPath, message): one datagram to systemd's notification
+// socket ($NOTIFY_SOCKET; "@name" is the abstract namespace), as
+// sd_notify(3) sends it.
+static Napi::Value SdNotify(const Napi::CallbackInfo &info) {
+  std::string path = info[0].As<Napi::String>().Utf8Value();
+  std::string message = info[1].As<Napi::String>().Utf8Value();
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.empty() || path.size() >= sizeof(addr.sun_path)) {
+    ThrowErrno(info.Env(), EINVAL, "sd_notify", path);
+  }
+  std::memcpy(addr.sun_path, path.data(), path.size());
+  if (path[0] == '@') addr.sun_path[0] = '\0';
+  socklen_t len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + path.size());
+  int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) ThrowErrno(info.Env(), errno, "socket", "sd_notify");
+  ssize_t sent = sendto(fd, message.data(), message.size(), MSG_NOSIGNAL, reinterpret_cast<sockaddr *>(&addr), len);
+  int saved = errno;
+  close(fd);
+  if (sent < 0) ThrowErrno(info.Env(), saved, "sendto", path);
+  return info.Env().Undefined();
+}
+
 void InitSys(Napi::Env env, Napi::Object exports) {
+  exports.Set("sdNotify", Napi::Function::New(env, SdNotify));
   exports.Set("pidfdOpen", Napi::Function::New(env, PidfdOpen));
   exports.Set("pidfdGetfd", Napi::Function::New(env, PidfdGetfd));
   exports.Set("socketInfo", Napi::Function::New(env, SocketInfo));

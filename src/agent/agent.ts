@@ -26,6 +26,7 @@ import { AgentSession } from './session.js';
 import { StateStore } from './store.js';
 import { ControlPlaneClient } from './client.js';
 import { DEFAULT_NETNS } from '../dispatcher/state.js';
+import { notify, watchdogPingMs } from './systemd.js';
 
 export interface AgentConfig {
   agentId: string;
@@ -87,6 +88,7 @@ export class Agent {
   private readonly client: ControlPlaneClient;
   private firewallChain: Promise<unknown> = Promise.resolve();
   private resync: NodeJS.Timeout | undefined;
+  private watchdog: NodeJS.Timeout | undefined;
 
   constructor(readonly config: AgentConfig) {
     this.log = pino({ base: { component: 'agent', agent: config.agentId } });
@@ -148,11 +150,17 @@ export class Agent {
     this.log.info({ bindings: state.bindings.count, delta: changes?.length ?? null, dispatcherMs: Math.round(dispatched - started), firewallMs: Math.round(fw.ms), firewall: fw.summary }, 'applied');
   }
 
-  /** Restores the last known good state, then connects. */
+  /** Restores the last known good state, tells systemd it is ready, then connects. */
   async start(): Promise<void> {
     await this.session.restore();
     const lkg = this.session.applied;
     this.log.info({ version: lkg?.version ?? null, epoch: lkg?.epoch ?? null }, lkg ? 'last known good state restored' : 'no last known good state yet');
+    notify(`READY=1\nSTATUS=${lkg ? `serving version ${lkg.version} of epoch ${lkg.epoch}` : 'no state yet'}`);
+    const ping = watchdogPingMs();
+    if (ping) {
+      this.watchdog = setInterval(() => notify('WATCHDOG=1'), ping);
+      this.watchdog.unref();
+    }
     this.resync = setInterval(() => {
       const c = this.session.applied;
       if (c) this.firewallSync(c.state).catch((err: Error) => this.log.error({ err: err.message }, 'firewall resync failed'));
@@ -162,6 +170,8 @@ export class Agent {
   }
 
   stop(): void {
+    notify('STOPPING=1');
+    clearInterval(this.watchdog);
     clearInterval(this.resync);
     this.client.stop();
     this.dispatcher.close();

@@ -77,6 +77,8 @@ export interface Native {
   pidfdGetfd(pidfd: number, targetFd: number): number;
   socketInfo(fd: number): SocketInfo;
   flock(fd: number, exclusive: boolean, wait: boolean): boolean;
+  /** One datagram to the notification socket ($NOTIFY_SOCKET; "@…" abstract). */
+  sdNotify(socketPath: string, message: string): void;
 }
 
 function load(): Native {

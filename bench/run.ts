@@ -22,12 +22,13 @@ import { socketsOfProcess } from '../src/sockets/sockets.js';
 import { releaseTimes } from './release.js';
 import { buildSingle } from './single.js';
 import { firewallBenchUnpinned } from './firewall.js';
+import { agentBenchUnpinned } from './agent.js';
 
 const root = projectRoot();
 const { values: flags } = parseArgs({ options: { quick: { type: 'boolean' }, out: { type: 'string' }, only: { type: 'string' }, sets: { type: 'string' }, single: { type: 'boolean' } } });
 const quick = flags.quick === true;
 const outDir = flags.out ?? path.join(root, 'bench/results');
-/** --only lookups,release,bind,conn,firewall runs a part (and writes no results); --sets real,random:1000000 picks lookup rows (with --only). */
+/** --only lookups,release,bind,conn,firewall,agent runs a part (and writes no results); --sets real,random:1000000 picks lookup rows (with --only). */
 const only = flags.only?.split(',');
 const runs = (part: string) => !only || only.includes(part);
 
@@ -308,6 +309,11 @@ async function main(): Promise<void> {
       `firewall (${firewall.prefixes} prefixes, ${firewall.set_entries} set entries, ${firewall.backend}; medians of ${firewall.first_apply_samples.length}): first apply ${firewall.first_apply_ms} ms ${JSON.stringify(firewall.first_apply_samples)}, one-prefix change ${firewall.one_prefix_change_ms} ms ${JSON.stringify(firewall.one_prefix_change_samples)} (${firewall.one_prefix_change_writes} write each), restart with nothing to change ${firewall.restart_noop_ms} ms ${JSON.stringify(firewall.restart_noop_samples)} (${firewall.restart_noop_writes} writes)`,
     );
   }
+  // Control plane → data plane (issue 5): in the full run, or with --only agent.
+  const agent = (only ? only.includes('agent') : !quick) ? agentBenchUnpinned() : null;
+  if (agent) {
+    log(`agent (${agent.bindings} bindings): snapshot published → acknowledged ${agent.snapshot_ms} ms; ${agent.changes} one-binding changes: p50 ${agent.change_p50_ms} ms, p99 ${agent.change_p99_ms} ms, max ${agent.change_max_ms} ms`);
+  }
   const oneM = rows.find((r) => r.set === 'random' && r.bindings === 1_000_000);
   const rebuild = oneM ? warmBuilds(makeSet('random', 1_000_000), quick ? 1 : 3) : {};
   if (oneM) log(`replace 1M: build ${oneM.ours_build_ms} ms the first time in this process, ${JSON.stringify(rebuild)} (warm: a long-lived agent's next replace)`);
@@ -326,6 +332,7 @@ async function main(): Promise<void> {
     bind,
     tcp_connections: conn,
     firewall,
+    agent,
     ports: PORTS,
   };
   const result = { machine, quick, date: new Date().toISOString(), lookups: rows, ...extra };

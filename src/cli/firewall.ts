@@ -14,7 +14,7 @@ import { readDesiredState } from '../desired/state.js';
 import { planFirewall, type FirewallPlan } from '../firewall/plan.js';
 import { Firewall, isEmpty, planChanges, type Backend, type Observed } from '../firewall/apply.js';
 import { observedRuleSet, renderChain, ruleBody } from '../firewall/netfilter.js';
-import { evaluate } from '../firewall/verdict.js';
+import { Evaluator } from '../firewall/verdict.js';
 import { ProcessRunner } from '../firewall/runner.js';
 
 export const FIREWALL_USAGE = 'firewall plan|apply|status|cleanup|watch [state.json] [--backend nft|legacy|auto] [--interval SECONDS] [--json]';
@@ -141,10 +141,11 @@ export async function firewallVerdicts(flags: Record<string, unknown>): Promise<
     const error = (err as Error).message;
     return () => ({ verdict: 'unknown', error });
   }
-  const ruleSets = { 4: observedRuleSet(observed.rules[4], observed.sets, 4), 6: observedRuleSet(observed.rules[6], observed.sets, 6) };
+  // Built once: `lookup -` asks for thousands of packets.
+  const evaluators = { 4: new Evaluator(observedRuleSet(observed.rules[4], observed.sets, 4)), 6: new Evaluator(observedRuleSet(observed.rules[6], observed.sets, 6)) };
   return (protocol, address, port) => {
     if (observed.rules[address.family].jumps.length === 0) return { verdict: 'pass', error: 'no jump from INPUT to our chains' };
-    const e = evaluate(ruleSets[address.family], protocol, address, port);
+    const e = evaluators[address.family].evaluate(protocol, address, port);
     return { verdict: e.verdict, ...(e.rule ? { rule: ruleBody(e.rule).join(' '), chain: e.chain } : {}) };
   };
 }

@@ -50,26 +50,38 @@ export interface Evaluation {
   chain?: string;
 }
 
-/** The verdict of our chains for one packet (a missing set matches nothing, as a broken rule would not load). */
-export function evaluate(rules: RuleSet, protocol: Protocol, address: Address, port: number): Evaluation {
-  const chains = new Map(rules.chains.map((c) => [c.name, c]));
-  const indexes = new Map<string, SetIndex>();
-  const inSet = (name: string) => {
-    let index = indexes.get(name);
-    if (!index) {
-      const set = rules.sets.find((s) => s.name === name);
-      indexes.set(name, (index = new SetIndex(set ?? { entries: [] })));
-    }
-    return index.has(address);
-  };
-  const run = (name: string, depth: number): Evaluation | undefined => {
-    const chain = chains.get(name);
+/**
+ * Our chains of one family, ready to answer many packets: chains by name
+ * and each set's index are built once (a set can hold 100,000 entries), not
+ * per packet. A missing set matches nothing, as a broken rule would not load.
+ */
+export class Evaluator {
+  private readonly chains: Map<string, Chain>;
+  private readonly indexes = new Map<string, SetIndex>();
+
+  constructor(private readonly rules: RuleSet) {
+    this.chains = new Map(rules.chains.map((c) => [c.name, c]));
+  }
+
+  private index(name: string): SetIndex {
+    let index = this.indexes.get(name);
+    if (!index) this.indexes.set(name, (index = new SetIndex(this.rules.sets.find((s) => s.name === name) ?? { entries: [] })));
+    return index;
+  }
+
+  evaluate(protocol: Protocol, address: Address, port: number): Evaluation {
+    if (address.family !== this.rules.family) return { verdict: 'pass' };
+    return this.run(MAIN_CHAIN, 0, protocol, address, port) ?? { verdict: 'pass' };
+  }
+
+  private run(name: string, depth: number, protocol: Protocol, address: Address, port: number): Evaluation | undefined {
+    const chain = this.chains.get(name);
     if (!chain || depth > 8) return undefined;
     for (const rule of chain.rules) {
       if (rule.established) continue; // the queries are new flows
       if (rule.protocol && rule.protocol !== protocol) continue;
       if (rule.dports && !rangesContain(rule.dports, port)) continue;
-      if (rule.set && inSet(rule.set.name) === rule.set.negate) continue;
+      if (rule.set && this.index(rule.set.name).has(address) === rule.set.negate) continue;
       switch (rule.target) {
         case 'ACCEPT':
           return { verdict: 'accept', rule, chain: name };
@@ -80,15 +92,18 @@ export function evaluate(rules: RuleSet, protocol: Protocol, address: Address, p
         case 'RETURN':
           return undefined;
         default: {
-          const decided = run(rule.target, depth + 1);
+          const decided = this.run(rule.target, depth + 1, protocol, address, port);
           if (decided) return decided;
         }
       }
     }
     return undefined;
-  };
-  if (address.family !== rules.family) return { verdict: 'pass' };
-  return run(MAIN_CHAIN, 0) ?? { verdict: 'pass' };
+  }
+}
+
+/** One packet's verdict (for many, keep an Evaluator). */
+export function evaluate(rules: RuleSet, protocol: Protocol, address: Address, port: number): Evaluation {
+  return new Evaluator(rules).evaluate(protocol, address, port);
 }
 
 /** The verdict system.md asks for, from the desired state directly. */

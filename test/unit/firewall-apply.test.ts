@@ -3,7 +3,7 @@ import { parseDesiredState } from '../../src/desired/state.js';
 import { planFirewall, type FirewallPlan } from '../../src/firewall/plan.js';
 import { Firewall, createChunks, planChanges } from '../../src/firewall/apply.js';
 import { observedRuleSet } from '../../src/firewall/netfilter.js';
-import { evaluate } from '../../src/firewall/verdict.js';
+import { Evaluator } from '../../src/firewall/verdict.js';
 import { FirewallReconciler } from '../../src/firewall/reconciler.js';
 import { ProcessRunner } from '../../src/firewall/runner.js';
 import { parseAddress } from '../../src/net/address.js';
@@ -33,17 +33,20 @@ for (const ip of ['192.0.2.1', '192.0.2.130', '192.0.2.200', '192.0.2.201', '198
 
 async function kernelVerdicts(fake: FakeNetfilter): Promise<string[]> {
   const observed = await new Firewall(fake).observe();
+  const evaluators = { 4: new Evaluator(observedRuleSet(observed.rules[4], observed.sets, 4)), 6: new Evaluator(observedRuleSet(observed.rules[6], observed.sets, 6)) };
   return QUERIES.map(([protocol, ip, port]) => {
     const address = parseAddress(ip)!;
     if (observed.rules[address.family].jumps.length === 0) return 'pass';
-    return evaluate(observedRuleSet(observed.rules[address.family], observed.sets, address.family), protocol, address, port).verdict;
+    return evaluators[address.family].evaluate(protocol, address, port).verdict;
   });
 }
-const planVerdicts = (p: FirewallPlan) =>
-  QUERIES.map(([protocol, ip, port]) => {
+const planVerdicts = (p: FirewallPlan) => {
+  const evaluators = p.families.map((f) => new Evaluator(f));
+  return QUERIES.map(([protocol, ip, port]) => {
     const address = parseAddress(ip)!;
-    return evaluate(p.families[address.family === 4 ? 0 : 1], protocol, address, port).verdict;
+    return evaluators[address.family === 4 ? 0 : 1]!.evaluate(protocol, address, port).verdict;
   });
+};
 
 describe('firewall applier (fake tools)', () => {
   it('applies a plan whose read-back verdicts are the plan’s, then writes nothing', async () => {

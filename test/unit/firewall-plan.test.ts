@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { parseDesiredState, type DesiredState } from '../../src/desired/state.js';
 import { planFirewall, lpmEntries, type FirewallPlan } from '../../src/firewall/plan.js';
-import { evaluate, expectedVerdict, SetIndex } from '../../src/firewall/verdict.js';
+import { Evaluator, evaluate, expectedVerdict, SetIndex } from '../../src/firewall/verdict.js';
 import { ReferenceLpm } from '../../src/bindings/reference.js';
 import { parseAddress, parsePrefix, formatPrefix, type Address, type Prefix } from '../../src/net/address.js';
 import type { Protocol } from '../../src/bindings/binding.js';
@@ -169,9 +169,10 @@ describe('firewall planner property', () => {
         const state: DesiredState = parseDesiredState(doc, 'random');
         const plan = planFirewall(state);
         const lpm = new ReferenceLpm(state.bindings);
+        const evaluators = plan.families.map((f) => new Evaluator(f));
         for (const q of queries) {
           const address = queryAddress(q.v6, q.host);
-          const got = evaluate(plan.families[q.v6 ? 1 : 0], q.protocol, address, q.port).verdict;
+          const got = evaluators[q.v6 ? 1 : 0]!.evaluate(q.protocol, address, q.port).verdict;
           const want = expectedVerdict(state, lpm, q.protocol, address, q.port);
           if (got !== want) throw new Error(`${q.protocol} ${JSON.stringify(address.words)} port ${q.port}: plan says ${got}, precedence says ${want}`);
         }

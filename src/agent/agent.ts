@@ -17,7 +17,7 @@ import { checkDocumentFields } from '../bindings/binding.js';
 import { parseBindingPrefix, parseLabel, parsePort, parseProtocol } from '../bindings/binding.js';
 import type { DesiredState } from '../desired/state.js';
 import { locate } from '../dispatcher/state.js';
-import { Dispatcher, load } from '../dispatcher/dispatcher.js';
+import { Dispatcher, load, type ApplyResult } from '../dispatcher/dispatcher.js';
 import { Firewall } from '../firewall/apply.js';
 import { ProcessRunner } from '../firewall/runner.js';
 import type { BindingChange } from '../firewall/incremental.js';
@@ -126,6 +126,10 @@ export class Agent {
 
   private async apply(state: DesiredState, changes: BindingChange[] | undefined): Promise<void> {
     const started = performance.now();
+    // In-place writes report the count in the table's header afterwards: a
+    // delta that did not land as the state says is caught here, without
+    // reading the table again. (A full replace publishes the state's own table.)
+    let published: ApplyResult | undefined;
     if (changes && changes.length <= IN_PLACE_MAX) {
       // Adds first (a carve-out lands before what it carves from goes), then
       // the removals that are not the same key added again (a relabel).
@@ -137,15 +141,15 @@ export class Agent {
         prefix: parseBindingPrefix(c.binding.prefix, entry, true),
         port: parsePort(c.binding.port, entry),
       });
-      for (const c of changes) if (!c.removed) this.dispatcher.bind(spec(c, 'delta'));
-      for (const c of changes) if (c.removed && !readded.has(key(c))) this.dispatcher.unbind(spec(c, 'delta'));
+      for (const c of changes) if (!c.removed) published = this.dispatcher.bind(spec(c, 'delta'));
+      for (const c of changes) if (c.removed && !readded.has(key(c))) published = this.dispatcher.unbind(spec(c, 'delta'));
     } else {
-      this.dispatcher.replaceBindings(state.bindings);
+      published = this.dispatcher.replaceBindings(state.bindings);
     }
     const dispatched = performance.now();
-    // Verified: the table now holds exactly as many bindings as the state.
-    const count = this.dispatcher.status().table?.bindingCount ?? 0;
-    if (count !== state.bindings.count) throw new SwitchyardError('EKERNEL', `the dispatcher holds ${count} bindings after the apply, the state has ${state.bindings.count}`);
+    if (published && published.bindings !== state.bindings.count) {
+      throw new SwitchyardError('EKERNEL', `the dispatcher holds ${published.bindings} bindings after the apply, the state has ${state.bindings.count}`);
+    }
     const fw = await this.firewallSync(state, changes);
     this.log.info({ bindings: state.bindings.count, delta: changes?.length ?? null, dispatcherMs: Math.round(dispatched - started), firewallMs: Math.round(fw.ms), firewall: fw.summary }, 'applied');
   }

@@ -25,7 +25,6 @@ import { encodeFrame } from '../protocol/messages.js';
 import { AgentSession } from './session.js';
 import { StateStore } from './store.js';
 import { ControlPlaneClient } from './client.js';
-import { DEFAULT_NETNS } from '../dispatcher/state.js';
 import { notify, watchdogPingMs } from './systemd.js';
 
 export interface AgentConfig {
@@ -95,8 +94,7 @@ export class Agent {
     const location = locate({ netns: config.netns, bpffs: config.bpffs });
     load(location);
     this.dispatcher = Dispatcher.open(location);
-    const netns = config.netns && config.netns !== DEFAULT_NETNS ? config.netns : undefined;
-    this.firewall = new Firewall(new ProcessRunner(netns), { backend: config.firewall.backend });
+    this.firewall = new Firewall(new ProcessRunner(config.netns), { backend: config.firewall.backend });
     const token = fs.readFileSync(config.controlPlane.tokenFile, 'utf8').trim();
     this.session = new AgentSession({
       agentId: config.agentId,

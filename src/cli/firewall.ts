@@ -9,7 +9,6 @@ import { FirewallReconciler } from '../firewall/reconciler.js';
 import { watchStateFile } from '../desired/watch.js';
 import type { Address } from '../net/address.js';
 import type { Protocol } from '../bindings/binding.js';
-import { DEFAULT_NETNS } from '../dispatcher/state.js';
 import { readDesiredState } from '../desired/state.js';
 import { planFirewall, type FirewallPlan } from '../firewall/plan.js';
 import { Firewall, isEmpty, planChanges, type Backend, type Observed } from '../firewall/apply.js';
@@ -25,7 +24,7 @@ export function openFirewall(flags: Record<string, unknown>): Firewall {
     throw new SwitchyardError('EINVAL_ARGUMENT', `--backend ${JSON.stringify(backend)} must be nft, legacy or auto`, { entry: '--backend' });
   }
   const netns = flags.netns as string | undefined;
-  return new Firewall(new ProcessRunner(netns && netns !== DEFAULT_NETNS ? netns : undefined), { backend: backend as Backend | 'auto' });
+  return new Firewall(new ProcessRunner(netns), { backend: backend as Backend | 'auto' });
 }
 
 function describePlan(plan: FirewallPlan) {

@@ -47,8 +47,8 @@ function policyKey(state: DesiredState): string {
   return JSON.stringify([[...state.services].sort((a, b) => (a[0] < b[0] ? -1 : 1)), state.httpsOnly.plaintextPorts, state.httpsOnly.prefixes.map(formatPrefix).sort()]);
 }
 
-/** First index whose prefix sorts at or after `key`. */
-function lowerBound(items: PlanItem[], key: Prefix): number {
+/** First index (of items or entries sorted by prefix) whose prefix sorts at or after `key`. */
+function lowerBound(items: ReadonlyArray<{ prefix: Prefix }>, key: Prefix): number {
   let lo = 0;
   let hi = items.length;
   while (lo < hi) {
@@ -72,17 +72,11 @@ function countSkeleton(items: PlanItem[]): SkeletonCounts {
   return counts;
 }
 
-/** Entries [lo, hi) of a sorted entry list that lie inside p. */
-function rangeInside(entries: SetEntry[], p: Prefix): [number, number] {
-  let lo = 0;
-  let hi = entries.length;
-  while (lo < hi) {
-    const mid = (lo + hi) >>> 1;
-    if (compareAddresses(entries[mid]!.prefix, p) < 0) lo = mid + 1;
-    else hi = mid;
-  }
+/** The range [lo, hi) of a list sorted by prefix whose prefixes lie inside p (they follow p's position). */
+function rangeInside(list: ReadonlyArray<{ prefix: Prefix }>, p: Prefix): [number, number] {
+  const lo = lowerBound(list, p);
   let end = lo;
-  while (end < entries.length && contains(p, entries[end]!.prefix)) end++;
+  while (end < list.length && contains(p, list[end]!.prefix)) end++;
   return [lo, end];
 }
 
@@ -103,8 +97,8 @@ function region(items: PlanItem[], p: Prefix): PlanItem[] {
     const key: Prefix = { family: p.family, words: maskWords(p.words, length), length };
     for (let at = lowerBound(items, key); at < items.length && compareAddresses(items[at]!.prefix, key) === 0; at++) out.push(items[at]!);
   }
-  for (let at = lowerBound(items, p); at < items.length && contains(p, items[at]!.prefix); at++) out.push(items[at]!);
-  return out;
+  const [lo, hi] = rangeInside(items, p);
+  return out.concat(items.slice(lo, hi));
 }
 
 export class FirewallModel {

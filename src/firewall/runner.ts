@@ -10,6 +10,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { SwitchyardError } from '../errors.js';
+import { DEFAULT_NETNS } from '../dispatcher/state.js';
 
 export interface RunResult {
   code: number;
@@ -34,9 +35,13 @@ export interface Runner {
 
 const DEFAULT_TIMEOUT_MS = 30_000;
 
-/** Runs tools on this machine; with `netnsPath`, inside that network namespace (nsenter). */
+/** Runs tools on this machine; with `netnsPath` (other than our own), inside that network namespace (nsenter). */
 export class ProcessRunner implements Runner {
-  constructor(private readonly netnsPath?: string) {}
+  private readonly netnsPath: string | undefined;
+
+  constructor(netnsPath?: string) {
+    this.netnsPath = netnsPath === DEFAULT_NETNS ? undefined : netnsPath;
+  }
 
   run(argv: readonly string[], options: RunOptions = {}): Promise<RunResult> {
     const full = this.netnsPath ? ['nsenter', `--net=${this.netnsPath}`, '--', ...argv] : [...argv];

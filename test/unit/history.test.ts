@@ -50,6 +50,25 @@ describe('control-plane history, against a real agent session', () => {
     expect(agentSent.pop()).toMatchObject({ type: 'ack', version: 2, digest: h.current!.digest });
   });
 
+  it('composes the deltas of several versions for an agent behind, and publishes deltas in time of the change', async () => {
+    const h = new History(8, 'epoch-1');
+    h.publish(state(10));
+    const a = agent();
+    await a.receive(JSON.stringify(h.frameFor(a.hello())));
+    // Three versions later: a key added then removed is not sent; a relabel is sent as remove + add.
+    h.publishDelta({ add: [{ label: 'spectrum', protocol: 'tcp', prefix: '10.0.3.7/32', port: 443 }], remove: [] });
+    h.publishDelta({ add: [{ label: 'spectrum', protocol: 'tcp', prefix: '10.0.0.0/24', port: 0 }], remove: [{ protocol: 'tcp', prefix: '10.0.0.0/24', port: 0 }] });
+    h.publishDelta({ add: [], remove: [{ protocol: 'tcp', prefix: '10.0.3.7/32', port: 443 }] });
+    expect(() => h.publishDelta({ add: [], remove: [{ protocol: 'tcp', prefix: '10.9.9.0/24', port: 0 }] })).toThrow(/remove\[0\] \(tcp 10\.9\.9\.0\/24 port 0\): no such binding/);
+    const frame = h.frameFor(a.hello())!;
+    expect(frame).toMatchObject({ type: 'delta', from_version: 1, version: 4, add: [{ label: 'spectrum', prefix: '10.0.0.0/24' }], remove: [{ prefix: '10.0.0.0/24' }] });
+    await a.receive(JSON.stringify(frame));
+    expect(agentSent.pop()).toMatchObject({ type: 'ack', version: 4, digest: h.current!.digest });
+    // A change of service policies cannot travel as a delta: a snapshot.
+    h.publish(parseDesiredState({ ...(documentOf(h.current!.state) as object), services: { cdn: { tcp: [443] } } }, 'x'));
+    expect(h.frameFor(a.hello())!.type).toBe('snapshot');
+  });
+
   it('sends a snapshot to an agent of another epoch, one behind the log, or one whose digest disagrees', () => {
     const h = new History(2, 'epoch-1');
     for (let n = 1; n <= 5; n++) h.publish(state(10 + n));

@@ -1,9 +1,11 @@
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { parseDesiredState, type DesiredState } from '../../src/desired/state.js';
-import { applyDelta, diffStates, stateDigest } from '../../src/protocol/state.js';
+import { IndexedState, applyDelta, diffStates, stateDigest } from '../../src/protocol/state.js';
+import { IPPROTO } from '../../src/bindings/binding.js';
+import { parsePrefix, type Prefix } from '../../src/net/address.js';
 import { parseFrame, encodeFrame, type Frame } from '../../src/protocol/messages.js';
-import { checkGuards } from '../../src/agent/guards.js';
+import { checkGuards, type GuardLimits } from '../../src/agent/guards.js';
 
 const SERVICES = { cdn: { tcp: [80, 443] }, spectrum: { tcp: ['1-1000'] } };
 const state = (bindings: unknown[], extra: Record<string, unknown> = {}): DesiredState => parseDesiredState({ bindings, services: SERVICES, ...extra }, 'test');
@@ -42,6 +44,46 @@ describe('deltas', () => {
     );
   });
 
+  it('a chain of deltas keeps the index, the counts and the digest as a fresh computation gives them', () => {
+    // Small address space and many steps: probe chains collide and deletions shift them.
+    const op = fc.record({ remove: fc.boolean(), k: key });
+    fc.assert(
+      fc.property(fc.array(fc.array(op, { minLength: 1, maxLength: 8 }), { minLength: 1, maxLength: 40 }), (steps) => {
+        let live = IndexedState.of(state([]));
+        const reference = new Map<string, ReturnType<typeof toBinding>>();
+        for (const step of steps) {
+          const remove: Array<{ protocol: string; prefix: string; port: number }> = [];
+          const add: ReturnType<typeof toBinding>[] = [];
+          const touched = new Set<string>();
+          for (const { remove: isRemove, k } of step) {
+            const x = toBinding(k);
+            const id = `${x.prefix} ${x.port}`;
+            if (touched.has(id)) continue;
+            touched.add(id);
+            if (isRemove && reference.has(id)) {
+              remove.push({ protocol: 'tcp', prefix: x.prefix, port: x.port });
+              reference.delete(id);
+            } else if (!isRemove && !reference.has(id)) {
+              add.push(x);
+              reference.set(id, x);
+            }
+          }
+          live = live.withDelta({ add: add as never, remove }).next;
+          const fresh = IndexedState.of(state([...reference.values()]));
+          expect(live.digest).toBe(fresh.digest);
+          expect(live.bindings.count).toBe(reference.size);
+          for (const x of reference.values()) {
+            const at = live.find(IPPROTO.tcp, parsePrefix(x.prefix, false) as Prefix, x.port);
+            expect(at).toBeGreaterThanOrEqual(0);
+            expect(live.bindings.label(at)).toBe(x.label);
+          }
+          for (const label of ['cdn', 'spectrum']) expect(live.labelCount(label)).toBe([...reference.values()].filter((x) => x.label === label).length);
+        }
+      }),
+      { numRuns: 200 },
+    );
+  });
+
   it('refuses a removal of what is not bound and an add of what is, naming the entry', () => {
     const s = state([b('cdn', '192.0.2.0/24')]);
     expect(() => applyDelta(s, { add: [], remove: [{ protocol: 'tcp', prefix: '192.0.2.0/25', port: 0 }] })).toThrow(/delta: remove\[0\] \(tcp 192\.0\.2\.0\/25 port 0\): no such binding/);
@@ -55,26 +97,43 @@ describe('deltas', () => {
 
 describe('guards', () => {
   const many = (label: string, n: number, from = 0) => Array.from({ length: n }, (_, i) => b(label, `10.${(from + i) >> 8}.${(from + i) & 255}.0/24`));
+  /** The guards on before → after, checked both ways: over the whole states and over the delta between them (the same findings). */
+  const guards = (before: DesiredState | undefined, after: DesiredState, options: { override?: boolean; limits?: GuardLimits } = {}) => {
+    const whole = checkGuards(before && IndexedState.of(before), IndexedState.of(after), options);
+    if (before) {
+      const { next, changes } = IndexedState.of(before).withDelta(diffStates(before, after));
+      const byDelta = checkGuards(IndexedState.of(before), next, { ...options, changes });
+      const sorted = (fs: typeof whole) => fs.map((f) => ({ ...f, entries: [...f.entries].sort() }));
+      expect(sorted(byDelta)).toEqual(sorted(whole));
+    }
+    return whole;
+  };
   it('withdrawal budget: 5 % or 50 bindings of a service, whichever is larger, or emptying it', () => {
     const before = state([...many('cdn', 2000), ...many('spectrum', 10, 5000)]);
     // 100 of 2000 (5 %) is within the budget; 101 is not.
-    expect(checkGuards(before, state([...many('cdn', 1900, 100), ...many('spectrum', 10, 5000)]))).toEqual([]);
-    const over = checkGuards(before, state([...many('cdn', 1899, 101), ...many('spectrum', 10, 5000)]));
+    expect(guards(before, state([...many('cdn', 1900, 100), ...many('spectrum', 10, 5000)]))).toEqual([]);
+    const over = guards(before, state([...many('cdn', 1899, 101), ...many('spectrum', 10, 5000)]));
     expect(over.map((f) => f.code)).toEqual(['EWITHDRAWAL']);
     expect(over[0]!.entries).toEqual(['cdn: 101 of 2000 bindings removed (budget 100)']);
     // Emptying a small service trips it too; moving bindings to another label counts as removing them.
-    const emptied = checkGuards(before, state(many('cdn', 2000)));
+    const emptied = guards(before, state(many('cdn', 2000)));
     expect(emptied[0]!.entries).toEqual(['spectrum: 10 of 10 bindings removed (the service would have none left)']);
-    expect(checkGuards(before, state(many('cdn', 2000)), { override: true })).toEqual([]);
-    expect(checkGuards(undefined, state(many('cdn', 1)))).toEqual([]); // the first state an agent gets
+    const moved = guards(before, state([...many('cdn', 2000), ...many('dns', 10, 5000)]));
+    expect(moved[0]!.entries).toEqual(['spectrum: 10 of 10 bindings removed (the service would have none left)']);
+    expect(guards(before, state(many('cdn', 2000)), { override: true })).toEqual([]);
+    expect(guards(undefined, state(many('cdn', 1)))).toEqual([]); // the first state an agent gets
   });
 
   it('refuses a binding on a plaintext port inside an HTTPS-only range, and too many bindings', () => {
-    const s = state([b('cdn', '192.0.2.0/24', 443), b('cdn', '192.0.2.8/29', 80), b('cdn', '198.51.100.0/24', 80)], { https_only: { prefixes: ['192.0.2.0/24'] } });
-    const f = checkGuards(undefined, s);
+    const https = { https_only: { prefixes: ['192.0.2.0/24'] } };
+    const s = state([b('cdn', '192.0.2.0/24', 443), b('cdn', '192.0.2.8/29', 80), b('cdn', '198.51.100.0/24', 80)], https);
+    const f = guards(undefined, s);
     expect(f.map((x) => x.code)).toEqual(['EINVARIANT']);
     expect(f[0]!.entries).toEqual(['cdn tcp 192.0.2.8/29 port 80 (inside HTTPS-only 192.0.2.0/24)']);
-    expect(checkGuards(undefined, s, { limits: { maxBindings: 2, withdrawalShare: 0.05, withdrawalMin: 50 } }).map((x) => x.code)).toEqual(['EINVARIANT', 'ECAPACITY']);
+    expect(guards(undefined, s, { limits: { maxBindings: 2, withdrawalShare: 0.05, withdrawalMin: 50 } }).map((x) => x.code)).toEqual(['EINVARIANT', 'ECAPACITY']);
+    // The same binding arriving in a delta is found from the delta alone.
+    const before = state([b('cdn', '192.0.2.0/24', 443), b('cdn', '198.51.100.0/24', 80)], https);
+    expect(guards(before, s)[0]!.entries).toEqual(['cdn tcp 192.0.2.8/29 port 80 (inside HTTPS-only 192.0.2.0/24)']);
   });
 });
 

@@ -21,8 +21,9 @@ describe('agent session (fake transport)', () => {
   let sent: Frame[];
   let applied: Array<{ state: DesiredState; changes: BindingChange[] | undefined }>;
   let failApply: boolean;
-  const session = () =>
+  const session = (compactAfterDeltas?: number) =>
     new AgentSession({
+      ...(compactAfterDeltas ? { compactAfterDeltas } : {}),
       agentId: 'edge-1',
       agentVersion: 'test',
       store: new StateStore(dir),
@@ -111,6 +112,29 @@ describe('agent session (fake transport)', () => {
     expect(last()).toMatchObject({ type: 'nack', code: 'EREFUSED', version: 2 });
     await push(restarted, snapshot(3, V2));
     expect(last()).toMatchObject({ type: 'ack', version: 3 });
+  });
+
+  it('logs deltas on top of the snapshot, replays them at restart (a torn last line ignored), and folds them into a new snapshot', async () => {
+    const s = session(3);
+    await push(s, snapshot(1, V1));
+    const states = [V1];
+    for (let v = 2; v <= 6; v++) {
+      const d = doc([['cdn', '192.0.2.0/24', 0], ...Array.from({ length: v }, (_, i) => ['spectrum', `198.51.100.${i}/32`, 443] as [string, string, number])]);
+      await push(s, { type: 'delta', epoch: 'e1', from_version: v - 1, version: v, digest: stateDigest(parse(d)), ...diffStates(parse(states[states.length - 1]), parse(d)) });
+      expect(last()).toMatchObject({ type: 'ack', version: v });
+      states.push(d);
+    }
+    await s.receive('{}').catch(() => {}); // let the queued rewrite run
+    const store = new StateStore(dir);
+    // Three deltas were folded into the snapshot file (version 4); 5 and 6 are in the log.
+    expect(store.lastKnownGood()!.version).toBe(4);
+    expect(store.deltas().map((d) => d.version)).toEqual([5, 6]);
+    fs.appendFileSync(path.join(dir, 'deltas.jsonl'), '{"epoch":"e1","from_vers'); // a crash mid-append
+    const restarted = session(3);
+    applied = [];
+    await restarted.restore();
+    expect(restarted.hello().have).toEqual({ epoch: 'e1', version: 6, digest: stateDigest(parse(states[5])) });
+    expect(applied.map((a) => stateDigest(a.state))).toEqual([stateDigest(parse(states[5]))]);
   });
 
   it('handles pushes one at a time, in order', async () => {

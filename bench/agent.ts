@@ -4,7 +4,11 @@
  * namespace: a snapshot of 100,000 bindings from publish to acknowledged
  * (the agent ACKs only after the dispatcher and the firewall have it and
  * it is persisted), then 100 one-binding changes, each timed from publish
- * to its ACK. Run unpinned, like the agent.
+ * to its ACK: published as a delta (the service-bindings path: the control
+ * plane validates the change against its current state) and, for 20 more,
+ * as a whole new state (the file path: the control plane indexes and diffs
+ * 100,000 bindings; the file's parsing is not counted). Run unpinned, like
+ * the agent.
  */
 import fs from 'node:fs';
 import os from 'node:os';
@@ -25,6 +29,9 @@ export interface AgentBench {
   change_p50_ms: number;
   change_p99_ms: number;
   change_max_ms: number;
+  whole_state_changes: number;
+  whole_state_change_p50_ms: number;
+  whole_state_change_max_ms: number;
 }
 
 const percentile = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(xs.length * p))]!;
@@ -48,7 +55,7 @@ export async function agentBench(count = 100_000, changes = 100): Promise<AgentB
       firewall: { backend: 'auto', resyncSeconds: 3600 },
       heartbeatSeconds: 3600,
     });
-    agent.log.level = 'warn';
+    agent.log.level = process.env.BENCH_LOG ?? 'warn';
     await agent.start();
     const acked = async (version: number) => {
       while (server.status()[0]?.applied?.version !== version) await new Promise((r) => setImmediate(r));
@@ -61,19 +68,37 @@ export async function agentBench(count = 100_000, changes = 100): Promise<AgentB
     const snapshotMs = performance.now() - started;
     // One binding at a time: /32s carved out of cdn's any-port /16-/24s, given to spectrum.
     const cdn = doc.bindings.filter((b) => b.label === 'cdn' && b.port === 0 && b.protocol === 'tcp' && !b.prefix.includes(':') && Number(b.prefix.split('/')[1]) <= 24);
-    let bindings = doc.bindings;
+    const carve = (i: number) => ({ label: 'spectrum', protocol: 'tcp' as const, prefix: `${cdn[i % cdn.length]!.prefix.split('/')[0]!.replace(/\.\d+$/, `.${100 + Math.floor(i / cdn.length)}`)}/32`, port: 0 });
     const times: number[] = [];
     for (let i = 0; i < changes; i++) {
-      const carved = { label: 'spectrum', protocol: 'tcp', prefix: `${cdn[i % cdn.length]!.prefix.split('/')[0]!.replace(/\.\d+$/, `.${100 + Math.floor(i / cdn.length)}`)}/32`, port: 0 };
-      bindings = [...bindings, carved];
-      const state = parseDesiredState({ ...doc, bindings }, 'bench'); // the control plane validates before timing starts
+      started = performance.now();
+      v = server.publishDelta({ add: [carve(i)], remove: [] }).version;
+      await acked(v);
+      times.push(performance.now() - started);
+      if (process.env.BENCH_LOG) process.stderr.write(`change ${i} ${(performance.now() - started).toFixed(1)} ms\n`);
+    }
+    const wholeTimes: number[] = [];
+    let bindings = [...doc.bindings, ...Array.from({ length: changes }, (_, i) => carve(i))];
+    for (let i = changes; i < changes + 20; i++) {
+      bindings = [...bindings, carve(i)];
+      const state = parseDesiredState({ ...doc, bindings }, 'bench'); // the file's parsing: before the clock starts
       started = performance.now();
       v = server.publish(state).version;
       await acked(v);
-      times.push(performance.now() - started);
+      wholeTimes.push(performance.now() - started);
     }
     const round = (x: number) => Math.round(x * 10) / 10;
-    return { bindings: count, snapshot_ms: Math.round(snapshotMs), changes, change_p50_ms: round(percentile(times, 0.5)), change_p99_ms: round(percentile(times, 0.99)), change_max_ms: round(Math.max(...times)) };
+    return {
+      bindings: count,
+      snapshot_ms: Math.round(snapshotMs),
+      changes,
+      change_p50_ms: round(percentile(times, 0.5)),
+      change_p99_ms: round(percentile(times, 0.99)),
+      change_max_ms: round(Math.max(...times)),
+      whole_state_changes: wholeTimes.length,
+      whole_state_change_p50_ms: round(percentile(wholeTimes, 0.5)),
+      whole_state_change_max_ms: round(Math.max(...wholeTimes)),
+    };
   } finally {
     agent?.stop();
     await server.close();

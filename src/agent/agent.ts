@@ -101,6 +101,7 @@ export class Agent {
       agentVersion: process.env.npm_package_version ?? '0.1.0',
       store: new StateStore(config.stateDir),
       apply: (state, changes) => this.apply(state, changes),
+      phase: (phase, fields) => this.log.info(fields, phase),
       send: (frame) => {
         if (frame.type === 'ack' || frame.type === 'nack') this.log.info({ frame: frame.type, version: frame.version, ...(frame.type === 'nack' ? { code: frame.code, message: frame.message } : {}) }, frame.type === 'ack' ? 'acknowledged' : 'refused');
         this.client.send(encodeFrame(frame));
@@ -149,7 +150,7 @@ export class Agent {
       throw new SwitchyardError('EKERNEL', `the dispatcher holds ${published.bindings} bindings after the apply, the state has ${state.bindings.count}`);
     }
     const fw = await this.firewallSync(state, changes);
-    this.log.info({ bindings: state.bindings.count, delta: changes?.length ?? null, dispatcherMs: Math.round(dispatched - started), firewallMs: Math.round(fw.ms), firewall: fw.summary }, 'applied');
+    this.log.info({ bindings: state.bindings.count, delta: changes?.length ?? null, dispatcherMs: Math.round(dispatched - started), firewallMs: Math.round(fw.ms), firewall: fw.summary }, 'kernel updated');
   }
 
   /** Restores the last known good state, tells systemd it is ready, then connects. */

@@ -7,7 +7,7 @@
  */
 import { IPPROTO, parseBindingPrefix } from '../bindings/binding.js';
 import type { BindingChange } from '../firewall/incremental.js';
-import type { IndexedState } from '../protocol/state.js';
+import { IndexedState, type AppliedDelta } from '../protocol/state.js';
 import { formatPrefix, prefixContains } from '../net/address.js';
 import { MAX_DESTINATIONS } from '../trie/layout.js';
 import { type DesiredState, rangesContain } from '../desired/state.js';
@@ -69,29 +69,33 @@ function capacity(state: IndexedState, limits: GuardLimits): GuardFinding | unde
 
 /**
  * Per service: how many of its bindings the change removes (a key gone, or
- * moved to another label), counted from the delta when there is one (so a
- * one-binding change costs one lookup) or over the whole state. Trips when
+ * moved to another label), counted from the delta when it is one (so a
+ * one-binding change costs one lookup) or over the whole states. Trips when
  * that is more than the budget (max(share × before, min)) or when the
  * service is emptied.
  */
-function withdrawal(before: IndexedState, after: IndexedState, changes: BindingChange[] | undefined, limits: GuardLimits): GuardFinding | undefined {
+function withdrawal(before: IndexedState | AppliedDelta, after: IndexedState, limits: GuardLimits): GuardFinding | undefined {
   const removed = new Map<string, number>();
-  if (changes) {
-    const readded = new Set(changes.filter((c) => !c.removed).map((c) => `${c.binding.label} ${c.binding.protocol} ${c.binding.prefix} ${c.binding.port}`));
-    for (const { binding: b, removed: gone } of changes) {
-      if (gone && !readded.has(`${b.label} ${b.protocol} ${b.prefix} ${b.port}`)) removed.set(b.label, (removed.get(b.label) ?? 0) + 1);
-    }
-  } else {
+  let countBefore: (label: string) => number;
+  if (before instanceof IndexedState) {
     const a = before.bindings;
     const b = after.bindings;
     for (let i = 0; i < a.count; i++) {
       const j = after.findRow(a, i);
       if (j < 0 || a.label(i) !== b.label(j)) removed.set(a.label(i), (removed.get(a.label(i)) ?? 0) + 1);
     }
+    countBefore = (label) => before.labelCount(label);
+  } else {
+    const changes = before.changes;
+    const readded = new Set(changes.filter((c) => !c.removed).map((c) => `${c.binding.label} ${c.binding.protocol} ${c.binding.prefix} ${c.binding.port}`));
+    for (const { binding: b, removed: gone } of changes) {
+      if (gone && !readded.has(`${b.label} ${b.protocol} ${b.prefix} ${b.port}`)) removed.set(b.label, (removed.get(b.label) ?? 0) + 1);
+    }
+    countBefore = (label) => before.labelCountBefore.get(label) ?? 0;
   }
   const over: string[] = [];
   for (const [label, gone] of removed) {
-    const count = before.labelCount(label);
+    const count = countBefore(label);
     const budget = Math.max(Math.floor(count * limits.withdrawalShare), limits.withdrawalMin);
     const emptied = after.labelCount(label) === 0;
     if (gone > budget || emptied) {
@@ -116,23 +120,18 @@ function* addedRows(state: IndexedState, changes: BindingChange[]): Iterable<num
 }
 
 /**
- * Every guard on the change `before` → `after` (before is the last known
- * good state, or undefined on the first state an agent ever gets;
- * `changes`, when the change is a delta, lets each guard look at the
- * delta alone: services and HTTPS-only ranges do not change in a delta).
- * The withdrawal budget is skipped when the push carries an override for
- * its version (`override`).
+ * Every guard on the change to `after`. `before` is the last known good
+ * state (a snapshot replaces it), or the delta just made in place on it
+ * (then each guard looks at the delta alone: services and HTTPS-only ranges
+ * do not change in a delta), or undefined on the first state an agent ever
+ * gets. The withdrawal budget is skipped when the push carries an override
+ * for its version (`override`).
  */
-export function checkGuards(
-  before: IndexedState | undefined,
-  after: IndexedState,
-  options: { changes?: BindingChange[]; override?: boolean; limits?: GuardLimits } = {},
-): GuardFinding[] {
+export function checkGuards(before: IndexedState | AppliedDelta | undefined, after: IndexedState, options: { override?: boolean; limits?: GuardLimits } = {}): GuardFinding[] {
   const limits = options.limits ?? DEFAULT_LIMITS;
-  const changes = before ? options.changes : undefined;
-  const rows = changes ? addedRows(after, changes) : Array.from({ length: after.bindings.count }, (_, i) => i);
+  const rows = before && !(before instanceof IndexedState) ? addedRows(after, before.changes) : Array.from({ length: after.bindings.count }, (_, i) => i);
   const findings: GuardFinding[] = [];
-  for (const f of [plaintextInsideHttpsOnly(after.state, rows), capacity(after, limits), before && !options.override ? withdrawal(before, after, changes, limits) : undefined]) {
+  for (const f of [plaintextInsideHttpsOnly(after.state, rows), capacity(after, limits), before && !options.override ? withdrawal(before, after, limits) : undefined]) {
     if (f) findings.push(f);
   }
   return findings;

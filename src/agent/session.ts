@@ -16,7 +16,7 @@ import { SwitchyardError } from '../errors.js';
 import { checkGuards, type GuardLimits } from './guards.js';
 import type { StateStore } from './store.js';
 import { PROTOCOL_VERSION, parseFrame, type Delta, type Frame, type Hello, type NackCode, type Snapshot, type StateId } from '../protocol/messages.js';
-import { IndexedState, documentOf } from '../protocol/state.js';
+import { IndexedState, documentOf, type AppliedDelta } from '../protocol/state.js';
 
 export interface SessionOptions {
   agentId: string;
@@ -28,6 +28,8 @@ export interface SessionOptions {
   limits?: GuardLimits;
   maxFrameBytes?: number;
   now?: () => number;
+  /** One call per phase of each push (validated, guarded, applied, persisted), with its duration: the agent logs them. */
+  phase?: (phase: 'validated' | 'guarded' | 'applied' | 'persisted', fields: { version: number; type: string; ms: number; [k: string]: unknown }) => void;
   /** Deltas logged before the snapshot file is rewritten (default COMPACT_AFTER_DELTAS). */
   compactAfterDeltas?: number;
 }
@@ -80,9 +82,11 @@ export class AgentSession {
     const deltas = store.deltas();
     for (const d of deltas) {
       if (d.epoch !== id.epoch || d.from_version !== id.version) continue; // from before the snapshot was rewritten
-      const { next } = indexed.withDelta({ add: d.add as never, remove: d.remove }, `${store.dir}/deltas.jsonl: version ${d.version}`);
-      if (next.digest !== d.digest) break; // cannot happen unless the file was edited: keep what chains
-      indexed = next;
+      const made = indexed.applyDelta({ add: d.add as never, remove: d.remove }, `${store.dir}/deltas.jsonl: version ${d.version}`);
+      if (indexed.digest !== d.digest) {
+        made.undo(); // cannot happen unless the file was edited: keep what chains
+        break;
+      }
       id = { epoch: d.epoch, version: d.version, ackedAt: d.acked_at };
     }
     this.loggedDeltas = deltas.length;
@@ -137,6 +141,12 @@ export class AgentSession {
   private async push(frame: Snapshot | Delta, text: string): Promise<void> {
     const c = this.current;
     const store = this.options.store;
+    let clock = performance.now();
+    const phase = (name: Parameters<NonNullable<SessionOptions['phase']>>[0], fields: Record<string, unknown> = {}) => {
+      const now = performance.now();
+      this.options.phase?.(name, { version: frame.version, type: frame.type, ms: Math.round((now - clock) * 10) / 10, ...fields });
+      clock = now;
+    };
     if (c && c.epoch === frame.epoch && c.version === frame.version) {
       if (c.digest !== frame.digest) throw new Refusal('EDIGEST', `version ${frame.version} is applied here with digest ${c.digest}, not ${frame.digest}`);
       this.ack(c);
@@ -145,36 +155,49 @@ export class AgentSession {
     if (store.isRefused(frame.epoch, frame.version)) {
       throw new Refusal('EREFUSED', `version ${frame.version} of epoch ${frame.epoch} killed this agent while it was being applied; it is refused`);
     }
+    if (c && c.epoch === frame.epoch && frame.version <= c.version) {
+      throw new Refusal('EINVALID', `version ${frame.version} is not newer than the applied ${c.version} of epoch ${frame.epoch}`);
+    }
+    // A snapshot is a new state; a delta is made in place on the current one
+    // (O(change), not O(bindings)) and undone if anything below refuses it.
     let next: IndexedState;
-    let changes: BindingChange[] | undefined;
+    let made: AppliedDelta | undefined;
     if (frame.type === 'snapshot') {
       next = IndexedState.of(parseDesiredState(frame.state, `snapshot ${frame.version}`));
     } else {
       if (!c || c.epoch !== frame.epoch || c.version !== frame.from_version) {
         throw new Refusal('EGAP', `delta ${frame.from_version} → ${frame.version} of epoch ${frame.epoch} does not start from what this agent has (${c ? `${c.epoch} ${c.version}` : 'nothing'}); send a snapshot`);
       }
-      ({ next, changes } = c.indexed.withDelta({ add: frame.add as never, remove: frame.remove }, `delta ${frame.version}`));
+      made = c.indexed.applyDelta({ add: frame.add as never, remove: frame.remove }, `delta ${frame.version}`);
+      next = c.indexed;
     }
-    if (c && c.epoch === frame.epoch && frame.version <= c.version) {
-      throw new Refusal('EINVALID', `version ${frame.version} is not newer than the applied ${c.version} of epoch ${frame.epoch}`);
-    }
+    const changes = made?.changes;
     const digest = next.digest;
-    if (digest !== frame.digest) throw new Refusal('EDIGEST', `the pushed state's digest is ${digest}, the push says ${frame.digest}`);
     const override = frame.override !== undefined && frame.override.version === frame.version;
-    const findings = checkGuards(c?.indexed, next, { override, ...(changes ? { changes } : {}), ...(this.options.limits ? { limits: this.options.limits } : {}) });
-    if (findings.length > 0) {
-      const f = findings[0]!;
-      throw new Refusal(f.code, findings.map((x) => x.message).join('; '), findings.flatMap((x) => x.entries));
+    try {
+      phase('validated', { bindings: next.bindings.count, changes: changes?.length ?? null });
+      if (digest !== frame.digest) throw new Refusal('EDIGEST', `the pushed state's digest is ${digest}, the push says ${frame.digest}`);
+      const findings = checkGuards(made ?? c?.indexed, next, { override, ...(this.options.limits ? { limits: this.options.limits } : {}) });
+      if (findings.length > 0) {
+        const f = findings[0]!;
+        throw new Refusal(f.code, findings.map((x) => x.message).join('; '), findings.flatMap((x) => x.entries));
+      }
+    } catch (err) {
+      made?.undo();
+      throw err;
     }
+    phase('guarded', { override });
     store.markApplying({ epoch: frame.epoch, version: frame.version, started_at: this.now() });
     try {
       await this.options.apply(next.state, changes);
     } catch (err) {
       // The kernel refused: put the last known good back (best effort) and report.
+      made?.undo();
       store.clearApplying();
       if (c) await this.options.apply(c.state, undefined).catch(() => {});
       throw new Refusal('EAPPLY', `applying version ${frame.version} failed: ${(err as Error).message}; the last known good state (${c ? c.version : 'none'}) stays`);
     }
+    phase('applied');
     const applied: Current = { epoch: frame.epoch, version: frame.version, digest, state: next.state, indexed: next, ackedAt: this.now() };
     if (frame.type === 'snapshot') {
       store.saveLastKnownGood({ epoch: applied.epoch, version: applied.version, digest, state: undefined, acked_at: applied.ackedAt }, text);
@@ -184,6 +207,7 @@ export class AgentSession {
       this.loggedDeltas++;
     }
     store.clearApplying();
+    phase('persisted', { deltasLogged: this.loggedDeltas });
     this.current = applied;
     this.ack(applied);
     if (this.loggedDeltas >= (this.options.compactAfterDeltas ?? COMPACT_AFTER_DELTAS)) {

@@ -210,6 +210,17 @@ export class BindingTable {
     return last;
   }
 
+  /** Overwrites binding `i` with a row of this table's columns (an undo puts back what removeAt took). */
+  setRow(i: number, label: string, row: { family: number; protocol: number; prefixLen: number; port: number; addr: ArrayLike<number> }): void {
+    this.sorted = undefined;
+    this.labelIndex[i] = this.labelId(label);
+    this.family[i] = row.family;
+    this.protocol[i] = row.protocol;
+    this.prefixLen[i] = row.prefixLen;
+    this.port[i] = row.port;
+    this.addr.set(row.addr, i * 4);
+  }
+
   /** A copy without binding `skip` (all of them when skip is -1), with room for one more. */
   without(skip: number): BindingTable {
     const copy = new BindingTable(this.count + 1);

@@ -101,9 +101,15 @@ export class History {
    */
   publishDelta(delta: StateDelta, source = 'delta'): { version: number; digest: string; changed: boolean } {
     if (!this.live) throw new Error('nothing published yet: publish a whole state first');
-    const { next, changes } = this.live.withDelta(delta, source);
-    if (changes.length === 0) return { version: this.log[this.log.length - 1]!.version, digest: next.digest, changed: false };
-    return this.push(next, changes);
+    const live = this.live;
+    const before = live.digest;
+    const made = live.applyDelta(delta, source);
+    if (live.digest === before) {
+      made.undo(); // nothing changed (e.g. a binding removed and added back as it was)
+      return { version: this.log[this.log.length - 1]!.version, digest: before, changed: false };
+    }
+    this.snapshotDoc = undefined;
+    return this.push(live, made.changes);
   }
 
   private push(next: IndexedState, changes: BindingChange[] | undefined): { version: number; digest: string; changed: true } {

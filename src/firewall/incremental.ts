@@ -147,7 +147,7 @@ export class FirewallModel {
       const prefix: Prefix = { ...parsed, words: Uint32Array.from(parsed.words) as unknown as Prefix['words'] };
       if (prefix.length === 0) return undefined;
       const f = prefix.family;
-      if (items[f] === this.items[f]) items[f] = [...items[f]];
+      if (items[f] === this.items[f]) items[f] = items[f].slice();
       const list = items[f];
       const tcp = binding.protocol === 'tcp';
       let at = lowerBound(list, prefix);
@@ -186,7 +186,10 @@ export class FirewallModel {
           }
           const [from, to] = rangeInside(set.entries, p);
           if (from === to && lo === hi) continue;
-          set.entries = [...set.entries.slice(0, from), ...fresh.entries.slice(lo, hi), ...set.entries.slice(to)];
+          // Copied (the model is immutable), then spliced: two memory moves, not an element-wise spread.
+          const entries = set.entries === old.sets[sets.indexOf(set)]!.entries ? set.entries.slice() : set.entries;
+          entries.splice(from, to - from, ...fresh.entries.slice(lo, hi));
+          set.entries = entries;
         }
       }
       for (let i = 0; i < sets.length; i++) {

@@ -6,10 +6,13 @@
  *
  * Everything a change of one binding touches is O(size of the change), not
  * O(bindings): with 100,000 bindings, hashing canonical text and copying
- * tables row by row cost about a second per change. An IndexedState keeps,
- * next to the state, a hash index of its keys (protocol, prefix, port), the
- * bindings per label and per destination, and an order-free hash of its
- * bindings; a delta clones the columns (a memory copy) and updates those.
+ * tables row by row cost about a second per change, and even a memory copy
+ * of the columns costs milliseconds on this class of machine. An
+ * IndexedState keeps, next to the state, a hash index of its keys
+ * (protocol, prefix, port), the bindings per label and per destination, and
+ * an order-free hash of its bindings; a delta is validated in full first,
+ * then made in place, and can be undone exactly (a guard that trips, a
+ * digest that disagrees, a kernel that refuses).
  *
  * The digest: sha256 over a header that carries the count and a multiset
  * hash of the bindings, followed by the canonical text of the service
@@ -90,7 +93,21 @@ const bump = <K>(m: Map<K, number>, k: K, by: number) => {
   else m.set(k, n);
 };
 
-/** A desired state with what makes deltas, guards and digests cheap. Immutable: a delta makes a new one. */
+/** A delta made in place: what it changed, and how to take it back. */
+export interface AppliedDelta {
+  changes: BindingChange[];
+  /** Bindings a label had before the delta (for the labels the delta removed from). */
+  labelCountBefore: ReadonlyMap<string, number>;
+  /** Restores the state exactly as it was (the same rows in the same places). */
+  undo(): void;
+}
+
+type Row = { labelIndex: number; family: number; protocol: number; prefixLen: number; port: number; addr: [number, number, number, number] };
+
+/**
+ * A desired state with what makes deltas, guards and digests cheap. It owns
+ * its state's binding table: `applyDelta` changes both in place.
+ */
 export class IndexedState {
   private cachedDigest: string | undefined;
 
@@ -224,48 +241,99 @@ export class IndexedState {
   }
 
   /**
-   * The state after a delta, and the binding changes it makes (removals
-   * first, in the delta's order, then additions). A key it cannot remove,
-   * or an addition already bound, is an error naming the entry; this state
-   * is not changed either way.
+   * Makes a delta in place: removals (in the delta's order), then additions.
+   * Everything is checked before anything changes: a key it cannot remove
+   * (or removes twice), an addition already bound (and not removed in the
+   * same delta) or twice, is an error naming the entry, and the state is
+   * as it was.
    */
-  withDelta(delta: StateDelta, source = 'delta'): { next: IndexedState; changes: BindingChange[] } {
+  applyDelta(delta: StateDelta, source = 'delta'): AppliedDelta {
     const added = parseBindingList(delta.add, `${source} (add)`); // named entries, duplicates within the adds
-    const t = this.state.bindings.clone(added.count);
-    const size = slotCount(t.count + added.count);
-    const next = new IndexedState({ ...this.state, bindings: t }, size === this.slots.length ? this.slots.slice() : new Int32Array(size).fill(EMPTY), this.lanes.slice(), new Map(this.labels), new Map(this.destinations));
-    if (size !== this.slots.length) for (let i = 0; i < t.count; i++) next.insert(i);
-    const changes: BindingChange[] = [];
+    const t = this.state.bindings;
+    const removedRows = new Set<number>();
     delta.remove.forEach((key, n) => {
       const entry = `${source}: remove[${n}]`;
       const protocol = parseProtocol(key.protocol, entry);
       const prefix = parseBindingPrefix(key.prefix, entry, false);
       const port = parsePort(key.port, entry);
-      const at = next.find(IPPROTO[protocol], prefix, port);
-      if (at < 0) throw new SwitchyardError('EINVAL_BINDING', `${entry} (${protocol} ${formatPrefix(prefix)} port ${port}): no such binding to remove`, { entry });
-      changes.push({ binding: t.binding(at), removed: true });
-      next.removeAt(at);
+      const at = this.find(IPPROTO[protocol], prefix, port);
+      if (at < 0 || removedRows.has(at)) throw new SwitchyardError('EINVAL_BINDING', `${entry} (${protocol} ${formatPrefix(prefix)} port ${port}): no such binding to remove`, { entry });
+      removedRows.add(at);
     });
+    for (let j = 0; j < added.count; j++) {
+      const at = this.findRow(added, j);
+      if (at >= 0 && !removedRows.has(at)) {
+        const b = added.binding(j);
+        const entry = `${source} (add): bindings[${j}]`;
+        throw new SwitchyardError('EINVAL_BINDING', `${entry} (${b.protocol} ${b.prefix} port ${b.port}): already bound to ${t.label(at)}; remove it in the same delta to relabel`, { entry });
+      }
+    }
+    // Checked: from here on nothing throws. Each step is recorded for undo.
+    const labelCountBefore = new Map<string, number>();
+    const changes: BindingChange[] = [];
+    const undo: Array<() => void> = [];
+    if (slotCount(t.count + added.count) > this.slots.length) this.rehash(slotCount(t.count + added.count));
+    // Removing moves rows: find each removal again by key as it comes.
+    for (const key of delta.remove) {
+      const at = this.find(IPPROTO[key.protocol as 'tcp' | 'udp'], parseBindingPrefix(key.prefix, source, false), key.port);
+      const label = t.label(at);
+      if (!labelCountBefore.has(label)) labelCountBefore.set(label, this.labelCount(label));
+      changes.push({ binding: t.binding(at), removed: true });
+      const row = this.takeRow(at);
+      undo.push(() => this.putRow(at, row));
+    }
     for (let j = 0; j < added.count; j++) {
       const b = added.binding(j);
       const i = t.add(b.label, b.protocol, added.prefix(j), b.port);
-      const bound = next.insert(i);
-      if (bound !== EMPTY) {
-        const entry = `${source} (add): bindings[${j}]`;
-        throw new SwitchyardError('EINVAL_BINDING', `${entry} (${b.protocol} ${b.prefix} port ${b.port}): already bound to ${t.label(bound)}; remove it in the same delta to relabel`, { entry });
-      }
-      next.count(i, 1);
+      this.insert(i);
+      this.count(i, 1);
       changes.push({ binding: b, removed: false });
+      undo.push(() => this.takeRow(i));
     }
-    return { next, changes };
+    this.cachedDigest = undefined;
+    return {
+      changes,
+      labelCountBefore,
+      undo: () => {
+        for (let k = undo.length - 1; k >= 0; k--) undo[k]!();
+        this.cachedDigest = undefined;
+      },
+    };
   }
 
-  private removeAt(i: number): void {
+  /** Removes row `i` (the last row moves into its place) and returns its content. */
+  private takeRow(i: number): Row {
+    const t = this.state.bindings;
+    const a = t.addr;
+    const row: Row = { labelIndex: t.labelIndex[i]!, family: t.family[i]!, protocol: t.protocol[i]!, prefixLen: t.prefixLen[i]!, port: t.port[i]!, addr: [a[i * 4]!, a[i * 4 + 1]!, a[i * 4 + 2]!, a[i * 4 + 3]!] };
     this.count(i, -1);
     this.erase(i);
-    const moved = this.state.bindings.removeAt(i);
+    const moved = t.removeAt(i);
     // The last binding moved into i; its (stale) columns at `moved` still hash the same.
     if (moved >= 0) this.slots[this.slotOf(moved)] = i;
+    return row;
+  }
+
+  /** The inverse of takeRow(i): the row now at i goes back to the end, `row` into i. */
+  private putRow(i: number, row: Row): void {
+    const t = this.state.bindings;
+    const end = t.count;
+    const label = t.labels[row.labelIndex]!;
+    if (i < end) {
+      // Move row i to the end (appending its content), then overwrite i.
+      const j = t.add(t.label(i), protocolName(t.protocol[i]!), t.prefix(i), t.port[i]!);
+      this.slots[this.slotOf(i)] = j;
+      t.setRow(i, label, row);
+    } else {
+      t.add(label, protocolName(row.protocol), { family: row.family as 4 | 6, words: row.addr, length: row.prefixLen }, row.port);
+    }
+    this.insert(i);
+    this.count(i, 1);
+  }
+
+  private rehash(size: number): void {
+    this.slots = new Int32Array(size).fill(EMPTY);
+    for (let i = 0; i < this.state.bindings.count; i++) this.insert(i);
   }
 
   /**
@@ -303,10 +371,16 @@ export function stateDigest(state: DesiredState): string {
   return IndexedState.of(state).digest;
 }
 
+/** An IndexedState over a copy of `state`'s bindings (the original stays as it is). */
+export function indexedCopy(state: DesiredState): IndexedState {
+  return IndexedState.of({ ...state, bindings: state.bindings.clone() });
+}
+
 /** The state after a delta, and the binding changes (for the firewall's incremental sync). */
 export function applyDelta(state: DesiredState, delta: StateDelta, source = 'delta'): { state: DesiredState; changes: BindingChange[] } {
-  const { next, changes } = IndexedState.of(state).withDelta(delta, source);
-  return { state: next.state, changes };
+  const copy = indexedCopy(state);
+  const { changes } = copy.applyDelta(delta, source);
+  return { state: copy.state, changes };
 }
 
 /** The delta from `before` to `after` (bindings only). */

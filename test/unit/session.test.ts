@@ -137,6 +137,21 @@ describe('agent session (fake transport)', () => {
     expect(applied.map((a) => stateDigest(a.state))).toEqual([stateDigest(parse(states[5]))]);
   });
 
+  it('a delta refused after it was made (digest, guard, kernel) is undone: the same delta with the right digest then applies', async () => {
+    const s = session();
+    await push(s, snapshot(1, V1));
+    const delta = { type: 'delta', epoch: 'e1', from_version: 1, version: 2, ...diffStates(parse(V1), parse(V2)) };
+    await push(s, { ...delta, digest: `sha256:${'e'.repeat(64)}` });
+    expect(last()).toMatchObject({ type: 'nack', code: 'EDIGEST' });
+    failApply = true;
+    await push(s, { ...delta, digest: stateDigest(parse(V2)) });
+    expect(last()).toMatchObject({ type: 'nack', code: 'EAPPLY' });
+    expect(s.applied!.digest).toBe(stateDigest(parse(V1)));
+    failApply = false;
+    await push(s, { ...delta, digest: stateDigest(parse(V2)) });
+    expect(last()).toMatchObject({ type: 'ack', version: 2, digest: stateDigest(parse(V2)) });
+  });
+
   it('handles pushes one at a time, in order', async () => {
     const s = session();
     await Promise.all([push(s, snapshot(1, V1)), push(s, snapshot(2, V2)), push(s, snapshot(2, V2))]);

@@ -1,6 +1,9 @@
 // The few syscalls Node lacks: pidfd_open/pidfd_getfd, socket introspection,
 // flock, sd_notify (a datagram to an AF_UNIX socket, which Node cannot
-// send). Each reports failure as an errno error naming the syscall.
+// send), and posix_spawn (libuv forks: the cost of fork() grows with the
+// parent's memory, 3 ms at 50 MB and 45 ms at 850 MB measured here, while
+// posix_spawn's vfork does not copy page tables). Each reports failure as
+// an errno error naming the syscall.
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <linux/sockios.h>
@@ -11,7 +14,12 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
 #include <unistd.h>
+
+#include <vector>
 
 #include <cerrno>
 #include <cstring>
@@ -129,7 +137,91 @@ static Napi::Value SdNotify(const Napi::CallbackInfo &info) {
   return info.Env().Undefined();
 }
 
+extern "C" char **environ;
+
+// spawn(argv, env, stdoutFd) -> {pid, stdin, stdout, stderr}: the child's
+// stdin, stdout and stderr are pipes (stdout goes to stdoutFd instead when
+// it is >= 0); the parent's ends are returned, close-on-exec. Signal
+// dispositions are reset and the mask cleared (Node ignores SIGPIPE; an
+// ignored disposition would survive exec). `env` entries are "NAME=value";
+// an empty list keeps this process's environment.
+static Napi::Value Spawn(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  Napi::Array args = info[0].As<Napi::Array>();
+  Napi::Array vars = info[1].As<Napi::Array>();
+  int stdoutFd = info[2].As<Napi::Number>().Int32Value();
+  std::vector<std::string> argStore, envStore;
+  for (uint32_t i = 0; i < args.Length(); i++) argStore.push_back(args.Get(i).As<Napi::String>().Utf8Value());
+  for (uint32_t i = 0; i < vars.Length(); i++) envStore.push_back(vars.Get(i).As<Napi::String>().Utf8Value());
+  if (argStore.empty()) ThrowErrno(env, EINVAL, "posix_spawn", "empty argv");
+  std::vector<char *> argv, envp;
+  for (auto &a : argStore) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  for (auto &e : envStore) envp.push_back(e.data());
+  envp.push_back(nullptr);
+
+  int in[2] = {-1, -1}, out[2] = {-1, -1}, err[2] = {-1, -1};
+  auto closeAll = [&]() {
+    for (int fd : {in[0], in[1], out[0], out[1], err[0], err[1]})
+      if (fd >= 0) close(fd);
+  };
+  if (pipe2(in, O_CLOEXEC) || (stdoutFd < 0 && pipe2(out, O_CLOEXEC)) || pipe2(err, O_CLOEXEC)) {
+    int saved = errno;
+    closeAll();
+    ThrowErrno(env, saved, "pipe2", argStore[0]);
+  }
+  posix_spawn_file_actions_t actions;
+  posix_spawnattr_t attr;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawnattr_init(&attr);
+  posix_spawn_file_actions_adddup2(&actions, in[0], 0);
+  posix_spawn_file_actions_adddup2(&actions, stdoutFd >= 0 ? stdoutFd : out[1], 1);
+  posix_spawn_file_actions_adddup2(&actions, err[1], 2);
+  sigset_t all, none;
+  sigfillset(&all);
+  sigemptyset(&none);
+  posix_spawnattr_setsigdefault(&attr, &all);
+  posix_spawnattr_setsigmask(&attr, &none);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK);
+  pid_t pid = -1;
+  int rc = posix_spawnp(&pid, argv[0], &actions, &attr, argv.data(), envStore.empty() ? environ : envp.data());
+  posix_spawn_file_actions_destroy(&actions);
+  posix_spawnattr_destroy(&attr);
+  // The child's ends are the child's now.
+  for (int *fd : {&in[0], &out[1], &err[1]}) {
+    if (*fd >= 0) close(*fd);
+    *fd = -1;
+  }
+  if (rc != 0) {
+    closeAll();
+    ThrowErrno(env, rc, "posix_spawn", argStore[0]);
+  }
+  Napi::Object result = Napi::Object::New(env);
+  result.Set("pid", pid);
+  result.Set("stdin", in[1]);
+  result.Set("stdout", out[0]);
+  result.Set("stderr", err[0]);
+  return result;
+}
+
+// waitPid(pid) -> null while it runs, else {code, signal} (reaped).
+static Napi::Value WaitPid(const Napi::CallbackInfo &info) {
+  int status = 0;
+  pid_t pid = static_cast<pid_t>(ArgU32(info, 0));
+  pid_t rc;
+  do rc = waitpid(pid, &status, WNOHANG);
+  while (rc < 0 && errno == EINTR);
+  if (rc < 0) ThrowErrno(info.Env(), errno, "waitpid", std::to_string(pid));
+  if (rc == 0) return info.Env().Null();
+  Napi::Object result = Napi::Object::New(info.Env());
+  result.Set("code", WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
+  result.Set("signal", WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+  return result;
+}
+
 void InitSys(Napi::Env env, Napi::Object exports) {
+  exports.Set("spawn", Napi::Function::New(env, Spawn));
+  exports.Set("waitPid", Napi::Function::New(env, WaitPid));
   exports.Set("sdNotify", Napi::Function::New(env, SdNotify));
   exports.Set("pidfdOpen", Napi::Function::New(env, PidfdOpen));
   exports.Set("pidfdGetfd", Napi::Function::New(env, PidfdGetfd));

@@ -13,7 +13,8 @@ export type ErrorCode =
   | 'ESOCKET_REJECTED'
   | 'ENO_SOCKETS'
   | 'EKERNEL'
-  | 'EFIREWALL';
+  | 'EFIREWALL'
+  | 'ECONTROL_PLANE';
 
 export class SwitchyardError extends Error {
   readonly code: ErrorCode;

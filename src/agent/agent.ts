@@ -26,6 +26,7 @@ import { AgentSession } from './session.js';
 import { StateStore } from './store.js';
 import { ControlPlaneClient } from './client.js';
 import { notify, watchdogPingMs } from './systemd.js';
+import { AgentMetrics, parseListen } from './metrics.js';
 
 export interface AgentConfig {
   agentId: string;
@@ -35,6 +36,8 @@ export interface AgentConfig {
   bpffs?: string;
   firewall: { backend: 'nft' | 'legacy' | 'auto'; resyncSeconds: number };
   heartbeatSeconds: number;
+  /** Prometheus metrics address (host:port); none when absent. */
+  metricsListen?: string;
 }
 
 const invalid = (file: string, what: string) => new SwitchyardError('EINVAL_FILE', `${file}: ${what}`, { entry: file });
@@ -47,7 +50,7 @@ export function readAgentConfig(file: string): AgentConfig {
   } catch (err) {
     throw invalid(file, (err as Error).message);
   }
-  checkDocumentFields(doc, file, new Set(['agent_id', 'state_dir', 'control_plane', 'netns', 'bpffs', 'firewall', 'heartbeat_seconds']), '{"agent_id", "state_dir", "control_plane": {...}}');
+  checkDocumentFields(doc, file, new Set(['agent_id', 'state_dir', 'control_plane', 'netns', 'bpffs', 'firewall', 'heartbeat_seconds', 'metrics_listen']), '{"agent_id", "state_dir", "control_plane": {...}}');
   const str = (v: unknown, what: string) => {
     if (typeof v !== 'string' || v === '') throw invalid(file, `${what} must be a non-empty string`);
     return v;
@@ -65,6 +68,14 @@ export function readAgentConfig(file: string): AgentConfig {
     if (typeof n !== 'number' || !(n >= 1 && n <= 86_400)) throw invalid(file, `${what} must be 1-86400 seconds`);
     return n;
   };
+  const metricsListen = doc.metrics_listen === undefined ? undefined : str(doc.metrics_listen, 'metrics_listen');
+  if (metricsListen !== undefined) {
+    try {
+      parseListen(metricsListen);
+    } catch (err) {
+      throw invalid(file, `metrics_listen: ${(err as Error).message}`);
+    }
+  }
   return {
     agentId: parseLabel(doc.agent_id, `${file}: agent_id`),
     stateDir: str(doc.state_dir, 'state_dir'),
@@ -73,6 +84,7 @@ export function readAgentConfig(file: string): AgentConfig {
     ...(doc.bpffs !== undefined ? { bpffs: str(doc.bpffs, 'bpffs') } : {}),
     firewall: { backend, resyncSeconds: seconds(fw.resync_seconds, 'firewall.resync_seconds', 90) },
     heartbeatSeconds: seconds(doc.heartbeat_seconds, 'heartbeat_seconds', 10),
+    ...(metricsListen !== undefined ? { metricsListen } : {}),
   };
 }
 
@@ -84,6 +96,7 @@ export class Agent {
   private readonly dispatcher: Dispatcher;
   private readonly firewall: Firewall;
   readonly session: AgentSession;
+  readonly metrics: AgentMetrics;
   private readonly client: ControlPlaneClient;
   private firewallChain: Promise<unknown> = Promise.resolve();
   private resync: NodeJS.Timeout | undefined;
@@ -102,10 +115,20 @@ export class Agent {
       store: new StateStore(config.stateDir),
       apply: (state, changes) => this.apply(state, changes),
       phase: (phase, fields) => this.log.info(fields, phase),
+      done: ({ type, ms, code }) => {
+        if (code) this.metrics.nacks.inc({ code });
+        else if (type !== 'invalid') this.metrics.applyDuration.observe({ kind: type }, ms / 1000);
+      },
       send: (frame) => {
         if (frame.type === 'ack' || frame.type === 'nack') this.log.info({ frame: frame.type, version: frame.version, ...(frame.type === 'nack' ? { code: frame.code, message: frame.message } : {}) }, frame.type === 'ack' ? 'acknowledged' : 'refused');
         this.client.send(encodeFrame(frame));
       },
+    });
+    this.metrics = new AgentMetrics({
+      counters: () => this.dispatcher.destinationCounters(),
+      bindingsPerLabel: () => this.session.applied?.indexed.labelCounts() ?? new Map(),
+      applied: () => this.session.applied,
+      connected: () => this.client.connected,
     });
     this.client = new ControlPlaneClient(this.session, {
       url: config.controlPlane.url,
@@ -166,9 +189,21 @@ export class Agent {
     }
     this.resync = setInterval(() => {
       const c = this.session.applied;
-      if (c) this.firewallSync(c.state).catch((err: Error) => this.log.error({ err: err.message }, 'firewall resync failed'));
+      if (!c) return;
+      this.firewallSync(c.state).then(
+        (result) => {
+          if (!result.changed) return;
+          this.metrics.firewallRepairs.inc();
+          this.log.warn({ firewall: result.summary }, 'firewall drift repaired');
+        },
+        (err: Error) => this.log.error({ err: err.message }, 'firewall resync failed'),
+      );
     }, this.config.firewall.resyncSeconds * 1000);
     this.resync.unref();
+    if (this.config.metricsListen) {
+      const port = await this.metrics.serve(this.config.metricsListen);
+      this.log.info({ listen: this.config.metricsListen, port }, 'metrics served');
+    }
     this.client.start();
   }
 
@@ -177,6 +212,7 @@ export class Agent {
     clearInterval(this.watchdog);
     clearInterval(this.resync);
     this.client.stop();
+    this.metrics.close();
     this.dispatcher.close();
     this.log.info('stopped; the data plane and the firewall stay as they are');
   }

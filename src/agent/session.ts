@@ -30,6 +30,8 @@ export interface SessionOptions {
   now?: () => number;
   /** One call per phase of each push (validated, guarded, applied, persisted), with its duration: the agent logs them. */
   phase?: (phase: 'validated' | 'guarded' | 'applied' | 'persisted', fields: { version: number; type: string; ms: number; [k: string]: unknown }) => void;
+  /** After each push: acknowledged (code null) or refused, and how long it took from receipt. */
+  done?: (result: { type: 'snapshot' | 'delta' | 'invalid'; ms: number; code: NackCode | null }) => void;
   /** Deltas logged before the snapshot file is rewritten (default COMPACT_AFTER_DELTAS). */
   compactAfterDeltas?: number;
 }
@@ -126,15 +128,20 @@ export class AgentSession {
     } catch (err) {
       // Name what we can of the push; the control plane logs the reason.
       const id = peekId(text);
-      this.options.send({ type: 'nack', epoch: id.epoch, version: id.version, code: /more than the \d+ allowed/.test((err as Error).message) ? 'ETOO_LARGE' : 'EINVALID', message: (err as Error).message, details: [] });
+      const code = /more than the \d+ allowed/.test((err as Error).message) ? 'ETOO_LARGE' : 'EINVALID';
+      this.options.send({ type: 'nack', epoch: id.epoch, version: id.version, code, message: (err as Error).message, details: [] });
+      this.options.done?.({ type: 'invalid', ms: 0, code });
       return;
     }
     if (frame.type === 'up-to-date' || frame.type === 'ack' || frame.type === 'nack' || frame.type === 'heartbeat' || frame.type === 'hello') return;
+    const started = performance.now();
     try {
       await this.push(frame, text);
+      this.options.done?.({ type: frame.type, ms: performance.now() - started, code: null });
     } catch (err) {
       const r = err instanceof Refusal ? err : new Refusal(err instanceof SwitchyardError && err.code.startsWith('EINVAL') ? 'EINVALID' : 'EAPPLY', (err as Error).message);
       this.options.send({ type: 'nack', epoch: frame.epoch, version: frame.version, code: r.code, message: r.message, details: r.details });
+      this.options.done?.({ type: frame.type, ms: performance.now() - started, code: r.code });
     }
   }
 

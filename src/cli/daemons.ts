@@ -4,11 +4,12 @@
  * until SIGINT/SIGTERM and log JSON lines (pino) on stdout.
  */
 import fs from 'node:fs';
+import https from 'node:https';
 import { pino } from 'pino';
 import { SwitchyardError } from '../errors.js';
 import { watchStateFile } from '../desired/watch.js';
 import { Agent, readAgentConfig } from '../agent/agent.js';
-import { ControlPlaneServer } from '../controlplane/server.js';
+import { ControlPlaneServer, type AgentStatus } from '../controlplane/server.js';
 
 const untilSignal = () =>
   new Promise<void>((resolve) => {
@@ -68,5 +69,49 @@ export async function controlPlaneCommand(flags: Record<string, unknown>): Promi
   await untilSignal();
   watch.close();
   await server.close();
+  return 0;
+}
+
+/**
+ * `control-plane status --url https://HOST:PORT --ca FILE --token-file FILE`:
+ * the control plane's view of each agent (GET /status), over the same TLS
+ * the agents use (the CA pinned, a bearer token: the admin token or an
+ * agent's).
+ */
+export async function controlPlaneStatus(flags: Record<string, unknown>, out: { data(value: unknown, human: () => string): void }): Promise<number> {
+  const need = (name: string) => {
+    const v = flags[name];
+    if (typeof v !== 'string' || v === '') throw new SwitchyardError('EINVAL_ARGUMENT', `control-plane status needs --${name}`);
+    return v;
+  };
+  const url = new URL('/status', need('url'));
+  if (url.protocol !== 'https:') throw new SwitchyardError('EINVAL_ARGUMENT', `--url ${JSON.stringify(flags.url)} must be https://HOST:PORT`);
+  const token = readSecret(need('token-file'), 'the token').trim();
+  const ca = fs.readFileSync(need('ca'), 'utf8');
+  const { status, body } = await new Promise<{ status: number; body: string }>((resolve, reject) => {
+    const req = https.get(url, { ca, headers: { authorization: `Bearer ${token}` }, timeout: 10_000 }, (res) => {
+      let text = '';
+      res.on('data', (d: Buffer) => (text += d.toString()));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: text }));
+    });
+    req.on('timeout', () => req.destroy(new Error('no answer within 10 s')));
+    req.on('error', (err) => reject(new SwitchyardError('ECONTROL_PLANE', `${url.origin}: ${err.message}`, { entry: url.origin, cause: err })));
+  });
+  if (status === 401) throw new SwitchyardError('ECONTROL_PLANE', `${url.origin}: the token was refused (401)`, { entry: url.origin });
+  if (status !== 200) throw new SwitchyardError('ECONTROL_PLANE', `${url.origin}: GET /status answered ${status}`, { entry: url.origin });
+  const agents = JSON.parse(body) as AgentStatus[];
+  out.data(agents, () => {
+    if (agents.length === 0) return 'no agent has connected yet';
+    const now = Date.now();
+    const rows = agents.map((a) => [
+      a.agentId,
+      a.connected ? 'connected' : 'disconnected',
+      a.applied ? `v${a.applied.version} (${a.applied.epoch.slice(0, 8)})` : 'nothing applied',
+      a.inFlight !== null ? `pushing v${a.inFlight}` : '',
+      a.lastHeartbeat !== null ? `heartbeat ${Math.round((now - a.lastHeartbeat) / 1000)} s ago` : 'no heartbeat',
+      a.lastNack ? `last NACK v${a.lastNack.version} ${a.lastNack.code}: ${a.lastNack.message}` : '',
+    ]);
+    return rows.map((r) => r.filter((x) => x !== '').join('  ')).join('\n');
+  });
   return 0;
 }

@@ -18,7 +18,7 @@ import { parseAddress, type Prefix, maskWords } from '../net/address.js';
 import { locate, type Location } from '../dispatcher/state.js';
 import { readDesiredState } from '../desired/state.js';
 import { FIREWALL_USAGE, firewallCommand, firewallVerdicts, type FirewallVerdict } from './firewall.js';
-import { agentCommand, controlPlaneCommand } from './daemons.js';
+import { agentCommand, controlPlaneCommand, controlPlaneStatus } from './daemons.js';
 import { Dispatcher, load, unload, upgrade, type BindingSpec, type LookupAnswer, type Status } from '../dispatcher/dispatcher.js';
 import type { LookupQuery } from '../dispatcher/lookup.js';
 import { listenFds, socketsOfProcess } from '../sockets/sockets.js';
@@ -317,11 +317,13 @@ const COMMANDS: Record<string, Command> = {
     },
   },
   'control-plane': {
-    usage: 'control-plane --state FILE --listen HOST:PORT --cert FILE --key FILE --tokens FILE [--admin-token-file FILE]',
+    usage: 'control-plane --state FILE --listen HOST:PORT --cert FILE --key FILE --tokens FILE [--admin-token-file FILE] | control-plane status --url https://HOST:PORT --ca FILE --token-file FILE [--json]',
     summary:
-      'the reference control plane: validates the state file (and again whenever it changes), versions it, and pushes it to the agents holding a token in --tokens ({"agent-id": "token"}, mode 600) over WSS; GET /status (agent or admin token) shows each agent',
-    options: { state: { type: 'string' }, listen: { type: 'string' }, cert: { type: 'string' }, key: { type: 'string' }, tokens: { type: 'string' }, 'admin-token-file': { type: 'string' } },
-    run(_args, flags) {
+      'the reference control plane: validates the state file (and again whenever it changes), versions it, and pushes it to the agents holding a token in --tokens ({"agent-id": "token"}, mode 600) over WSS; GET /status (agent or admin token) shows each agent. `control-plane status` prints that view: per agent connected or not, the applied version, a push in flight, the last heartbeat and the last NACK',
+    options: { state: { type: 'string' }, listen: { type: 'string' }, cert: { type: 'string' }, key: { type: 'string' }, tokens: { type: 'string' }, 'admin-token-file': { type: 'string' }, url: { type: 'string' }, ca: { type: 'string' }, 'token-file': { type: 'string' } },
+    run(args, flags, out) {
+      if (args[0] === 'status' && args.length === 1) return controlPlaneStatus(flags, out);
+      if (args.length > 0) throw usageError(`unexpected argument ${JSON.stringify(args[0])}: ${this.usage}`);
       return controlPlaneCommand(flags);
     },
   },

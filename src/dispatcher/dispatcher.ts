@@ -549,6 +549,14 @@ export class Dispatcher {
     };
   }
 
+  /** Per destination: its label and the BPF program's counters (no table decode: cheap enough for every scrape). */
+  destinationCounters(): Array<{ label: string; family: Family; protocol: string; stats: DestinationStats }> {
+    const stats = this.state.maps.destination_stats;
+    return this.destinations()
+      .all()
+      .map((d) => ({ label: d.label, family: d.family, protocol: d.protocol, stats: readStats(stats, d.id) }));
+  }
+
   status(): Status {
     const { maps } = this.state;
     const prog = native().objInfo(this.state.program.fd, 'prog');

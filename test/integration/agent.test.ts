@@ -4,8 +4,9 @@
  * `switchyard agent`) as child processes.
  */
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
+import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { CLI, TestNamespace, isRoot } from '../support/netns.js';
@@ -47,6 +48,15 @@ describe.skipIf(!isRoot)('agent and control plane end to end', () => {
     }
     throw new Error(`${what}: not within ${ms} ms; logs: ${[...logs.values()].join('\n---\n')}`);
   };
+  const get = (url: string) =>
+    new Promise<{ status: number; body: string }>((resolve, reject) => {
+      const req = http.get(url, (res) => {
+        let body = '';
+        res.on('data', (d: Buffer) => (body += d.toString()));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+      });
+      req.on('error', reject);
+    });
   const labelAt = (ip: string, port: number) => {
     const r = ns.cli(['lookup', 'tcp', ip, String(port), '--json']);
     return r.code === 0 ? (JSON.parse(r.stdout) as { label: string | null }).label : `error ${r.stderr}`;
@@ -71,6 +81,7 @@ describe.skipIf(!isRoot)('agent and control plane end to end', () => {
         netns: ns.path,
         bpffs: ns.bpffs,
         heartbeat_seconds: 1,
+        metrics_listen: `127.0.0.1:${port + 1}`,
       }),
     );
     let agent = start(['agent', '--config', config]);
@@ -88,6 +99,16 @@ describe.skipIf(!isRoot)('agent and control plane end to end', () => {
     await eventually('the withdrawal refused', () => /EWITHDRAWAL/.test(logs.get(agent)!));
     expect(labelAt('192.0.2.200', 443)).toBe('spectrum');
 
+    // Metrics: the kernel's counters per destination, bindings per label, the applied version, the refusal.
+    const metrics = (await get(`http://127.0.0.1:${port + 1}/metrics`)).body;
+    const value = (series: string) => Number(new RegExp(`^${series.replace(/[{}]/g, '\\$&')} (\\S+)$`, 'm').exec(metrics)?.[1] ?? NaN);
+    expect(value('switchyard_lookups_total{label="spectrum",family="ipv4",protocol="tcp"}')).toBeGreaterThanOrEqual(1);
+    expect(value('switchyard_bindings{label="spectrum"}')).toBe(1);
+    expect(value('switchyard_applied_version')).toBe(2);
+    expect(value('switchyard_nacks_total{code="EWITHDRAWAL"}')).toBe(1);
+    expect(value('switchyard_control_plane_connected')).toBe(1);
+    expect(value('switchyard_apply_duration_seconds_count{kind="delta"}')).toBe(1);
+
     // The agent killed, then the control plane stopped: the data plane serves on, and a new agent restores its last known good state.
     agent.kill('SIGKILL');
     cp.kill('SIGTERM');
@@ -96,6 +117,22 @@ describe.skipIf(!isRoot)('agent and control plane end to end', () => {
     await eventually('restored', () => /last known good state restored/.test(logs.get(agent)!));
     expect(labelAt('192.0.2.200', 443)).toBe('spectrum');
     expect(ns.probe([{ proto: 'tcp', addr: '192.0.2.200', port: 443 }])).toEqual(['spectrum']);
+
+    // The control plane back (a new epoch, the same file): the agent reconnects and reports the same state applied.
+    fs.writeFileSync(state, JSON.stringify(V2));
+    start(cpArgs);
+    // Seen with the CLI, over the agents' own TLS and a token.
+    const status = async () => {
+      const r = spawnSync(CLI, ['control-plane', 'status', '--url', `https://127.0.0.1:${port}`, '--ca', path.join(dir, 'ca.pem'), '--token-file', path.join(dir, 'token'), '--json'], { encoding: 'utf8' });
+      return r.status === 0 ? (JSON.parse(r.stdout) as Array<{ agentId: string; connected: boolean; applied: { version: number } | null }>) : [];
+    };
+    let seen: Awaited<ReturnType<typeof status>> = [];
+    for (let t = 0; t < 150 && !(seen[0]?.connected && seen[0].applied?.version === 1); t++) {
+      await new Promise((r) => setTimeout(r, 100));
+      seen = await status();
+    }
+    expect(seen[0]).toMatchObject({ agentId: 'edge-1', connected: true, applied: { version: 1 } });
+    expect(labelAt('192.0.2.200', 443)).toBe('spectrum');
     fs.rmSync(certs.dir, { recursive: true, force: true });
   });
 });

@@ -148,32 +148,45 @@ export class Agent {
 
   private async apply(state: DesiredState, changes: BindingChange[] | undefined): Promise<void> {
     const started = performance.now();
+    // The firewall first: its planning runs now (microtasks) and its tools in
+    // other processes, on the other CPU, while this thread updates the
+    // dispatcher. (For a moment the firewall may already pass traffic the
+    // dispatcher still sends to the old service: old or new, never neither.)
+    const firewall = this.firewallSync(state, changes);
+    firewall.catch(() => {}); // awaited below, after the dispatcher
+    await new Promise((resolve) => setImmediate(resolve));
+    const dispatchStarted = performance.now();
     // In-place writes report the count in the table's header afterwards: a
     // delta that did not land as the state says is caught here, without
     // reading the table again. (A full replace publishes the state's own table.)
     let published: ApplyResult | undefined;
-    if (changes && changes.length <= IN_PLACE_MAX) {
-      // Adds first (a carve-out lands before what it carves from goes), then
-      // the removals that are not the same key added again (a relabel).
-      const key = (c: BindingChange) => `${c.binding.protocol} ${c.binding.prefix} ${c.binding.port}`;
-      const readded = new Set(changes.filter((c) => !c.removed).map(key));
-      const spec = (c: BindingChange, entry: string) => ({
-        label: parseLabel(c.binding.label, entry),
-        protocol: parseProtocol(c.binding.protocol, entry),
-        prefix: parseBindingPrefix(c.binding.prefix, entry, true),
-        port: parsePort(c.binding.port, entry),
-      });
-      for (const c of changes) if (!c.removed) published = this.dispatcher.bind(spec(c, 'delta'));
-      for (const c of changes) if (c.removed && !readded.has(key(c))) published = this.dispatcher.unbind(spec(c, 'delta'));
-    } else {
-      published = this.dispatcher.replaceBindings(state.bindings);
+    let dispatched = dispatchStarted;
+    try {
+      if (changes && changes.length <= IN_PLACE_MAX) {
+        // Adds first (a carve-out lands before what it carves from goes), then
+        // the removals that are not the same key added again (a relabel).
+        const key = (c: BindingChange) => `${c.binding.protocol} ${c.binding.prefix} ${c.binding.port}`;
+        const readded = new Set(changes.filter((c) => !c.removed).map(key));
+        const spec = (c: BindingChange, entry: string) => ({
+          label: parseLabel(c.binding.label, entry),
+          protocol: parseProtocol(c.binding.protocol, entry),
+          prefix: parseBindingPrefix(c.binding.prefix, entry, true),
+          port: parsePort(c.binding.port, entry),
+        });
+        for (const c of changes) if (!c.removed) published = this.dispatcher.bind(spec(c, 'delta'));
+        for (const c of changes) if (c.removed && !readded.has(key(c))) published = this.dispatcher.unbind(spec(c, 'delta'));
+      } else {
+        published = this.dispatcher.replaceBindings(state.bindings);
+      }
+      if (published && published.bindings !== state.bindings.count) {
+        throw new SwitchyardError('EKERNEL', `the dispatcher holds ${published.bindings} bindings after the apply, the state has ${state.bindings.count}`);
+      }
+      dispatched = performance.now();
+    } finally {
+      await firewall.catch(() => {}); // the caller puts the last known good back only once the firewall is idle
     }
-    const dispatched = performance.now();
-    if (published && published.bindings !== state.bindings.count) {
-      throw new SwitchyardError('EKERNEL', `the dispatcher holds ${published.bindings} bindings after the apply, the state has ${state.bindings.count}`);
-    }
-    const fw = await this.firewallSync(state, changes);
-    this.log.info({ bindings: state.bindings.count, delta: changes?.length ?? null, dispatcherMs: Math.round(dispatched - started), firewallMs: Math.round(fw.ms), firewall: fw.summary }, 'kernel updated');
+    const fw = await firewall;
+    this.log.info({ bindings: state.bindings.count, delta: changes?.length ?? null, dispatcherMs: Math.round(dispatched - dispatchStarted), firewallMs: Math.round(fw.ms), totalMs: Math.round(performance.now() - started), firewall: fw.summary }, 'kernel updated');
   }
 
   /** Restores the last known good state, tells systemd it is ready, then connects. */

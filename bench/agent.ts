@@ -54,6 +54,9 @@ export async function agentBench(count = 100_000, changes = 100): Promise<AgentB
       bpffs: ns.bpffs,
       firewall: { backend: 'auto', resyncSeconds: 3600 },
       heartbeatSeconds: 3600,
+      adminSocket: path.join(dir, 'admin.sock'),
+      registrationSocket: path.join(dir, 'register.sock'),
+      registration: {},
     });
     agent.log.level = process.env.BENCH_LOG ?? 'warn';
     await agent.start();

@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
+#include <poll.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -219,7 +220,195 @@ static Napi::Value WaitPid(const Napi::CallbackInfo &info) {
   return result;
 }
 
+// peerCred(fd) -> {pid, uid, gid} of the process at the other end of a
+// Unix socket (SO_PEERCRED: what it was when it connected; cannot be forged).
+static Napi::Value PeerCred(const Napi::CallbackInfo &info) {
+  struct ucred cred {};
+  socklen_t len = sizeof(cred);
+  if (getsockopt(ArgFd(info, 0), SOL_SOCKET, SO_PEERCRED, &cred, &len)) ThrowErrno(info.Env(), errno, "getsockopt", "SO_PEERCRED");
+  Napi::Object out = Napi::Object::New(info.Env());
+  out.Set("pid", cred.pid);
+  out.Set("uid", cred.uid);
+  out.Set("gid", cred.gid);
+  return out;
+}
+
+// Reads one request from a connected Unix stream socket: bytes up to the
+// first newline (or the peer's shutdown), at most maxBytes, and the file
+// descriptors passed with it (SCM_RIGHTS, at most 16, received
+// close-on-exec). Blocking (poll + recvmsg) with a deadline, so it runs on
+// the thread pool; the socket's libuv handle must be paused meanwhile.
+class ReceiveWorker : public Napi::AsyncWorker {
+ public:
+  ReceiveWorker(Napi::Env env, int fd, size_t maxBytes, int timeoutMs)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), fd_(fd), max_(maxBytes), timeoutMs_(timeoutMs) {}
+  Napi::Promise Promise() { return deferred_.Promise(); }
+
+  void Execute() override {
+    struct timespec start;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    for (;;) {
+      struct timespec now;
+      clock_gettime(CLOCK_MONOTONIC, &now);
+      long elapsed = (now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000;
+      if (elapsed >= timeoutMs_) {
+        err_ = ETIMEDOUT;
+        syscall_ = "poll";
+        return;
+      }
+      struct pollfd p = {fd_, POLLIN, 0};
+      int ready = poll(&p, 1, static_cast<int>(timeoutMs_ - elapsed));
+      if (ready < 0) {
+        if (errno == EINTR) continue;
+        err_ = errno;
+        syscall_ = "poll";
+        return;
+      }
+      if (ready == 0) continue;
+      char buf[4096];
+      union {
+        char space[CMSG_SPACE(sizeof(int) * 16)];
+        struct cmsghdr align;
+      } control;
+      struct iovec iov = {buf, sizeof(buf)};
+      struct msghdr msg {};
+      msg.msg_iov = &iov;
+      msg.msg_iovlen = 1;
+      msg.msg_control = control.space;
+      msg.msg_controllen = sizeof(control.space);
+      ssize_t n = recvmsg(fd_, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+      if (n < 0) {
+        if (errno == EINTR || errno == EAGAIN) continue;
+        err_ = errno;
+        syscall_ = "recvmsg";
+        return;
+      }
+      for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+        size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        const int *fds = reinterpret_cast<const int *>(CMSG_DATA(c));
+        for (size_t i = 0; i < count; i++) fds_.push_back(fds[i]);
+      }
+      if (msg.msg_flags & MSG_CTRUNC) truncated_ = true;
+      if (n == 0) return;  // the peer shut down its side
+      data_.append(buf, static_cast<size_t>(n));
+      if (data_.size() > max_) {
+        err_ = EMSGSIZE;
+        syscall_ = "recvmsg";
+        return;
+      }
+      if (data_.find('\n') != std::string::npos) return;
+    }
+  }
+
+  void OnOK() override {
+    Napi::Env env = Env();
+    if (err_ != 0 || truncated_) {
+      for (int fd : fds_) close(fd);
+      deferred_.Reject(ErrnoError(env, err_ != 0 ? err_ : EMSGSIZE, syscall_ ? syscall_ : "recvmsg", truncated_ ? "more than 16 descriptors" : "").Value());
+      return;
+    }
+    Napi::Object out = Napi::Object::New(env);
+    out.Set("data", Napi::Buffer<char>::Copy(env, data_.data(), data_.size()));
+    Napi::Array fds = Napi::Array::New(env, fds_.size());
+    for (size_t i = 0; i < fds_.size(); i++) fds.Set(static_cast<uint32_t>(i), fds_[i]);
+    out.Set("fds", fds);
+    deferred_.Resolve(out);
+  }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  int fd_;
+  size_t max_;
+  int timeoutMs_;
+  std::string data_;
+  std::vector<int> fds_;
+  bool truncated_ = false;
+  int err_ = 0;
+  const char *syscall_ = nullptr;
+};
+
+// receiveRequest(fd, maxBytes, timeoutMs) -> Promise<{data, fds}>
+static Napi::Value ReceiveRequest(const Napi::CallbackInfo &info) {
+  auto *worker = new ReceiveWorker(info.Env(), ArgFd(info, 0), ArgU32(info, 1), static_cast<int>(ArgU32(info, 2)));
+  Napi::Promise promise = worker->Promise();
+  worker->Queue();
+  return promise;
+}
+
+// unixRequest(path, request, fds, timeoutMs) -> reply: the client side, for
+// the CLI (synchronous): connect, send the request with the descriptors
+// (SCM_RIGHTS on its first bytes), shut down writing, read the reply to EOF.
+static Napi::Value UnixRequest(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  std::string path = ArgString(info, 0);
+  Napi::Buffer<uint8_t> request = ArgBuffer(info, 1);
+  Napi::Array fdList = info[2].As<Napi::Array>();
+  int timeoutMs = static_cast<int>(ArgU32(info, 3));
+  std::vector<int> fds;
+  for (uint32_t i = 0; i < fdList.Length() && i < 16; i++) fds.push_back(fdList.Get(i).As<Napi::Number>().Int32Value());
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.empty() || path.size() >= sizeof(addr.sun_path)) ThrowErrno(env, ENAMETOOLONG, "connect", path);
+  std::memcpy(addr.sun_path, path.data(), path.size());
+  int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (s < 0) ThrowErrno(env, errno, "socket", path);
+  struct timeval tv = {timeoutMs / 1000, (timeoutMs % 1000) * 1000};
+  setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+  auto fail = [&](const char *call) {
+    int saved = errno;
+    close(s);
+    ThrowErrno(env, saved, call, path);
+  };
+  if (connect(s, reinterpret_cast<sockaddr *>(&addr), sizeof(addr))) fail("connect");
+  size_t sent = 0;
+  const char *data = reinterpret_cast<const char *>(request.Data());
+  while (sent < request.Length()) {
+    struct iovec iov = {const_cast<char *>(data + sent), request.Length() - sent};
+    struct msghdr msg {};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    union {
+      char space[CMSG_SPACE(sizeof(int) * 16)];
+      struct cmsghdr align;
+    } control;
+    if (sent == 0 && !fds.empty()) {
+      msg.msg_control = control.space;
+      msg.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
+      struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+      c->cmsg_level = SOL_SOCKET;
+      c->cmsg_type = SCM_RIGHTS;
+      c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+      std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
+    }
+    ssize_t n = sendmsg(s, &msg, MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      fail("sendmsg");
+    }
+    sent += static_cast<size_t>(n);
+  }
+  shutdown(s, SHUT_WR);
+  std::string reply;
+  char buf[65536];
+  for (;;) {
+    ssize_t n = read(s, buf, sizeof(buf));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      fail("read");
+    }
+    if (n == 0) break;
+    reply.append(buf, static_cast<size_t>(n));
+  }
+  close(s);
+  return Napi::Buffer<char>::Copy(env, reply.data(), reply.size());
+}
+
 void InitSys(Napi::Env env, Napi::Object exports) {
+  exports.Set("peerCred", Napi::Function::New(env, PeerCred));
+  exports.Set("receiveRequest", Napi::Function::New(env, ReceiveRequest));
+  exports.Set("unixRequest", Napi::Function::New(env, UnixRequest));
   exports.Set("spawn", Napi::Function::New(env, Spawn));
   exports.Set("waitPid", Napi::Function::New(env, WaitPid));
   exports.Set("sdNotify", Napi::Function::New(env, SdNotify));

@@ -27,6 +27,10 @@ import { StateStore } from './store.js';
 import { ControlPlaneClient } from './client.js';
 import { notify, watchdogPingMs } from './systemd.js';
 import { AgentMetrics, parseListen } from './metrics.js';
+import { AdminServer, type AdminRequest, type Peer, type RegistrationAllowList } from './admin.js';
+import { LocalLayer, canonicalKey } from './local.js';
+import { IndexedState } from '../protocol/state.js';
+import { parseDesiredState } from '../desired/state.js';
 
 export interface AgentConfig {
   agentId: string;
@@ -38,7 +42,14 @@ export interface AgentConfig {
   heartbeatSeconds: number;
   /** Prometheus metrics address (host:port); none when absent. */
   metricsListen?: string;
+  /** The admin socket (root only) and the registration socket (the allow-list below). */
+  adminSocket: string;
+  registrationSocket: string;
+  registration: RegistrationAllowList;
 }
+
+export const DEFAULT_ADMIN_SOCKET = '/run/switchyard/admin.sock';
+export const DEFAULT_REGISTRATION_SOCKET = '/run/switchyard/register.sock';
 
 const invalid = (file: string, what: string) => new SwitchyardError('EINVAL_FILE', `${file}: ${what}`, { entry: file });
 
@@ -50,7 +61,7 @@ export function readAgentConfig(file: string): AgentConfig {
   } catch (err) {
     throw invalid(file, (err as Error).message);
   }
-  checkDocumentFields(doc, file, new Set(['agent_id', 'state_dir', 'control_plane', 'netns', 'bpffs', 'firewall', 'heartbeat_seconds', 'metrics_listen']), '{"agent_id", "state_dir", "control_plane": {...}}');
+  checkDocumentFields(doc, file, new Set(['agent_id', 'state_dir', 'control_plane', 'netns', 'bpffs', 'firewall', 'heartbeat_seconds', 'metrics_listen', 'admin_socket', 'registration_socket', 'registration']), '{"agent_id", "state_dir", "control_plane": {...}}');
   const str = (v: unknown, what: string) => {
     if (typeof v !== 'string' || v === '') throw invalid(file, `${what} must be a non-empty string`);
     return v;
@@ -85,7 +96,29 @@ export function readAgentConfig(file: string): AgentConfig {
     firewall: { backend, resyncSeconds: seconds(fw.resync_seconds, 'firewall.resync_seconds', 90) },
     heartbeatSeconds: seconds(doc.heartbeat_seconds, 'heartbeat_seconds', 10),
     ...(metricsListen !== undefined ? { metricsListen } : {}),
+    adminSocket: doc.admin_socket === undefined ? DEFAULT_ADMIN_SOCKET : str(doc.admin_socket, 'admin_socket'),
+    registrationSocket: doc.registration_socket === undefined ? DEFAULT_REGISTRATION_SOCKET : str(doc.registration_socket, 'registration_socket'),
+    registration: parseAllowList(doc.registration, file),
   };
+}
+
+/** `"registration": {"<label>": {"uids": [...], "gids": [...]}}`: who may hand over sockets for a label. */
+function parseAllowList(value: unknown, file: string): RegistrationAllowList {
+  if (value === undefined) return {};
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw invalid(file, 'registration must be an object {"<label>": {"uids": [...], "gids": [...]}}');
+  const out: RegistrationAllowList = {};
+  for (const [label, entry] of Object.entries(value)) {
+    const at = `${file}: registration.${label}`;
+    parseLabel(label, at);
+    checkDocumentFields(entry, at, new Set(['uids', 'gids']), '{"uids": [...], "gids": [...]}');
+    const ids = (v: unknown, what: string) => {
+      if (v === undefined) return [];
+      if (!Array.isArray(v) || !v.every((x) => Number.isInteger(x) && x >= 0 && x < 2 ** 32)) throw invalid(file, `registration.${label}.${what} must be a list of numeric ids`);
+      return v as number[];
+    };
+    out[label] = { uids: ids(entry.uids, 'uids'), gids: ids(entry.gids, 'gids') };
+  }
+  return out;
 }
 
 /** Deltas up to this size go to the dispatcher binding by binding (in place); bigger ones as one table. */
@@ -98,6 +131,9 @@ export class Agent {
   readonly session: AgentSession;
   readonly metrics: AgentMetrics;
   private readonly client: ControlPlaneClient;
+  private readonly local: LocalLayer;
+  private readonly admin: AdminServer;
+  private readonly location: ReturnType<typeof locate>;
   private firewallChain: Promise<unknown> = Promise.resolve();
   private resync: NodeJS.Timeout | undefined;
   private watchdog: NodeJS.Timeout | undefined;
@@ -105,15 +141,22 @@ export class Agent {
   constructor(readonly config: AgentConfig) {
     this.log = pino({ base: { component: 'agent', agent: config.agentId } });
     const location = locate({ netns: config.netns, bpffs: config.bpffs });
+    this.location = location;
     load(location);
     this.dispatcher = Dispatcher.open(location);
+    const store = new StateStore(config.stateDir);
+    this.local = new LocalLayer(config.stateDir);
     this.firewall = new Firewall(new ProcessRunner(config.netns), { backend: config.firewall.backend });
     const token = fs.readFileSync(config.controlPlane.tokenFile, 'utf8').trim();
     this.session = new AgentSession({
       agentId: config.agentId,
       agentVersion: process.env.npm_package_version ?? '0.1.0',
-      store: new StateStore(config.stateDir),
-      apply: (state, changes) => this.apply(state, changes),
+      store,
+      apply: (_state, changes, indexed) => {
+        const kernel = this.local.effective(indexed, changes);
+        return this.kernelApply(kernel.state, kernel.changes);
+      },
+      localOverrides: () => this.local.size,
       phase: (phase, fields) => this.log.info(fields, phase),
       done: ({ type, ms, code }) => {
         if (code) this.metrics.nacks.inc({ code });
@@ -130,6 +173,10 @@ export class Agent {
       applied: () => this.session.applied,
       connected: () => this.client.connected,
     });
+    this.admin = new AdminServer(
+      { handle: (request, peer, fds) => this.handleAdmin(request, peer, fds) },
+      { adminPath: config.adminSocket, registerPath: config.registrationSocket, allow: config.registration, log: (fields, msg) => this.log.info(fields, msg) },
+    );
     this.client = new ControlPlaneClient(this.session, {
       url: config.controlPlane.url,
       ca: fs.readFileSync(config.controlPlane.caFile, 'utf8'),
@@ -146,7 +193,7 @@ export class Agent {
     return next;
   }
 
-  private async apply(state: DesiredState, changes: BindingChange[] | undefined): Promise<void> {
+  private async kernelApply(state: DesiredState, changes: BindingChange[] | undefined): Promise<void> {
     const started = performance.now();
     // The firewall first: its planning runs now (microtasks) and its tools in
     // other processes, on the other CPU, while this thread updates the
@@ -189,6 +236,68 @@ export class Agent {
     this.log.info({ bindings: state.bindings.count, delta: changes?.length ?? null, dispatcherMs: Math.round(dispatched - dispatchStarted), firewallMs: Math.round(fw.ms), totalMs: Math.round(performance.now() - started), firewall: fw.summary }, 'kernel updated');
   }
 
+  /** The control plane's state in force (an empty one before the first push). */
+  private controlPlaneState(): IndexedState {
+    return this.session.applied?.indexed ?? IndexedState.of(parseDesiredState({ bindings: [] }, 'no state yet'));
+  }
+
+  /** A request on the admin socket (root) or the registration socket (allowed peers, `register` only). */
+  private async handleAdmin(request: AdminRequest, peer: Peer, fds: number[]): Promise<Record<string, unknown>> {
+    const by = { uid: peer.uid, pid: peer.pid };
+    switch (request.op) {
+      case 'status': {
+        const c = this.session.applied;
+        const cp = this.controlPlaneState();
+        return {
+          agent_id: this.config.agentId,
+          dispatcher: { netns: this.location.netnsPath, state_dir: this.location.dir },
+          control_plane: { url: this.config.controlPlane.url, connected: this.client.connected },
+          applied: c ? { epoch: c.epoch, version: c.version, digest: c.digest, acked_at: new Date(c.ackedAt).toISOString() } : null,
+          refused: this.session.hello().refused,
+          bindings: { control_plane: cp.bindings.count, kernel: this.local.effective(cp, undefined).state.bindings.count, local_overrides: this.local.size },
+          overrides: this.local.list(),
+        };
+      }
+      case 'local-list':
+        return { overrides: this.local.list() };
+      case 'local-bind':
+      case 'local-unbind':
+        return this.session.exclusive(async () => {
+          const cp = this.controlPlaneState();
+          const op = request.op === 'local-bind' ? { bind: request.binding } : { unbind: canonicalKey((request.key ?? {}) as never, 'local unbind') };
+          const change = this.local.change(cp, op, by);
+          try {
+            await this.kernelApply(change.state, change.changes);
+          } catch (err) {
+            change.revert();
+            await this.kernelApply(this.local.effective(cp, undefined).state, undefined).catch(() => {});
+            throw err;
+          }
+          this.log.warn({ op: request.op, by, changes: change.changes.length }, 'local override changed');
+          return { kernel_bindings: change.state.bindings.count, local_overrides: this.local.size };
+        });
+      case 'local-clear':
+        return this.session.exclusive(async () => {
+          const r = this.local.clear(this.controlPlaneState());
+          await this.kernelApply(r.state, undefined);
+          this.log.warn({ by, removed: r.removed }, 'local overrides cleared');
+          return { removed: r.removed, kernel_bindings: r.state.bindings.count };
+        });
+      case 'register': {
+        const label = parseLabel(request.label, 'register: label');
+        if (fds.length === 0) throw new SwitchyardError('ENO_SOCKETS', 'register: no sockets were passed with the request (SCM_RIGHTS)');
+        const registered = fds.map((fd) => {
+          const r = this.dispatcher.register(label, fd);
+          return { label, family: r.destination.family, protocol: r.destination.protocol, socket: r.socket, replaced: r.replaced };
+        });
+        this.log.info({ label, by, registered: registered.map((r) => r.socket) }, 'sockets registered');
+        return { registered };
+      }
+      default:
+        throw new SwitchyardError('EINVAL_ARGUMENT', `unknown op ${JSON.stringify(request.op)} (status, local-bind, local-unbind, local-list, local-clear, register)`);
+    }
+  }
+
   /** Restores the last known good state, tells systemd it is ready, then connects. */
   async start(): Promise<void> {
     await this.session.restore();
@@ -203,7 +312,7 @@ export class Agent {
     this.resync = setInterval(() => {
       const c = this.session.applied;
       if (!c) return;
-      this.firewallSync(c.state).then(
+      this.firewallSync(this.local.effective(c.indexed, undefined).state).then(
         (result) => {
           if (!result.changed) return;
           this.metrics.firewallRepairs.inc();
@@ -213,6 +322,7 @@ export class Agent {
       );
     }, this.config.firewall.resyncSeconds * 1000);
     this.resync.unref();
+    await this.admin.listen();
     if (this.config.metricsListen) {
       const port = await this.metrics.serve(this.config.metricsListen);
       this.log.info({ listen: this.config.metricsListen, port }, 'metrics served');
@@ -226,6 +336,7 @@ export class Agent {
     clearInterval(this.resync);
     this.client.stop();
     this.metrics.close();
+    this.admin.close();
     this.dispatcher.close();
     this.log.info('stopped; the data plane and the firewall stay as they are');
   }

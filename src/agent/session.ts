@@ -23,7 +23,9 @@ export interface SessionOptions {
   agentVersion: string;
   store: StateStore;
   /** Brings the data plane and the firewall to `state` (`changes`: the binding delta, when it is one). Throws when the kernel refuses. */
-  apply: (state: DesiredState, changes: BindingChange[] | undefined) => Promise<void>;
+  apply: (state: DesiredState, changes: BindingChange[] | undefined, indexed: IndexedState) => Promise<void>;
+  /** Bindings overridden locally, for heartbeats. */
+  localOverrides?: () => number;
   send: (frame: Frame) => void;
   limits?: GuardLimits;
   maxFrameBytes?: number;
@@ -92,7 +94,7 @@ export class AgentSession {
       id = { epoch: d.epoch, version: d.version, ackedAt: d.acked_at };
     }
     this.loggedDeltas = deltas.length;
-    await this.options.apply(indexed.state, undefined);
+    await this.options.apply(indexed.state, undefined, indexed);
     this.current = { epoch: id.epoch, version: id.version, digest: indexed.digest, state: indexed.state, indexed, ackedAt: id.ackedAt };
   }
 
@@ -111,7 +113,18 @@ export class AgentSession {
 
   heartbeat(): Frame | undefined {
     const c = this.current;
-    return c ? { type: 'heartbeat', epoch: c.epoch, version: c.version, digest: c.digest, age_ms: Math.max(0, this.now() - c.ackedAt) } : undefined;
+    const local = this.options.localOverrides?.() ?? 0;
+    return c ? { type: 'heartbeat', epoch: c.epoch, version: c.version, digest: c.digest, age_ms: Math.max(0, this.now() - c.ackedAt), ...(local > 0 ? { local_overrides: local } : {}) } : undefined;
+  }
+
+  /** Runs `fn` between pushes (local changes must not interleave with a push being made in place). */
+  exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    const next = this.queue.then(fn);
+    this.queue = next.then(
+      () => {},
+      () => {},
+    );
+    return next;
   }
 
   /** One frame's text from the control plane; pushes are handled one at a time, in order. */
@@ -196,12 +209,12 @@ export class AgentSession {
     phase('guarded', { override });
     store.markApplying({ epoch: frame.epoch, version: frame.version, started_at: this.now() });
     try {
-      await this.options.apply(next.state, changes);
+      await this.options.apply(next.state, changes, next);
     } catch (err) {
       // The kernel refused: put the last known good back (best effort) and report.
       made?.undo();
       store.clearApplying();
-      if (c) await this.options.apply(c.state, undefined).catch(() => {});
+      if (c) await this.options.apply(c.state, undefined, c.indexed).catch(() => {});
       throw new Refusal('EAPPLY', `applying version ${frame.version} failed: ${(err as Error).message}; the last known good state (${c ? c.version : 'none'}) stays`);
     }
     phase('applied');

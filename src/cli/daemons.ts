@@ -109,6 +109,7 @@ export async function controlPlaneStatus(flags: Record<string, unknown>, out: { 
       a.applied ? `v${a.applied.version} (${a.applied.epoch.slice(0, 8)})` : 'nothing applied',
       a.inFlight !== null ? `pushing v${a.inFlight}` : '',
       a.lastHeartbeat !== null ? `heartbeat ${Math.round((now - a.lastHeartbeat) / 1000)} s ago` : 'no heartbeat',
+      a.localOverrides > 0 ? `${a.localOverrides} local override(s)` : '',
       a.lastNack ? `last NACK v${a.lastNack.version} ${a.lastNack.code}: ${a.lastNack.message}` : '',
     ]);
     return rows.map((r) => r.filter((x) => x !== '').join('  ')).join('\n');

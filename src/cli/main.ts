@@ -19,6 +19,8 @@ import { locate, type Location } from '../dispatcher/state.js';
 import { readDesiredState } from '../desired/state.js';
 import { FIREWALL_USAGE, firewallCommand, firewallVerdicts, type FirewallVerdict } from './firewall.js';
 import { agentCommand, controlPlaneCommand, controlPlaneStatus } from './daemons.js';
+import { LOCAL_USAGE, agentStatus, localCommand, refuseIfAgentManages } from './agent.js';
+import { adminRequest } from '../agent/admin.js';
 import { Dispatcher, load, unload, upgrade, type BindingSpec, type LookupAnswer, type Status } from '../dispatcher/dispatcher.js';
 import type { LookupQuery } from '../dispatcher/lookup.js';
 import { listenFds, socketsOfProcess } from '../sockets/sockets.js';
@@ -184,10 +186,12 @@ const COMMANDS: Record<string, Command> = {
     },
   },
   bind: {
-    usage: 'bind <label> <tcp|udp> <prefix|ip> <port>',
+    usage: 'bind <label> <tcp|udp> <prefix|ip> <port> [--admin-socket PATH]',
+    options: { 'admin-socket': { type: 'string' } },
     summary: 'bind a prefix (a bare address is a /32 or /128) and port (0 = any) to a label',
     run(args, flags, out) {
       const b = parseBindingArgs(args, this.usage);
+      refuseIfAgentManages(locationOf(flags), flags, 'bind');
       const r = withDispatcher(flags, (d) => d.bind(b));
       out.data(r, () =>
         `${r.replaced ? `bound (was ${r.replaced})` : 'bound'}${r.inPlace ? ' in place' : ''}; ${r.bindings} bindings`,
@@ -196,10 +200,12 @@ const COMMANDS: Record<string, Command> = {
     },
   },
   unbind: {
-    usage: 'unbind <label> <tcp|udp> <prefix|ip> <port>',
+    usage: 'unbind <label> <tcp|udp> <prefix|ip> <port> [--admin-socket PATH]',
+    options: { 'admin-socket': { type: 'string' } },
     summary: 'remove a binding (the label must match)',
     run(args, flags, out) {
       const b = parseBindingArgs(args, this.usage);
+      refuseIfAgentManages(locationOf(flags), flags, 'unbind');
       const r = withDispatcher(flags, (d) => d.unbind(b));
       out.data(r, () => `unbound${r.inPlace ? ' in place' : ''}; ${r.bindings} bindings`);
       return 0;
@@ -229,12 +235,14 @@ const COMMANDS: Record<string, Command> = {
     },
   },
   'load-bindings': {
-    usage: 'load-bindings <file.json>',
+    usage: 'load-bindings <file.json> [--admin-socket PATH]',
+    options: { 'admin-socket': { type: 'string' } },
     summary:
       'replace the whole binding set from a desired-state file {"bindings":[{"label","protocol","prefix","port"}], "services":…, "https_only":…} (only its bindings are used here); the whole file is validated first, the table switched atomically',
     run(args, flags, out) {
       expectArgs(args, 1, this.usage);
       const next = readDesiredState(args[0]!).bindings;
+      refuseIfAgentManages(locationOf(flags), flags, 'load-bindings');
       const r = withDispatcher(flags, (d) => d.replaceBindings(next));
       out.data(r, () =>
         `loaded ${r.bindings} bindings (+${r.added} −${r.removed}), table ${r.tableBytes} bytes, built in ${r.buildMs.toFixed(0)} ms, published in ${r.publishMs.toFixed(1)} ms`,
@@ -243,13 +251,20 @@ const COMMANDS: Record<string, Command> = {
     },
   },
   register: {
-    usage: 'register <label>',
-    summary: 'register the sockets systemd passed (LISTEN_FDS) for a label',
+    usage: 'register <label> [--agent-socket PATH]',
+    summary:
+      "register the sockets systemd passed (LISTEN_FDS) for a label: directly in the dispatcher (needs CAP_BPF and CAP_NET_ADMIN), or with --agent-socket handed to a running agent over its registration socket (SCM_RIGHTS; no privileges, the agent checks this process's uid/gid against its allow-list for the label)",
+    options: { 'agent-socket': { type: 'string' } },
     run(args, flags, out) {
       expectArgs(args, 1, this.usage);
       const label = parseLabel(args[0], 'label');
       const fds = listenFds();
       if (fds.length === 0) throw new SwitchyardError('ENO_SOCKETS', 'no sockets passed: LISTEN_FDS is unset or LISTEN_PID is not this process');
+      if (typeof flags['agent-socket'] === 'string') {
+        const r = adminRequest(flags['agent-socket'], { op: 'register', label }, fds) as { registered: Array<{ socket: string; family: number; protocol: string }> };
+        out.data({ registered: r.registered }, () => r.registered.map((x) => `handed ${x.socket} to the agent: registered as ${label} ipv${x.family} ${x.protocol}`).join('\n'));
+        return 0;
+      }
       const results = withDispatcher(flags, (d) => fds.map((fd) => d.register(label, fd)));
       out.data({ registered: results.map((r) => ({ ...r.destination, socket: r.socket, replaced: r.replaced })) }, () =>
         results.map((r) => `registered ${r.socket} as ${label} ipv${r.destination.family} ${r.destination.protocol}`).join('\n'),
@@ -308,12 +323,23 @@ const COMMANDS: Record<string, Command> = {
     },
   },
   agent: {
-    usage: 'agent --config FILE',
+    usage: 'agent --config FILE | agent status [--socket PATH]',
     summary:
-      'the daemon: load or open the dispatcher, restore the last known good state, connect to the control plane (WSS, pinned CA, bearer token), apply pushes to the dispatcher and the firewall and acknowledge them; runs until SIGTERM, logs JSON lines',
-    options: { config: { type: 'string' } },
-    run(_args, flags) {
+      "the daemon: load or open the dispatcher, restore the last known good state, connect to the control plane (WSS, pinned CA, bearer token), apply pushes to the dispatcher and the firewall and acknowledge them; serves an admin socket (root) and a registration socket; runs until SIGTERM, logs JSON lines. `agent status` asks a running agent (default socket /run/switchyard/admin.sock): the applied version, the connection, where the bindings come from (control plane, local overrides)",
+    options: { config: { type: 'string' }, socket: { type: 'string' } },
+    run(args, flags, out) {
+      if (args[0] === 'status' && args.length === 1) return agentStatus(flags, out);
+      if (args.length > 0) throw usageError(`unexpected argument ${JSON.stringify(args[0])}: ${this.usage}`);
       return agentCommand(flags);
+    },
+  },
+  local: {
+    usage: LOCAL_USAGE,
+    summary:
+      "change bindings on this machine while an agent runs, through its admin socket (root): a local bind sets its (protocol, prefix, port) to the label whatever the control plane says; a local unbind removes a local bind (the control plane's binding for the key, if any, comes back) or masks the control plane's binding. Pushes never revert local overrides; they persist across agent restarts, show in `agent status` and in the agent's heartbeats; `local clear` drops them all",
+    options: { socket: { type: 'string' } },
+    run(args, flags, out) {
+      return localCommand(args, flags, out);
     },
   },
   'control-plane': {
@@ -417,7 +443,7 @@ function oneLine(err: unknown): string {
 export async function main(argv: string[]): Promise<number> {
   // The command is the first word that is not an option or an option's value,
   // so global options may come before it (switchyard --netns X status).
-  const valued = new Set(['--netns', '--bpffs', '--object', '--label', '--protocol', '--prefix', '--backend', '--interval', '--config', '--state', '--listen', '--cert', '--key', '--tokens', '--admin-token-file']);
+  const valued = new Set(['--netns', '--bpffs', '--object', '--label', '--protocol', '--prefix', '--backend', '--interval', '--config', '--state', '--listen', '--cert', '--key', '--tokens', '--admin-token-file', '--url', '--ca', '--token-file', '--socket', '--agent-socket', '--admin-socket']);
   let at = 0;
   while (at < argv.length && argv[at]!.startsWith('-') && argv[at] !== '-') at += valued.has(argv[at]!) ? 2 : 1;
   const name = argv[at] ?? (argv.some((a) => a === '--help' || a === '-h') ? '--help' : undefined);

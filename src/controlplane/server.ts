@@ -40,6 +40,8 @@ export interface AgentStatus {
   applied: { epoch: string; version: number; digest: string } | null;
   lastNack: Pick<Nack, 'version' | 'code' | 'message'> | null;
   lastHeartbeat: number | null;
+  /** Bindings the agent overrides locally (from its heartbeats). */
+  localOverrides: number;
   inFlight: number | null;
 }
 
@@ -133,7 +135,7 @@ export class ControlPlaneServer {
   private accept(agentId: string, socket: WebSocket): void {
     // One connection per agent: a new one replaces the old.
     this.peers.get(agentId)?.socket.terminate();
-    const status = this.statuses.get(agentId) ?? { agentId, connected: true, applied: null, lastNack: null, lastHeartbeat: null, inFlight: null };
+    const status = this.statuses.get(agentId) ?? { agentId, connected: true, applied: null, lastNack: null, lastHeartbeat: null, inFlight: null, localOverrides: 0 };
     status.connected = true;
     status.inFlight = null;
     this.statuses.set(agentId, status);
@@ -185,6 +187,7 @@ export class ControlPlaneServer {
       }
       if (frame.type === 'heartbeat') {
         status.lastHeartbeat = Date.now();
+        status.localOverrides = frame.local_overrides ?? 0;
         status.applied = { epoch: frame.epoch, version: frame.version, digest: frame.digest };
       }
     });

@@ -83,6 +83,12 @@ export interface Native {
   spawn(argv: readonly string[], env: readonly string[], stdoutFd: number): { pid: number; stdin: number; stdout: number; stderr: number };
   /** null while the child runs; its exit (reaped) once it has. */
   waitPid(pid: number): { code: number; signal: number } | null;
+  /** The peer of a Unix socket, as it was when it connected (SO_PEERCRED). */
+  peerCred(fd: number): { pid: number; uid: number; gid: number };
+  /** One request (to the first newline or EOF, at most maxBytes) and the descriptors passed with it (SCM_RIGHTS). */
+  receiveRequest(fd: number, maxBytes: number, timeoutMs: number): Promise<{ data: Buffer; fds: number[] }>;
+  /** Client side: connect to a Unix socket, send `request` (with `fds`), read the reply to EOF. Synchronous. */
+  unixRequest(path: string, request: Buffer, fds: readonly number[], timeoutMs: number): Buffer;
 }
 
 function load(): Native {

@@ -85,6 +85,8 @@ export interface Heartbeat extends StateId {
   type: 'heartbeat';
   /** Milliseconds since the applied version was acknowledged. */
   age_ms: number;
+  /** Bindings overridden on this machine (local bind/unbind): the kernel deliberately differs from the version. */
+  local_overrides?: number;
 }
 
 export type Frame = Hello | Snapshot | Delta | UpToDate | Ack | Nack | Heartbeat;
@@ -169,7 +171,7 @@ const SHAPES: Record<Frame['type'], Check> = {
     },
     details: stringList,
   }),
-  heartbeat: object({ type: string, ...stateId, age_ms: version }),
+  heartbeat: object({ type: string, ...stateId, age_ms: version, local_overrides: version }, ['local_overrides']),
 };
 
 /**

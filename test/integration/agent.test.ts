@@ -62,16 +62,16 @@ describe.skipIf(!isRoot)('agent and control plane end to end', () => {
     return r.code === 0 ? (JSON.parse(r.stdout) as { label: string | null }).label : `error ${r.stderr}`;
   };
 
-  it('pushes bindings to the data plane, moves a carve-out, refuses a withdrawal, and serves on without agent or control plane', async () => {
+  /** Certificates, tokens, a state file, the control plane's arguments and an agent config (plus `extra` fields). */
+  const setup = (initial: unknown, extra: Record<string, unknown> = {}) => {
     const certs = makeCerts();
     const file = (name: string, content: string) => {
       fs.writeFileSync(path.join(dir, name), content, { mode: 0o600 });
       return path.join(dir, name);
     };
-    const state = file('desired.json', JSON.stringify(V1));
+    const state = file('desired.json', JSON.stringify(initial));
     const port = 20000 + Math.floor(Math.random() * 20000);
     const cpArgs = ['control-plane', '--state', state, '--listen', `127.0.0.1:${port}`, '--cert', file('cert.pem', certs.cert), '--key', file('key.pem', certs.key), '--tokens', file('tokens.json', JSON.stringify({ 'edge-1': 'tok-1' }))];
-    const cp = start(cpArgs);
     const config = file(
       'agent.json',
       JSON.stringify({
@@ -81,9 +81,18 @@ describe.skipIf(!isRoot)('agent and control plane end to end', () => {
         netns: ns.path,
         bpffs: ns.bpffs,
         heartbeat_seconds: 1,
+        admin_socket: path.join(dir, 'admin.sock'),
+        registration_socket: path.join(dir, 'register.sock'),
         metrics_listen: `127.0.0.1:${port + 1}`,
+        ...extra,
       }),
     );
+    return { certs, state, port, cpArgs, config };
+  };
+
+  it('pushes bindings to the data plane, moves a carve-out, refuses a withdrawal, and serves on without agent or control plane', async () => {
+    const { certs, state, port, cpArgs, config } = setup(V1);
+    const cp = start(cpArgs);
     let agent = start(['agent', '--config', config]);
     await eventually('v1 in the data plane', () => labelAt('192.0.2.200', 443) === 'cdn');
     await ns.startService('cdn', ['tcp4'], true);
@@ -134,5 +143,60 @@ describe.skipIf(!isRoot)('agent and control plane end to end', () => {
     expect(seen[0]).toMatchObject({ agentId: 'edge-1', connected: true, applied: { version: 1 } });
     expect(labelAt('192.0.2.200', 443)).toBe('spectrum');
     fs.rmSync(certs.dir, { recursive: true, force: true });
+  });
+  it('local overrides through the admin socket survive pushes; sockets handed over by an allowed uid only; direct writes refused', async () => {
+    // The sockets in a directory others may traverse (the registration socket is for non-root services).
+    const run = fs.mkdtempSync(path.join(os.tmpdir(), 'sy-run-'));
+    fs.chmodSync(run, 0o755);
+    const admin = path.join(run, 'admin.sock');
+    const register = path.join(run, 'register.sock');
+    const { state, cpArgs, config } = setup(V1, { admin_socket: admin, registration_socket: register, registration: { spectrum: { uids: [65534] } } });
+    try {
+      start(cpArgs);
+      start(['agent', '--config', config]);
+      await eventually('v1 in the data plane', () => labelAt('192.0.2.200', 443) === 'cdn');
+      expect(fs.statSync(admin).mode & 0o777).toBe(0o600);
+      expect(fs.statSync(register).mode & 0o777).toBe(0o666);
+      const sy = (args: string[]) => spawnSync(CLI, args, { encoding: 'utf8' });
+
+      // A direct write behind the agent's back is refused, naming the way to do it.
+      const direct = ns.cli(['bind', 'spectrum', 'tcp', '192.0.2.77', '443', '--admin-socket', admin]);
+      expect(direct.code).toBe(2);
+      expect(direct.stderr).toMatch(/an agent manages this dispatcher .* use `switchyard local bind\|unbind`/);
+
+      // A local bind, then a push: the override stays, the push's own change lands.
+      expect(sy(['local', 'bind', 'spectrum', 'tcp', '192.0.2.77', '443', '--socket', admin]).status).toBe(0);
+      expect(labelAt('192.0.2.77', 443)).toBe('spectrum');
+      fs.writeFileSync(state, JSON.stringify(V2));
+      await eventually('v2 in the data plane', () => labelAt('192.0.2.200', 443) === 'spectrum');
+      expect(labelAt('192.0.2.77', 443)).toBe('spectrum');
+      const status = JSON.parse(sy(['agent', 'status', '--socket', admin, '--json']).stdout) as { applied: { version: number }; bindings: Record<string, number>; overrides: Array<{ kind: string; binding: { label: string; prefix: string } }> };
+      expect(status.applied.version).toBe(2);
+      expect(status.bindings).toEqual({ control_plane: 2, kernel: 3, local_overrides: 1 });
+      expect(status.overrides).toMatchObject([{ kind: 'bind', binding: { label: 'spectrum', prefix: '192.0.2.77/32' } }]);
+
+      // Masking the control plane's /24, then removing the local bind, then clearing: each as said.
+      expect(sy(['local', 'unbind', 'tcp', '192.0.2.0/24', '0', '--socket', admin]).status).toBe(0);
+      expect(labelAt('192.0.2.10', 443)).toBeNull();
+      expect(sy(['local', 'unbind', 'tcp', '192.0.2.77', '443', '--socket', admin]).status).toBe(0);
+      expect(labelAt('192.0.2.77', 443)).toBeNull(); // the /24 is still masked
+      const cleared = sy(['local', 'clear', '--socket', admin]);
+      expect(cleared.stdout).toMatch(/1 local override\(s\) removed/);
+      expect(labelAt('192.0.2.10', 443)).toBe('cdn');
+      const bad = sy(['local', 'unbind', 'tcp', '198.51.100.0/24', '0', '--socket', admin]);
+      expect(bad.status).toBe(1);
+      expect(bad.stderr).toMatch(/no binding tcp 198\.51\.100\.0\/24 0 in force/);
+
+      // A service running as uid 65534 hands its socket over for spectrum (allowed), and for cdn (refused).
+      await ns.startService('spectrum', ['tcp4'], true, { uid: 65534, registerArgs: ['--agent-socket', register] });
+      expect(ns.probe([{ proto: 'tcp', addr: '192.0.2.200', port: 443 }])).toEqual(['spectrum']);
+      await expect(ns.startService('cdn', ['tcp4'], true, { uid: 65534, registerArgs: ['--agent-socket', register] })).rejects.toThrow(/uid 65534 gid 65534 may not register sockets for "cdn"/);
+      // Root may; a non-root peer on the admin socket may not even connect (0600).
+      const asNobody = spawnSync('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', CLI, 'agent', 'status', '--socket', admin], { encoding: 'utf8' });
+      expect(asNobody.status).not.toBe(0);
+      expect(asNobody.stderr).toMatch(/permission denied/);
+    } finally {
+      fs.rmSync(run, { recursive: true, force: true });
+    }
   });
 });

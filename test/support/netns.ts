@@ -129,12 +129,18 @@ export class TestNamespace {
   }
 
   /** Starts a service inside the namespace; `register` passes its sockets to `switchyard register` (LISTEN_FDS). */
-  async startService(name: string, specs: string[], register = false): Promise<Service> {
+  /**
+   * A service in the namespace. `register`: its sockets registered at start
+   * (socket activation style, `switchyard register`), with `registerArgs`
+   * instead of the default CLI arguments; `uid`: run as that user (and group).
+   */
+  async startService(name: string, specs: string[], register = false, options: { uid?: number; registerArgs?: string[] } = {}): Promise<Service> {
     const args = [path.join(FIXTURES, 'service.mjs'), name, ...specs];
     if (register) {
-      args.push('--register-listen-fds', JSON.stringify([CLI, 'register', name, '--bpffs', this.bpffs]));
+      args.push('--register-listen-fds', JSON.stringify([CLI, 'register', name, ...(options.registerArgs ?? ['--bpffs', this.bpffs])]));
     }
-    const child = spawn('ip', ['netns', 'exec', this.name, process.execPath, '--no-deprecation', ...args], {
+    const user = options.uid === undefined ? [] : ['setpriv', `--reuid=${options.uid}`, `--regid=${options.uid}`, '--clear-groups'];
+    const child = spawn('ip', ['netns', 'exec', this.name, ...user, process.execPath, '--no-deprecation', ...args], {
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let stderr = '';

@@ -1,0 +1,172 @@
+/**
+ * Local overrides: bindings changed on this machine while the agent runs
+ * (`switchyard local bind|unbind`, through the admin socket), on top of
+ * what the control plane pushed.
+ *
+ * The rule: the control plane's state is what the agent acknowledges (its
+ * digest is the control plane's); the kernel gets that state with the local
+ * layer on top. A local bind sets its key (protocol, prefix, port) to its
+ * label whatever the control plane says for that key; a local unbind of a
+ * control-plane binding masks that key. Pushes never revert an override:
+ * changes the control plane makes to an overridden key wait underneath and
+ * take effect when the override is removed (`local unbind` of a local bind,
+ * `local clear`). Overrides persist in the state directory across restarts,
+ * `status` lists them with who made them and when, and heartbeats carry
+ * their count so the control plane sees the machine deliberately differs.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { SwitchyardError } from '../errors.js';
+import { IPPROTO, parseBindingList, parseBindingPrefix, parsePort, parseProtocol, type Binding } from '../bindings/binding.js';
+import { formatPrefix } from '../net/address.js';
+import type { DesiredState } from '../desired/state.js';
+import type { BindingChange } from '../firewall/incremental.js';
+import { IndexedState, indexedCopy, type BindingKey, type StateDelta } from '../protocol/state.js';
+import { writeAtomic } from './store.js';
+
+export interface Override {
+  /** A local bind (the binding), or a mask of the control plane's binding for the key. */
+  kind: 'bind' | 'mask';
+  key: BindingKey;
+  binding?: Binding;
+  by: { uid: number; pid: number };
+  at: string;
+}
+
+const FILE = 'local.json';
+const keyText = (k: BindingKey) => `${k.protocol} ${k.prefix} ${k.port}`;
+
+/** A key as operators may write it, in canonical spelling. */
+export function canonicalKey(key: { protocol: unknown; prefix: unknown; port: unknown }, entry: string): BindingKey {
+  const protocol = parseProtocol(key.protocol, entry);
+  return { protocol, prefix: formatPrefix(parseBindingPrefix(key.prefix, entry, true)), port: parsePort(key.port, entry) };
+}
+
+export class LocalLayer {
+  private readonly overrides = new Map<string, Override>();
+  /** The kernel's state (control plane + overrides) while there are overrides; undefined when there are none. */
+  private effectiveState: IndexedState | undefined;
+
+  constructor(private readonly dir: string) {
+    const file = path.join(dir, FILE);
+    if (!fs.existsSync(file)) return;
+    let list: Override[];
+    try {
+      list = (JSON.parse(fs.readFileSync(file, 'utf8')) as { overrides: Override[] }).overrides;
+    } catch (err) {
+      throw new SwitchyardError('EINVAL_FILE', `${file}: not JSON (${(err as Error).message}); the state directory was changed by hand?`, { entry: file });
+    }
+    for (const o of list) this.overrides.set(keyText(o.key), o);
+  }
+
+  list(): Override[] {
+    return [...this.overrides.values()];
+  }
+
+  get size(): number {
+    return this.overrides.size;
+  }
+
+  has(key: BindingKey): boolean {
+    return this.overrides.has(keyText(key));
+  }
+
+  private save(): void {
+    writeAtomic(path.join(this.dir, FILE), JSON.stringify({ overrides: this.list() }));
+  }
+
+  /** The overrides as a delta on top of the control plane's state `cp`. */
+  private deltaOn(cp: IndexedState): StateDelta {
+    const remove: BindingKey[] = [];
+    const add: Binding[] = [];
+    for (const o of this.overrides.values()) {
+      if (cp.find(IPPROTO[o.key.protocol as 'tcp' | 'udp'], parseBindingPrefix(o.key.prefix, 'local'), o.key.port) >= 0) remove.push(o.key);
+      if (o.kind === 'bind') add.push(o.binding!);
+    }
+    return { add, remove };
+  }
+
+  /**
+   * What the kernel should hold for the control plane's state `cp` (after a
+   * push, or at start), and the changes to make when the push was a delta:
+   * the delta without the overridden keys.
+   */
+  effective(cp: IndexedState, changes: BindingChange[] | undefined): { state: DesiredState; changes: BindingChange[] | undefined } {
+    if (this.overrides.size === 0) {
+      this.effectiveState = undefined;
+      return { state: cp.state, changes };
+    }
+    if (changes && this.effectiveState) {
+      const kept = changes.filter((c) => !this.has(c.binding));
+      this.effectiveState.applyDelta({ add: kept.filter((c) => !c.removed).map((c) => c.binding), remove: kept.filter((c) => c.removed).map((c) => c.binding) }, 'delta under local overrides');
+      return { state: this.effectiveState.state, changes: kept };
+    }
+    this.effectiveState = indexedCopy(cp.state);
+    this.effectiveState.applyDelta(this.deltaOn(cp), 'local overrides');
+    return { state: this.effectiveState.state, changes: undefined };
+  }
+
+  /**
+   * A local bind (`binding`) or unbind (`key`), checked against the control
+   * plane's state `cp`; persisted; returns the kernel changes to make and
+   * the state the kernel then holds. Nothing changes on error.
+   */
+  change(cp: IndexedState, op: { bind: unknown } | { unbind: unknown }, by: Override['by']): { state: DesiredState; changes: BindingChange[]; revert: () => void } {
+    const at = new Date().toISOString();
+    const before = new Map(this.overrides);
+    const current = (key: BindingKey): Binding | undefined => {
+      const o = this.overrides.get(keyText(key));
+      if (o) return o.kind === 'bind' ? o.binding : undefined;
+      const i = cp.find(IPPROTO[key.protocol as 'tcp' | 'udp'], parseBindingPrefix(key.prefix, 'local'), key.port);
+      return i >= 0 ? cp.bindings.binding(i) : undefined;
+    };
+    const changes: BindingChange[] = [];
+    if ('bind' in op) {
+      const table = parseBindingList([op.bind], 'local bind');
+      const binding = table.binding(0);
+      const key = { protocol: binding.protocol, prefix: binding.prefix, port: binding.port };
+      const was = current(key);
+      if (was?.label === binding.label && !this.has(key)) throw new SwitchyardError('EINVAL_BINDING', `local bind: ${keyText(key)} is already bound to ${binding.label} by the control plane`, { entry: keyText(key) });
+      if (was) changes.push({ binding: was, removed: true });
+      changes.push({ binding, removed: false });
+      this.overrides.set(keyText(key), { kind: 'bind', key, binding, by, at });
+    } else {
+      const key = canonicalKey(op.unbind as BindingKey, 'local unbind');
+      const o = this.overrides.get(keyText(key));
+      const i = cp.find(IPPROTO[key.protocol as 'tcp' | 'udp'], parseBindingPrefix(key.prefix, 'local'), key.port);
+      const underneath = i >= 0 ? cp.bindings.binding(i) : undefined;
+      if (o?.kind === 'bind') {
+        // Removing a local bind: the control plane's binding for the key (if any) comes back.
+        this.overrides.delete(keyText(key));
+        changes.push({ binding: o.binding!, removed: true });
+        if (underneath) changes.push({ binding: underneath, removed: false });
+      } else if (!o && underneath) {
+        this.overrides.set(keyText(key), { kind: 'mask', key, by, at });
+        changes.push({ binding: underneath, removed: true });
+      } else {
+        throw new SwitchyardError('EINVAL_BINDING', `local unbind: no binding ${keyText(key)} ${o ? '(already masked locally)' : 'in force'}`, { entry: keyText(key) });
+      }
+    }
+    const revert = () => {
+      this.overrides.clear();
+      for (const [k, v] of before) this.overrides.set(k, v);
+      this.save();
+    };
+    try {
+      this.save();
+    } catch (err) {
+      this.overrides.clear();
+      for (const [k, v] of before) this.overrides.set(k, v);
+      throw err;
+    }
+    return { ...this.effective(cp, undefined), changes, revert };
+  }
+
+  /** Drops every override (persisted); the kernel then holds the control plane's state. */
+  clear(cp: IndexedState): { state: DesiredState; removed: number } {
+    const removed = this.overrides.size;
+    this.overrides.clear();
+    this.save();
+    return { state: this.effective(cp, undefined).state, removed };
+  }
+}

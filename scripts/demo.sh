@@ -121,7 +121,8 @@ step "start the agent (it loads the dispatcher into the namespace, applies what 
 cat >"$work/agent.json" <<JSON
 {"agent_id": "edge-1", "state_dir": "$work/state",
  "control_plane": {"url": "wss://127.0.0.1:$cp_port/", "ca_file": "$work/ca.pem", "token_file": "$work/agent-token"},
- "netns": "/run/netns/$ns", "bpffs": "$bpffs", "heartbeat_seconds": 2, "metrics_listen": "127.0.0.1:$metrics_port"}
+ "netns": "/run/netns/$ns", "bpffs": "$bpffs", "heartbeat_seconds": 2, "metrics_listen": "127.0.0.1:$metrics_port",
+ "admin_socket": "$work/admin.sock", "registration_socket": "$work/register.sock"}
 JSON
 sed 's/^/  /' "$work/agent.json"
 echo "\$ switchyard agent --config agent.json"
@@ -177,6 +178,20 @@ probe 192.0.2.10 443
 cp "$work/good.json" "$work/desired.json.tmp" && mv "$work/desired.json.tmp" "$work/desired.json"
 wait_for "version 4 acknowledged" applied 4
 echo "  (desired.json put back: version 4, the same content as 2, applied)"
+
+step "a local override while the agent runs: 192.0.2.10 port 443 to spectrum on this machine only"
+printf '$ switchyard bind spectrum tcp 192.0.2.10 443   (directly, behind the agent'"'"'s back)\n'
+sy bind spectrum tcp 192.0.2.10 443 --admin-socket "$work/admin.sock" || true
+printf '$ switchyard local bind spectrum tcp 192.0.2.10 443 --socket admin.sock\n'
+./bin/switchyard local bind spectrum tcp 192.0.2.10 443 --socket "$work/admin.sock"
+probe 192.0.2.10 443
+printf '$ switchyard agent status --socket admin.sock\n'
+./bin/switchyard agent status --socket "$work/admin.sock"
+sleep 2.5   # a heartbeat carries the override's count to the control plane
+cp_status
+printf '$ switchyard local clear --socket admin.sock\n'
+./bin/switchyard local clear --socket "$work/admin.sock"
+probe 192.0.2.10 443
 
 step "inspect: what the kernel holds, and why a packet goes where it goes"
 show bindings

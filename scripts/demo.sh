@@ -19,6 +19,7 @@ bpffs=$(mktemp -d /tmp/switchyard-demo-bpffs.XXXXXX)
 work=$(mktemp -d /tmp/switchyard-demo.XXXXXX)
 chmod 700 "$work"
 cleanup() {
+  set +e # everything below is attempted, whatever fails
   for f in "$work"/*.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null; done
   sleep 0.2
   ip netns del "$ns" 2>/dev/null || true

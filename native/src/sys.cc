@@ -140,9 +140,10 @@ static Napi::Value SdNotify(const Napi::CallbackInfo &info) {
 
 extern "C" char **environ;
 
-// spawn(argv, env, stdoutFd) -> {pid, stdin, stdout, stderr}: the child's
-// stdin, stdout and stderr are pipes (stdout goes to stdoutFd instead when
-// it is >= 0); the parent's ends are returned, close-on-exec. Signal
+// spawn(argv, env, stdoutFd, stdinFd) -> {pid, stdin, stdout, stderr}: the
+// child's stdin, stdout and stderr are pipes (stdout goes to stdoutFd, stdin
+// comes from stdinFd, instead when >= 0: -1 is returned for those); the
+// parent's ends are returned, close-on-exec. Signal
 // dispositions are reset and the mask cleared (Node ignores SIGPIPE; an
 // ignored disposition would survive exec). `env` entries are "NAME=value";
 // an empty list keeps this process's environment.
@@ -151,6 +152,7 @@ static Napi::Value Spawn(const Napi::CallbackInfo &info) {
   Napi::Array args = info[0].As<Napi::Array>();
   Napi::Array vars = info[1].As<Napi::Array>();
   int stdoutFd = info[2].As<Napi::Number>().Int32Value();
+  int stdinFd = info.Length() > 3 ? info[3].As<Napi::Number>().Int32Value() : -1;
   std::vector<std::string> argStore, envStore;
   for (uint32_t i = 0; i < args.Length(); i++) argStore.push_back(args.Get(i).As<Napi::String>().Utf8Value());
   for (uint32_t i = 0; i < vars.Length(); i++) envStore.push_back(vars.Get(i).As<Napi::String>().Utf8Value());
@@ -166,7 +168,7 @@ static Napi::Value Spawn(const Napi::CallbackInfo &info) {
     for (int fd : {in[0], in[1], out[0], out[1], err[0], err[1]})
       if (fd >= 0) close(fd);
   };
-  if (pipe2(in, O_CLOEXEC) || (stdoutFd < 0 && pipe2(out, O_CLOEXEC)) || pipe2(err, O_CLOEXEC)) {
+  if ((stdinFd < 0 && pipe2(in, O_CLOEXEC)) || (stdoutFd < 0 && pipe2(out, O_CLOEXEC)) || pipe2(err, O_CLOEXEC)) {
     int saved = errno;
     closeAll();
     ThrowErrno(env, saved, "pipe2", argStore[0]);
@@ -175,7 +177,7 @@ static Napi::Value Spawn(const Napi::CallbackInfo &info) {
   posix_spawnattr_t attr;
   posix_spawn_file_actions_init(&actions);
   posix_spawnattr_init(&attr);
-  posix_spawn_file_actions_adddup2(&actions, in[0], 0);
+  posix_spawn_file_actions_adddup2(&actions, stdinFd >= 0 ? stdinFd : in[0], 0);
   posix_spawn_file_actions_adddup2(&actions, stdoutFd >= 0 ? stdoutFd : out[1], 1);
   posix_spawn_file_actions_adddup2(&actions, err[1], 2);
   sigset_t all, none;

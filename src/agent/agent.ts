@@ -18,7 +18,7 @@ import { parseBindingPrefix, parseLabel, parsePort, parseProtocol } from '../bin
 import type { DesiredState } from '../desired/state.js';
 import { locate } from '../dispatcher/state.js';
 import { Dispatcher, load, type ApplyResult } from '../dispatcher/dispatcher.js';
-import { Firewall } from '../firewall/apply.js';
+import { Firewall, type SyncHooks } from '../firewall/apply.js';
 import { ProcessRunner } from '../firewall/runner.js';
 import type { BindingChange } from '../firewall/incremental.js';
 import { encodeFrame } from '../protocol/messages.js';
@@ -187,21 +187,28 @@ export class Agent {
   }
 
   /** Firewall work one at a time (pushes and the periodic resync). */
-  private firewallSync(state: DesiredState, changes?: BindingChange[]) {
-    const next = this.firewallChain.then(() => this.firewall.sync(state, changes));
+  private firewallSync(state: DesiredState, changes?: BindingChange[], hooks?: SyncHooks) {
+    const next = this.firewallChain.then(() => this.firewall.sync(state, changes, hooks));
     this.firewallChain = next.catch(() => {});
     return next;
   }
 
   private async kernelApply(state: DesiredState, changes: BindingChange[] | undefined): Promise<void> {
     const started = performance.now();
-    // The firewall first: its planning runs now (microtasks) and its tools in
-    // other processes, on the other CPU, while this thread updates the
-    // dispatcher. (For a moment the firewall may already pass traffic the
-    // dispatcher still sends to the old service: old or new, never neither.)
-    const firewall = this.firewallSync(state, changes);
-    firewall.catch(() => {}); // awaited below, after the dispatcher
-    await new Promise((resolve) => setImmediate(resolve));
+    // The firewall first: it plans, then its tools write in other processes
+    // (from files: they do not wait on this thread), on the other CPU, while
+    // this thread updates the dispatcher. (For a moment the firewall may
+    // already pass traffic the dispatcher still sends to the old service:
+    // old or new, never neither.)
+    let writing!: () => void;
+    const writesStarted = new Promise<void>((resolve) => (writing = resolve));
+    const firewall = this.firewallSync(state, changes, { writing });
+    const settled = firewall.then(
+      () => {},
+      () => {},
+    );
+    await Promise.race([writesStarted, settled]);
+    await new Promise((resolve) => setImmediate(resolve)); // a delta's one small write: spawned in the same turn
     const dispatchStarted = performance.now();
     // In-place writes report the count in the table's header afterwards: a
     // delta that did not land as the state says is caught here, without

@@ -339,6 +339,11 @@ function failure(tool: string, lines: ScriptLine[], stderr: string): SwitchyardE
 }
 
 /** The kernel's firewall, through the tools, in one network namespace (the runner's). */
+/** `writing`: called once the writes are under way in other processes (the caller may use this thread meanwhile). */
+export interface SyncHooks {
+  writing?: () => void;
+}
+
 export class Firewall {
   private backendFound: Backend | undefined;
   /** What the last apply put in the kernel, for changes that skip the read-back (sync with changes). */
@@ -416,10 +421,12 @@ export class Firewall {
    * undone, so that family's verdicts are as they were (an earlier family
    * stays fully applied); sets swapped in whole stay swapped.
    */
-  async execute(changes: Changes): Promise<void> {
+  async execute(changes: Changes, hooks: SyncHooks = {}): Promise<void> {
     const tools = toolNames(await this.backend());
     const wait = String(this.options.lockWaitSeconds ?? 5);
-    await Promise.all(createChunks(changes).map((chunk) => this.runScript(['ipset', '-exist', 'restore'], chunk)));
+    const creating = Promise.all(createChunks(changes).map((chunk) => this.runScript(['ipset', '-exist', 'restore'], chunk)));
+    hooks.writing?.(); // the bulk of the writes is running in other processes now
+    await creating;
     for (const family of [4, 6] as const) {
       const f = changes.families[family];
       // With no rule change between them, narrowing and widening go in one
@@ -454,11 +461,11 @@ export class Firewall {
     return this.applyObserved(plan, await this.observe());
   }
 
-  private async applyObserved(plan: FirewallPlan, observed: Observed): Promise<ApplyResult> {
+  private async applyObserved(plan: FirewallPlan, observed: Observed, hooks: SyncHooks = {}): Promise<ApplyResult> {
     const started = performance.now();
     this.model = undefined;
     const changes = planChanges(plan, observed);
-    if (!isEmpty(changes)) await this.execute(changes);
+    if (!isEmpty(changes)) await this.execute(changes, hooks);
     return { backend: await this.backend(), changed: !isEmpty(changes), summary: changes.summary, ms: performance.now() - started };
   }
 
@@ -470,14 +477,14 @@ export class Firewall {
    * is repaired by the next full sync (the reconciler's resync). Otherwise,
    * or when the change reshapes the rules, a full apply.
    */
-  async sync(state: DesiredState, changes?: BindingChange[]): Promise<ApplyResult> {
+  async sync(state: DesiredState, changes?: BindingChange[], hooks: SyncHooks = {}): Promise<ApplyResult> {
     const started = performance.now();
     const update = changes && this.model ? this.model.update(state, changes) : undefined;
     if (update) {
       const delta = deltaChanges(update.deltas);
       this.model = undefined; // until the writes are known to have gone in
       try {
-        if (!isEmpty(delta)) await this.execute(delta);
+        if (!isEmpty(delta)) await this.execute(delta, hooks);
         this.model = update.model;
         return { backend: await this.backend(), changed: !isEmpty(delta), summary: delta.summary, ms: performance.now() - started };
       } catch {
@@ -491,7 +498,7 @@ export class Firewall {
     const observing = this.observe();
     observing.catch(() => {}); // awaited below; planning may throw first
     const model = FirewallModel.of(state);
-    const result = await this.applyObserved(model.plan, await observing);
+    const result = await this.applyObserved(model.plan, await observing, hooks);
     this.model = model;
     return { ...result, ms: performance.now() - started };
   }

@@ -41,6 +41,8 @@ export interface Runner {
 }
 
 const DEFAULT_TIMEOUT_MS = 30_000;
+/** Inputs above this go to the tool from a private temporary file rather than a pipe. */
+const INPUT_FILE_BYTES = 256 * 1024;
 
 /** Runs tools on this machine; with `netnsPath` (other than our own), inside that network namespace (nsenter). */
 export class ProcessRunner implements Runner {
@@ -54,21 +56,30 @@ export class ProcessRunner implements Runner {
     const full = this.netnsPath ? ['nsenter', `--net=${this.netnsPath}`, '--', ...argv] : [...argv];
     const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     let spool: { path: string; fd: number } | undefined;
-    if (options.spool) {
-      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'switchyard-'));
-      const file = path.join(dir, 'out');
-      spool = { path: file, fd: fs.openSync(file, 'wx', 0o600) };
-    }
+    let inputFile: { path: string; fd: number } | undefined;
+    const privateFile = (name: string, content?: string) => {
+      const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'switchyard-')), name);
+      if (content === undefined) return { path: file, fd: fs.openSync(file, 'wx', 0o600) };
+      fs.writeFileSync(file, content, { mode: 0o600, flag: 'wx' });
+      return { path: file, fd: fs.openSync(file, 'r') };
+    };
+    if (options.spool) spool = privateFile('out');
+    // A big input from a file: the tool reads it at its own pace, even while
+    // this thread is busy (a pipe would hold it to what the event loop writes).
+    const input = options.input ?? '';
+    if (input.length > INPUT_FILE_BYTES) inputFile = privateFile('in', input);
     const cleanup = () => {
-      if (!spool) return;
-      fs.closeSync(spool.fd);
-      fs.rmSync(path.dirname(spool.path), { recursive: true, force: true });
+      for (const f of [spool, inputFile]) {
+        if (!f) continue;
+        fs.closeSync(f.fd);
+        fs.rmSync(path.dirname(f.path), { recursive: true, force: true });
+      }
     };
     return new Promise<RunResult>((resolve, reject) => {
       let child: ReturnType<ReturnType<typeof native>['spawn']>;
       try {
         const env = Object.entries({ ...process.env, LC_ALL: 'C' }).map(([k, v]) => `${k}=${v ?? ''}`);
-        child = native().spawn(full, env, spool ? spool.fd : -1);
+        child = native().spawn(full, env, spool ? spool.fd : -1, inputFile ? inputFile.fd : -1);
       } catch (e) {
         const code = (e as NodeJS.ErrnoException).code;
         reject(new SwitchyardError('EFIREWALL', `${argv[0]}: cannot run it (${code ?? (e as Error).message}); is it installed?`, { entry: argv[0], cause: e }));
@@ -95,9 +106,12 @@ export class ProcessRunner implements Runner {
         });
       const outputs = Promise.all([reading(child.stdout, out), reading(child.stderr, err)]);
       // The tool may exit before reading all its input (EPIPE); its exit status says why.
-      const stdin = new net.Socket({ fd: child.stdin, readable: false, writable: true });
-      stdin.on('error', () => stdin.destroy());
-      stdin.end(options.input ?? '');
+      let stdin: net.Socket | undefined;
+      if (!inputFile) {
+        stdin = new net.Socket({ fd: child.stdin, readable: false, writable: true });
+        stdin.on('error', () => stdin!.destroy());
+        stdin.end(input);
+      }
       // Its output closed: it has exited, or is about to (then a few polls).
       void outputs.then(async () => {
         let exit = native().waitPid(child.pid);
@@ -106,7 +120,7 @@ export class ProcessRunner implements Runner {
           exit = native().waitPid(child.pid);
         }
         clearTimeout(timer);
-        stdin.destroy();
+        stdin?.destroy();
         const stderr = Buffer.concat(err).toString('utf8');
         if (timedOut) {
           reject(new SwitchyardError('EFIREWALL', `${argv.join(' ')}: no answer within ${timeoutMs} ms (killed)`, { entry: argv[0] }));

@@ -79,8 +79,8 @@ export interface Native {
   flock(fd: number, exclusive: boolean, wait: boolean): boolean;
   /** One datagram to the notification socket ($NOTIFY_SOCKET; "@…" abstract). */
   sdNotify(socketPath: string, message: string): void;
-  /** posix_spawnp with pipes for stdin, stdout (unless `stdoutFd` >= 0) and stderr; the parent's ends, close-on-exec. */
-  spawn(argv: readonly string[], env: readonly string[], stdoutFd: number): { pid: number; stdin: number; stdout: number; stderr: number };
+  /** posix_spawnp with pipes for stdin (unless `stdinFd` >= 0), stdout (unless `stdoutFd` >= 0) and stderr; the parent's ends, close-on-exec. */
+  spawn(argv: readonly string[], env: readonly string[], stdoutFd: number, stdinFd?: number): { pid: number; stdin: number; stdout: number; stderr: number };
   /** null while the child runs; its exit (reaped) once it has. */
   waitPid(pid: number): { code: number; signal: number } | null;
   /** The peer of a Unix socket, as it was when it connected (SO_PEERCRED). */

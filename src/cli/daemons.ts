@@ -72,6 +72,53 @@ export async function controlPlaneCommand(flags: Record<string, unknown>): Promi
   return 0;
 }
 
+/** One HTTPS request to a control plane's API (the CA pinned, a bearer token from a 0600 file); the parsed JSON reply. */
+async function controlPlaneRequest(flags: Record<string, unknown>, method: 'GET' | 'POST', route: string, payload?: unknown): Promise<unknown> {
+  const need = (name: string) => {
+    const v = flags[name];
+    if (typeof v !== 'string' || v === '') throw new SwitchyardError('EINVAL_ARGUMENT', `control-plane ${route.slice(1)} needs --${name}`);
+    return v;
+  };
+  const url = new URL(route, need('url'));
+  if (url.protocol !== 'https:') throw new SwitchyardError('EINVAL_ARGUMENT', `--url ${JSON.stringify(flags.url)} must be https://HOST:PORT`);
+  const token = readSecret(need('token-file'), 'the token').trim();
+  const ca = fs.readFileSync(need('ca'), 'utf8');
+  const { status, body } = await new Promise<{ status: number; body: string }>((resolve, reject) => {
+    const req = https.request(url, { method, ca, headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, timeout: 10_000 }, (res) => {
+      let text = '';
+      res.on('data', (d: Buffer) => (text += d.toString()));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: text }));
+    });
+    req.on('timeout', () => req.destroy(new Error('no answer within 10 s')));
+    req.on('error', (err) => reject(new SwitchyardError('ECONTROL_PLANE', `${url.origin}: ${err.message}`, { entry: url.origin, cause: err })));
+    req.end(payload === undefined ? undefined : JSON.stringify(payload));
+  });
+  if (status === 401) throw new SwitchyardError('ECONTROL_PLANE', `${url.origin}: the token was refused (401)`, { entry: url.origin });
+  if (status !== 200) {
+    let why = '';
+    try {
+      why = `: ${(JSON.parse(body) as { error?: string }).error ?? ''}`;
+    } catch {
+      // no JSON body
+    }
+    throw new SwitchyardError('ECONTROL_PLANE', `${url.origin}: ${method} ${route} answered ${status}${why}`, { entry: url.origin });
+  }
+  return JSON.parse(body) as unknown;
+}
+
+/**
+ * `control-plane override --version N …`: the operator confirms that the
+ * current version's withdrawal is meant; the control plane pushes it again,
+ * with the override, to the agents that refused it (admin token only).
+ */
+export async function controlPlaneOverride(flags: Record<string, unknown>, out: { data(value: unknown, human: () => string): void }): Promise<number> {
+  const version = Number(flags.version);
+  if (typeof flags.version !== 'string' || !Number.isSafeInteger(version) || version < 1) throw new SwitchyardError('EINVAL_ARGUMENT', `--version ${JSON.stringify(flags.version)} must be a version number`);
+  const r = (await controlPlaneRequest(flags, 'POST', '/override', { version })) as { version: number; agents: string[] };
+  out.data(r, () => `version ${r.version} confirmed: pushed again with the override to ${r.agents.length === 0 ? 'no agent (none had refused it)' : r.agents.join(', ')}`);
+  return 0;
+}
+
 /**
  * `control-plane status --url https://HOST:PORT --ca FILE --token-file FILE`:
  * the control plane's view of each agent (GET /status), over the same TLS
@@ -79,27 +126,7 @@ export async function controlPlaneCommand(flags: Record<string, unknown>): Promi
  * agent's).
  */
 export async function controlPlaneStatus(flags: Record<string, unknown>, out: { data(value: unknown, human: () => string): void }): Promise<number> {
-  const need = (name: string) => {
-    const v = flags[name];
-    if (typeof v !== 'string' || v === '') throw new SwitchyardError('EINVAL_ARGUMENT', `control-plane status needs --${name}`);
-    return v;
-  };
-  const url = new URL('/status', need('url'));
-  if (url.protocol !== 'https:') throw new SwitchyardError('EINVAL_ARGUMENT', `--url ${JSON.stringify(flags.url)} must be https://HOST:PORT`);
-  const token = readSecret(need('token-file'), 'the token').trim();
-  const ca = fs.readFileSync(need('ca'), 'utf8');
-  const { status, body } = await new Promise<{ status: number; body: string }>((resolve, reject) => {
-    const req = https.get(url, { ca, headers: { authorization: `Bearer ${token}` }, timeout: 10_000 }, (res) => {
-      let text = '';
-      res.on('data', (d: Buffer) => (text += d.toString()));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: text }));
-    });
-    req.on('timeout', () => req.destroy(new Error('no answer within 10 s')));
-    req.on('error', (err) => reject(new SwitchyardError('ECONTROL_PLANE', `${url.origin}: ${err.message}`, { entry: url.origin, cause: err })));
-  });
-  if (status === 401) throw new SwitchyardError('ECONTROL_PLANE', `${url.origin}: the token was refused (401)`, { entry: url.origin });
-  if (status !== 200) throw new SwitchyardError('ECONTROL_PLANE', `${url.origin}: GET /status answered ${status}`, { entry: url.origin });
-  const agents = JSON.parse(body) as AgentStatus[];
+  const agents = (await controlPlaneRequest(flags, 'GET', '/status')) as AgentStatus[];
   out.data(agents, () => {
     if (agents.length === 0) return 'no agent has connected yet';
     const now = Date.now();

@@ -18,7 +18,7 @@ import { parseAddress, type Prefix, maskWords } from '../net/address.js';
 import { locate, type Location } from '../dispatcher/state.js';
 import { readDesiredState } from '../desired/state.js';
 import { FIREWALL_USAGE, firewallCommand, firewallVerdicts, type FirewallVerdict } from './firewall.js';
-import { agentCommand, controlPlaneCommand, controlPlaneStatus } from './daemons.js';
+import { agentCommand, controlPlaneCommand, controlPlaneOverride, controlPlaneStatus } from './daemons.js';
 import { LOCAL_USAGE, agentStatus, localCommand, refuseIfAgentManages } from './agent.js';
 import { adminRequest } from '../agent/admin.js';
 import { Dispatcher, load, unload, upgrade, type BindingSpec, type LookupAnswer, type Status } from '../dispatcher/dispatcher.js';
@@ -343,12 +343,13 @@ const COMMANDS: Record<string, Command> = {
     },
   },
   'control-plane': {
-    usage: 'control-plane --state FILE --listen HOST:PORT --cert FILE --key FILE --tokens FILE [--admin-token-file FILE] | control-plane status --url https://HOST:PORT --ca FILE --token-file FILE [--json]',
+    usage: 'control-plane --state FILE --listen HOST:PORT --cert FILE --key FILE --tokens FILE [--admin-token-file FILE] | control-plane status --url https://HOST:PORT --ca FILE --token-file FILE [--json] | control-plane override --version N --url … --ca … --token-file ADMIN',
     summary:
-      'the reference control plane: validates the state file (and again whenever it changes), versions it, and pushes it to the agents holding a token in --tokens ({"agent-id": "token"}, mode 600) over WSS; GET /status (agent or admin token) shows each agent. `control-plane status` prints that view: per agent connected or not, the applied version, a push in flight, the last heartbeat and the last NACK',
-    options: { state: { type: 'string' }, listen: { type: 'string' }, cert: { type: 'string' }, key: { type: 'string' }, tokens: { type: 'string' }, 'admin-token-file': { type: 'string' }, url: { type: 'string' }, ca: { type: 'string' }, 'token-file': { type: 'string' } },
+      'the reference control plane: validates the state file (and again whenever it changes), versions it, and pushes it to the agents holding a token in --tokens ({"agent-id": "token"}, mode 600) over WSS; GET /status (agent or admin token) shows each agent. `control-plane status` prints that view: per agent connected or not, the applied version, a push in flight, the last heartbeat and the last NACK. `control-plane override --version N` (admin token) confirms that the withdrawal the current version makes is meant: it is pushed again, with the guard override, to the agents that refused it',
+    options: { state: { type: 'string' }, listen: { type: 'string' }, cert: { type: 'string' }, key: { type: 'string' }, tokens: { type: 'string' }, 'admin-token-file': { type: 'string' }, url: { type: 'string' }, ca: { type: 'string' }, 'token-file': { type: 'string' }, version: { type: 'string' } },
     run(args, flags, out) {
       if (args[0] === 'status' && args.length === 1) return controlPlaneStatus(flags, out);
+      if (args[0] === 'override' && args.length === 1) return controlPlaneOverride(flags, out);
       if (args.length > 0) throw usageError(`unexpected argument ${JSON.stringify(args[0])}: ${this.usage}`);
       return controlPlaneCommand(flags);
     },
@@ -443,7 +444,7 @@ function oneLine(err: unknown): string {
 export async function main(argv: string[]): Promise<number> {
   // The command is the first word that is not an option or an option's value,
   // so global options may come before it (switchyard --netns X status).
-  const valued = new Set(['--netns', '--bpffs', '--object', '--label', '--protocol', '--prefix', '--backend', '--interval', '--config', '--state', '--listen', '--cert', '--key', '--tokens', '--admin-token-file', '--url', '--ca', '--token-file', '--socket', '--agent-socket', '--admin-socket']);
+  const valued = new Set(['--netns', '--bpffs', '--object', '--label', '--protocol', '--prefix', '--backend', '--interval', '--config', '--state', '--listen', '--cert', '--key', '--tokens', '--admin-token-file', '--url', '--ca', '--token-file', '--socket', '--agent-socket', '--admin-socket', '--version']);
   let at = 0;
   while (at < argv.length && argv[at]!.startsWith('-') && argv[at] !== '-') at += valued.has(argv[at]!) ? 2 : 1;
   const name = argv[at] ?? (argv.some((a) => a === '--help' || a === '-h') ? '--help' : undefined);

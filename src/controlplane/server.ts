@@ -71,12 +71,32 @@ export class ControlPlaneServer {
   constructor(private readonly options: ServerOptions) {
     this.history = new History(options.historyLimit ?? 64, options.epoch);
     this.https = https.createServer({ cert: options.cert, key: options.key }, (req, res) => {
-      if (req.method === 'GET' && req.url === '/status' && this.authorized(req.headers.authorization, true)) {
-        res.writeHead(200, { 'content-type': 'application/json' });
-        res.end(JSON.stringify(this.status()));
-        return;
+      const json = (code: number, body: unknown) => res.writeHead(code, { 'content-type': 'application/json' }).end(`${JSON.stringify(body)}\n`);
+      if (req.url === '/status' || req.url === '/override') {
+        const who = this.authorized(req.headers.authorization, true);
+        if (!who) return void res.writeHead(401).end();
+        if (req.method === 'GET' && req.url === '/status') return json(200, this.status());
+        if (req.method === 'POST' && req.url === '/override') {
+          // The operator's confirmation that the current version's withdrawal is meant: admin token only.
+          if (who !== 'admin') return json(403, { error: 'the override needs the admin token' });
+          let body = '';
+          req.on('data', (d: Buffer) => {
+            body += d.toString();
+            if (body.length > 4096) req.destroy();
+          });
+          req.on('end', () => {
+            try {
+              const { version } = JSON.parse(body) as { version?: unknown };
+              if (typeof version !== 'number') throw new Error('body must be {"version": N}');
+              json(200, { version, agents: this.allowWithdrawal(version) });
+            } catch (err) {
+              json(409, { error: (err as Error).message });
+            }
+          });
+          return;
+        }
       }
-      res.writeHead(req.url === '/status' ? 401 : 404).end();
+      res.writeHead(404).end();
     });
     this.wss = new WebSocketServer({ noServer: true, maxPayload: options.maxFrameBytes ?? 256 * 1024 * 1024 });
     this.https.on('upgrade', (req, socket, head) => {
@@ -126,6 +146,26 @@ export class ControlPlaneServer {
     if (options.override) this.override = { version: r.version, withdrawal: true };
     if (r.changed) for (const peer of this.peers.values()) this.pushTo(peer);
     return { version: r.version, changed: r.changed };
+  }
+
+  /**
+   * Confirms that the current version `version` may withdraw beyond the
+   * agents' budget: it is pushed again, with the override, to the agents
+   * that refused it for that reason. Returns those agents.
+   */
+  allowWithdrawal(version: number): string[] {
+    const current = this.history.current?.version;
+    if (current !== version) throw new Error(`version ${version} is not the current version (${current ?? 'none'}); only the current version can be confirmed`);
+    this.override = { version, withdrawal: true };
+    const pushed: string[] = [];
+    for (const peer of this.peers.values()) {
+      if (peer.status.lastNack?.version === version && peer.status.lastNack.code === 'EWITHDRAWAL') {
+        peer.status.lastNack = null;
+        pushed.push(peer.status.agentId);
+        this.pushTo(peer);
+      }
+    }
+    return pushed;
   }
 
   status(): AgentStatus[] {

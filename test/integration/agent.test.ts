@@ -32,8 +32,8 @@ describe.skipIf(!isRoot)('agent and control plane end to end', () => {
     fs.rmSync(dir, { recursive: true, force: true });
   });
 
-  const start = (args: string[]) => {
-    const child = spawn(CLI, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const start = (args: string[], env?: NodeJS.ProcessEnv) => {
+    const child = spawn(CLI, args, { stdio: ['ignore', 'pipe', 'pipe'], ...(env ? { env } : {}) });
     logs.set(child, '');
     const add = (d: Buffer) => logs.set(child, logs.get(child)! + d.toString());
     child.stdout!.on('data', add);
@@ -71,7 +71,7 @@ describe.skipIf(!isRoot)('agent and control plane end to end', () => {
     };
     const state = file('desired.json', JSON.stringify(initial));
     const port = 20000 + Math.floor(Math.random() * 20000);
-    const cpArgs = ['control-plane', '--state', state, '--listen', `127.0.0.1:${port}`, '--cert', file('cert.pem', certs.cert), '--key', file('key.pem', certs.key), '--tokens', file('tokens.json', JSON.stringify({ 'edge-1': 'tok-1' }))];
+    const cpArgs = ['control-plane', '--state', state, '--listen', `127.0.0.1:${port}`, '--cert', file('cert.pem', certs.cert), '--key', file('key.pem', certs.key), '--tokens', file('tokens.json', JSON.stringify({ 'edge-1': 'tok-1' })), '--admin-token-file', file('admin-token', 'adm-1\n')];
     const config = file(
       'agent.json',
       JSON.stringify({
@@ -198,5 +198,49 @@ describe.skipIf(!isRoot)('agent and control plane end to end', () => {
     } finally {
       fs.rmSync(run, { recursive: true, force: true });
     }
+  });
+  it('the withdrawal guard trips and the operator override passes; a version that killed the agent mid-apply is refused after restart', async () => {
+    const { state, port, cpArgs, config } = setup(V2);
+    const cpCli = (args: string[]) => spawnSync(CLI, ['control-plane', ...args, '--url', `https://127.0.0.1:${port}`, '--ca', path.join(dir, 'ca.pem'), '--token-file', path.join(dir, 'admin-token')], { encoding: 'utf8' });
+    start(cpArgs);
+    let agent = start(['agent', '--config', config]);
+    await eventually('v1 in the data plane', () => labelAt('192.0.2.200', 443) === 'spectrum');
+
+    // Emptying spectrum: refused; the operator confirms; the same version passes.
+    fs.writeFileSync(state, JSON.stringify(V1));
+    await eventually('the withdrawal refused', () => /EWITHDRAWAL/.test(logs.get(agent)!));
+    expect(labelAt('192.0.2.200', 443)).toBe('spectrum');
+    const confirmed = cpCli(['override', '--version', '2']);
+    expect(confirmed.stdout).toMatch(/version 2 confirmed: pushed again with the override to edge-1/);
+    await eventually('the override applied', () => labelAt('192.0.2.200', 443) === 'cdn');
+    const wrong = cpCli(['override', '--version', '1']);
+    expect(wrong.status).toBe(1);
+    expect(wrong.stderr).toMatch(/version 1 is not the current version \(2\)/);
+
+    // A version whose apply never finishes (ipset hangs on it): the agent is killed mid-apply.
+    const fake = fs.mkdtempSync(path.join(os.tmpdir(), 'sy-fake-'));
+    const realIpset = spawnSync('sh', ['-c', 'command -v ipset'], { encoding: 'utf8' }).stdout.trim();
+    fs.writeFileSync(path.join(fake, 'ipset'), `#!/bin/sh\ninput=$(cat)\ncase "$input" in *198.51.100.*) echo $$ > ${fake}/hung.pid; exec sleep 30;; esac\nprintf '%s\\n' "$input" | exec ${realIpset} "$@"\n`, { mode: 0o755 });
+    try {
+      agent.kill('SIGKILL');
+      agent = start(['agent', '--config', config], { ...process.env, PATH: `${fake}:${process.env.PATH}` });
+      await eventually('restored', () => /last known good state restored/.test(logs.get(agent)!));
+      const V3 = { ...V1, bindings: [...V1.bindings, { label: 'cdn', protocol: 'tcp', prefix: '198.51.100.0/24', port: 0 }] };
+      fs.writeFileSync(state, JSON.stringify(V3));
+      await eventually('the apply under way', () => fs.existsSync(path.join(dir, 'state', 'applying.json')) && fs.existsSync(path.join(fake, 'hung.pid')));
+      agent.kill('SIGKILL');
+      process.kill(Number(fs.readFileSync(path.join(fake, 'hung.pid'), 'utf8')), 'SIGKILL'); // the hung tool, orphaned
+    } finally {
+      fs.rmSync(fake, { recursive: true, force: true });
+    }
+    agent = start(['agent', '--config', config]);
+    await eventually('restored again', () => /last known good state restored/.test(logs.get(agent)!));
+    const status = JSON.parse(spawnSync(CLI, ['agent', 'status', '--socket', path.join(dir, 'admin.sock'), '--json'], { encoding: 'utf8' }).stdout) as { applied: { version: number }; refused: { version: number } };
+    expect(status.refused.version).toBe(3);
+    expect(status.applied.version).toBe(2);
+    expect(labelAt('198.51.100.1', 443)).toBeNull(); // version 3 is not in force, and not retried
+    // The next version goes through.
+    fs.writeFileSync(state, JSON.stringify({ ...V1, bindings: [...V1.bindings, { label: 'cdn', protocol: 'tcp', prefix: '198.51.100.0/25', port: 0 }] }));
+    await eventually('version 4 in the data plane', () => labelAt('198.51.100.1', 443) === 'cdn');
   });
 });

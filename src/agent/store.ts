@@ -107,12 +107,9 @@ export class StateStore {
   saveLastKnownGood(lkg: LastKnownGood, frameText?: string): void {
     const snapshot = frameText ?? JSON.stringify({ type: 'snapshot', epoch: lkg.epoch, version: lkg.version, digest: lkg.digest, state: lkg.state });
     writeAtomic(path.join(this.dir, LKG), `{"acked_at":${JSON.stringify(lkg.acked_at)},"snapshot":${snapshot}}`);
-    fs.rmSync(path.join(this.dir, DELTAS), { force: true });
-    this.deltaBytes = 0;
+    // Emptied, not removed: the next delta appends without creating a file.
+    fs.writeFileSync(path.join(this.dir, DELTAS), '', { mode: 0o600 });
   }
-
-  /** Size of the delta log: the caller compacts it into a snapshot when it grows. */
-  deltaBytes = -1;
 
   /** Appends an acknowledged delta durably (before its ACK goes out). */
   appendDelta(record: DeltaRecord): void {
@@ -124,7 +121,6 @@ export class StateStore {
     } finally {
       fs.closeSync(fd);
     }
-    if (this.deltaBytes >= 0) this.deltaBytes += Buffer.byteLength(line);
   }
 
   /** The deltas logged since the snapshot, in order; a torn last line (never acknowledged) ends the list. */
@@ -133,13 +129,9 @@ export class StateStore {
     try {
       text = fs.readFileSync(path.join(this.dir, DELTAS), 'utf8');
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
-        this.deltaBytes = 0;
-        return [];
-      }
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
       throw err;
     }
-    this.deltaBytes = Buffer.byteLength(text);
     const records: DeltaRecord[] = [];
     for (const line of text.split('\n')) {
       if (line === '') continue;

@@ -427,6 +427,13 @@ export class Dispatcher {
     });
   }
 
+  /** Plans binding `binding` in place and drops the plan (nothing is written): the in-place path run once off the clock. */
+  rehearse(binding: BindingSpec): void {
+    const live = this.liveTable();
+    if (!live) return;
+    planPatch(live.words, live.capacityRows, { family: binding.prefix.family, protocol: binding.protocol === 'tcp' ? IPPROTO_TCP : IPPROTO_UDP, port: binding.port, addr: binding.prefix.words, prefixLen: binding.prefix.length }, 0);
+  }
+
   /**
    * Binds (destination id) or unbinds (null) in place in the published
    * table, if `accept(previous destination)` agrees; undefined when the

@@ -503,6 +503,16 @@ export class Firewall {
     return { ...result, ms: performance.now() - started };
   }
 
+  /**
+   * Plans `changes` on top of the last sync without writing anything (the
+   * result is dropped): after a full sync the incremental path runs once
+   * off the clock, so the next real change does not pay for compiling it.
+   */
+  rehearse(state: DesiredState, changes: BindingChange[]): void {
+    const update = this.model?.update(state, changes);
+    if (update) deltaChanges(update.deltas);
+  }
+
   async cleanup(): Promise<ApplyResult> {
     const started = performance.now();
     this.model = undefined;

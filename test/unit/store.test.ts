@@ -19,7 +19,8 @@ describe('agent state directory', () => {
     store.saveLastKnownGood(lkg);
     expect(store.lastKnownGood()).toEqual(lkg);
     expect(fs.statSync(path.join(store.dir, 'last-known-good.json')).mode & 0o777).toBe(0o600);
-    expect(fs.readdirSync(store.dir)).toEqual(['last-known-good.json']); // no temporary left behind
+    expect(fs.readdirSync(store.dir).sort()).toEqual(['deltas.jsonl', 'last-known-good.json']); // no temporary left behind; an empty delta log
+    expect(fs.statSync(path.join(store.dir, 'deltas.jsonl')).mode & 0o777).toBe(0o600);
     writeAtomic(path.join(store.dir, 'last-known-good.json'), '{"epoch":"e1","version":4}');
     expect(store.lastKnownGood()!.version).toBe(4);
   });

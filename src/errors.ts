@@ -14,7 +14,8 @@ export type ErrorCode =
   | 'ENO_SOCKETS'
   | 'EKERNEL'
   | 'EFIREWALL'
-  | 'ECONTROL_PLANE';
+  | 'ECONTROL_PLANE'
+  | 'EBUSY';
 
 export class SwitchyardError extends Error {
   readonly code: ErrorCode;

@@ -18,6 +18,7 @@ import { parseBindingPrefix, parseLabel, parsePort, parseProtocol } from '../bin
 import type { DesiredState } from '../desired/state.js';
 import { locate } from '../dispatcher/state.js';
 import { Dispatcher, load, type ApplyResult } from '../dispatcher/dispatcher.js';
+import { TableBuildThread } from '../dispatcher/build-worker.js';
 import { Firewall, type SyncHooks } from '../firewall/apply.js';
 import { ProcessRunner } from '../firewall/runner.js';
 import type { BindingChange } from '../firewall/incremental.js';
@@ -135,6 +136,7 @@ export class Agent {
   private readonly local: LocalLayer;
   private readonly admin: AdminServer;
   private readonly location: ReturnType<typeof locate>;
+  private readonly tableBuilder = new TableBuildThread();
   private firewallChain: Promise<unknown> = Promise.resolve();
   private resync: NodeJS.Timeout | undefined;
   private watchdog: NodeJS.Timeout | undefined;
@@ -195,54 +197,66 @@ export class Agent {
     return next;
   }
 
+  /**
+   * The dispatcher and the firewall brought to `state`, both of them, using
+   * both CPUs. A small delta: the firewall plans and starts its one `ipset`
+   * run, then this thread makes the dispatcher's in-place writes. A full
+   * apply: the dispatcher's table is built on its own thread while this one
+   * plans the firewall, whose tools then write (from files, at their own
+   * pace) while the table is published. Either way, for a moment one may be
+   * ahead of the other: a connection then goes to the old service or the
+   * new one, never to neither. Both are awaited before the result: the
+   * caller puts the last known good back only once both are idle.
+   */
   private async kernelApply(state: DesiredState, changes: BindingChange[] | undefined): Promise<void> {
     const started = performance.now();
-    // The firewall first: it plans, then its tools write in other processes
-    // (from files: they do not wait on this thread), on the other CPU, while
-    // this thread updates the dispatcher. (For a moment the firewall may
-    // already pass traffic the dispatcher still sends to the old service:
-    // old or new, never neither.)
-    let writing!: () => void;
-    const writesStarted = new Promise<void>((resolve) => (writing = resolve));
-    const firewall = this.firewallSync(state, changes, { writing });
-    const settled = firewall.then(
-      () => {},
-      () => {},
-    );
-    await Promise.race([writesStarted, settled]);
-    await new Promise((resolve) => setImmediate(resolve)); // a delta's one small write: spawned in the same turn
-    const dispatchStarted = performance.now();
-    // In-place writes report the count in the table's header afterwards: a
-    // delta that did not land as the state says is caught here, without
-    // reading the table again. (A full replace publishes the state's own table.)
-    let published: ApplyResult | undefined;
-    let dispatched = dispatchStarted;
-    try {
-      if (changes && changes.length <= IN_PLACE_MAX) {
-        // Adds first (a carve-out lands before what it carves from goes), then
-        // the removals that are not the same key added again (a relabel).
-        const key = (c: BindingChange) => `${c.binding.protocol} ${c.binding.prefix} ${c.binding.port}`;
-        const readded = new Set(changes.filter((c) => !c.removed).map(key));
-        const spec = (c: BindingChange, entry: string) => ({
-          label: parseLabel(c.binding.label, entry),
-          protocol: parseProtocol(c.binding.protocol, entry),
-          prefix: parseBindingPrefix(c.binding.prefix, entry, true),
-          port: parsePort(c.binding.port, entry),
-        });
-        for (const c of changes) if (!c.removed) published = this.dispatcher.bind(spec(c, 'delta'));
-        for (const c of changes) if (c.removed && !readded.has(key(c))) published = this.dispatcher.unbind(spec(c, 'delta'));
-      } else {
-        published = this.dispatcher.replaceBindings(state.bindings);
-      }
-      if (published && published.bindings !== state.bindings.count) {
-        throw new SwitchyardError('EKERNEL', `the dispatcher holds ${published.bindings} bindings after the apply, the state has ${state.bindings.count}`);
-      }
-      dispatched = performance.now();
-    } finally {
-      await firewall.catch(() => {}); // the caller puts the last known good back only once the firewall is idle
+    const inPlace = changes !== undefined && changes.length <= IN_PLACE_MAX;
+    let dispatcher: Promise<ApplyResult | undefined>;
+    let firewall: ReturnType<Agent['firewallSync']>;
+    let dispatched = started;
+    if (inPlace) {
+      let writing!: () => void;
+      const writesStarted = new Promise<void>((resolve) => (writing = resolve));
+      firewall = this.firewallSync(state, changes, { writing });
+      await Promise.race([writesStarted, firewall.then(() => {}, () => {})]);
+      await new Promise((resolve) => setImmediate(resolve)); // the one small write: spawned in the same turn
+      dispatcher = Promise.resolve().then(() => {
+        const result = this.applyInPlace(changes);
+        dispatched = performance.now();
+        return result;
+      });
+    } else {
+      dispatcher = this.dispatcher.replaceBindingsAsync(state.bindings, (input, serial, order) => this.tableBuilder.build(input, serial, order)).then((r) => {
+        dispatched = performance.now();
+        return r;
+      });
+      firewall = this.firewallSync(state, changes);
     }
-    const fw = await firewall;
-    this.log.info({ bindings: state.bindings.count, delta: changes?.length ?? null, dispatcherMs: Math.round(dispatched - dispatchStarted), firewallMs: Math.round(fw.ms), totalMs: Math.round(performance.now() - started), firewall: fw.summary }, 'kernel updated');
+    const [d, f] = await Promise.allSettled([dispatcher, firewall]);
+    if (d.status === 'rejected') throw d.reason;
+    if (f.status === 'rejected') throw f.reason;
+    // The count in the table's header after the writes: a delta that did not
+    // land as the state says is caught here, without reading the table again.
+    if (d.value && d.value.bindings !== state.bindings.count) {
+      throw new SwitchyardError('EKERNEL', `the dispatcher holds ${d.value.bindings} bindings after the apply, the state has ${state.bindings.count}`);
+    }
+    this.log.info({ bindings: state.bindings.count, delta: changes?.length ?? null, dispatcherMs: Math.round(dispatched - started), firewallMs: Math.round(f.value.ms), totalMs: Math.round(performance.now() - started), firewall: f.value.summary }, 'kernel updated');
+  }
+
+  /** A small delta in the dispatcher, binding by binding: adds first (a carve-out lands before what it carves from goes), then the removals that are not the same key added again (a relabel). */
+  private applyInPlace(changes: BindingChange[]): ApplyResult | undefined {
+    const key = (c: BindingChange) => `${c.binding.protocol} ${c.binding.prefix} ${c.binding.port}`;
+    const readded = new Set(changes.filter((c) => !c.removed).map(key));
+    const spec = (c: BindingChange, entry: string) => ({
+      label: parseLabel(c.binding.label, entry),
+      protocol: parseProtocol(c.binding.protocol, entry),
+      prefix: parseBindingPrefix(c.binding.prefix, entry, true),
+      port: parsePort(c.binding.port, entry),
+    });
+    let published: ApplyResult | undefined;
+    for (const c of changes) if (!c.removed) published = this.dispatcher.bind(spec(c, 'delta'));
+    for (const c of changes) if (c.removed && !readded.has(key(c))) published = this.dispatcher.unbind(spec(c, 'delta'));
+    return published;
   }
 
   /**
@@ -324,12 +338,15 @@ export class Agent {
       case 'register': {
         const label = parseLabel(request.label, 'register: label');
         if (fds.length === 0) throw new SwitchyardError('ENO_SOCKETS', 'register: no sockets were passed with the request (SCM_RIGHTS)');
-        const registered = fds.map((fd) => {
-          const r = this.dispatcher.register(label, fd);
-          return { label, family: r.destination.family, protocol: r.destination.protocol, socket: r.socket, replaced: r.replaced };
+        // Between pushes: a full apply holds the dispatcher's writer lock across its table build.
+        return this.session.exclusive(async () => {
+          const registered = fds.map((fd) => {
+            const r = this.dispatcher.register(label, fd);
+            return { label, family: r.destination.family, protocol: r.destination.protocol, socket: r.socket, replaced: r.replaced };
+          });
+          this.log.info({ label, by, registered: registered.map((r) => r.socket) }, 'sockets registered');
+          return { registered };
         });
-        this.log.info({ label, by, registered: registered.map((r) => r.socket) }, 'sockets registered');
-        return { registered };
       }
       default:
         throw new SwitchyardError('EINVAL_ARGUMENT', `unknown op ${JSON.stringify(request.op)} (status, local-bind, local-unbind, local-list, local-clear, register)`);
@@ -375,6 +392,7 @@ export class Agent {
     this.client.stop();
     this.metrics.close();
     this.admin.close();
+    this.tableBuilder.close();
     this.dispatcher.close();
     this.log.info('stopped; the data plane and the firewall stay as they are');
   }

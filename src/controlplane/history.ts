@@ -13,7 +13,7 @@
 import crypto from 'node:crypto';
 import type { DesiredState } from '../desired/state.js';
 import type { Delta, Frame, Hello, Snapshot } from '../protocol/messages.js';
-import { IndexedState, documentOf, type BindingKey, type StateDelta } from '../protocol/state.js';
+import { IndexedState, documentOf, stateJson, type BindingKey, type StateDelta } from '../protocol/state.js';
 import type { Binding } from '../bindings/binding.js';
 import type { BindingChange } from '../firewall/incremental.js';
 
@@ -140,9 +140,21 @@ export class History {
       // A delta bigger than the state itself is not worth it.
       if (delta.add.length + delta.remove.length < this.live.bindings.count) return delta;
     }
-    if (this.snapshotDoc?.version !== c.version) this.snapshotDoc = { version: c.version, doc: documentOf(this.live.state) };
-    const snapshot: Snapshot = { type: 'snapshot', epoch: this.epoch, version: c.version, digest: c.digest, state: this.snapshotDoc.doc, ...withOverride };
+    // The document only when someone reads it (the server sends snapshotText instead).
+    const state = (): unknown => {
+      if (this.snapshotDoc?.version !== c.version) this.snapshotDoc = { version: c.version, doc: documentOf(this.live!.state) };
+      return this.snapshotDoc.doc;
+    };
+    const snapshot = { type: 'snapshot', epoch: this.epoch, version: c.version, digest: c.digest, ...withOverride } as Snapshot;
+    Object.defineProperty(snapshot, 'state', { get: state, enumerable: true });
     return snapshot;
+  }
+
+  /** A snapshot frame's wire text, the state written straight from the columns. */
+  snapshotText(frame: Snapshot): string {
+    const head = JSON.stringify({ type: 'snapshot', epoch: frame.epoch, version: frame.version, digest: frame.digest, ...(frame.override ? { override: frame.override } : {}) });
+    if (!this.live || frame.version !== this.log[this.log.length - 1]?.version) return JSON.stringify(frame);
+    return `${head.slice(0, -1)},"state":${stateJson(this.live.state)}}`;
   }
 }
 

@@ -251,7 +251,7 @@ export class ControlPlaneServer {
   /** A snapshot is the same text for every agent: encoded once per version (and override). */
   private snapshotText(frame: Snapshot): string {
     const key = `${frame.epoch} ${frame.version} ${frame.override ? 'override' : ''}`;
-    if (this.encodedSnapshot?.key !== key) this.encodedSnapshot = { key, text: encodeFrame(frame) };
+    if (this.encodedSnapshot?.key !== key) this.encodedSnapshot = { key, text: this.history.snapshotText(frame) };
     return this.encodedSnapshot.text;
   }
 

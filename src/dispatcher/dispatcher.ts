@@ -32,6 +32,7 @@ import {
   removeStateDir,
   tempDirFor,
   withWriterLock,
+  WriterLock,
 } from './state.js';
 import { Destinations, clearStats, readStats, type Destination, type DestinationStats } from './destinations.js';
 import { createTableMap, loadWithCapacity, publishTable, readCurrentTable, swapTable, LiveTable, settleTablePins, type TableSummary } from './table.js';
@@ -276,6 +277,7 @@ export class Dispatcher {
    * state and leaves no stray pins.
    */
   private writing<T>(fn: () => T): T {
+    if (this.busy) throw new SwitchyardError('EBUSY', 'a replace of this dispatcher is under way; try again when it is done');
     return withWriterLock(this.location, () => {
       if (finishInterruptedGrowth(this.location)) this.reopen();
       settleTablePins(this.location.dir, this.state.maps.generation);
@@ -285,6 +287,37 @@ export class Dispatcher {
 
   /** `before` is the published set when the caller has just read it (bind, unbind). */
   private replaceLocked(next: BindingTable, before?: BindingTable): ApplyResult {
+    const prepared = this.prepareReplace(next, before);
+    return this.finishReplace(prepared, buildTable(prepared.input, prepared.serial, next.order()));
+  }
+
+  /**
+   * Makes `next` the binding set like replaceBindings, with the table built
+   * on `builder` (another thread) while this one is free: the agent plans
+   * its firewall meanwhile. The writer lock is held throughout; this
+   * Dispatcher refuses other writes until it is done (EBUSY) rather than
+   * wait on a lock this same thread holds.
+   */
+  async replaceBindingsAsync(next: BindingTable, builder: (input: TrieInput, serial: bigint, order: Uint32Array) => Promise<BuiltTable>): Promise<ApplyResult> {
+    if (this.busy) throw new SwitchyardError('EBUSY', 'another replace of this dispatcher is under way');
+    this.busy = true;
+    const lock = WriterLock.acquire(this.location);
+    try {
+      if (finishInterruptedGrowth(this.location)) this.reopen();
+      settleTablePins(this.location.dir, this.state.maps.generation);
+      const prepared = this.prepareReplace(next);
+      const built = await builder(prepared.input, prepared.serial, next.order());
+      return this.finishReplace(prepared, built);
+    } finally {
+      lock.release();
+      this.busy = false;
+    }
+  }
+
+  private busy = false;
+
+  /** Everything before the build: checks, the table in force, destinations for every (label, family, protocol). */
+  private prepareReplace(next: BindingTable, before?: BindingTable) {
     const started = performance.now();
     const duplicate = findDuplicate(next, next.order());
     if (duplicate) {
@@ -324,26 +357,31 @@ export class Dispatcher {
       dest[i] = id;
     }
     const serial = (current?.summary.serial ?? 0n) + 1n;
-    const built = buildTable(input, serial, next.order());
+    return { started, input, serial, referenced, diff, capacity: current?.summary.capacityRows ?? MIN_CAPACITY_ROWS, count: next.count };
+  }
+
+  /** Publishes the built table (or grows into a new program), then frees the ids it no longer names. */
+  private finishReplace(prepared: ReturnType<Dispatcher['prepareReplace']>, built: BuiltTable): ApplyResult {
     const builtAt = performance.now();
-    const capacity = current?.summary.capacityRows ?? MIN_CAPACITY_ROWS;
-    if (built.rows <= capacity) publishTable(this.location.dir, maps.generation, built, capacity);
+    const { maps } = this.state;
+    if (built.rows <= prepared.capacity) publishTable(this.location.dir, maps.generation, built, prepared.capacity);
     else this.grow(built);
     const publishedAt = performance.now();
     // Only now may ids the new table no longer names be reused.
+    const destinations = this.destinations();
     for (const d of destinations.all()) {
-      if (!referenced.has(d.id) && this.socketCookie(d.id) === undefined) {
+      if (!prepared.referenced.has(d.id) && this.socketCookie(d.id) === undefined) {
         destinations.release(d.id);
         clearStats(maps.destination_stats, d.id);
       }
     }
     return {
-      serial,
-      bindings: next.count,
-      added: diff.added,
-      removed: diff.removed,
+      serial: prepared.serial,
+      bindings: prepared.count,
+      added: prepared.diff.added,
+      removed: prepared.diff.removed,
       tableBytes: built.bytes.length,
-      buildMs: builtAt - started,
+      buildMs: builtAt - prepared.started,
       publishMs: publishedAt - builtAt,
       inPlace: false,
     };

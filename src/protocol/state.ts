@@ -400,3 +400,19 @@ export function documentOf(state: DesiredState): unknown {
     },
   };
 }
+
+/**
+ * documentOf(state) as JSON text, written directly: a snapshot of 100,000
+ * bindings is encoded once per version for every agent, and building
+ * 100,000 objects to stringify them cost ~0.3 s of the snapshot's 2 s.
+ */
+export function stateJson(state: DesiredState): string {
+  const t = state.bindings;
+  const labels = t.labels.map((label) => JSON.stringify(label));
+  const parts = new Array<string>(t.count);
+  for (let i = 0; i < t.count; i++) {
+    parts[i] = `{"label":${labels[t.labelIndex[i]!]},"protocol":"${t.protocol[i] === IPPROTO.tcp ? 'tcp' : 'udp'}","prefix":"${t.prefixText(i)}","port":${t.port[i]}}`;
+  }
+  const rest = documentOf({ ...state, bindings: new BindingTable(0) }) as { services: unknown; https_only: unknown };
+  return `{"bindings":[${parts.join(',')}],"services":${JSON.stringify(rest.services)},"https_only":${JSON.stringify(rest.https_only)}}`;
+}

@@ -6,8 +6,8 @@ import { History } from '../../src/controlplane/history.js';
 import { AgentSession } from '../../src/agent/session.js';
 import { StateStore } from '../../src/agent/store.js';
 import { parseDesiredState } from '../../src/desired/state.js';
-import { documentOf, stateDigest } from '../../src/protocol/state.js';
-import type { Frame } from '../../src/protocol/messages.js';
+import { documentOf, stateDigest, stateJson } from '../../src/protocol/state.js';
+import type { Frame, Snapshot } from '../../src/protocol/messages.js';
 
 const SERVICES = { cdn: { tcp: [80, 443] }, spectrum: { tcp: [443] } };
 const state = (n: number, extra: Array<[string, string]> = []) =>
@@ -87,6 +87,20 @@ describe('control-plane history, against a real agent session', () => {
     expect(h.frameFor({ have: null, refused: { epoch: 'epoch-1', version: 1 } })!.type).toBe('snapshot');
     expect(h.frameFor({ have: null, refused: null }, { version: 2, withdrawal: true })).toMatchObject({ override: { version: 2, withdrawal: true } });
     expect(h.frameFor({ have: null, refused: null }, { version: 1, withdrawal: true })).not.toHaveProperty('override');
+  });
+
+  it('the snapshot text written from the columns is the document, and validates back to the same digest', () => {
+    const s = parseDesiredState(
+      { bindings: [{ label: 'cdn', protocol: 'udp', prefix: '2001:db8::/48', port: 53 }, { label: 'x"y'.replace('"', '-'), protocol: 'tcp', prefix: '192.0.2.0/24', port: 0 }], services: { cdn: { udp: [53, '1000-2000'] } }, https_only: { prefixes: ['2001:db8::/64'], plaintext_ports: [80] } },
+      'x',
+    );
+    expect(JSON.parse(stateJson(s))).toEqual(documentOf(s));
+    const h = new History(4, 'e');
+    h.publish(s);
+    const frame = h.frameFor({ have: null, refused: null }, { version: 1, withdrawal: true }) as Snapshot;
+    const wire = JSON.parse(h.snapshotText(frame)) as Snapshot;
+    expect(wire).toEqual(JSON.parse(JSON.stringify(frame)));
+    expect(stateDigest(parseDesiredState(wire.state, 'wire'))).toBe(stateDigest(s));
   });
 
   it('snapshots carry a document that validates back to the same digest', () => {

@@ -16,7 +16,7 @@ import { SwitchyardError } from '../errors.js';
 import { checkGuards, type GuardLimits } from './guards.js';
 import type { StateStore } from './store.js';
 import { PROTOCOL_VERSION, parseFrame, type Delta, type Frame, type Hello, type NackCode, type Snapshot, type StateId } from '../protocol/messages.js';
-import { IndexedState, documentOf, type AppliedDelta } from '../protocol/state.js';
+import { IndexedState, documentOf, sameShape, type AppliedDelta } from '../protocol/state.js';
 
 export interface SessionOptions {
   agentId: string;
@@ -43,6 +43,9 @@ interface Current extends StateId {
   indexed: IndexedState;
   ackedAt: number;
 }
+
+/** A snapshot that differs from the state in force by at most max(this, 10 %) bindings is made as a delta. */
+const SNAPSHOT_AS_DELTA_MIN = 64;
 
 /** Deltas logged on top of the snapshot file before it is rewritten (restart replays at most this many). */
 const COMPACT_AFTER_DELTAS = 256;
@@ -184,6 +187,16 @@ export class AgentSession {
     let made: AppliedDelta | undefined;
     if (frame.type === 'snapshot') {
       next = IndexedState.of(parseDesiredState(frame.state, `snapshot ${frame.version}`));
+      // A snapshot close to what is in force (a control plane that restarted,
+      // an agent that reconnects) is made as the delta between them: an
+      // unchanged state costs no kernel write at all.
+      if (c && sameShape(c.state, next.state)) {
+        const delta = c.indexed.diffTo(next);
+        if (delta.add.length + delta.remove.length <= Math.max(SNAPSHOT_AS_DELTA_MIN, c.indexed.bindings.count / 10)) {
+          made = c.indexed.applyDelta(delta, `snapshot ${frame.version} (as a delta)`);
+          next = c.indexed;
+        }
+      }
     } else {
       if (!c || c.epoch !== frame.epoch || c.version !== frame.from_version) {
         throw new Refusal('EGAP', `delta ${frame.from_version} → ${frame.version} of epoch ${frame.epoch} does not start from what this agent has (${c ? `${c.epoch} ${c.version}` : 'nothing'}); send a snapshot`);

@@ -13,7 +13,7 @@
 import crypto from 'node:crypto';
 import type { DesiredState } from '../desired/state.js';
 import type { Delta, Frame, Hello, Snapshot } from '../protocol/messages.js';
-import { IndexedState, documentOf, stateJson, type BindingKey, type StateDelta } from '../protocol/state.js';
+import { IndexedState, documentOf, sameShape, stateJson, type BindingKey, type StateDelta } from '../protocol/state.js';
 import type { Binding } from '../bindings/binding.js';
 import type { BindingChange } from '../firewall/incremental.js';
 
@@ -156,10 +156,4 @@ export class History {
     if (!this.live || frame.version !== this.log[this.log.length - 1]?.version) return JSON.stringify(frame);
     return `${head.slice(0, -1)},"state":${stateJson(this.live.state)}}`;
   }
-}
-
-/** Same service policies and HTTPS-only ranges: the change between the two states is their bindings alone. */
-function sameShape(a: DesiredState, b: DesiredState): boolean {
-  const policies = (s: DesiredState) => JSON.stringify([[...s.services].sort((x, y) => (x[0] < y[0] ? -1 : 1)), s.httpsOnly]);
-  return policies(a) === policies(b);
 }

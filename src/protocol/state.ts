@@ -416,3 +416,9 @@ export function stateJson(state: DesiredState): string {
   const rest = documentOf({ ...state, bindings: new BindingTable(0) }) as { services: unknown; https_only: unknown };
   return `{"bindings":[${parts.join(',')}],"services":${JSON.stringify(rest.services)},"https_only":${JSON.stringify(rest.https_only)}}`;
 }
+
+/** Same service policies and HTTPS-only ranges: the change between the two states is their bindings alone. */
+export function sameShape(a: DesiredState, b: DesiredState): boolean {
+  const policies = (s: DesiredState) => JSON.stringify([[...s.services].sort((x, y) => (x[0] < y[0] ? -1 : 1)), s.httpsOnly.prefixes.map(formatPrefix).sort(), s.httpsOnly.plaintextPorts]);
+  return policies(a) === policies(b);
+}

@@ -152,6 +152,17 @@ describe('agent session (fake transport)', () => {
     expect(last()).toMatchObject({ type: 'ack', version: 2, digest: stateDigest(parse(V2)) });
   });
 
+  it('a snapshot close to the state in force (another epoch: a restarted control plane) is made as the delta between them', async () => {
+    const s = session();
+    await push(s, snapshot(1, V1));
+    await push(s, snapshot(1, V2, 'e2'));
+    expect(last()).toMatchObject({ type: 'ack', epoch: 'e2', version: 1, digest: stateDigest(parse(V2)) });
+    expect(applied[1]!.changes).toEqual([{ binding: { label: 'spectrum', protocol: 'tcp', prefix: '192.0.2.200/32', port: 443 }, removed: false }]);
+    await push(s, snapshot(1, V2, 'e3'));
+    expect(applied[2]!.changes).toEqual([]); // the same content: nothing to write
+    expect(new StateStore(dir).lastKnownGood()).toMatchObject({ epoch: 'e3', version: 1 });
+  });
+
   it('handles pushes one at a time, in order', async () => {
     const s = session();
     await Promise.all([push(s, snapshot(1, V1)), push(s, snapshot(2, V2)), push(s, snapshot(2, V2))]);

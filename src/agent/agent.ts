@@ -155,7 +155,7 @@ export class Agent {
       agentId: config.agentId,
       agentVersion: process.env.npm_package_version ?? '0.1.0',
       store,
-      apply: async (_state, changes, indexed) => {
+      apply: async (indexed, changes) => {
         const kernel = this.local.effective(indexed, changes);
         await this.kernelApply(kernel.state, kernel.changes);
         if (!changes) this.rehearse(indexed);
@@ -306,7 +306,7 @@ export class Agent {
           control_plane: { url: this.config.controlPlane.url, connected: this.client.connected },
           applied: c ? { epoch: c.epoch, version: c.version, digest: c.digest, acked_at: new Date(c.ackedAt).toISOString() } : null,
           refused: this.session.hello().refused,
-          bindings: { control_plane: cp.bindings.count, kernel: this.local.effective(cp, undefined).state.bindings.count, local_overrides: this.local.size },
+          bindings: { control_plane: cp.bindings.count, kernel: this.local.kernelState(cp).bindings.count, local_overrides: this.local.size },
           overrides: this.local.list(),
         };
       }
@@ -322,7 +322,7 @@ export class Agent {
             await this.kernelApply(change.state, change.changes);
           } catch (err) {
             change.revert();
-            await this.kernelApply(this.local.effective(cp, undefined).state, undefined).catch(() => {});
+            await this.kernelApply(this.local.effective(cp, undefined).state, undefined).catch(() => {}); // rebuilt: the reverted overrides
             throw err;
           }
           this.log.warn({ op: request.op, by, changes: change.changes.length }, 'local override changed');
@@ -367,7 +367,7 @@ export class Agent {
     this.resync = setInterval(() => {
       const c = this.session.applied;
       if (!c) return;
-      this.firewallSync(this.local.effective(c.indexed, undefined).state).then(
+      this.firewallSync(this.local.kernelState(c.indexed)).then(
         (result) => {
           if (!result.changed) return;
           this.metrics.firewallRepairs.inc();

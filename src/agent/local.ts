@@ -106,6 +106,12 @@ export class LocalLayer {
     return { state: this.effectiveState.state, changes: undefined };
   }
 
+  /** What the kernel holds for the control plane's state `cp` (no rebuild while the overrides' copy is current). */
+  kernelState(cp: IndexedState): DesiredState {
+    if (this.overrides.size === 0) return cp.state;
+    return this.effectiveState?.state ?? this.effective(cp, undefined).state;
+  }
+
   /**
    * A local bind (`binding`) or unbind (`key`), checked against the control
    * plane's state `cp`; persisted; returns the kernel changes to make and
@@ -147,18 +153,20 @@ export class LocalLayer {
         throw new SwitchyardError('EINVAL_BINDING', `local unbind: no binding ${keyText(key)} ${o ? '(already masked locally)' : 'in force'}`, { entry: keyText(key) });
       }
     }
-    const revert = () => {
+    const restore = () => {
       this.overrides.clear();
       for (const [k, v] of before) this.overrides.set(k, v);
-      this.save();
     };
     try {
       this.save();
     } catch (err) {
-      this.overrides.clear();
-      for (const [k, v] of before) this.overrides.set(k, v);
+      restore();
       throw err;
     }
+    const revert = () => {
+      restore();
+      this.save();
+    };
     return { ...this.effective(cp, undefined), changes, revert };
   }
 

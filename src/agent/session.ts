@@ -10,20 +10,20 @@
  * known good state stays in force. A push of the version already applied is
  * acknowledged again without applying (idempotent redelivery).
  */
-import { type DesiredState, parseDesiredState } from '../desired/state.js';
+import { parseDesiredState, policiesText } from '../desired/state.js';
 import type { BindingChange } from '../firewall/incremental.js';
 import { SwitchyardError } from '../errors.js';
 import { checkGuards, type GuardLimits } from './guards.js';
 import type { StateStore } from './store.js';
 import { PROTOCOL_VERSION, parseFrame, type Delta, type Frame, type Hello, type NackCode, type Snapshot, type StateId } from '../protocol/messages.js';
-import { IndexedState, documentOf, sameShape, type AppliedDelta } from '../protocol/state.js';
+import { IndexedState, documentOf, type AppliedDelta } from '../protocol/state.js';
 
 export interface SessionOptions {
   agentId: string;
   agentVersion: string;
   store: StateStore;
   /** Brings the data plane and the firewall to `state` (`changes`: the binding delta, when it is one). Throws when the kernel refuses. */
-  apply: (state: DesiredState, changes: BindingChange[] | undefined, indexed: IndexedState) => Promise<void>;
+  apply: (next: IndexedState, changes: BindingChange[] | undefined) => Promise<void>;
   /** Bindings overridden locally, for heartbeats. */
   localOverrides?: () => number;
   send: (frame: Frame) => void;
@@ -39,7 +39,6 @@ export interface SessionOptions {
 }
 
 interface Current extends StateId {
-  state: DesiredState;
   indexed: IndexedState;
   ackedAt: number;
 }
@@ -97,8 +96,8 @@ export class AgentSession {
       id = { epoch: d.epoch, version: d.version, ackedAt: d.acked_at };
     }
     this.loggedDeltas = deltas.length;
-    await this.options.apply(indexed.state, undefined, indexed);
-    this.current = { epoch: id.epoch, version: id.version, digest: indexed.digest, state: indexed.state, indexed, ackedAt: id.ackedAt };
+    await this.options.apply(indexed, undefined);
+    this.current = { epoch: id.epoch, version: id.version, digest: indexed.digest, indexed, ackedAt: id.ackedAt };
   }
 
   hello(capabilities: string[] = ['delta']): Hello {
@@ -190,7 +189,7 @@ export class AgentSession {
       // A snapshot close to what is in force (a control plane that restarted,
       // an agent that reconnects) is made as the delta between them: an
       // unchanged state costs no kernel write at all.
-      if (c && sameShape(c.state, next.state)) {
+      if (c && policiesText(c.indexed.state) === policiesText(next.state)) {
         const delta = c.indexed.diffTo(next);
         if (delta.add.length + delta.remove.length <= Math.max(SNAPSHOT_AS_DELTA_MIN, c.indexed.bindings.count / 10)) {
           made = c.indexed.applyDelta(delta, `snapshot ${frame.version} (as a delta)`);
@@ -222,18 +221,18 @@ export class AgentSession {
     phase('guarded', { override });
     store.markApplying({ epoch: frame.epoch, version: frame.version, started_at: this.now() });
     try {
-      await this.options.apply(next.state, changes, next);
+      await this.options.apply(next, changes);
     } catch (err) {
       // The kernel refused: put the last known good back (best effort) and report.
       made?.undo();
       store.clearApplying();
-      if (c) await this.options.apply(c.state, undefined, c.indexed).catch(() => {});
+      if (c) await this.options.apply(c.indexed, undefined).catch(() => {});
       throw new Refusal('EAPPLY', `applying version ${frame.version} failed: ${(err as Error).message}; the last known good state (${c ? c.version : 'none'}) stays`);
     }
     phase('applied');
-    const applied: Current = { epoch: frame.epoch, version: frame.version, digest, state: next.state, indexed: next, ackedAt: this.now() };
+    const applied: Current = { epoch: frame.epoch, version: frame.version, digest, indexed: next, ackedAt: this.now() };
     if (frame.type === 'snapshot') {
-      store.saveLastKnownGood({ epoch: applied.epoch, version: applied.version, digest, state: undefined, acked_at: applied.ackedAt }, text);
+      store.saveSnapshotFrame(text, applied.ackedAt);
       this.loggedDeltas = 0;
     } else {
       store.appendDelta({ epoch: frame.epoch, version: frame.version, from_version: frame.from_version, digest, add: frame.add, remove: frame.remove, acked_at: applied.ackedAt });
@@ -252,7 +251,7 @@ export class AgentSession {
   private compact(): void {
     const c = this.current;
     if (!c) return;
-    this.options.store.saveLastKnownGood({ epoch: c.epoch, version: c.version, digest: c.digest, state: documentOf(c.state), acked_at: c.ackedAt });
+    this.options.store.saveLastKnownGood({ epoch: c.epoch, version: c.version, digest: c.digest, state: documentOf(c.indexed.state), acked_at: c.ackedAt });
     this.loggedDeltas = 0;
   }
 

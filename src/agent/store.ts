@@ -98,15 +98,19 @@ export class StateStore {
     return { epoch: s.epoch!, version: s.version!, digest: s.digest!, state: s.state, acked_at: file.acked_at };
   }
 
+  /** A new snapshot, from the state (serialised here). */
+  saveLastKnownGood(lkg: LastKnownGood): void {
+    this.saveSnapshotFrame(JSON.stringify({ type: 'snapshot', epoch: lkg.epoch, version: lkg.version, digest: lkg.digest, state: lkg.state }), lkg.acked_at);
+  }
+
   /**
-   * A new snapshot: `frameText` is the snapshot frame as received (already
-   * validated; stored as is rather than serialised again), or the state to
-   * serialise. The delta log is emptied after the snapshot is durable (a
-   * crash in between leaves deltas that no longer chain onto it: skipped).
+   * A new snapshot: the snapshot frame's text as received (already
+   * validated; stored as is rather than serialised again). The delta log is
+   * emptied after the snapshot is durable (a crash in between leaves deltas
+   * that no longer chain onto it: skipped).
    */
-  saveLastKnownGood(lkg: LastKnownGood, frameText?: string): void {
-    const snapshot = frameText ?? JSON.stringify({ type: 'snapshot', epoch: lkg.epoch, version: lkg.version, digest: lkg.digest, state: lkg.state });
-    writeAtomic(path.join(this.dir, LKG), `{"acked_at":${JSON.stringify(lkg.acked_at)},"snapshot":${snapshot}}`);
+  saveSnapshotFrame(frameText: string, ackedAt: number): void {
+    writeAtomic(path.join(this.dir, LKG), `{"acked_at":${JSON.stringify(ackedAt)},"snapshot":${frameText}}`);
     // Emptied, not removed: the next delta appends without creating a file.
     fs.writeFileSync(path.join(this.dir, DELTAS), '', { mode: 0o600 });
   }

@@ -11,17 +11,16 @@
  * again as is; it gets the next version when there is one. Pure.
  */
 import crypto from 'node:crypto';
-import type { DesiredState } from '../desired/state.js';
+import { policiesText, type DesiredState } from '../desired/state.js';
 import type { Delta, Frame, Hello, Snapshot } from '../protocol/messages.js';
-import { IndexedState, documentOf, sameShape, stateJson, type BindingKey, type StateDelta } from '../protocol/state.js';
+import { IndexedState, documentOf, stateJson, type BindingKey, type StateDelta } from '../protocol/state.js';
 import type { Binding } from '../bindings/binding.js';
-import type { BindingChange } from '../firewall/incremental.js';
 
 interface Version {
   version: number;
   digest: string;
   /** The change from the version before, in canonical spelling; undefined when services or HTTPS-only ranges changed too (snapshot only). */
-  changes: BindingChange[] | undefined;
+  delta: StateDelta | undefined;
 }
 
 /** Versions kept for deltas hold at most this many binding changes in all (memory stays bounded). */
@@ -34,18 +33,18 @@ const keyText = (b: BindingKey) => `${b.protocol} ${b.prefix} ${b.port}`;
  * again is sent as removed and added (a relabel, or the same binding); a
  * key added then removed is not sent at all.
  */
-function compose(steps: BindingChange[][]): StateDelta {
+function compose(steps: StateDelta[]): StateDelta {
   const net = new Map<string, { removed?: BindingKey; added?: Binding }>();
+  // Within a step removals come first (a relabel is a removal and an addition of the key).
   for (const step of steps) {
-    for (const { binding, removed } of step) {
-      const k = keyText(binding);
+    for (const key of step.remove) {
+      const k = keyText(key);
       const e = net.get(k);
-      if (!removed) net.set(k, { ...e, added: binding });
-      else if (e?.added) {
-        if (e.removed) delete e.added;
-        else net.delete(k); // added within the window, gone again: nothing to send
-      } else net.set(k, { removed: { protocol: binding.protocol, prefix: binding.prefix, port: binding.port } });
+      if (!e) net.set(k, { removed: key });
+      else if (e.removed) delete e.added;
+      else net.delete(k); // added within the window, gone again: nothing to send
     }
+    for (const binding of step.add) net.set(keyText(binding), { ...net.get(keyText(binding)), added: binding });
   }
   const add: Binding[] = [];
   const remove: BindingKey[] = [];
@@ -75,22 +74,12 @@ export class History {
     return v && this.live ? { ...v, state: this.live.state } : undefined;
   }
 
-  /** The current state with its index (for validation of the next change). */
-  get currentIndexed(): IndexedState | undefined {
-    return this.live;
-  }
-
   /** Publishes a whole state: a new version unless it is the current state already. */
   publish(state: DesiredState): { version: number; digest: string; changed: boolean } {
     const next = IndexedState.of(state);
     const live = this.live;
     if (live && live.digest === next.digest) return { version: this.log[this.log.length - 1]!.version, digest: next.digest, changed: false };
-    let changes: BindingChange[] | undefined;
-    if (live && sameShape(live.state, state)) {
-      const d = live.diffTo(next);
-      changes = [...d.remove.map((k) => ({ binding: { ...k, label: '' } as Binding, removed: true })), ...d.add.map((b) => ({ binding: b, removed: false }))];
-    }
-    return this.push(next, changes);
+    return this.push(next, live && policiesText(live.state) === policiesText(state) ? live.diffTo(next) : undefined);
   }
 
   /**
@@ -109,16 +98,18 @@ export class History {
       return { version: this.log[this.log.length - 1]!.version, digest: before, changed: false };
     }
     this.snapshotDoc = undefined;
-    return this.push(live, made.changes);
+    const key = ({ protocol, prefix, port }: BindingKey): BindingKey => ({ protocol, prefix, port });
+    return this.push(live, { remove: made.changes.filter((c) => c.removed).map((c) => key(c.binding)), add: made.changes.filter((c) => !c.removed).map((c) => c.binding) });
   }
 
-  private push(next: IndexedState, changes: BindingChange[] | undefined): { version: number; digest: string; changed: true } {
+  private push(next: IndexedState, delta: StateDelta | undefined): { version: number; digest: string; changed: true } {
     const version = (this.log[this.log.length - 1]?.version ?? 0) + 1;
     this.live = next;
-    this.log.push({ version, digest: next.digest, changes });
+    this.log.push({ version, digest: next.digest, delta });
+    const size = (v: Version) => (v.delta ? v.delta.add.length + v.delta.remove.length : 0);
     let logged = 0;
-    for (const v of this.log) logged += v.changes?.length ?? 0;
-    while (this.log.length > this.limit || (this.log.length > 1 && logged > MAX_LOGGED_CHANGES)) logged -= this.log.shift()!.changes?.length ?? 0;
+    for (const v of this.log) logged += size(v);
+    while (this.log.length > this.limit || (this.log.length > 1 && logged > MAX_LOGGED_CHANGES)) logged -= size(this.log.shift()!);
     return { version, digest: next.digest, changed: true };
   }
 
@@ -134,9 +125,9 @@ export class History {
     }
     const at = have && have.epoch === this.epoch ? this.log.findIndex((v) => v.version === have.version && v.digest === have.digest) : -1;
     const withOverride = override && override.version === c.version ? { override } : {};
-    const steps = at >= 0 ? this.log.slice(at + 1).map((v) => v.changes) : [];
+    const steps = at >= 0 ? this.log.slice(at + 1).map((v) => v.delta) : [];
     if (steps.length > 0 && steps.every((x) => x !== undefined)) {
-      const delta: Delta = { type: 'delta', epoch: this.epoch, version: c.version, from_version: have!.version, digest: c.digest, ...compose(steps as BindingChange[][]), ...withOverride };
+      const delta: Delta = { type: 'delta', epoch: this.epoch, version: c.version, from_version: have!.version, digest: c.digest, ...compose(steps as StateDelta[]), ...withOverride };
       // A delta bigger than the state itself is not worth it.
       if (delta.add.length + delta.remove.length < this.live.bindings.count) return delta;
     }

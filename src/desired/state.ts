@@ -59,6 +59,22 @@ export function normalizeRanges(ranges: Array<readonly [number, number]>): PortR
   return out;
 }
 
+const rangesText = (r: PortRanges) => r.map(([lo, hi]) => (lo === hi ? `${lo}` : `${lo}-${hi}`)).join(',');
+
+/**
+ * The canonical text of everything in a state but its bindings: service
+ * policies by label, HTTPS-only prefixes sorted, the plaintext ports. The
+ * same meaning gives the same text (the state digest hashes it; a delta
+ * can only be sent, or planned incrementally, while it stays the same).
+ */
+export function policiesText(state: DesiredState): string {
+  const lines: string[] = [];
+  for (const [label, p] of [...state.services].sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0))) lines.push(`service ${label} tcp ${rangesText(p.tcp)} udp ${rangesText(p.udp)}\n`);
+  for (const p of state.httpsOnly.prefixes.map(formatPrefix).sort()) lines.push(`https-only ${p}\n`);
+  lines.push(`plaintext-ports ${rangesText(state.httpsOnly.plaintextPorts)}\n`);
+  return lines.join('');
+}
+
 export function rangesContain(ranges: PortRanges, port: number): boolean {
   for (const [lo, hi] of ranges) if (port >= lo && port <= hi) return true;
   return false;

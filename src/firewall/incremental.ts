@@ -9,9 +9,9 @@
  * which port sets are empty stay the same; anything else (and a /0) goes
  * the full way. `model.update` is pure: the model it returns is new.
  */
-import { type Family, type Prefix, formatPrefix, maskWords } from '../net/address.js';
+import { type Family, type Prefix, maskWords } from '../net/address.js';
 import { parseBindingPrefix, type Binding } from '../bindings/binding.js';
-import type { DesiredState } from '../desired/state.js';
+import { policiesText, type DesiredState } from '../desired/state.js';
 import {
   type FirewallPlan,
   type IpSet,
@@ -42,10 +42,6 @@ export interface SetDelta {
 
 const FAMILIES = [4, 6] as const;
 
-/** Policies and HTTPS-only ranges as one comparable string (they shape every set). */
-function policyKey(state: DesiredState): string {
-  return JSON.stringify([[...state.services].sort((a, b) => (a[0] < b[0] ? -1 : 1)), state.httpsOnly.plaintextPorts, state.httpsOnly.prefixes.map(formatPrefix).sort()]);
-}
 
 /** First index (of items or entries sorted by prefix) whose prefix sorts at or after `key`. */
 function lowerBound(items: ReadonlyArray<{ prefix: Prefix }>, key: Prefix): number {
@@ -120,7 +116,7 @@ export class FirewallModel {
       families: [familyPlan(state, 4, v4.items, v4.presorted, skeletons[4]), familyPlan(state, 6, v6.items, v6.presorted, skeletons[6])],
     };
     const counts = { 4: countSkeleton(v4.items), 6: countSkeleton(v6.items) };
-    return new FirewallModel(state, plan, { 4: v4.items, 6: v6.items }, skeletons, counts, policyKey(state), v4.presorted && v6.presorted);
+    return new FirewallModel(state, plan, { 4: v4.items, 6: v6.items }, skeletons, counts, policiesText(state), v4.presorted && v6.presorted);
   }
 
   /**
@@ -129,7 +125,7 @@ export class FirewallModel {
    * undefined when the change needs the full planner.
    */
   update(next: DesiredState, changes: BindingChange[]): { model: FirewallModel; deltas: SetDelta[] } | undefined {
-    if (!this.presorted || policyKey(next) !== this.policies) return undefined;
+    if (!this.presorted || policiesText(next) !== this.policies) return undefined;
     const items = { 4: this.items[4], 6: this.items[6] };
     const counts = { 4: new Map(this.counts[4]), 6: new Map(this.counts[6]) };
     const count = (f: Family, item: PlanItem, by: number) => {

@@ -27,7 +27,7 @@ import crypto from 'node:crypto';
 import { SwitchyardError } from '../errors.js';
 import { BindingTable, IPPROTO, parseBindingList, parseBindingPrefix, parsePort, parseProtocol, protocolName, type Binding } from '../bindings/binding.js';
 import { formatPrefix, type Prefix } from '../net/address.js';
-import type { DesiredState, PortRanges } from '../desired/state.js';
+import { policiesText, type DesiredState } from '../desired/state.js';
 import type { BindingChange } from '../firewall/incremental.js';
 
 /** A binding's key as a delta names it for removal. */
@@ -84,7 +84,6 @@ function labelHash(label: string): number {
 
 const LANE_SEEDS = [0x9e3779b9, 0x85ebca6b, 0xc2b2ae35, 0x27d4eb2f] as const;
 const EMPTY = -1;
-const rangesText = (r: PortRanges) => r.map(([lo, hi]) => (lo === hi ? `${lo}` : `${lo}-${hi}`)).join(',');
 const tableHead = (t: BindingTable, i: number) => keyHead(t.family[i]!, t.protocol[i]!, t.prefixLen[i]!);
 const destinationKey = (t: BindingTable, i: number) => t.labelIndex[i]! * 16 + t.family[i]! + (t.protocol[i] === IPPROTO.tcp ? 0 : 8);
 const bump = <K>(m: Map<K, number>, k: K, by: number) => {
@@ -156,9 +155,7 @@ export class IndexedState {
       const s = this.state;
       const hash = crypto.createHash('sha256');
       hash.update(`switchyard-state 2\nbindings ${s.bindings.count} ${[...this.lanes].map((x) => x.toString(16).padStart(8, '0')).join('')}\n`);
-      for (const [label, p] of [...s.services].sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0))) hash.update(`service ${label} tcp ${rangesText(p.tcp)} udp ${rangesText(p.udp)}\n`);
-      for (const p of s.httpsOnly.prefixes.map(formatPrefix).sort()) hash.update(`https-only ${p}\n`);
-      hash.update(`plaintext-ports ${rangesText(s.httpsOnly.plaintextPorts)}\n`);
+      hash.update(policiesText(s));
       this.cachedDigest = `sha256:${hash.digest('hex')}`;
     }
     return this.cachedDigest;
@@ -415,10 +412,4 @@ export function stateJson(state: DesiredState): string {
   }
   const rest = documentOf({ ...state, bindings: new BindingTable(0) }) as { services: unknown; https_only: unknown };
   return `{"bindings":[${parts.join(',')}],"services":${JSON.stringify(rest.services)},"https_only":${JSON.stringify(rest.https_only)}}`;
-}
-
-/** Same service policies and HTTPS-only ranges: the change between the two states is their bindings alone. */
-export function sameShape(a: DesiredState, b: DesiredState): boolean {
-  const policies = (s: DesiredState) => JSON.stringify([[...s.services].sort((x, y) => (x[0] < y[0] ? -1 : 1)), s.httpsOnly.prefixes.map(formatPrefix).sort(), s.httpsOnly.plaintextPorts]);
-  return policies(a) === policies(b);
 }

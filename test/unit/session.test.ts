@@ -28,9 +28,9 @@ describe('agent session (fake transport)', () => {
       agentVersion: 'test',
       store: new StateStore(dir),
       send: (f) => sent.push(f),
-      apply: async (state, changes) => {
+      apply: async (next, changes) => {
         if (failApply) throw new Error('iptables-restore failed');
-        applied.push({ state, changes });
+        applied.push({ state: next.state, changes });
       },
       limits: { maxBindings: 1000, withdrawalShare: 0.05, withdrawalMin: 1 },
     });

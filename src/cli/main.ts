@@ -53,6 +53,14 @@ function usageError(message: string): SwitchyardError {
   return new SwitchyardError('EINVAL_ARGUMENT', message);
 }
 
+/** A command whose one optional argument names a subcommand (`agent status`); none runs `main`. */
+function subcommand<T>(args: string[], usage: string, subs: Record<string, () => T>, main: () => T): T {
+  if (args.length === 0) return main();
+  const sub = args.length === 1 && Object.prototype.hasOwnProperty.call(subs, args[0]!) ? subs[args[0]!] : undefined;
+  if (!sub) throw usageError(`unexpected argument ${JSON.stringify(args.join(' '))}: ${usage}`);
+  return sub();
+}
+
 function expectArgs(args: string[], count: number, usage: string): void {
   if (args.length !== count) throw usageError(`expected ${count} argument${count === 1 ? '' : 's'}: ${usage}`);
 }
@@ -328,9 +336,7 @@ const COMMANDS: Record<string, Command> = {
       "the daemon: load or open the dispatcher, restore the last known good state, connect to the control plane (WSS, pinned CA, bearer token), apply pushes to the dispatcher and the firewall and acknowledge them; serves an admin socket (root) and a registration socket; runs until SIGTERM, logs JSON lines. `agent status` asks a running agent (default socket /run/switchyard/admin.sock): the applied version, the connection, where the bindings come from (control plane, local overrides)",
     options: { config: { type: 'string' }, socket: { type: 'string' } },
     run(args, flags, out) {
-      if (args[0] === 'status' && args.length === 1) return agentStatus(flags, out);
-      if (args.length > 0) throw usageError(`unexpected argument ${JSON.stringify(args[0])}: ${this.usage}`);
-      return agentCommand(flags);
+      return subcommand<number | Promise<number>>(args, this.usage, { status: () => agentStatus(flags, out) }, () => agentCommand(flags));
     },
   },
   local: {
@@ -348,10 +354,7 @@ const COMMANDS: Record<string, Command> = {
       'the reference control plane: validates the state file (and again whenever it changes), versions it, and pushes it to the agents holding a token in --tokens ({"agent-id": "token"}, mode 600) over WSS; GET /status (agent or admin token) shows each agent. `control-plane status` prints that view: per agent connected or not, the applied version, a push in flight, the last heartbeat and the last NACK. `control-plane override --version N` (admin token) confirms that the withdrawal the current version makes is meant: it is pushed again, with the guard override, to the agents that refused it',
     options: { state: { type: 'string' }, listen: { type: 'string' }, cert: { type: 'string' }, key: { type: 'string' }, tokens: { type: 'string' }, 'admin-token-file': { type: 'string' }, url: { type: 'string' }, ca: { type: 'string' }, 'token-file': { type: 'string' }, version: { type: 'string' } },
     run(args, flags, out) {
-      if (args[0] === 'status' && args.length === 1) return controlPlaneStatus(flags, out);
-      if (args[0] === 'override' && args.length === 1) return controlPlaneOverride(flags, out);
-      if (args.length > 0) throw usageError(`unexpected argument ${JSON.stringify(args[0])}: ${this.usage}`);
-      return controlPlaneCommand(flags);
+      return subcommand(args, this.usage, { status: () => controlPlaneStatus(flags, out), override: () => controlPlaneOverride(flags, out) }, () => controlPlaneCommand(flags));
     },
   },
   firewall: {

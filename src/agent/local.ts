@@ -36,10 +36,10 @@ export interface Override {
 const FILE = 'local.json';
 const keyText = (k: BindingKey) => `${k.protocol} ${k.prefix} ${k.port}`;
 
-/** A key as operators may write it, in canonical spelling. */
-export function canonicalKey(key: { protocol: unknown; prefix: unknown; port: unknown }, entry: string): BindingKey {
+/** A key as operators may write it (a bare address is a /32 or /128; `fromText`: the port as CLI text), in canonical spelling. */
+export function canonicalKey(key: { protocol: unknown; prefix: unknown; port: unknown }, entry: string, fromText = false): BindingKey {
   const protocol = parseProtocol(key.protocol, entry);
-  return { protocol, prefix: formatPrefix(parseBindingPrefix(key.prefix, entry, true)), port: parsePort(key.port, entry) };
+  return { protocol, prefix: formatPrefix(parseBindingPrefix(key.prefix, entry, true)), port: parsePort(key.port, entry, fromText) };
 }
 
 export class LocalLayer {

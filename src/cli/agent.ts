@@ -5,11 +5,10 @@
  * and `load-bindings` from writing behind the agent's back.
  */
 import { SwitchyardError } from '../errors.js';
-import { formatPrefix } from '../net/address.js';
-import { parseBindingPrefix, parseLabel, parsePort, parseProtocol } from '../bindings/binding.js';
+import { parseLabel } from '../bindings/binding.js';
 import { adminRequest } from '../agent/admin.js';
 import { DEFAULT_ADMIN_SOCKET } from '../agent/agent.js';
-import type { Override } from '../agent/local.js';
+import { canonicalKey, type Override } from '../agent/local.js';
 import type { Location } from '../dispatcher/state.js';
 
 type Out = { data(value: unknown, human: () => string): void };
@@ -50,11 +49,7 @@ export function localCommand(args: string[], flags: Record<string, unknown>, out
   const expect = (n: number) => {
     if (rest.length !== n) throw new SwitchyardError('EINVAL_ARGUMENT', `expected: ${LOCAL_USAGE}`);
   };
-  const key = (protocol: string, prefix: string, port: string, entry: string) => ({
-    protocol: parseProtocol(protocol, entry),
-    prefix: formatPrefix(parseBindingPrefix(prefix, entry, true)),
-    port: parsePort(port, entry, true),
-  });
+  const key = (protocol: string, prefix: string, port: string, entry: string) => canonicalKey({ protocol, prefix, port }, entry, true);
   switch (sub) {
     case 'bind': {
       expect(4);

@@ -85,6 +85,11 @@ function labelHash(label: string): number {
 const LANE_SEEDS = [0x9e3779b9, 0x85ebca6b, 0xc2b2ae35, 0x27d4eb2f] as const;
 const EMPTY = -1;
 const tableHead = (t: BindingTable, i: number) => keyHead(t.family[i]!, t.protocol[i]!, t.prefixLen[i]!);
+/** Binding i of `t` has the key (head, port, address words a[at..at+3]). */
+const hasKey = (t: BindingTable, i: number, head: number, port: number, a: ArrayLike<number>, at: number) => {
+  const b = i * 4;
+  return t.port[i] === port && tableHead(t, i) === head && t.addr[b] === a[at] && t.addr[b + 1] === a[at + 1] && t.addr[b + 2] === a[at + 2] && t.addr[b + 3] === a[at + 3];
+};
 const destinationKey = (t: BindingTable, i: number) => t.labelIndex[i]! * 16 + t.family[i]! + (t.protocol[i] === IPPROTO.tcp ? 0 : 8);
 const bump = <K>(m: Map<K, number>, k: K, by: number) => {
   const n = (m.get(k) ?? 0) + by;
@@ -178,8 +183,7 @@ export class IndexedState {
     for (let s = hashKey(0, head, port, a, at, undefined) & mask; ; s = (s + 1) & mask) {
       const i = this.slots[s]!;
       if (i === EMPTY) return -1;
-      const b = i * 4;
-      if (t.port[i] === port && tableHead(t, i) === head && t.addr[b] === a[at] && t.addr[b + 1] === a[at + 1] && t.addr[b + 2] === a[at + 2] && t.addr[b + 3] === a[at + 3]) return i;
+      if (hasKey(t, i, head, port, a, at)) return i;
     }
   }
 
@@ -198,7 +202,7 @@ export class IndexedState {
         this.slots[s] = i;
         return EMPTY;
       }
-      if (t.port[j] === t.port[i] && tableHead(t, j) === tableHead(t, i) && t.addr[j * 4] === t.addr[i * 4] && t.addr[j * 4 + 1] === t.addr[i * 4 + 1] && t.addr[j * 4 + 2] === t.addr[i * 4 + 2] && t.addr[j * 4 + 3] === t.addr[i * 4 + 3]) return j;
+      if (hasKey(t, j, tableHead(t, i), t.port[i]!, t.addr, i * 4)) return j;
     }
   }
 

@@ -63,6 +63,31 @@ export interface Observed {
 export interface ScriptLine {
   text: string;
   what?: string;
+  /**
+   * How many input lines `text` holds (1 when absent): a set's fill is one
+   * ScriptLine of an `add` per entry, not a hundred thousand objects (and
+   * never a spread of them: V8's stack holds about 120,000 arguments).
+   */
+  lines?: number;
+}
+
+/** The input line `n` (1-based) of a script, for error messages: a line of a fill block comes out on its own. */
+export function lineAt(script: ScriptLine[], n: number): ScriptLine | undefined {
+  let start = 1;
+  for (const line of script) {
+    const count = line.lines ?? 1;
+    if (n < start + count) return count === 1 ? line : { text: line.text.split('\n')[n - start]! };
+    start += count;
+  }
+  return undefined;
+}
+
+/** A set's entries as one block of `add` lines. */
+function fill(name: string, entries: string[]): ScriptLine[] {
+  if (entries.length === 0) return [];
+  const lines = new Array<string>(entries.length);
+  for (let i = 0; i < entries.length; i++) lines[i] = `add ${name} ${entries[i]}`;
+  return [{ text: lines.join('\n'), lines: entries.length }];
 }
 
 export function describe(line: ScriptLine): string {
@@ -117,16 +142,26 @@ export function isEmpty(changes: Changes): boolean {
  * first apply, and the tool is single-threaded.
  */
 export function createChunks(changes: Changes): ScriptLine[][] {
-  const groups: ScriptLine[][] = [];
+  type Group = { script: ScriptLine[]; size: number };
+  const groups: Group[] = [];
   for (const f of [4, 6] as const) {
     for (const line of changes.families[f].creates) {
-      if (line.text.startsWith('create ') || line.text.startsWith('destroy ') || groups.length === 0) groups.push([]);
-      groups[groups.length - 1]!.push(line);
+      if (line.text.startsWith('create ') || line.text.startsWith('destroy ') || groups.length === 0) groups.push({ script: [], size: 0 });
+      const group = groups[groups.length - 1]!;
+      group.script.push(line);
+      group.size += line.lines ?? 1;
     }
   }
-  const chunks: ScriptLine[][] = [[], []];
-  for (const g of groups.sort((a, b) => b.length - a.length)) (chunks[0]!.length <= chunks[1]!.length ? chunks[0]! : chunks[1]!).push(...g);
-  return chunks.filter((c) => c.length > 0);
+  const chunks: Group[] = [
+    { script: [], size: 0 },
+    { script: [], size: 0 },
+  ];
+  for (const g of groups.sort((a, b) => b.size - a.size)) {
+    const chunk = chunks[0]!.size <= chunks[1]!.size ? chunks[0]! : chunks[1]!;
+    chunk.script = chunk.script.concat(g.script);
+    chunk.size += g.size;
+  }
+  return chunks.filter((c) => c.script.length > 0).map((c) => c.script);
 }
 
 /** The inverse of a narrowing line (`add … nomatch` ↔ `del …`, `del` of a match entry ↔ `add`). */
@@ -151,9 +186,8 @@ function setChanges(family: FamilyPlan, observed: Observed, out: { create: Scrip
     // as many entries as wanted, with the same order-free digest.
     if (have && have.list.length === set.entries.length && have.digest === setDigest(set.entries.map(entryText))) continue;
     const want = set.entries.map(entryText);
-    const fill = (name: string) => want.map((e) => ({ text: `add ${name} ${e}` }));
     if (!have) {
-      out.create.push({ text: createLine(set, want.length), what: `set ${set.name}` }, ...fill(set.name));
+      out.create.push({ text: createLine(set, want.length), what: `set ${set.name}` }, ...fill(set.name, want));
       summary.setsCreated++;
       summary.entriesAdded += want.length;
       continue;
@@ -167,7 +201,7 @@ function setChanges(family: FamilyPlan, observed: Observed, out: { create: Scrip
       const temporary = temporarySetName(set.name);
       out.swap.push(
         { text: createLine(set, want.length, temporary), what: `set ${set.name} (its replacement ${temporary})` },
-        ...fill(temporary),
+        ...fill(temporary, want),
         { text: `swap ${temporary} ${set.name}`, what: `set ${set.name} (swap)` },
         { text: `destroy ${temporary}`, what: `set ${set.name} (old content)` },
       );
@@ -331,7 +365,7 @@ export interface ApplyResult {
 /** Maps a tool's "line N" complaint back to the object that line was about. */
 function failure(tool: string, lines: ScriptLine[], stderr: string): SwitchyardError {
   const m = /(?:Error in line|line:?|at line:?)\s*(\d+)/i.exec(stderr);
-  const line = m ? lines[Number(m[1]) - 1] : undefined;
+  const line = m ? lineAt(lines, Number(m[1])) : undefined;
   const detail = stderr.trim().split('\n').filter((l) => l && !l.startsWith('Try `')).join('; ');
   return new SwitchyardError('EFIREWALL', `${tool} failed${line ? ` on ${describe(line)} (${JSON.stringify(line.text)})` : ''}: ${detail}`, {
     entry: line ? describe(line) : tool,

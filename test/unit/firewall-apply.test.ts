@@ -194,6 +194,34 @@ describe('firewall applier (fake tools)', () => {
     expect(fake.sets.has('sy4-udp-l-a')).toBe(false);
   });
 
+  it('writes a set of 150,000 entries, and names the entry of a failing fill line', async () => {
+    // One /24 per binding: the managed set and the label's set have 150,000 entries each.
+    const doc: Doc = {
+      bindings: Array.from({ length: 150_000 }, (_, i) => ({ label: 'a', protocol: 'udp', prefix: `${10 + (i >> 16)}.${(i >> 8) & 255}.${i & 255}.0/24`, port: 0 })),
+      services: { a: { udp: [53] } },
+    };
+    const big = plan(doc);
+    const fake = new FakeNetfilter();
+    const fw = new Firewall(fake);
+    const changes = planChanges(big, await fw.observe());
+    const chunks = createChunks(changes);
+    expect(chunks.flat().reduce((n, l) => n + (l.lines ?? 1), 0)).toBe(3 + 300_000); // three creates (sy6-managed is empty), two fills
+    // Line 100,002 of the chunk that fills sy4-managed (its create, then 150,000 adds).
+    const managed = chunks.findIndex((c) => c[0]!.text.startsWith('create sy4-managed'));
+    fake.run = ((run) => {
+      let calls = 0;
+      return (argv, options) => {
+        if (argv.join(' ') === 'ipset -exist restore' && calls++ === managed) fake.fail = { tool: /^ipset/, line: 100_002 };
+        return run(argv, options);
+      };
+    })(fake.run.bind(fake));
+    await expect(fw.apply(big)).rejects.toThrow(/on set sy4-managed entry 11\.134\.160\.0\/24 \("add sy4-managed 11\.134\.160\.0\/24"\)/);
+    fake.run = FakeNetfilter.prototype.run.bind(fake);
+    await fw.apply(big);
+    expect(fake.sets.get('sy4-managed')!.entries.size).toBe(150_000);
+    expect(fake.sets.get('sy4-udp-l-a')!.entries.size).toBe(150_000);
+  });
+
   it('refuses to touch a set in our name space with another type, changing nothing', async () => {
     const fake = new FakeNetfilter();
     fake.sets.set('sy4-managed', { type: 'hash:ip', family: 'inet', maxelem: 65536, entries: new Set() });

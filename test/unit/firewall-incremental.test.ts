@@ -67,6 +67,23 @@ describe('incremental firewall model', () => {
     expect(updated).toBeGreaterThan(100); // most small changes go the fast way
   });
 
+  it('updates a region of 130,000 entries (a /8 over them) like the full planner', () => {
+    // cdn's hosts inside spectrum's /8: each is an entry of cdn's set and a
+    // nomatch of spectrum's; the /8 going away rewrites all of them at once
+    // (more than a call's arguments can hold).
+    const inner: B[] = Array.from({ length: 130_000 }, (_, i) => ({ label: 'cdn', protocol: 'tcp', prefix: `10.${i >> 16}.${(i >> 8) & 255}.${i & 255}/32`, port: 0 }));
+    const outer: B = { label: 'spectrum', protocol: 'tcp', prefix: '10.0.0.0/8', port: 0 };
+    const other: B = { label: 'spectrum', protocol: 'tcp', prefix: '192.0.2.0/24', port: 0 }; // spectrum's label stays (the rules do not change)
+    const model = FirewallModel.of(state([outer, other, ...inner]));
+    const next = state([other, ...inner]);
+    const result = model.update(next, [{ binding: outer, removed: true }]);
+    expect(result).toBeDefined();
+    expect(shape(result!.model.plan)).toEqual(shape(FirewallModel.of(next).plan));
+    // And back: the /8 added over them.
+    const back = result!.model.update(state([outer, other, ...inner]), [{ binding: outer, removed: false }]);
+    expect(shape(back!.model.plan)).toEqual(shape(model.plan));
+  });
+
   it('sync with a delta writes only the changed entries, and the kernel then answers like a full apply', async () => {
     const base: B[] = [
       { label: 'spectrum', protocol: 'tcp', prefix: '10.0.0.0/24', port: 0 },

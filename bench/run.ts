@@ -312,7 +312,7 @@ async function main(): Promise<void> {
   // Control plane → data plane (issue 5): in the full run, or with --only agent.
   const agent = (only ? only.includes('agent') : !quick) ? agentBenchUnpinned() : null;
   if (agent) {
-    log(`agent (${agent.bindings} bindings): snapshot published → acknowledged ${agent.snapshot_ms} ms; ${agent.changes} one-binding changes published as deltas: p50 ${agent.change_p50_ms} ms, p99 ${agent.change_p99_ms} ms, max ${agent.change_max_ms} ms; ${agent.whole_state_changes} published as whole states: p50 ${agent.whole_state_change_p50_ms} ms, max ${agent.whole_state_change_max_ms} ms`);
+    log(`agent (${agent.bindings} bindings, its own process): snapshot parsed + published → acknowledged ${agent.snapshot_ms} ms (median of ${JSON.stringify(agent.snapshot_samples)}, parse ${JSON.stringify(agent.snapshot_parse_samples)}); peak agent RSS ${agent.agent_peak_rss_mb} MB; ${agent.changes} one-binding changes published as deltas: p50 ${agent.change_p50_ms} ms, p99 ${agent.change_p99_ms} ms, max ${agent.change_max_ms} ms; ${agent.whole_state_changes} published as whole states: p50 ${agent.whole_state_change_p50_ms} ms, max ${agent.whole_state_change_max_ms} ms`);
   }
   const oneM = rows.find((r) => r.set === 'random' && r.bindings === 1_000_000);
   const rebuild = oneM ? warmBuilds(makeSet('random', 1_000_000), quick ? 1 : 3) : {};

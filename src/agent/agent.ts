@@ -28,6 +28,7 @@ import { StateStore } from './store.js';
 import { ControlPlaneClient } from './client.js';
 import { notify, watchdogPingMs } from './systemd.js';
 import { AgentMetrics, parseListen } from './metrics.js';
+import { warmUp } from './warmup.js';
 import { checkGuards } from './guards.js';
 import { AdminServer, type AdminRequest, type Peer, type RegistrationAllowList } from './admin.js';
 import { LocalLayer, canonicalKey } from './local.js';
@@ -381,6 +382,11 @@ export class Agent {
     if (this.config.metricsListen) {
       const port = await this.metrics.serve(this.config.metricsListen);
       this.log.info({ listen: this.config.metricsListen, port }, 'metrics served');
+    }
+    try {
+      this.log.info({ ms: Math.round(await warmUp(this.tableBuilder)) }, 'warmed up (the push path compiled on a made-up state; nothing written)');
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message }, 'warm-up failed (nothing was written; the first push runs cold)');
     }
     this.client.start();
   }

@@ -95,6 +95,10 @@ describe('control-plane history, against a real agent session', () => {
       'x',
     );
     expect(JSON.parse(stateJson(s))).toEqual(documentOf(s));
+    // Byte for byte as JSON.stringify would write it, on the corners of RFC 5952 and of decimal digits.
+    const corners = ['::/0', '::1/128', '1::/16', '0:0:1::/48', '1:0:0:2::/64', '1:0:0:2::/128', '2001:db8::1:0:0:1/128', '1:0:0:1:0:0:1:0/128', '1:2:3:4:5:6:7:8/128', '1:0:2:3:4:5:6:7/128', 'fe80:0:0:0:a::/80', 'ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128', '0.0.0.0/0', '10.0.0.0/8', '255.255.255.255/32', '100.64.9.0/24'];
+    const c = parseDesiredState({ bindings: corners.map((prefix, i) => ({ label: `l${i}`, protocol: i % 2 ? 'udp' : 'tcp', prefix, port: [0, 1, 9, 10, 99, 100, 65535][i % 7] })) }, 'corners');
+    expect(stateJson(c)).toBe(JSON.stringify(documentOf(c)));
     const h = new History(4, 'e');
     h.publish(s);
     const frame = h.frameFor({ have: null, refused: null }, { version: 1, withdrawal: true }) as Snapshot;

@@ -9,10 +9,11 @@
  * later, not every state). `GET /status` (same tokens, or the admin token)
  * shows per agent the applied version, the last NACK and heartbeat.
  */
+import { EventEmitter } from 'node:events';
 import crypto from 'node:crypto';
 import https from 'node:https';
 import type { AddressInfo } from 'node:net';
-import { WebSocketServer, type WebSocket } from 'ws';
+import { WebSocket, WebSocketServer } from 'ws';
 import type { DesiredState } from '../desired/state.js';
 import { encodeFrame, parseFrame, type Frame, type Hello, type Nack, type Snapshot } from '../protocol/messages.js';
 import type { StateDelta } from '../protocol/state.js';
@@ -50,7 +51,12 @@ interface Peer {
   hello: Hello;
   status: AgentStatus;
   alive: boolean;
+  /** A push was held back by unsent data: made when the socket has written it (or by the retry timer). */
+  held: NodeJS.Timeout | undefined;
 }
+
+/** How long a held-back push waits when no write completion brings it sooner. */
+const HELD_RETRY_MS = 100;
 
 const sameToken = (a: string, b: string) => {
   const x = crypto.createHash('sha256').update(a).digest();
@@ -58,7 +64,8 @@ const sameToken = (a: string, b: string) => {
   return crypto.timingSafeEqual(x, y);
 };
 
-export class ControlPlaneServer {
+/** Events: `ack` (agentId, version) and `nack` (agentId, { version, code, message }), as the answers arrive. */
+export class ControlPlaneServer extends EventEmitter {
   readonly history: History;
   private readonly https: https.Server;
   private readonly wss: WebSocketServer;
@@ -69,6 +76,7 @@ export class ControlPlaneServer {
   private encodedSnapshot: { key: string; text: string } | undefined;
 
   constructor(private readonly options: ServerOptions) {
+    super();
     this.history = new History(options.historyLimit ?? 64, options.epoch);
     this.https = https.createServer({ cert: options.cert, key: options.key }, (req, res) => {
       const json = (code: number, body: unknown) => res.writeHead(code, { 'content-type': 'application/json' }).end(`${JSON.stringify(body)}\n`);
@@ -184,6 +192,7 @@ export class ControlPlaneServer {
       if (peer) peer.alive = true;
     });
     socket.on('close', () => {
+      clearTimeout(peer?.held);
       if (this.peers.get(agentId)?.socket === socket) {
         this.peers.delete(agentId);
         status.connected = false;
@@ -205,7 +214,7 @@ export class ControlPlaneServer {
           return;
         }
         status.applied = frame.have;
-        peer = { socket, hello: frame, status, alive: true };
+        peer = { socket, hello: frame, status, alive: true, held: undefined };
         this.peers.set(agentId, peer);
         this.pushTo(peer);
         return;
@@ -220,6 +229,8 @@ export class ControlPlaneServer {
           if (frame.code === 'EREFUSED') peer.hello = { ...peer.hello, refused: { epoch: frame.epoch, version: frame.version } };
         }
         status.inFlight = null;
+        if (frame.type === 'ack') this.emit('ack', agentId, frame.version);
+        else this.emit('nack', agentId, status.lastNack);
         // A NACK for a gap or a digest mismatch is answered with a snapshot next.
         if (frame.type === 'nack' && (frame.code === 'EGAP' || frame.code === 'EDIGEST')) peer.hello = { ...peer.hello, have: null };
         if (frame.type === 'ack' || frame.code === 'EGAP' || frame.code === 'EDIGEST') this.pushTo(peer);
@@ -235,17 +246,34 @@ export class ControlPlaneServer {
 
   private pushTo(peer: Peer): void {
     if (peer.status.inFlight !== null) return; // one push in flight; the ACK brings the next
-    if (peer.socket.bufferedAmount > 0) return; // a slow agent: no queue grows here
+    if (peer.socket.bufferedAmount > 0) {
+      // A slow agent: no queue grows here. The push is made once what is
+      // queued has been written (send's callback), or on a timer, never lost.
+      peer.held ??= setTimeout(() => this.release(peer), HELD_RETRY_MS);
+      return;
+    }
     const frame = this.history.frameFor(peer.hello, this.override);
     if (!frame || (frame.type !== 'snapshot' && frame.type !== 'delta')) {
-      if (frame) peer.socket.send(encodeFrame(frame));
+      if (frame) this.send(peer, encodeFrame(frame));
       return;
     }
     if (peer.status.lastNack?.version === frame.version && peer.status.lastNack.code !== 'EGAP' && peer.status.lastNack.code !== 'EDIGEST') {
       return; // refused once: not again until there is a newer version
     }
     peer.status.inFlight = frame.version;
-    peer.socket.send(frame.type === 'snapshot' ? this.snapshotText(frame) : encodeFrame(frame));
+    this.send(peer, frame.type === 'snapshot' ? this.snapshotText(frame) : encodeFrame(frame));
+  }
+
+  private send(peer: Peer, text: string): void {
+    peer.socket.send(text, () => {
+      if (peer.held && peer.socket.bufferedAmount === 0) this.release(peer);
+    });
+  }
+
+  private release(peer: Peer): void {
+    clearTimeout(peer.held);
+    peer.held = undefined;
+    if (this.peers.get(peer.status.agentId) === peer && peer.socket.readyState === WebSocket.OPEN) this.pushTo(peer);
   }
 
   /** A snapshot is the same text for every agent: encoded once per version (and override). */

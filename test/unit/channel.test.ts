@@ -96,6 +96,21 @@ describe.skipIf(!hasOpenssl)('control-plane channel over TLS (loopback)', () => 
     expect((await get('wrong')).code).toBe(401);
   });
 
+  it('a push held back by unsent data is made once it is written, not lost', async () => {
+    server.publish(state());
+    const a = agent();
+    const acks: number[] = [];
+    server.on('ack', (_: string, version: number) => {
+      acks.push(version);
+      // Right after the ACK the server answers it (up-to-date) and that frame
+      // is still in the TLS socket's queue when this publish comes.
+      if (version === 1) queueMicrotask(() => server.publishDelta({ add: [{ label: 'spectrum', protocol: 'tcp', prefix: '192.0.2.9/32', port: 443 }], remove: [] }));
+    });
+    await eventually('v2 acknowledged', () => server.status()[0]?.applied?.version === 2);
+    expect(acks).toEqual([1, 2]);
+    expect(a.applied).toEqual([1, 2]);
+  });
+
   it('refuses a wrong token (401) and an agent that does not trust the server’s CA', async () => {
     server.publish(state());
     const wrongToken = agent({ token: 'nope' });

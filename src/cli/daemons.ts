@@ -65,7 +65,7 @@ export async function controlPlaneCommand(flags: Record<string, unknown>): Promi
     throw new SwitchyardError('EINVAL_FILE', `${stateFile}: no valid state to start from`, { entry: stateFile });
   }
   const bound = await server.listen();
-  log.info({ host, port: bound, epoch: server.history.epoch }, 'listening');
+  log.info({ host, port: bound, epoch: server.history.epoch, warmUpMs: Math.round(server.warmUpMs) }, 'listening');
   await untilSignal();
   watch.close();
   await server.close();

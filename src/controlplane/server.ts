@@ -10,6 +10,7 @@
  * shows per agent the applied version, the last NACK and heartbeat.
  */
 import { EventEmitter } from 'node:events';
+import { warmUpHistory } from './warmup.js';
 import crypto from 'node:crypto';
 import https from 'node:https';
 import type { AddressInfo } from 'node:net';
@@ -126,7 +127,11 @@ export class ControlPlaneServer extends EventEmitter {
     return undefined;
   }
 
+  /** How long compiling the push path took before listening (warmup.ts). */
+  warmUpMs = 0;
+
   async listen(): Promise<number> {
+    this.warmUpMs = warmUpHistory();
     await new Promise<void>((resolve) => this.https.listen(this.options.port ?? 0, this.options.host ?? '127.0.0.1', resolve));
     this.pinger = setInterval(() => this.ping(), this.options.pingMs ?? 10_000);
     this.pinger.unref();

@@ -131,7 +131,7 @@ export class ControlPlaneServer extends EventEmitter {
   warmUpMs = 0;
 
   async listen(): Promise<number> {
-    this.warmUpMs = warmUpHistory();
+    this.warmUpMs = warmUpHistory().ms;
     await new Promise<void>((resolve) => this.https.listen(this.options.port ?? 0, this.options.host ?? '127.0.0.1', resolve));
     this.pinger = setInterval(() => this.ping(), this.options.pingMs ?? 10_000);
     this.pinger.unref();

@@ -14,14 +14,16 @@ import { History } from './history.js';
 const WARMUP_BINDINGS = 5000;
 const WARMUP_CHANGES = 50;
 
-/** Resolves nothing; returns the milliseconds it took. */
-export function warmUpHistory(): number {
+/** Returns the milliseconds it took and the changes it made. */
+export function warmUpHistory(): { ms: number; changes: number } {
   const started = performance.now();
+  let changes = 0;
   const history = new History(64, 'warm-up');
   const first = history.publish(parseDesiredState(warmupDocument(WARMUP_BINDINGS), 'warm-up'));
   for (let i = 0; i < WARMUP_CHANGES; i++) {
     try {
       history.publishDelta({ add: [{ label: 'warm-b', protocol: 'tcp', prefix: `10.255.${i}.1/32`, port: 0 }], remove: [] });
+      changes++;
     } catch {
       // that key exists in the made-up state: one change fewer
     }
@@ -30,5 +32,5 @@ export function warmUpHistory(): number {
   if (delta) encodeFrame(delta);
   const snapshot = history.frameFor({ have: null, refused: null });
   if (snapshot?.type === 'snapshot') history.snapshotText(snapshot as Snapshot);
-  return performance.now() - started;
+  return { ms: performance.now() - started, changes };
 }

@@ -1,5 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import { warmUp, warmupDocument } from '../../src/agent/warmup.js';
+import { warmUp } from '../../src/agent/warmup.js';
+import { warmupDocument } from '../../src/desired/warmup.js';
+import { warmUpHistory } from '../../src/controlplane/warmup.js';
 import { TableBuildThread } from '../../src/dispatcher/build-worker.js';
 import { parseDesiredState } from '../../src/desired/state.js';
 
@@ -13,6 +15,10 @@ describe('warm-up', () => {
     expect([...families].sort()).toEqual([4, 6]);
     expect(anyPort).toBeGreaterThan(0);
     expect(anyPort).toBeLessThan(3000);
+  });
+
+  it('the control plane publishes, changes and encodes it on a history of its own', () => {
+    expect(warmUpHistory().changes).toBeGreaterThanOrEqual(45);
   });
 
   it('runs the push path on it without a kernel', async () => {

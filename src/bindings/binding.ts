@@ -273,9 +273,10 @@ export function checkDocumentFields(doc: unknown, source: string, fields: Readon
 
 /**
  * The "bindings" list of a document: unknown fields, bad values and duplicate
- * keys are errors that name the entry (its index and content).
+ * keys are errors that name the entry (its index and content); `keep` lets
+ * duplicates through (verification lists them all as findings).
  */
-export function parseBindingList(list: unknown, source: string): BindingTable {
+export function parseBindingList(list: unknown, source: string, duplicates: 'error' | 'keep' = 'error'): BindingTable {
   if (!Array.isArray(list)) {
     throw new SwitchyardError('EINVAL_FILE', `${source}: "bindings" must be an array`, { entry: source });
   }
@@ -293,7 +294,7 @@ export function parseBindingList(list: unknown, source: string): BindingTable {
       throw err;
     }
   }
-  const duplicate = findDuplicate(table, table.order());
+  const duplicate = duplicates === 'error' ? findDuplicate(table, table.order()) : undefined;
   if (duplicate) {
     const [first, second] = duplicate;
     const entry = `${source}: bindings[${second}]`;

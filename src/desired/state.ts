@@ -5,14 +5,17 @@
  *   {
  *     "bindings":   [{"label": "cdn", "protocol": "tcp", "prefix": "192.0.2.0/24", "port": 443}, ...],
  *     "services":   {"cdn": {"tcp": [80, 443], "udp": [443]}, "spectrum": {"tcp": ["1-65535"]}},
- *     "https_only": {"prefixes": ["198.51.100.0/24"], "plaintext_ports": [80, 8080]}
+ *     "https_only": {"prefixes": ["198.51.100.0/24"], "plaintext_ports": [80, 8080]},
+ *     "exclusive":  {"cdn": ["192.0.2.0/24"]}
  *   }
  *
  * A service policy lists the ports its traffic may reach, per protocol
  * (numbers 1-65535 or "low-high" ranges). HTTPS-only ranges close the
  * plaintext ports (default DEFAULT_PLAINTEXT_PORTS) at the transport layer,
- * whatever is bound there. Everything is validated before anything is
- * applied; a bad entry is named.
+ * whatever is bound there. Prefixes marked exclusive to a service must not
+ * send traffic to any other (checked by `switchyard verify` and before the
+ * control plane publishes; src/verify/). Everything is validated before
+ * anything is applied; a bad entry is named.
  */
 import fs from 'node:fs';
 import { SwitchyardError } from '../errors.js';
@@ -39,9 +42,11 @@ export interface DesiredState {
   bindings: BindingTable;
   services: Map<string, ServicePolicy>;
   httpsOnly: HttpsOnly;
+  /** Label → prefixes where only that service may receive traffic. */
+  exclusive: Map<string, Prefix[]>;
 }
 
-const STATE_FIELDS = new Set(['bindings', 'services', 'https_only']);
+const STATE_FIELDS = new Set(['bindings', 'services', 'https_only', 'exclusive']);
 const POLICY_FIELDS = new Set(['tcp', 'udp']);
 const HTTPS_ONLY_FIELDS = new Set(['prefixes', 'plaintext_ports']);
 
@@ -72,6 +77,10 @@ export function policiesText(state: DesiredState): string {
   for (const [label, p] of [...state.services].sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0))) lines.push(`service ${label} tcp ${rangesText(p.tcp)} udp ${rangesText(p.udp)}\n`);
   for (const p of state.httpsOnly.prefixes.map(formatPrefix).sort()) lines.push(`https-only ${p}\n`);
   lines.push(`plaintext-ports ${rangesText(state.httpsOnly.plaintextPorts)}\n`);
+  // Only when there are some: the digests of states without any stay as they were.
+  for (const [label, prefixes] of [...state.exclusive].sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0))) {
+    for (const p of prefixes.map(formatPrefix).sort()) lines.push(`exclusive ${label} ${p}\n`);
+  }
   return lines.join('');
 }
 
@@ -119,16 +128,12 @@ function parseServices(value: unknown, source: string): Map<string, ServicePolic
   return services;
 }
 
-function parseHttpsOnly(value: unknown, source: string): HttpsOnly {
-  const defaults: HttpsOnly = { prefixes: [], plaintextPorts: normalizeRanges(DEFAULT_PLAINTEXT_PORTS.map((p) => [p, p] as const)) };
-  if (value === undefined) return defaults;
-  const entry = `${source}: https_only`;
-  checkDocumentFields(value, entry, HTTPS_ONLY_FIELDS, '{"prefixes": [...], "plaintext_ports": [...]}');
-  const list = value.prefixes ?? [];
-  if (!Array.isArray(list)) throw invalid(`${entry}.prefixes`, 'expected a list of prefixes');
+/** A list of prefixes (not bindings: no port), each once. */
+function parsePrefixList(list: unknown, entry: string): Prefix[] {
+  if (!Array.isArray(list)) throw invalid(entry, 'expected a list of prefixes');
   const seen = new Set<string>();
-  const prefixes = list.map((item: unknown, n) => {
-    const at = `${entry}.prefixes[${n}]`;
+  return list.map((item: unknown, n) => {
+    const at = `${entry}[${n}]`;
     let prefix: Prefix;
     try {
       prefix = parseBindingPrefix(item, at, false);
@@ -140,18 +145,42 @@ function parseHttpsOnly(value: unknown, source: string): HttpsOnly {
     seen.add(key);
     return prefix;
   });
+}
+
+function parseExclusive(value: unknown, source: string): Map<string, Prefix[]> {
+  const exclusive = new Map<string, Prefix[]>();
+  if (value === undefined) return exclusive;
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    throw invalid(`${source}: exclusive`, 'expected an object {"<label>": ["<prefix>", ...]}');
+  }
+  for (const [label, list] of Object.entries(value)) {
+    const entry = `${source}: exclusive.${label}`;
+    parseLabel(label, entry);
+    const prefixes = parsePrefixList(list, entry);
+    if (prefixes.length > 0) exclusive.set(label, prefixes);
+  }
+  return exclusive;
+}
+
+function parseHttpsOnly(value: unknown, source: string): HttpsOnly {
+  const defaults: HttpsOnly = { prefixes: [], plaintextPorts: normalizeRanges(DEFAULT_PLAINTEXT_PORTS.map((p) => [p, p] as const)) };
+  if (value === undefined) return defaults;
+  const entry = `${source}: https_only`;
+  checkDocumentFields(value, entry, HTTPS_ONLY_FIELDS, '{"prefixes": [...], "plaintext_ports": [...]}');
+  const prefixes = parsePrefixList(value.prefixes ?? [], `${entry}.prefixes`);
   const plaintextPorts = value.plaintext_ports === undefined ? defaults.plaintextPorts : parsePortList(value.plaintext_ports, `${entry}.plaintext_ports`);
   return { prefixes, plaintextPorts };
 }
 
 /** Validates a whole desired-state document; nothing is applied on error. */
 export function parseDesiredState(doc: unknown, source: string): DesiredState {
-  checkDocumentFields(doc, source, STATE_FIELDS, '{"bindings": [...], "services": {...}, "https_only": {...}}');
+  checkDocumentFields(doc, source, STATE_FIELDS, '{"bindings": [...], "services": {...}, "https_only": {...}, "exclusive": {...}}');
   return {
     // Required even when empty: a file that forgot it must not unbind everything.
     bindings: parseBindingList(doc.bindings, source),
     services: parseServices(doc.services, source),
     httpsOnly: parseHttpsOnly(doc.https_only, source),
+    exclusive: parseExclusive(doc.exclusive, source),
   };
 }
 

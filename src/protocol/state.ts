@@ -399,6 +399,7 @@ export function documentOf(state: DesiredState): unknown {
       prefixes: state.httpsOnly.prefixes.map(formatPrefix),
       plaintext_ports: ranges(state.httpsOnly.plaintextPorts),
     },
+    ...(state.exclusive.size > 0 ? { exclusive: Object.fromEntries([...state.exclusive].map(([label, prefixes]) => [label, prefixes.map(formatPrefix)])) } : {}),
   };
 }
 
@@ -482,6 +483,6 @@ export function stateJson(state: DesiredState): string {
     digits(t.port[i]!);
     buf[at++] = 125; // }
   }
-  const rest = documentOf({ ...state, bindings: new BindingTable(0) }) as { services: unknown; https_only: unknown };
-  return `${buf.toString('latin1', 0, at)}],"services":${JSON.stringify(rest.services)},"https_only":${JSON.stringify(rest.https_only)}}`;
+  const { bindings: _, ...rest } = documentOf({ ...state, bindings: new BindingTable(0) }) as Record<string, unknown>;
+  return `${buf.toString('latin1', 0, at)}],${JSON.stringify(rest).slice(1)}`;
 }

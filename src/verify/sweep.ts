@@ -80,6 +80,8 @@ interface Frame {
   cursor: Uint32Array;
   /** The cursor went past `last` (the children covered everything up to the end). */
   done: boolean;
+  /** Some of its own region came out (it is not covered by its children). */
+  own: boolean;
   before: number;
   after: number;
   /** The after side's binding here (NONE: only the before side has this prefix), and the deepest after-side binding starting at `first`. */
@@ -100,7 +102,7 @@ export function sweepClass(family: Family, port: number, before: Side, after: Si
   const at = [0, 0, 0, 0];
   const stack: Frame[] = [];
   for (let d = 0; d <= bits + 1; d++) {
-    stack.push({ first: new Uint32Array(words), last: new Uint32Array(words), cursor: new Uint32Array(words), done: false, before: NONE, after: NONE, row: NONE, deepest: NONE });
+    stack.push({ first: new Uint32Array(words), last: new Uint32Array(words), cursor: new Uint32Array(words), done: false, own: false, before: NONE, after: NONE, row: NONE, deepest: NONE });
   }
   let depth = 0; // frames in use
   const head = new Uint32Array(words); // the next node's first address
@@ -141,6 +143,7 @@ export function sweepClass(family: Family, port: number, before: Side, after: Si
     } else {
       gap.set(f.last);
     }
+    f.own = true;
     if (f.before !== f.after) handler.changed?.(f.cursor, gap, f.before, f.after);
     if (f.after !== NONE) handler.region?.(f.cursor, gap, f.after, f.row);
   };
@@ -159,7 +162,7 @@ export function sweepClass(family: Family, port: number, before: Side, after: Si
   const pop = () => {
     const f = stack[--depth]!;
     emit(f, undefined);
-    if (f.row !== NONE && (f.done || less(f.last, f.cursor))) handler.covered?.(f.row, f.deepest);
+    if (f.row !== NONE && !f.own) handler.covered?.(f.row, f.deepest);
     if (depth > 0) {
       const parent = stack[depth - 1]!;
       // The first child starting where its parent starts: the deepest binding there is the child's.
@@ -202,6 +205,7 @@ export function sweepClass(family: Family, port: number, before: Side, after: Si
     for (let w = 0; w < words; w++) f.last[w] = (head[w]! | ~PREFIX_MASKS[headLength * 4 + w]!) >>> 0;
     f.cursor.set(head);
     f.done = false;
+    f.own = false;
     f.before = beforeRow !== NONE ? before.labelIds[before.table.labelIndex[beforeRow]!]! : (parent?.before ?? NONE);
     f.after = afterRow !== NONE ? after.labelIds[after.table.labelIndex[afterRow]!]! : (parent?.after ?? NONE);
     f.row = afterRow;

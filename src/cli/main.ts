@@ -17,6 +17,7 @@ import {
 import { parseAddress, type Prefix, maskWords } from '../net/address.js';
 import { locate, type Location } from '../dispatcher/state.js';
 import { readDesiredState } from '../desired/state.js';
+import { DIFF_USAGE, VERIFY_USAGE, diffCommand, verifyCommand } from './verify.js';
 import { FIREWALL_USAGE, firewallCommand, firewallVerdicts, type FirewallVerdict } from './firewall.js';
 import { agentCommand, controlPlaneCommand, controlPlaneOverride, controlPlaneStatus } from './daemons.js';
 import { LOCAL_USAGE, agentStatus, localCommand, refuseIfAgentManages } from './agent.js';
@@ -27,6 +28,8 @@ import { listenFds, socketsOfProcess } from '../sockets/sockets.js';
 
 interface Command {
   usage: string;
+  /** Reads files only: no --netns/--bpffs. */
+  offline?: boolean;
   summary: string;
   options?: ParseArgsConfig['options'];
   run(args: string[], flags: Record<string, string | boolean | undefined>, out: Output): Promise<number> | number;
@@ -358,6 +361,24 @@ const COMMANDS: Record<string, Command> = {
       return subcommand(args, this.usage, { status: () => controlPlaneStatus(flags, out), override: () => controlPlaneOverride(flags, out) }, () => controlPlaneCommand(flags));
     },
   },
+  verify: {
+    usage: VERIFY_USAGE,
+    offline: true,
+    summary:
+      'checks a desired-state file exactly (the whole address space of every port, nothing sampled): bindings no packet reaches (more specific ones cover all their addresses), keys bound twice, plaintext ports bound inside HTTPS-only ranges, labels with traffic but no service policy, and prefixes marked exclusive to a service ("exclusive": {"cdn": ["192.0.2.0/24"]}) where another service receives traffic. Each finding names the entries and gives a (protocol, address, port) witness. Exits 1 when there are findings',
+    run(args, _flags, out) {
+      return verifyCommand(args, out);
+    },
+  },
+  diff: {
+    usage: DIFF_USAGE,
+    offline: true,
+    summary:
+      'the exact difference between two desired-state files in who receives the traffic: every (protocol, address range, ports) that changes service, with its address count, and a summary per pair of services ("spectrum loses 129 IPv4 addresses on all tcp ports to cdn"); computed from the precedence rules, not by sampling. Bindings that move without changing any answer give nothing',
+    run(args, _flags, out) {
+      return diffCommand(args, out);
+    },
+  },
   firewall: {
     usage: FIREWALL_USAGE,
     summary:
@@ -470,7 +491,7 @@ export async function main(argv: string[]): Promise<number> {
     return 2;
   }
   if (parsed.values.help) {
-    process.stdout.write(`usage: switchyard ${command.usage} [--netns PATH] [--bpffs PATH]\n\n${command.summary}\n`);
+    process.stdout.write(`usage: switchyard ${command.usage}${command.offline ? '' : ' [--netns PATH] [--bpffs PATH]'}\n\n${command.summary}\n`);
     return 0;
   }
   const out = new Output(parsed.values.json === true);

@@ -109,12 +109,12 @@ export function verifyState(state: DesiredState): Finding[] {
   return dedupeExclusive(findings);
 }
 
-/** One EEXCLUSIVE finding per (binding, exclusive range): a binding's region can be cut into several pieces. */
+/** One EEXCLUSIVE finding per (binding, exclusive range), with its first witness: a binding's region comes out in pieces, once per port class. */
 function dedupeExclusive(findings: Finding[]): Finding[] {
   const seen = new Set<string>();
   return findings.filter((f) => {
     if (f.code !== 'EEXCLUSIVE') return true;
-    const k = `${f.entries.join('|')}|${f.witness.port}`;
+    const k = f.entries.join('|');
     if (seen.has(k)) return false;
     seen.add(k);
     return true;

@@ -1,0 +1,76 @@
+/**
+ * `switchyard verify STATE.json` and `switchyard diff OLD.json NEW.json`:
+ * the exact checks and semantic difference of src/verify/, for operators
+ * before they publish (the control plane runs the same before every
+ * publish).
+ */
+import fs from 'node:fs';
+import { SwitchyardError } from '../errors.js';
+import { readDesiredState } from '../desired/state.js';
+import { verifyDocument, type Finding } from '../verify/verify.js';
+import { semanticDiff, describePorts, type SemanticDiff } from '../verify/diff.js';
+
+export const VERIFY_USAGE = 'verify STATE.json [--json]';
+export const DIFF_USAGE = 'diff OLD.json NEW.json [--json]';
+
+/** Lines a human gets per kind of finding, and changes in a diff; --json has them all. */
+const SHOWN = 25;
+
+interface Out {
+  data(value: unknown, human: () => string): void;
+}
+
+function readDocument(file: string): unknown {
+  try {
+    return JSON.parse(file === '-' ? fs.readFileSync(0, 'utf8') : fs.readFileSync(file, 'utf8'));
+  } catch (err) {
+    throw new SwitchyardError('EINVAL_FILE', `${file}: ${(err as Error).message}`, { entry: file, cause: err });
+  }
+}
+
+/** Exit status: 0 when the state has no findings, 1 when it has some (or cannot be read). */
+export function verifyCommand(args: string[], out: Out): number {
+  if (args.length !== 1) throw new SwitchyardError('EINVAL_ARGUMENT', `verify takes one state file: ${VERIFY_USAGE}`);
+  const file = args[0]!;
+  const started = performance.now();
+  const { state, findings } = verifyDocument(readDocument(file), file);
+  const ms = Math.round(performance.now() - started);
+  const counts: Record<string, number> = {};
+  for (const f of findings) counts[f.code] = (counts[f.code] ?? 0) + 1;
+  out.data({ file, bindings: state.bindings.count, findings, counts, ms }, () => {
+    if (findings.length === 0) return `${file}: ${state.bindings.count} bindings, no findings (${ms} ms)`;
+    const lines = [`${file}: ${state.bindings.count} bindings, ${findings.length} finding${findings.length === 1 ? '' : 's'} (${Object.entries(counts).map(([c, n]) => `${c} ${n}`).join(', ')}; ${ms} ms)`];
+    for (const code of Object.keys(counts)) {
+      const of = findings.filter((f) => f.code === code);
+      for (const f of of.slice(0, SHOWN)) lines.push(`${f.code}  ${f.message}`, `    witness: ${witness(f)}`);
+      if (of.length > SHOWN) lines.push(`... and ${of.length - SHOWN} more ${code} (--json lists them all)`);
+    }
+    return lines.join('\n');
+  });
+  return findings.length === 0 ? 0 : 1;
+}
+
+const witness = (f: Finding) => `${f.witness.protocol} ${f.witness.address} port ${f.witness.port}`;
+
+export function diffCommand(args: string[], out: Out): number {
+  if (args.length !== 2) throw new SwitchyardError('EINVAL_ARGUMENT', `diff takes two state files: ${DIFF_USAGE}`);
+  const [before, after] = [readDesiredState(args[0]!), readDesiredState(args[1]!)];
+  const started = performance.now();
+  const diff = semanticDiff(before, after);
+  const ms = Math.round(performance.now() - started);
+  out.data({ before: args[0], after: args[1], ...diff, ms }, () => describeDiff(diff, ms));
+  return 0;
+}
+
+export function describeDiff(diff: SemanticDiff, ms?: number): string {
+  if (diff.entries.length === 0) return `no address or port changes hands${ms === undefined ? '' : ` (${ms} ms)`}`;
+  const lines = [`${diff.entries.length} range${diff.entries.length === 1 ? '' : 's'} change hands${ms === undefined ? '' : ` (${ms} ms)`}:`];
+  for (const s of diff.summary) lines.push(`  ${s.text}`);
+  lines.push('changes:');
+  for (const e of diff.entries.slice(0, SHOWN * 4)) {
+    const range = e.prefix ?? `${e.first}-${e.last}`;
+    lines.push(`  ${range} (${e.addresses} address${e.addresses === 1n ? '' : 'es'}) on ${describePorts(e.protocol, e.ports)}: ${e.from ?? '(unbound)'} → ${e.to ?? '(unbound)'}`);
+  }
+  if (diff.entries.length > SHOWN * 4) lines.push(`  ... and ${diff.entries.length - SHOWN * 4} more (--json lists them all)`);
+  return lines.join('\n');
+}

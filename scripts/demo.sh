@@ -43,7 +43,7 @@ wait_for() { # description, command...
 # The agent's and the control plane's JSON log lines, shortened for reading.
 log_tail() { # file, lines
   tail -n "$2" "$1" | node -e '
-    const keep = ["version", "type", "ms", "changes", "code", "message", "dispatcherMs", "firewallMs", "why", "bindings", "event"];
+    const keep = ["version", "type", "ms", "changes", "reason", "code", "message", "findings", "dispatcherMs", "firewallMs", "why", "bindings", "event"];
     for (const line of require("fs").readFileSync(0, "utf8").split("\n")) {
       if (!line) continue;
       try {
@@ -56,7 +56,7 @@ log_tail() { # file, lines
 cp_status() { printf '$ switchyard control-plane status --url https://127.0.0.1:%s --ca ca.pem --token-file admin-token\n' "$cp_port"; ./bin/switchyard control-plane status --url "https://127.0.0.1:$cp_port" --ca "$work/ca.pem" --token-file "$work/admin-token"; }
 applied() { # version: the control plane has edge-1's ACK for it
   ./bin/switchyard control-plane status --url "https://127.0.0.1:$cp_port" --ca "$work/ca.pem" --token-file "$work/admin-token" --json |
-    node -e 'const a = JSON.parse(require("fs").readFileSync(0, "utf8")); process.exit(a.some((x) => x.applied && x.applied.version === Number(process.argv[1])) ? 0 : 1)' "$1"
+    node -e 'const a = JSON.parse(require("fs").readFileSync(0, "utf8")); process.exit(a.agents.some((x) => x.applied && x.applied.version === Number(process.argv[1])) ? 0 : 1)' "$1"
 }
 
 start_service() { # name specs... ; prints its pid
@@ -154,31 +154,40 @@ probe 192.0.2.40 80     # inside the HTTPS-only range: refused before a byte is 
 probe 192.0.2.40 443
 
 step "push a carve-out through the control plane: 192.0.2.200 port 443 goes to spectrum"
+cp "$work/desired.json" "$work/v1.json"
 node -e '
   const fs = require("fs"), f = process.argv[1], d = JSON.parse(fs.readFileSync(f, "utf8"));
   d.bindings.push({ label: "spectrum", protocol: "tcp", prefix: "192.0.2.200/32", port: 443 });
   fs.writeFileSync(f + ".tmp", JSON.stringify(d, null, 2)); fs.renameSync(f + ".tmp", f);' "$work/desired.json"
 echo '  + {"label": "spectrum", "protocol": "tcp", "prefix": "192.0.2.200/32", "port": 443}'
 wait_for "version 2 acknowledged" applied 2
+echo '$ switchyard diff v1.json desired.json   # what the control plane logged: exactly what changes hands'
+./bin/switchyard diff "$work/v1.json" "$work/desired.json" | sed 's/^/  /'
 log_tail "$work/control-plane.log" 1
 log_tail "$work/agent.log" 6
 probe 192.0.2.200 443
 probe 192.0.2.200 80
 probe 192.0.2.201 443
 
-step "a bad push: a state that withdraws every cdn binding; the agent's guard refuses it, nothing changes"
+step "bad states: one that fails verification is refused; one that withdraws every cdn binding is held for an operator; nothing changes"
 cp "$work/desired.json" "$work/good.json"
-node -e '
-  const fs = require("fs"), f = process.argv[1], d = JSON.parse(fs.readFileSync(f, "utf8"));
-  d.bindings = d.bindings.filter((b) => b.label !== "cdn");
-  fs.writeFileSync(f + ".tmp", JSON.stringify(d, null, 2)); fs.renameSync(f + ".tmp", f);' "$work/desired.json"
-wait_for "the refusal" grep -q EWITHDRAWAL "$work/agent.log"
-log_tail "$work/agent.log" 1
+edit() { node -e "const fs = require('fs'), f = process.argv[1], d = JSON.parse(fs.readFileSync(f, 'utf8')); $1; fs.writeFileSync(f + '.tmp', JSON.stringify(d, null, 2)); fs.renameSync(f + '.tmp', f);" "$work/desired.json"; }
+edit 'd.bindings.push({ label: "spectrum", protocol: "tcp", prefix: "192.0.2.40/32", port: 80 })'
+echo '  + {"label": "spectrum", "protocol": "tcp", "prefix": "192.0.2.40/32", "port": 80}   (port 80 inside the HTTPS-only range)'
+printf '$ switchyard verify desired.json\n'
+./bin/switchyard verify "$work/desired.json" | sed 's/^/  /'
+wait_for "the refusal" grep -q "refused by verification" "$work/control-plane.log"
+log_tail "$work/control-plane.log" 1
+cp "$work/good.json" "$work/desired.json.tmp" && mv "$work/desired.json.tmp" "$work/desired.json"
+wait_for "back to version 2" grep -q '"msg":"unchanged"' "$work/control-plane.log"
+edit 'd.bindings = d.bindings.filter((b) => b.label !== "cdn")'
+echo '  - every cdn binding'
+wait_for "the hold" grep -q "held, not published" "$work/control-plane.log"
+log_tail "$work/control-plane.log" 1
 cp_status
 probe 192.0.2.10 443
 cp "$work/good.json" "$work/desired.json.tmp" && mv "$work/desired.json.tmp" "$work/desired.json"
-wait_for "version 4 acknowledged" applied 4
-echo "  (desired.json put back: version 4, the same content as 2, applied)"
+echo "  (desired.json put back: the same content as version 2, so nothing is held any more and version 2 stays)"
 
 step "a local override while the agent runs: 192.0.2.10 port 443 to spectrum on this machine only"
 printf '$ switchyard bind spectrum tcp 192.0.2.10 443   (directly, behind the agent'"'"'s back)\n'

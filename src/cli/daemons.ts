@@ -9,7 +9,8 @@ import { pino } from 'pino';
 import { SwitchyardError } from '../errors.js';
 import { watchStateFile } from '../desired/watch.js';
 import { Agent, readAgentConfig } from '../agent/agent.js';
-import { ControlPlaneServer, type AgentStatus } from '../controlplane/server.js';
+import { ControlPlaneServer, type AgentStatus, type Publication } from '../controlplane/server.js';
+import { DEFAULT_POLICY } from '../controlplane/policy.js';
 
 const untilSignal = () =>
   new Promise<void>((resolve) => {
@@ -48,7 +49,10 @@ export async function controlPlaneCommand(flags: Record<string, unknown>): Promi
   if (!host || !Number.isInteger(port) || port < 1 || port > 65535) throw new SwitchyardError('EINVAL_ARGUMENT', `--listen ${JSON.stringify(flags.listen)} must be HOST:PORT`);
   const tokens = JSON.parse(readSecret(need('tokens'), 'the agent tokens')) as Record<string, string>;
   const log = pino({ base: { component: 'control-plane' } });
+  const share = flags['withdrawal-share'] === undefined ? 5 : Number(flags['withdrawal-share']);
+  if (!(share >= 0 && share <= 100)) throw new SwitchyardError('EINVAL_ARGUMENT', `--withdrawal-share ${JSON.stringify(flags['withdrawal-share'])} must be a percentage 0-100`);
   const server = new ControlPlaneServer({
+    policy: { ...DEFAULT_POLICY, limits: { ...DEFAULT_POLICY.limits, withdrawalShare: share / 100 } },
     cert: fs.readFileSync(need('cert'), 'utf8'),
     key: readSecret(need('key'), 'the TLS key'),
     tokens,
@@ -56,13 +60,30 @@ export async function controlPlaneCommand(flags: Record<string, unknown>): Promi
     host,
     port,
   });
+  let refusal = '';
   const watch = watchStateFile(stateFile, log, (state, why) => {
-    const r = server.publish(state);
-    log.info({ why, version: r.version, changed: r.changed, bindings: state.bindings.count }, r.changed ? 'published' : 'unchanged');
+    const r = server.propose(state, `${stateFile} (${why})`);
+    const base = { why, bindings: state.bindings.count, ms: r.ms };
+    switch (r.outcome) {
+      case 'published':
+        log.info({ ...base, version: r.version, changes: r.summary, unreachable: r.warnings.length }, 'published');
+        for (const w of r.warnings.slice(0, 20)) log.warn({ code: w.code, witness: w.witness }, w.message);
+        break;
+      case 'unchanged':
+        log.info({ ...base, version: r.version }, 'unchanged');
+        break;
+      case 'held':
+        log.warn({ ...base, version: r.version, reason: r.withdrawal.message, entries: r.withdrawal.entries, changes: r.summary }, `held, not published: confirm with control-plane override --version ${r.version}`);
+        break;
+      case 'refused':
+        refusal = [...r.findings.map((f) => `${f.code} ${f.message}`), ...r.guards.map((g) => `${g.code} ${g.message}: ${g.entries.join('; ')}`)].slice(0, 5).join('; ');
+        log.error({ ...base, findings: r.findings.slice(0, 50).map((f) => ({ code: f.code, message: f.message, witness: f.witness })), guards: r.guards }, 'refused by verification: not published, the current version stays');
+        break;
+    }
   });
-  if (!watch.loaded) {
+  if (!watch.loaded || server.history.current === undefined) {
     watch.close();
-    throw new SwitchyardError('EINVAL_FILE', `${stateFile}: no valid state to start from`, { entry: stateFile });
+    throw new SwitchyardError('EINVAL_FILE', `${stateFile}: no valid state to start from${refusal ? ` (${refusal})` : ''}`, { entry: stateFile });
   }
   const bound = await server.listen();
   log.info({ host, port: bound, epoch: server.history.epoch, warmUpMs: Math.round(server.warmUpMs) }, 'listening');
@@ -107,15 +128,16 @@ async function controlPlaneRequest(flags: Record<string, unknown>, method: 'GET'
 }
 
 /**
- * `control-plane override --version N …`: the operator confirms that the
- * current version's withdrawal is meant; the control plane pushes it again,
- * with the override, to the agents that refused it (admin token only).
+ * `control-plane override --version N …`: the operator confirms that a
+ * withdrawal is meant: a version the control plane held is published with
+ * the override; the current version is pushed again, with it, to the agents
+ * that refused it (admin token only).
  */
 export async function controlPlaneOverride(flags: Record<string, unknown>, out: { data(value: unknown, human: () => string): void }): Promise<number> {
   const version = Number(flags.version);
   if (typeof flags.version !== 'string' || !Number.isSafeInteger(version) || version < 1) throw new SwitchyardError('EINVAL_ARGUMENT', `--version ${JSON.stringify(flags.version)} must be a version number`);
   const r = (await controlPlaneRequest(flags, 'POST', '/override', { version })) as { version: number; agents: string[] };
-  out.data(r, () => `version ${r.version} confirmed: pushed again with the override to ${r.agents.length === 0 ? 'no agent (none had refused it)' : r.agents.join(', ')}`);
+  out.data(r, () => `version ${r.version} confirmed: pushed with the override to ${r.agents.length === 0 ? 'no agent (none connected, or none had refused it)' : r.agents.join(', ')}`);
   return 0;
 }
 
@@ -126,10 +148,16 @@ export async function controlPlaneOverride(flags: Record<string, unknown>, out: 
  * agent's).
  */
 export async function controlPlaneStatus(flags: Record<string, unknown>, out: { data(value: unknown, human: () => string): void }): Promise<number> {
-  const agents = (await controlPlaneRequest(flags, 'GET', '/status')) as AgentStatus[];
-  out.data(agents, () => {
-    if (agents.length === 0) return 'no agent has connected yet';
+  const status = (await controlPlaneRequest(flags, 'GET', '/status')) as { publication: Publication; agents: AgentStatus[] };
+  const { publication: p, agents } = status;
+  out.data(status, () => {
     const now = Date.now();
+    const ago = (at: number) => `${Math.round((now - at) / 1000)} s ago`;
+    const head = [p.version === null ? 'nothing published yet' : `version ${p.version}: ${p.bindings} bindings`];
+    if (p.last) head.push(`  published ${ago(p.last.at)} from ${p.last.source}${p.last.summary.length ? `: ${p.last.summary.slice(0, 5).join('; ')}` : ''}${p.last.warnings.length ? ` (${p.last.warnings.length} unreachable binding(s))` : ''}`);
+    if (p.held) head.push(`  HELD version ${p.held.version} (${ago(p.held.since)}, ${p.held.source}): ${p.held.reason}; ${p.held.entries.join('; ')}; confirm with control-plane override --version ${p.held.version}`);
+    if (p.refused) head.push(`  last refused ${ago(p.refused.at)} (${p.refused.source}): ${[...p.refused.findings.map((f) => `${f.code} ${f.message}`), ...p.refused.guards.map((g) => `${g.code} ${g.message}`)].slice(0, 3).join('; ')}`);
+    if (agents.length === 0) return [...head, 'no agent has connected yet'].join('\n');
     const rows = agents.map((a) => [
       a.agentId,
       a.connected ? 'connected' : 'disconnected',
@@ -139,7 +167,7 @@ export async function controlPlaneStatus(flags: Record<string, unknown>, out: { 
       a.localOverrides > 0 ? `${a.localOverrides} local override(s)` : '',
       a.lastNack ? `last NACK v${a.lastNack.version} ${a.lastNack.code}: ${a.lastNack.message}` : '',
     ]);
-    return rows.map((r) => r.filter((x) => x !== '').join('  ')).join('\n');
+    return [...head, ...rows.map((r) => r.filter((x) => x !== '').join('  '))].join('\n');
   });
   return 0;
 }

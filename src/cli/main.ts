@@ -353,10 +353,10 @@ const COMMANDS: Record<string, Command> = {
     },
   },
   'control-plane': {
-    usage: 'control-plane --state FILE --listen HOST:PORT --cert FILE --key FILE --tokens FILE [--admin-token-file FILE] | control-plane status --url https://HOST:PORT --ca FILE --token-file FILE [--json] | control-plane override --version N --url … --ca … --token-file ADMIN',
+    usage: 'control-plane --state FILE --listen HOST:PORT --cert FILE --key FILE --tokens FILE [--admin-token-file FILE] [--withdrawal-share PCT] | control-plane status --url https://HOST:PORT --ca FILE --token-file FILE [--json] | control-plane override --version N --url … --ca … --token-file ADMIN',
     summary:
-      'the reference control plane: validates the state file (and again whenever it changes), versions it, and pushes it to the agents holding a token in --tokens ({"agent-id": "token"}, mode 600) over WSS; GET /status (agent or admin token) shows each agent. `control-plane status` prints that view: per agent connected or not, the applied version, a push in flight, the last heartbeat and the last NACK. `control-plane override --version N` (admin token) confirms that the withdrawal the current version makes is meant: it is pushed again, with the guard override, to the agents that refused it',
-    options: { state: { type: 'string' }, listen: { type: 'string' }, cert: { type: 'string' }, key: { type: 'string' }, tokens: { type: 'string' }, 'admin-token-file': { type: 'string' }, url: { type: 'string' }, ca: { type: 'string' }, 'token-file': { type: 'string' }, version: { type: 'string' } },
+      'the reference control plane: validates the state file (and again whenever it changes) and verifies it exactly as `switchyard verify` does (a state with findings other than unreachable bindings is not published; the current version stays), logs its semantic difference from the current version, holds a state that withdraws more than --withdrawal-share percent (default 5, or 50 bindings, or all) of a service until `control-plane override --version N` confirms it, versions it, and pushes it to the agents holding a token in --tokens ({"agent-id": "token"}, mode 600) over WSS; GET /status (agent or admin token) shows each agent. `control-plane status` prints that view: the version in force and what it changed, a held version, the last refused state, and per agent connected or not, the applied version, a push in flight, the last heartbeat and the last NACK. `control-plane override --version N` (admin token) confirms that a withdrawal is meant: a held version is published, with the guard override, to every agent; the current version is pushed again, with it, to the agents whose own guard refused it',
+    options: { state: { type: 'string' }, listen: { type: 'string' }, cert: { type: 'string' }, key: { type: 'string' }, tokens: { type: 'string' }, 'admin-token-file': { type: 'string' }, 'withdrawal-share': { type: 'string' }, url: { type: 'string' }, ca: { type: 'string' }, 'token-file': { type: 'string' }, version: { type: 'string' } },
     run(args, flags, out) {
       return subcommand(args, this.usage, { status: () => controlPlaneStatus(flags, out), override: () => controlPlaneOverride(flags, out) }, () => controlPlaneCommand(flags));
     },
@@ -469,7 +469,7 @@ function oneLine(err: unknown): string {
 export async function main(argv: string[]): Promise<number> {
   // The command is the first word that is not an option or an option's value,
   // so global options may come before it (switchyard --netns X status).
-  const valued = new Set(['--netns', '--bpffs', '--object', '--label', '--protocol', '--prefix', '--backend', '--interval', '--config', '--state', '--listen', '--cert', '--key', '--tokens', '--admin-token-file', '--url', '--ca', '--token-file', '--socket', '--agent-socket', '--admin-socket', '--version']);
+  const valued = new Set(['--netns', '--bpffs', '--object', '--label', '--protocol', '--prefix', '--backend', '--interval', '--config', '--state', '--listen', '--cert', '--key', '--tokens', '--admin-token-file', '--withdrawal-share', '--url', '--ca', '--token-file', '--socket', '--agent-socket', '--admin-socket', '--version']);
   let at = 0;
   while (at < argv.length && argv[at]!.startsWith('-') && argv[at] !== '-') at += valued.has(argv[at]!) ? 2 : 1;
   const name = argv[at] ?? (argv.some((a) => a === '--help' || a === '-h') ? '--help' : undefined);

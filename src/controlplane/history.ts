@@ -69,14 +69,20 @@ export class History {
     this.epoch = epoch;
   }
 
+  /** The state in force, indexed (read it, do not change it). */
+  get indexed(): IndexedState | undefined {
+    return this.live;
+  }
+
   get current(): (Readonly<Version> & { state: DesiredState }) | undefined {
     const v = this.log[this.log.length - 1];
     return v && this.live ? { ...v, state: this.live.state } : undefined;
   }
 
   /** Publishes a whole state: a new version unless it is the current state already. */
-  publish(state: DesiredState): { version: number; digest: string; changed: boolean } {
-    const next = IndexedState.of(state);
+  publish(given: DesiredState | IndexedState): { version: number; digest: string; changed: boolean } {
+    const next = given instanceof IndexedState ? given : IndexedState.of(given);
+    const state = next.state;
     const live = this.live;
     if (live && live.digest === next.digest) return { version: this.log[this.log.length - 1]!.version, digest: next.digest, changed: false };
     return this.push(next, live && policiesText(live.state) === policiesText(state) ? live.diffTo(next) : undefined);

@@ -11,6 +11,10 @@
  */
 import { EventEmitter } from 'node:events';
 import { warmUpHistory } from './warmup.js';
+import { judge, type PublishPolicy } from './policy.js';
+import type { Finding } from '../verify/verify.js';
+import type { GuardFinding } from '../agent/guards.js';
+import { IndexedState } from '../protocol/state.js';
 import crypto from 'node:crypto';
 import https from 'node:https';
 import type { AddressInfo } from 'node:net';
@@ -34,6 +38,8 @@ export interface ServerOptions {
   pingMs?: number;
   historyLimit?: number;
   epoch?: string;
+  /** What propose() refuses or holds (policy.ts). */
+  policy?: PublishPolicy;
 }
 
 export interface AgentStatus {
@@ -65,6 +71,25 @@ const sameToken = (a: string, b: string) => {
   return crypto.timingSafeEqual(x, y);
 };
 
+type Brief = Pick<Finding, 'code' | 'message' | 'witness'>;
+const brief = (f: Finding): Brief => ({ code: f.code, message: f.message, witness: f.witness });
+
+/** What the control plane publishes, holds and refused (GET /status). */
+export interface Publication {
+  version: number | null;
+  digest: string | null;
+  bindings: number;
+  last: { version: number; at: number; source: string; summary: string[]; ranges: number; warnings: Brief[] } | null;
+  held: { version: number; since: number; source: string; reason: string; entries: string[]; summary: string[] } | null;
+  refused: { at: number; source: string; findings: Brief[]; guards: GuardFinding[] } | null;
+}
+
+export type Proposed =
+  | { outcome: 'published'; ms: number; version: number; summary: string[]; warnings: Finding[] }
+  | { outcome: 'unchanged'; ms: number; version: number }
+  | { outcome: 'held'; ms: number; version: number; withdrawal: GuardFinding; summary: string[] }
+  | { outcome: 'refused'; ms: number; findings: Finding[]; guards: GuardFinding[] };
+
 /** Events: `ack` (agentId, version) and `nack` (agentId, { version, code, message }), as the answers arrive. */
 export class ControlPlaneServer extends EventEmitter {
   readonly history: History;
@@ -75,6 +100,9 @@ export class ControlPlaneServer extends EventEmitter {
   private pinger: NodeJS.Timeout | undefined;
   private override: { version: number; withdrawal: true } | undefined;
   private encodedSnapshot: { key: string; text: string } | undefined;
+  /** A state held for an operator's confirmation, with the version it will get. */
+  private held: { version: number; indexed: IndexedState } | undefined;
+  private readonly publication: Omit<Publication, 'version' | 'digest' | 'bindings'> = { last: null, held: null, refused: null };
 
   constructor(private readonly options: ServerOptions) {
     super();
@@ -84,7 +112,7 @@ export class ControlPlaneServer extends EventEmitter {
       if (req.url === '/status' || req.url === '/override') {
         const who = this.authorized(req.headers.authorization, true);
         if (!who) return void res.writeHead(401).end();
-        if (req.method === 'GET' && req.url === '/status') return json(200, this.status());
+        if (req.method === 'GET' && req.url === '/status') return json(200, { publication: this.publicationStatus(), agents: this.status() });
         if (req.method === 'POST' && req.url === '/override') {
           // The operator's confirmation that the current version's withdrawal is meant: admin token only.
           if (who !== 'admin') return json(403, { error: 'the override needs the admin token' });
@@ -146,8 +174,48 @@ export class ControlPlaneServer extends EventEmitter {
   }
 
   /** Publishes a validated state; `override` lets this version withdraw beyond the agents' budget. */
-  publish(state: DesiredState, options: { override?: boolean } = {}): { version: number; changed: boolean } {
+  publish(state: DesiredState | IndexedState, options: { override?: boolean } = {}): { version: number; changed: boolean } {
     return this.published(this.history.publish(state), options);
+  }
+
+  /**
+   * A new desired state under the publishing policy (policy.ts): verified,
+   * compared with the current version, then published, held for an
+   * operator's confirmation (a withdrawal over budget), or refused. What
+   * happened is kept for GET /status.
+   */
+  propose(state: DesiredState, source: string): Proposed {
+    const live = this.history.indexed;
+    const started = performance.now();
+    const j = judge(live, state, this.options.policy);
+    const ms = Math.round(performance.now() - started);
+    const at = Date.now();
+    if (j.verdict === 'refuse') {
+      this.publication.refused = { at, source, findings: j.findings.map(brief), guards: j.guards };
+      return { outcome: 'refused', ms, findings: j.findings, guards: j.guards };
+    }
+    if (live && live.digest === j.indexed.digest) {
+      this.publication.held = null; // back to what is in force: nothing waits any more
+      return { outcome: 'unchanged', ms, version: this.history.current!.version };
+    }
+    const summary = j.summary.map((x) => x.text);
+    if (j.verdict === 'hold') {
+      const version = (this.history.current?.version ?? 0) + 1;
+      this.held = { version, indexed: j.indexed };
+      this.publication.held = { version, since: at, source, reason: j.withdrawal.message, entries: j.withdrawal.entries, summary };
+      return { outcome: 'held', ms, version, withdrawal: j.withdrawal, summary };
+    }
+    this.held = undefined;
+    this.publication.held = null;
+    const r = this.publish(j.indexed);
+    this.publication.last = { version: r.version, at, source, summary, ranges: j.ranges, warnings: j.warnings.map(brief) };
+    return { outcome: 'published', ms, version: r.version, summary, warnings: j.warnings };
+  }
+
+  /** The publishing side of GET /status. */
+  publicationStatus(): Publication {
+    const c = this.history.current;
+    return { version: c?.version ?? null, digest: c?.digest ?? null, bindings: this.history.indexed?.bindings.count ?? 0, ...this.publication };
   }
 
   /** Publishes a change of bindings on top of the current version (validated against it; a bad entry throws, naming it). */
@@ -167,6 +235,17 @@ export class ControlPlaneServer extends EventEmitter {
    * that refused it for that reason. Returns those agents.
    */
   allowWithdrawal(version: number): string[] {
+    if (this.held?.version === version) {
+      // A held state, confirmed: published now, with the override, to every agent.
+      const { indexed } = this.held;
+      this.held = undefined;
+      const summary = this.publication.held?.summary ?? [];
+      this.publication.held = null;
+      this.override = { version, withdrawal: true };
+      const r = this.publish(indexed);
+      this.publication.last = { version: r.version, at: Date.now(), source: 'confirmed', summary, ranges: 0, warnings: [] };
+      return [...this.peers.keys()];
+    }
     const current = this.history.current?.version;
     if (current !== version) throw new Error(`version ${version} is not the current version (${current ?? 'none'}); only the current version can be confirmed`);
     this.override = { version, withdrawal: true };

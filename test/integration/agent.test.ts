@@ -90,7 +90,7 @@ describe.skipIf(!isRoot)('agent and control plane end to end', () => {
     return { certs, state, port, cpArgs, config };
   };
 
-  it('pushes bindings to the data plane, moves a carve-out, refuses a withdrawal, and serves on without agent or control plane', async () => {
+  it('pushes bindings to the data plane, moves a carve-out, holds a withdrawal, and serves on without agent or control plane', async () => {
     const { certs, state, port, cpArgs, config } = setup(V1);
     const cp = start(cpArgs);
     let agent = start(['agent', '--config', config]);
@@ -103,10 +103,13 @@ describe.skipIf(!isRoot)('agent and control plane end to end', () => {
     await eventually('the carve-out in the data plane', () => labelAt('192.0.2.200', 443) === 'spectrum');
     expect(ns.probe([{ proto: 'tcp', addr: '192.0.2.200', port: 443 }, { proto: 'tcp', addr: '192.0.2.200', port: 80 }, { proto: 'tcp', addr: '192.0.2.200', port: 22 }])).toEqual(['spectrum', 'cdn', 'timeout']);
 
-    // A push that empties every service: refused by the agent's guard; nothing changes.
+    // A state that empties every service: held by the control plane (not published); nothing changes.
     fs.writeFileSync(state, JSON.stringify({ bindings: [], services: SERVICES }));
-    await eventually('the withdrawal refused', () => /EWITHDRAWAL/.test(logs.get(agent)!));
+    await eventually('the withdrawal held', () => /held, not published: confirm with control-plane override --version 3/.test(logs.get(cp)!));
     expect(labelAt('192.0.2.200', 443)).toBe('spectrum');
+    // A state that fails verification (a label without a policy): refused, not published.
+    fs.writeFileSync(state, JSON.stringify({ ...V2, bindings: [...V2.bindings, { label: 'orphan', protocol: 'udp', prefix: '203.0.113.0/24', port: 53 }] }));
+    await eventually('the unverified state refused', () => /refused by verification/.test(logs.get(cp)!) && /ENOPOLICY/.test(logs.get(cp)!));
 
     // Metrics: the kernel's counters per destination, bindings per label, the applied version, the refusal.
     const metrics = (await get(`http://127.0.0.1:${port + 1}/metrics`)).body;
@@ -114,7 +117,7 @@ describe.skipIf(!isRoot)('agent and control plane end to end', () => {
     expect(value('switchyard_lookups_total{label="spectrum",family="ipv4",protocol="tcp"}')).toBeGreaterThanOrEqual(1);
     expect(value('switchyard_bindings{label="spectrum"}')).toBe(1);
     expect(value('switchyard_applied_version')).toBe(2);
-    expect(value('switchyard_nacks_total{code="EWITHDRAWAL"}')).toBe(1);
+    expect(value('switchyard_nacks_total{code="EWITHDRAWAL"}')).toBeNaN(); // never reached the agent
     expect(value('switchyard_control_plane_connected')).toBe(1);
     expect(value('switchyard_apply_duration_seconds_count{kind="delta"}')).toBe(1);
 
@@ -133,7 +136,7 @@ describe.skipIf(!isRoot)('agent and control plane end to end', () => {
     // Seen with the CLI, over the agents' own TLS and a token.
     const status = async () => {
       const r = spawnSync(CLI, ['control-plane', 'status', '--url', `https://127.0.0.1:${port}`, '--ca', path.join(dir, 'ca.pem'), '--token-file', path.join(dir, 'token'), '--json'], { encoding: 'utf8' });
-      return r.status === 0 ? (JSON.parse(r.stdout) as Array<{ agentId: string; connected: boolean; applied: { version: number } | null }>) : [];
+      return r.status === 0 ? (JSON.parse(r.stdout) as { agents: Array<{ agentId: string; connected: boolean; applied: { version: number } | null }> }).agents : [];
     };
     let seen: Awaited<ReturnType<typeof status>> = [];
     for (let t = 0; t < 150 && !(seen[0]?.connected && seen[0].applied?.version === 1); t++) {
@@ -206,12 +209,15 @@ describe.skipIf(!isRoot)('agent and control plane end to end', () => {
     let agent = start(['agent', '--config', config]);
     await eventually('v1 in the data plane', () => labelAt('192.0.2.200', 443) === 'spectrum');
 
-    // Emptying spectrum: refused; the operator confirms; the same version passes.
+    // Emptying spectrum: held by the control plane, shown in its status; the operator confirms; it goes out with the override.
     fs.writeFileSync(state, JSON.stringify(V1));
-    await eventually('the withdrawal refused', () => /EWITHDRAWAL/.test(logs.get(agent)!));
+    const held = () => (JSON.parse(cpCli(['status', '--json']).stdout || '{}') as { publication?: { held: { version: number; reason: string } | null } }).publication?.held;
+    await eventually('the withdrawal held', () => held()?.version === 2);
+    expect(held()!.reason).toMatch(/withdraws more of a service/);
+    expect(cpCli(['status']).stdout).toMatch(/HELD version 2 .*spectrum: 1 of 1 bindings removed/);
     expect(labelAt('192.0.2.200', 443)).toBe('spectrum');
     const confirmed = cpCli(['override', '--version', '2']);
-    expect(confirmed.stdout).toMatch(/version 2 confirmed: pushed again with the override to edge-1/);
+    expect(confirmed.stdout).toMatch(/version 2 confirmed: pushed with the override to edge-1/);
     await eventually('the override applied', () => labelAt('192.0.2.200', 443) === 'cdn');
     const wrong = cpCli(['override', '--version', '1']);
     expect(wrong.status).toBe(1);

@@ -92,7 +92,7 @@ describe.skipIf(!hasOpenssl)('control-plane channel over TLS (loopback)', () => 
       });
     const ok = await get('admin');
     expect(ok.code).toBe(200);
-    expect(JSON.parse(ok.body)[0]).toMatchObject({ agentId: 'edge-1', connected: true, applied: { version: 2 } });
+    expect(JSON.parse(ok.body).agents[0]).toMatchObject({ agentId: 'edge-1', connected: true, applied: { version: 2 } });
     expect((await get('wrong')).code).toBe(401);
   });
 

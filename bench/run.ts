@@ -23,12 +23,13 @@ import { releaseTimes } from './release.js';
 import { buildSingle } from './single.js';
 import { firewallBenchUnpinned } from './firewall.js';
 import { agentBenchUnpinned } from './agent.js';
+import { verifyBench } from './verify.js';
 
 const root = projectRoot();
 const { values: flags } = parseArgs({ options: { quick: { type: 'boolean' }, out: { type: 'string' }, only: { type: 'string' }, sets: { type: 'string' }, single: { type: 'boolean' } } });
 const quick = flags.quick === true;
 const outDir = flags.out ?? path.join(root, 'bench/results');
-/** --only lookups,release,bind,conn,firewall,agent runs a part (and writes no results); --sets real,random:1000000 picks lookup rows (with --only). */
+/** --only lookups,release,bind,conn,firewall,agent,verify runs a part (and writes no results); --sets real,random:1000000 picks lookup rows (with --only). */
 const only = flags.only?.split(',');
 const runs = (part: string) => !only || only.includes(part);
 
@@ -314,6 +315,11 @@ async function main(): Promise<void> {
   if (agent) {
     log(`agent (${agent.bindings} bindings, its own process): snapshot parsed + published → acknowledged ${agent.snapshot_ms} ms (median of ${JSON.stringify(agent.snapshot_samples)}, parse ${JSON.stringify(agent.snapshot_parse_samples)}); peak agent RSS ${agent.agent_peak_rss_mb} MB; ${agent.changes} one-binding changes published as deltas: p50 ${agent.change_p50_ms} ms, p99 ${agent.change_p99_ms} ms, max ${agent.change_max_ms} ms; ${agent.whole_state_changes} published as whole states: p50 ${agent.whole_state_change_p50_ms} ms, max ${agent.whole_state_change_max_ms} ms`);
   }
+  // Verification and semantic diff of two 1M-binding states (issue 6).
+  const verify = runs('verify') && !quick ? verifyBench() : null;
+  if (verify) {
+    log(`verify + diff (${verify.bindings} bindings, ${verify.changes} changes; medians of 3): verify ${verify.verify_ms} ms ${JSON.stringify(verify.verify_samples)}, diff ${verify.diff_ms} ms ${JSON.stringify(verify.diff_samples)}, together ${verify.verify_and_diff_ms} ms; parsing one state ${verify.parse_ms} ms; findings ${JSON.stringify(verify.findings)}; ${verify.diff_ranges} ranges change hands`);
+  }
   const oneM = rows.find((r) => r.set === 'random' && r.bindings === 1_000_000);
   const rebuild = oneM ? warmBuilds(makeSet('random', 1_000_000), quick ? 1 : 3) : {};
   if (oneM) log(`replace 1M: build ${oneM.ours_build_ms} ms the first time in this process, ${JSON.stringify(rebuild)} (warm: a long-lived agent's next replace)`);
@@ -333,6 +339,7 @@ async function main(): Promise<void> {
     tcp_connections: conn,
     firewall,
     agent,
+    verify,
     ports: PORTS,
   };
   const result = { machine, quick, date: new Date().toISOString(), lookups: rows, ...extra };

@@ -108,14 +108,22 @@ export function sweepClass(family: Family, port: number, before: Side, after: Si
   const head = new Uint32Array(words); // the next node's first address
   let headLength = 0;
 
+  // Each run gathered once in its sorted order (the table's rows are all
+  // over memory: reading them in sorted order missed the cache at every
+  // step), with sort keys as numbers: exact for IPv4, the first 53 address
+  // bits for IPv6 (equal keys are compared word by word).
+  const gathered = runs.map((run, k) => gather(run, tables[k]!, family, k < 2 ? before.labelIds : after.labelIds));
+  let headKey = 0;
   const compareHead = (k: number): number => {
-    const t = tables[k]!;
-    const row = runs[k]![at[k]!]!;
+    const g = gathered[k]!;
+    const i = at[k]!;
+    const key = g.key[i]!;
+    if (key !== headKey || words === 1) return key - headKey;
     for (let w = 0; w < words; w++) {
-      const a = t.addr[row * 4 + w]!;
+      const a = g.addr[i * 4 + w]!;
       if (a !== head[w]) return a < head[w]! ? -1 : 1;
     }
-    return t.prefixLen[row]! - headLength;
+    return g.length[i]! - headLength;
   };
   const contains = (f: Frame, address: Uint32Array): boolean => {
     for (let w = 0; w < words; w++) if (address[w]! < f.first[w]! || address[w]! > f.last[w]!) return false;
@@ -166,7 +174,7 @@ export function sweepClass(family: Family, port: number, before: Side, after: Si
     if (depth > 0) {
       const parent = stack[depth - 1]!;
       // The first child starting where its parent starts: the deepest binding there is the child's.
-      if (f.deepest !== NONE && parent.first.every((x, w) => x === f.first[w])) parent.deepest = f.deepest;
+      if (f.deepest !== NONE && !less(parent.first, f.first)) parent.deepest = f.deepest;
       if (!parent.done) skipPast(parent, f.last);
       if (!parent.done && less(parent.last, parent.cursor)) parent.done = true;
     }
@@ -179,21 +187,26 @@ export function sweepClass(family: Family, port: number, before: Side, after: Si
       if (at[k]! >= runs[k]!.length) continue;
       if (next < 0 || compareHead(k) < 0) {
         next = k;
-        const t = tables[k]!;
-        const row = runs[k]![at[k]!]!;
-        for (let w = 0; w < words; w++) head[w] = t.addr[row * 4 + w]!;
-        headLength = t.prefixLen[row]!;
+        const g = gathered[k]!;
+        const i = at[k]!;
+        for (let w = 0; w < words; w++) head[w] = g.addr[i * 4 + w]!;
+        headLength = g.length[i]!;
+        headKey = g.key[i]!;
       }
     }
     if (next < 0) break;
     // Everything at this prefix: the exact-port binding beats the any-port one on each side.
     let beforeRow = NONE;
     let afterRow = NONE;
+    let beforeLabel = NONE;
+    let afterLabel = NONE;
     for (let k = 0; k < 4; k++) {
       if (at[k]! >= runs[k]!.length || compareHead(k) !== 0) continue;
-      const row = runs[k]![at[k]!++]!;
-      if (k < 2) beforeRow = beforeRow === NONE ? row : beforeRow;
-      else afterRow = afterRow === NONE ? row : afterRow;
+      const i = at[k]!++;
+      const row = runs[k]![i]!;
+      if (k < 2) {
+        if (beforeRow === NONE) [beforeRow, beforeLabel] = [row, gathered[k]!.label[i]!];
+      } else if (afterRow === NONE) [afterRow, afterLabel] = [row, gathered[k]!.label[i]!];
     }
     while (depth > 0 && !contains(stack[depth - 1]!, head)) pop();
     const parent = depth > 0 ? stack[depth - 1]! : undefined;
@@ -206,12 +219,39 @@ export function sweepClass(family: Family, port: number, before: Side, after: Si
     f.cursor.set(head);
     f.done = false;
     f.own = false;
-    f.before = beforeRow !== NONE ? before.labelIds[before.table.labelIndex[beforeRow]!]! : (parent?.before ?? NONE);
-    f.after = afterRow !== NONE ? after.labelIds[after.table.labelIndex[afterRow]!]! : (parent?.after ?? NONE);
+    f.before = beforeRow !== NONE ? beforeLabel : (parent?.before ?? NONE);
+    f.after = afterRow !== NONE ? afterLabel : (parent?.after ?? NONE);
     f.row = afterRow;
     f.deepest = afterRow !== NONE ? afterRow : NONE;
   }
   while (depth > 0) pop();
+}
+
+/** A run's rows as the walk reads them, in sorted order: address words (4 per row), length, shared label id, sort key. */
+interface Gathered {
+  addr: Uint32Array;
+  length: Uint8Array;
+  label: Int32Array;
+  key: Float64Array;
+}
+
+const gatheredRuns = new WeakMap<Uint32Array, Gathered>();
+
+/** Once per run: the any-port runs serve every class of their protocol. */
+function gather(run: Uint32Array, t: BindingTable, family: Family, labelIds: Int32Array): Gathered {
+  let g = gatheredRuns.get(run);
+  if (g) return g;
+  g = { addr: new Uint32Array(run.length * 4), length: new Uint8Array(run.length), label: new Int32Array(run.length), key: new Float64Array(run.length) };
+  const a = t.addr;
+  for (let i = 0; i < run.length; i++) {
+    const row = run[i]!;
+    for (let w = 0; w < 4; w++) g.addr[i * 4 + w] = a[row * 4 + w]!;
+    g.length[i] = t.prefixLen[row]!;
+    g.label[i] = labelIds[t.labelIndex[row]!]!;
+    g.key[i] = family === 4 ? a[row * 4]! * 64 + t.prefixLen[row]! : a[row * 4]! * 2097152 + (a[row * 4 + 1]! >>> 11);
+  }
+  if (run.length > 0) gatheredRuns.set(run, g);
+  return g;
 }
 
 /** A shared label list for two tables, and each table's mapping into it. */

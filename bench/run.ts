@@ -24,12 +24,13 @@ import { buildSingle } from './single.js';
 import { firewallBenchUnpinned } from './firewall.js';
 import { agentBenchUnpinned } from './agent.js';
 import { verifyBench } from './verify.js';
+import { fleetBenchUnpinned } from './fleet.js';
 
 const root = projectRoot();
 const { values: flags } = parseArgs({ options: { quick: { type: 'boolean' }, out: { type: 'string' }, only: { type: 'string' }, sets: { type: 'string' }, single: { type: 'boolean' } } });
 const quick = flags.quick === true;
 const outDir = flags.out ?? path.join(root, 'bench/results');
-/** --only lookups,release,bind,conn,firewall,agent,verify runs a part (and writes no results); --sets real,random:1000000 picks lookup rows (with --only). */
+/** --only lookups,release,bind,conn,firewall,agent,verify,fleet runs a part (and writes no results); --sets real,random:1000000 picks lookup rows (with --only). */
 const only = flags.only?.split(',');
 const runs = (part: string) => !only || only.includes(part);
 
@@ -320,6 +321,11 @@ async function main(): Promise<void> {
   if (verify) {
     log(`verify + diff (${verify.bindings} bindings, ${verify.changes} changes; medians of 3): verify ${verify.verify_ms} ms ${JSON.stringify(verify.verify_samples)}, diff ${verify.diff_ms} ms ${JSON.stringify(verify.diff_samples)}, together ${verify.verify_and_diff_ms} ms; parsing one state ${verify.parse_ms} ms; findings ${JSON.stringify(verify.findings)}; ${verify.diff_ranges} ranges change hands`);
   }
+  // One control plane, 2,000 simulated agents (issue 6).
+  const fleet = runs('fleet') && !quick ? fleetBenchUnpinned() : null;
+  if (fleet) {
+    log(`fleet (${fleet.agents} simulated agents over TLS): connected in ${fleet.connect_ms} ms; a ${fleet.snapshot_bindings}-binding snapshot (${fleet.snapshot_bytes} bytes) acknowledged by all in ${fleet.snapshot_all_acked_ms} ms (first ${fleet.snapshot_first_acked_ms} ms); a one-binding delta by all in ${fleet.delta_all_acked_ms} ms; control plane RSS ${fleet.rss_before_mb} MB before, peak ${fleet.rss_peak_mb} MB`);
+  }
   const oneM = rows.find((r) => r.set === 'random' && r.bindings === 1_000_000);
   const rebuild = oneM ? warmBuilds(makeSet('random', 1_000_000), quick ? 1 : 3) : {};
   if (oneM) log(`replace 1M: build ${oneM.ours_build_ms} ms the first time in this process, ${JSON.stringify(rebuild)} (warm: a long-lived agent's next replace)`);
@@ -340,6 +346,7 @@ async function main(): Promise<void> {
     firewall,
     agent,
     verify,
+    fleet,
     ports: PORTS,
   };
   const result = { machine, quick, date: new Date().toISOString(), lookups: rows, ...extra };

@@ -11,6 +11,7 @@ import { StateStore } from '../../src/agent/store.js';
 import { parseDesiredState } from '../../src/desired/state.js';
 import { encodeFrame } from '../../src/protocol/messages.js';
 import { makeCerts, type TestCerts } from '../support/certs.js';
+import { WebSocket } from 'ws';
 
 const hasOpenssl = spawnSync('openssl', ['version']).status === 0;
 const SERVICES = { cdn: { tcp: [80, 443] }, spectrum: { tcp: [443] } };
@@ -109,6 +110,38 @@ describe.skipIf(!hasOpenssl)('control-plane channel over TLS (loopback)', () => 
     await eventually('v2 acknowledged', () => server.status()[0]?.applied?.version === 2);
     expect(acks).toEqual([1, 2]);
     expect(a.applied).toEqual([1, 2]);
+  });
+
+  it('sends big snapshots in fragments, a bounded number at a time, to every agent', async () => {
+    await server.close();
+    const tokens = Object.fromEntries(['a', 'b', 'c', 'edge-1'].map((id) => [id, `t-${id}`]));
+    server = new ControlPlaneServer({ cert: certs.cert, key: certs.key, tokens, pingMs: 200, epoch: 'e1', snapshotConcurrency: 1 });
+    port = await server.listen();
+    // 3,000 bindings: a snapshot of ~200 KB, several fragments.
+    const big = parseDesiredState({ bindings: Array.from({ length: 3000 }, (_, i) => ({ label: 'cdn', protocol: 'tcp', prefix: `10.${i >> 8}.${i & 255}.0/24`, port: 0 })), services: SERVICES }, 'big');
+    server.publish(big);
+    const a = agent({ token: 't-edge-1' });
+    // Three bare agents that ACK whatever they get, and count the bytes of each message.
+    const sizes: number[] = [];
+    const bare = ['a', 'b', 'c'].map((id) => {
+      const socket = new WebSocket(`wss://127.0.0.1:${port}/`, { ca: certs.ca, headers: { authorization: `Bearer t-${id}` } });
+      socket.on('open', () => socket.send(JSON.stringify({ type: 'hello', protocol: 1, agent_id: id, agent_version: 'test', capabilities: [], have: null, refused: null })));
+      socket.on('message', (data: Buffer) => {
+        const f = JSON.parse(data.toString()) as { type: string; epoch: string; version: number; digest: string };
+        if (f.type !== 'snapshot') return;
+        sizes.push(data.length);
+        socket.send(JSON.stringify({ type: 'ack', epoch: f.epoch, version: f.version, digest: f.digest }));
+      });
+      return socket;
+    });
+    try {
+      await eventually('all four acknowledged', () => server.status().filter((s) => s.applied?.version === 1).length === 4);
+      expect(a.applied).toEqual([3000]); // the real agent validated and applied it whole
+      expect(sizes).toHaveLength(3);
+      expect(sizes.every((n) => n > 150_000)).toBe(true); // each a whole message, reassembled from fragments
+    } finally {
+      for (const socket of bare) socket.terminate();
+    }
   });
 
   it('refuses a wrong token (401) and an agent that does not trust the server’s CA', async () => {

@@ -1,0 +1,68 @@
+/**
+ * Simulated agents for the fleet bench (bench/fleet.ts), in a process of
+ * their own: N WebSocket connections over TLS (the CA pinned, one bearer
+ * token each) that speak the real protocol — hello with what they have,
+ * then an ACK for each snapshot or delta carrying its epoch, version and
+ * digest, and a NACK (EGAP) for a delta not on top of what they have. They
+ * do not apply states or recompute digests (a real agent's work, measured
+ * by bench/agent.ts): a snapshot's frame head is read, its 7 MB body is
+ * only received. Reports to the parent over IPC.
+ *
+ * argv: port, CA file, count, token prefix (agent i is `fleet-i` with token `${prefix}${i}`).
+ */
+import fs from 'node:fs';
+import { WebSocket } from 'ws';
+import { PROTOCOL_VERSION } from '../src/protocol/messages.js';
+
+const [port, caFile, countText, prefix] = process.argv.slice(2);
+const ca = fs.readFileSync(caFile!, 'utf8');
+const count = Number(countText);
+const send = (m: unknown) => process.send!(m);
+
+interface Simulated {
+  id: string;
+  have: { epoch: string; version: number; digest: string } | null;
+}
+
+/** type, epoch, version, from_version and digest from a frame's first bytes (the snapshot text starts with them). */
+function head(data: Buffer): { type: string; epoch: string; version: number; from_version?: number; digest: string } {
+  if (data.length < 4096) return JSON.parse(data.toString('utf8')) as ReturnType<typeof head>;
+  const text = data.toString('utf8', 0, 1024);
+  const field = (name: string) => new RegExp(`"${name}":("[^"]*"|\\d+)`).exec(text)?.[1];
+  const value = (name: string) => {
+    const v = field(name);
+    return v === undefined ? undefined : v.startsWith('"') ? v.slice(1, -1) : Number(v);
+  };
+  return { type: value('type') as string, epoch: value('epoch') as string, version: value('version') as number, digest: value('digest') as string };
+}
+
+let connected = 0;
+function connect(i: number): Promise<void> {
+  const agent: Simulated = { id: `fleet-${i}`, have: null };
+  return new Promise((resolve) => {
+    const socket = new WebSocket(`wss://127.0.0.1:${port}/`, { ca, headers: { authorization: `Bearer ${prefix}${i}` }, perMessageDeflate: false, maxPayload: 256 * 1024 * 1024 });
+    socket.on('open', () => {
+      connected++;
+      socket.send(JSON.stringify({ type: 'hello', protocol: PROTOCOL_VERSION, agent_id: agent.id, agent_version: 'fleet-bench', capabilities: [], have: agent.have, refused: null }));
+      resolve();
+    });
+    socket.on('message', (data: Buffer) => {
+      const frame = head(data);
+      if (frame.type !== 'snapshot' && frame.type !== 'delta') return;
+      if (frame.type === 'delta' && (!agent.have || agent.have.version !== frame.from_version || agent.have.epoch !== frame.epoch)) {
+        socket.send(JSON.stringify({ type: 'nack', epoch: frame.epoch, version: frame.version, code: 'EGAP', message: 'not on top of what this agent has', details: [] }));
+        return;
+      }
+      agent.have = { epoch: frame.epoch, version: frame.version, digest: frame.digest };
+      socket.send(JSON.stringify({ type: 'ack', epoch: frame.epoch, version: frame.version, digest: frame.digest }));
+    });
+    socket.on('error', (err) => send({ error: `${agent.id}: ${err.message}` }));
+    socket.on('close', () => send({ closed: agent.id }));
+  });
+}
+
+// Handshakes a few dozen at a time (each is a TLS handshake on both sides).
+for (let i = 0; i < count; i += 50) {
+  await Promise.all(Array.from({ length: Math.min(50, count - i) }, (_, k) => connect(i + k)));
+}
+send({ connected });

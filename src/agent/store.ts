@@ -45,11 +45,11 @@ const DELTAS = 'deltas.jsonl';
 const MARKER = 'applying.json';
 const REFUSED = 'refused.json';
 
-/** Writes `data` to `file` so that a crash leaves the old content or the new, mode 0600. */
-export function writeAtomic(file: string, data: string): void {
+/** Writes `data` to `file` so that a crash leaves the old content or the new (temporary file, fsync, rename, fsync of the directory). */
+export function writeAtomic(file: string, data: string, mode = 0o600): void {
   const dir = path.dirname(file);
   const temporary = path.join(dir, `.${path.basename(file)}.${process.pid}.tmp`);
-  const fd = fs.openSync(temporary, 'w', 0o600);
+  const fd = fs.openSync(temporary, 'w', mode);
   try {
     fs.writeSync(fd, data);
     fs.fsyncSync(fd);

@@ -9,8 +9,10 @@ import { pino } from 'pino';
 import { SwitchyardError } from '../errors.js';
 import { watchStateFile } from '../desired/watch.js';
 import { Agent, readAgentConfig } from '../agent/agent.js';
-import { ControlPlaneServer, type AgentStatus, type Publication } from '../controlplane/server.js';
+import { ControlPlaneServer, type AgentStatus, type Proposed, type Publication } from '../controlplane/server.js';
 import { DEFAULT_POLICY } from '../controlplane/policy.js';
+import { BindingsApi } from '../controlplane/api.js';
+import { writeAtomic } from '../agent/store.js';
 
 const untilSignal = () =>
   new Promise<void>((resolve) => {
@@ -61,30 +63,36 @@ export async function controlPlaneCommand(flags: Record<string, unknown>): Promi
     port,
   });
   let refusal = '';
-  const watch = watchStateFile(stateFile, log, (state, why) => {
-    const r = server.propose(state, `${stateFile} (${why})`);
-    const base = { why, bindings: state.bindings.count, ms: r.ms };
+  /** One log line (or a few) per proposed state, from the file or the API. */
+  const logProposal = (r: Proposed, base: Record<string, unknown>) => {
     switch (r.outcome) {
       case 'published':
-        log.info({ ...base, version: r.version, changes: r.summary, unreachable: r.warnings.length }, 'published');
+        log.info({ ...base, ms: r.ms, version: r.version, changes: r.summary, unreachable: r.warnings.length }, 'published');
         for (const w of r.warnings.slice(0, 20)) log.warn({ code: w.code, witness: w.witness }, w.message);
         break;
       case 'unchanged':
-        log.info({ ...base, version: r.version }, 'unchanged');
+        log.info({ ...base, ms: r.ms, version: r.version }, 'unchanged');
         break;
       case 'held':
-        log.warn({ ...base, version: r.version, reason: r.withdrawal.message, entries: r.withdrawal.entries, changes: r.summary }, `held, not published: confirm with control-plane override --version ${r.version}`);
+        log.warn({ ...base, ms: r.ms, version: r.version, reason: r.withdrawal.message, entries: r.withdrawal.entries, changes: r.summary }, `held, not published: confirm with control-plane override --version ${r.version}`);
         break;
       case 'refused':
         refusal = [...r.findings.map((f) => `${f.code} ${f.message}`), ...r.guards.map((g) => `${g.code} ${g.message}: ${g.entries.join('; ')}`)].slice(0, 5).join('; ');
-        log.error({ ...base, findings: r.findings.slice(0, 50).map((f) => ({ code: f.code, message: f.message, witness: f.witness })), guards: r.guards }, 'refused by verification: not published, the current version stays');
+        log.error({ ...base, ms: r.ms, findings: r.findings.slice(0, 50).map((f) => ({ code: f.code, message: f.message, witness: f.witness })), guards: r.guards }, 'refused by verification: not published, the current version stays');
         break;
     }
+  };
+  const watch = watchStateFile(stateFile, log, (state, why) => {
+    logProposal(server.propose(state, `${stateFile} (${why})`), { why, bindings: state.bindings.count });
   });
   if (!watch.loaded || server.history.current === undefined) {
     watch.close();
     throw new SwitchyardError('EINVAL_FILE', `${stateFile}: no valid state to start from${refusal ? ` (${refusal})` : ''}`, { entry: stateFile });
   }
+  // The service-bindings API writes what it publishes (or holds) back to the file: one source of truth.
+  server.serveApi(
+    new BindingsApi(server, { write: (doc) => writeAtomic(stateFile, `${JSON.stringify(doc, null, 2)}\n`, fs.statSync(stateFile).mode & 0o777) }, (r, what, bindings) => logProposal(r, { why: what, bindings })),
+  );
   const bound = await server.listen();
   log.info({ host, port: bound, epoch: server.history.epoch, warmUpMs: Math.round(server.warmUpMs) }, 'listening');
   await untilSignal();

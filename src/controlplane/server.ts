@@ -10,6 +10,7 @@
  * shows per agent the applied version, the last NACK and heartbeat.
  */
 import { EventEmitter } from 'node:events';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import { warmUpHistory } from './warmup.js';
 import { judge, type PublishPolicy } from './policy.js';
 import type { Finding } from '../verify/verify.js';
@@ -117,6 +118,12 @@ export class ControlPlaneServer extends EventEmitter {
   /** A state held for an operator's confirmation, with the version it will get. */
   private held: { version: number; indexed: IndexedState } | undefined;
   private readonly publication: Omit<Publication, 'version' | 'digest' | 'bindings'> = { last: null, held: null, refused: null };
+  private api: { handle(req: IncomingMessage, res: ServerResponse): void } | undefined;
+
+  /** Serves the service-bindings API (api.ts) under /v1/. */
+  serveApi(api: { handle(req: IncomingMessage, res: ServerResponse): void }): void {
+    this.api = api;
+  }
 
   constructor(private readonly options: ServerOptions) {
     super();
@@ -124,6 +131,13 @@ export class ControlPlaneServer extends EventEmitter {
     this.history = new History(options.historyLimit ?? 64, options.epoch);
     this.https = https.createServer({ cert: options.cert, key: options.key }, (req, res) => {
       const json = (code: number, body: unknown) => res.writeHead(code, { 'content-type': 'application/json' }).end(`${JSON.stringify(body)}\n`);
+      if (req.url?.startsWith('/v1/')) {
+        const who = this.authorized(req.headers.authorization, true);
+        if (!who) return void res.writeHead(401).end();
+        if (who !== 'admin') return json(403, { error: 'the service-bindings API needs the admin token' });
+        if (!this.api) return json(404, { error: 'the service-bindings API is not served here' });
+        return this.api.handle(req, res);
+      }
       if (req.url === '/status' || req.url === '/override') {
         const who = this.authorized(req.headers.authorization, true);
         if (!who) return void res.writeHead(401).end();

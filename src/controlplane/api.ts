@@ -1,0 +1,220 @@
+/**
+ * The service-bindings API (`/v1/…` on the control plane's HTTPS port,
+ * admin token): bind a subnet to a service, remove it, set a service's
+ * policy or the HTTPS-only ranges, in a few HTTP requests. Every change is
+ * made on the state in force, validated with the same code as a file
+ * (a bad field is a 400 naming it), then goes through the publishing
+ * policy exactly like a file change (ControlPlaneServer.propose: verified,
+ * diffed, published, held for confirmation, or refused), and a change that
+ * is published or held is written back to the state file, which stays the
+ * one source of truth (its watcher then finds nothing new). GET
+ * /v1/openapi.json describes it.
+ */
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { SwitchyardError } from '../errors.js';
+import { IPPROTO, parseBindingPrefix, parsePort, parseProtocol } from '../bindings/binding.js';
+import { parseDesiredState } from '../desired/state.js';
+import { documentOf } from '../protocol/state.js';
+import type { ControlPlaneServer, Proposed } from './server.js';
+
+/** Where an accepted document is kept (the control plane's state file). */
+export interface DocumentStore {
+  write(doc: unknown): void;
+}
+
+const MAX_BODY = 64 * 1024 * 1024;
+
+type Doc = { bindings: Array<{ label: string; protocol: string; prefix: string; port: number }>; services: Record<string, unknown>; https_only: unknown; exclusive?: unknown };
+
+class ApiError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+    readonly field?: string,
+  ) {
+    super(message);
+  }
+}
+
+export class BindingsApi {
+  constructor(
+    private readonly server: ControlPlaneServer,
+    private readonly store: DocumentStore | undefined,
+    /** Told of every change proposed through the API (the control plane logs it). */
+    private readonly onProposed?: (result: Proposed, what: string, bindings: number) => void,
+  ) {}
+
+  /** Answers one /v1/ request (the caller has checked the admin token). */
+  handle(req: IncomingMessage, res: ServerResponse): void {
+    const send = (status: number, body: unknown) => res.writeHead(status, { 'content-type': 'application/json' }).end(`${JSON.stringify(body, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v))}\n`);
+    const url = new URL(req.url ?? '/', 'https://control-plane');
+    const route = `${req.method} ${url.pathname.replace(/^\/v1\/services\/[^/]+$/, '/v1/services/{label}')}`;
+    readBody(req)
+      .then((body) => this.route(route, url, body))
+      .then(([status, value]) => send(status, value))
+      .catch((err: unknown) => {
+        if (err instanceof ApiError) return send(err.status, { error: err.message, ...(err.field ? { field: err.field } : {}) });
+        if (err instanceof SwitchyardError) return send(400, { error: err.message, ...(err.entry ? { field: err.entry } : {}) });
+        send(500, { error: (err as Error).message });
+      });
+  }
+
+  private route(route: string, url: URL, body: unknown): [number, unknown] {
+    const label = decodeURIComponent(url.pathname.split('/')[3] ?? '');
+    switch (route) {
+      case 'GET /v1/openapi.json':
+        return [200, OPENAPI];
+      case 'GET /v1/state':
+        return [200, { version: this.server.history.current?.version ?? null, state: this.document() }];
+      case 'GET /v1/bindings': {
+        const q = (name: string) => url.searchParams.get(name);
+        const bindings = this.document().bindings.filter((b) => (!q('label') || b.label === q('label')) && (!q('protocol') || b.protocol === q('protocol')) && (!q('prefix') || b.prefix === q('prefix')));
+        return [200, { version: this.server.history.current?.version ?? null, bindings }];
+      }
+      case 'POST /v1/bindings':
+        return this.change('POST /v1/bindings', (doc) => {
+          const added = list(body, 'bindings');
+          const live = this.server.history.indexed;
+          added.forEach((b, n) => {
+            const entry = `bindings[${n}]`;
+            if (typeof b !== 'object' || b === null) throw new ApiError(400, `${entry}: expected {"label", "protocol", "prefix", "port"}`, entry);
+            const { protocol, prefix, port } = b as Record<string, unknown>;
+            const at = live?.find(IPPROTO[parseProtocol(protocol, entry)], parseBindingPrefix(prefix, entry, false), parsePort(port, entry)) ?? -1;
+            if (at >= 0) throw new ApiError(409, `${entry}: ${protocol} ${String(prefix)} port ${String(port)} is already bound to ${live!.bindings.label(at)}; DELETE it first to move it`, entry);
+          });
+          doc.bindings.push(...(added as Doc['bindings']));
+        });
+      case 'DELETE /v1/bindings':
+        return this.change('DELETE /v1/bindings', (doc) => {
+          const keys = list(body, 'bindings');
+          const live = this.server.history.indexed;
+          const gone = new Set<number>();
+          keys.forEach((k, n) => {
+            const entry = `bindings[${n}]`;
+            if (typeof k !== 'object' || k === null) throw new ApiError(400, `${entry}: expected {"protocol", "prefix", "port"}`, entry);
+            const { protocol, prefix, port } = k as Record<string, unknown>;
+            const at = live?.find(IPPROTO[parseProtocol(protocol, entry)], parseBindingPrefix(prefix, entry, false), parsePort(port, entry)) ?? -1;
+            if (at < 0) throw new ApiError(404, `${entry}: nothing is bound to ${String(protocol)} ${String(prefix)} port ${String(port)}`, entry);
+            gone.add(at);
+          });
+          // documentOf lists the bindings in row order: row i is bindings[i].
+          doc.bindings = doc.bindings.filter((_, i) => !gone.has(i));
+        });
+      case 'GET /v1/services':
+        return [200, { version: this.server.history.current?.version ?? null, services: this.document().services }];
+      case 'PUT /v1/services/{label}':
+        return this.change(`PUT /v1/services/${label}`, (doc) => {
+          doc.services[label] = body;
+        });
+      case 'DELETE /v1/services/{label}':
+        return this.change(`DELETE /v1/services/${label}`, (doc) => {
+          if (!(label in doc.services)) throw new ApiError(404, `no service policy for ${JSON.stringify(label)}`, 'label');
+          delete doc.services[label];
+        });
+      case 'GET /v1/https-only':
+        return [200, { version: this.server.history.current?.version ?? null, https_only: this.document().https_only }];
+      case 'PUT /v1/https-only':
+        return this.change('PUT /v1/https-only', (doc) => {
+          doc.https_only = body;
+        });
+      default:
+        throw new ApiError(404, `no such route: ${route} (GET /v1/openapi.json lists them)`);
+    }
+  }
+
+  private document(): Doc {
+    const c = this.server.history.current;
+    if (!c) throw new ApiError(409, 'nothing is published yet');
+    return documentOf(c.state) as Doc;
+  }
+
+  /** The state in force, changed by `edit`, validated, then proposed like a file change. */
+  private change(what: string, edit: (doc: Doc) => void): [number, unknown] {
+    const doc = this.document();
+    edit(doc);
+    const state = parseDesiredState(doc, 'request');
+    const r: Proposed = this.server.propose(state, `api ${what}`);
+    this.onProposed?.(r, `api ${what}`, state.bindings.count);
+    if (r.outcome === 'published' || r.outcome === 'held') this.store?.write(documentOf(state));
+    switch (r.outcome) {
+      case 'published':
+        return [200, { outcome: r.outcome, version: r.version, changes: r.summary, unreachable: r.warnings.map((w) => w.message) }];
+      case 'unchanged':
+        return [200, { outcome: r.outcome, version: r.version }];
+      case 'held':
+        return [202, { outcome: r.outcome, version: r.version, reason: r.withdrawal.message, entries: r.withdrawal.entries, changes: r.summary, confirm: `POST /override {"version": ${r.version}}` }];
+      case 'refused':
+        return [422, { outcome: r.outcome, findings: r.findings.map(({ code, message, witness }) => ({ code, message, witness })), guards: r.guards }];
+    }
+  }
+}
+
+function list(body: unknown, field: string): unknown[] {
+  const value = (body as Record<string, unknown> | null)?.[field];
+  if (!Array.isArray(value)) throw new ApiError(400, `the body must be {"${field}": [...]}`, field);
+  return value;
+}
+
+function readBody(req: IncomingMessage): Promise<unknown> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    req.on('data', (d: Buffer) => {
+      size += d.length;
+      if (size > MAX_BODY) {
+        reject(new ApiError(413, `the body is larger than ${MAX_BODY} bytes`));
+        req.destroy();
+        return;
+      }
+      chunks.push(d);
+    });
+    req.on('end', () => {
+      const text = Buffer.concat(chunks).toString('utf8');
+      if (text.trim() === '') return resolve(undefined);
+      try {
+        resolve(JSON.parse(text));
+      } catch (err) {
+        reject(new ApiError(400, `the body is not JSON: ${(err as Error).message}`));
+      }
+    });
+    req.on('error', reject);
+  });
+}
+
+const change = {
+  '200': { description: 'published (or unchanged): {outcome, version, changes: [who gains and loses what]}' },
+  '202': { description: 'held: it withdraws more of a service than the budget; {outcome, version, reason, entries, confirm}. POST /override {"version": N} publishes it' },
+  '400': { description: 'a bad field: {error, field}' },
+  '401': { description: 'no or wrong token' },
+  '403': { description: 'not the admin token' },
+  '422': { description: 'refused by verification: {outcome, findings: [{code, message, witness}], guards}; nothing published' },
+};
+const bindingSchema = { type: 'object', required: ['label', 'protocol', 'prefix', 'port'], properties: { label: { type: 'string', pattern: '^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$' }, protocol: { enum: ['tcp', 'udp'] }, prefix: { type: 'string', example: '192.0.2.0/24' }, port: { type: 'integer', minimum: 0, maximum: 65535, description: '0: any port' } } };
+const keySchema = { type: 'object', required: ['protocol', 'prefix', 'port'], properties: { protocol: { enum: ['tcp', 'udp'] }, prefix: { type: 'string' }, port: { type: 'integer' } } };
+const ports = { type: 'array', items: { oneOf: [{ type: 'integer', minimum: 1, maximum: 65535 }, { type: 'string', pattern: '^[0-9]+-[0-9]+$' }] } };
+const body = (schema: unknown) => ({ required: true, content: { 'application/json': { schema } } });
+
+export const OPENAPI = {
+  openapi: '3.0.3',
+  info: { title: 'Switchyard control plane: service bindings', version: '1', description: 'Every change is verified, diffed and rolled out exactly like a change of the state file. Bearer auth with the admin token.' },
+  components: { securitySchemes: { admin: { type: 'http', scheme: 'bearer' } } },
+  security: [{ admin: [] }],
+  paths: {
+    '/v1/state': { get: { summary: 'the desired state in force and its version', responses: { '200': { description: '{version, state}' } } } },
+    '/v1/bindings': {
+      get: { summary: 'bindings, filtered by label, protocol or prefix', parameters: ['label', 'protocol', 'prefix'].map((name) => ({ name, in: 'query', schema: { type: 'string' } })), responses: { '200': { description: '{version, bindings}' } } },
+      post: { summary: 'bind prefixes to services', requestBody: body({ type: 'object', required: ['bindings'], properties: { bindings: { type: 'array', items: bindingSchema } } }), responses: { ...change, '409': { description: 'a key is already bound' } } },
+      delete: { summary: 'remove bindings by key', requestBody: body({ type: 'object', required: ['bindings'], properties: { bindings: { type: 'array', items: keySchema } } }), responses: { ...change, '404': { description: 'a key is not bound' } } },
+    },
+    '/v1/services': { get: { summary: 'service policies', responses: { '200': { description: '{version, services}' } } } },
+    '/v1/services/{label}': {
+      parameters: [{ name: 'label', in: 'path', required: true, schema: { type: 'string' } }],
+      put: { summary: "set a service's policy: the ports its traffic may reach", requestBody: body({ type: 'object', properties: { tcp: ports, udp: ports } }), responses: change },
+      delete: { summary: "remove a service's policy (its traffic is then dropped: refused while it has bindings)", responses: { ...change, '404': { description: 'no such policy' } } },
+    },
+    '/v1/https-only': {
+      get: { summary: 'HTTPS-only ranges and the plaintext ports they refuse', responses: { '200': { description: '{version, https_only}' } } },
+      put: { summary: 'replace them', requestBody: body({ type: 'object', properties: { prefixes: { type: 'array', items: { type: 'string' } }, plaintext_ports: ports } }), responses: change },
+    },
+  },
+};

@@ -4,6 +4,8 @@
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -80,7 +82,14 @@ static Napi::Value LoadObject(const Napi::CallbackInfo &info) {
       ThrowErrno(env, -err, "bpf_map__reuse_fd", name);
     }
   }
+  // The verifier gives up with EAGAIN whenever a signal is pending for this
+  // thread (SIGCHLD of a tool the agent ran, a profiler's SIGPROF), and a
+  // big program takes it ~0.1-0.3 s: signals wait until the load is done.
+  sigset_t all, previous;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, &previous);
   int err = bpf_object__load(obj);
+  pthread_sigmask(SIG_SETMASK, &previous, nullptr);
   if (err) {
     std::string log = g_libbpf_log;
     bpf_object__close(obj);

@@ -101,9 +101,9 @@ export function u32Key(n: number): Buffer {
 }
 
 /**
- * Loads a BPF object (native loadObject), again when the verifier was cut
- * short by a signal: it answers EAGAIN when one is pending (SIGCHLD in the
- * agent, SIGPROF under a profiler), a retry then succeeds.
+ * Loads a BPF object (native loadObject, which blocks signals during the
+ * load: the verifier answers EAGAIN when one is pending), again should it
+ * still answer EAGAIN.
  */
 export function loadObject(...args: Parameters<ReturnType<typeof native>['loadObject']>): ReturnType<ReturnType<typeof native>['loadObject']> {
   for (let attempt = 1; ; attempt++) {

@@ -1,9 +1,9 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { TestNamespace, isRoot, type ProbeTarget } from '../support/netns.js';
+import { CLI, TestNamespace, isRoot, type ProbeTarget } from '../support/netns.js';
 
 const tcp = (addr: string, port: number): ProbeTarget => ({ proto: 'tcp', addr, port });
 const udp = (addr: string, port: number): ProbeTarget => ({ proto: 'udp', addr, port });
@@ -21,6 +21,19 @@ describe.skipIf(!isRoot)('dispatcher in a fresh network namespace', () => {
     for (const s of ns.socketsOf(service.pid)) ns.ok(['register-pid', String(service.pid), name, s.proto, s.addr, String(s.port)]);
     return service;
   }
+
+  it('loads under a storm of signals (the verifier answers EAGAIN when one is pending)', () => {
+    ns.ok(['unload']);
+    // A profiler's SIGPROF every 50 µs: the verifier's ~0.1 s never ended before a signal came.
+    const profiles = fs.mkdtempSync(path.join(os.tmpdir(), 'sy-prof-'));
+    try {
+      const r = spawnSync(process.execPath, ['--cpu-prof', `--cpu-prof-dir=${profiles}`, '--cpu-prof-interval', '50', CLI, 'load', '--netns', ns.path, '--bpffs', ns.bpffs, '--json'], { encoding: 'utf8' });
+      expect(r.stderr).toBe('');
+      expect(JSON.parse(r.stdout)).toMatchObject({ created: true });
+    } finally {
+      fs.rmSync(profiles, { recursive: true, force: true });
+    }
+  });
 
   it('load is idempotent, status reports the pinned program and link, unload removes everything', () => {
     expect(ns.json<{ created: boolean }>(['load']).created).toBe(false);

@@ -49,6 +49,8 @@ export interface AgentConfig {
   adminSocket: string;
   registrationSocket: string;
   registration: RegistrationAllowList;
+  /** Rollout labels sent to the control plane ({"site": "ams", "canary": "true"}). */
+  labels?: Record<string, string>;
 }
 
 export const DEFAULT_ADMIN_SOCKET = '/run/switchyard/admin.sock';
@@ -57,6 +59,16 @@ export const DEFAULT_REGISTRATION_SOCKET = '/run/switchyard/register.sock';
 const invalid = (file: string, what: string) => new SwitchyardError('EINVAL_FILE', `${file}: ${what}`, { entry: file });
 
 /** The agent's configuration file, validated; unknown fields refused. */
+function parseLabels(value: unknown, file: string): Record<string, string> {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw invalid(file, 'labels must be an object of strings ({"site": "ams", "canary": "true"})');
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(value)) {
+    if (!/^[A-Za-z0-9._-]{1,64}$/.test(k) || typeof v !== 'string' || !/^[A-Za-z0-9._-]{1,64}$/.test(v)) throw invalid(file, `labels.${k}: keys and values are 1-64 characters of [A-Za-z0-9._-]`);
+    out[k] = v;
+  }
+  return out;
+}
+
 export function readAgentConfig(file: string): AgentConfig {
   let doc: unknown;
   try {
@@ -64,7 +76,7 @@ export function readAgentConfig(file: string): AgentConfig {
   } catch (err) {
     throw invalid(file, (err as Error).message);
   }
-  checkDocumentFields(doc, file, new Set(['agent_id', 'state_dir', 'control_plane', 'netns', 'bpffs', 'firewall', 'heartbeat_seconds', 'metrics_listen', 'admin_socket', 'registration_socket', 'registration']), '{"agent_id", "state_dir", "control_plane": {...}}');
+  checkDocumentFields(doc, file, new Set(['agent_id', 'state_dir', 'control_plane', 'netns', 'bpffs', 'firewall', 'heartbeat_seconds', 'metrics_listen', 'admin_socket', 'registration_socket', 'registration', 'labels']), '{"agent_id", "state_dir", "control_plane": {...}}');
   const str = (v: unknown, what: string) => {
     if (typeof v !== 'string' || v === '') throw invalid(file, `${what} must be a non-empty string`);
     return v;
@@ -102,6 +114,7 @@ export function readAgentConfig(file: string): AgentConfig {
     adminSocket: doc.admin_socket === undefined ? DEFAULT_ADMIN_SOCKET : str(doc.admin_socket, 'admin_socket'),
     registrationSocket: doc.registration_socket === undefined ? DEFAULT_REGISTRATION_SOCKET : str(doc.registration_socket, 'registration_socket'),
     registration: parseAllowList(doc.registration, file),
+    ...(doc.labels === undefined ? {} : { labels: parseLabels(doc.labels, file) }),
   };
 }
 
@@ -162,6 +175,16 @@ export class Agent {
         if (!changes) this.rehearse(indexed);
       },
       localOverrides: () => this.local.size,
+      labels: config.labels,
+      counters: () => {
+        let misses = 0n;
+        let errors = 0n;
+        for (const d of this.dispatcher.destinationCounters()) {
+          misses += d.stats.misses;
+          errors += d.stats.errors;
+        }
+        return { misses: Number(misses), errors: Number(errors) };
+      },
       phase: (phase, fields) => this.log.info(fields, phase),
       done: ({ type, ms, code }) => {
         if (code) this.metrics.nacks.inc({ code });

@@ -26,6 +26,10 @@ export interface SessionOptions {
   apply: (next: IndexedState, changes: BindingChange[] | undefined) => Promise<void>;
   /** Bindings overridden locally, for heartbeats. */
   localOverrides?: () => number;
+  /** The data plane's miss and error totals, for heartbeats (a rollout watches them). */
+  counters?: () => { misses: number; errors: number };
+  /** Rollout labels, sent in hello. */
+  labels?: Record<string, string>;
   send: (frame: Frame) => void;
   limits?: GuardLimits;
   maxFrameBytes?: number;
@@ -110,13 +114,21 @@ export class AgentSession {
       capabilities,
       have: c ? { epoch: c.epoch, version: c.version, digest: c.digest } : null,
       refused: this.options.store.refused() ?? null,
+      ...(this.options.labels && Object.keys(this.options.labels).length > 0 ? { labels: this.options.labels } : {}),
     };
   }
 
   heartbeat(): Frame | undefined {
     const c = this.current;
     const local = this.options.localOverrides?.() ?? 0;
-    return c ? { type: 'heartbeat', epoch: c.epoch, version: c.version, digest: c.digest, age_ms: Math.max(0, this.now() - c.ackedAt), ...(local > 0 ? { local_overrides: local } : {}) } : undefined;
+    if (!c) return undefined;
+    let counters: { misses: number; errors: number } | undefined;
+    try {
+      counters = this.options.counters?.();
+    } catch {
+      // the counters are unreadable just now: the heartbeat goes without them
+    }
+    return { type: 'heartbeat', epoch: c.epoch, version: c.version, digest: c.digest, age_ms: Math.max(0, this.now() - c.ackedAt), ...(local > 0 ? { local_overrides: local } : {}), ...(counters ?? {}) };
   }
 
   /** Runs `fn` between pushes (local changes must not interleave with a push being made in place). */

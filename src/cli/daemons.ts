@@ -11,6 +11,7 @@ import { watchStateFile } from '../desired/watch.js';
 import { Agent, readAgentConfig } from '../agent/agent.js';
 import { ControlPlaneServer, type AgentStatus, type Proposed, type Publication } from '../controlplane/server.js';
 import { DEFAULT_POLICY } from '../controlplane/policy.js';
+import { parseRollout } from '../controlplane/rollout.js';
 import { BindingsApi } from '../controlplane/api.js';
 import { writeAtomic } from '../agent/store.js';
 
@@ -19,6 +20,14 @@ const untilSignal = () =>
     process.once('SIGINT', resolve);
     process.once('SIGTERM', resolve);
   });
+
+function readJson(file: string): unknown {
+  try {
+    return JSON.parse(fs.readFileSync(file, 'utf8'));
+  } catch (err) {
+    throw new SwitchyardError('EINVAL_FILE', `${file}: ${(err as Error).message}`, { entry: file, cause: err });
+  }
+}
 
 /** A secret file: readable by its owner only, or refused. */
 function readSecret(file: string, what: string): string {
@@ -53,7 +62,9 @@ export async function controlPlaneCommand(flags: Record<string, unknown>): Promi
   const log = pino({ base: { component: 'control-plane' } });
   const share = flags['withdrawal-share'] === undefined ? 5 : Number(flags['withdrawal-share']);
   if (!(share >= 0 && share <= 100)) throw new SwitchyardError('EINVAL_ARGUMENT', `--withdrawal-share ${JSON.stringify(flags['withdrawal-share'])} must be a percentage 0-100`);
+  const rollout = typeof flags.rollout === 'string' ? parseRollout(readJson(flags.rollout), flags.rollout) : undefined;
   const server = new ControlPlaneServer({
+    ...(rollout ? { rollout } : {}),
     policy: { ...DEFAULT_POLICY, limits: { ...DEFAULT_POLICY.limits, withdrawalShare: share / 100 } },
     cert: fs.readFileSync(need('cert'), 'utf8'),
     key: readSecret(need('key'), 'the TLS key'),
@@ -164,6 +175,11 @@ export async function controlPlaneStatus(flags: Record<string, unknown>, out: { 
     const head = [p.version === null ? 'nothing published yet' : `version ${p.version}: ${p.bindings} bindings`];
     if (p.last) head.push(`  published ${ago(p.last.at)} from ${p.last.source}${p.last.summary.length ? `: ${p.last.summary.slice(0, 5).join('; ')}` : ''}${p.last.warnings.length ? ` (${p.last.warnings.length} unreachable binding(s))` : ''}`);
     if (p.held) head.push(`  HELD version ${p.held.version} (${ago(p.held.since)}, ${p.held.source}): ${p.held.reason}; ${p.held.entries.join('; ')}; confirm with control-plane override --version ${p.held.version}`);
+    if (p.rollout) {
+      const r = p.rollout;
+      head.push(`  rollout of version ${r.version ?? '-'} (bake ${r.bakeSeconds} s)${r.halted ? `: HALTED at ${r.halted.stage} by ${r.halted.agentId}: ${r.halted.why}` : ''}`);
+      for (const st of r.stages) head.push(`    ${st.name}: ${st.state}, version ${st.version ?? '-'}, ${st.applied}/${st.agents} agents have it`);
+    }
     if (p.refused) head.push(`  last refused ${ago(p.refused.at)} (${p.refused.source}): ${[...p.refused.findings.map((f) => `${f.code} ${f.message}`), ...p.refused.guards.map((g) => `${g.code} ${g.message}`)].slice(0, 3).join('; ')}`);
     if (agents.length === 0) return [...head, 'no agent has connected yet'].join('\n');
     const rows = agents.map((a) => [

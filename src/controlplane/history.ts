@@ -13,7 +13,7 @@
 import crypto from 'node:crypto';
 import { policiesText, type DesiredState } from '../desired/state.js';
 import type { Delta, Frame, Hello, Snapshot } from '../protocol/messages.js';
-import { IndexedState, documentOf, stateJson, type BindingKey, type StateDelta } from '../protocol/state.js';
+import { IndexedState, documentOf, indexedCopy, stateJson, type BindingKey, type StateDelta } from '../protocol/state.js';
 import type { Binding } from '../bindings/binding.js';
 
 interface Version {
@@ -59,6 +59,10 @@ export class History {
   readonly epoch: string;
   private readonly log: Version[] = [];
   private live: IndexedState | undefined;
+  /** States of earlier versions a rollout stage is still to have (by version). */
+  private readonly retained = new Map<number, IndexedState>();
+  /** The versions to keep when the state in force changes (the rollout's: Rollout.versions()). */
+  retainFor: ReadonlySet<number> = new Set();
   private snapshotDoc: { version: number; doc: unknown } | undefined;
 
   /** `limit`: how many versions deltas can start from. */
@@ -85,6 +89,7 @@ export class History {
     const state = next.state;
     const live = this.live;
     if (live && live.digest === next.digest) return { version: this.log[this.log.length - 1]!.version, digest: next.digest, changed: false };
+    this.keepCurrent(false);
     return this.push(next, live && policiesText(live.state) === policiesText(state) ? live.diffTo(next) : undefined);
   }
 
@@ -98,6 +103,7 @@ export class History {
     if (!this.live) throw new Error('nothing published yet: publish a whole state first');
     const live = this.live;
     const before = live.digest;
+    this.keepCurrent(true);
     const made = live.applyDelta(delta, source);
     if (live.digest === before) {
       made.undo(); // nothing changed (e.g. a binding removed and added back as it was)
@@ -106,6 +112,18 @@ export class History {
     this.snapshotDoc = undefined;
     const key = ({ protocol, prefix, port }: BindingKey): BindingKey => ({ protocol, prefix, port });
     return this.push(live, { remove: made.changes.filter((c) => c.removed).map((c) => key(c.binding)), add: made.changes.filter((c) => !c.removed).map((c) => c.binding) });
+  }
+
+  /** Before the state in force changes: kept if a stage is still to have it (copied when it is about to change in place). */
+  private keepCurrent(inPlace: boolean): void {
+    const c = this.log[this.log.length - 1];
+    if (!c || !this.live || !this.retainFor.has(c.version) || this.retained.has(c.version)) return;
+    this.retained.set(c.version, inPlace ? indexedCopy(this.live.state) : this.live);
+  }
+
+  /** Drops the kept states no stage is to have any more. */
+  prune(): void {
+    for (const v of this.retained.keys()) if (!this.retainFor.has(v)) this.retained.delete(v);
   }
 
   private push(next: IndexedState, delta: StateDelta | undefined): { version: number; digest: string; changed: true } {
@@ -119,10 +137,17 @@ export class History {
     return { version, digest: next.digest, changed: true };
   }
 
-  /** What to send an agent, from its hello (undefined: nothing published yet, or only a version it refused). */
-  frameFor(hello: Pick<Hello, 'have' | 'refused'>, override?: { version: number; withdrawal: true }): Frame | undefined {
-    const c = this.log[this.log.length - 1];
-    if (!c || !this.live) return undefined;
+  /**
+   * What to send an agent, from its hello (undefined: nothing published yet,
+   * or only a version it refused): the version in force, or `target`, an
+   * earlier one its rollout stage is still to have.
+   */
+  frameFor(hello: Pick<Hello, 'have' | 'refused'>, override?: { version: number; withdrawal: true }, target?: number): Frame | undefined {
+    const latest = this.log[this.log.length - 1];
+    if (!latest || !this.live) return undefined;
+    const older = target !== undefined && target !== latest.version ? this.retained.get(target) : undefined;
+    const source = older ?? this.live;
+    const c = older ? (this.log.find((v) => v.version === target) ?? { version: target!, digest: older.digest, delta: undefined }) : latest;
     const refused = hello.refused;
     if (refused && refused.epoch === this.epoch && refused.version === c.version) return undefined;
     const have = hello.have;
@@ -130,15 +155,17 @@ export class History {
       return { type: 'up-to-date', epoch: this.epoch, version: c.version };
     }
     const at = have && have.epoch === this.epoch ? this.log.findIndex((v) => v.version === have.version && v.digest === have.digest) : -1;
+    const until = this.log.findIndex((v) => v.version === c.version);
     const withOverride = override && override.version === c.version ? { override } : {};
-    const steps = at >= 0 ? this.log.slice(at + 1).map((v) => v.delta) : [];
+    const steps = at >= 0 && until > at ? this.log.slice(at + 1, until + 1).map((v) => v.delta) : [];
     if (steps.length > 0 && steps.every((x) => x !== undefined)) {
       const delta: Delta = { type: 'delta', epoch: this.epoch, version: c.version, from_version: have!.version, digest: c.digest, ...compose(steps as StateDelta[]), ...withOverride };
       // A delta bigger than the state itself is not worth it.
-      if (delta.add.length + delta.remove.length < this.live.bindings.count) return delta;
+      if (delta.add.length + delta.remove.length < source.bindings.count) return delta;
     }
     // The document only when someone reads it (the server sends snapshotText instead).
     const state = (): unknown => {
+      if (older) return documentOf(older.state);
       if (this.snapshotDoc?.version !== c.version) this.snapshotDoc = { version: c.version, doc: documentOf(this.live!.state) };
       return this.snapshotDoc.doc;
     };
@@ -150,7 +177,8 @@ export class History {
   /** A snapshot frame's wire text, the state written straight from the columns. */
   snapshotText(frame: Snapshot): string {
     const head = JSON.stringify({ type: 'snapshot', epoch: frame.epoch, version: frame.version, digest: frame.digest, ...(frame.override ? { override: frame.override } : {}) });
-    if (!this.live || frame.version !== this.log[this.log.length - 1]?.version) return JSON.stringify(frame);
-    return `${head.slice(0, -1)},"state":${stateJson(this.live.state)}}`;
+    const source = frame.version === this.log[this.log.length - 1]?.version ? this.live : this.retained.get(frame.version);
+    if (!source) return JSON.stringify(frame);
+    return `${head.slice(0, -1)},"state":${stateJson(source.state)}}`;
   }
 }

@@ -13,6 +13,7 @@ import { EventEmitter } from 'node:events';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { warmUpHistory } from './warmup.js';
 import { judge, type PublishPolicy } from './policy.js';
+import { Rollout, type AgentView, type RolloutConfig } from './rollout.js';
 import type { Finding } from '../verify/verify.js';
 import type { GuardFinding } from '../agent/guards.js';
 import { IndexedState } from '../protocol/state.js';
@@ -43,6 +44,8 @@ export interface ServerOptions {
   policy?: PublishPolicy;
   /** Snapshots sent at once (default 32); the other agents wait their turn. */
   snapshotConcurrency?: number;
+  /** Stages a new version goes through (rollout.ts); without, it goes to every agent at once. */
+  rollout?: RolloutConfig;
 }
 
 export interface AgentStatus {
@@ -66,6 +69,15 @@ interface Peer {
   /** One of the SNAPSHOT_CONCURRENCY snapshot sends is this agent's. */
   sendingSnapshot: boolean;
 }
+
+interface Counters {
+  misses: number;
+  errors: number;
+  at: number;
+}
+
+/** How often a rollout looks whether the next stage is due. */
+const ROLLOUT_TICK_MS = 250;
 
 /** How long a held-back push waits when no write completion brings it sooner. */
 const HELD_RETRY_MS = 100;
@@ -92,6 +104,7 @@ export interface Publication {
   last: { version: number; at: number; source: string; summary: string[]; ranges: number; warnings: Brief[] } | null;
   held: { version: number; since: number; source: string; reason: string; entries: string[]; summary: string[] } | null;
   refused: { at: number; source: string; findings: Brief[]; guards: GuardFinding[] } | null;
+  rollout: ReturnType<Rollout['status']> | null;
 }
 
 export type Proposed =
@@ -117,8 +130,12 @@ export class ControlPlaneServer extends EventEmitter {
   private readonly tokenIndex = new Map<string, string>();
   /** A state held for an operator's confirmation, with the version it will get. */
   private held: { version: number; indexed: IndexedState } | undefined;
-  private readonly publication: Omit<Publication, 'version' | 'digest' | 'bindings'> = { last: null, held: null, refused: null };
+  private readonly publication: Omit<Publication, 'version' | 'digest' | 'bindings' | 'rollout'> = { last: null, held: null, refused: null };
   private api: { handle(req: IncomingMessage, res: ServerResponse): void } | undefined;
+  private readonly rollout: Rollout | undefined;
+  private rolloutTimer: NodeJS.Timeout | undefined;
+  /** Per agent, its last two heartbeats' counters and, once it has the version rolling out, the baseline they are judged from. */
+  private readonly health = new Map<string, { last?: Counters; prev?: Counters; baseline?: Counters & { rate: number }; pending?: boolean }>();
 
   /** Serves the service-bindings API (api.ts) under /v1/. */
   serveApi(api: { handle(req: IncomingMessage, res: ServerResponse): void }): void {
@@ -129,6 +146,7 @@ export class ControlPlaneServer extends EventEmitter {
     super();
     for (const [agentId, token] of Object.entries(options.tokens)) this.tokenIndex.set(tokenHash(token), agentId);
     this.history = new History(options.historyLimit ?? 64, options.epoch);
+    this.rollout = options.rollout ? new Rollout(options.rollout) : undefined;
     this.https = https.createServer({ cert: options.cert, key: options.key }, (req, res) => {
       const json = (code: number, body: unknown) => res.writeHead(code, { 'content-type': 'application/json' }).end(`${JSON.stringify(body)}\n`);
       if (req.url?.startsWith('/v1/')) {
@@ -191,11 +209,16 @@ export class ControlPlaneServer extends EventEmitter {
     await new Promise<void>((resolve) => this.https.listen(this.options.port ?? 0, this.options.host ?? '127.0.0.1', resolve));
     this.pinger = setInterval(() => this.ping(), this.options.pingMs ?? 10_000);
     this.pinger.unref();
+    if (this.rollout) {
+      this.rolloutTimer = setInterval(() => this.checkRollout(), ROLLOUT_TICK_MS);
+      this.rolloutTimer.unref();
+    }
     return (this.https.address() as AddressInfo).port;
   }
 
   async close(): Promise<void> {
     clearInterval(this.pinger);
+    clearInterval(this.rolloutTimer);
     for (const p of this.peers.values()) p.socket.terminate();
     this.wss.close();
     await new Promise<void>((resolve) => this.https.close(() => resolve()));
@@ -243,7 +266,8 @@ export class ControlPlaneServer extends EventEmitter {
   /** The publishing side of GET /status. */
   publicationStatus(): Publication {
     const c = this.history.current;
-    return { version: c?.version ?? null, digest: c?.digest ?? null, bindings: this.history.indexed?.bindings.count ?? 0, ...this.publication };
+    const rollout = this.rollout ? this.rollout.status(this.views(), Date.now()) : null;
+    return { version: c?.version ?? null, digest: c?.digest ?? null, bindings: this.history.indexed?.bindings.count ?? 0, ...this.publication, rollout };
   }
 
   /** Publishes a change of bindings on top of the current version (validated against it; a bad entry throws, naming it). */
@@ -253,6 +277,15 @@ export class ControlPlaneServer extends EventEmitter {
 
   private published(r: { version: number; changed: boolean }, options: { override?: boolean }): { version: number; changed: boolean } {
     if (options.override) this.override = { version: r.version, withdrawal: true };
+    if (r.changed && this.rollout) {
+      this.rollout.start(r.version);
+      this.retain();
+      // Health is judged afresh for each version: from when an agent has it.
+      for (const h of this.health.values()) {
+        h.baseline = undefined;
+        h.pending = false;
+      }
+    }
     if (r.changed) for (const peer of this.peers.values()) this.pushTo(peer);
     return { version: r.version, changed: r.changed };
   }
@@ -347,6 +380,11 @@ export class ControlPlaneServer extends EventEmitter {
         status.inFlight = null;
         if (frame.type === 'ack') this.emit('ack', agentId, frame.version);
         else this.emit('nack', agentId, status.lastNack);
+        if (this.rollout && frame.version === this.rollout.rollingOut) {
+          if (frame.type === 'ack') this.startBaseline(agentId);
+          else this.rollout.halt(this.view(peer), `NACK ${frame.code}: ${frame.message}`, Date.now());
+          this.checkRollout();
+        }
         // A NACK for a gap or a digest mismatch is answered with a snapshot next.
         if (frame.type === 'nack' && (frame.code === 'EGAP' || frame.code === 'EDIGEST')) peer.hello = { ...peer.hello, have: null };
         if (frame.type === 'ack' || frame.code === 'EGAP' || frame.code === 'EDIGEST') this.pushTo(peer);
@@ -356,6 +394,7 @@ export class ControlPlaneServer extends EventEmitter {
         status.lastHeartbeat = Date.now();
         status.localOverrides = frame.local_overrides ?? 0;
         status.applied = { epoch: frame.epoch, version: frame.version, digest: frame.digest };
+        if (frame.misses !== undefined && frame.errors !== undefined) this.heartbeatCounters(agentId, { misses: frame.misses, errors: frame.errors, at: Date.now() });
       }
     });
   }
@@ -368,7 +407,8 @@ export class ControlPlaneServer extends EventEmitter {
       peer.held ??= setTimeout(() => this.release(peer), HELD_RETRY_MS);
       return;
     }
-    const frame = this.history.frameFor(peer.hello, this.override);
+    const target = this.rollout ? (this.rollout.target(peer.hello.labels) ?? undefined) : undefined;
+    const frame = this.history.frameFor(peer.hello, this.override, target);
     if (!frame || (frame.type !== 'snapshot' && frame.type !== 'delta')) {
       if (frame) this.send(peer, encodeFrame(frame));
       return;
@@ -451,6 +491,64 @@ export class ControlPlaneServer extends EventEmitter {
     const key = `${frame.epoch} ${frame.version} ${frame.override ? 'override' : ''}`;
     if (this.encodedSnapshot?.key !== key) this.encodedSnapshot = { key, bytes: Buffer.from(this.history.snapshotText(frame), 'utf8') };
     return this.encodedSnapshot.bytes;
+  }
+
+  /** The history keeps the states the rollout's stages are still to have. */
+  private retain(): void {
+    if (!this.rollout) return;
+    this.history.retainFor = this.rollout.versions();
+    this.history.prune();
+  }
+
+  private view(peer: Peer): AgentView {
+    const s = peer.status;
+    return { agentId: s.agentId, labels: peer.hello.labels, connected: s.connected, applied: s.applied?.epoch === this.history.epoch ? s.applied.version : null, unhealthy: this.unhealthy(s.agentId) };
+  }
+
+  private views(): AgentView[] {
+    return [...this.peers.values()].map((p) => this.view(p));
+  }
+
+  /** Releases the next stage when it is due; pushes to its agents. */
+  private checkRollout(): void {
+    if (!this.rollout) return;
+    const released = this.rollout.advance(this.views(), Date.now());
+    if (released === null) return;
+    this.retain();
+    for (const peer of this.peers.values()) if (this.rollout.stageOf(peer.hello.labels) === released) this.pushTo(peer);
+  }
+
+  private heartbeatCounters(agentId: string, now: Counters): void {
+    const h = this.health.get(agentId) ?? {};
+    h.prev = h.last;
+    h.last = now;
+    if (h.pending) {
+      h.baseline = { ...now, rate: 0 };
+      h.pending = false;
+    }
+    this.health.set(agentId, h);
+    this.checkRollout();
+  }
+
+  /** The agent has the version rolling out: its counters are judged from here on. */
+  private startBaseline(agentId: string): void {
+    const h = this.health.get(agentId) ?? {};
+    if (h.last && h.prev && h.last.at > h.prev.at) h.baseline = { ...h.last, rate: ((h.last.misses - h.prev.misses) * 1000) / (h.last.at - h.prev.at) };
+    else if (h.last) h.baseline = { ...h.last, rate: 0 };
+    else h.pending = true;
+    this.health.set(agentId, h);
+  }
+
+  /** Errors risen, or misses climbing faster than before (at least 1/s, and twice the rate before), since the baseline. */
+  private unhealthy(agentId: string): string | null {
+    const h = this.health.get(agentId);
+    const b = h?.baseline;
+    const last = h?.last;
+    if (!b || !last || last.at <= b.at) return null;
+    if (last.errors > b.errors) return `errors rose from ${b.errors} to ${last.errors}`;
+    const rate = ((last.misses - b.misses) * 1000) / (last.at - b.at);
+    if (rate > Math.max(1, 2 * b.rate)) return `misses climb ${rate.toFixed(1)}/s (before: ${b.rate.toFixed(1)}/s)`;
+    return null;
   }
 
   private ping(): void {

@@ -43,6 +43,8 @@ export interface Hello {
   have: StateId | null;
   /** A version the agent refuses because it died applying it. */
   refused: { epoch: string; version: number } | null;
+  /** Rollout labels from its config ({"site": "ams", "canary": "true"}): which stage it is in. */
+  labels?: Record<string, string>;
 }
 
 export interface Snapshot extends StateId {
@@ -87,6 +89,9 @@ export interface Heartbeat extends StateId {
   age_ms: number;
   /** Bindings overridden on this machine (local bind/unbind): the kernel deliberately differs from the version. */
   local_overrides?: number;
+  /** Totals since the dispatcher was loaded, over every destination: lookups that found no socket, and errors (a rollout halts when they rise). */
+  misses?: number;
+  errors?: number;
 }
 
 export type Frame = Hello | Snapshot | Delta | UpToDate | Ack | Nack | Heartbeat;
@@ -140,7 +145,16 @@ const SHAPES: Record<Frame['type'], Check> = {
     capabilities: stringList,
     have: nullable(object(stateId)),
     refused: nullable(object({ epoch: string, version })),
-  }),
+    labels: (v, p) => {
+      if (typeof v !== 'object' || v === null || Array.isArray(v)) throw bad(p, 'must be an object of strings');
+      const entries = Object.entries(v);
+      if (entries.length > 32) throw bad(p, 'at most 32 labels');
+      for (const [k, x] of entries) {
+        string(k, `${p} key`);
+        string(x, `${p}.${k}`);
+      }
+    },
+  }, ['labels']),
   // The state document itself is validated by parseDesiredState, which names its entries.
   snapshot: object({ type: string, ...stateId, state: () => {}, override }, ['override']),
   delta: object(
@@ -171,7 +185,7 @@ const SHAPES: Record<Frame['type'], Check> = {
     },
     details: stringList,
   }),
-  heartbeat: object({ type: string, ...stateId, age_ms: version, local_overrides: version }, ['local_overrides']),
+  heartbeat: object({ type: string, ...stateId, age_ms: version, local_overrides: version, misses: version, errors: version }, ['local_overrides', 'misses', 'errors']),
 };
 
 /**

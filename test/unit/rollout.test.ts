@@ -1,0 +1,131 @@
+import { afterEach, beforeAll, afterAll, describe, expect, it } from 'vitest';
+import fs from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { WebSocket } from 'ws';
+import { ControlPlaneServer } from '../../src/controlplane/server.js';
+import { parseRollout } from '../../src/controlplane/rollout.js';
+import { parseDesiredState } from '../../src/desired/state.js';
+import { makeCerts, type TestCerts } from '../support/certs.js';
+
+const hasOpenssl = spawnSync('openssl', ['version']).status === 0;
+const SERVICES = { cdn: { tcp: [443] }, spectrum: { tcp: [443] } };
+/** Version n's state: n bindings of cdn, so each version differs. */
+const state = (n: number) => parseDesiredState({ bindings: Array.from({ length: 60 + n }, (_, i) => ({ label: 'cdn', protocol: 'tcp', prefix: `10.0.${i}.0/24`, port: 0 })), services: SERVICES }, `v${n}`);
+
+const eventually = async (what: string, check: () => boolean, ms = 5000) => {
+  for (let t = 0; t < ms; t += 20) {
+    if (check()) return;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  throw new Error(`${what}: not within ${ms} ms`);
+};
+
+describe.skipIf(!hasOpenssl)('staged rollout', () => {
+  let certs: TestCerts;
+  let server: ControlPlaneServer;
+  const sockets: WebSocket[] = [];
+  beforeAll(() => {
+    certs = makeCerts();
+  });
+  afterAll(() => fs.rmSync(certs.dir, { recursive: true, force: true }));
+  afterEach(async () => {
+    for (const s of sockets.splice(0)) s.terminate();
+    await server.close();
+  });
+
+  /** An agent that acknowledges what it gets (but NACKs the versions in `refuse`), and records the order. */
+  function agent(id: string, labels: Record<string, string>, port: number, log: string[], refuse: Set<number> = new Set()) {
+    const a = { id, versions: [] as number[], socket: undefined as unknown as WebSocket, counters: { misses: 0, errors: 0 } };
+    const socket = new WebSocket(`wss://127.0.0.1:${port}/`, { ca: certs.ca, headers: { authorization: `Bearer t-${id}` } });
+    a.socket = socket;
+    sockets.push(socket);
+    let have: { epoch: string; version: number; digest: string } | null = null;
+    socket.on('open', () => socket.send(JSON.stringify({ type: 'hello', protocol: 1, agent_id: id, agent_version: 'test', capabilities: ['delta'], have, refused: null, labels })));
+    socket.on('message', (data: Buffer) => {
+      const f = JSON.parse(data.toString()) as { type: string; epoch: string; version: number; digest: string; from_version?: number };
+      if (f.type !== 'snapshot' && f.type !== 'delta') return;
+      if (refuse.has(f.version)) {
+        socket.send(JSON.stringify({ type: 'nack', epoch: f.epoch, version: f.version, code: 'EAPPLY', message: 'the kernel refused it (test)', details: [] }));
+        return;
+      }
+      have = { epoch: f.epoch, version: f.version, digest: f.digest };
+      a.versions.push(f.version);
+      log.push(`${id} v${f.version}`);
+      socket.send(JSON.stringify({ type: 'ack', ...have }));
+    });
+    return {
+      ...a,
+      heartbeat: () => have && socket.send(JSON.stringify({ type: 'heartbeat', ...have, age_ms: 0, ...a.counters })),
+      get version() {
+        return a.versions.at(-1) ?? null;
+      },
+    };
+  }
+
+  async function start() {
+    const tokens = Object.fromEntries(['canary', 'ams', 'rest', 'late'].map((id) => [id, `t-${id}`]));
+    const rollout = parseRollout({ stages: [{ name: 'canary', match: { canary: 'true' } }, { name: 'ams', match: { site: 'ams' } }, { name: 'rest' }], bake_seconds: 0.3 }, 'rollout.json');
+    server = new ControlPlaneServer({ cert: certs.cert, key: certs.key, tokens, epoch: 'e', rollout });
+    return server.listen();
+  }
+
+  it('goes stage by stage, halts on a NACK keeping later stages where they were, and a rollback goes out like any version', async () => {
+    const port = await start();
+    const log: string[] = [];
+    server.publish(state(1));
+    const canary = agent('canary', { canary: 'true', site: 'ams' }, port, log, new Set([3]));
+    const ams = agent('ams', { site: 'ams' }, port, log);
+    const rest = agent('rest', { site: 'fra' }, port, log);
+    await eventually('v1 everywhere (the first version has nothing to protect)', () => [canary, ams, rest].every((a) => a.version === 1));
+
+    log.length = 0;
+    server.publish(state(2));
+    await eventually('v2 everywhere', () => [canary, ams, rest].every((a) => a.version === 2));
+    expect(log).toEqual(['canary v2', 'ams v2', 'rest v2']);
+    expect(server.publicationStatus().rollout!.stages.map((s) => s.state)).toEqual(['done', 'done', 'done']);
+
+    // The canary refuses version 3: the rollout halts there, later stages keep 2, a new agent of a later stage gets 2.
+    server.publish(state(3));
+    await eventually('halted', () => server.publicationStatus().rollout!.halted !== null);
+    expect(server.publicationStatus().rollout!.halted).toMatchObject({ stage: 'canary', agentId: 'canary', why: 'NACK EAPPLY: the kernel refused it (test)' });
+    const late = agent('late', {}, port, log);
+    await eventually('the late agent has what its stage has', () => late.version === 2);
+    await new Promise((r) => setTimeout(r, 700)); // more than the bake: nothing moves
+    expect([ams.version, rest.version, late.version]).toEqual([2, 2, 2]);
+    expect(server.publicationStatus().rollout!.stages.map((s) => [s.name, s.version, s.state])).toEqual([
+      ['canary', 3, 'rolling'],
+      ['ams', 2, 'halted'],
+      ['rest', 2, 'halted'],
+    ]);
+
+    // Rolling back: the previous content as a new version, from the first stage.
+    server.publish(state(2));
+    await eventually('v4 everywhere', () => [canary, ams, rest, late].every((a) => a.version === 4));
+  });
+
+  it('halts when an agent that has the new version sees its errors rise', async () => {
+    const port = await start();
+    const log: string[] = [];
+    server.publish(state(1));
+    const canary = agent('canary', { canary: 'true' }, port, log);
+    const rest = agent('rest', {}, port, log);
+    await eventually('v1 everywhere', () => canary.version === 1 && rest.version === 1);
+    canary.heartbeat();
+    server.publish(state(2));
+    await eventually('the canary has v2', () => canary.version === 2);
+    canary.heartbeat(); // the baseline
+    canary.counters.errors = 7;
+    await new Promise((r) => setTimeout(r, 30));
+    canary.heartbeat();
+    await eventually('halted', () => server.publicationStatus().rollout!.halted !== null);
+    expect(server.publicationStatus().rollout!.halted).toMatchObject({ stage: 'canary', why: 'errors rose from 0 to 7' });
+    await new Promise((r) => setTimeout(r, 500));
+    expect(rest.version).toBe(1);
+  });
+
+  it('refuses a rollout file that names a stage twice or has no stages', () => {
+    expect(() => parseRollout({ stages: [] }, 'r.json')).toThrow(/r\.json: expected \{"stages"/);
+    expect(() => parseRollout({ stages: [{ name: 'a' }, { name: 'a' }] }, 'r.json')).toThrow(/stages\[1\]: a is listed twice/);
+    expect(() => parseRollout({ stages: [{ name: 'a' }], bake: 3 }, 'r.json')).toThrow(/unknown field "bake"/);
+  });
+});

@@ -147,6 +147,24 @@ describe.skipIf(!isRoot)('agent and control plane end to end', () => {
     expect(labelAt('192.0.2.200', 443)).toBe('spectrum');
     fs.rmSync(certs.dir, { recursive: true, force: true });
   });
+  it('a staged rollout: the agent says its labels, the control plane puts it in its stage and shows the stages', async () => {
+    const { state, port, cpArgs, config } = setup(V1, { labels: { canary: 'true', site: 'ams' } });
+    const rollout = path.join(dir, 'rollout.json');
+    fs.writeFileSync(rollout, JSON.stringify({ stages: [{ name: 'canary', match: { canary: 'true' } }, { name: 'rest' }], bake_seconds: 1 }));
+    start([...cpArgs, '--rollout', rollout]);
+    start(['agent', '--config', config]);
+    await eventually('v1 in the data plane', () => labelAt('192.0.2.200', 443) === 'cdn');
+    fs.writeFileSync(state, JSON.stringify(V2));
+    await eventually('v2, the canary first', () => labelAt('192.0.2.200', 443) === 'spectrum');
+    const cpStatus = () => JSON.parse(spawnSync(CLI, ['control-plane', 'status', '--url', `https://127.0.0.1:${port}`, '--ca', path.join(dir, 'ca.pem'), '--token-file', path.join(dir, 'admin-token'), '--json'], { encoding: 'utf8' }).stdout) as {
+      publication: { rollout: { version: number; stages: Array<{ name: string; agents: number; applied: number; state: string }> } };
+    };
+    await eventually('the canary stage done, the next released', () => cpStatus().publication.rollout.stages[1]!.state === 'done');
+    expect(cpStatus().publication.rollout).toMatchObject({ version: 2, stages: [{ name: 'canary', agents: 1, applied: 1, state: 'done' }, { name: 'rest', agents: 0, applied: 0 }] });
+    const human = spawnSync(CLI, ['control-plane', 'status', '--url', `https://127.0.0.1:${port}`, '--ca', path.join(dir, 'ca.pem'), '--token-file', path.join(dir, 'admin-token')], { encoding: 'utf8' }).stdout;
+    expect(human).toMatch(/rollout of version 2 \(bake 1 s\)\n    canary: done, version 2, 1\/1 agents have it/);
+  });
+
   it('local overrides through the admin socket survive pushes; sockets handed over by an allowed uid only; direct writes refused', async () => {
     // The sockets in a directory others may traverse (the registration socket is for non-root services).
     const run = fs.mkdtempSync(path.join(os.tmpdir(), 'sy-run-'));

@@ -456,6 +456,9 @@ function verifierVerdict(log: string): string {
   return at > 0 ? lines[at - 1]! : lines.slice(-2).join(' | ');
 }
 
+/** Errors are one line on stderr, whatever the message (Node's parseArgs writes several). */
+const singleLine = (message: string) => message.replace(/\s*\n\s*/g, ' ').trim();
+
 function oneLine(err: unknown): string {
   if (err instanceof SwitchyardError) return err.message;
   if (isKernelError(err)) {
@@ -487,7 +490,7 @@ export async function main(argv: string[]): Promise<number> {
   try {
     parsed = parseArgs({ args: rest, options: { ...COMMON_OPTIONS, ...command.options }, allowPositionals: true, strict: true });
   } catch (err) {
-    process.stderr.write(`switchyard ${name}: ${(err as Error).message}; usage: switchyard ${command.usage}\n`);
+    process.stderr.write(`switchyard ${name}: ${singleLine((err as Error).message)}; usage: switchyard ${command.usage}\n`);
     return 2;
   }
   if (parsed.values.help) {
@@ -498,7 +501,7 @@ export async function main(argv: string[]): Promise<number> {
   try {
     return await command.run(parsed.positionals, parsed.values as Record<string, string | boolean | undefined>, out);
   } catch (err) {
-    process.stderr.write(`switchyard ${name}: ${oneLine(err)}\n`);
+    process.stderr.write(`switchyard ${name}: ${singleLine(oneLine(err))}\n`);
     if (process.env.SWITCHYARD_DEBUG) console.error(err);
     return err instanceof SwitchyardError && err.code === 'EINVAL_ARGUMENT' ? 2 : 1;
   }

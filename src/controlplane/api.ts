@@ -117,6 +117,20 @@ export class BindingsApi {
         return this.change('PUT /v1/https-only', (doc) => {
           doc.https_only = body;
         });
+      case 'POST /v1/https-only':
+      case 'DELETE /v1/https-only':
+        return this.change(route, (doc) => {
+          // Ranges one by one, as written in the state (canonical text: GET shows it).
+          const given = list(body, 'prefixes');
+          const current = doc.https_only as { prefixes: string[]; plaintext_ports: unknown };
+          given.forEach((p, n) => {
+            if (typeof p !== 'string') throw new ApiError(400, `prefixes[${n}]: expected a prefix`, `prefixes[${n}]`);
+            const known = current.prefixes.includes(p);
+            if (route.startsWith('POST') && known) throw new ApiError(409, `prefixes[${n}]: ${p} is already HTTPS-only`, `prefixes[${n}]`);
+            if (route.startsWith('DELETE') && !known) throw new ApiError(404, `prefixes[${n}]: ${p} is not an HTTPS-only range (GET /v1/https-only lists them)`, `prefixes[${n}]`);
+          });
+          current.prefixes = route.startsWith('POST') ? [...current.prefixes, ...(given as string[])] : current.prefixes.filter((p) => !given.includes(p));
+        });
       default:
         throw new ApiError(404, `no such route: ${route} (GET /v1/openapi.json lists them)`);
     }
@@ -215,6 +229,8 @@ export const OPENAPI = {
     '/v1/https-only': {
       get: { summary: 'HTTPS-only ranges and the plaintext ports they refuse', responses: { '200': { description: '{version, https_only}' } } },
       put: { summary: 'replace them', requestBody: body({ type: 'object', properties: { prefixes: { type: 'array', items: { type: 'string' } }, plaintext_ports: ports } }), responses: change },
+      post: { summary: 'add HTTPS-only ranges', requestBody: body({ type: 'object', required: ['prefixes'], properties: { prefixes: { type: 'array', items: { type: 'string' } } } }), responses: { ...change, '409': { description: 'a range is already HTTPS-only' } } },
+      delete: { summary: 'remove HTTPS-only ranges (as GET lists them)', requestBody: body({ type: 'object', required: ['prefixes'], properties: { prefixes: { type: 'array', items: { type: 'string' } } } }), responses: { ...change, '404': { description: 'not an HTTPS-only range' } } },
     },
   },
 };

@@ -121,6 +121,17 @@ describe.skipIf(!isRoot)('agent and control plane end to end', () => {
     expect(value('switchyard_control_plane_connected')).toBe(1);
     expect(value('switchyard_apply_duration_seconds_count{kind="delta"}')).toBe(1);
 
+    // Modes: the state directory and its files, the admin socket and the pinned objects are the owner's (root's) only.
+    const modeOf = (p: string) => fs.statSync(p).mode & 0o777;
+    const stateDir = path.join(dir, 'state');
+    expect(modeOf(stateDir)).toBe(0o700);
+    for (const f of fs.readdirSync(stateDir)) expect(modeOf(path.join(stateDir, f)), f).toBe(0o600);
+    expect(modeOf(path.join(dir, 'admin.sock'))).toBe(0o600);
+    const pins = (at: string): string[] => fs.readdirSync(at, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? pins(path.join(at, e.name)) : [path.join(at, e.name)]));
+    const pinned = pins(ns.bpffs);
+    expect(pinned.length).toBeGreaterThan(5);
+    for (const p of pinned) expect(modeOf(p), p).toBe(0o600);
+
     // The agent killed, then the control plane stopped: the data plane serves on, and a new agent restores its last known good state.
     agent.kill('SIGKILL');
     cp.kill('SIGTERM');

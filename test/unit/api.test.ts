@@ -85,6 +85,11 @@ describe.skipIf(!hasOpenssl)('service-bindings API', () => {
     expect((await call('GET', '/v1/services')).body).toMatchObject({ services: { cdn: { tcp: [443], udp: [] } } });
     expect(await call('PUT', '/v1/services/cdn', { tcp: ['70000'] })).toMatchObject({ status: 400, body: { field: 'request: services.cdn.tcp[0]' } });
     expect((await call('PUT', '/v1/https-only', { prefixes: ['192.0.2.0/26'] })).body).toMatchObject({ outcome: 'published' });
+    expect((await call('POST', '/v1/https-only', { prefixes: ['192.0.2.64/26'] })).body).toMatchObject({ outcome: 'published' });
+    expect(await call('POST', '/v1/https-only', { prefixes: ['192.0.2.64/26'] })).toMatchObject({ status: 409, body: { field: 'prefixes[0]' } });
+    expect((await call('DELETE', '/v1/https-only', { prefixes: ['192.0.2.0/26'] })).body).toMatchObject({ outcome: 'published' });
+    expect((await call('GET', '/v1/https-only')).body).toMatchObject({ https_only: { prefixes: ['192.0.2.64/26'] } });
+    expect(await call('DELETE', '/v1/https-only', { prefixes: ['10.0.0.0/8'] })).toMatchObject({ status: 404 });
     expect(await call('GET', '/v1/state', undefined, 'agent-token')).toMatchObject({ status: 403 });
     expect(await call('GET', '/v1/state', undefined, 'nobody')).toMatchObject({ status: 401 });
     const spec = await call('GET', '/v1/openapi.json');

@@ -243,14 +243,28 @@ export class AgentSession {
     }
     phase('applied');
     const applied: Current = { epoch: frame.epoch, version: frame.version, digest, indexed: next, ackedAt: this.now() };
-    if (frame.type === 'snapshot') {
-      store.saveSnapshotFrame(text, applied.ackedAt);
-      this.loggedDeltas = 0;
-    } else {
-      store.appendDelta({ epoch: frame.epoch, version: frame.version, from_version: frame.from_version, digest, add: frame.add, remove: frame.remove, acked_at: applied.ackedAt });
-      this.loggedDeltas++;
+    try {
+      if (frame.type === 'snapshot') {
+        store.saveSnapshotFrame(text, applied.ackedAt);
+        this.loggedDeltas = 0;
+      } else {
+        store.appendDelta({ epoch: frame.epoch, version: frame.version, from_version: frame.from_version, digest, add: frame.add, remove: frame.remove, acked_at: applied.ackedAt });
+        this.loggedDeltas++;
+      }
+      store.clearApplying();
+    } catch (err) {
+      // Not persisted (a full disk): acknowledging it would leave a restart
+      // with another state than the kernel's, so the kernel goes back to the
+      // last known good (nothing, on a first state) and the push is refused.
+      made?.undo();
+      try {
+        store.clearApplying();
+      } catch {
+        // the marker stays: at restart the version is refused, which is right too
+      }
+      await this.options.apply(c ? c.indexed : IndexedState.of(parseDesiredState({ bindings: [] }, 'nothing')), undefined).catch(() => {});
+      throw new Refusal('EAPPLY', `version ${frame.version} was applied but could not be persisted (${(err as Error).message}); the last known good state (${c ? c.version : 'none'}) is put back`);
     }
-    store.clearApplying();
     phase('persisted', { deltasLogged: this.loggedDeltas });
     this.current = applied;
     this.ack(applied);

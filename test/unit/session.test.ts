@@ -99,6 +99,34 @@ describe('agent session (fake transport)', () => {
     expect(nack().code).toBe('EINVALID');
   });
 
+  it('a version it cannot persist (a full disk) is put back out of the kernel and refused; the next one goes through', async () => {
+    const store = new StateStore(dir);
+    const given: string[] = []; // the digest the kernel was given, at each apply (the state itself changes in place)
+    const s = new AgentSession({ agentId: 'edge-1', agentVersion: 'test', store, send: (f) => sent.push(f), apply: async (next) => void given.push(next.digest) });
+    await push(s, snapshot(1, V1));
+    const full = () => {
+      throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
+    };
+    const [append, save] = [store.appendDelta.bind(store), store.saveSnapshotFrame.bind(store)];
+    store.appendDelta = full;
+    store.saveSnapshotFrame = full;
+    const v1 = stateDigest(parse(V1));
+    const delta = { type: 'delta', epoch: 'e1', version: 2, from_version: 1, digest: stateDigest(parse(V2)), ...diffStates(parse(V1), parse(V2)) };
+    await push(s, delta);
+    expect(last()).toMatchObject({ type: 'nack', code: 'EAPPLY', version: 2 });
+    expect((last() as Nack).message).toMatch(/could not be persisted \(ENOSPC.*the last known good state \(1\) is put back/);
+    // The kernel was given version 2, then version 1 again; the session still holds 1, whole.
+    expect(given).toEqual([v1, stateDigest(parse(V2)), v1]);
+    expect(s.applied!.version).toBe(1);
+    expect(s.applied!.indexed.digest).toBe(v1);
+    expect(store.recoverFromCrash()).toBeUndefined(); // no marker left: the version is not taken for one that killed the agent
+    // Space again: the same delta applies.
+    store.appendDelta = append;
+    store.saveSnapshotFrame = save;
+    await push(s, delta);
+    expect(last()).toMatchObject({ type: 'ack', version: 2 });
+  });
+
   it('refuses a version that killed the agent mid-apply, says so in hello, and restores the last known good at start', async () => {
     const first = session();
     await push(first, snapshot(1, V1));

@@ -45,17 +45,34 @@ const DELTAS = 'deltas.jsonl';
 const MARKER = 'applying.json';
 const REFUSED = 'refused.json';
 
+/**
+ * All of `data`, or an error: write(2) may write less than asked (a disk
+ * filling up writes what fits and says how much), and a short write taken
+ * for a whole one left a truncated file renamed into place.
+ */
+function writeAll(fd: number, data: string): void {
+  const bytes = Buffer.from(data, 'utf8');
+  for (let at = 0; at < bytes.length; ) {
+    const n = fs.writeSync(fd, bytes, at, bytes.length - at);
+    if (n <= 0) throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC', syscall: 'write' });
+    at += n;
+  }
+}
+
 /** Writes `data` to `file` so that a crash leaves the old content or the new (temporary file, fsync, rename, fsync of the directory). */
 export function writeAtomic(file: string, data: string, mode = 0o600): void {
   const dir = path.dirname(file);
   const temporary = path.join(dir, `.${path.basename(file)}.${process.pid}.tmp`);
   const fd = fs.openSync(temporary, 'w', mode);
   try {
-    fs.writeSync(fd, data);
+    writeAll(fd, data);
     fs.fsyncSync(fd);
-  } finally {
+  } catch (err) {
     fs.closeSync(fd);
+    fs.rmSync(temporary, { force: true }); // its space back
+    throw err;
   }
+  fs.closeSync(fd);
   fs.renameSync(temporary, file);
   const dirFd = fs.openSync(dir, 'r');
   try {
@@ -119,9 +136,14 @@ export class StateStore {
   appendDelta(record: DeltaRecord): void {
     const line = `${JSON.stringify(record)}\n`;
     const fd = fs.openSync(path.join(this.dir, DELTAS), 'a', 0o600);
+    const size = fs.fstatSync(fd).size;
     try {
-      fs.writeSync(fd, line);
+      writeAll(fd, line);
       fs.fdatasyncSync(fd);
+    } catch (err) {
+      // No torn line left behind for the next append to bury mid-file.
+      fs.ftruncateSync(fd, size);
+      throw err;
     } finally {
       fs.closeSync(fd);
     }

@@ -4,7 +4,7 @@
  * `switchyard agent`) as child processes.
  */
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
@@ -158,6 +158,35 @@ describe.skipIf(!isRoot)('agent and control plane end to end', () => {
     expect(labelAt('192.0.2.200', 443)).toBe('spectrum');
     fs.rmSync(certs.dir, { recursive: true, force: true });
   });
+  it('a full state directory: the version is refused and taken back out of the kernel; a smaller one then goes through', async () => {
+    // The state directory on a 256 KiB tmpfs: version 1 fits, 20,000 more bindings do not.
+    const small = path.join(dir, 'small');
+    fs.mkdirSync(small);
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=256k,mode=0700', 'tmpfs', small]);
+    try {
+      const { state, port, cpArgs, config } = setup(V1, { state_dir: small });
+      start(cpArgs);
+      const agent = start(['agent', '--config', config]);
+      await eventually('v1 in the data plane', () => labelAt('192.0.2.200', 443) === 'cdn');
+      const big = { ...V1, bindings: [...V1.bindings, ...Array.from({ length: 20_000 }, (_, i) => ({ label: 'cdn', protocol: 'tcp', prefix: `10.${i >> 8}.${i & 255}.0/24`, port: 0 }))] };
+      fs.writeFileSync(state, JSON.stringify(big));
+      await eventually('the big version refused', () => /could not be persisted \(ENOSPC/.test(logs.get(agent)!), 30_000);
+      expect(labelAt('10.0.5.1', 443)).toBeNull(); // taken back out
+      expect(labelAt('192.0.2.200', 443)).toBe('cdn');
+      // Back to a small state: for the control plane that withdraws the 20,000 (in force there), so an operator confirms it.
+      fs.writeFileSync(state, JSON.stringify(V2));
+      const cp = (args: string[]) => spawnSync(CLI, ['control-plane', ...args, '--url', `https://127.0.0.1:${port}`, '--ca', path.join(dir, 'ca.pem'), '--token-file', path.join(dir, 'admin-token')], { encoding: 'utf8' });
+      await eventually('held', () => /HELD version 3/.test(cp(['status']).stdout));
+      expect(cp(['override', '--version', '3']).status).toBe(0);
+      await eventually('the small version in the data plane', () => labelAt('192.0.2.200', 443) === 'spectrum', 30_000);
+      expect(spawnSync(CLI, ['agent', 'status', '--socket', path.join(dir, 'admin.sock'), '--json'], { encoding: 'utf8' }).stdout).toMatch(/"refused": null|"refused":null/);
+    } finally {
+      for (const c of children.splice(0)) c.kill('SIGKILL');
+      await new Promise((r) => setTimeout(r, 200));
+      spawnSync('umount', [small]);
+    }
+  });
+
   it('a staged rollout: the agent says its labels, the control plane puts it in its stage and shows the stages', async () => {
     const { state, port, cpArgs, config } = setup(V1, { labels: { canary: 'true', site: 'ams' } });
     const rollout = path.join(dir, 'rollout.json');

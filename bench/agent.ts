@@ -24,6 +24,7 @@ import { parseDesiredState } from '../src/desired/state.js';
 import { ControlPlaneServer } from '../src/controlplane/server.js';
 import { TestNamespace, CLI } from '../test/support/netns.js';
 import { makeCerts } from '../test/support/certs.js';
+import { writeAgentConfig } from '../test/support/agent-config.js';
 import { stateDoc } from './firewall.js';
 
 export interface AgentBench {
@@ -64,24 +65,7 @@ async function pair(dir: string, certs: ReturnType<typeof makeCerts>) {
   try {
     const port = await server.listen();
     fs.mkdirSync(dir);
-    const file = (name: string, content: string) => {
-      fs.writeFileSync(path.join(dir, name), content, { mode: 0o600 });
-      return path.join(dir, name);
-    };
-    const config = file(
-      'agent.json',
-      JSON.stringify({
-        agent_id: 'bench',
-        state_dir: path.join(dir, 'state'),
-        control_plane: { url: `wss://127.0.0.1:${port}/`, ca_file: file('ca.pem', certs.ca), token_file: file('token', 'tok') },
-        netns: ns.path,
-        bpffs: ns.bpffs,
-        firewall: { backend: 'auto', resync_seconds: 3600 },
-        heartbeat_seconds: 3600,
-        admin_socket: path.join(dir, 'admin.sock'),
-        registration_socket: path.join(dir, 'register.sock'),
-      }),
-    );
+    const config = writeAgentConfig(dir, { agentId: 'bench', port, ca: certs.ca, token: 'tok', netns: ns.path, bpffs: ns.bpffs, extra: { firewall: { backend: 'auto', resync_seconds: 3600 }, heartbeat_seconds: 3600 } });
     // Its JSON log lines: to our stderr with BENCH_LOG set (phase timings), else dropped.
     agent = spawn(CLI, ['agent', '--config', config], { stdio: ['ignore', process.env.BENCH_LOG ? 'inherit' : 'ignore', 'inherit'] });
     const child = agent;

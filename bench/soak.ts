@@ -22,6 +22,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { TestNamespace, CLI } from '../test/support/netns.js';
 import { makeCerts } from '../test/support/certs.js';
+import { writeAgentConfig } from '../test/support/agent-config.js';
 import { projectPath } from '../src/paths.js';
 
 const LABELS = ['cdn', 'spectrum', 'dns'];
@@ -34,7 +35,6 @@ interface Version {
   n: number;
   labels: string[]; // per host
   writtenAt: number;
-  ackedAt: number | null;
 }
 
 export async function soak(seconds: number, rate = 200) {
@@ -57,23 +57,10 @@ export async function soak(seconds: number, rate = 200) {
     const services = Object.fromEntries(LABELS.map((l) => [l, { tcp: ['1-65535'], udp: ['1-65535'] }]));
     fs.writeFileSync(`${stateFile}.tmp`, JSON.stringify({ bindings, services }));
     fs.renameSync(`${stateFile}.tmp`, stateFile);
-    versions.push({ n: versions.length + 1, labels: [...labels], writtenAt: Date.now(), ackedAt: null });
+    versions.push({ n: versions.length + 1, labels: [...labels], writtenAt: Date.now() });
   };
   const cpArgs = ['control-plane', '--state', stateFile, '--listen', `127.0.0.1:${port}`, '--cert', file('cert.pem', certs.cert), '--key', file('key.pem', certs.key), '--tokens', file('tokens.json', JSON.stringify({ soak: 'tok' })), '--withdrawal-share', '100'];
-  const config = file(
-    'agent.json',
-    JSON.stringify({
-      agent_id: 'soak',
-      state_dir: path.join(dir, 'state'),
-      control_plane: { url: `wss://127.0.0.1:${port}/`, ca_file: file('ca.pem', certs.ca), token_file: file('token', 'tok') },
-      netns: server.path,
-      bpffs: server.bpffs,
-      firewall: { backend: 'auto', resync_seconds: 2 },
-      heartbeat_seconds: 1,
-      admin_socket: path.join(dir, 'admin.sock'),
-      registration_socket: path.join(dir, 'register.sock'),
-    }),
-  );
+  const config = writeAgentConfig(dir, { agentId: 'soak', port, ca: certs.ca, token: 'tok', netns: server.path, bpffs: server.bpffs, extra: { firewall: { backend: 'auto', resync_seconds: 2 }, heartbeat_seconds: 1 } });
   // Acknowledged versions, from the agent's log (a version's number restarts with a control plane's epoch: matched by order).
   const acked: number[] = [];
   let connections = 0;
@@ -101,7 +88,6 @@ export async function soak(seconds: number, rate = 200) {
       for (const t0 = Date.now(); !check(); await new Promise((r) => setTimeout(r, 20))) if (Date.now() - t0 > ms) throw new Error(`soak: ${what} not within ${ms} ms`);
     };
     await until('version 1 acknowledged', () => acked.length >= 1);
-    versions[0]!.ackedAt = acked[0]!;
     // UDP on the wildcard address: its answers then leave from an address the client can route to (from 127.0.0.1 they would be martians on the veth).
     for (const label of LABELS) await server.startService(label, ['tcp4', 'udp4@0.0.0.0:0'], true);
     const targets = HOSTS.flatMap((addr) => [{ proto: 'tcp', addr, port: 443 }, { proto: 'udp', addr, port: 53 }]);
@@ -167,7 +153,6 @@ export async function soak(seconds: number, rate = 200) {
     }
     await loadDone;
     clearInterval(sampler);
-    // Versions' acknowledgements, in order (every version after the first was waited for).
     return analyse(attempts, targets, versions, acked, events, rss);
   } finally {
     for (const c of children) c.kill('SIGKILL');

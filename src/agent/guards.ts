@@ -32,10 +32,6 @@ export interface GuardLimits {
 export const DEFAULT_LIMITS: GuardLimits = { maxBindings: 4_000_000, withdrawalShare: 0.05, withdrawalMin: 50 };
 
 const SHOWN = 5;
-const describe = (s: DesiredState, i: number) => {
-  const t = s.bindings;
-  return `${t.label(i)} ${t.protocol[i] === IPPROTO.tcp ? 'tcp' : 'udp'} ${t.prefixText(i)} port ${t.port[i]}`;
-};
 
 /** Bindings (rows of `state`) on a plaintext port inside an HTTPS-only range: the range would refuse them. */
 function plaintextInsideHttpsOnly(state: DesiredState, rows: Iterable<number>): GuardFinding | undefined {
@@ -50,7 +46,7 @@ function plaintextInsideHttpsOnly(state: DesiredState, rows: Iterable<number>): 
     const inside = ranges.find((r) => r.family === t.family[i] && r.length <= t.prefixLen[i]! && prefixContains(r.words, 0, r.length, t.addr, i * 4));
     if (!inside) continue;
     count++;
-    if (hits.length < SHOWN) hits.push(`${describe(state, i)} (inside HTTPS-only ${formatPrefix(inside)})`);
+    if (hits.length < SHOWN) hits.push(`${state.bindings.describe(i)} (inside HTTPS-only ${formatPrefix(inside)})`);
   }
   if (count === 0) return undefined;
   return { code: 'EINVARIANT', message: `${count} binding(s) on a plaintext port inside an HTTPS-only range (the range refuses that port)`, entries: hits };

@@ -161,6 +161,11 @@ export class BindingTable {
     return `${formatAddress(p.family, p.words)}/${p.length}`;
   }
 
+  /** Row i as operators read it in messages: "cdn tcp 192.0.2.0/24 port 443". */
+  describe(i: number): string {
+    return `${this.label(i)} ${protocolName(this.protocol[i]!)} ${this.prefixText(i)} port ${this.port[i]}`;
+  }
+
   binding(i: number): Binding {
     return { label: this.label(i), protocol: protocolName(this.protocol[i]!), prefix: this.prefixText(i), port: this.port[i]! };
   }

@@ -8,6 +8,7 @@ import https from 'node:https';
 import { pino } from 'pino';
 import { SwitchyardError } from '../errors.js';
 import { watchStateFile } from '../desired/watch.js';
+import { readJsonFile } from '../desired/state.js';
 import { Agent, readAgentConfig } from '../agent/agent.js';
 import { ControlPlaneServer, type AgentStatus, type Proposed, type Publication } from '../controlplane/server.js';
 import { DEFAULT_POLICY } from '../controlplane/policy.js';
@@ -20,14 +21,6 @@ const untilSignal = () =>
     process.once('SIGINT', resolve);
     process.once('SIGTERM', resolve);
   });
-
-function readJson(file: string): unknown {
-  try {
-    return JSON.parse(fs.readFileSync(file, 'utf8'));
-  } catch (err) {
-    throw new SwitchyardError('EINVAL_FILE', `${file}: ${(err as Error).message}`, { entry: file, cause: err });
-  }
-}
 
 /** A secret file: readable by its owner only, or refused. */
 function readSecret(file: string, what: string): string {
@@ -62,7 +55,7 @@ export async function controlPlaneCommand(flags: Record<string, unknown>): Promi
   const log = pino({ base: { component: 'control-plane' } });
   const share = flags['withdrawal-share'] === undefined ? 5 : Number(flags['withdrawal-share']);
   if (!(share >= 0 && share <= 100)) throw new SwitchyardError('EINVAL_ARGUMENT', `--withdrawal-share ${JSON.stringify(flags['withdrawal-share'])} must be a percentage 0-100`);
-  const rollout = typeof flags.rollout === 'string' ? parseRollout(readJson(flags.rollout), flags.rollout) : undefined;
+  const rollout = typeof flags.rollout === 'string' ? parseRollout(readJsonFile(flags.rollout), flags.rollout) : undefined;
   const server = new ControlPlaneServer({
     ...(rollout ? { rollout } : {}),
     policy: { ...DEFAULT_POLICY, limits: { ...DEFAULT_POLICY.limits, withdrawalShare: share / 100 } },

@@ -4,9 +4,8 @@
  * before they publish (the control plane runs the same before every
  * publish).
  */
-import fs from 'node:fs';
 import { SwitchyardError } from '../errors.js';
-import { readDesiredState } from '../desired/state.js';
+import { readDesiredState, readJsonFile } from '../desired/state.js';
 import { verifyDocument, type Finding } from '../verify/verify.js';
 import { semanticDiff, describePorts, type SemanticDiff } from '../verify/diff.js';
 
@@ -20,20 +19,12 @@ interface Out {
   data(value: unknown, human: () => string): void;
 }
 
-function readDocument(file: string): unknown {
-  try {
-    return JSON.parse(file === '-' ? fs.readFileSync(0, 'utf8') : fs.readFileSync(file, 'utf8'));
-  } catch (err) {
-    throw new SwitchyardError('EINVAL_FILE', `${file}: ${(err as Error).message}`, { entry: file, cause: err });
-  }
-}
-
 /** Exit status: 0 when the state has no findings, 1 when it has some (or cannot be read). */
 export function verifyCommand(args: string[], out: Out): number {
   if (args.length !== 1) throw new SwitchyardError('EINVAL_ARGUMENT', `verify takes one state file: ${VERIFY_USAGE}`);
   const file = args[0]!;
   const started = performance.now();
-  const { state, findings } = verifyDocument(readDocument(file), file);
+  const { state, findings } = verifyDocument(readJsonFile(file), file);
   const ms = Math.round(performance.now() - started);
   const counts: Record<string, number> = {};
   for (const f of findings) counts[f.code] = (counts[f.code] ?? 0) + 1;

@@ -169,14 +169,15 @@ function list(body: unknown, field: string): unknown[] {
   return value;
 }
 
-function readBody(req: IncomingMessage): Promise<unknown> {
+/** A request's JSON body (undefined when empty), at most `max` bytes. */
+export function readBody(req: IncomingMessage, max = MAX_BODY): Promise<unknown> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;
     req.on('data', (d: Buffer) => {
       size += d.length;
-      if (size > MAX_BODY) {
-        reject(new ApiError(413, `the body is larger than ${MAX_BODY} bytes`));
+      if (size > max) {
+        reject(new ApiError(413, `the body is larger than ${max} bytes`));
         req.destroy();
         return;
       }

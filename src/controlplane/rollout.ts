@@ -132,7 +132,7 @@ export class Rollout {
     return this.released;
   }
 
-  status(agents: AgentView[], now: number): { version: number | null; bakeSeconds: number; halted: Rollout['halted']; stages: StageStatus[] } {
+  status(agents: AgentView[]): { version: number | null; bakeSeconds: number; halted: Rollout['halted']; stages: StageStatus[] } {
     const stages = this.config.stages.map((s, i): StageStatus => {
       const members = agents.filter((a) => a.connected && this.stageOf(a.labels) === i);
       const version = this.allowed[i] ?? null;
@@ -144,7 +144,6 @@ export class Rollout {
       else state = this.halted ? 'halted' : i === this.allowed.length - 1 ? 'done' : 'baking';
       return { name: s.name, version, agents: members.length, applied, state };
     });
-    void now;
     return { version: this.version, bakeSeconds: this.config.bakeMs / 1000, halted: this.halted, stages };
   }
 }

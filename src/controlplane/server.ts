@@ -13,6 +13,7 @@ import { EventEmitter } from 'node:events';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { warmUpHistory } from './warmup.js';
 import { judge, type PublishPolicy } from './policy.js';
+import { readBody } from './api.js';
 import { Rollout, type AgentView, type RolloutConfig } from './rollout.js';
 import type { Finding } from '../verify/verify.js';
 import type { GuardFinding } from '../agent/guards.js';
@@ -163,20 +164,13 @@ export class ControlPlaneServer extends EventEmitter {
         if (req.method === 'POST' && req.url === '/override') {
           // The operator's confirmation that the current version's withdrawal is meant: admin token only.
           if (who !== 'admin') return json(403, { error: 'the override needs the admin token' });
-          let body = '';
-          req.on('data', (d: Buffer) => {
-            body += d.toString();
-            if (body.length > 4096) req.destroy();
-          });
-          req.on('end', () => {
-            try {
-              const { version } = JSON.parse(body) as { version?: unknown };
+          readBody(req, 4096)
+            .then((body) => {
+              const version = (body as { version?: unknown } | undefined)?.version;
               if (typeof version !== 'number') throw new Error('body must be {"version": N}');
               json(200, { version, agents: this.allowWithdrawal(version) });
-            } catch (err) {
-              json(409, { error: (err as Error).message });
-            }
-          });
+            })
+            .catch((err: Error) => json(409, { error: err.message }));
           return;
         }
       }
@@ -266,7 +260,7 @@ export class ControlPlaneServer extends EventEmitter {
   /** The publishing side of GET /status. */
   publicationStatus(): Publication {
     const c = this.history.current;
-    const rollout = this.rollout ? this.rollout.status(this.views(), Date.now()) : null;
+    const rollout = this.rollout ? this.rollout.status(this.views()) : null;
     return { version: c?.version ?? null, digest: c?.digest ?? null, bindings: this.history.indexed?.bindings.count ?? 0, ...this.publication, rollout };
   }
 

@@ -184,15 +184,18 @@ export function parseDesiredState(doc: unknown, source: string): DesiredState {
   };
 }
 
-/** Reads and validates a desired-state file (`-` reads standard input). */
-export function readDesiredState(file: string): DesiredState {
-  let doc: unknown;
+/** A JSON file's content (`-` reads standard input); an unreadable or malformed one is an error naming it. */
+export function readJsonFile(file: string): unknown {
   try {
-    doc = JSON.parse(file === '-' ? fs.readFileSync(0, 'utf8') : fs.readFileSync(file, 'utf8'));
+    return JSON.parse(file === '-' ? fs.readFileSync(0, 'utf8') : fs.readFileSync(file, 'utf8'));
   } catch (err) {
     throw new SwitchyardError('EINVAL_FILE', `${file}: ${(err as Error).message}`, { entry: file, cause: err });
   }
-  return parseDesiredState(doc, file);
+}
+
+/** Reads and validates a desired-state file (`-` reads standard input). */
+export function readDesiredState(file: string): DesiredState {
+  return parseDesiredState(readJsonFile(file), file);
 }
 
 /** The policy's ports for one protocol; a label without a policy allows nothing. */

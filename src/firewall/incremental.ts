@@ -41,8 +41,6 @@ export interface SetDelta {
 }
 
 const FAMILIES = [4, 6] as const;
-/** Arguments a call may take by spread (V8's stack holds about 120,000). */
-const SPREAD_MAX = 10_000;
 
 
 /** First index (of items or entries sorted by prefix) whose prefix sorts at or after `key`. */
@@ -185,16 +183,9 @@ export class FirewallModel {
           const [from, to] = rangeInside(set.entries, p);
           if (from === to && lo === hi) continue;
           // Copied (the model is immutable), then spliced: two memory moves, not an element-wise spread.
-          const inserted = fresh.entries.slice(lo, hi);
-          if (inserted.length > SPREAD_MAX) {
-            // A region of 100,000+ entries (a /8 over most bindings): as
-            // splice arguments it would overflow the stack.
-            set.entries = set.entries.slice(0, from).concat(inserted, set.entries.slice(to));
-          } else {
-            const entries = set.entries === old.sets[sets.indexOf(set)]!.entries ? set.entries.slice() : set.entries;
-            entries.splice(from, to - from, ...inserted);
-            set.entries = entries;
-          }
+          // A new array (the model is immutable); not splice(...inserted): a
+          // region of 125,000+ entries as arguments overflows the stack.
+          set.entries = set.entries.slice(0, from).concat(fresh.entries.slice(lo, hi), set.entries.slice(to));
         }
       }
       for (let i = 0; i < sets.length; i++) {

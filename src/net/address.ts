@@ -159,16 +159,13 @@ export function parsePrefix(text: string, allowBare = true): Prefix | PrefixProb
   return { family: address.family, words: w, length };
 }
 
-export function formatAddress(family: Family, words: Words): string {
-  if (family === 4) {
-    const w = words[0];
-    return `${w >>> 24}.${(w >>> 16) & 255}.${(w >>> 8) & 255}.${w & 255}`;
-  }
-  const groups: number[] = [];
-  for (const w of words) groups.push(w >>> 16, w & 0xffff);
-  // RFC 5952: compress the longest run (≥ 2) of zero groups, the first on ties.
+/**
+ * RFC 5952: the zero groups "::" stands for — the longest run of at least
+ * two, the first on ties — as [start, length]; start -1 when there is none.
+ */
+export function longestZeroRun(groups: ArrayLike<number>): [number, number] {
   let bestStart = -1;
-  let bestLen = 1;
+  let bestLength = 1;
   for (let i = 0; i < 8; ) {
     if (groups[i] !== 0) {
       i++;
@@ -176,12 +173,24 @@ export function formatAddress(family: Family, words: Words): string {
     }
     let j = i;
     while (j < 8 && groups[j] === 0) j++;
-    if (j - i > bestLen) {
+    if (j - i > bestLength) {
       bestStart = i;
-      bestLen = j - i;
+      bestLength = j - i;
     }
     i = j;
   }
+  return [bestStart, bestLength];
+}
+
+/** An address's text; `words` may be any array-like of them (one is enough for IPv4). */
+export function formatAddress(family: Family, words: ArrayLike<number>): string {
+  if (family === 4) {
+    const w = words[0]!;
+    return `${w >>> 24}.${(w >>> 16) & 255}.${(w >>> 8) & 255}.${w & 255}`;
+  }
+  const groups: number[] = [];
+  for (let i = 0; i < 4; i++) groups.push(words[i]! >>> 16, words[i]! & 0xffff);
+  const [bestStart, bestLen] = longestZeroRun(groups);
   const hex = (gs: number[]) => gs.map((g) => g.toString(16)).join(':');
   if (bestStart < 0) return hex(groups);
   return `${hex(groups.slice(0, bestStart))}::${hex(groups.slice(bestStart + bestLen))}`;

@@ -26,7 +26,7 @@
 import crypto from 'node:crypto';
 import { SwitchyardError } from '../errors.js';
 import { BindingTable, IPPROTO, parseBindingList, parseBindingPrefix, parsePort, parseProtocol, protocolName, type Binding } from '../bindings/binding.js';
-import { formatPrefix, type Prefix } from '../net/address.js';
+import { formatPrefix, longestZeroRun, type Prefix } from '../net/address.js';
 import { policiesText, type DesiredState } from '../desired/state.js';
 import type { BindingChange } from '../firewall/incremental.js';
 
@@ -449,23 +449,9 @@ export function stateJson(state: DesiredState): string {
       buf[at++] = 47; // /
       digits(t.prefixLen[i]!);
     } else {
-      // RFC 5952, as formatAddress: the longest run (≥ 2) of zero groups, the first on ties, becomes "::".
+      // RFC 5952, as formatAddress.
       for (let g = 0; g < 8; g++) groups[g] = (t.addr[i * 4 + (g >> 1)]! >>> (g & 1 ? 0 : 16)) & 0xffff;
-      let bestStart = -1;
-      let bestLength = 1;
-      for (let g = 0; g < 8; ) {
-        if (groups[g] !== 0) {
-          g++;
-          continue;
-        }
-        let end = g;
-        while (end < 8 && groups[end] === 0) end++;
-        if (end - g > bestLength) {
-          bestStart = g;
-          bestLength = end - g;
-        }
-        g = end;
-      }
+      const [bestStart, bestLength] = longestZeroRun(groups);
       for (let g = 0; g < 8; g++) {
         if (g === bestStart) {
           buf[at++] = 58;

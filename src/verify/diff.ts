@@ -66,10 +66,6 @@ export function describePorts(protocol: string, ports: PortRanges): string {
   return `${protocol} port${count === 1 ? '' : 's'} ${rangesText(ports)}`;
 }
 
-function toWords(family: Family, w: ArrayLike<number>): Words {
-  return family === 4 ? [w[0]!, 0, 0, 0] : [w[0]!, w[1]!, w[2]!, w[3]!];
-}
-
 function toBigInt(w: ArrayLike<number>, words: number): bigint {
   let v = 0n;
   for (let i = 0; i < words; i++) v = (v << 32n) | BigInt(w[i]!);
@@ -160,48 +156,33 @@ export function diffTables(before: BindingTable, after: BindingTable): SemanticD
         else merged.set(k, { first, last, from: ranges.from[i]!, to: ranges.to[i]!, ports: [...ports] });
       }
     }
+    // By first address within the (family, protocol), whose keys come sorted.
+    const block: Array<{ entry: DiffEntry; at: bigint }> = [];
     for (const m of merged.values()) {
       const first = toBigInt(m.first, words);
       const last = toBigInt(m.last, words);
-      entries.push({
-        protocol,
-        family,
-        first: formatAddress(family, toWords(family, m.first)),
-        last: formatAddress(family, toWords(family, m.last)),
-        prefix: asPrefix(family, first, last),
-        addresses: last - first + 1n,
-        ports: normalizeRanges(m.ports),
-        from: m.from === NONE ? null : labels[m.from]!,
-        to: m.to === NONE ? null : labels[m.to]!,
+      block.push({
+        at: first,
+        entry: {
+          protocol,
+          family,
+          first: formatAddress(family, m.first),
+          last: formatAddress(family, m.last),
+          prefix: asPrefix(family, first, last),
+          addresses: last - first + 1n,
+          ports: normalizeRanges(m.ports),
+          from: m.from === NONE ? null : labels[m.from]!,
+          to: m.to === NONE ? null : labels[m.to]!,
+        },
       });
     }
+    for (const b of block.sort((x, y) => (x.at < y.at ? -1 : x.at > y.at ? 1 : 0))) entries.push(b.entry);
   }
-  entries.sort((a, b) => (a.family - b.family) || (a.protocol < b.protocol ? -1 : a.protocol > b.protocol ? 1 : 0) || compareAddressText(a, b));
   return { entries, summary: summarize(entries) };
 }
 
 function portsOf(runs: Runs | undefined): number[] {
   return runs ? [...runs.keys()] : [];
-}
-
-function compareAddressText(a: DiffEntry, b: DiffEntry): number {
-  const x = addressValue(a);
-  const y = addressValue(b);
-  return x < y ? -1 : x > y ? 1 : 0;
-}
-
-const addressValue = (e: DiffEntry) => {
-  // Entries are few next to the bindings: parsing their text back is fine.
-  const w = e.family === 4 ? e.first.split('.').reduce((v, o) => (v << 8n) | BigInt(o), 0n) : ipv6Value(e.first);
-  return w;
-};
-
-function ipv6Value(text: string): bigint {
-  const [head, tail] = text.includes('::') ? text.split('::') : [text, undefined];
-  const h = head ? head.split(':') : [];
-  const t = tail ? tail.split(':') : [];
-  const groups = tail === undefined ? h : [...h, ...Array(8 - h.length - t.length).fill('0'), ...t];
-  return groups.reduce((v, g) => (v << 16n) | BigInt(parseInt(g, 16)), 0n);
 }
 
 /** Per (from, to, protocol, family, ports): the addresses that move, as a sentence. */

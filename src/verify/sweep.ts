@@ -129,10 +129,7 @@ export function sweepClass(family: Family, port: number, before: Side, after: Si
     for (let w = 0; w < words; w++) if (address[w]! < f.first[w]! || address[w]! > f.last[w]!) return false;
     return true;
   };
-  const less = (a: Uint32Array, b: Uint32Array): boolean => {
-    for (let w = 0; w < words; w++) if (a[w] !== b[w]) return a[w]! < b[w]!;
-    return false;
-  };
+  const less = (a: Uint32Array, b: Uint32Array) => lessWords(a, b, words);
   const gap = new Uint32Array(words);
   /** f's own region from its cursor to just before `until` (or to its end). */
   const emit = (f: Frame, until: Uint32Array | undefined) => {
@@ -225,6 +222,12 @@ export function sweepClass(family: Family, port: number, before: Side, after: Si
     f.deepest = afterRow !== NONE ? afterRow : NONE;
   }
   while (depth > 0) pop();
+}
+
+/** Whether address a (its first `words` words) comes before b. */
+export function lessWords(a: ArrayLike<number>, b: ArrayLike<number>, words: number): boolean {
+  for (let w = 0; w < words; w++) if (a[w] !== b[w]) return a[w]! < b[w]!;
+  return false;
 }
 
 /** A run's rows as the walk reads them, in sorted order: address words (4 per row), length, shared label id, sort key. */

@@ -17,8 +17,8 @@
 import { SwitchyardError } from '../errors.js';
 import { BindingTable, IPPROTO, parseBindingList, type Protocol } from '../bindings/binding.js';
 import { type DesiredState, parseDesiredState, rangesContain } from '../desired/state.js';
-import { type Family, type Prefix, type Words, PREFIX_MASKS, formatAddress, formatPrefix } from '../net/address.js';
-import { NONE, runsOf, sweepClass } from './sweep.js';
+import { type Family, type Prefix, PREFIX_MASKS, formatAddress, formatPrefix } from '../net/address.js';
+import { NONE, lessWords, runsOf, sweepClass } from './sweep.js';
 
 export type FindingCode = 'EDUPLICATE' | 'EUNREACHABLE' | 'EPLAINTEXT' | 'ENOPOLICY' | 'EEXCLUSIVE';
 
@@ -36,9 +36,7 @@ export interface Finding {
   witness: Witness;
 }
 
-const describeRow = (t: BindingTable, i: number) => `${t.label(i)} ${t.protocol[i] === IPPROTO.tcp ? 'tcp' : 'udp'} ${t.prefixText(i)} port ${t.port[i]}`;
 const protocolOf = (t: BindingTable, i: number): Protocol => (t.protocol[i] === IPPROTO.tcp ? 'tcp' : 'udp');
-const wordsOf = (family: Family, w: ArrayLike<number>): Words => (family === 4 ? [w[0]!, 0, 0, 0] : [w[0]!, w[1]!, w[2]!, w[3]!]);
 
 /** The smallest port no binding of this (family, protocol) names exactly: where only any-port bindings count. */
 function otherPort(exact: ReadonlySet<number>): number {
@@ -69,28 +67,28 @@ export function verifyState(state: DesiredState): Finding[] {
         covered: (row, winner) => {
           // Any-port bindings are judged where only they count (port 0); exact ones in their own class.
           if ((port === 0) !== (t.port[row] === 0)) return;
-          const first = formatAddress(family, wordsOf(family, t.addr.subarray(row * 4, row * 4 + 4)));
+          const first = formatAddress(family, t.addr.subarray(row * 4, row * 4 + 4));
           findings.push({
             code: 'EUNREACHABLE',
-            message: `${describeRow(t, row)} receives nothing: more specific bindings cover all of ${t.prefixText(row)}${winner !== NONE && winner !== row ? ` (at ${first} port ${witnessPort}: ${describeRow(t, winner)})` : ''}`,
-            entries: winner !== NONE && winner !== row ? [describeRow(t, row), describeRow(t, winner)] : [describeRow(t, row)],
+            message: `${t.describe(row)} receives nothing: more specific bindings cover all of ${t.prefixText(row)}${winner !== NONE && winner !== row ? ` (at ${first} port ${witnessPort}: ${t.describe(winner)})` : ''}`,
+            entries: winner !== NONE && winner !== row ? [t.describe(row), t.describe(winner)] : [t.describe(row)],
             witness: { protocol, address: first, port: witnessPort },
           });
         },
         region: (first, last, label, row) => {
           if (!state.services.has(t.labels[label]!) && !noPolicy.has(label)) {
-            noPolicy.set(label, { protocol, address: formatAddress(family, wordsOf(family, first)), port: witnessPort, row });
+            noPolicy.set(label, { protocol, address: formatAddress(family, first), port: witnessPort, row });
           }
-          while (from < ranges.length && less(ranges[from]!.last, first, words)) from++;
-          for (let k = from; k < ranges.length && !less(last, ranges[k]!.first, words); k++) {
+          while (from < ranges.length && lessWords(ranges[from]!.last, first, words)) from++;
+          for (let k = from; k < ranges.length && !lessWords(last, ranges[k]!.first, words); k++) {
             const r = ranges[k]!;
-            if (r.label === label || less(r.last, first, words)) continue;
-            const at = less(r.first, first, words) ? first : r.first;
+            if (r.label === label || lessWords(r.last, first, words)) continue;
+            const at = lessWords(r.first, first, words) ? first : r.first;
             findings.push({
               code: 'EEXCLUSIVE',
-              message: `${formatPrefix(r.prefix)} is exclusive to ${t.labels[r.label] ?? r.labelText} but ${describeRow(t, row)} receives traffic there (${protocol} ${formatAddress(family, wordsOf(family, at))} port ${witnessPort})`,
-              entries: [describeRow(t, row), `exclusive ${r.labelText} ${formatPrefix(r.prefix)}`],
-              witness: { protocol, address: formatAddress(family, wordsOf(family, at)), port: witnessPort },
+              message: `${formatPrefix(r.prefix)} is exclusive to ${t.labels[r.label] ?? r.labelText} but ${t.describe(row)} receives traffic there (${protocol} ${formatAddress(family, at)} port ${witnessPort})`,
+              entries: [t.describe(row), `exclusive ${r.labelText} ${formatPrefix(r.prefix)}`],
+              witness: { protocol, address: formatAddress(family, at), port: witnessPort },
             });
           }
         },
@@ -100,8 +98,8 @@ export function verifyState(state: DesiredState): Finding[] {
   for (const [label, w] of noPolicy) {
     findings.push({
       code: 'ENOPOLICY',
-      message: `${t.labels[label]} has bindings that receive traffic but no service policy: the firewall drops all of it (e.g. ${w.protocol} ${w.address} port ${w.port}, ${describeRow(t, w.row)})`,
-      entries: [describeRow(t, w.row)],
+      message: `${t.labels[label]} has bindings that receive traffic but no service policy: the firewall drops all of it (e.g. ${w.protocol} ${w.address} port ${w.port}, ${t.describe(w.row)})`,
+      entries: [t.describe(w.row)],
       witness: { protocol: w.protocol, address: w.address, port: w.port },
     });
   }
@@ -143,14 +141,10 @@ function exclusiveRanges(state: DesiredState, t: BindingTable): Map<Family, Excl
       out.set(prefix.family, list);
     }
   }
-  for (const list of out.values()) list.sort((a, b) => (less(a.first, b.first, a.first.length) ? -1 : less(b.first, a.first, a.first.length) ? 1 : 0));
+  for (const list of out.values()) list.sort((a, b) => (lessWords(a.first, b.first, a.first.length) ? -1 : lessWords(b.first, a.first, a.first.length) ? 1 : 0));
   return out;
 }
 
-function less(a: ArrayLike<number>, b: ArrayLike<number>, words: number): boolean {
-  for (let w = 0; w < words; w++) if (a[w] !== b[w]) return a[w]! < b[w]!;
-  return false;
-}
 
 /** Exact-port bindings on a plaintext port overlapping an HTTPS-only range (which refuses that port there). */
 function plaintextInHttpsOnly(state: DesiredState): Finding[] {
@@ -168,11 +162,11 @@ function plaintextInHttpsOnly(state: DesiredState): Finding[] {
       for (let w = 0; w < 4; w++) if (((r.words[w]! ^ t.addr[i * 4 + w]!) & PREFIX_MASKS[shorter * 4 + w]!) !== 0) overlap = false;
       if (!overlap) continue;
       // The longer of the two is inside the other: its first address is in both.
-      const inside = r.length >= t.prefixLen[i]! ? formatAddress(r.family, r.words) : formatAddress(r.family, wordsOf(r.family, t.addr.subarray(i * 4, i * 4 + 4)));
+      const inside = r.length >= t.prefixLen[i]! ? formatAddress(r.family, r.words) : formatAddress(r.family, t.addr.subarray(i * 4, i * 4 + 4));
       out.push({
         code: 'EPLAINTEXT',
-        message: `${describeRow(t, i)} is on a plaintext port inside HTTPS-only ${formatPrefix(r)}, which refuses that port (${protocolOf(t, i)} ${inside} port ${port})`,
-        entries: [describeRow(t, i), `https-only ${formatPrefix(r)}`],
+        message: `${t.describe(i)} is on a plaintext port inside HTTPS-only ${formatPrefix(r)}, which refuses that port (${protocolOf(t, i)} ${inside} port ${port})`,
+        entries: [t.describe(i), `https-only ${formatPrefix(r)}`],
         witness: { protocol: protocolOf(t, i), address: inside, port },
       });
     }
@@ -210,9 +204,9 @@ export function verifyDocument(doc: unknown, source: string): { state: DesiredSt
     const family = table.family[i] as Family;
     duplicates.push({
       code: 'EDUPLICATE',
-      message: `${source}: bindings[${b}] (${describeRow(table, b)}) duplicates bindings[${a}] (${describeRow(table, a)}): same protocol, prefix and port`,
-      entries: [`bindings[${a}]: ${describeRow(table, a)}`, `bindings[${b}]: ${describeRow(table, b)}`],
-      witness: { protocol: protocolOf(table, i), address: formatAddress(family, wordsOf(family, table.addr.subarray(i * 4, i * 4 + 4))), port: table.port[i]! === 0 ? 1 : table.port[i]! },
+      message: `${source}: bindings[${b}] (${table.describe(b)}) duplicates bindings[${a}] (${table.describe(a)}): same protocol, prefix and port`,
+      entries: [`bindings[${a}]: ${table.describe(a)}`, `bindings[${b}]: ${table.describe(b)}`],
+      witness: { protocol: protocolOf(table, i), address: formatAddress(family, table.addr.subarray(i * 4, i * 4 + 4)), port: table.port[i]! === 0 ? 1 : table.port[i]! },
     });
   }
   for (const i of seen.values()) keep.push(i);

@@ -11,6 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { CLI, TestNamespace, isRoot } from '../support/netns.js';
 import { makeCerts } from '../support/certs.js';
+import { writeAgentConfig } from '../support/agent-config.js';
 
 const SERVICES = { cdn: { tcp: [80, 443] }, spectrum: { tcp: [443] } };
 const V1 = { bindings: [{ label: 'cdn', protocol: 'tcp', prefix: '192.0.2.0/24', port: 0 }], services: SERVICES };
@@ -72,21 +73,7 @@ describe.skipIf(!isRoot)('agent and control plane end to end', () => {
     const state = file('desired.json', JSON.stringify(initial));
     const port = 20000 + Math.floor(Math.random() * 20000);
     const cpArgs = ['control-plane', '--state', state, '--listen', `127.0.0.1:${port}`, '--cert', file('cert.pem', certs.cert), '--key', file('key.pem', certs.key), '--tokens', file('tokens.json', JSON.stringify({ 'edge-1': 'tok-1' })), '--admin-token-file', file('admin-token', 'adm-1\n')];
-    const config = file(
-      'agent.json',
-      JSON.stringify({
-        agent_id: 'edge-1',
-        state_dir: path.join(dir, 'state'),
-        control_plane: { url: `wss://127.0.0.1:${port}/`, ca_file: file('ca.pem', certs.ca), token_file: file('token', 'tok-1\n') },
-        netns: ns.path,
-        bpffs: ns.bpffs,
-        heartbeat_seconds: 1,
-        admin_socket: path.join(dir, 'admin.sock'),
-        registration_socket: path.join(dir, 'register.sock'),
-        metrics_listen: `127.0.0.1:${port + 1}`,
-        ...extra,
-      }),
-    );
+    const config = writeAgentConfig(dir, { agentId: 'edge-1', port, ca: certs.ca, token: 'tok-1', netns: ns.path, bpffs: ns.bpffs, extra: { heartbeat_seconds: 1, metrics_listen: `127.0.0.1:${port + 1}`, ...extra } });
     return { certs, state, port, cpArgs, config };
   };
 

@@ -119,7 +119,23 @@ describe.skipIf(!hasOpenssl)('control-plane channel over TLS (loopback)', () => 
     port = await server.listen();
     // 3,000 bindings: a snapshot of ~200 KB, several fragments.
     const big = parseDesiredState({ bindings: Array.from({ length: 3000 }, (_, i) => ({ label: 'cdn', protocol: 'tcp', prefix: `10.${i >> 8}.${i & 255}.0/24`, port: 0 })), services: SERVICES }, 'big');
-    server.publish(big);
+    // What the server's sockets are asked to send: fragments per message, and how many messages are under way at once.
+    const send = WebSocket.prototype.send;
+    const open = new Map<WebSocket, number>(); // socket → fragments of its message so far
+    const fragments: number[] = [];
+    let concurrent = 0;
+    WebSocket.prototype.send = function (this: WebSocket, data: unknown, options?: unknown, cb?: unknown) {
+      const fin = (options as { fin?: boolean } | undefined)?.fin !== false;
+      if (Buffer.isBuffer(data) && (!fin || open.has(this))) {
+        open.set(this, (open.get(this) ?? 0) + 1);
+        concurrent = Math.max(concurrent, open.size);
+        if (fin) {
+          fragments.push(open.get(this)!);
+          open.delete(this);
+        }
+      }
+      return (send as (...a: unknown[]) => void).call(this, data, options, cb);
+    } as typeof send;
     const a = agent({ token: 't-edge-1' });
     // Three bare agents that ACK whatever they get, and count the bytes of each message.
     const sizes: number[] = [];
@@ -135,11 +151,18 @@ describe.skipIf(!hasOpenssl)('control-plane channel over TLS (loopback)', () => 
       return socket;
     });
     try {
+      // All four connected before the publish: their snapshots are due at once.
+      await eventually('all four connected', () => server.status().filter((s) => s.connected).length === 4);
+      server.publish(big);
       await eventually('all four acknowledged', () => server.status().filter((s) => s.applied?.version === 1).length === 4);
       expect(a.applied).toEqual([3000]); // the real agent validated and applied it whole
       expect(sizes).toHaveLength(3);
       expect(sizes.every((n) => n > 150_000)).toBe(true); // each a whole message, reassembled from fragments
+      expect(fragments).toHaveLength(4);
+      expect(fragments.every((n) => n >= 3)).toBe(true); // ~200 KB in 64 KiB pieces
+      expect(concurrent).toBe(1); // snapshotConcurrency: 1
     } finally {
+      WebSocket.prototype.send = send;
       for (const socket of bare) socket.terminate();
     }
   });

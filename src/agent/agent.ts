@@ -29,7 +29,7 @@ import { ControlPlaneClient } from './client.js';
 import { notify, watchdogPingMs } from './systemd.js';
 import { AgentMetrics, parseListen } from './metrics.js';
 import { warmUp } from './warmup.js';
-import { checkGuards } from './guards.js';
+import { DEFAULT_LIMITS, checkGuards } from './guards.js';
 import { AdminServer, type AdminRequest, type Peer, type RegistrationAllowList } from './admin.js';
 import { LocalLayer, canonicalKey } from './local.js';
 import { IndexedState } from '../protocol/state.js';
@@ -41,8 +41,11 @@ export interface AgentConfig {
   controlPlane: { url: string; caFile: string; tokenFile: string };
   netns?: string;
   bpffs?: string;
-  firewall: { backend: 'nft' | 'legacy' | 'auto'; resyncSeconds: number };
+  /** `toolTimeoutSeconds`: a firewall tool that has not finished by then is killed and its apply fails (NACK, last known good put back). */
+  firewall: { backend: 'nft' | 'legacy' | 'auto'; resyncSeconds: number; toolTimeoutSeconds: number };
   heartbeatSeconds: number;
+  /** The most bindings a state may hold here (ECAPACITY above it): what this machine was sized for. */
+  maxBindings: number;
   /** Prometheus metrics address (host:port); none when absent. */
   metricsListen?: string;
   /** The admin socket (root only) and the registration socket (the allow-list below). */
@@ -76,7 +79,7 @@ export function readAgentConfig(file: string): AgentConfig {
   } catch (err) {
     throw invalid(file, (err as Error).message);
   }
-  checkDocumentFields(doc, file, new Set(['agent_id', 'state_dir', 'control_plane', 'netns', 'bpffs', 'firewall', 'heartbeat_seconds', 'metrics_listen', 'admin_socket', 'registration_socket', 'registration', 'labels']), '{"agent_id", "state_dir", "control_plane": {...}}');
+  checkDocumentFields(doc, file, new Set(['agent_id', 'state_dir', 'control_plane', 'netns', 'bpffs', 'firewall', 'heartbeat_seconds', 'metrics_listen', 'admin_socket', 'registration_socket', 'registration', 'labels', 'max_bindings']), '{"agent_id", "state_dir", "control_plane": {...}}');
   const str = (v: unknown, what: string) => {
     if (typeof v !== 'string' || v === '') throw invalid(file, `${what} must be a non-empty string`);
     return v;
@@ -86,7 +89,7 @@ export function readAgentConfig(file: string): AgentConfig {
   const url = str(cp.url, 'control_plane.url');
   if (!url.startsWith('wss://')) throw invalid(file, 'control_plane.url must be wss:// (the channel is always TLS)');
   const fw = (doc.firewall ?? {}) as Record<string, unknown>;
-  checkDocumentFields(fw, `${file}: firewall`, new Set(['backend', 'resync_seconds']), '{"backend", "resync_seconds"}');
+  checkDocumentFields(fw, `${file}: firewall`, new Set(['backend', 'resync_seconds', 'tool_timeout_seconds']), '{"backend", "resync_seconds", "tool_timeout_seconds"}');
   const backend = fw.backend ?? 'auto';
   if (backend !== 'nft' && backend !== 'legacy' && backend !== 'auto') throw invalid(file, 'firewall.backend must be nft, legacy or auto');
   const seconds = (v: unknown, what: string, fallback: number) => {
@@ -108,14 +111,21 @@ export function readAgentConfig(file: string): AgentConfig {
     controlPlane: { url, caFile: str(cp.ca_file, 'control_plane.ca_file'), tokenFile: str(cp.token_file, 'control_plane.token_file') },
     ...(doc.netns !== undefined ? { netns: str(doc.netns, 'netns') } : {}),
     ...(doc.bpffs !== undefined ? { bpffs: str(doc.bpffs, 'bpffs') } : {}),
-    firewall: { backend, resyncSeconds: seconds(fw.resync_seconds, 'firewall.resync_seconds', 90) },
+    firewall: { backend, resyncSeconds: seconds(fw.resync_seconds, 'firewall.resync_seconds', 90), toolTimeoutSeconds: seconds(fw.tool_timeout_seconds, 'firewall.tool_timeout_seconds', 30) },
     heartbeatSeconds: seconds(doc.heartbeat_seconds, 'heartbeat_seconds', 10),
+    maxBindings: maxBindings(doc.max_bindings, file),
     ...(metricsListen !== undefined ? { metricsListen } : {}),
     adminSocket: doc.admin_socket === undefined ? DEFAULT_ADMIN_SOCKET : str(doc.admin_socket, 'admin_socket'),
     registrationSocket: doc.registration_socket === undefined ? DEFAULT_REGISTRATION_SOCKET : str(doc.registration_socket, 'registration_socket'),
     registration: parseAllowList(doc.registration, file),
     ...(doc.labels === undefined ? {} : { labels: parseLabels(doc.labels, file) }),
   };
+}
+
+function maxBindings(value: unknown, file: string): number {
+  if (value === undefined) return DEFAULT_LIMITS.maxBindings;
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < 1 || value > DEFAULT_LIMITS.maxBindings) throw invalid(file, `max_bindings must be an integer 1-${DEFAULT_LIMITS.maxBindings}`);
+  return value;
 }
 
 /** `"registration": {"<label>": {"uids": [...], "gids": [...]}}`: who may hand over sockets for a label. */
@@ -163,7 +173,7 @@ export class Agent {
     this.dispatcher = Dispatcher.open(location);
     const store = new StateStore(config.stateDir);
     this.local = new LocalLayer(config.stateDir);
-    this.firewall = new Firewall(new ProcessRunner(config.netns), { backend: config.firewall.backend });
+    this.firewall = new Firewall(new ProcessRunner(config.netns), { backend: config.firewall.backend, timeoutMs: config.firewall.toolTimeoutSeconds * 1000 });
     const token = fs.readFileSync(config.controlPlane.tokenFile, 'utf8').trim();
     this.session = new AgentSession({
       agentId: config.agentId,
@@ -176,6 +186,7 @@ export class Agent {
       },
       localOverrides: () => this.local.size,
       labels: config.labels,
+      limits: { ...DEFAULT_LIMITS, maxBindings: config.maxBindings },
       counters: () => {
         let misses = 0n;
         let errors = 0n;

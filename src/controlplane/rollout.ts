@@ -106,21 +106,21 @@ export class Rollout {
   }
 
   /** A NACK of the version rolling out, or an unhealthy agent, in a stage it reached: nothing goes further. */
-  halt(agent: AgentView, why: string, now: number): boolean {
+  halt(agent: AgentView, why: string): boolean {
     if (this.halted || this.version === null) return false;
     const stage = this.stageOf(agent.labels);
     if (stage > this.released) return false;
-    this.halted = { stage: this.config.stages[stage]!.name, agentId: agent.agentId, why, at: now };
+    this.halted = { stage: this.config.stages[stage]!.name, agentId: agent.agentId, why, at: Date.now() };
     return true;
   }
 
-  /** Releases the next stage when the current one has the version and baked healthy; returns its index. */
+  /** Releases the next stage when the current one has the version and baked healthy; returns its index. `now`: monotonic milliseconds, never the wall clock. */
   advance(agents: AgentView[], now: number): number | null {
     if (this.halted || this.version === null || this.released >= this.allowed.length - 1) return null;
     const inStage = agents.filter((a) => a.connected && this.stageOf(a.labels) === this.released);
     const sick = agents.find((a) => a.connected && a.unhealthy && this.stageOf(a.labels) <= this.released);
     if (sick) {
-      this.halt(sick, sick.unhealthy!, now);
+      this.halt(sick, sick.unhealthy!);
       return null;
     }
     if (!inStage.every((a) => a.applied === this.version)) return null;

@@ -376,7 +376,7 @@ export class ControlPlaneServer extends EventEmitter {
         else this.emit('nack', agentId, status.lastNack);
         if (this.rollout && frame.version === this.rollout.rollingOut) {
           if (frame.type === 'ack') this.startBaseline(agentId);
-          else this.rollout.halt(this.view(peer), `NACK ${frame.code}: ${frame.message}`, Date.now());
+          else this.rollout.halt(this.view(peer), `NACK ${frame.code}: ${frame.message}`);
           this.checkRollout();
         }
         // A NACK for a gap or a digest mismatch is answered with a snapshot next.
@@ -388,7 +388,7 @@ export class ControlPlaneServer extends EventEmitter {
         status.lastHeartbeat = Date.now();
         status.localOverrides = frame.local_overrides ?? 0;
         status.applied = { epoch: frame.epoch, version: frame.version, digest: frame.digest };
-        if (frame.misses !== undefined && frame.errors !== undefined) this.heartbeatCounters(agentId, { misses: frame.misses, errors: frame.errors, at: Date.now() });
+        if (frame.misses !== undefined && frame.errors !== undefined) this.heartbeatCounters(agentId, { misses: frame.misses, errors: frame.errors, at: performance.now() });
       }
     });
   }
@@ -506,7 +506,9 @@ export class ControlPlaneServer extends EventEmitter {
   /** Releases the next stage when it is due; pushes to its agents. */
   private checkRollout(): void {
     if (!this.rollout) return;
-    const released = this.rollout.advance(this.views(), Date.now());
+    // Durations (the bake, miss rates) on the monotonic clock: a wall clock
+    // stepped back would hold a rollout for as long, stepped forward skip the bake.
+    const released = this.rollout.advance(this.views(), performance.now());
     if (released === null) return;
     this.retain();
     for (const peer of this.peers.values()) if (this.rollout.stageOf(peer.hello.labels) === released) this.pushTo(peer);

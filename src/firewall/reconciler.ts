@@ -35,7 +35,7 @@ export class FirewallReconciler {
   private resync: NodeJS.Timeout | undefined;
   private running: Promise<void> | undefined;
   private dirty = false;
-  private lastRun = 0;
+  private lastRun = -Infinity;
   private readonly state: ReconcilerStatus = { applies: 0, changes: 0 };
 
   constructor(
@@ -85,7 +85,8 @@ export class FirewallReconciler {
 
   private schedule(): void {
     if (this.timer || this.running || !this.desired) return;
-    const wait = Math.max(0, this.lastRun + (this.options.minIntervalMs ?? 1000) - Date.now());
+    // The monotonic clock: a wall clock stepped back an hour would otherwise hold the next apply for an hour.
+    const wait = Math.max(0, this.lastRun + (this.options.minIntervalMs ?? 1000) - performance.now());
     this.timer = setTimeout(() => {
       this.timer = undefined;
       this.running = this.run().finally(() => {
@@ -101,7 +102,7 @@ export class FirewallReconciler {
     const changes = this.pending;
     this.pending = [];
     this.dirty = false;
-    this.lastRun = Date.now();
+    this.lastRun = performance.now();
     try {
       const result = await this.firewall.sync(state, changes);
       this.state.applies++;

@@ -174,6 +174,22 @@ describe.skipIf(!isRoot)('agent and control plane end to end', () => {
     }
   });
 
+  it('capacity: a version over the agent\'s max_bindings is refused with ECAPACITY and the data plane keeps the one before', async () => {
+    const { state, cpArgs, config } = setup(V1, { max_bindings: 2 });
+    start(cpArgs);
+    const agent = start(['agent', '--config', config]);
+    await eventually('v1 in the data plane', () => labelAt('192.0.2.200', 443) === 'cdn');
+    fs.writeFileSync(state, JSON.stringify(V2)); // 2 bindings: at the limit
+    await eventually('v2 in the data plane', () => labelAt('192.0.2.200', 443) === 'spectrum');
+    const V3 = { ...V2, bindings: [...V2.bindings, { label: 'cdn', protocol: 'tcp', prefix: '198.51.100.0/24', port: 0 }] };
+    fs.writeFileSync(state, JSON.stringify(V3));
+    await eventually('refused', () => /"code":"ECAPACITY","message":"3 bindings, more than the 2 this agent is configured for"/.test(logs.get(agent)!));
+    expect(labelAt('198.51.100.1', 443)).toBeNull();
+    expect(labelAt('192.0.2.200', 443)).toBe('spectrum');
+    const status = JSON.parse(spawnSync(CLI, ['agent', 'status', '--socket', path.join(dir, 'admin.sock'), '--json'], { encoding: 'utf8' }).stdout) as { applied: { version: number } };
+    expect(status.applied.version).toBe(2);
+  });
+
   it('a staged rollout: the agent says its labels, the control plane puts it in its stage and shows the stages', async () => {
     const { state, port, cpArgs, config } = setup(V1, { labels: { canary: 'true', site: 'ams' } });
     const rollout = path.join(dir, 'rollout.json');

@@ -273,6 +273,32 @@ describe('firewall reconciler', () => {
   });
 });
 
+describe('the reconciler and the wall clock', () => {
+  it('keeps applying within its interval when the wall clock is stepped back an hour or forward', async () => {
+    const fake = new FakeNetfilter();
+    const rec = new FirewallReconciler(new Firewall(fake), { minIntervalMs: 50 });
+    const state = (doc: Doc) => parseDesiredState(doc, 'test');
+    rec.setDesired(state(BASE));
+    await rec.idle();
+    const real = Date.now;
+    try {
+      for (const step of [-3_600_000, 3_600_000]) {
+        const stepped = real() + step;
+        Date.now = () => stepped + (performance.now() % 1000);
+        rec.setDesired(state(MOVED));
+        await new Promise((r) => setTimeout(r, 300)); // several intervals, not an hour
+        expect(await kernelVerdicts(fake), `clock stepped ${step} ms`).toEqual(planVerdicts(plan(MOVED)));
+        rec.setDesired(state(BASE));
+        await new Promise((r) => setTimeout(r, 300));
+        expect(await kernelVerdicts(fake), `clock stepped ${step} ms`).toEqual(planVerdicts(plan(BASE)));
+      }
+    } finally {
+      Date.now = real;
+    }
+    await rec.stop();
+  });
+});
+
 describe('process runner', () => {
   it('reports a tool that exits before reading its input, without an EPIPE crash', async () => {
     const r = await new ProcessRunner().run(['sh', '-c', 'exit 3'], { input: 'x'.repeat(4 << 20) });

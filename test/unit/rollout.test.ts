@@ -123,6 +123,38 @@ describe.skipIf(!hasOpenssl)('staged rollout', () => {
     expect(rest.version).toBe(1);
   });
 
+  it('bakes on the monotonic clock: a wall clock stepped back an hour does not hold the rollout, one stepped forward does not skip the bake', async () => {
+    const tokens = Object.fromEntries(['canary', 'rest'].map((id) => [id, `t-${id}`]));
+    const rollout = parseRollout({ stages: [{ name: 'canary', match: { canary: 'true' } }, { name: 'rest' }], bake_seconds: 1 }, 'rollout.json');
+    server = new ControlPlaneServer({ cert: certs.cert, key: certs.key, tokens, epoch: 'e', rollout });
+    const port = await server.listen();
+    const log: string[] = [];
+    server.publish(state(1));
+    const canary = agent('canary', { canary: 'true' }, port, log);
+    const rest = agent('rest', {}, port, log);
+    await eventually('v1 everywhere', () => canary.version === 1 && rest.version === 1);
+    const real = Date.now;
+    try {
+      // Back an hour once the canary has version 2: the bake still ends after a second.
+      server.publish(state(2));
+      await eventually('the canary has v2', () => canary.version === 2);
+      const back = real() - 3_600_000;
+      Date.now = () => back + performance.now() % 1000;
+      await eventually('v2 released to the rest despite the step back', () => rest.version === 2, 5000);
+      // Forward an hour right after the canary has version 3: the rest waits for the bake.
+      server.publish(state(3));
+      await eventually('the canary has v3', () => canary.version === 3);
+      const ahead = real() + 3_600_000;
+      Date.now = () => ahead + performance.now() % 1000;
+      canary.heartbeat();
+      await new Promise((r) => setTimeout(r, 200));
+      expect(rest.version, 'released before its bake').toBe(2);
+      await eventually('v3 released after the bake', () => rest.version === 3, 5000);
+    } finally {
+      Date.now = real;
+    }
+  });
+
   it('refuses a rollout file that names a stage twice or has no stages', () => {
     expect(() => parseRollout({ stages: [] }, 'r.json')).toThrow(/r\.json: expected \{"stages"/);
     expect(() => parseRollout({ stages: [{ name: 'a' }, { name: 'a' }] }, 'r.json')).toThrow(/stages\[1\]: a is listed twice/);

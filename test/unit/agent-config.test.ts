@@ -1,0 +1,25 @@
+import { afterAll, describe, expect, it } from 'vitest';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { readAgentConfig } from '../../src/agent/agent.js';
+import { DEFAULT_LIMITS } from '../../src/agent/guards.js';
+import { writeAgentConfig } from '../support/agent-config.js';
+
+describe('agent config', () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sy-config-'));
+  afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const config = (extra: Record<string, unknown>) => readAgentConfig(writeAgentConfig(dir, { agentId: 'edge-1', port: 1, ca: 'ca', token: 't', netns: '/run/netns/x', bpffs: '/sys/fs/bpf', extra }));
+
+  it('has defaults for the firewall tools\' timeout and the capacity, and takes them from the file', () => {
+    expect(config({})).toMatchObject({ firewall: { toolTimeoutSeconds: 30, resyncSeconds: 90 }, maxBindings: DEFAULT_LIMITS.maxBindings });
+    expect(config({ firewall: { tool_timeout_seconds: 5 }, max_bindings: 1000 })).toMatchObject({ firewall: { toolTimeoutSeconds: 5 }, maxBindings: 1000 });
+  });
+
+  it('names the field of a bad value', () => {
+    expect(() => config({ firewall: { tool_timeout_seconds: 0 } })).toThrow(/agent\.json: firewall\.tool_timeout_seconds must be 1-86400 seconds/);
+    expect(() => config({ max_bindings: 2.5 })).toThrow(/agent\.json: max_bindings must be an integer 1-4000000/);
+    expect(() => config({ max_bindings: '10' })).toThrow(/max_bindings must be an integer/);
+    expect(() => config({ firewall: { timeout: 3 } })).toThrow(/firewall: unknown field "timeout"/);
+  });
+});

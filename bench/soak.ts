@@ -11,8 +11,12 @@
  * turn: bindings moved between services through the control plane (under
  * the withdrawal budget, so many versions), `kill -9` of the agent and a
  * restart, a program upgrade, a control-plane restart, our firewall chain
- * flushed and a set emptied by hand. The agent's resident memory is sampled
- * every second. Results: printed and bench/results/soak.json.
+ * flushed and a set emptied by hand, and faults: `ipset restore` failing or
+ * hanging on a version (NACKed after the last known good is put back; a
+ * refused version is in force at most until then), the agent killed in the
+ * middle of an apply (the restarted agent refuses that version). The agent's
+ * resident memory is sampled every second. Results: printed and
+ * bench/results/soak.json.
  */
 import fs from 'node:fs';
 import os from 'node:os';
@@ -28,16 +32,51 @@ import { projectPath } from '../src/paths.js';
 const LABELS = ['cdn', 'spectrum', 'dns'];
 const BLOCKS = ['192.0.2', '198.51.100', '203.0.113'];
 const HOSTS = BLOCKS.flatMap((b) => Array.from({ length: 254 }, (_, i) => `${b}.${i + 1}`));
-/** Per version moved between services: under the agents' withdrawal budget (50 bindings). */
+/** Per version moved between services: under the agents' withdrawal budget (50 bindings of a service). */
 const MOVE = 40;
+/**
+ * Moved by a version a fault makes the agent refuse: small, because the
+ * next version's delta (from the last one the agent took) carries it too,
+ * and the two together must stay under the budget.
+ */
+const MOVE_REFUSED = 8;
+/** How long `ipset restore` fails when that fault is armed: the version, the put-back of the last known good and a resync or so. */
+const FAIL_MS = 3000;
 
 interface Version {
   n: number;
   labels: string[]; // per host
   writtenAt: number;
+  /** Refused by the agent (NACK, or found half applied at its restart): in force at most until then. */
+  failedAt?: number;
 }
 
-export async function soak(seconds: number, rate = 200) {
+/**
+ * `ipset` for the agent, first on its PATH: the real one, except that every
+ * `restore` fails until the time in `fail-until` (ms) — the agent's firewall
+ * answers one failed run with a full one, so a single failure would be
+ * absorbed — and one `restore` finding `arm-hang` takes it (the rename is
+ * atomic) and hangs, its pid written down, until killed.
+ */
+function faultyIpset(dir: string): string {
+  const real = spawnSync('sh', ['-c', 'command -v ipset'], { encoding: 'utf8' }).stdout.trim();
+  if (!real) throw new Error('soak: ipset is not installed');
+  fs.mkdirSync(dir, { mode: 0o700 });
+  fs.writeFileSync(
+    path.join(dir, 'ipset'),
+    `#!/bin/sh
+case "$*" in *restore*)
+  if [ -f "${dir}/fail-until" ] && [ "$(date +%s%3N)" -lt "$(cat "${dir}/fail-until")" ]; then echo "ipset: injected failure (soak)" >&2; exit 1; fi
+  if mv "${dir}/arm-hang" "${dir}/fired-hang" 2>/dev/null; then echo $$ > "${dir}/hung.pid"; exec sleep 3600; fi
+esac
+exec ${real} "$@"
+`,
+    { mode: 0o755 },
+  );
+  return dir;
+}
+
+export async function soak(seconds: number, rate = 300) {
   const server = TestNamespace.create();
   const client = TestNamespace.create({ localRoutes: false });
   server.linkTo(client);
@@ -60,18 +99,28 @@ export async function soak(seconds: number, rate = 200) {
     versions.push({ n: versions.length + 1, labels: [...labels], writtenAt: Date.now() });
   };
   const cpArgs = ['control-plane', '--state', stateFile, '--listen', `127.0.0.1:${port}`, '--cert', file('cert.pem', certs.cert), '--key', file('key.pem', certs.key), '--tokens', file('tokens.json', JSON.stringify({ soak: 'tok' })), '--withdrawal-share', '100'];
-  const config = writeAgentConfig(dir, { agentId: 'soak', port, ca: certs.ca, token: 'tok', netns: server.path, bpffs: server.bpffs, extra: { firewall: { backend: 'auto', resync_seconds: 2 }, heartbeat_seconds: 1 } });
+  const config = writeAgentConfig(dir, { agentId: 'soak', port, ca: certs.ca, token: 'tok', netns: server.path, bpffs: server.bpffs, extra: { firewall: { backend: 'auto', resync_seconds: 2, tool_timeout_seconds: 3 }, heartbeat_seconds: 1 } });
+  const fake = faultyIpset(path.join(dir, 'fake-tools'));
+  const agentEnv = { ...process.env, PATH: `${fake}:${process.env.PATH}` };
   // Acknowledged versions, from the agent's log (a version's number restarts with a control plane's epoch: matched by order).
   const acked: number[] = [];
+  const nacked: number[] = [];
+  const nackCodes: string[] = [];
+  const restored: number[] = [];
   let connections = 0;
-  const start = (args: string[], log: string) => {
-    const child = spawn(CLI, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const start = (args: string[], log: string, env?: NodeJS.ProcessEnv) => {
+    const child = spawn(CLI, args, { stdio: ['ignore', 'pipe', 'pipe'], ...(env ? { env } : {}) });
     children.push(child);
     const out = fs.createWriteStream(path.join(dir, log), { flags: 'a' });
     child.stdout!.on('data', (d: Buffer) => {
       out.write(d);
       for (const line of d.toString().split('\n')) {
         if (line.includes('"msg":"acknowledged"')) acked.push(Date.now());
+        if (line.includes('"msg":"refused"')) {
+          nacked.push(Date.now());
+          nackCodes.push(/"code":"(\w+)"/.exec(line)?.[1] ?? '?');
+        }
+        if (line.includes('"msg":"last known good state restored"')) restored.push(Date.now());
         if (line.includes('"event":"connected"')) connections++;
       }
     });
@@ -80,10 +129,11 @@ export async function soak(seconds: number, rate = 200) {
   };
   const events: Array<{ at: number; what: string }> = [];
   const rss: number[] = [];
+  let failed = false;
   try {
     writeState();
     let cp = start(cpArgs, 'control-plane.log');
-    let agent = start(['agent', '--config', config], 'agent.log');
+    let agent = start(['agent', '--config', config], 'agent.log', agentEnv);
     const until = async (what: string, check: () => boolean, ms = 30_000) => {
       for (const t0 = Date.now(); !check(); await new Promise((r) => setTimeout(r, 20))) if (Date.now() - t0 > ms) throw new Error(`soak: ${what} not within ${ms} ms`);
     };
@@ -91,10 +141,12 @@ export async function soak(seconds: number, rate = 200) {
     // UDP on the wildcard address: its answers then leave from an address the client can route to (from 127.0.0.1 they would be martians on the veth).
     for (const label of LABELS) await server.startService(label, ['tcp4', 'udp4@0.0.0.0:0'], true);
     const targets = HOSTS.flatMap((addr) => [{ proto: 'tcp', addr, port: 443 }, { proto: 'udp', addr, port: 53 }]);
-    const load = spawn('ip', ['netns', 'exec', client.name, process.execPath, projectPath('test/fixtures/load.mjs'), JSON.stringify({ targets, rate, seconds })], { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, PROBE_FROM_ANY: '1', PROBE_TIMEOUT_MS: '2000' } });
+    const load = spawn('ip', ['netns', 'exec', client.name, process.execPath, projectPath('test/fixtures/load.mjs'), JSON.stringify({ targets, rate, seconds })], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, PROBE_FROM_ANY: '1', PROBE_TIMEOUT_MS: '2000' } });
     children.push(load);
     let attempts = '';
+    let loadSummary = '';
     load.stdout!.on('data', (d: Buffer) => (attempts += d.toString()));
+    load.stderr!.on('data', (d: Buffer) => (loadSummary += d.toString()));
     const loadDone = new Promise((r) => load.once('exit', r));
     const sampler = setInterval(() => {
       try {
@@ -103,29 +155,60 @@ export async function soak(seconds: number, rate = 200) {
         // between an agent and the next
       }
     }, 1000);
-    // Disturbances, in turn, until the load ends.
+    /** MOVE hosts to the next service, as a new version of the state file. */
+    const move = (count: number) => {
+      const from = Math.floor(Math.random() * HOSTS.length);
+      for (let k = 0; k < count; k++) {
+        const i = (from + k * 7) % HOSTS.length;
+        labels[i] = LABELS[(LABELS.indexOf(labels[i]!) + 1) % LABELS.length]!;
+      }
+      writeState();
+    };
+    const arm = (fault: 'fail' | 'hang') => {
+      if (fault === 'hang') fs.writeFileSync(path.join(fake, 'arm-hang'), '');
+      else fs.writeFileSync(path.join(fake, 'fail-until'), String(Date.now() + FAIL_MS));
+    };
+    /** A version with `ipset restore` set to fail or hang: NACKed (the last known good put back first) or, if another run took the fault, acknowledged. */
+    const faultyVersion = async (fault: 'fail' | 'hang') => {
+      arm(fault);
+      const answer = await moveAndWait(MOVE_REFUSED);
+      fs.rmSync(path.join(fake, 'arm-hang'), { force: true });
+      // The failures over, then a resync: the firewall is back on the last known good before the next version.
+      if (fault === 'fail') await new Promise((r) => setTimeout(r, Math.max(0, Number(fs.readFileSync(path.join(fake, 'fail-until'), 'utf8')) - Date.now()) + 2500));
+      events.push({ at: Date.now(), what: `ipset restore ${fault === 'fail' ? 'failing' : 'hanging'} (version ${versions.length} ${answer})` });
+    };
+    /** A new version; waits for the agent's answer (a NACK marks the version refused). */
+    const moveAndWait = async (count: number) => {
+      const [a, n] = [acked.length, nacked.length];
+      move(count);
+      await until(`version ${versions.length} answered`, () => acked.length > a || nacked.length > n, 60_000);
+      if (nacked.length === n) return 'acknowledged';
+      versions.at(-1)!.failedAt = nacked.at(-1)!;
+      return `NACKed ${nackCodes.at(-1)}`;
+    };
+    const restartAgent = async () => {
+      const before = connections;
+      agent = start(['agent', '--config', config], 'agent.log', agentEnv);
+      // It restores what it had and is told it is up to date: nothing to acknowledge.
+      await until('the restarted agent connected', () => connections > before);
+    };
+    const plainMove = async () => {
+      const answer = await moveAndWait(MOVE);
+      events.push({ at: Date.now(), what: `moved ${MOVE} hosts (version ${versions.length} ${answer})` });
+    };
+    // Disturbances, in turn, until the load ends; a plain move after each version a fault may have refused.
     const disturbances = [
-      async () => {
-        // Bindings moved: MOVE hosts to the next service.
-        const from = Math.floor(Math.random() * HOSTS.length);
-        for (let k = 0; k < MOVE; k++) {
-          const i = (from + k * 7) % HOSTS.length;
-          labels[i] = LABELS[(LABELS.indexOf(labels[i]!) + 1) % LABELS.length]!;
-        }
-        const before = acked.length;
-        writeState();
-        events.push({ at: Date.now(), what: `moved ${MOVE} hosts (version ${versions.length})` });
-        await until(`version ${versions.length} acknowledged`, () => acked.length > before);
-      },
+      plainMove,
+      () => faultyVersion('fail'),
+      plainMove,
       async () => {
         agent.kill('SIGKILL');
         events.push({ at: Date.now(), what: 'agent killed (-9), restarted' });
         await new Promise((r) => agent.once('exit', r));
-        const before = connections;
-        agent = start(['agent', '--config', config], 'agent.log');
-        // It restores what it had and is told it is up to date: nothing to acknowledge.
-        await until('the restarted agent connected', () => connections > before);
+        await restartAgent();
       },
+      () => faultyVersion('hang'),
+      plainMove,
       async () => {
         const r = spawnSync(CLI, ['upgrade', '--netns', server.path, '--bpffs', server.bpffs], { encoding: 'utf8' });
         events.push({ at: Date.now(), what: `program upgraded (exit ${r.status})` });
@@ -138,6 +221,27 @@ export async function soak(seconds: number, rate = 200) {
         const before = acked.length;
         await until('the agent acknowledging the restarted control plane', () => acked.length > before);
       },
+      async () => {
+        // Killed in the middle of an apply (its ipset run hanging): the restarted agent refuses that version and restores the one before.
+        arm('hang');
+        const hung = path.join(fake, 'hung.pid');
+        fs.rmSync(hung, { force: true });
+        move(MOVE_REFUSED);
+        await until('the apply under way', () => fs.existsSync(hung) && fs.readFileSync(hung, 'utf8').trim() !== '');
+        agent.kill('SIGKILL');
+        await new Promise((r) => agent.once('exit', r));
+        try {
+          process.kill(Number(fs.readFileSync(hung, 'utf8')), 'SIGKILL'); // the hung tool, orphaned
+        } catch {
+          // gone
+        }
+        const before = restored.length;
+        await restartAgent();
+        await until('the last known good restored', () => restored.length > before);
+        versions.at(-1)!.failedAt = restored.at(-1)!;
+        events.push({ at: Date.now(), what: `agent killed (-9) mid-apply, restarted (version ${versions.length} refused)` });
+      },
+      plainMove,
       async () => {
         server.exec(['iptables', '-F', 'SWITCHYARD-TCP']);
         server.exec(['ipset', 'flush', 'sy4-udp-l-dns']);
@@ -153,20 +257,30 @@ export async function soak(seconds: number, rate = 200) {
     }
     await loadDone;
     clearInterval(sampler);
-    return analyse(attempts, targets, versions, acked, events, rss);
+    return { ...analyse(attempts, targets, versions, acked, events, rss), rate, load: loadSummary.trim() };
+  } catch (err) {
+    failed = true;
+    throw err;
   } finally {
     for (const c of children) c.kill('SIGKILL');
     client.destroy();
     server.destroy();
     fs.rmSync(certs.dir, { recursive: true, force: true });
-    fs.rmSync(dir, { recursive: true, force: true });
+    // A failed soak keeps its logs (the agent's and the control plane's) to read.
+    if (failed) process.stderr.write(`soak: logs kept in ${dir}\n`);
+    else fs.rmSync(dir, { recursive: true, force: true });
   }
 }
 
 function analyse(text: string, targets: Array<{ proto: string; addr: string; port: number }>, versions: Version[], acked: number[], events: Array<{ at: number; what: string }>, rss: number[]) {
   // A version is in force from its write until the next version's first acknowledgement after that write.
+  // A refused version: from its write until the agent refused it (the last known good put back by then).
   const ackAfter = (t: number) => acked.find((a) => a >= t) ?? Infinity;
-  const windows = versions.map((v, j) => ({ labels: v.labels, from: v.writtenAt, to: j + 1 < versions.length ? ackAfter(versions[j + 1]!.writtenAt) : Infinity }));
+  const nextGood = (j: number) => versions.slice(j + 1).find((v) => v.failedAt === undefined);
+  const windows = versions.map((v, j) => {
+    const next = nextGood(j);
+    return { labels: v.labels, from: v.writtenAt, to: v.failedAt ?? (next ? ackAfter(next.writtenAt) : Infinity) };
+  });
   const counts: Record<string, number> = { ok: 0, refused: 0, reset: 0, timeout: 0, misrouted: 0, error: 0 };
   const bad: Array<Record<string, unknown>> = [];
   const timeouts: number[] = [];
@@ -198,6 +312,7 @@ function analyse(text: string, targets: Array<{ proto: string; addr: string; por
     attempts: Object.values(counts).reduce((x, y) => x + y, 0),
     counts,
     versions: versions.length,
+    refused_versions: versions.filter((v) => v.failedAt !== undefined).length,
     disturbances: events.length,
     events: events.map((e) => e.what),
     agent_rss_mb: { first: Math.round(rss[0] ?? 0), max: Math.round(Math.max(0, ...rss)), last: Math.round(rss.at(-1) ?? 0) },
@@ -208,7 +323,7 @@ function analyse(text: string, targets: Array<{ proto: string; addr: string; por
 
 if (process.argv[1] === fileURLToPath(import.meta.url)) {
   const { values } = parseArgs({ options: { seconds: { type: 'string' }, rate: { type: 'string' } } });
-  const result = await soak(Number(values.seconds ?? 60), Number(values.rate ?? 200));
+  const result = await soak(Number(values.seconds ?? 60), Number(values.rate ?? 300));
   const out = projectPath('bench/results');
   fs.mkdirSync(out, { recursive: true });
   fs.writeFileSync(path.join(out, 'soak.json'), `${JSON.stringify({ date: new Date().toISOString(), ...result }, null, 2)}\n`);

@@ -9,6 +9,7 @@ export type ErrorCode =
   | 'EINVAL_FILE'
   | 'ENOT_LOADED'
   | 'EINCOMPATIBLE_STATE'
+  | 'EORPHAN'
   | 'ECAPACITY'
   | 'ESOCKET_REJECTED'
   | 'ENO_SOCKETS'

@@ -150,6 +150,29 @@ static Napi::Value MapGetFdById(const Napi::CallbackInfo &info) {
   return Napi::Number::New(info.Env(), fd);
 }
 
+static Napi::Value LinkGetFdById(const Napi::CallbackInfo &info) {
+  int fd = bpf_link_get_fd_by_id(ArgU32(info, 0));
+  if (fd < 0) ThrowErrno(info.Env(), errno, "bpf_link_get_fd_by_id");
+  return Napi::Number::New(info.Env(), fd);
+}
+
+static Napi::Value ProgGetFdById(const Napi::CallbackInfo &info) {
+  int fd = bpf_prog_get_fd_by_id(ArgU32(info, 0));
+  if (fd < 0) ThrowErrno(info.Env(), errno, "bpf_prog_get_fd_by_id");
+  return Napi::Number::New(info.Env(), fd);
+}
+
+// linkIds() -> the ids of every BPF link on the machine (the load's orphan search).
+static Napi::Value LinkIds(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  Napi::Array out = Napi::Array::New(env);
+  __u32 id = 0;
+  uint32_t n = 0;
+  while (bpf_link_get_next_id(id, &id) == 0) out.Set(n++, Napi::Number::New(env, id));
+  if (errno != ENOENT) ThrowErrno(env, errno, "bpf_link_get_next_id");
+  return out;
+}
+
 static Napi::Value ObjInfo(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
   int fd = ArgFd(info, 0);
@@ -342,6 +365,9 @@ void InitBpf(Napi::Env env, Napi::Object exports) {
   exports.Set("objGet", Napi::Function::New(env, ObjGet));
   exports.Set("mapGetFdById", Napi::Function::New(env, MapGetFdById));
   exports.Set("objInfo", Napi::Function::New(env, ObjInfo));
+  exports.Set("linkGetFdById", Napi::Function::New(env, LinkGetFdById));
+  exports.Set("progGetFdById", Napi::Function::New(env, ProgGetFdById));
+  exports.Set("linkIds", Napi::Function::New(env, LinkIds));
   exports.Set("mapLookup", Napi::Function::New(env, MapLookup));
   exports.Set("mapUpdate", Napi::Function::New(env, MapUpdate));
   exports.Set("mapDelete", Napi::Function::New(env, MapDelete));

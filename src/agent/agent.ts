@@ -34,6 +34,7 @@ import { AdminServer, type AdminRequest, type Peer, type RegistrationAllowList }
 import { LocalLayer, canonicalKey } from './local.js';
 import { IndexedState } from '../protocol/state.js';
 import { parseDesiredState } from '../desired/state.js';
+import { ROLLOUT_LABEL } from '../controlplane/rollout.js';
 
 export interface AgentConfig {
   agentId: string;
@@ -66,7 +67,7 @@ function parseLabels(value: unknown, file: string): Record<string, string> {
   if (typeof value !== 'object' || value === null || Array.isArray(value)) throw invalid(file, 'labels must be an object of strings ({"site": "ams", "canary": "true"})');
   const out: Record<string, string> = {};
   for (const [k, v] of Object.entries(value)) {
-    if (!/^[A-Za-z0-9._-]{1,64}$/.test(k) || typeof v !== 'string' || !/^[A-Za-z0-9._-]{1,64}$/.test(v)) throw invalid(file, `labels.${k}: keys and values are 1-64 characters of [A-Za-z0-9._-]`);
+    if (!ROLLOUT_LABEL.test(k) || typeof v !== 'string' || !ROLLOUT_LABEL.test(v)) throw invalid(file, `labels.${k}: keys and values are 1-64 characters of [A-Za-z0-9._-]`);
     out[k] = v;
   }
   return out;

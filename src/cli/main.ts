@@ -153,7 +153,7 @@ function printStatus(s: Status): string {
 const COMMANDS: Record<string, Command> = {
   load: {
     usage: 'load [--object FILE]',
-    summary: 'attach the dispatcher to the network namespace (no-op when already loaded)',
+    summary: 'attach the dispatcher to the network namespace (no-op when already loaded; refused while one whose pins were lost still serves the namespace)',
     options: { object: { type: 'string' } },
     run(args, flags, out) {
       expectArgs(args, 0, this.usage);

@@ -18,6 +18,9 @@ export interface RolloutConfig {
   bakeMs: number;
 }
 
+/** Rollout labels (an agent's `labels`, a stage's name and `match`): plain words, as agents send them in hello. */
+export const ROLLOUT_LABEL = /^[A-Za-z0-9._-]{1,64}$/;
+
 export function parseRollout(doc: unknown, source: string): RolloutConfig {
   const bad = (what: string) => new SwitchyardError('EINVAL_FILE', `${source}: ${what}`, { entry: source });
   const d = doc as { stages?: unknown; bake_seconds?: unknown } | null;
@@ -28,11 +31,13 @@ export function parseRollout(doc: unknown, source: string): RolloutConfig {
   const names = new Set<string>();
   const stages = d.stages.map((s: unknown, i) => {
     const stage = s as { name?: unknown; match?: unknown } | null;
-    if (typeof stage?.name !== 'string' || !/^[A-Za-z0-9._-]{1,64}$/.test(stage.name)) throw bad(`stages[${i}].name must be 1-64 characters of [A-Za-z0-9._-]`);
+    if (typeof stage?.name !== 'string' || !ROLLOUT_LABEL.test(stage.name)) throw bad(`stages[${i}].name must be 1-64 characters of [A-Za-z0-9._-]`);
     if (names.has(stage.name)) throw bad(`stages[${i}]: ${stage.name} is listed twice`);
     names.add(stage.name);
     const match = stage.match ?? {};
-    if (typeof match !== 'object' || match === null || Array.isArray(match) || Object.values(match).some((v) => typeof v !== 'string')) throw bad(`stages[${i}].match must be an object of strings`);
+    if (typeof match !== 'object' || match === null || Array.isArray(match) || Object.entries(match).some(([k, v]) => !ROLLOUT_LABEL.test(k) || typeof v !== 'string' || !ROLLOUT_LABEL.test(v))) {
+      throw bad(`stages[${i}].match must be an object of labels: keys and values of 1-64 characters of [A-Za-z0-9._-]`);
+    }
     return { name: stage.name, match: match as Record<string, string> };
   });
   return { stages, bakeMs: bake * 1000 };

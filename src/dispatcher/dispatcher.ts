@@ -38,6 +38,7 @@ import { Destinations, clearStats, readStats, type Destination, type Destination
 import { createTableMap, loadWithCapacity, publishTable, readCurrentTable, swapTable, LiveTable, settleTablePins, type TableSummary } from './table.js';
 import type { BuiltTable } from '../trie/builder.js';
 import { ProgramLookup, type LookupQuery } from './lookup.js';
+import { refuseBesideOrphan } from './orphan.js';
 import { checkSocket, describeSocket } from '../sockets/sockets.js';
 
 /** The dispatcher object this version ships (bpf/dispatcher.o). */
@@ -105,6 +106,7 @@ export function load(location: Location, objectPath = defaultObjectPath()): { cr
       return { created: false };
     }
     removeAbandonedTemps(location);
+    refuseBesideOrphan(location); // one still attached whose pins were lost: never a second program beside it
     const { maps, programs } = loadWithCapacity(objectPath, {}, MIN_CAPACITY_ROWS);
     const owned = [...Object.values(maps), ...Object.values(programs)].map((fd) => new Fd(fd));
     const temp = tempDirFor(location);

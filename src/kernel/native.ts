@@ -60,6 +60,10 @@ export interface Native {
   objPin(fd: number, path: string): void;
   objGet(path: string): number;
   mapGetFdById(id: number): number;
+  linkGetFdById(id: number): number;
+  progGetFdById(id: number): number;
+  /** Every BPF link's id on the machine. */
+  linkIds(): number[];
   objInfo(fd: number, kind: 'map'): MapInfo;
   objInfo(fd: number, kind: 'prog'): ProgInfo;
   objInfo(fd: number, kind: 'link'): LinkInfo;

@@ -50,6 +50,29 @@ describe.skipIf(!isRoot)('dispatcher in a fresh network namespace', () => {
     expect(after.stderr).toMatch(/no dispatcher is loaded/);
   });
 
+  it('bpffs unmounted under it: the data plane serves on, commands say the bpffs is missing, and no second program is loaded beside the unpinned one', async () => {
+    await ns.startService('cdn', ['tcp4'], true);
+    ns.ok(['bind', 'cdn', 'tcp', '192.0.2.0/24', '0']);
+    const before = ns.json<{ link: { id: number } }>(['status']);
+    spawnSync('umount', [ns.bpffs]);
+    expect(ns.probe([tcp('192.0.2.1', 443)])).toEqual(['cdn']);
+    const missing = ns.cli(['bind', 'cdn', 'tcp', '198.51.100.0/24', '0']);
+    expect(missing.code).toBe(2);
+    expect(missing.stderr).toMatch(/is not a bpf filesystem \(mount -t bpf bpf /);
+    // A fresh, empty bpffs: load finds the dispatcher still attached and refuses to run a second one beside it.
+    expect(spawnSync('mount', ['-t', 'bpf', 'bpf', ns.bpffs]).status).toBe(0);
+    const refused = ns.cli(['load']);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toContain(`still attached to ${ns.path} without its pins in ${ns.bpffs} (link ${before.link.id},`);
+    expect(refused.stderr).toContain(`bpftool link detach id ${before.link.id}`);
+    expect(refused.stderr.trim().split('\n')).toHaveLength(1);
+    expect(ns.cli(['status']).stderr).toMatch(/no dispatcher is loaded/); // nothing pinned, nothing attached
+    expect(ns.probe([tcp('192.0.2.1', 443)])).toEqual(['cdn']);
+    // Detached by the operator: load goes through.
+    expect(spawnSync('bpftool', ['link', 'detach', 'id', String(before.link.id)]).status).toBe(0);
+    expect(ns.json<{ created: boolean }>(['load']).created).toBe(true);
+  });
+
   it('delivers TCP and UDP, IPv4 and IPv6, to sockets registered by LISTEN_FDS and by register-pid', async () => {
     await ns.startService('activated', ['tcp4', 'udp4', 'tcp6', 'udp6'], true);
     await registerByPid('pidgrab', ['tcp4', 'udp4', 'tcp6', 'udp6']);

@@ -11,7 +11,8 @@
  * turn: bindings moved between services through the control plane (under
  * the withdrawal budget, so many versions), `kill -9` of the agent and a
  * restart, a program upgrade, a control-plane restart, our firewall chain
- * flushed and a set emptied by hand, and faults: `ipset restore` failing or
+ * flushed and a set emptied by hand, the other chain flushed and a set
+ * destroyed, and faults: `ipset restore` failing or
  * hanging on a version (NACKed after the last known good is put back; a
  * refused version is in force at most until then), the agent killed in the
  * middle of an apply (the restarted agent refuses that version). The agent's
@@ -247,6 +248,14 @@ export async function soak(seconds: number, rate = 300) {
         server.exec(['ipset', 'flush', 'sy4-udp-l-dns']);
         events.push({ at: Date.now(), what: 'firewall chain SWITCHYARD-TCP flushed, set sy4-udp-l-dns emptied' });
         await new Promise((r) => setTimeout(r, 2500)); // the agent's resync repairs it
+      },
+      plainMove,
+      async () => {
+        // A set destroyed: the kernel allows it only once no rule refers to it, so the UDP chain goes first.
+        const chain = server.exec(['iptables', '-F', 'SWITCHYARD-UDP']).code;
+        const set = server.exec(['ipset', 'destroy', 'sy4-udp-l-spectrum']).code;
+        events.push({ at: Date.now(), what: `firewall chain SWITCHYARD-UDP flushed (exit ${chain}), set sy4-udp-l-spectrum destroyed (exit ${set})` });
+        await new Promise((r) => setTimeout(r, 2500));
       },
     ];
     let round = 0;

@@ -45,7 +45,6 @@ const MOVE_REFUSED = 8;
 const FAIL_MS = 3000;
 
 interface Version {
-  n: number;
   labels: string[]; // per host
   writtenAt: number;
   /** Refused by the agent (NACK, or found half applied at its restart): in force at most until then. */
@@ -97,7 +96,7 @@ export async function soak(seconds: number, rate = 300) {
     const services = Object.fromEntries(LABELS.map((l) => [l, { tcp: ['1-65535'], udp: ['1-65535'] }]));
     fs.writeFileSync(`${stateFile}.tmp`, JSON.stringify({ bindings, services }));
     fs.renameSync(`${stateFile}.tmp`, stateFile);
-    versions.push({ n: versions.length + 1, labels: [...labels], writtenAt: Date.now() });
+    versions.push({ labels: [...labels], writtenAt: Date.now() });
   };
   const cpArgs = ['control-plane', '--state', stateFile, '--listen', `127.0.0.1:${port}`, '--cert', file('cert.pem', certs.cert), '--key', file('key.pem', certs.key), '--tokens', file('tokens.json', JSON.stringify({ soak: 'tok' })), '--withdrawal-share', '100'];
   const config = writeAgentConfig(dir, { agentId: 'soak', port, ca: certs.ca, token: 'tok', netns: server.path, bpffs: server.bpffs, extra: { firewall: { backend: 'auto', resync_seconds: 2, tool_timeout_seconds: 3 }, heartbeat_seconds: 1 } });
@@ -187,6 +186,13 @@ export async function soak(seconds: number, rate = 300) {
       versions.at(-1)!.failedAt = nacked.at(-1)!;
       return `NACKed ${nackCodes.at(-1)}`;
     };
+    /** The version the agent refuses since its restart ("epoch/version"), from its status on the admin socket. */
+    const refusedByAgent = () => {
+      const r = spawnSync(CLI, ['agent', 'status', '--socket', path.join(dir, 'admin.sock'), '--json'], { encoding: 'utf8' });
+      if (r.status !== 0) return null;
+      const s = JSON.parse(r.stdout) as { refused: { epoch: string; version: number } | null };
+      return s.refused ? `${s.refused.epoch}/${s.refused.version}` : null;
+    };
     const restartAgent = async () => {
       const before = connections;
       agent = start(['agent', '--config', config], 'agent.log', agentEnv);
@@ -224,6 +230,7 @@ export async function soak(seconds: number, rate = 300) {
       },
       async () => {
         // Killed in the middle of an apply (its ipset run hanging): the restarted agent refuses that version and restores the one before.
+        const refusedBefore = refusedByAgent();
         arm('hang');
         const hung = path.join(fake, 'hung.pid');
         fs.rmSync(hung, { force: true });
@@ -239,8 +246,10 @@ export async function soak(seconds: number, rate = 300) {
         const before = restored.length;
         await restartAgent();
         await until('the last known good restored', () => restored.length > before);
-        versions.at(-1)!.failedAt = restored.at(-1)!;
-        events.push({ at: Date.now(), what: `agent killed (-9) mid-apply, restarted (version ${versions.length} refused)` });
+        // Refused, as its status says (a version the killed agent had finished is in force like any other).
+        const refused = refusedByAgent();
+        if (refused !== null && refused !== refusedBefore) versions.at(-1)!.failedAt = restored.at(-1)!;
+        events.push({ at: Date.now(), what: `agent killed (-9) mid-apply, restarted (version ${versions.length} ${versions.at(-1)!.failedAt ? 'refused' : 'NOT refused'})` });
       },
       plainMove,
       async () => {

@@ -144,22 +144,18 @@ static Napi::Value ObjGet(const Napi::CallbackInfo &info) {
   return Napi::Number::New(info.Env(), fd);
 }
 
-static Napi::Value MapGetFdById(const Napi::CallbackInfo &info) {
-  int fd = bpf_map_get_fd_by_id(ArgU32(info, 0));
-  if (fd < 0) ThrowErrno(info.Env(), errno, "bpf_map_get_fd_by_id");
-  return Napi::Number::New(info.Env(), fd);
-}
-
-static Napi::Value LinkGetFdById(const Napi::CallbackInfo &info) {
-  int fd = bpf_link_get_fd_by_id(ArgU32(info, 0));
-  if (fd < 0) ThrowErrno(info.Env(), errno, "bpf_link_get_fd_by_id");
-  return Napi::Number::New(info.Env(), fd);
-}
-
-static Napi::Value ProgGetFdById(const Napi::CallbackInfo &info) {
-  int fd = bpf_prog_get_fd_by_id(ArgU32(info, 0));
-  if (fd < 0) ThrowErrno(info.Env(), errno, "bpf_prog_get_fd_by_id");
-  return Napi::Number::New(info.Env(), fd);
+// getFdById(id, kind) -> a new fd on the map, program or link with that id.
+static Napi::Value GetFdById(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  uint32_t id = ArgU32(info, 0);
+  std::string kind = ArgString(info, 1);
+  int fd;
+  if (kind == "map") fd = bpf_map_get_fd_by_id(id);
+  else if (kind == "prog") fd = bpf_prog_get_fd_by_id(id);
+  else if (kind == "link") fd = bpf_link_get_fd_by_id(id);
+  else throw Napi::TypeError::New(env, "kind must be map, prog or link");
+  if (fd < 0) ThrowErrno(env, errno, "bpf_obj_get_fd_by_id", kind);
+  return Napi::Number::New(env, fd);
 }
 
 // linkIds() -> the ids of every BPF link on the machine (the load's orphan search).
@@ -363,10 +359,8 @@ void InitBpf(Napi::Env env, Napi::Object exports) {
   exports.Set("mapCreate", Napi::Function::New(env, MapCreate));
   exports.Set("objPin", Napi::Function::New(env, ObjPin));
   exports.Set("objGet", Napi::Function::New(env, ObjGet));
-  exports.Set("mapGetFdById", Napi::Function::New(env, MapGetFdById));
+  exports.Set("getFdById", Napi::Function::New(env, GetFdById));
   exports.Set("objInfo", Napi::Function::New(env, ObjInfo));
-  exports.Set("linkGetFdById", Napi::Function::New(env, LinkGetFdById));
-  exports.Set("progGetFdById", Napi::Function::New(env, ProgGetFdById));
   exports.Set("linkIds", Napi::Function::New(env, LinkIds));
   exports.Set("mapLookup", Napi::Function::New(env, MapLookup));
   exports.Set("mapUpdate", Napi::Function::New(env, MapUpdate));

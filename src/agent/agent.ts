@@ -34,7 +34,7 @@ import { AdminServer, type AdminRequest, type Peer, type RegistrationAllowList }
 import { LocalLayer, canonicalKey } from './local.js';
 import { IndexedState } from '../protocol/state.js';
 import { parseDesiredState } from '../desired/state.js';
-import { ROLLOUT_LABEL } from '../controlplane/rollout.js';
+import { ROLLOUT_LABEL } from '../protocol/messages.js';
 
 export interface AgentConfig {
   agentId: string;

@@ -12,14 +12,12 @@
  * last stage.
  */
 import { SwitchyardError } from '../errors.js';
+import { ROLLOUT_LABEL } from '../protocol/messages.js';
 
 export interface RolloutConfig {
   stages: Array<{ name: string; match: Record<string, string> }>;
   bakeMs: number;
 }
-
-/** Rollout labels (an agent's `labels`, a stage's name and `match`): plain words, as agents send them in hello. */
-export const ROLLOUT_LABEL = /^[A-Za-z0-9._-]{1,64}$/;
 
 export function parseRollout(doc: unknown, source: string): RolloutConfig {
   const bad = (what: string) => new SwitchyardError('EINVAL_FILE', `${source}: ${what}`, { entry: source });

@@ -12,34 +12,36 @@
  */
 import { SwitchyardError } from '../errors.js';
 import { ATTACH_SK_LOOKUP, Fd, LINK_TYPE_NETNS } from '../kernel/bpf.js';
-import { native } from '../kernel/native.js';
+import { native, type LinkInfo, type ProgInfo } from '../kernel/native.js';
 import { PROGRAM_NAME } from './maps.js';
 import type { Location } from './state.js';
 
 /** The kernel keeps object names to 15 characters. */
 const kernelName = (name: string) => name.slice(0, 15);
 
+/** An object's info by its id, or undefined when it is gone (ids are listed, then opened: it may go between). */
+function infoById(id: number, kind: 'link'): LinkInfo | undefined;
+function infoById(id: number, kind: 'prog'): ProgInfo | undefined;
+function infoById(id: number, kind: 'link' | 'prog'): LinkInfo | ProgInfo | undefined {
+  let fd: Fd;
+  try {
+    fd = new Fd(native().getFdById(id, kind));
+  } catch {
+    return undefined;
+  }
+  try {
+    return kind === 'link' ? native().objInfo(fd.fd, 'link') : native().objInfo(fd.fd, 'prog');
+  } finally {
+    fd.close();
+  }
+}
+
 /** The link (and its program) of an unpinned Switchyard dispatcher in this namespace, if there is one. */
 export function findOrphan(location: Location): { linkId: number; progId: number } | undefined {
   for (const id of native().linkIds()) {
-    let fd: Fd;
-    try {
-      fd = new Fd(native().linkGetFdById(id));
-    } catch {
-      continue; // gone since it was listed
-    }
-    try {
-      const link = native().objInfo(fd.fd, 'link');
-      if (link.type !== LINK_TYPE_NETNS || link.attachType !== ATTACH_SK_LOOKUP || link.netnsIno !== location.netnsIno) continue;
-      const prog = new Fd(native().progGetFdById(link.progId));
-      try {
-        if (native().objInfo(prog.fd, 'prog').name === kernelName(PROGRAM_NAME)) return { linkId: id, progId: link.progId };
-      } finally {
-        prog.close();
-      }
-    } finally {
-      fd.close();
-    }
+    const link = infoById(id, 'link');
+    if (!link || link.type !== LINK_TYPE_NETNS || link.attachType !== ATTACH_SK_LOOKUP || link.netnsIno !== location.netnsIno) continue;
+    if (infoById(link.progId, 'prog')?.name === kernelName(PROGRAM_NAME)) return { linkId: id, progId: link.progId };
   }
   return undefined;
 }

@@ -182,7 +182,6 @@ export class FirewallModel {
           }
           const [from, to] = rangeInside(set.entries, p);
           if (from === to && lo === hi) continue;
-          // Copied (the model is immutable), then spliced: two memory moves, not an element-wise spread.
           // A new array (the model is immutable); not splice(...inserted): a
           // region of 125,000+ entries as arguments overflows the stack.
           set.entries = set.entries.slice(0, from).concat(fresh.entries.slice(lo, hi), set.entries.slice(to));

@@ -59,9 +59,7 @@ export interface Native {
   mapCreate(type: number, keySize: number, valueSize: number, maxEntries: number, flags: number, name: string, innerMapFd?: number): number;
   objPin(fd: number, path: string): void;
   objGet(path: string): number;
-  mapGetFdById(id: number): number;
-  linkGetFdById(id: number): number;
-  progGetFdById(id: number): number;
+  getFdById(id: number, kind: 'map' | 'prog' | 'link'): number;
   /** Every BPF link's id on the machine. */
   linkIds(): number[];
   objInfo(fd: number, kind: 'map'): MapInfo;

@@ -11,6 +11,9 @@ import { SwitchyardError } from '../errors.js';
 import type { BindingKey } from './state.js';
 
 export const PROTOCOL_VERSION = 1;
+
+/** A rollout label's key or value (hello's `labels`, an agent's config, a stage's name and `match`): a plain word. */
+export const ROLLOUT_LABEL = /^[A-Za-z0-9._-]{1,64}$/;
 /** Frames above this are refused with a NACK (ETOO_LARGE), never parsed. */
 export const DEFAULT_MAX_FRAME_BYTES = 256 * 1024 * 1024;
 
@@ -150,8 +153,9 @@ const SHAPES: Record<Frame['type'], Check> = {
       const entries = Object.entries(v);
       if (entries.length > 32) throw bad(p, 'at most 32 labels');
       for (const [k, x] of entries) {
-        string(k, `${p} key`);
+        if (!ROLLOUT_LABEL.test(k)) throw bad(p, `key ${JSON.stringify(k)} must be 1-64 characters of [A-Za-z0-9._-]`);
         string(x, `${p}.${k}`);
+        if (!ROLLOUT_LABEL.test(x as string)) throw bad(`${p}.${k}`, 'must be 1-64 characters of [A-Za-z0-9._-]');
       }
     },
   }, ['labels']),

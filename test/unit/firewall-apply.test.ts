@@ -9,6 +9,7 @@ import { ProcessRunner } from '../../src/firewall/runner.js';
 import { parseAddress } from '../../src/net/address.js';
 import type { Protocol } from '../../src/bindings/binding.js';
 import { FakeNetfilter } from '../support/fake-netfilter.js';
+import { stepWallClock } from '../support/clock.js';
 
 type Doc = { bindings: Array<{ label: string; protocol: string; prefix: string; port: number }>; services: Record<string, unknown>; https_only?: unknown };
 
@@ -280,20 +281,18 @@ describe('the reconciler and the wall clock', () => {
     const state = (doc: Doc) => parseDesiredState(doc, 'test');
     rec.setDesired(state(BASE));
     await rec.idle();
-    const real = Date.now;
-    try {
-      for (const step of [-3_600_000, 3_600_000]) {
-        const stepped = real() + step;
-        Date.now = () => stepped + (performance.now() % 1000);
+    for (const step of [-3_600_000, 3_600_000]) {
+      const undo = stepWallClock(step);
+      try {
         rec.setDesired(state(MOVED));
         await new Promise((r) => setTimeout(r, 300)); // several intervals, not an hour
         expect(await kernelVerdicts(fake), `clock stepped ${step} ms`).toEqual(planVerdicts(plan(MOVED)));
         rec.setDesired(state(BASE));
         await new Promise((r) => setTimeout(r, 300));
         expect(await kernelVerdicts(fake), `clock stepped ${step} ms`).toEqual(planVerdicts(plan(BASE)));
+      } finally {
+        undo();
       }
-    } finally {
-      Date.now = real;
     }
     await rec.stop();
   });

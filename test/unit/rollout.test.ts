@@ -6,6 +6,7 @@ import { ControlPlaneServer } from '../../src/controlplane/server.js';
 import { parseRollout } from '../../src/controlplane/rollout.js';
 import { parseDesiredState } from '../../src/desired/state.js';
 import { makeCerts, type TestCerts } from '../support/certs.js';
+import { stepWallClock } from '../support/clock.js';
 
 const hasOpenssl = spawnSync('openssl', ['version']).status === 0;
 const SERVICES = { cdn: { tcp: [443] }, spectrum: { tcp: [443] } };
@@ -133,25 +134,26 @@ describe.skipIf(!hasOpenssl)('staged rollout', () => {
     const canary = agent('canary', { canary: 'true' }, port, log);
     const rest = agent('rest', {}, port, log);
     await eventually('v1 everywhere', () => canary.version === 1 && rest.version === 1);
-    const real = Date.now;
+    // Back an hour once the canary has version 2: the bake still ends after a second.
+    server.publish(state(2));
+    await eventually('the canary has v2', () => canary.version === 2);
+    let undo = stepWallClock(-3_600_000);
     try {
-      // Back an hour once the canary has version 2: the bake still ends after a second.
-      server.publish(state(2));
-      await eventually('the canary has v2', () => canary.version === 2);
-      const back = real() - 3_600_000;
-      Date.now = () => back + performance.now() % 1000;
       await eventually('v2 released to the rest despite the step back', () => rest.version === 2, 5000);
-      // Forward an hour right after the canary has version 3: the rest waits for the bake.
-      server.publish(state(3));
-      await eventually('the canary has v3', () => canary.version === 3);
-      const ahead = real() + 3_600_000;
-      Date.now = () => ahead + performance.now() % 1000;
+    } finally {
+      undo();
+    }
+    // Forward an hour right after the canary has version 3 (a heartbeat makes the control plane look at once): the rest waits for the bake.
+    server.publish(state(3));
+    await eventually('the canary has v3', () => canary.version === 3);
+    undo = stepWallClock(3_600_000);
+    try {
       canary.heartbeat();
       await new Promise((r) => setTimeout(r, 200));
       expect(rest.version, 'released before its bake').toBe(2);
       await eventually('v3 released after the bake', () => rest.version === 3, 5000);
     } finally {
-      Date.now = real;
+      undo();
     }
   });
 

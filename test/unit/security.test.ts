@@ -15,6 +15,7 @@ import { ControlPlaneServer } from '../../src/controlplane/server.js';
 import { parseDesiredState } from '../../src/desired/state.js';
 import { ProcessRunner } from '../../src/firewall/runner.js';
 import { parseRollout } from '../../src/controlplane/rollout.js';
+import { parseFrame } from '../../src/protocol/messages.js';
 import { makeCerts, type TestCerts } from '../support/certs.js';
 
 const hasOpenssl = spawnSync('openssl', ['version']).status === 0;
@@ -85,6 +86,13 @@ describe('injection', () => {
     }
     expect(() => parseDesiredState({ bindings: [{ label: 'cdn', protocol: 'tcp;id', prefix: '192.0.2.0/24', port: 0 }], services: {} }, 'state.json')).toThrow(/state\.json.*protocol/);
     expect(() => parseDesiredState({ bindings: [{ label: 'cdn', protocol: 'tcp', prefix: '192.0.2.0/24', port: '443;id' }], services: {} }, 'state.json')).toThrow(/state\.json.*port/);
+  });
+
+  it('rollout labels an agent sends in hello are refused unless plain', () => {
+    const hello = (labels: Record<string, string>) => JSON.stringify({ type: 'hello', protocol: 1, agent_id: 'edge-1', agent_version: 't', capabilities: [], have: null, refused: null, labels });
+    expect(parseFrame(hello({ site: 'ams' }))).toMatchObject({ labels: { site: 'ams' } });
+    expect(() => parseFrame(hello({ site: '$(id)' }))).toThrow(/frame hello\.labels\.site: must be 1-64 characters/);
+    expect(() => parseFrame(hello({ '../x': 'a' }))).toThrow(/key "\.\.\/x" must be/);
   });
 
   it('rollout stage labels are refused unless plain', () => {

@@ -81,8 +81,12 @@ export class Destinations {
     return id === undefined ? undefined : this.get(id);
   }
 
-  /** The id of (label, family, protocol), allocating a free one if needed. */
-  ensure(label: string, family: Family, protocol: Protocol, inUse: (id: number) => boolean): Destination {
+  /**
+   * The id of (label, family, protocol), allocating a free one if needed.
+   * `prepare(id)` runs on a newly chosen id before the entry is written
+   * (the counters are zeroed there): a failure then leaves the id free.
+   */
+  ensure(label: string, family: Family, protocol: Protocol, inUse: (id: number) => boolean, prepare: (id: number) => void = () => {}): Destination {
     const found = this.find(label, family, protocol);
     if (found) return found;
     let id = 0;
@@ -92,6 +96,7 @@ export class Destinations {
         entry: label,
       });
     }
+    prepare(id);
     const at = id * DESTINATION.size;
     const label8 = Buffer.from(label, 'latin1');
     this.bytes.fill(0, at, at + DESTINATION.size);

@@ -66,6 +66,8 @@ export interface ApplyResult {
   publishMs: number;
   /** Changed in place in the published table (src/trie/patch.ts), not by a new generation. */
   inPlace: boolean;
+  /** After the switch: what could not be tidied (the change is in force; the next write finishes it). */
+  warnings?: string[];
 }
 
 export interface LookupAnswer {
@@ -252,6 +254,22 @@ export class Dispatcher {
     return this.destinationsView;
   }
 
+  /**
+   * The destination of (label, family, protocol), allocated if new. A new
+   * id's counters are zeroed before any table names it, so a reused id
+   * never shows the counts of the label that had it, and releasing an id
+   * (after a switch, when nothing may fail) has nothing left to write.
+   */
+  private ensureDestination(label: string, family: Family, protocol: Protocol): Destination {
+    return this.destinations().ensure(
+      label,
+      family,
+      protocol,
+      (id) => this.socketCookie(id) !== undefined,
+      (id) => clearStats(this.state.maps.destination_stats, id),
+    );
+  }
+
   private socketCookie(id: number): bigint | undefined {
     const value = Buffer.alloc(8);
     return this.state.maps.sockets.lookup(u32Key(id), value) ? value.readBigUInt64LE(0) : undefined;
@@ -281,7 +299,7 @@ export class Dispatcher {
   private writing<T>(fn: () => T): T {
     if (this.busy) throw new SwitchyardError('EBUSY', 'a replace of this dispatcher is under way; try again when it is done');
     return withWriterLock(this.location, () => {
-      if (finishInterruptedGrowth(this.location)) this.reopen();
+      if (finishInterruptedGrowth(this.location) || this.mustReopen) this.reopen();
       settleTablePins(this.location.dir, this.state.maps.generation);
       return fn();
     });
@@ -305,7 +323,7 @@ export class Dispatcher {
     this.busy = true;
     const lock = WriterLock.acquire(this.location);
     try {
-      if (finishInterruptedGrowth(this.location)) this.reopen();
+      if (finishInterruptedGrowth(this.location) || this.mustReopen) this.reopen();
       settleTablePins(this.location.dir, this.state.maps.generation);
       const prepared = this.prepareReplace(next);
       const built = await builder(prepared.input, prepared.serial, next.order());
@@ -349,10 +367,7 @@ export class Dispatcher {
       const cacheKey = next.labelIndex[i]! * 16 + next.family[i]! + (next.protocol[i] === IPPROTO_TCP ? 0 : 8);
       let id = idCache.get(cacheKey);
       if (id === undefined) {
-        const d = destinations.ensure(next.label(i), next.family[i] as Family, protocolName(next.protocol[i]!), (candidate) => {
-          return this.socketCookie(candidate) !== undefined;
-        });
-        id = d.id;
+        id = this.ensureDestination(next.label(i), next.family[i] as Family, protocolName(next.protocol[i]!)).id;
         idCache.set(cacheKey, id);
         referenced.add(id);
       }
@@ -362,20 +377,28 @@ export class Dispatcher {
     return { started, input, serial, referenced, diff, capacity: current?.summary.capacityRows ?? MIN_CAPACITY_ROWS, count: next.count };
   }
 
-  /** Publishes the built table (or grows into a new program), then frees the ids it no longer names. */
+  /**
+   * Publishes the built table (or grows into a new program), then frees the
+   * ids it no longer names. Once the switch is made the change is in force,
+   * so nothing after it throws: what could not be tidied is said in
+   * `warnings` and finished by the next writer (pins) or the next replace
+   * (ids).
+   */
   private finishReplace(prepared: ReturnType<Dispatcher['prepareReplace']>, built: BuiltTable): ApplyResult {
     const builtAt = performance.now();
-    const { maps } = this.state;
-    if (built.rows <= prepared.capacity) publishTable(this.location.dir, maps.generation, built, prepared.capacity);
-    else this.grow(built);
+    const warnings: string[] = [];
+    if (built.rows <= prepared.capacity) publishTable(this.location.dir, this.state.maps.generation, built, prepared.capacity);
+    else warnings.push(...this.grow(built));
     const publishedAt = performance.now();
-    // Only now may ids the new table no longer names be reused.
-    const destinations = this.destinations();
-    for (const d of destinations.all()) {
-      if (!prepared.referenced.has(d.id) && this.socketCookie(d.id) === undefined) {
-        destinations.release(d.id);
-        clearStats(maps.destination_stats, d.id);
+    try {
+      // Only now may ids the new table no longer names be reused. After a
+      // growth this.state is the reopened one: the handles read before it are closed.
+      const destinations = this.destinations();
+      for (const d of destinations.all()) {
+        if (!prepared.referenced.has(d.id) && this.socketCookie(d.id) === undefined) destinations.release(d.id);
       }
+    } catch (err) {
+      warnings.push(`the new table is in force; ids it no longer names were not all freed (${(err as Error).message}); the next replace frees them`);
     }
     return {
       serial: prepared.serial,
@@ -386,6 +409,7 @@ export class Dispatcher {
       buildMs: builtAt - prepared.started,
       publishMs: publishedAt - builtAt,
       inPlace: false,
+      ...(warnings.length ? { warnings } : {}),
     };
   }
 
@@ -393,6 +417,9 @@ export class Dispatcher {
     const fresh = PinnedState.open(this.location);
     this.pinned.close();
     this.pinned = fresh;
+    this.mustReopen = false;
+    this.live?.close();
+    this.live = undefined;
   }
 
   /**
@@ -403,13 +430,14 @@ export class Dispatcher {
    * under *_next names first, so a writer that dies on the way leaves
    * something finishInterruptedGrowth() can complete or discard.
    */
-  private grow(built: BuiltTable): void {
+  private grow(built: BuiltTable): string[] {
     const dir = this.location.dir;
     const capacity = capacityFor(built.rows);
     const reuse: Record<string, number> = {};
     for (const name of MAP_NAMES) if (name !== 'generation') reuse[name] = this.state.maps[name].fd;
     const { maps, programs } = loadWithCapacity(defaultObjectPath(), reuse, capacity);
     const owned = [...Object.values(maps), ...Object.values(programs)].map((fd) => new Fd(fd));
+    const warnings: string[] = [];
     try {
       const prog = programs[PROGRAM_NAME]!;
       const generation = new BpfMap(maps.generation!, MAPS.generation);
@@ -421,12 +449,26 @@ export class Dispatcher {
         native().objPin(fd, path.join(dir, `${name}_next`));
       }
       native().linkUpdate(this.state.link.fd, prog);
-      for (const name of ['table', 'generation', 'program']) fs.renameSync(path.join(dir, `${name}_next`), path.join(dir, name));
+      // The switch is made: from here on a failure is a note, not an error.
+      try {
+        for (const name of ['table', 'generation', 'program']) fs.renameSync(path.join(dir, `${name}_next`), path.join(dir, name));
+      } catch (err) {
+        warnings.push(`the new program serves; its pins keep their *_next names (${(err as Error).message}) until the next write completes them`);
+      }
     } finally {
       for (const fd of owned) fd.close();
     }
-    this.reopen();
+    try {
+      this.reopen();
+    } catch (err) {
+      // Handles on the old generation map would write where the program no longer reads.
+      this.mustReopen = true;
+      warnings.push(`the new program serves; reopening its pinned state failed (${(err as Error).message}); the next write reopens it`);
+    }
+    return warnings;
   }
+
+  private mustReopen = false;
 
   /**
    * Adds one binding, or relabels an existing (protocol, prefix, port).
@@ -437,7 +479,7 @@ export class Dispatcher {
     return this.writing(() => {
       const started = performance.now();
       const destinations = this.destinations();
-      const d = destinations.ensure(binding.label, binding.prefix.family, binding.protocol, (id) => this.socketCookie(id) !== undefined);
+      const d = this.ensureDestination(binding.label, binding.prefix.family, binding.protocol);
       const patched = this.patch(binding, d.id, () => true, started);
       if (patched && patched !== 'refused') return { ...patched.result, replaced: patched.previous === null ? null : (destinations.get(patched.previous)?.label ?? null) };
       const current = this.bindings();
@@ -528,8 +570,7 @@ export class Dispatcher {
     return this.writing(() => {
       const info: SocketInfo = native().socketInfo(fd);
       const checked = checkSocket(info, this.location.netnsIno);
-      const destinations = this.destinations();
-      const d = destinations.ensure(label, checked.family, checked.protocol, (id) => this.socketCookie(id) !== undefined);
+      const d = this.ensureDestination(label, checked.family, checked.protocol);
       const replaced = this.socketCookie(d.id) !== undefined;
       const value = Buffer.alloc(8);
       value.writeBigUInt64LE(BigInt(fd));
@@ -547,10 +588,7 @@ export class Dispatcher {
       // Free the id if no binding names it any more.
       const current = readCurrentTable(this.location.dir, this.state.maps.generation, true);
       const named = current ? (current.bindings.destination as Uint16Array).includes(d.id) : false;
-      if (!named) {
-        destinations.release(d.id);
-        clearStats(this.state.maps.destination_stats, d.id);
-      }
+      if (!named) destinations.release(d.id);
       return { removed };
     });
   }

@@ -18,6 +18,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { SwitchyardError } from '../errors.js';
+import { checkDocumentFields, requireFields } from '../bindings/binding.js';
 import { native } from '../kernel/native.js';
 
 export interface Peer {
@@ -43,6 +44,45 @@ export interface AdminHandlers {
 
 const MAX_REQUEST_BYTES = 64 * 1024;
 const REQUEST_TIMEOUT_MS = 5_000;
+
+/**
+ * Each op and the fields its request carries besides "op" (all required;
+ * their values are checked by the op's handler). A Map keyed by the peer's
+ * string: `OPS[op]` on a plain object would find "constructor".
+ */
+const ADMIN_OPS: ReadonlyMap<string, readonly string[]> = new Map([
+  ['status', []],
+  ['local-bind', ['binding']],
+  ['local-unbind', ['key']],
+  ['local-list', []],
+  ['local-clear', []],
+  ['register', ['label']],
+]);
+
+/**
+ * A request's text as the agent receives it: a JSON object whose own "op" is
+ * one of ADMIN_OPS and whose other own fields are exactly that op's. Nothing
+ * inherited counts, and "__proto__" (an own property after JSON.parse) is an
+ * unknown field like any other.
+ */
+export function parseAdminRequest(text: string): AdminRequest {
+  let request: unknown;
+  try {
+    request = JSON.parse(text);
+  } catch (err) {
+    throw new SwitchyardError('EINVAL_ARGUMENT', `request is not JSON: ${(err as Error).message}`, { entry: 'request' });
+  }
+  if (typeof request !== 'object' || request === null || Array.isArray(request) || !Object.hasOwn(request, 'op')) {
+    throw new SwitchyardError('EINVAL_ARGUMENT', 'request: expected a JSON object with an "op"', { entry: 'request' });
+  }
+  const op = (request as { op: unknown }).op;
+  const fields = typeof op === 'string' ? ADMIN_OPS.get(op) : undefined;
+  if (!fields) throw new SwitchyardError('EINVAL_ARGUMENT', `request: unknown op ${JSON.stringify(op)} (${[...ADMIN_OPS.keys()].join(', ')})`, { entry: 'op' });
+  const entry = `request ${JSON.stringify(op)}`;
+  checkDocumentFields(request, entry, new Set(['op', ...fields]), `{"op"${fields.map((f) => `, "${f}"`).join('')}}`, 'EINVAL_ARGUMENT');
+  requireFields(request, entry, fields, 'EINVAL_ARGUMENT');
+  return request as AdminRequest;
+}
 
 export function mayRegister(allow: RegistrationAllowList, label: string, peer: Peer): boolean {
   if (peer.uid === 0) return true;
@@ -95,13 +135,7 @@ export class AdminServer {
       const peer = native().peerCred(fd);
       const received = await native().receiveRequest(fd, MAX_REQUEST_BYTES, REQUEST_TIMEOUT_MS);
       fds = received.fds;
-      let request: AdminRequest;
-      try {
-        request = JSON.parse(received.data.toString('utf8')) as AdminRequest;
-        if (typeof request !== 'object' || request === null || typeof request.op !== 'string') throw new Error('expected {"op": ...}');
-      } catch (err) {
-        throw new SwitchyardError('EINVAL_ARGUMENT', `request is not a JSON object with an "op": ${(err as Error).message}`);
-      }
+      const request = parseAdminRequest(received.data.toString('utf8'));
       if (admin && peer.uid !== 0) throw new SwitchyardError('EINVAL_ARGUMENT', `the admin socket is for root; uid ${peer.uid} refused`);
       if (!admin) {
         if (request.op !== 'register') throw new SwitchyardError('EINVAL_ARGUMENT', `the registration socket only takes "register", not ${JSON.stringify(request.op)}`);
@@ -139,9 +173,13 @@ export function adminRequest(socketPath: string, request: AdminRequest, fds: rea
   let reply: AdminReply;
   try {
     reply = JSON.parse(text) as AdminReply;
+    if (typeof reply !== 'object' || reply === null || !Object.hasOwn(reply, 'ok') || typeof reply.ok !== 'boolean') throw new Error('no "ok"');
   } catch {
     throw new SwitchyardError('EINVAL_ARGUMENT', `${socketPath}: not an agent's reply: ${JSON.stringify(text.slice(0, 200))}`, { entry: socketPath });
   }
-  if (!reply.ok) throw new SwitchyardError((reply.code.startsWith('E') ? reply.code : 'EINVAL_ARGUMENT') as 'EINVAL_ARGUMENT', reply.message);
+  if (!reply.ok) {
+    const code = typeof reply.code === 'string' && /^E[A-Z_]+$/.test(reply.code) ? reply.code : 'EINVAL_ARGUMENT';
+    throw new SwitchyardError(code as 'EINVAL_ARGUMENT', String(reply.message));
+  }
   return reply;
 }

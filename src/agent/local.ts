@@ -17,7 +17,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { SwitchyardError } from '../errors.js';
-import { IPPROTO, parseBindingList, parseBindingPrefix, parsePort, parseProtocol, type Binding } from '../bindings/binding.js';
+import { IPPROTO, checkDocumentFields, own, parseBindingList, parseBindingPrefix, parseLabel, parsePort, parseProtocol, requireFields, type Binding, type Protocol } from '../bindings/binding.js';
 import { formatPrefix } from '../net/address.js';
 import type { DesiredState } from '../desired/state.js';
 import type { BindingChange } from '../firewall/incremental.js';
@@ -36,10 +36,76 @@ export interface Override {
 const FILE = 'local.json';
 const keyText = (k: BindingKey) => `${k.protocol} ${k.prefix} ${k.port}`;
 
-/** A key as operators may write it (a bare address is a /32 or /128; `fromText`: the port as CLI text), in canonical spelling. */
-export function canonicalKey(key: { protocol: unknown; prefix: unknown; port: unknown }, entry: string, fromText = false): BindingKey {
+const KEY_FIELDS = ['protocol', 'prefix', 'port'] as const;
+
+/**
+ * A key as operators may write it (a bare address is a /32 or /128;
+ * `fromText`: the port as CLI text), in canonical spelling. It comes from
+ * admin requests too: exactly these own fields, nothing inherited.
+ */
+export function canonicalKey(key: unknown, entry: string, fromText = false, allowBare = true): BindingKey {
+  checkDocumentFields(key, entry, new Set(KEY_FIELDS), '{"protocol", "prefix", "port"}', 'EINVAL_BINDING');
+  requireFields(key, entry, KEY_FIELDS, 'EINVAL_BINDING');
   const protocol = parseProtocol(key.protocol, entry);
-  return { protocol, prefix: formatPrefix(parseBindingPrefix(key.prefix, entry, true)), port: parsePort(key.port, entry, fromText) };
+  return { protocol, prefix: formatPrefix(parseBindingPrefix(key.prefix, entry, allowBare)), port: parsePort(key.port, entry, fromText) };
+}
+
+const FILE_FIELDS = new Set(['overrides']);
+const OVERRIDE_FIELDS = new Set(['kind', 'key', 'binding', 'by', 'at']);
+const BINDING_FIELDS = new Set(['label', ...KEY_FIELDS]);
+const BY_FIELDS = new Set(['uid', 'pid']);
+
+/**
+ * local.json as this module writes it, validated like any other input
+ * before the agent acts on it (the state directory is root's, but a file
+ * edited by hand or cut short must stop the agent with the entry named, not
+ * with a TypeError or an override that means something else): own fields
+ * only, each override once.
+ */
+export function parseLocalFile(doc: unknown, file: string): Override[] {
+  try {
+    checkDocumentFields(doc, file, FILE_FIELDS, '{"overrides": [...]}');
+    requireFields(doc, file, FILE_FIELDS);
+    const list = own(doc, 'overrides');
+    if (!Array.isArray(list)) throw new SwitchyardError('EINVAL_FILE', `${file}: overrides must be a list`, { entry: `${file}: overrides` });
+    const seen = new Set<string>();
+    return list.map((item: unknown, n): Override => {
+      const entry = `${file}: overrides[${n}]`;
+      checkDocumentFields(item, entry, OVERRIDE_FIELDS, '{"kind", "key", "binding", "by", "at"}');
+      const kind = own(item, 'kind');
+      if (kind !== 'bind' && kind !== 'mask') throw new SwitchyardError('EINVAL_FILE', `${entry}.kind: ${JSON.stringify(kind)} must be "bind" or "mask"`, { entry: `${entry}.kind` });
+      requireFields(item, entry, kind === 'bind' ? OVERRIDE_FIELDS : ['kind', 'key', 'by', 'at']);
+      if (kind === 'mask' && Object.hasOwn(item, 'binding')) throw new SwitchyardError('EINVAL_FILE', `${entry}.binding: a mask has no binding`, { entry: `${entry}.binding` });
+      // Written canonical: a bare address here was not written by the agent.
+      const key = canonicalKey(own(item, 'key'), `${entry}.key`, false, false);
+      let binding: Binding | undefined;
+      if (kind === 'bind') {
+        const b = own(item, 'binding');
+        const at = `${entry}.binding`;
+        checkDocumentFields(b, at, BINDING_FIELDS, '{"label", "protocol", "prefix", "port"}');
+        requireFields(b, at, BINDING_FIELDS);
+        const k = canonicalKey({ protocol: b.protocol, prefix: b.prefix, port: b.port }, at, false, false);
+        binding = { label: parseLabel(b.label, at), protocol: k.protocol as Protocol, prefix: k.prefix, port: k.port };
+        if (keyText(k) !== keyText(key)) throw new SwitchyardError('EINVAL_FILE', `${at}: ${keyText(k)} is not the override's key ${keyText(key)}`, { entry: at });
+      }
+      const by = own(item, 'by');
+      checkDocumentFields(by, `${entry}.by`, BY_FIELDS, '{"uid", "pid"}');
+      requireFields(by, `${entry}.by`, BY_FIELDS);
+      for (const f of BY_FIELDS) {
+        const v = by[f];
+        if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) throw new SwitchyardError('EINVAL_FILE', `${entry}.by.${f}: ${JSON.stringify(v)} must be a non-negative integer`, { entry: `${entry}.by.${f}` });
+      }
+      const when = own(item, 'at');
+      if (typeof when !== 'string' || Number.isNaN(Date.parse(when))) throw new SwitchyardError('EINVAL_FILE', `${entry}.at: ${JSON.stringify(when)} must be a date (ISO 8601)`, { entry: `${entry}.at` });
+      if (seen.has(keyText(key))) throw new SwitchyardError('EINVAL_FILE', `${entry}: ${keyText(key)} is overridden twice`, { entry });
+      seen.add(keyText(key));
+      return { kind, key, ...(binding ? { binding } : {}), by: { uid: by.uid as number, pid: by.pid as number }, at: when };
+    });
+  } catch (err) {
+    // One code for the whole file, whichever helper refused the entry (its message names it).
+    if (err instanceof SwitchyardError && err.code !== 'EINVAL_FILE') throw new SwitchyardError('EINVAL_FILE', err.message, { ...(err.entry ? { entry: err.entry } : {}), cause: err });
+    throw err;
+  }
 }
 
 export class LocalLayer {
@@ -50,13 +116,13 @@ export class LocalLayer {
   constructor(private readonly dir: string) {
     const file = path.join(dir, FILE);
     if (!fs.existsSync(file)) return;
-    let list: Override[];
+    let doc: unknown;
     try {
-      list = (JSON.parse(fs.readFileSync(file, 'utf8')) as { overrides: Override[] }).overrides;
+      doc = JSON.parse(fs.readFileSync(file, 'utf8'));
     } catch (err) {
       throw new SwitchyardError('EINVAL_FILE', `${file}: not JSON (${(err as Error).message}); the state directory was changed by hand?`, { entry: file });
     }
-    for (const o of list) this.overrides.set(keyText(o.key), o);
+    for (const o of parseLocalFile(doc, file)) this.overrides.set(keyText(o.key), o);
   }
 
   list(): Override[] {
@@ -127,8 +193,9 @@ export class LocalLayer {
       return i >= 0 ? cp.bindings.binding(i) : undefined;
     };
     const changes: BindingChange[] = [];
-    if ('bind' in op) {
-      const table = parseBindingList([op.bind], 'local bind');
+    // `op` is built by the agent; still own properties only, as everywhere.
+    if (Object.hasOwn(op, 'bind')) {
+      const table = parseBindingList([(op as { bind: unknown }).bind], 'local bind');
       const binding = table.binding(0);
       const key = { protocol: binding.protocol, prefix: binding.prefix, port: binding.port };
       const was = current(key);
@@ -137,7 +204,7 @@ export class LocalLayer {
       changes.push({ binding, removed: false });
       this.overrides.set(keyText(key), { kind: 'bind', key, binding, by, at });
     } else {
-      const key = canonicalKey(op.unbind as BindingKey, 'local unbind');
+      const key = canonicalKey((op as { unbind: unknown }).unbind, 'local unbind');
       const o = this.overrides.get(keyText(key));
       const i = cp.find(IPPROTO[key.protocol as 'tcp' | 'udp'], parseBindingPrefix(key.prefix, 'local'), key.port);
       const underneath = i >= 0 ? cp.bindings.binding(i) : undefined;

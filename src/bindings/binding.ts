@@ -27,11 +27,29 @@ export interface Binding {
  */
 const LABEL_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
 
+/**
+ * The names every plain object inherits (constructor, toString, __proto__,
+ * …). Input is JSON, and JSON objects are plain objects: a check with `in`
+ * or a lookup `table[name]` finds these names on Object.prototype even
+ * when the input never had them. Validation reads own properties only
+ * (Object.keys, Object.hasOwn, Maps), and names that are also keys of
+ * plain objects elsewhere (labels, rollout labels) may not be one of these,
+ * so that no lookup anywhere can mistake one for an entry.
+ */
+export const PROTOTYPE_NAMES: ReadonlySet<string> = new Set(Object.getOwnPropertyNames(Object.prototype));
+export const isPrototypeName = (name: string): boolean => PROTOTYPE_NAMES.has(name);
+
+/** An own property's value (undefined when absent or only inherited). */
+export const own = (value: object, field: string): unknown => (Object.hasOwn(value, field) ? (value as Record<string, unknown>)[field] : undefined);
+
 /** Labels repeat across millions of bindings: remember the good ones. */
 const goodLabels = new Set<string>();
 
 export function parseLabel(value: unknown, entry: string): string {
   if (typeof value === 'string' && goodLabels.has(value)) return value;
+  if (typeof value === 'string' && isPrototypeName(value)) {
+    throw new SwitchyardError('EINVAL_BINDING', `${entry}: label ${JSON.stringify(value)} is reserved (a name every JavaScript object inherits)`, { entry });
+  }
   if (typeof value !== 'string' || !LABEL_PATTERN.test(value) || value.length > LABEL_MAX) {
     throw new SwitchyardError(
       'EINVAL_BINDING',
@@ -261,18 +279,37 @@ const BINDING_FIELDS = new Set(['label', 'protocol', 'prefix', 'port']);
  */
 export function parseBindingsDocument(doc: unknown, source: string): BindingTable {
   checkDocumentFields(doc, source, DOCUMENT_FIELDS, '{"bindings": [...]}');
-  return parseBindingList((doc as { bindings?: unknown }).bindings, source);
+  return parseBindingList(own(doc, 'bindings'), source);
 }
 
-/** An object with only these fields, or an error that names the first other one. */
-export function checkDocumentFields(doc: unknown, source: string, fields: ReadonlySet<string>, shape: string): asserts doc is Record<string, unknown> {
+/**
+ * An object with only these fields, or an error that names the first other
+ * one. Own fields only: Object.keys lists `"__proto__"` when JSON.parse made
+ * it an own property (it does), and a Set never answers for Object.prototype's
+ * names. Read the fields afterwards with `own()` (or the object's own
+ * properties): a field that is absent must not be found on the prototype.
+ */
+export function checkDocumentFields(
+  doc: unknown,
+  source: string,
+  fields: ReadonlySet<string>,
+  shape: string,
+  code: 'EINVAL_FILE' | 'EINVAL_ARGUMENT' | 'EINVAL_BINDING' = 'EINVAL_FILE',
+): asserts doc is Record<string, unknown> {
   if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) {
-    throw new SwitchyardError('EINVAL_FILE', `${source}: expected an object ${shape}`, { entry: source });
+    throw new SwitchyardError(code, `${source}: expected an object ${shape}`, { entry: source });
   }
   for (const field of Object.keys(doc)) {
     if (!fields.has(field)) {
-      throw new SwitchyardError('EINVAL_FILE', `${source}: unknown field ${JSON.stringify(field)}`, { entry: field });
+      throw new SwitchyardError(code, `${source}: unknown field ${JSON.stringify(field)}`, { entry: field });
     }
+  }
+}
+
+/** Fields `doc` must have as its own (checkDocumentFields refuses the others); the error names the first one missing. */
+export function requireFields(doc: object, source: string, fields: Iterable<string>, code: 'EINVAL_FILE' | 'EINVAL_ARGUMENT' | 'EINVAL_BINDING' = 'EINVAL_FILE'): void {
+  for (const field of fields) {
+    if (!Object.hasOwn(doc, field)) throw new SwitchyardError(code, `${source}: missing field ${JSON.stringify(field)}`, { entry: source });
   }
 }
 
@@ -313,14 +350,15 @@ function parseDocumentEntry(table: BindingTable, item: unknown, entry: string): 
     throw new SwitchyardError('EINVAL_BINDING', `${entry}: expected an object with label, protocol, prefix, port`, { entry });
   }
   const b = item as Record<string, unknown>;
-  let fields = 0;
-  for (const field in b) {
+  // Own fields only (for…in and `in` see inherited ones): a field the entry
+  // does not have must be missing, whatever its prototype holds.
+  const fields = Object.keys(b);
+  for (const field of fields) {
     if (!BINDING_FIELDS.has(field)) throw new SwitchyardError('EINVAL_BINDING', `${entry}: unknown field ${JSON.stringify(field)}`, { entry });
-    fields++;
   }
-  if (fields !== BINDING_FIELDS.size) {
+  if (fields.length !== BINDING_FIELDS.size) {
     for (const field of BINDING_FIELDS) {
-      if (!(field in b)) throw new SwitchyardError('EINVAL_BINDING', `${entry}: missing field "${field}"`, { entry });
+      if (!Object.hasOwn(b, field)) throw new SwitchyardError('EINVAL_BINDING', `${entry}: missing field "${field}"`, { entry });
     }
   }
   table.add(parseLabel(b.label, entry), parseProtocol(b.protocol, entry), parseBindingPrefix(b.prefix, entry, false), parsePort(b.port, entry));

@@ -16,6 +16,8 @@ import { observedRuleSet, renderChain, ruleBody } from '../firewall/netfilter.js
 import { Evaluator } from '../firewall/verdict.js';
 import { ProcessRunner } from '../firewall/runner.js';
 
+const FIREWALL_SUBCOMMANDS: ReadonlySet<string> = new Set(['plan', 'apply', 'status', 'cleanup', 'watch']);
+
 export const FIREWALL_USAGE = 'firewall plan|apply|status|cleanup|watch [state.json] [--backend nft|legacy|auto] [--interval SECONDS] [--json]';
 
 export function openFirewall(flags: Record<string, unknown>): Firewall {
@@ -51,6 +53,8 @@ type Out = { data(value: unknown, human: () => string): void };
 export async function firewallCommand(args: string[], flags: Record<string, unknown>, out: Out): Promise<number> {
   const [sub, file, ...extra] = args;
   if (extra.length > 0 || !sub) throw new SwitchyardError('EINVAL_ARGUMENT', `expected: ${FIREWALL_USAGE}`);
+  // A usage error before any file is read or any tool runs.
+  if (!FIREWALL_SUBCOMMANDS.has(sub)) throw new SwitchyardError('EINVAL_ARGUMENT', `unknown firewall command ${JSON.stringify(sub)}: ${FIREWALL_USAGE}`);
   const needsFile = sub === 'plan' || sub === 'apply' || sub === 'watch';
   if (needsFile && !file) throw new SwitchyardError('EINVAL_ARGUMENT', `firewall ${sub} needs a state file: ${FIREWALL_USAGE}`);
   if (sub === 'cleanup' && file) throw new SwitchyardError('EINVAL_ARGUMENT', 'firewall cleanup takes no state file: it removes everything Switchyard created');

@@ -1,7 +1,11 @@
 /**
  * `switchyard <command>`: the operator's tool. Every command takes --netns and
- * --bpffs; read commands take --json; any error exits non-zero with one line
- * that names the bad input.
+ * --bpffs; read commands take --json; any error exits 2 with one line that
+ * names the bad input. Exit status, for every command: 0 success, 1 findings
+ * or differences (verify, diff: the answer is "no", and it is not an
+ * error), 2 a usage error or any other error (a bad or unreadable file, the
+ * kernel refusing, no dispatcher loaded, no agent answering …), so a script
+ * can tell "the state has findings" from "the check could not run".
  */
 import fs from 'node:fs';
 import readline from 'node:readline';
@@ -25,6 +29,12 @@ import { adminRequest } from '../agent/admin.js';
 import { Dispatcher, load, unload, upgrade, type BindingSpec, type LookupAnswer, type Status } from '../dispatcher/dispatcher.js';
 import type { LookupQuery } from '../dispatcher/lookup.js';
 import { listenFds, socketsOfProcess } from '../sockets/sockets.js';
+import { versionInfo } from '../version.js';
+
+/** Exit statuses (see the module comment and `--help`). */
+export const EXIT_OK = 0;
+export const EXIT_FINDINGS = 1;
+export const EXIT_ERROR = 2;
 
 interface Command {
   usage: string;
@@ -365,7 +375,7 @@ const COMMANDS: Record<string, Command> = {
     usage: VERIFY_USAGE,
     offline: true,
     summary:
-      'checks a desired-state file exactly (the whole address space of every port, nothing sampled): bindings no packet reaches (more specific ones cover all their addresses), keys bound twice, plaintext ports bound inside HTTPS-only ranges, labels with traffic but no service policy, and prefixes marked exclusive to a service ("exclusive": {"cdn": ["192.0.2.0/24"]}) where another service receives traffic. Each finding names the entries and gives a (protocol, address, port) witness. Exits 1 when there are findings',
+      'checks a desired-state file exactly (the whole address space of every port, nothing sampled): bindings no packet reaches (more specific ones cover all their addresses), keys bound twice, plaintext ports bound inside HTTPS-only ranges, labels with traffic but no service policy, and prefixes marked exclusive to a service ("exclusive": {"cdn": ["192.0.2.0/24"]}) where another service receives traffic. Each finding names the entries and gives a (protocol, address, port) witness. Exits 1 when there are findings, 0 when there are none',
     run(args, _flags, out) {
       return verifyCommand(args, out);
     },
@@ -374,7 +384,7 @@ const COMMANDS: Record<string, Command> = {
     usage: DIFF_USAGE,
     offline: true,
     summary:
-      'the exact difference between two desired-state files in who receives the traffic: every (protocol, address range, ports) that changes service, with its address count, and a summary per pair of services ("spectrum loses 129 IPv4 addresses on all tcp ports to cdn"); computed from the precedence rules, not by sampling. Bindings that move without changing any answer give nothing',
+      'the exact difference between two desired-state files in who receives the traffic: every (protocol, address range, ports) that changes service, with its address count, and a summary per pair of services ("spectrum loses 129 IPv4 addresses on all tcp ports to cdn"); computed from the precedence rules, not by sampling. Bindings that move without changing any answer give nothing. Exits 1 when something changes hands, 0 when nothing does',
     run(args, _flags, out) {
       return diffCommand(args, out);
     },
@@ -446,6 +456,12 @@ function helpText(): string {
     '  --bpffs PATH   bpf filesystem mount (default /sys/fs/bpf)',
     '  --json         machine-readable output (read commands; lookup - prints one object per line)',
     '  -h, --help     this help, or a command\'s usage',
+    '  -V, --version  switchyard <version> (with --json, {"version", "abi"}: abi is the dispatcher state\'s layout)',
+    '',
+    'exit status (every command):',
+    '  0  success',
+    '  1  findings or differences: verify found something, diff found addresses or ports that change hands',
+    '  2  usage error, or any other error (a bad or unreadable file, the kernel refusing, no dispatcher loaded, no agent answering, ...)',
   ].join('\n');
 }
 
@@ -477,25 +493,29 @@ export async function main(argv: string[]): Promise<number> {
   while (at < argv.length && argv[at]!.startsWith('-') && argv[at] !== '-') at += valued.has(argv[at]!) ? 2 : 1;
   const name = argv[at] ?? (argv.some((a) => a === '--help' || a === '-h') ? '--help' : undefined);
   const rest = [...argv.slice(0, at), ...argv.slice(at + 1)];
+  // `--version` is also an option of `control-plane override`, so it is the
+  // version request only without a command (`switchyard --version [--json]`).
+  if (name === undefined && argv.some((a) => a === '--version' || a === '-V')) return printVersion(argv);
   if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
     process.stdout.write(`${helpText()}\n`);
-    return name === undefined ? 2 : 0;
+    return name === undefined ? EXIT_ERROR : EXIT_OK;
   }
-  const command = COMMANDS[name];
+  // The command name is the operator's text: an own entry only (COMMANDS.constructor is Object).
+  const command = Object.hasOwn(COMMANDS, name) ? COMMANDS[name] : undefined;
   if (!command) {
     process.stderr.write(`switchyard: unknown command ${JSON.stringify(name)}; see switchyard --help\n`);
-    return 2;
+    return EXIT_ERROR;
   }
   let parsed;
   try {
     parsed = parseArgs({ args: rest, options: { ...COMMON_OPTIONS, ...command.options }, allowPositionals: true, strict: true });
   } catch (err) {
     process.stderr.write(`switchyard ${name}: ${singleLine((err as Error).message)}; usage: switchyard ${command.usage}\n`);
-    return 2;
+    return EXIT_ERROR;
   }
   if (parsed.values.help) {
     process.stdout.write(`usage: switchyard ${command.usage}${command.offline ? '' : ' [--netns PATH] [--bpffs PATH]'}\n\n${command.summary}\n`);
-    return 0;
+    return EXIT_OK;
   }
   const out = new Output(parsed.values.json === true);
   try {
@@ -503,7 +523,26 @@ export async function main(argv: string[]): Promise<number> {
   } catch (err) {
     process.stderr.write(`switchyard ${name}: ${singleLine(oneLine(err))}\n`);
     if (process.env.SWITCHYARD_DEBUG) console.error(err);
-    return err instanceof SwitchyardError && err.code === 'EINVAL_ARGUMENT' ? 2 : 1;
+    // Every error, whatever its code: 1 is reserved for findings and differences.
+    return EXIT_ERROR;
   }
+}
+
+/** `switchyard --version [--json]` (or -V): nothing else may come with it. */
+function printVersion(argv: string[]): number {
+  const other = argv.find((a) => a !== '--version' && a !== '-V' && a !== '--json');
+  if (other !== undefined) {
+    process.stderr.write(`switchyard: --version takes no argument but --json, not ${JSON.stringify(other)}\n`);
+    return EXIT_ERROR;
+  }
+  let info: { version: string; abi: number };
+  try {
+    info = versionInfo();
+  } catch (err) {
+    process.stderr.write(`switchyard: ${singleLine(oneLine(err))}\n`);
+    return EXIT_ERROR;
+  }
+  new Output(argv.includes('--json')).data(info, () => `switchyard ${info.version}`);
+  return EXIT_OK;
 }
 

@@ -19,7 +19,11 @@ interface Out {
   data(value: unknown, human: () => string): void;
 }
 
-/** Exit status: 0 when the state has no findings, 1 when it has some (or cannot be read). */
+/**
+ * Exit status: 0 when the state has no findings, 1 when it has some. A file
+ * that cannot be read or does not validate is an error (thrown: the CLI exits
+ * 2), so a script can tell "findings" from "could not check".
+ */
 export function verifyCommand(args: string[], out: Out): number {
   if (args.length !== 1) throw new SwitchyardError('EINVAL_ARGUMENT', `verify takes one state file: ${VERIFY_USAGE}`);
   const file = args[0]!;
@@ -43,6 +47,7 @@ export function verifyCommand(args: string[], out: Out): number {
 
 const witness = (f: Finding) => `${f.witness.protocol} ${f.witness.address} port ${f.witness.port}`;
 
+/** Exit status, as diff(1): 0 when nothing changes hands, 1 when something does; an unreadable or invalid file is an error (2). */
 export function diffCommand(args: string[], out: Out): number {
   if (args.length !== 2) throw new SwitchyardError('EINVAL_ARGUMENT', `diff takes two state files: ${DIFF_USAGE}`);
   const [before, after] = [readDesiredState(args[0]!), readDesiredState(args[1]!)];
@@ -50,7 +55,7 @@ export function diffCommand(args: string[], out: Out): number {
   const diff = semanticDiff(before, after);
   const ms = Math.round(performance.now() - started);
   out.data({ before: args[0], after: args[1], ...diff, ms }, () => describeDiff(diff, ms));
-  return 0;
+  return diff.entries.length === 0 ? 0 : 1;
 }
 
 export function describeDiff(diff: SemanticDiff, ms?: number): string {

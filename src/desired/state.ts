@@ -20,7 +20,7 @@
 import fs from 'node:fs';
 import { SwitchyardError } from '../errors.js';
 import { type Prefix, formatPrefix } from '../net/address.js';
-import { BindingTable, checkDocumentFields, parseBindingList, parseBindingPrefix, parseLabel, type Protocol } from '../bindings/binding.js';
+import { BindingTable, checkDocumentFields, own, parseBindingList, parseBindingPrefix, parseLabel, type Protocol } from '../bindings/binding.js';
 
 /** HTTP's plaintext ports on an edge network (the reference reading's list). */
 export const DEFAULT_PLAINTEXT_PORTS: readonly number[] = [80, 8080, 8880, 2052, 2082, 2086, 2095];
@@ -116,13 +116,16 @@ function parseServices(value: unknown, source: string): Map<string, ServicePolic
   if (typeof value !== 'object' || value === null || Array.isArray(value)) {
     throw invalid(`${source}: services`, 'expected an object {"<label>": {"tcp": [...], "udp": [...]}}');
   }
+  // Own keys (Object.entries), into a Map: a label is never looked up in a plain object.
   for (const [label, policy] of Object.entries(value)) {
     const entry = `${source}: services.${label}`;
     parseLabel(label, entry);
     checkDocumentFields(policy, entry, POLICY_FIELDS, '{"tcp": [ports], "udp": [ports]}');
+    const tcp = own(policy, 'tcp');
+    const udp = own(policy, 'udp');
     services.set(label, {
-      tcp: policy.tcp === undefined ? [] : parsePortList(policy.tcp, `${entry}.tcp`),
-      udp: policy.udp === undefined ? [] : parsePortList(policy.udp, `${entry}.udp`),
+      tcp: tcp === undefined ? [] : parsePortList(tcp, `${entry}.tcp`),
+      udp: udp === undefined ? [] : parsePortList(udp, `${entry}.udp`),
     });
   }
   return services;
@@ -167,8 +170,9 @@ function parseHttpsOnly(value: unknown, source: string): HttpsOnly {
   if (value === undefined) return defaults;
   const entry = `${source}: https_only`;
   checkDocumentFields(value, entry, HTTPS_ONLY_FIELDS, '{"prefixes": [...], "plaintext_ports": [...]}');
-  const prefixes = parsePrefixList(value.prefixes ?? [], `${entry}.prefixes`);
-  const plaintextPorts = value.plaintext_ports === undefined ? defaults.plaintextPorts : parsePortList(value.plaintext_ports, `${entry}.plaintext_ports`);
+  const prefixes = parsePrefixList(own(value, 'prefixes') ?? [], `${entry}.prefixes`);
+  const ports = own(value, 'plaintext_ports');
+  const plaintextPorts = ports === undefined ? defaults.plaintextPorts : parsePortList(ports, `${entry}.plaintext_ports`);
   return { prefixes, plaintextPorts };
 }
 
@@ -177,10 +181,10 @@ export function parseDesiredState(doc: unknown, source: string): DesiredState {
   checkDocumentFields(doc, source, STATE_FIELDS, '{"bindings": [...], "services": {...}, "https_only": {...}, "exclusive": {...}}');
   return {
     // Required even when empty: a file that forgot it must not unbind everything.
-    bindings: parseBindingList(doc.bindings, source),
-    services: parseServices(doc.services, source),
-    httpsOnly: parseHttpsOnly(doc.https_only, source),
-    exclusive: parseExclusive(doc.exclusive, source),
+    bindings: parseBindingList(own(doc, 'bindings'), source),
+    services: parseServices(own(doc, 'services'), source),
+    httpsOnly: parseHttpsOnly(own(doc, 'https_only'), source),
+    exclusive: parseExclusive(own(doc, 'exclusive'), source),
   };
 }
 

@@ -8,12 +8,21 @@
  * state, checked after apply).
  */
 import { SwitchyardError } from '../errors.js';
+import { PROTOTYPE_NAMES } from '../bindings/binding.js';
 import type { BindingKey } from './state.js';
 
 export const PROTOCOL_VERSION = 1;
 
-/** A rollout label's key or value (hello's `labels`, an agent's config, a stage's name and `match`): a plain word. */
-export const ROLLOUT_LABEL = /^[A-Za-z0-9._-]{1,64}$/;
+/**
+ * A rollout label's key or value (hello's `labels`, an agent's config, a
+ * stage's name and `match`): a plain word, and not a name every JavaScript
+ * object inherits (`__proto__` and `constructor` are words of this
+ * alphabet): labels are keys of plain objects on both ends, so `labels[k]`
+ * must never reach Object.prototype, and `out["__proto__"] = v` must never
+ * silently drop a label.
+ */
+export const ROLLOUT_LABEL = new RegExp(`^(?!(?:${[...PROTOTYPE_NAMES].join('|')})$)[A-Za-z0-9._-]{1,64}$`);
+const ROLLOUT_LABEL_RULE = '1-64 characters of [A-Za-z0-9._-], not a name every JavaScript object inherits (constructor, toString, __proto__, …)';
 /** Frames above this are refused with a NACK (ETOO_LARGE), never parsed. */
 export const DEFAULT_MAX_FRAME_BYTES = 256 * 1024 * 1024;
 
@@ -114,17 +123,25 @@ const digest: Check = (v, p) => {
 const array: Check = (v, p) => {
   if (!Array.isArray(v)) throw bad(p, 'must be an array');
 };
-const object = (fields: Record<string, Check>, optional: string[] = []): Check => (v, p) => {
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw bad(p, 'must be an object');
-  for (const key of Object.keys(v)) if (!(key in fields)) throw bad(`${p}.${key}`, 'unknown field');
-  for (const [key, check] of Object.entries(fields)) {
-    const value = (v as Record<string, unknown>)[key];
-    if (value === undefined) {
-      if (!optional.includes(key)) throw bad(`${p}.${key}`, 'missing');
-      continue;
+/**
+ * An object of exactly these fields. Own properties only, and the shape is
+ * a Map: `key in fields` would take `constructor` or `__proto__` (an own
+ * property when JSON.parse meets it) for a known field.
+ */
+const object = (shape: Record<string, Check>, optional: string[] = []): Check => {
+  const fields = new Map(Object.entries(shape));
+  return (v, p) => {
+    if (typeof v !== 'object' || v === null || Array.isArray(v)) throw bad(p, 'must be an object');
+    for (const key of Object.keys(v)) if (!fields.has(key)) throw bad(`${p}.${key}`, 'unknown field');
+    for (const [key, check] of fields) {
+      const value = Object.hasOwn(v, key) ? (v as Record<string, unknown>)[key] : undefined;
+      if (value === undefined) {
+        if (!optional.includes(key)) throw bad(`${p}.${key}`, 'missing');
+        continue;
+      }
+      check(value, `${p}.${key}`);
     }
-    check(value, `${p}.${key}`);
-  }
+  };
 };
 const nullable = (check: Check): Check => (v, p) => {
   if (v !== null) check(v, p);
@@ -139,7 +156,7 @@ const override = object({ version, withdrawal: (v, p) => {
 const key = object({ protocol: string, prefix: string, port: version });
 const stateId = { epoch: string, version, digest };
 
-const SHAPES: Record<Frame['type'], Check> = {
+const SHAPE_OF: Record<Frame['type'], Check> = {
   hello: object({
     type: string,
     protocol: version,
@@ -153,9 +170,9 @@ const SHAPES: Record<Frame['type'], Check> = {
       const entries = Object.entries(v);
       if (entries.length > 32) throw bad(p, 'at most 32 labels');
       for (const [k, x] of entries) {
-        if (!ROLLOUT_LABEL.test(k)) throw bad(p, `key ${JSON.stringify(k)} must be 1-64 characters of [A-Za-z0-9._-]`);
+        if (!ROLLOUT_LABEL.test(k)) throw bad(p, `key ${JSON.stringify(k)} must be ${ROLLOUT_LABEL_RULE}`);
         string(x, `${p}.${k}`);
-        if (!ROLLOUT_LABEL.test(x as string)) throw bad(`${p}.${k}`, 'must be 1-64 characters of [A-Za-z0-9._-]');
+        if (!ROLLOUT_LABEL.test(x as string)) throw bad(`${p}.${k}`, `must be ${ROLLOUT_LABEL_RULE}`);
       }
     },
   }, ['labels']),
@@ -191,6 +208,9 @@ const SHAPES: Record<Frame['type'], Check> = {
   }),
   heartbeat: object({ type: string, ...stateId, age_ms: version, local_overrides: version, misses: version, errors: version }, ['local_overrides', 'misses', 'errors']),
 };
+/** Looked up by the frame's `type`, which the peer chose: a Map, never `SHAPE_OF[type]` (`"constructor"` is found there). */
+const SHAPES = new Map(Object.entries(SHAPE_OF));
+const TYPES = [...SHAPES.keys()].join(', ');
 
 /**
  * A frame from its wire text. Errors name the field (`frame delta.remove[3].port: …`);
@@ -204,11 +224,11 @@ export function parseFrame(text: string, maxBytes = DEFAULT_MAX_FRAME_BYTES): Fr
   } catch (err) {
     throw new SwitchyardError('EINVAL_ARGUMENT', `frame: not JSON (${(err as Error).message})`, { entry: 'frame' });
   }
-  const type = (value as { type?: unknown } | null)?.type;
-  if (typeof type !== 'string' || !(type in SHAPES)) {
-    throw bad('type', `must be one of ${Object.keys(SHAPES).join(', ')}`);
-  }
-  SHAPES[type as Frame['type']](value, type);
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw bad('type', `the frame must be an object with a "type", one of ${TYPES}`);
+  const type = Object.hasOwn(value, 'type') ? (value as { type: unknown }).type : undefined;
+  const shape = typeof type === 'string' ? SHAPES.get(type) : undefined;
+  if (!shape) throw bad('type', `must be one of ${TYPES}`);
+  shape(value, type as string);
   return value as Frame;
 }
 

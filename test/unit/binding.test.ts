@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { parseBindingsDocument, parseLabel, parsePort } from '../../src/bindings/binding.js';
+import { parseBindingList, parseBindingsDocument, parseLabel, parsePort } from '../../src/bindings/binding.js';
 import { SwitchyardError } from '../../src/errors.js';
 
 function errorOf(fn: () => unknown): SwitchyardError {
@@ -54,6 +54,16 @@ describe('binding validation', () => {
     for (const bad of ['', '-x', '.hidden', 'a/b', '../x', 'a b', 'a;b', '$(x)', 'é', 'A'.repeat(60), 7]) {
       expect(() => parseLabel(bad, 'x'), String(bad)).toThrow(SwitchyardError);
     }
+  });
+
+  it('an entry\'s fields are its own: inherited ones are missing, not read (issue 15)', () => {
+    // for…in and `in` (the old check) saw these through the prototype and accepted the entry.
+    const inherited = Object.create({ label: 'cdn', protocol: 'tcp', prefix: '192.0.2.0/24', port: 0 }) as unknown;
+    expect(errorOf(() => parseBindingList([inherited], 'f.json')).message).toBe('f.json: bindings[0] ({}): missing field "label"');
+    const half = Object.assign(Object.create({ port: 0 }) as object, { label: 'cdn', protocol: 'tcp', prefix: '192.0.2.0/24' }) as unknown;
+    expect(errorOf(() => parseBindingList([half], 'f.json')).message).toMatch(/bindings\[0\] .*: missing field "port"$/);
+    // The document's own "bindings" only.
+    expect(errorOf(() => parseBindingsDocument(Object.create({ bindings: [] }), 'f.json')).message).toBe('f.json: "bindings" must be an array');
   });
 
   it('ports: numbers from files, digits from the command line', () => {

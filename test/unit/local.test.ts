@@ -36,6 +36,21 @@ describe('local overrides', () => {
     expect(() => again.change(cp, { bind: b('cdn', '192.0.2.0/24') }, by)).toThrow(/already bound to cdn by the control plane/);
   });
 
+  it('a key comes with exactly protocol, prefix and port, its own (admin requests carry it; issue 15)', () => {
+    const cp = state([b('cdn', '192.0.2.0/24')]);
+    const layer = new LocalLayer(dir);
+    const key = { protocol: 'tcp', prefix: '192.0.2.0/24', port: 0 };
+    // Extra fields were ignored, missing ones read through the prototype.
+    expect(() => layer.change(cp, { unbind: { ...key, label: 'cdn' } }, by)).toThrow(/^local unbind: unknown field "label"$/);
+    expect(() => layer.change(cp, { unbind: { protocol: 'tcp', prefix: '192.0.2.0/24' } }, by)).toThrow(/^local unbind: missing field "port"$/);
+    expect(() => layer.change(cp, { unbind: Object.create(key) }, by)).toThrow(/^local unbind: missing field "protocol"$/);
+    expect(() => layer.change(cp, { unbind: 'tcp 192.0.2.0/24 0' }, by)).toThrow(/^local unbind: expected an object/);
+    expect(layer.size).toBe(0);
+    expect(fs.existsSync(path.join(dir, 'local.json'))).toBe(false); // nothing changed
+    layer.change(cp, { unbind: key }, by);
+    expect(new LocalLayer(dir).list()).toEqual(layer.list());
+  });
+
   it('a delta pushed under overrides changes only keys nobody overrode, and equals the full computation', () => {
     const v1 = [b('cdn', '192.0.2.0/24'), b('cdn', '198.51.100.0/24', 443), b('dns', '203.0.113.0/24', 53)];
     const v2 = [b('spectrum', '192.0.2.0/24'), b('cdn', '198.51.100.0/24', 443), b('cdn', '203.0.113.5/32', 53)];

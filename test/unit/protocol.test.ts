@@ -170,6 +170,17 @@ describe('frames', () => {
     expect(() => parseFrame(JSON.stringify({ ...frames[5], code: 'EWHATEVER' }))).toThrow(/frame nack\.code: must be one of/);
     expect(() => parseFrame(JSON.stringify(frames[1]), 10)).toThrow(/more than the 10 allowed/);
   });
+  it('takes only own fields: a type or field that is a name of Object.prototype is refused (issue 15)', () => {
+    // The old shape checks used `in`: {"type": "constructor"} passed, a "toString" field too.
+    const names = Object.getOwnPropertyNames(Object.prototype);
+    fc.assert(
+      fc.property(fc.constantFrom(...frames), fc.constantFrom(...names), fc.boolean(), (f, name, asType) => {
+        const text = asType ? JSON.stringify({ ...f, type: name }) : JSON.stringify(f).replace(/^\{/, `{${JSON.stringify(name)}:{},`);
+        expect(() => parseFrame(text)).toThrow(asType ? /^frame type: must be one of/ : new RegExp(`^frame ${f.type}\\.${name}: unknown field$`));
+      }),
+      { numRuns: 500 },
+    );
+  });
   it('never throws anything but a named error on arbitrary input', () => {
     fc.assert(
       fc.property(fc.oneof(fc.string(), fc.json(), fc.constantFrom(...frames).chain((f) => fc.record({ k: fc.constantFrom(...Object.keys(f)), v: fc.jsonValue() }).map(({ k, v }) => JSON.stringify({ ...f, [k]: v })))), (text) => {

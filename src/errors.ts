@@ -10,6 +10,8 @@ export type ErrorCode =
   | 'ENOT_LOADED'
   | 'EINCOMPATIBLE_STATE'
   | 'EORPHAN'
+  | 'ESTALE_STATE'
+  | 'ENO_NETNS'
   | 'ECAPACITY'
   | 'ESOCKET_REJECTED'
   | 'ENO_SOCKETS'

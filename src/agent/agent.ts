@@ -17,7 +17,7 @@ import { checkDocumentFields, protocolName } from '../bindings/binding.js';
 import { parseBindingPrefix, parseLabel, parsePort, parseProtocol } from '../bindings/binding.js';
 import type { DesiredState } from '../desired/state.js';
 import { locate } from '../dispatcher/state.js';
-import { Dispatcher, load, type ApplyResult } from '../dispatcher/dispatcher.js';
+import { Dispatcher, load, type ApplyResult, type BindingChangeSpec, type TableBuilder } from '../dispatcher/dispatcher.js';
 import { TableBuildThread } from '../dispatcher/build-worker.js';
 import { Firewall, type SyncHooks } from '../firewall/apply.js';
 import { ProcessRunner } from '../firewall/runner.js';
@@ -35,6 +35,7 @@ import { LocalLayer, canonicalKey } from './local.js';
 import { IndexedState } from '../protocol/state.js';
 import { parseDesiredState } from '../desired/state.js';
 import { ROLLOUT_LABEL } from '../protocol/messages.js';
+import { switchyardVersion } from '../version.js';
 
 export interface AgentConfig {
   agentId: string;
@@ -148,8 +149,18 @@ function parseAllowList(value: unknown, file: string): RegistrationAllowList {
   return out;
 }
 
-/** Deltas up to this size go to the dispatcher binding by binding (in place); bigger ones as one table. */
-const IN_PLACE_MAX = 64;
+/** A change of a delta as the dispatcher takes it (the state's bindings were validated when it was indexed). */
+function changeSpec(c: BindingChange): BindingChangeSpec {
+  return {
+    removed: c.removed,
+    binding: {
+      label: parseLabel(c.binding.label, 'delta'),
+      protocol: parseProtocol(c.binding.protocol, 'delta'),
+      prefix: parseBindingPrefix(c.binding.prefix, 'delta', true),
+      port: parsePort(c.binding.port, 'delta'),
+    },
+  };
+}
 
 export class Agent {
   readonly log: Logger;
@@ -178,7 +189,7 @@ export class Agent {
     const token = fs.readFileSync(config.controlPlane.tokenFile, 'utf8').trim();
     this.session = new AgentSession({
       agentId: config.agentId,
-      agentVersion: process.env.npm_package_version ?? '0.1.0',
+      agentVersion: switchyardVersion(),
       store,
       apply: async (indexed, changes) => {
         const kernel = this.local.effective(indexed, changes);
@@ -246,28 +257,32 @@ export class Agent {
    */
   private async kernelApply(state: DesiredState, changes: BindingChange[] | undefined): Promise<void> {
     const started = performance.now();
-    const inPlace = changes !== undefined && changes.length <= IN_PLACE_MAX;
+    const build: TableBuilder = (input, serial, order) => this.tableBuilder.build(input, serial, order);
     let dispatcher: Promise<ApplyResult | undefined>;
     let firewall: ReturnType<Agent['firewallSync']>;
     let dispatched = started;
-    if (inPlace) {
+    const specs = changes?.map(changeSpec);
+    if (specs !== undefined && this.dispatcher.changesInPlace(specs)) {
+      // Small writes both: the firewall's one ipset run is spawned first, so
+      // the two land within a moment of each other.
       let writing!: () => void;
       const writesStarted = new Promise<void>((resolve) => (writing = resolve));
       firewall = this.firewallSync(state, changes, { writing });
       await Promise.race([writesStarted, firewall.then(() => {}, () => {})]);
       await new Promise((resolve) => setImmediate(resolve)); // the one small write: spawned in the same turn
-      dispatcher = Promise.resolve().then(() => {
-        const result = this.applyInPlace(changes);
-        dispatched = performance.now();
-        return result;
-      });
+      dispatcher = this.dispatcher.applyChanges(specs, state.bindings, build);
+    } else if (specs !== undefined) {
+      // A table build on its thread while this one plans the firewall.
+      dispatcher = this.dispatcher.applyChanges(specs, state.bindings, build);
+      firewall = this.firewallSync(state, changes);
     } else {
-      dispatcher = this.dispatcher.replaceBindingsAsync(state.bindings, (input, serial, order) => this.tableBuilder.build(input, serial, order)).then((r) => {
-        dispatched = performance.now();
-        return r;
-      });
+      dispatcher = this.dispatcher.replaceBindingsAsync(state.bindings, build);
       firewall = this.firewallSync(state, changes);
     }
+    dispatcher = dispatcher.then((r) => {
+      dispatched = performance.now();
+      return r;
+    });
     const [d, f] = await Promise.allSettled([dispatcher, firewall]);
     if (d.status === 'rejected') throw d.reason;
     if (f.status === 'rejected') throw f.reason;
@@ -276,23 +291,8 @@ export class Agent {
     if (d.value && d.value.bindings !== state.bindings.count) {
       throw new SwitchyardError('EKERNEL', `the dispatcher holds ${d.value.bindings} bindings after the apply, the state has ${state.bindings.count}`);
     }
-    this.log.info({ bindings: state.bindings.count, delta: changes?.length ?? null, dispatcherMs: Math.round(dispatched - started), firewallMs: Math.round(f.value.ms), totalMs: Math.round(performance.now() - started), firewall: f.value.summary }, 'kernel updated');
-  }
-
-  /** A small delta in the dispatcher, binding by binding: adds first (a carve-out lands before what it carves from goes), then the removals that are not the same key added again (a relabel). */
-  private applyInPlace(changes: BindingChange[]): ApplyResult | undefined {
-    const key = (c: BindingChange) => `${c.binding.protocol} ${c.binding.prefix} ${c.binding.port}`;
-    const readded = new Set(changes.filter((c) => !c.removed).map(key));
-    const spec = (c: BindingChange, entry: string) => ({
-      label: parseLabel(c.binding.label, entry),
-      protocol: parseProtocol(c.binding.protocol, entry),
-      prefix: parseBindingPrefix(c.binding.prefix, entry, true),
-      port: parsePort(c.binding.port, entry),
-    });
-    let published: ApplyResult | undefined;
-    for (const c of changes) if (!c.removed) published = this.dispatcher.bind(spec(c, 'delta'));
-    for (const c of changes) if (c.removed && !readded.has(key(c))) published = this.dispatcher.unbind(spec(c, 'delta'));
-    return published;
+    for (const warning of d.value?.warnings ?? []) this.log.warn({ warning }, 'dispatcher');
+    this.log.info({ bindings: state.bindings.count, delta: changes?.length ?? null, inPlace: d.value?.inPlace ?? null, dispatcherMs: Math.round(dispatched - started), firewallMs: Math.round(f.value.ms), totalMs: Math.round(performance.now() - started), firewall: f.value.summary }, 'kernel updated');
   }
 
   /**

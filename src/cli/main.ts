@@ -19,14 +19,14 @@ import {
   type Binding,
 } from '../bindings/binding.js';
 import { parseAddress, type Prefix, maskWords } from '../net/address.js';
-import { locate, type Location } from '../dispatcher/state.js';
+import { findStaleStates, locate, locateBase, type Location, type StaleState } from '../dispatcher/state.js';
 import { readDesiredState } from '../desired/state.js';
 import { DIFF_USAGE, VERIFY_USAGE, diffCommand, verifyCommand } from './verify.js';
 import { FIREWALL_USAGE, firewallCommand, firewallVerdicts, type FirewallVerdict } from './firewall.js';
 import { agentCommand, controlPlaneCommand, controlPlaneOverride, controlPlaneStatus } from './daemons.js';
 import { LOCAL_USAGE, agentStatus, localCommand, refuseIfAgentManages } from './agent.js';
 import { adminRequest } from '../agent/admin.js';
-import { Dispatcher, load, unload, upgrade, type BindingSpec, type LookupAnswer, type Status } from '../dispatcher/dispatcher.js';
+import { Dispatcher, load, removeStale, unload, upgrade, type BindingSpec, type LookupAnswer, type Status } from '../dispatcher/dispatcher.js';
 import type { LookupQuery } from '../dispatcher/lookup.js';
 import { listenFds, socketsOfProcess } from '../sockets/sockets.js';
 import { versionInfo } from '../version.js';
@@ -60,6 +60,11 @@ class Output {
   data(value: unknown, human: () => string): void {
     process.stdout.write(this.json ? `${JSON.stringify(value, bigintAsString, 2)}\n` : `${human()}\n`);
   }
+}
+
+/** The change is in force (exit 0); what could not be tidied after the switch is said on stderr. */
+function warnAfterSwitch(r: { warnings?: string[] }): void {
+  for (const w of r.warnings ?? []) process.stderr.write(`switchyard: warning: ${singleLine(w)}\n`);
 }
 
 function usageError(message: string): SwitchyardError {
@@ -163,26 +168,58 @@ function printStatus(s: Status): string {
 const COMMANDS: Record<string, Command> = {
   load: {
     usage: 'load [--object FILE]',
-    summary: 'attach the dispatcher to the network namespace (no-op when already loaded; refused while one whose pins were lost still serves the namespace)',
+    summary:
+      "attach the dispatcher to the network namespace (no-op when already loaded; refused while one whose pins were lost still serves the namespace). State under this namespace's inode number whose link serves no namespace (a deleted namespace's, the number reused) is moved aside, never adopted",
     options: { object: { type: 'string' } },
     run(args, flags, out) {
       expectArgs(args, 0, this.usage);
       const location = locationOf(flags);
       const r = load(location, flags.object as string | undefined);
-      out.data({ loaded: true, created: r.created, stateDir: location.dir }, () =>
-        r.created ? `loaded dispatcher into ${location.netnsPath}; state pinned at ${location.dir}` : `dispatcher already loaded (${location.dir}); nothing changed`,
+      const aside = r.staleMovedTo ? `; stale state of a namespace that no longer exists moved to ${r.staleMovedTo} (switchyard remove-stale removes it)` : '';
+      out.data({ loaded: true, created: r.created, stateDir: location.dir, ...(r.staleMovedTo ? { staleMovedTo: r.staleMovedTo } : {}) }, () =>
+        r.created ? `loaded dispatcher into ${location.netnsPath}; state pinned at ${location.dir}${aside}` : `dispatcher already loaded (${location.dir}); nothing changed`,
       );
       return 0;
     },
   },
   unload: {
     usage: 'unload',
-    summary: 'detach the dispatcher and remove its pinned state (bindings and socket registrations are lost)',
+    summary:
+      'detach the dispatcher and remove its pinned state (bindings and socket registrations are lost). For a --netns path that no longer exists (the namespace was deleted), removes the stale states under the bpffs instead, as remove-stale does',
     run(args, flags, out) {
       expectArgs(args, 0, this.usage);
-      const location = locationOf(flags);
+      let location: Location;
+      try {
+        location = locationOf(flags);
+      } catch (err) {
+        if ((err as SwitchyardError).code !== 'ENO_NETNS') throw err;
+        // Its inode number is unknown now; what it left is stale, found by its links.
+        const r = removeStale(locateBase({ bpffs: flags.bpffs as string | undefined }));
+        out.data({ removed: r.removed.length > 0, netnsGone: true, stale: r.removed }, () =>
+          r.removed.length
+            ? `${String(flags.netns)} no longer exists; removed ${r.removed.length} stale state(s): ${r.removed.map((x) => x.dir).join(', ')}`
+            : `${String(flags.netns)} no longer exists and no stale state was found (a namespace's links are detached by its cleanup, which the kernel runs a moment after it is deleted: try again); nothing changed`,
+        );
+        return 0;
+      }
       const r = unload(location);
       out.data({ removed: r.removed }, () => (r.removed ? `unloaded dispatcher from ${location.netnsPath}` : 'no dispatcher was loaded; nothing changed'));
+      return 0;
+    },
+  },
+  'remove-stale': {
+    usage: 'remove-stale [--dry-run] [--json]',
+    summary:
+      "remove pinned state that serves no namespace: what load moved aside, and state whose link is attached to no namespace of its inode number (the namespace was deleted without unload). The live dispatchers are not touched. --dry-run lists them",
+    options: { 'dry-run': { type: 'boolean' } },
+    run(args, flags, out) {
+      expectArgs(args, 0, this.usage);
+      const base = locateBase({ bpffs: flags.bpffs as string | undefined });
+      const r = flags['dry-run'] ? { removed: [] as StaleState[], stale: findStaleStates(base.base) } : { ...removeStale(base), stale: undefined };
+      const listed = r.stale ?? r.removed;
+      out.data(flags['dry-run'] ? { stale: listed } : { removed: listed }, () =>
+        listed.length === 0 ? 'no stale state; nothing changed' : listed.map((x) => `${flags['dry-run'] ? 'stale' : 'removed'} ${x.dir}: ${x.reason}`).join('\n'),
+      );
       return 0;
     },
   },
@@ -215,6 +252,7 @@ const COMMANDS: Record<string, Command> = {
       const b = parseBindingArgs(args, this.usage);
       refuseIfAgentManages(locationOf(flags), flags, 'bind');
       const r = withDispatcher(flags, (d) => d.bind(b));
+      warnAfterSwitch(r);
       out.data(r, () =>
         `${r.replaced ? `bound (was ${r.replaced})` : 'bound'}${r.inPlace ? ' in place' : ''}; ${r.bindings} bindings`,
       );
@@ -229,6 +267,7 @@ const COMMANDS: Record<string, Command> = {
       const b = parseBindingArgs(args, this.usage);
       refuseIfAgentManages(locationOf(flags), flags, 'unbind');
       const r = withDispatcher(flags, (d) => d.unbind(b));
+      warnAfterSwitch(r);
       out.data(r, () => `unbound${r.inPlace ? ' in place' : ''}; ${r.bindings} bindings`);
       return 0;
     },
@@ -266,6 +305,7 @@ const COMMANDS: Record<string, Command> = {
       const next = readDesiredState(args[0]!).bindings;
       refuseIfAgentManages(locationOf(flags), flags, 'load-bindings');
       const r = withDispatcher(flags, (d) => d.replaceBindings(next));
+      warnAfterSwitch(r);
       out.data(r, () =>
         `loaded ${r.bindings} bindings (+${r.added} −${r.removed}), table ${r.tableBytes} bytes, built in ${r.buildMs.toFixed(0)} ms, published in ${r.publishMs.toFixed(1)} ms`,
       );

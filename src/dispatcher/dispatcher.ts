@@ -17,9 +17,9 @@ import { BpfMap, Fd, describeMismatch, loadObject, u32Key, ATTACH_SK_LOOKUP, LIN
 import { native, type SocketInfo } from '../kernel/native.js';
 import { IPPROTO_TCP, IPPROTO_UDP } from '../kernel/linux.js';
 import { type Family, type Prefix, formatAddress, formatPrefix, maskWords } from '../net/address.js';
-import { BindingTable, type Binding, type Protocol, protocolName } from '../bindings/binding.js';
+import { BindingTable, IPPROTO, type Binding, type Protocol, protocolName } from '../bindings/binding.js';
 import { buildTable, emptyInput, readHeader, type TrieInput } from '../trie/builder.js';
-import { applyPatch, planPatch } from '../trie/patch.js';
+import { applyPatch, planPatch, rebuildReason } from '../trie/patch.js';
 import { countChanges, findDuplicate } from '../bindings/order.js';
 import { leafDestination, leafPrefixLen, LEAF_RESULT_MASK, ROW_BYTES } from '../trie/layout.js';
 import { MAPS, MAP_NAMES, MIN_CAPACITY_ROWS, PROGRAM_NAME, capacityFor } from './maps.js';
@@ -28,8 +28,12 @@ import {
   PinnedState,
   isLoaded,
   metaValue,
+  findStaleStates,
+  moveStaleAside,
   removeAbandonedTemps,
   removeStateDir,
+  staleReason,
+  type StaleState,
   tempDirFor,
   withWriterLock,
   WriterLock,
@@ -56,11 +60,43 @@ export interface BindingSpec {
   port: number;
 }
 
+/** One change of a delta: `binding` added (or relabelled), or removed (its label is the one it had). */
+export interface BindingChangeSpec {
+  binding: BindingSpec;
+  removed: boolean;
+}
+
+/** Builds a table off this thread; sorts the columns and refuses duplicate keys when `order` is not given. */
+export type TableBuilder = (input: TrieInput, serial: bigint, order?: Uint32Array) => Promise<BuiltTable>;
+
+/** Deltas longer than this are one replace: binding by binding they would cost more than a build. */
+const IN_PLACE_MAX = 64;
+/** An in-place delta gives the event loop a turn once it has held it this long. */
+const YIELD_AFTER_MS = 20;
+
+const patchKey = (b: BindingSpec) => ({ family: b.prefix.family, protocol: IPPROTO[b.protocol], port: b.port, addr: b.prefix.words, prefixLen: b.prefix.length });
+
+/** Lets the event loop run what is due (timers, I/O) before going on. */
+const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
+
+/** Adds first (a carve-out lands before what it carves from goes), then removals that are not the same key added again (a relabel). */
+function inPlaceOrder(changes: readonly BindingChangeSpec[]): BindingChangeSpec[] {
+  const key = (b: BindingSpec) => `${b.protocol} ${formatPrefix(b.prefix)} ${b.port}`;
+  const readded = new Set(changes.filter((c) => !c.removed).map((c) => key(c.binding)));
+  return [...changes.filter((c) => !c.removed), ...changes.filter((c) => c.removed && !readded.has(key(c.binding)))];
+}
+
+function duplicateError(table: BindingTable, [i, j]: [number, number]): SwitchyardError {
+  const [a, b] = [i, j].map((k) => JSON.stringify(table.binding(k)));
+  return new SwitchyardError('EINVAL_BINDING', `bindings ${a} and ${b} have the same protocol, prefix and port`, { entry: b });
+}
+
 export interface ApplyResult {
   serial: bigint;
   bindings: number;
-  added: number;
-  removed: number;
+  /** Against the set in force; absent where counting would cost more than the change (replaceBindingsAsync). */
+  added?: number;
+  removed?: number;
   tableBytes: number;
   buildMs: number;
   publishMs: number;
@@ -100,12 +136,20 @@ export interface Status {
   destinations: DestinationStatus[];
 }
 
-/** Loads the dispatcher into a namespace. Loading an already loaded, compatible one changes nothing. */
-export function load(location: Location, objectPath = defaultObjectPath()): { created: boolean } {
+/**
+ * Loads the dispatcher into a namespace. Loading an already loaded,
+ * compatible one changes nothing; state left by a dead namespace whose inode
+ * this one reused is moved aside (`staleMovedTo`), never adopted.
+ */
+export function load(location: Location, objectPath = defaultObjectPath()): { created: boolean; staleMovedTo?: string } {
   return withWriterLock(location, () => {
+    let staleMovedTo: string | undefined;
     if (isLoaded(location)) {
-      PinnedState.open(location).close(); // compatibility check
-      return { created: false };
+      if (staleReason(location) === undefined) {
+        PinnedState.open(location).close(); // compatibility check
+        return { created: false };
+      }
+      staleMovedTo = moveStaleAside(location);
     }
     removeAbandonedTemps(location);
     refuseBesideOrphan(location); // one still attached whose pins were lost: never a second program beside it
@@ -137,7 +181,7 @@ export function load(location: Location, objectPath = defaultObjectPath()): { cr
       }
       // The state becomes visible only complete: one rename.
       fs.renameSync(temp, location.dir);
-      return { created: true };
+      return { created: true, ...(staleMovedTo ? { staleMovedTo } : {}) };
     } catch (err) {
       if (fs.existsSync(temp)) removeStateDir(temp);
       throw err;
@@ -145,6 +189,23 @@ export function load(location: Location, objectPath = defaultObjectPath()): { cr
       for (const fd of owned) fd.close();
     }
   });
+}
+
+/**
+ * Removes stale states (see state.ts) under a bpffs: what `unload` of a
+ * namespace that no longer exists means, since its path no longer names an
+ * inode. They serve nothing: their links are attached to no namespace.
+ */
+export function removeStale(location: Pick<Location, 'base'>): { removed: StaleState[] } {
+  if (!fs.existsSync(location.base)) return { removed: [] };
+  const lock = WriterLock.acquire(location);
+  try {
+    const stale = findStaleStates(location.base);
+    for (const s of stale) removeStateDir(s.dir);
+    return { removed: stale };
+  } finally {
+    lock.release();
+  }
 }
 
 /** Removes the dispatcher of a namespace: detaches the program and unpins everything. */
@@ -307,7 +368,7 @@ export class Dispatcher {
 
   /** `before` is the published set when the caller has just read it (bind, unbind). */
   private replaceLocked(next: BindingTable, before?: BindingTable): ApplyResult {
-    const prepared = this.prepareReplace(next, before);
+    const prepared = this.prepareReplace(next, { before });
     return this.finishReplace(prepared, buildTable(prepared.input, prepared.serial, next.order()));
   }
 
@@ -317,17 +378,83 @@ export class Dispatcher {
    * its firewall meanwhile. The writer lock is held throughout; this
    * Dispatcher refuses other writes until it is done (EBUSY) rather than
    * wait on a lock this same thread holds.
+   *
+   * What this thread does is bounded by a copy of the columns, not by
+   * sorting or decoding: the builder sorts and refuses duplicate keys, and
+   * the change is not counted against the table in force (`added` and
+   * `removed` are absent) — at a million bindings those took seconds here.
    */
-  async replaceBindingsAsync(next: BindingTable, builder: (input: TrieInput, serial: bigint, order: Uint32Array) => Promise<BuiltTable>): Promise<ApplyResult> {
-    if (this.busy) throw new SwitchyardError('EBUSY', 'another replace of this dispatcher is under way');
+  async replaceBindingsAsync(next: BindingTable, builder: TableBuilder): Promise<ApplyResult> {
+    return this.writingAsync(() => this.replaceAsyncLocked(next, builder));
+  }
+
+  private async replaceAsyncLocked(next: BindingTable, builder: TableBuilder): Promise<ApplyResult> {
+    const prepared = this.prepareReplace(next, { counts: false });
+    await nextTurn(); // the builder's copy of the columns is the next slice of this thread's work
+    const built = await builder(prepared.input, prepared.serial);
+    return this.finishReplace(prepared, built);
+  }
+
+  /**
+   * A delta of the binding set, `next` being the set it makes. Every change
+   * is judged against the published table before the first write: when all
+   * can be made in place (src/trie/patch.ts), they are, adds first (a
+   * carve-out lands before what it carves from goes), then removals that
+   * are not the same key added again (a relabel), yielding to the event loop
+   * between changes; otherwise (a short prefix, a large delta, a table with
+   * no room left) the whole delta is one replace of `next`, built on
+   * `builder`. One place decides, and a delta costs at most one table build.
+   */
+  async applyChanges(changes: readonly BindingChangeSpec[], next: BindingTable, builder: TableBuilder): Promise<ApplyResult> {
+    return this.writingAsync(async () => {
+      if (this.changesInPlace(changes)) {
+        let published = this.unchanged();
+        let slice = performance.now();
+        for (const c of inPlaceOrder(changes)) {
+          const started = performance.now();
+          const patched = c.removed
+            ? this.patch(c.binding, null, (previous) => previous !== null && this.destinations().get(previous)?.label === c.binding.label, started)
+            : this.patch(c.binding, this.ensureDestination(c.binding.label, c.binding.prefix.family, c.binding.protocol).id, () => true, started);
+          // No room left, or the kernel disagrees with the removal's label: `next` says what is right.
+          if (patched === undefined || patched === 'refused') return this.replaceAsyncLocked(next, builder);
+          published = patched.result;
+          if (performance.now() - slice > YIELD_AFTER_MS) {
+            await nextTurn();
+            slice = performance.now();
+          }
+        }
+        return published;
+      }
+      return this.replaceAsyncLocked(next, builder);
+    });
+  }
+
+  /** The published table as an ApplyResult of no change (a delta of no bindings). */
+  private unchanged(): ApplyResult {
+    const live = this.liveTable()!;
+    const header = readHeader(new DataView(live.words.buffer, live.words.byteOffset, live.words.byteLength))!;
+    return { serial: header.serial, bindings: header.bindingCount, added: 0, removed: 0, tableBytes: live.capacityRows * ROW_BYTES, buildMs: 0, publishMs: 0, inPlace: true };
+  }
+
+  /**
+   * Whether applyChanges would make these changes in place, as things are
+   * now: what it decides by, for a caller that schedules around it.
+   */
+  changesInPlace(changes: readonly BindingChangeSpec[]): boolean {
+    const live = this.liveTable();
+    const ordered = inPlaceOrder(changes);
+    return live !== undefined && ordered.length <= IN_PLACE_MAX && ordered.every((c) => rebuildReason(live.words, patchKey(c.binding), c.removed) === undefined);
+  }
+
+  /** Like writing(), for writes that await: the lock is held across them, and this Dispatcher refuses other writes meanwhile (EBUSY). */
+  private async writingAsync<T>(fn: () => Promise<T>): Promise<T> {
+    if (this.busy) throw new SwitchyardError('EBUSY', 'another write of this dispatcher is under way');
     this.busy = true;
     const lock = WriterLock.acquire(this.location);
     try {
       if (finishInterruptedGrowth(this.location) || this.mustReopen) this.reopen();
       settleTablePins(this.location.dir, this.state.maps.generation);
-      const prepared = this.prepareReplace(next);
-      const built = await builder(prepared.input, prepared.serial, next.order());
-      return this.finishReplace(prepared, built);
+      return await fn();
     } finally {
       lock.release();
       this.busy = false;
@@ -336,19 +463,26 @@ export class Dispatcher {
 
   private busy = false;
 
-  /** Everything before the build: checks, the table in force, destinations for every (label, family, protocol). */
-  private prepareReplace(next: BindingTable, before?: BindingTable) {
+  /**
+   * Everything before the build: checks, the table in force, destinations
+   * for every (label, family, protocol). `counts: false` skips what only the
+   * result's added/removed need (decoding the table in force) and the
+   * duplicate check (the caller's builder makes it).
+   */
+  private prepareReplace(next: BindingTable, options: { before?: BindingTable; counts?: boolean } = {}) {
     const started = performance.now();
-    const duplicate = findDuplicate(next, next.order());
-    if (duplicate) {
-      const [a, b] = duplicate.map((i) => JSON.stringify(next.binding(i)));
-      throw new SwitchyardError('EINVAL_BINDING', `bindings ${a} and ${b} have the same protocol, prefix and port`, { entry: b });
+    const counts = options.counts ?? true;
+    if (counts) {
+      const duplicate = findDuplicate(next, next.order());
+      if (duplicate) throw duplicateError(next, duplicate);
     }
     const { maps } = this.state;
-    const current = readCurrentTable(this.location.dir, maps.generation, before === undefined);
-    const destinations = this.destinations();
-    const previous = before ?? toBindingTable(current?.bindings, destinations);
-    const diff = countChanges(previous, next, (i, j) => previous.label(i) === next.label(j), previous.order(), next.order());
+    const current = readCurrentTable(this.location.dir, maps.generation, counts && options.before === undefined);
+    let diff: { added: number; removed: number } | undefined;
+    if (counts) {
+      const previous = options.before ?? toBindingTable(current?.bindings, this.destinations());
+      diff = countChanges(previous, next, (i, j) => previous.label(i) === next.label(j), previous.order(), next.order());
+    }
     const referenced = new Set<number>();
     const input: TrieInput = {
       count: next.count,
@@ -360,15 +494,15 @@ export class Dispatcher {
       destination: new Uint16Array(next.count),
     };
     // Destination per (label, family, protocol), allocated before the
-    // table that names it is published.
-    const idCache = new Map<number, number>();
+    // table that names it is published; looked up once per such triple.
+    const ids = new Int32Array(next.labels.length * 4).fill(-1);
     const dest = input.destination as Uint16Array;
     for (let i = 0; i < next.count; i++) {
-      const cacheKey = next.labelIndex[i]! * 16 + next.family[i]! + (next.protocol[i] === IPPROTO_TCP ? 0 : 8);
-      let id = idCache.get(cacheKey);
-      if (id === undefined) {
+      const slot = next.labelIndex[i]! * 4 + (next.family[i] === 6 ? 2 : 0) + (next.protocol[i] === IPPROTO_TCP ? 0 : 1);
+      let id = ids[slot]!;
+      if (id < 0) {
         id = this.ensureDestination(next.label(i), next.family[i] as Family, protocolName(next.protocol[i]!)).id;
-        idCache.set(cacheKey, id);
+        ids[slot] = id;
         referenced.add(id);
       }
       dest[i] = id;
@@ -403,8 +537,7 @@ export class Dispatcher {
     return {
       serial: prepared.serial,
       bindings: prepared.count,
-      added: prepared.diff.added,
-      removed: prepared.diff.removed,
+      ...(prepared.diff ? { added: prepared.diff.added, removed: prepared.diff.removed } : {}),
       tableBytes: built.bytes.length,
       buildMs: builtAt - prepared.started,
       publishMs: publishedAt - builtAt,
@@ -522,13 +655,7 @@ export class Dispatcher {
    * change needs a full replace, 'refused' when `accept` said no.
    */
   private patch(binding: BindingSpec, destination: number | null, accept: (previous: number | null) => boolean, started: number) {
-    const key = {
-      family: binding.prefix.family,
-      protocol: binding.protocol === 'tcp' ? IPPROTO_TCP : IPPROTO_UDP,
-      port: binding.port,
-      addr: binding.prefix.words,
-      prefixLen: binding.prefix.length,
-    };
+    const key = patchKey(binding);
     const live = this.liveTable();
     if (!live) return undefined;
     const table = live.words;

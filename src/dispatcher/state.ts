@@ -2,7 +2,12 @@
  * Where a dispatcher's state lives and who may write it.
  *
  * Everything is pinned in bpffs under <bpffs>/switchyard/<netns inode>/, so
- * the data plane outlives every process. A new state directory is built
+ * the data plane outlives every process. The kernel reuses a namespace's
+ * inode number as soon as the namespace is gone, so the directory name alone
+ * does not say whose state it is: the pinned link does. A netns link is
+ * detached when its namespace dies (its info then names inode 0), so state
+ * whose link is not attached to the namespace we were pointed at is *stale*:
+ * never adopted, moved aside by `load`, removed by `remove-stale`. A new state directory is built
  * under a temporary name and renamed into place (a crash leaves either no
  * dispatcher or a complete one), and writers serialise on an flock of
  * <bpffs>/switchyard.
@@ -31,9 +36,9 @@ export interface Location {
   dir: string;
 }
 
-export function locate(options: { bpffs?: string; netns?: string } = {}): Location {
+/** The bpffs and <bpffs>/switchyard, checked, without a namespace: for what spans namespaces (remove-stale). */
+export function locateBase(options: { bpffs?: string } = {}): Pick<Location, 'bpffs' | 'base'> {
   const bpffs = path.resolve(options.bpffs ?? DEFAULT_BPFFS);
-  const netnsPath = options.netns ?? DEFAULT_NETNS;
   let fsType: number;
   try {
     fsType = fs.statfsSync(bpffs).type;
@@ -43,14 +48,19 @@ export function locate(options: { bpffs?: string; netns?: string } = {}): Locati
   if (fsType !== BPF_FS_MAGIC) {
     throw new SwitchyardError('EINVAL_ARGUMENT', `${bpffs} is not a bpf filesystem (mount -t bpf bpf ${bpffs})`, { entry: bpffs });
   }
+  return { bpffs, base: path.join(bpffs, 'switchyard') };
+}
+
+export function locate(options: { bpffs?: string; netns?: string } = {}): Location {
+  const { bpffs, base } = locateBase(options);
+  const netnsPath = options.netns ?? DEFAULT_NETNS;
   let ino: number;
   try {
     if (fs.statfsSync(netnsPath).type !== NSFS_MAGIC) throw new Error('not a namespace file');
     ino = fs.statSync(netnsPath).ino;
   } catch (err) {
-    throw new SwitchyardError('EINVAL_ARGUMENT', `network namespace ${netnsPath}: ${(err as Error).message}`, { entry: netnsPath, cause: err });
+    throw new SwitchyardError(isKernelError(err, 'ENOENT') ? 'ENO_NETNS' : 'EINVAL_ARGUMENT', `network namespace ${netnsPath}: ${(err as Error).message}`, { entry: netnsPath, cause: err });
   }
-  const base = path.join(bpffs, 'switchyard');
   return { bpffs, netnsPath, netnsIno: ino, base, dir: path.join(base, String(ino)) };
 }
 
@@ -58,7 +68,7 @@ export function locate(options: { bpffs?: string; netns?: string } = {}): Locati
 export class WriterLock {
   private constructor(private readonly dir: Fd) {}
 
-  static acquire(location: Location): WriterLock {
+  static acquire(location: Pick<Location, 'base'>): WriterLock {
     fs.mkdirSync(location.base, { recursive: true, mode: 0o700 });
     const dir = new Fd(fs.openSync(location.base, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY));
     try {
@@ -86,6 +96,67 @@ export function withWriterLock<T>(location: Location, fn: () => T): T {
 
 export function isLoaded(location: Location): boolean {
   return fs.existsSync(path.join(location.dir, 'link'));
+}
+
+/** Why the pinned link of `dir` does not serve namespace inode `ino`, or undefined when it does. */
+function linkMismatch(dir: string, ino: number): string | undefined {
+  let fd: number;
+  try {
+    fd = native().objGet(path.join(dir, 'link'));
+  } catch (err) {
+    if (isKernelError(err, 'ENOENT')) return 'it has no link';
+    throw err;
+  }
+  try {
+    const info = native().objInfo(fd, 'link');
+    if (info.netnsIno === ino) return undefined;
+    return info.netnsIno ? `its link ${info.id} is attached to namespace inode ${info.netnsIno}` : `its link ${info.id} is attached to no namespace (the one it served is gone, or it was detached)`;
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** Why this namespace's pinned state is stale (see above), or undefined when it is this namespace's own. */
+export function staleReason(location: Location): string | undefined {
+  return isLoaded(location) ? linkMismatch(location.dir, location.netnsIno) : undefined;
+}
+
+export function staleError(location: Location, reason: string): SwitchyardError {
+  return new SwitchyardError(
+    'ESTALE_STATE',
+    `${location.dir} is stale: ${reason}, so it is not ${location.netnsPath}'s (namespace inodes are reused). Nothing dispatches there; \`switchyard load\` moves it aside and attaches afresh, \`switchyard remove-stale\` removes it`,
+    { entry: location.dir },
+  );
+}
+
+/** Renames stale state out of the namespace's way (bpffs names take no dots); returns the new path. */
+export function moveStaleAside(location: Location): string {
+  const aside = path.join(location.base, `stale-${location.netnsIno}-${Date.now()}`);
+  fs.renameSync(location.dir, aside);
+  return aside;
+}
+
+export interface StaleState {
+  dir: string;
+  reason: string;
+}
+
+/**
+ * Every stale state under <bpffs>/switchyard: moved-aside directories, and
+ * namespace directories whose link serves no live namespace of that inode.
+ */
+export function findStaleStates(base: string): StaleState[] {
+  if (!fs.existsSync(base)) return [];
+  const out: StaleState[] = [];
+  for (const entry of fs.readdirSync(base).sort()) {
+    const dir = path.join(base, entry);
+    if (entry.startsWith('stale-')) out.push({ dir, reason: 'moved aside by load' });
+    else if (/^\d+$/.test(entry)) {
+      const reason = linkMismatch(dir, Number(entry));
+      if (reason) out.push({ dir, reason });
+    }
+  }
+  return out;
 }
 
 /** Open handles on every pinned object of one namespace's dispatcher. */
@@ -116,6 +187,8 @@ export class PinnedState {
       opened.push(program);
       const link = new Fd(native().objGet(path.join(location.dir, 'link')));
       opened.push(link);
+      const netnsIno = native().objInfo(link.fd, 'link').netnsIno;
+      if (netnsIno !== location.netnsIno) throw staleError(location, linkMismatch(location.dir, location.netnsIno) ?? 'its link moved');
       return new PinnedState(location, maps, program, link);
     } catch (err) {
       for (const fd of opened) fd.close();

@@ -92,6 +92,21 @@ function indexOfKey(set: TrieInput, c: TrieInput, i = 0): number {
   return -1;
 }
 
+/**
+ * Why binding (or, `unbind`, unbinding) `key` cannot be made in place, from
+ * the root word alone, or undefined when it may be (planPatch can still
+ * answer `full` when the table has no free rows left). It decodes nothing,
+ * so a delta can be judged whole before its first write.
+ */
+export function rebuildReason(table: Uint32Array, key: Pick<BindingKey, 'family' | 'protocol' | 'port' | 'prefixLen'>, unbind: boolean): string | undefined {
+  const root = table[ROOT_WORD + rootSlot(key.family, key.protocol, key.port)]!;
+  if (root === 0) return undefined;
+  const s = root >>> ROOT_BITS_SHIFT;
+  if (key.prefixLen < s) return `a /${key.prefixLen} spans several of the trie's /${s} slots`;
+  if (key.prefixLen === s && unbind) return `unbinding a /${s} changes what its slot inherits`;
+  return undefined;
+}
+
 /** Plans binding `key` to `destination`, or unbinding it when `destination` is null. */
 export function planPatch(table: Uint32Array, capacityRows: number, key: BindingKey, destination: number | null): Patch {
   const header = readHeader(new DataView(table.buffer, table.byteOffset, table.byteLength));
@@ -120,8 +135,8 @@ export function planPatch(table: Uint32Array, capacityRows: number, key: Binding
   }
 
   const s = root >>> ROOT_BITS_SHIFT;
-  if (key.prefixLen < s) return { kind: 'full', reason: `a /${key.prefixLen} spans several of the trie's /${s} slots` };
-  if (key.prefixLen === s && destination === null) return { kind: 'full', reason: `unbinding a /${s} changes what its slot inherits` };
+  const structural = rebuildReason(table, key, destination === null);
+  if (structural) return { kind: 'full', reason: structural };
   const v = bitsAt(key.addr, 0, 0, s);
   const slotWord = directSlotWord(root, v);
   const ref = table[slotWord]!;

@@ -248,7 +248,7 @@ describe.skipIf(!isRoot)('agent and control plane end to end', () => {
       expect(cleared.stdout).toMatch(/1 local override\(s\) removed/);
       expect(labelAt('192.0.2.10', 443)).toBe('cdn');
       const bad = sy(['local', 'unbind', 'tcp', '198.51.100.0/24', '0', '--socket', admin]);
-      expect(bad.status).toBe(1);
+      expect(bad.status).toBe(2);
       expect(bad.stderr).toMatch(/no binding tcp 198\.51\.100\.0\/24 0 in force/);
 
       // A service running as uid 65534 hands its socket over for spectrum (allowed), and for cdn (refused).
@@ -281,7 +281,7 @@ describe.skipIf(!isRoot)('agent and control plane end to end', () => {
     expect(confirmed.stdout).toMatch(/version 2 confirmed: pushed with the override to edge-1/);
     await eventually('the override applied', () => labelAt('192.0.2.200', 443) === 'cdn');
     const wrong = cpCli(['override', '--version', '1']);
-    expect(wrong.status).toBe(1);
+    expect(wrong.status).toBe(2);
     expect(wrong.stderr).toMatch(/version 1 is not the current version \(2\)/);
 
     // A version whose apply never finishes (ipset hangs on it): the agent is killed mid-apply.

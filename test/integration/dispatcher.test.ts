@@ -62,7 +62,7 @@ describe.skipIf(!isRoot)('dispatcher in a fresh network namespace', () => {
     // A fresh, empty bpffs: load finds the dispatcher still attached and refuses to run a second one beside it.
     expect(spawnSync('mount', ['-t', 'bpf', 'bpf', ns.bpffs]).status).toBe(0);
     const refused = ns.cli(['load']);
-    expect(refused.code).toBe(1);
+    expect(refused.code).toBe(2);
     expect(refused.stderr).toContain(`still attached to ${ns.path} without its pins in ${ns.bpffs} (link ${before.link.id},`);
     expect(refused.stderr).toContain(`bpftool link detach id ${before.link.id}`);
     expect(refused.stderr.trim().split('\n')).toHaveLength(1);

@@ -193,8 +193,8 @@ export class Agent {
       store,
       apply: async (indexed, changes) => {
         const kernel = this.local.effective(indexed, changes);
-        await this.kernelApply(kernel.state, kernel.changes);
-        if (!changes) this.rehearse(indexed);
+        const inPlace = await this.kernelApply(kernel.state, kernel.changes);
+        if (!inPlace) this.rehearse(indexed); // a new table: the next delta's path warmed on it
       },
       localOverrides: () => this.local.size,
       labels: config.labels,
@@ -255,7 +255,8 @@ export class Agent {
    * new one, never to neither. Both are awaited before the result: the
    * caller puts the last known good back only once both are idle.
    */
-  private async kernelApply(state: DesiredState, changes: BindingChange[] | undefined): Promise<void> {
+  /** Returns whether the dispatcher's part was made in place (no new table). */
+  private async kernelApply(state: DesiredState, changes: BindingChange[] | undefined): Promise<boolean> {
     const started = performance.now();
     const build: TableBuilder = (input, serial, order) => this.tableBuilder.build(input, serial, order);
     let dispatcher: Promise<ApplyResult | undefined>;
@@ -292,7 +293,9 @@ export class Agent {
       throw new SwitchyardError('EKERNEL', `the dispatcher holds ${d.value.bindings} bindings after the apply, the state has ${state.bindings.count}`);
     }
     for (const warning of d.value?.warnings ?? []) this.log.warn({ warning }, 'dispatcher');
-    this.log.info({ bindings: state.bindings.count, delta: changes?.length ?? null, inPlace: d.value?.inPlace ?? null, dispatcherMs: Math.round(dispatched - started), firewallMs: Math.round(f.value.ms), totalMs: Math.round(performance.now() - started), firewall: f.value.summary }, 'kernel updated');
+    const inPlace = d.value?.inPlace ?? false;
+    this.log.info({ bindings: state.bindings.count, delta: changes?.length ?? null, inPlace, dispatcherMs: Math.round(dispatched - started), firewallMs: Math.round(f.value.ms), totalMs: Math.round(performance.now() - started), firewall: f.value.summary }, 'kernel updated');
+    return inPlace;
   }
 
   /**

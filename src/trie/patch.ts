@@ -147,8 +147,7 @@ export function planPatch(table: Uint32Array, capacityRows: number, key: Binding
   const decoder = new TableDecoder(table, 16);
   decoder.decodeRef(slot, ref, start, s);
   const reachable = decoder.out;
-  const listed = new Columns(16);
-  readListed(table, header.shadowRow, listed);
+  const listed = listedOf(table, header.shadowRow);
   const set = new Columns(reachable.count + 4);
   let inheritedReachable = false;
   for (let i = 0; i < reachable.count; i++) {
@@ -193,21 +192,14 @@ export function planPatch(table: Uint32Array, capacityRows: number, key: Binding
   const hidden = hiddenAfter(next, order, start, s, key);
   const inheritedHidden = hidden.slot;
 
-  // The list: hide before disappearing, unbound leave first.
-  const list = new Columns(listed.count + 4);
-  for (let i = 0; i < listed.count; i++) {
-    if (compareKeys(listed, i, keyCols, 0) === 0) {
-      if (destination === null) continue; // unbound: leaves the list
-      list.push(listed.family[i]!, listed.protocol[i]!, listed.port[i]!, listed.prefixLen[i]!, listed.addr, i * 4, destination);
-      continue;
-    }
-    list.push(listed.family[i]!, listed.protocol[i]!, listed.port[i]!, listed.prefixLen[i]!, listed.addr, i * 4, listed.destination[i]!);
-  }
-  let listChanged = list.count !== listed.count || (destination !== null && containsKey(listed, keyCols, 0));
+  // The list: hide before disappearing, unbound leave first. Rewritten
+  // only when it changes: at a million bindings it holds tens of thousands,
+  // and most changes hide nothing.
+  const keyListedAt = indexOfKey(listed, keyCols);
+  const toHide = new Columns(4);
   const hide = (c: TrieInput, i: number) => {
-    if (containsKey(list, c, i)) return;
-    list.push(c.family[i]!, c.protocol[i]!, c.port[i]!, c.prefixLen[i]!, c.addr, i * 4, c.destination[i]!);
-    listChanged = true;
+    if (containsKey(listed, c, i) || containsKey(toHide, c, i)) return;
+    toHide.push(c.family[i]!, c.protocol[i]!, c.port[i]!, c.prefixLen[i]!, c.addr, i * 4, c.destination[i]!);
   };
   for (let i = 0; i < reachableCount; i++) {
     if (i === at) continue;
@@ -223,6 +215,16 @@ export function planPatch(table: Uint32Array, capacityRows: number, key: Binding
     hide(keyColumns({ ...key, addr: masked, prefixLen: plen }, (inherited & LEAF_RESULT_MASK) - 1), 0);
   }
   if (destination !== null && key.prefixLen === s && inheritedHidden) hide(keyColumns(key, destination), 0);
+  const listChanged = keyListedAt >= 0 || toHide.count > 0;
+  let list = listed;
+  if (listChanged) {
+    list = new Columns(listed.count + toHide.count);
+    for (let i = 0; i < listed.count; i++) {
+      if (i === keyListedAt && destination === null) continue; // unbound: leaves the list
+      list.push(listed.family[i]!, listed.protocol[i]!, listed.port[i]!, listed.prefixLen[i]!, listed.addr, i * 4, i === keyListedAt ? destination! : listed.destination[i]!);
+    }
+    for (let i = 0; i < toHide.count; i++) list.push(toHide.family[i]!, toHide.protocol[i]!, toHide.port[i]!, toHide.prefixLen[i]!, toHide.addr, i * 4, toHide.destination[i]!);
+  }
   if (list.count > MAX_LISTED) return { kind: 'full', reason: 'too many unreachable bindings to list in place' };
 
   let shadowRow = header.shadowRow;
@@ -247,6 +249,22 @@ export function planPatch(table: Uint32Array, capacityRows: number, key: Binding
   const delta = previous === null ? 1 : destination === null ? -1 : 0;
   stores.push([headerWord(HEADER.bindingCount), header.bindingCount + delta]);
   return { kind: 'patch', previous, rows, stores };
+}
+
+/**
+ * The decoded list at `shadowRow` of `table`, kept while it is the list: a
+ * list, once written, never changes in place (a change writes a new one at
+ * new rows, and only a full build, a new table, reuses rows), so a delta's
+ * changes decode it once instead of once each. Never written to by callers.
+ */
+const listCache = new WeakMap<Uint32Array, { shadowRow: number; listed: Columns }>();
+function listedOf(table: Uint32Array, shadowRow: number): Columns {
+  const cached = listCache.get(table);
+  if (cached?.shadowRow === shadowRow) return cached.listed;
+  const listed = new Columns(16);
+  readListed(table, shadowRow, listed);
+  listCache.set(table, { shadowRow, listed });
+  return listed;
 }
 
 function containsKey(set: TrieInput, c: TrieInput, i: number): boolean {

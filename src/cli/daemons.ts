@@ -5,16 +5,17 @@
  */
 import fs from 'node:fs';
 import https from 'node:https';
+import net from 'node:net';
 import { pino } from 'pino';
 import { SwitchyardError } from '../errors.js';
-import { watchStateFile } from '../desired/watch.js';
 import { readJsonFile } from '../desired/state.js';
+import { parseLabel } from '../bindings/binding.js';
 import { Agent, readAgentConfig } from '../agent/agent.js';
 import { ControlPlaneServer, type AgentStatus, type Proposed, type Publication } from '../controlplane/server.js';
 import { DEFAULT_POLICY } from '../controlplane/policy.js';
 import { parseRollout } from '../controlplane/rollout.js';
 import { BindingsApi } from '../controlplane/api.js';
-import { writeAtomic } from '../agent/store.js';
+import { StateFile, type UnsavedChange } from '../controlplane/statefile.js';
 
 const untilSignal = () =>
   new Promise<void>((resolve) => {
@@ -41,6 +42,80 @@ export async function agentCommand(flags: Record<string, unknown>): Promise<numb
   return 0;
 }
 
+/**
+ * `--listen HOST:PORT`: an IPv4 address or a host name, or an IPv6 address
+ * in brackets (`[::]:8443`, as in a URL); the brackets are not part of the
+ * address (kept, they made listen() look up a host named "[::]":
+ * ENOTFOUND). An IPv6 address without them is refused: which colon ends
+ * the address would be a guess.
+ */
+export function parseListen(text: string): { host: string; port: number } {
+  const usage = `--listen ${JSON.stringify(text)} must be HOST:PORT (an IPv4 address or a host name), or [IPv6]:PORT`;
+  const m = /^(?:\[([^\]]*)\]|([^[\]]*)):([0-9]{1,5})$/.exec(text);
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || !(port >= 1 && port <= 65535)) throw new SwitchyardError('EINVAL_ARGUMENT', `${usage}; the port 1-65535`, { entry: '--listen' });
+  const [, v6, name] = m;
+  if (v6 !== undefined) {
+    if (!net.isIPv6(v6)) throw new SwitchyardError('EINVAL_ARGUMENT', `${usage}: ${JSON.stringify(v6)} in brackets is not an IPv6 address`, { entry: '--listen' });
+    return { host: v6, port };
+  }
+  if (name!.includes(':')) throw new SwitchyardError('EINVAL_ARGUMENT', `${usage}: an IPv6 address goes in brackets, e.g. [${name}]:${port}`, { entry: '--listen' });
+  if (name === '') throw new SwitchyardError('EINVAL_ARGUMENT', `${usage}: the host is missing (0.0.0.0 or [::] for every address)`, { entry: '--listen' });
+  return { host: name!, port };
+}
+
+/** A token's characters: what a `Bearer` header carries (visible ASCII, no spaces). */
+const TOKEN = /^[\x21-\x7e]+$/;
+/** Longer than any generated token (openssl rand -hex 32 is 64 characters), far below a header's limit. */
+const TOKEN_MAX = 1024;
+/** Shorter than this, a token is guessable: started with a warning. */
+const TOKEN_WEAK = 16;
+
+/** Why `token` cannot be a bearer token, or null. */
+function badToken(token: unknown): string | null {
+  if (typeof token !== 'string' || token === '') return 'must be a non-empty string';
+  if (token.length > TOKEN_MAX) return `is ${token.length} characters long; at most ${TOKEN_MAX}`;
+  if (!TOKEN.test(token)) return 'may contain visible ASCII characters only (no spaces: a Bearer header could not carry it)';
+  return null;
+}
+
+/**
+ * The agents' tokens file, `{"<agent-id>": "<token>", ...}`: valid JSON,
+ * each agent id by the agent-id rule (that of labels: the id its hello must
+ * say), each token usable in a Bearer header and given to one agent only
+ * (a shared token would let one agent speak as the other, and
+ * authenticate as whichever was listed last). Errors name the file and
+ * the entry (the CLI exits 2).
+ */
+export function parseTokens(text: string, file: string): Record<string, string> {
+  const bad = (what: string, entry = file) => new SwitchyardError('EINVAL_FILE', `${file}: ${what}`, { entry });
+  let doc: unknown;
+  try {
+    doc = JSON.parse(text);
+  } catch (err) {
+    throw bad(`not JSON (${(err as Error).message}); expected {"<agent-id>": "<token>", ...}`);
+  }
+  if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) throw bad('expected an object {"<agent-id>": "<token>", ...}');
+  const entries = Object.entries(doc);
+  if (entries.length === 0) throw bad('no agent tokens: no agent could connect');
+  const byToken = new Map<string, string>();
+  for (const [id, token] of entries) {
+    const entry = `${file}: ${JSON.stringify(id)}`;
+    try {
+      parseLabel(id, 'agent id');
+    } catch (err) {
+      // parseLabel says `agent id: label "x" must be …`: the rule is the one for labels, the thing an agent id.
+      throw bad(`agent id ${(err as Error).message.slice('agent id: '.length).replace(/^label /, '')}`, entry);
+    }
+    const why = badToken(token);
+    if (why) throw bad(`the token of ${id} ${why}`, entry);
+    const other = byToken.get(token as string);
+    if (other !== undefined) throw bad(`${id} has the same token as ${other}; every agent needs its own`, entry);
+    byToken.set(token as string, id);
+  }
+  return Object.fromEntries(entries) as Record<string, string>;
+}
+
 export async function controlPlaneCommand(flags: Record<string, unknown>): Promise<number> {
   const need = (name: string) => {
     const v = flags[name];
@@ -48,24 +123,39 @@ export async function controlPlaneCommand(flags: Record<string, unknown>): Promi
     return v;
   };
   const stateFile = need('state');
-  const [host, portText] = need('listen').split(/:(?=\d+$)/);
-  const port = Number(portText);
-  if (!host || !Number.isInteger(port) || port < 1 || port > 65535) throw new SwitchyardError('EINVAL_ARGUMENT', `--listen ${JSON.stringify(flags.listen)} must be HOST:PORT`);
-  const tokens = JSON.parse(readSecret(need('tokens'), 'the agent tokens')) as Record<string, string>;
+  const { host, port } = parseListen(need('listen'));
+  const tokensFile = need('tokens');
+  const tokens = parseTokens(readSecret(tokensFile, 'the agent tokens'), tokensFile);
+  const adminFile = typeof flags['admin-token-file'] === 'string' ? flags['admin-token-file'] : undefined;
+  const adminToken = adminFile === undefined ? undefined : readSecret(adminFile, 'the admin token').trim();
+  if (adminFile !== undefined) {
+    const why = badToken(adminToken);
+    if (why) throw new SwitchyardError('EINVAL_FILE', `${adminFile}: the admin token ${why}`, { entry: adminFile });
+    const agent = Object.entries(tokens).find(([, t]) => t === adminToken)?.[0];
+    // The API answers the admin token first: that agent would be an administrator.
+    if (agent !== undefined) throw new SwitchyardError('EINVAL_FILE', `${adminFile}: the admin token is also ${agent}'s token in ${tokensFile}; it must be its own`, { entry: adminFile });
+  }
   const log = pino({ base: { component: 'control-plane' } });
+  for (const [agent, token] of Object.entries(tokens)) if (token.length < TOKEN_WEAK) log.warn({ agent, file: tokensFile }, `the token of ${agent} is shorter than ${TOKEN_WEAK} characters: guessable (openssl rand -hex 24 makes a good one)`);
   const share = flags['withdrawal-share'] === undefined ? 5 : Number(flags['withdrawal-share']);
   if (!(share >= 0 && share <= 100)) throw new SwitchyardError('EINVAL_ARGUMENT', `--withdrawal-share ${JSON.stringify(flags['withdrawal-share'])} must be a percentage 0-100`);
-  const rollout = typeof flags.rollout === 'string' ? parseRollout(readJsonFile(flags.rollout), flags.rollout) : undefined;
+  const rolloutFile = typeof flags.rollout === 'string' ? flags.rollout : undefined;
+  const rollout = rolloutFile === undefined ? undefined : parseRollout(readJsonFile(rolloutFile), rolloutFile);
+  // The state file: followed, and written (durably, before publishing) by the service-bindings API.
+  const file = new StateFile(stateFile);
   const server = new ControlPlaneServer({
     ...(rollout ? { rollout } : {}),
     policy: { ...DEFAULT_POLICY, limits: { ...DEFAULT_POLICY.limits, withdrawalShare: share / 100 } },
     cert: fs.readFileSync(need('cert'), 'utf8'),
     key: readSecret(need('key'), 'the TLS key'),
     tokens,
-    ...(typeof flags['admin-token-file'] === 'string' ? { adminToken: readSecret(flags['admin-token-file'], 'the admin token').trim() } : {}),
+    ...(adminToken === undefined ? {} : { adminToken }),
     host,
     port,
+    store: file,
   });
+  server.on('unsaved', (source: string, err: UnsavedChange) => log.error({ why: source, file: stateFile, code: err.reason ?? err.code, err: err.message }, 'not saved, so not published: the current version stays'));
+  server.on('stalled', (agent: string, why: string) => log.warn({ agent }, why));
   let refusal = '';
   /** One log line (or a few) per proposed state, from the file or the API. */
   const logProposal = (r: Proposed, base: Record<string, unknown>) => {
@@ -86,17 +176,16 @@ export async function controlPlaneCommand(flags: Record<string, unknown>): Promi
         break;
     }
   };
-  const watch = watchStateFile(stateFile, log, (state, why) => {
+  const watch = file.watch(log, (state, why) => {
     logProposal(server.propose(state, `${stateFile} (${why})`), { why, bindings: state.bindings.count });
   });
   if (!watch.loaded || server.history.current === undefined) {
     watch.close();
-    throw new SwitchyardError('EINVAL_FILE', `${stateFile}: no valid state to start from${refusal ? ` (${refusal})` : ''}`, { entry: stateFile });
+    const why = watch.error ?? refusal;
+    throw new SwitchyardError('EINVAL_FILE', `${stateFile}: no valid state to start from${why ? ` (${why})` : ''}`, { entry: stateFile });
   }
-  // The service-bindings API writes what it publishes (or holds) back to the file: one source of truth.
-  server.serveApi(
-    new BindingsApi(server, { write: (doc) => writeAtomic(stateFile, `${JSON.stringify(doc, null, 2)}\n`, fs.statSync(stateFile).mode & 0o777) }, (r, what, bindings) => logProposal(r, { why: what, bindings })),
-  );
+  // The service-bindings API saves what it publishes in the file first (ServerOptions.store): one source of truth.
+  server.serveApi(new BindingsApi(server, (r, what, bindings) => logProposal(r, { why: what, bindings })));
   const bound = await server.listen();
   log.info({ host, port: bound, epoch: server.history.epoch, warmUpMs: Math.round(server.warmUpMs) }, 'listening');
   await untilSignal();

@@ -5,22 +5,23 @@
  * made on the state in force, validated with the same code as a file
  * (a bad field is a 400 naming it), then goes through the publishing
  * policy exactly like a file change (ControlPlaneServer.propose: verified,
- * diffed, published, held for confirmation, or refused), and a change that
- * is published or held is written back to the state file, which stays the
- * one source of truth (its watcher then finds nothing new). GET
- * /v1/openapi.json describes it.
+ * diffed, published, held for confirmation, or refused). A change to be
+ * published is first saved in the state file, durably, which stays the one
+ * source of truth (its watcher then finds nothing new); one that cannot be
+ * saved is not published (507, naming the file and the reason). A refused
+ * change is not written, nor a held one: the file keeps the state in
+ * force until the hold is confirmed (POST /override), when it is saved
+ * and then published. Bodies are read by their own properties only: a
+ * field named like one of Object.prototype's (`constructor`, `toString`,
+ * `__proto__` …) is an unknown field. GET /v1/openapi.json describes it.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { SwitchyardError } from '../errors.js';
-import { IPPROTO, parseBindingPrefix, parsePort, parseProtocol } from '../bindings/binding.js';
+import { IPPROTO, parseBindingPrefix, parseLabel, parsePort, parseProtocol } from '../bindings/binding.js';
 import { parseDesiredState } from '../desired/state.js';
 import { documentOf } from '../protocol/state.js';
 import type { ControlPlaneServer, Proposed } from './server.js';
-
-/** Where an accepted document is kept (the control plane's state file). */
-export interface DocumentStore {
-  write(doc: unknown): void;
-}
+import { UnsavedChange } from './statefile.js';
 
 const MAX_BODY = 64 * 1024 * 1024;
 
@@ -36,11 +37,26 @@ class ApiError extends Error {
   }
 }
 
+/** An own property's value: a field absent from the body is never found on Object.prototype. */
+const own = (value: object, field: string): unknown => (Object.hasOwn(value, field) ? (value as Record<string, unknown>)[field] : undefined);
+
+/** `value` as an object with only these fields (own ones; `required` among them), or a 400 naming the first other one. */
+function fields(value: unknown, entry: string | undefined, allowed: readonly string[], required: readonly string[], shape: string): Record<string, unknown> {
+  const where = entry ? `${entry}: ` : 'the body ';
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new ApiError(400, `${where}must be ${shape}`, entry);
+  for (const key of Object.keys(value)) if (!allowed.includes(key)) throw new ApiError(400, `${where}has an unknown field ${JSON.stringify(key)}: it must be ${shape}`, entry ?? key);
+  for (const key of required) if (!Object.hasOwn(value, key)) throw new ApiError(400, `${where}misses the field ${JSON.stringify(key)}: it must be ${shape}`, entry ?? key);
+  return value as Record<string, unknown>;
+}
+
 export class BindingsApi {
+  /**
+   * Changes are saved through the server's store (ServerOptions.store)
+   * before they are published. `onProposed` is told of every change
+   * proposed through the API (the control plane logs it).
+   */
   constructor(
     private readonly server: ControlPlaneServer,
-    private readonly store: DocumentStore | undefined,
-    /** Told of every change proposed through the API (the control plane logs it). */
     private readonly onProposed?: (result: Proposed, what: string, bindings: number) => void,
   ) {}
 
@@ -54,13 +70,15 @@ export class BindingsApi {
       .then(([status, value]) => send(status, value))
       .catch((err: unknown) => {
         if (err instanceof ApiError) return send(err.status, { error: err.message, ...(err.field ? { field: err.field } : {}) });
+        // Not saved, so not published (the server has logged it): the reason is the system's.
+        if (err instanceof UnsavedChange) return send(507, { outcome: 'unsaved', error: err.message, code: err.reason ?? err.code });
         if (err instanceof SwitchyardError) return send(400, { error: err.message, ...(err.entry ? { field: err.entry } : {}) });
         send(500, { error: (err as Error).message });
       });
   }
 
   private route(route: string, url: URL, body: unknown): [number, unknown] {
-    const label = decodeURIComponent(url.pathname.split('/')[3] ?? '');
+    const label = route.endsWith('/{label}') ? serviceLabel(url.pathname.split('/')[3] ?? '') : '';
     switch (route) {
       case 'GET /v1/openapi.json':
         return [200, OPENAPI];
@@ -77,10 +95,11 @@ export class BindingsApi {
           const live = this.server.history.indexed;
           added.forEach((b, n) => {
             const entry = `bindings[${n}]`;
-            if (typeof b !== 'object' || b === null) throw new ApiError(400, `${entry}: expected {"label", "protocol", "prefix", "port"}`, entry);
-            const { protocol, prefix, port } = b as Record<string, unknown>;
+            const f = fields(b, entry, ['label', 'protocol', 'prefix', 'port'], ['label', 'protocol', 'prefix', 'port'], '{"label", "protocol", "prefix", "port"}');
+            const [protocol, prefix, port] = [own(f, 'protocol'), own(f, 'prefix'), own(f, 'port')];
+            parseLabel(own(f, 'label'), entry);
             const at = live?.find(IPPROTO[parseProtocol(protocol, entry)], parseBindingPrefix(prefix, entry, false), parsePort(port, entry)) ?? -1;
-            if (at >= 0) throw new ApiError(409, `${entry}: ${protocol} ${String(prefix)} port ${String(port)} is already bound to ${live!.bindings.label(at)}; DELETE it first to move it`, entry);
+            if (at >= 0) throw new ApiError(409, `${entry}: ${String(protocol)} ${String(prefix)} port ${String(port)} is already bound to ${live!.bindings.label(at)}; DELETE it first to move it`, entry);
           });
           doc.bindings.push(...(added as Doc['bindings']));
         });
@@ -91,10 +110,12 @@ export class BindingsApi {
           const gone = new Set<number>();
           keys.forEach((k, n) => {
             const entry = `bindings[${n}]`;
-            if (typeof k !== 'object' || k === null) throw new ApiError(400, `${entry}: expected {"protocol", "prefix", "port"}`, entry);
-            const { protocol, prefix, port } = k as Record<string, unknown>;
+            // A label may be given (GET lists bindings with theirs): it must be the one bound there.
+            const f = fields(k, entry, ['protocol', 'prefix', 'port', 'label'], ['protocol', 'prefix', 'port'], '{"protocol", "prefix", "port"} (and optionally the "label" bound there)');
+            const [protocol, prefix, port, given] = [own(f, 'protocol'), own(f, 'prefix'), own(f, 'port'), own(f, 'label')];
             const at = live?.find(IPPROTO[parseProtocol(protocol, entry)], parseBindingPrefix(prefix, entry, false), parsePort(port, entry)) ?? -1;
             if (at < 0) throw new ApiError(404, `${entry}: nothing is bound to ${String(protocol)} ${String(prefix)} port ${String(port)}`, entry);
+            if (given !== undefined && given !== live!.bindings.label(at)) throw new ApiError(409, `${entry}: ${String(protocol)} ${String(prefix)} port ${String(port)} is bound to ${live!.bindings.label(at)}, not ${JSON.stringify(given)}`, entry);
             gone.add(at);
           });
           // documentOf lists the bindings in row order: row i is bindings[i].
@@ -104,11 +125,13 @@ export class BindingsApi {
         return [200, { version: this.server.history.current?.version ?? null, services: this.document().services }];
       case 'PUT /v1/services/{label}':
         return this.change(`PUT /v1/services/${label}`, (doc) => {
-          doc.services[label] = body;
+          // A computed key in a literal is always an own data property (an assignment could reach a setter).
+          doc.services = { ...doc.services, [label]: body };
         });
       case 'DELETE /v1/services/{label}':
         return this.change(`DELETE /v1/services/${label}`, (doc) => {
-          if (!(label in doc.services)) throw new ApiError(404, `no service policy for ${JSON.stringify(label)}`, 'label');
+          // Own properties only: `"toString" in services` is true for every object.
+          if (!Object.hasOwn(doc.services, label)) throw new ApiError(404, `no service policy for ${JSON.stringify(label)}`, 'label');
           delete doc.services[label];
         });
       case 'GET /v1/https-only':
@@ -142,14 +165,16 @@ export class BindingsApi {
     return documentOf(c.state) as Doc;
   }
 
-  /** The state in force, changed by `edit`, validated, then proposed like a file change. */
+  /**
+   * The state in force, changed by `edit`, validated, then proposed like a
+   * file change — judged, saved, and only then published (propose's `save`).
+   */
   private change(what: string, edit: (doc: Doc) => void): [number, unknown] {
     const doc = this.document();
     edit(doc);
     const state = parseDesiredState(doc, 'request');
-    const r: Proposed = this.server.propose(state, `api ${what}`);
+    const r: Proposed = this.server.propose(state, `api ${what}`, { save: true });
     this.onProposed?.(r, `api ${what}`, state.bindings.count);
-    if (r.outcome === 'published' || r.outcome === 'held') this.store?.write(documentOf(state));
     switch (r.outcome) {
       case 'published':
         return [200, { outcome: r.outcome, version: r.version, changes: r.summary, unreachable: r.warnings.map((w) => w.message) }];
@@ -163,10 +188,26 @@ export class BindingsApi {
   }
 }
 
+/** The body's one field, a list: `{"<field>": [...]}` and nothing else. */
 function list(body: unknown, field: string): unknown[] {
-  const value = (body as Record<string, unknown> | null)?.[field];
+  const value = own(fields(body, undefined, [field], [field], `{"${field}": [...]}`), field);
   if (!Array.isArray(value)) throw new ApiError(400, `the body must be {"${field}": [...]}`, field);
   return value;
+}
+
+/** The {label} of /v1/services/{label}: a label, or a 400 naming it. */
+function serviceLabel(segment: string): string {
+  let label: string;
+  try {
+    label = decodeURIComponent(segment);
+  } catch {
+    throw new ApiError(400, `the label in the path is not valid percent-encoding: ${JSON.stringify(segment)}`, 'label');
+  }
+  try {
+    return parseLabel(label, 'label');
+  } catch (err) {
+    throw new ApiError(400, (err as Error).message, 'label');
+  }
 }
 
 /** A request's JSON body (undefined when empty), at most `max` bytes. */
@@ -198,11 +239,12 @@ export function readBody(req: IncomingMessage, max = MAX_BODY): Promise<unknown>
 
 const change = {
   '200': { description: 'published (or unchanged): {outcome, version, changes: [who gains and loses what]}' },
-  '202': { description: 'held: it withdraws more of a service than the budget; {outcome, version, reason, entries, confirm}. POST /override {"version": N} publishes it' },
+  '202': { description: 'held: it withdraws more of a service than the budget; {outcome, version, reason, entries, confirm}; not written to the state file. POST /override {"version": N} saves and publishes it' },
   '400': { description: 'a bad field: {error, field}' },
   '401': { description: 'no or wrong token' },
   '403': { description: 'not the admin token' },
   '422': { description: 'refused by verification: {outcome, findings: [{code, message, witness}], guards}; nothing published' },
+  '507': { description: 'not saved: the state file could not be written durably, {outcome: "unsaved", error, code (EROFS, EACCES, ENOSPC …)}; nothing published' },
 };
 const bindingSchema = { type: 'object', required: ['label', 'protocol', 'prefix', 'port'], properties: { label: { type: 'string', pattern: '^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$' }, protocol: { enum: ['tcp', 'udp'] }, prefix: { type: 'string', example: '192.0.2.0/24' }, port: { type: 'integer', minimum: 0, maximum: 65535, description: '0: any port' } } };
 const keySchema = { type: 'object', required: ['protocol', 'prefix', 'port'], properties: { protocol: { enum: ['tcp', 'udp'] }, prefix: { type: 'string' }, port: { type: 'integer' } } };

@@ -19,24 +19,32 @@ export interface RolloutConfig {
   bakeMs: number;
 }
 
+/** An own property's value: a field absent from the file is never found on Object.prototype. */
+const own = (value: object, field: string): unknown => (Object.hasOwn(value, field) ? (value as Record<string, unknown>)[field] : undefined);
+
 export function parseRollout(doc: unknown, source: string): RolloutConfig {
   const bad = (what: string) => new SwitchyardError('EINVAL_FILE', `${source}: ${what}`, { entry: source });
-  const d = doc as { stages?: unknown; bake_seconds?: unknown } | null;
-  if (typeof d !== 'object' || d === null || !Array.isArray(d.stages) || d.stages.length === 0) throw bad('expected {"stages": [{"name": "canary", "match": {"canary": "true"}}, ...], "bake_seconds": N}');
-  for (const key of Object.keys(d)) if (key !== 'stages' && key !== 'bake_seconds') throw bad(`unknown field ${JSON.stringify(key)}`);
-  const bake = d.bake_seconds ?? 60;
+  const shape = 'expected {"stages": [{"name": "canary", "match": {"canary": "true"}}, ...], "bake_seconds": N}';
+  if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) throw bad(shape);
+  const list = own(doc, 'stages');
+  if (!Array.isArray(list) || list.length === 0) throw bad(shape);
+  for (const key of Object.keys(doc)) if (key !== 'stages' && key !== 'bake_seconds') throw bad(`unknown field ${JSON.stringify(key)}`);
+  const bake = own(doc, 'bake_seconds') ?? 60;
   if (typeof bake !== 'number' || !(bake >= 0 && bake <= 86400)) throw bad('bake_seconds must be a number of seconds, 0-86400');
   const names = new Set<string>();
-  const stages = d.stages.map((s: unknown, i) => {
-    const stage = s as { name?: unknown; match?: unknown } | null;
-    if (typeof stage?.name !== 'string' || !ROLLOUT_LABEL.test(stage.name)) throw bad(`stages[${i}].name must be 1-64 characters of [A-Za-z0-9._-]`);
-    if (names.has(stage.name)) throw bad(`stages[${i}]: ${stage.name} is listed twice`);
-    names.add(stage.name);
-    const match = stage.match ?? {};
+  const stages = list.map((stage: unknown, i) => {
+    if (typeof stage !== 'object' || stage === null || Array.isArray(stage)) throw bad(`stages[${i}] must be {"name": "...", "match": {...}}`);
+    // A misspelt "match" would put every agent in the stage: refused, like any unknown field.
+    for (const key of Object.keys(stage)) if (key !== 'name' && key !== 'match') throw bad(`stages[${i}]: unknown field ${JSON.stringify(key)}`);
+    const name = own(stage, 'name');
+    if (typeof name !== 'string' || !ROLLOUT_LABEL.test(name)) throw bad(`stages[${i}].name must be 1-64 characters of [A-Za-z0-9._-]`);
+    if (names.has(name)) throw bad(`stages[${i}]: ${name} is listed twice`);
+    names.add(name);
+    const match = own(stage, 'match') ?? {};
     if (typeof match !== 'object' || match === null || Array.isArray(match) || Object.entries(match).some(([k, v]) => !ROLLOUT_LABEL.test(k) || typeof v !== 'string' || !ROLLOUT_LABEL.test(v))) {
       throw bad(`stages[${i}].match must be an object of labels: keys and values of 1-64 characters of [A-Za-z0-9._-]`);
     }
-    return { name: stage.name, match: match as Record<string, string> };
+    return { name, match: match as Record<string, string> };
   });
   return { stages, bakeMs: bake * 1000 };
 }
@@ -79,7 +87,8 @@ export class Rollout {
   }
 
   stageOf(labels: Record<string, string> | undefined): number {
-    const i = this.config.stages.findIndex((s) => Object.entries(s.match).every(([k, v]) => labels?.[k] === v));
+    // Own labels only: a stage matching {"constructor": …} must not find Object.prototype's.
+    const i = this.config.stages.findIndex((s) => Object.entries(s.match).every(([k, v]) => labels !== undefined && Object.hasOwn(labels, k) && labels[k] === v));
     return i < 0 ? this.config.stages.length - 1 : i;
   }
 

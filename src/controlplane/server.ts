@@ -1,19 +1,24 @@
 /**
  * The reference control plane's channel: HTTPS + WebSocket (`ws`), agents
  * authenticated by a per-agent bearer token (compared in constant time;
- * the unauthenticated get 401 before the upgrade), frames validated by the
- * shared parser, one push in flight per agent (the next waits for its ACK
- * or NACK), dead peers found by ping/pong, a size cap on frames
- * (`maxPayload`), and a slow agent's backlog bounded (a push is skipped
- * while the socket still holds unsent data: the agent gets the newest state
- * later, not every state). `GET /status` (same tokens, or the admin token)
- * shows per agent the applied version, the last NACK and heartbeat.
+ * the unauthenticated get 401 before the upgrade), one connection per
+ * agent (a new one replaces the old), frames validated by the shared
+ * parser, one push in flight per agent (the next waits for its ACK or
+ * NACK), dead peers found by ping/pong, a size cap on what agents send
+ * (`maxPayload`, MAX_AGENT_FRAME_BYTES), a snapshot's fragments written
+ * against a deadline (a peer that stops reading gives its slot up), and a
+ * slow agent's backlog bounded (a push is skipped while the socket still
+ * holds unsent data: the agent gets the newest state later, not every
+ * state). `GET /status` (same tokens, or the admin token) shows per agent
+ * the applied version, the last NACK and heartbeat.
  */
 import { EventEmitter } from 'node:events';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { warmUpHistory } from './warmup.js';
 import { judge, type PublishPolicy } from './policy.js';
 import { readBody } from './api.js';
+import { UnsavedChange, type DocumentStore } from './statefile.js';
+import { documentOf } from '../protocol/state.js';
 import { Rollout, type AgentView, type RolloutConfig } from './rollout.js';
 import type { Finding } from '../verify/verify.js';
 import type { GuardFinding } from '../agent/guards.js';
@@ -23,7 +28,7 @@ import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { WebSocket, WebSocketServer } from 'ws';
 import type { DesiredState } from '../desired/state.js';
-import { encodeFrame, parseFrame, type Frame, type Hello, type Nack, type Snapshot } from '../protocol/messages.js';
+import { encodeFrame, parseFrame, type Frame, type Hello, type Nack, type NackCode, type Snapshot } from '../protocol/messages.js';
 import type { StateDelta } from '../protocol/state.js';
 import { History } from './history.js';
 
@@ -37,7 +42,16 @@ export interface ServerOptions {
   adminToken?: string;
   port?: number;
   host?: string;
+  /** The largest frame an agent may send (default MAX_AGENT_FRAME_BYTES). */
   maxFrameBytes?: number;
+  /** A snapshot fragment not written within this many ms ends its connection (default WRITE_DEADLINE_MS). */
+  writeDeadlineMs?: number;
+  /**
+   * Where a change from the API, or a held one when it is confirmed, is
+   * saved before any agent can see it (the state file). A change from the
+   * file itself is not written back: the file is where it came from.
+   */
+  store?: DocumentStore;
   pingMs?: number;
   historyLimit?: number;
   epoch?: string;
@@ -69,6 +83,15 @@ interface Peer {
   held: NodeJS.Timeout | undefined;
   /** One of the SNAPSHOT_CONCURRENCY snapshot sends is this agent's. */
   sendingSnapshot: boolean;
+  /**
+   * The last version NACKed on this connection: not pushed again on it. A
+   * new connection starts afresh (its hello says what the agent refuses by
+   * itself: a version that killed it): an agent restarts exactly when a
+   * transient failure has cleared.
+   */
+  nacked: { version: number; code: NackCode } | null;
+  /** Ends the connection when the snapshot fragment being written is not written in time. */
+  deadline: NodeJS.Timeout | undefined;
 }
 
 interface Counters {
@@ -86,6 +109,28 @@ const HELD_RETRY_MS = 100;
 const SNAPSHOT_CONCURRENCY = 32;
 /** A snapshot goes out in pieces of this size (see sendInFragments). */
 const FRAGMENT_BYTES = 64 * 1024;
+/**
+ * A snapshot fragment not handed to the kernel within this long ends its
+ * connection. The kernel takes megabytes for a peer before a write waits
+ * (3.8 MB measured on loopback for a peer that had stopped reading), so a
+ * 64 KiB fragment still waiting after 5 s means the peer has not read
+ * 64 KiB in 5 s (under ~100 kbit/s): it is not reading, and it must not
+ * keep one of the SNAPSHOT_CONCURRENCY slots the other agents wait for
+ * (40 such clients held them until their pings timed out, 10-20 s; a real
+ * agent waited 7.5-15.7 s for its snapshot behind them).
+ */
+const WRITE_DEADLINE_MS = 5000;
+/**
+ * The largest frame an agent may send. Agents send hello, ack, nack and
+ * heartbeat: a hello is at most ~11 KB (32 rollout labels of 64+64
+ * characters, a few strings of at most 256), the others a few hundred
+ * bytes plus a NACK's message and its few details. 64 KiB is several times
+ * the largest; anything bigger is refused by ws from the frame's header
+ * (close 1009) before its payload is read, so an authenticated agent
+ * cannot make the control plane buffer up to 256 MiB (one 64 MiB frame
+ * took it from 80 to 265 MB RSS).
+ */
+export const MAX_AGENT_FRAME_BYTES = 64 * 1024;
 
 const tokenHash = (token: string) => crypto.createHash('sha256').update(token).digest('hex');
 const sameToken = (a: string, b: string) => {
@@ -114,12 +159,20 @@ export type Proposed =
   | { outcome: 'held'; ms: number; version: number; withdrawal: GuardFinding; summary: string[] }
   | { outcome: 'refused'; ms: number; findings: Finding[]; guards: GuardFinding[] };
 
-/** Events: `ack` (agentId, version) and `nack` (agentId, { version, code, message }), as the answers arrive. */
+/**
+ * Events: `ack` (agentId, version) and `nack` (agentId, { version, code,
+ * message }), as the answers arrive; `stalled` (agentId, why): a
+ * connection ended by the write deadline; `unsaved` (source, UnsavedChange):
+ * a change not published because it could not be saved.
+ */
 export class ControlPlaneServer extends EventEmitter {
   readonly history: History;
   private readonly https: https.Server;
   private readonly wss: WebSocketServer;
+  /** Agents whose hello was registered: their session. */
   private readonly peers = new Map<string, Peer>();
+  /** Per agent, its one open connection (with or without a hello yet). */
+  private readonly connections = new Map<string, WebSocket>();
   private readonly statuses = new Map<string, AgentStatus>();
   private pinger: NodeJS.Timeout | undefined;
   private override: { version: number; withdrawal: true } | undefined;
@@ -129,8 +182,8 @@ export class ControlPlaneServer extends EventEmitter {
   private readonly waitingForSnapshot = new Set<Peer>();
   /** sha256(token) → agent id: a connection is authenticated in one lookup, not one hash per agent. */
   private readonly tokenIndex = new Map<string, string>();
-  /** A state held for an operator's confirmation, with the version it will get. */
-  private held: { version: number; indexed: IndexedState } | undefined;
+  /** A state held for an operator's confirmation, with the version it will get; `save`: it came from the API and is to be saved when confirmed. */
+  private held: { version: number; indexed: IndexedState; save: boolean } | undefined;
   private readonly publication: Omit<Publication, 'version' | 'digest' | 'bindings' | 'rollout'> = { last: null, held: null, refused: null };
   private api: { handle(req: IncomingMessage, res: ServerResponse): void } | undefined;
   private readonly rollout: Rollout | undefined;
@@ -166,17 +219,22 @@ export class ControlPlaneServer extends EventEmitter {
           if (who !== 'admin') return json(403, { error: 'the override needs the admin token' });
           readBody(req, 4096)
             .then((body) => {
-              const version = (body as { version?: unknown } | undefined)?.version;
-              if (typeof version !== 'number') throw new Error('body must be {"version": N}');
+              // Own properties only: {"constructor": …} is an unknown field, not Object.prototype's.
+              const ok = typeof body === 'object' && body !== null && !Array.isArray(body) && Object.keys(body).length === 1 && Object.hasOwn(body, 'version');
+              const version = ok ? (body as { version: unknown }).version : undefined;
+              if (typeof version !== 'number' || !Number.isSafeInteger(version)) return json(400, { error: 'the body must be {"version": N}', field: 'version' });
               json(200, { version, agents: this.allowWithdrawal(version) });
             })
-            .catch((err: Error) => json(409, { error: err.message }));
+            .catch((err: Error) => {
+              if (err instanceof UnsavedChange) return json(507, { error: err.message, code: err.reason ?? err.code });
+              json(409, { error: err.message });
+            });
           return;
         }
       }
       res.writeHead(404).end();
     });
-    this.wss = new WebSocketServer({ noServer: true, maxPayload: options.maxFrameBytes ?? 256 * 1024 * 1024 });
+    this.wss = new WebSocketServer({ noServer: true, maxPayload: options.maxFrameBytes ?? MAX_AGENT_FRAME_BYTES });
     this.https.on('upgrade', (req, socket, head) => {
       const agentId = this.authorized(req.headers.authorization, false);
       if (!agentId) {
@@ -213,7 +271,7 @@ export class ControlPlaneServer extends EventEmitter {
   async close(): Promise<void> {
     clearInterval(this.pinger);
     clearInterval(this.rolloutTimer);
-    for (const p of this.peers.values()) p.socket.terminate();
+    for (const socket of this.connections.values()) socket.terminate();
     this.wss.close();
     await new Promise<void>((resolve) => this.https.close(() => resolve()));
   }
@@ -228,8 +286,16 @@ export class ControlPlaneServer extends EventEmitter {
    * compared with the current version, then published, held for an
    * operator's confirmation (a withdrawal over budget), or refused. What
    * happened is kept for GET /status.
+   *
+   * `save` (a change from the API): judged first without publishing
+   * anything, then saved durably in the store, then published — no agent
+   * sees a change the state file does not have. One that cannot be saved
+   * throws UnsavedChange and changes nothing here. A refused change is not
+   * saved; nor is a held one: the file keeps the state in force (a restart
+   * publishes what the agents have), and the held state is saved when it
+   * is confirmed, before it goes out.
    */
-  propose(state: DesiredState, source: string): Proposed {
+  propose(state: DesiredState, source: string, options: { save?: boolean } = {}): Proposed {
     const live = this.history.indexed;
     const started = performance.now();
     const j = judge(live, state, this.options.policy);
@@ -240,21 +306,40 @@ export class ControlPlaneServer extends EventEmitter {
       return { outcome: 'refused', ms, findings: j.findings, guards: j.guards };
     }
     if (live && live.digest === j.indexed.digest) {
-      this.publication.held = null; // back to what is in force: nothing waits any more
+      // Back to what is in force: nothing waits any more.
+      this.held = undefined;
+      this.publication.held = null;
       return { outcome: 'unchanged', ms, version: this.history.current!.version };
     }
     const summary = j.summary.map((x) => x.text);
     if (j.verdict === 'hold') {
       const version = (this.history.current?.version ?? 0) + 1;
-      this.held = { version, indexed: j.indexed };
+      this.held = { version, indexed: j.indexed, save: options.save === true };
       this.publication.held = { version, since: at, source, reason: j.withdrawal.message, entries: j.withdrawal.entries, summary };
       return { outcome: 'held', ms, version, withdrawal: j.withdrawal, summary };
     }
+    if (options.save) this.save(j.indexed.state, source);
     this.held = undefined;
     this.publication.held = null;
     const r = this.publish(j.indexed);
     this.publication.last = { version: r.version, at, source, summary, ranges: j.ranges, warnings: j.warnings.map(brief) };
     return { outcome: 'published', ms, version: r.version, summary, warnings: j.warnings };
+  }
+
+  /**
+   * `state` into the store, durably, or UnsavedChange (also emitted as
+   * `unsaved` (source, error), for the log): nothing is published then.
+   */
+  private save(state: DesiredState, source: string): void {
+    const store = this.options.store;
+    if (!store) return;
+    try {
+      store.write(documentOf(state));
+    } catch (err) {
+      const unsaved = err instanceof UnsavedChange ? err : new UnsavedChange(`the change could not be saved (${(err as Error).message}); it was not published, the current version stays`, undefined, err);
+      this.emit('unsaved', source, unsaved);
+      throw unsaved;
+    }
   }
 
   /** The publishing side of GET /status. */
@@ -291,8 +376,11 @@ export class ControlPlaneServer extends EventEmitter {
    */
   allowWithdrawal(version: number): string[] {
     if (this.held?.version === version) {
-      // A held state, confirmed: published now, with the override, to every agent.
-      const { indexed } = this.held;
+      // A held state, confirmed: saved first (one from the API; the file's
+      // own is in the file already), then published with the override to
+      // every agent. Unsaved, it stays held.
+      const { indexed, save } = this.held;
+      if (save) this.save(indexed.state, 'confirmed');
       this.held = undefined;
       const summary = this.publication.held?.summary ?? [];
       this.publication.held = null;
@@ -306,7 +394,8 @@ export class ControlPlaneServer extends EventEmitter {
     this.override = { version, withdrawal: true };
     const pushed: string[] = [];
     for (const peer of this.peers.values()) {
-      if (peer.status.lastNack?.version === version && peer.status.lastNack.code === 'EWITHDRAWAL') {
+      if (peer.nacked?.version === version && peer.nacked.code === 'EWITHDRAWAL') {
+        peer.nacked = null;
         peer.status.lastNack = null;
         pushed.push(peer.status.agentId);
         this.pushTo(peer);
@@ -320,44 +409,63 @@ export class ControlPlaneServer extends EventEmitter {
   }
 
   private accept(agentId: string, socket: WebSocket): void {
-    // One connection per agent: a new one replaces the old.
-    this.peers.get(agentId)?.socket.terminate();
-    const status = this.statuses.get(agentId) ?? { agentId, connected: true, applied: null, lastNack: null, lastHeartbeat: null, inFlight: null, localOverrides: 0 };
-    status.connected = true;
-    status.inFlight = null;
+    // One connection per agent: a new one replaces the old at once (before
+    // its hello), and the old one's place in the snapshot queue and its
+    // slot are given up now, not when its close event comes: one token
+    // never holds more than one connection's worth of slots.
+    const previous = this.connections.get(agentId);
+    this.connections.set(agentId, socket);
+    if (previous) {
+      const old = this.peers.get(agentId);
+      if (old?.socket === previous) this.drop(old);
+      previous.terminate();
+    }
+    // Known from now on (GET /status lists it), connected only once its hello is registered.
+    const status = this.statuses.get(agentId) ?? { agentId, connected: false, applied: null, lastNack: null, lastHeartbeat: null, inFlight: null, localOverrides: 0 };
     this.statuses.set(agentId, status);
     let peer: Peer | undefined;
     socket.on('pong', () => {
       if (peer) peer.alive = true;
     });
     socket.on('close', () => {
-      clearTimeout(peer?.held);
-      if (peer) {
-        this.waitingForSnapshot.delete(peer);
-        this.snapshotSent(peer);
-      }
-      if (this.peers.get(agentId)?.socket === socket) {
-        this.peers.delete(agentId);
-        status.connected = false;
-        status.inFlight = null;
-      }
+      if (this.connections.get(agentId) === socket) this.connections.delete(agentId);
+      if (peer) this.drop(peer);
     });
-    socket.on('error', () => socket.terminate());
+    /** A protocol violation: the session ends now (not when the peer answers the close, if ever). */
+    const refuse = (reason: string) => {
+      if (peer) this.drop(peer);
+      socket.close(1008, reason);
+    };
+    // ws closes the connection itself on a protocol error (1009 for a frame
+    // over maxPayload, sent before 'error'): terminating here would cut
+    // that close frame off. Anything else ends the connection.
+    socket.on('error', () => {
+      if (peer) this.drop(peer);
+      if (socket.readyState === WebSocket.OPEN) socket.terminate();
+    });
     socket.on('message', (data) => {
+      // Replaced meanwhile, or closing (what comes after our close frame is not heard).
+      if (this.connections.get(agentId) !== socket || socket.readyState !== WebSocket.OPEN) return;
       let frame: Frame;
       try {
-        frame = parseFrame(data.toString(), this.options.maxFrameBytes);
+        frame = parseFrame(data.toString(), this.options.maxFrameBytes ?? MAX_AGENT_FRAME_BYTES);
       } catch {
-        socket.close(1008, 'invalid frame');
+        refuse('invalid frame');
         return;
       }
       if (frame.type === 'hello') {
         if (frame.agent_id !== agentId) {
-          socket.close(1008, 'agent id does not match its token');
+          refuse('agent id does not match its token');
           return;
         }
+        if (peer) {
+          refuse('one hello per connection');
+          return;
+        }
+        status.connected = true;
+        status.inFlight = null;
         status.applied = frame.have;
-        peer = { socket, hello: frame, status, alive: true, held: undefined, sendingSnapshot: false };
+        peer = { socket, hello: frame, status, alive: true, held: undefined, sendingSnapshot: false, nacked: null, deadline: undefined };
         this.peers.set(agentId, peer);
         this.pushTo(peer);
         return;
@@ -369,6 +477,7 @@ export class ControlPlaneServer extends EventEmitter {
           peer.hello = { ...peer.hello, have: status.applied };
         } else {
           status.lastNack = { version: frame.version, code: frame.code, message: frame.message };
+          peer.nacked = { version: frame.version, code: frame.code };
           if (frame.code === 'EREFUSED') peer.hello = { ...peer.hello, refused: { epoch: frame.epoch, version: frame.version } };
         }
         status.inFlight = null;
@@ -393,6 +502,25 @@ export class ControlPlaneServer extends EventEmitter {
     });
   }
 
+  /**
+   * A connection's end (closed, replaced, or stalled): its timers, its place
+   * in the snapshot queue and its slot (the next agent's turn), and, if it
+   * is the agent's registered session, the agent is disconnected. Idempotent.
+   */
+  private drop(peer: Peer): void {
+    clearTimeout(peer.held);
+    peer.held = undefined;
+    clearTimeout(peer.deadline);
+    peer.deadline = undefined;
+    this.waitingForSnapshot.delete(peer);
+    this.snapshotSent(peer);
+    if (this.peers.get(peer.status.agentId) === peer) {
+      this.peers.delete(peer.status.agentId);
+      peer.status.connected = false;
+      peer.status.inFlight = null;
+    }
+  }
+
   private pushTo(peer: Peer): void {
     if (peer.status.inFlight !== null) return; // one push in flight; the ACK brings the next
     if (peer.socket.bufferedAmount > 0) {
@@ -407,8 +535,8 @@ export class ControlPlaneServer extends EventEmitter {
       if (frame) this.send(peer, encodeFrame(frame));
       return;
     }
-    if (peer.status.lastNack?.version === frame.version && peer.status.lastNack.code !== 'EGAP' && peer.status.lastNack.code !== 'EDIGEST') {
-      return; // refused once: not again until there is a newer version
+    if (peer.nacked?.version === frame.version && peer.nacked.code !== 'EGAP' && peer.nacked.code !== 'EDIGEST') {
+      return; // refused on this connection: not again on it until there is a newer version
     }
     if (frame.type === 'snapshot') {
       // At most so many snapshots on their way at once: each one's TLS
@@ -449,18 +577,32 @@ export class ControlPlaneServer extends EventEmitter {
    * for 100; in 64 KiB fragments 2,000 agents peaked at 310 MB, and the
    * snapshot reached them sooner), so this bounds what each agent costs. Nothing else is sent to
    * the agent meanwhile (its push is in flight), pings aside, which the
-   * protocol allows between fragments.
+   * protocol allows between fragments. A fragment not written within the
+   * write deadline ends the connection: a peer that is not reading gives
+   * its slot up to the agents waiting for one.
    */
   private sendInFragments(peer: Peer, bytes: Buffer, done: () => void): void {
     let offset = 0;
+    const deadlineMs = this.options.writeDeadlineMs ?? WRITE_DEADLINE_MS;
+    const stalled = () => {
+      this.emit('stalled', peer.status.agentId, `a snapshot fragment was not written within ${deadlineMs} ms (the agent is not reading); connection ended`);
+      this.drop(peer);
+      peer.socket.terminate();
+    };
     const next = () => {
       if (peer.socket.readyState !== WebSocket.OPEN) return done();
       const end = Math.min(offset + FRAGMENT_BYTES, bytes.length);
       const fragment = bytes.subarray(offset, end);
       offset = end;
+      // One timer per snapshot, re-armed per fragment.
+      if (peer.deadline) peer.deadline.refresh();
+      else peer.deadline = setTimeout(stalled, deadlineMs);
       peer.socket.send(fragment, { binary: false, fin: end === bytes.length }, (err) => {
-        if (err || end === bytes.length) done();
-        else next();
+        if (err || end === bytes.length) {
+          clearTimeout(peer.deadline);
+          peer.deadline = undefined;
+          done();
+        } else next();
       });
     };
     next();

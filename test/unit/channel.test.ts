@@ -193,6 +193,175 @@ describe.skipIf(!hasOpenssl)('control-plane channel over TLS (loopback)', () => 
   });
 });
 
+/** A big state: its snapshot (~7 MB) is more than the kernel takes for a peer that stopped reading (3.8 MB measured on loopback), so such a peer's writes wait. */
+let bigState: ReturnType<typeof parseDesiredState> | undefined;
+const big = () =>
+  (bigState ??= parseDesiredState({ bindings: Array.from({ length: 110_000 }, (_, i) => ({ label: 'cdn', protocol: 'tcp', prefix: `10.${i >> 16}.${(i >> 8) & 255}.${i & 255}/32`, port: 0 })), services: SERVICES }, 'big'));
+
+describe.skipIf(!hasOpenssl)('control-plane channel: the fleet view and its limits (issue 15)', () => {
+  let certs: TestCerts;
+  let server: ControlPlaneServer | undefined;
+  let port: number;
+  const sockets: WebSocket[] = [];
+  beforeAll(() => {
+    certs = makeCerts();
+  });
+  afterAll(() => fs.rmSync(certs.dir, { recursive: true, force: true }));
+  afterEach(async () => {
+    for (const s of sockets.splice(0)) s.terminate();
+    await server?.close();
+    server = undefined;
+  });
+
+  const start = async (options: Partial<ConstructorParameters<typeof ControlPlaneServer>[0]> & { tokens: Record<string, string> }) => {
+    server = new ControlPlaneServer({ cert: certs.cert, key: certs.key, epoch: 'e1', pingMs: 60_000, ...options });
+    port = await server.listen();
+    return server;
+  };
+
+  /** A bare agent over a real WebSocket: what it received, its close code; `reading: false` stops reading once open. */
+  function bare(id: string, token: string, options: { reading?: boolean } = {}) {
+    const socket = new WebSocket(`wss://127.0.0.1:${port}/`, { ca: certs.ca, headers: { authorization: `Bearer ${token}` } });
+    sockets.push(socket);
+    const frames: Array<{ type: string; version?: number; epoch?: string; digest?: string; at: number }> = [];
+    socket.on('error', () => {});
+    socket.on('message', (data: Buffer) => frames.push({ ...(JSON.parse(data.toString()) as { type: string }), at: performance.now() }));
+    const opened = new Promise<void>((resolve) => socket.once('open', () => {
+      if (options.reading === false) socket.pause(); // the kernel's buffers fill, then the server's writes wait
+      resolve();
+    }));
+    const closed = new Promise<number>((resolve) => socket.once('close', (code: number) => resolve(code)));
+    const hello = (extra: Record<string, unknown> = {}) => socket.send(JSON.stringify({ type: 'hello', protocol: 1, agent_id: id, agent_version: 'test', capabilities: [], have: null, refused: null, ...extra }));
+    return { socket, frames, opened, closed, hello };
+  }
+
+  it('an agent whose connection closed before its hello was registered is not connected', async () => {
+    await start({ tokens: { 'edge-9': 'secret-9' } });
+    server!.publish(state());
+    const a = bare('edge-9', 'secret-9');
+    await a.opened;
+    a.socket.send('not json');
+    expect(await a.closed).toBe(1008);
+    expect(server!.status()).toMatchObject([{ agentId: 'edge-9', connected: false, applied: null }]);
+    // A registered agent that goes away is disconnected too, and one that says hello is connected.
+    const b = bare('edge-9', 'secret-9');
+    await b.opened;
+    b.hello();
+    await eventually('connected', () => server!.status()[0]!.connected);
+    b.socket.terminate();
+    await eventually('disconnected', () => !server!.status()[0]!.connected);
+  });
+
+  it('refuses a frame over 64 KiB from an authenticated agent from its header (1009), without reading its payload', async () => {
+    await start({ tokens: { 'edge-1': 'secret-1' } });
+    server!.publish(state());
+    const a = bare('edge-1', 'secret-1');
+    await a.opened;
+    a.hello();
+    await eventually('registered', () => server!.status()[0]?.connected === true && a.frames.length === 1);
+    // Only the header of a masked 1 MiB text frame: the payload never comes. A
+    // control plane that buffered the frame would wait for it forever.
+    const header = Buffer.alloc(14);
+    header[0] = 0x81; // FIN, text
+    header[1] = 0x80 | 127; // masked, 64-bit length
+    header.writeBigUInt64BE(BigInt(1 << 20), 2);
+    header.writeUInt32BE(0x01020304, 10); // the mask
+    (a.socket as unknown as { _socket: NodeJS.WritableStream })._socket.write(header);
+    expect(await a.closed).toBe(1009);
+    await eventually('disconnected', () => server!.status()[0]?.connected === false);
+    // A whole 1 MiB frame, the same.
+    const b = bare('edge-1', 'secret-1');
+    await b.opened;
+    b.socket.send(`{"type":"heartbeat","pad":"${'x'.repeat(1 << 20)}"}`);
+    expect(await b.closed).toBe(1009);
+  });
+
+  it('a version NACKed by an agent is pushed again when it reconnects (its hello says what it refuses itself)', async () => {
+    await start({ tokens: { 'edge-1': 'secret-1' } });
+    server!.publish(state());
+    const a = bare('edge-1', 'secret-1');
+    await a.opened;
+    a.hello();
+    await eventually('the snapshot', () => a.frames.some((f) => f.type === 'snapshot'));
+    const v1 = a.frames.find((f) => f.type === 'snapshot')!;
+    a.socket.send(JSON.stringify({ type: 'nack', epoch: v1.epoch, version: v1.version, code: 'EAPPLY', message: 'ipset restore failed (test)', details: [] }));
+    await eventually('the NACK seen', () => server!.status()[0]?.lastNack?.code === 'EAPPLY');
+    expect(server!.status()[0]!.inFlight).toBeNull(); // not pushed again on this connection
+    a.socket.terminate();
+    await a.closed;
+    // The agent restarted (a transient failure cleared): a new hello, the version again.
+    const b = bare('edge-1', 'secret-1');
+    await b.opened;
+    b.hello();
+    await eventually('the snapshot pushed again', () => b.frames.some((f) => f.type === 'snapshot' && f.version === v1.version));
+    b.socket.terminate();
+    await b.closed;
+    // A version the agent refuses itself (it died applying it) is not pushed.
+    const c = bare('edge-1', 'secret-1');
+    await c.opened;
+    c.hello({ refused: { epoch: v1.epoch, version: v1.version } });
+    await eventually('registered', () => server!.status()[0]?.connected === true);
+    expect(server!.status()[0]!.inFlight).toBeNull(); // the hello was handled: nothing pushed
+  });
+
+  it('connections with one token hold at most one snapshot slot, however they are opened', async () => {
+    const tokens = { x: 't-x', 'edge-1': 't-edge-1' };
+    // Two slots, long deadlines and pings: only the one-connection-per-token rule can leave a slot free.
+    await start({ tokens, snapshotConcurrency: 2, writeDeadlineMs: 60_000 });
+    server!.publish(big());
+    const x = () => server!.status().find((s) => s.agentId === 'x');
+    // Each hello says a different `have`: the status shows whose hello was registered last.
+    const have = (n: number) => ({ have: { epoch: `x${n}`, version: n, digest: `sha256:${String(n).repeat(64)}` } });
+    const x1 = bare('x', 't-x', { reading: false });
+    await x1.opened;
+    const x2 = bare('x', 't-x', { reading: false });
+    await x2.opened;
+    // Both opened before either says hello: x2 replaced x1 at once, so x1's hello is never heard.
+    x1.hello(have(1));
+    x2.hello(have(2));
+    await eventually("x2's hello registered", () => x()?.applied?.epoch === 'x2' && x()?.inFlight === 1);
+    const x3 = bare('x', 't-x', { reading: false });
+    await x3.opened;
+    x3.hello(have(3));
+    await eventually("x3's hello registered", () => x()?.applied?.epoch === 'x3' && x()?.inFlight === 1);
+    const real = bare('edge-1', 't-edge-1');
+    await real.opened;
+    real.hello();
+    // Were x1 (or x2) still holding a slot, this would wait a minute (the write deadline, the pings).
+    await eventually('the real agent has its snapshot', () => real.frames.some((f) => f.type === 'snapshot'), 15_000);
+    // The replaced connections were ended (seen once their clients read again).
+    x1.socket.resume();
+    x2.socket.resume();
+    expect(await x1.closed).toBe(1006);
+    expect(await x2.closed).toBe(1006);
+  });
+
+  it('40 clients that stop reading do not delay a real agent’s snapshot beyond the write deadline', async () => {
+    const ids = Array.from({ length: 40 }, (_, i) => `n${i}`);
+    const tokens: Record<string, string> = Object.fromEntries([...ids, 'edge-1'].map((id) => [id, `t-${id}`]));
+    const deadline = 1000;
+    await start({ tokens, writeDeadlineMs: deadline }); // 32 slots, pings every minute
+    const stalled: string[] = [];
+    server!.on('stalled', (id: string) => stalled.push(id));
+    server!.publish(big());
+    const idle = ids.map((id) => bare(id, `t-${id}`, { reading: false }));
+    await Promise.all(idle.map((c) => c.opened));
+    for (const c of idle) c.hello();
+    // Every slot taken by a client that does not read; 8 more wait for one.
+    await eventually('32 slots taken', () => server!.status().filter((s) => s.inFlight !== null).length === 32, 15_000);
+    const real = bare('edge-1', 't-edge-1');
+    await real.opened;
+    const asked = performance.now();
+    real.hello();
+    await eventually('the real agent has its snapshot', () => real.frames.some((f) => f.type === 'snapshot'), 20_000);
+    const waited = real.frames.find((f) => f.type === 'snapshot')!.at - asked;
+    // The stalled clients gave their slots up after the deadline (not a minute
+    // later, at their pings); the margin is for sending 7 MB to 9 clients at once.
+    expect(stalled.length).toBeGreaterThanOrEqual(32);
+    expect(waited).toBeLessThan(deadline + 8000);
+  });
+});
+
 describe('reconnection backoff', () => {
   it('grows by 1.6 from 1 s to 120 s, with ±20 % jitter', () => {
     expect(ControlPlaneClient.backoffMs(0, undefined, () => 0.5)).toBe(1000);

@@ -156,10 +156,21 @@ describe.skipIf(!hasOpenssl)('staged rollout', () => {
       undo();
     }
   });
+});
 
+describe('rollout file', () => {
   it('refuses a rollout file that names a stage twice or has no stages', () => {
     expect(() => parseRollout({ stages: [] }, 'r.json')).toThrow(/r\.json: expected \{"stages"/);
     expect(() => parseRollout({ stages: [{ name: 'a' }, { name: 'a' }] }, 'r.json')).toThrow(/stages\[1\]: a is listed twice/);
     expect(() => parseRollout({ stages: [{ name: 'a' }], bake: 3 }, 'r.json')).toThrow(/unknown field "bake"/);
+  });
+
+  it('refuses an unknown field in a stage (a misspelt "match" put every agent in the stage), naming it', () => {
+    // {"name": "canary", "matches": …} was a stage without a match: the first stage, so every agent a canary.
+    expect(() => parseRollout({ stages: [{ name: 'canary', matches: { canary: 'true' } }, { name: 'rest' }] }, 'r.json')).toThrow(/^r\.json: stages\[0\]: unknown field "matches"$/);
+    expect(() => parseRollout(JSON.parse('{"stages": [{"name": "a", "__proto__": {"match": {"x": "y"}}}]}'), 'r.json')).toThrow(/stages\[0\]: unknown field "__proto__"/);
+    expect(() => parseRollout({ stages: ['canary'] }, 'r.json')).toThrow(/stages\[0\] must be \{"name"/);
+    // Fields are read as the file's own: "stages" inherited is no stages at all.
+    expect(() => parseRollout(Object.create({ stages: [{ name: 'a' }] }), 'r.json')).toThrow(/r\.json: expected \{"stages"/);
   });
 });

@@ -392,11 +392,20 @@ export class Agent {
     }
   }
 
-  /** Restores the last known good state, tells systemd it is ready, then connects. */
+  /**
+   * Restores the last known good state, opens the admin and registration
+   * sockets (and metrics), then tells systemd it is ready — a unit ordered
+   * After= the agent may register at once — then connects.
+   */
   async start(): Promise<void> {
     await this.session.restore();
     const lkg = this.session.applied;
     this.log.info({ version: lkg?.version ?? null, epoch: lkg?.epoch ?? null }, lkg ? 'last known good state restored' : 'no last known good state yet');
+    await this.admin.listen();
+    if (this.config.metricsListen) {
+      const port = await this.metrics.serve(this.config.metricsListen);
+      this.log.info({ listen: this.config.metricsListen, port }, 'metrics served');
+    }
     notify(`READY=1\nSTATUS=${lkg ? `serving version ${lkg.version} of epoch ${lkg.epoch}` : 'no state yet'}`);
     const ping = watchdogPingMs();
     if (ping) {
@@ -416,11 +425,6 @@ export class Agent {
       );
     }, this.config.firewall.resyncSeconds * 1000);
     this.resync.unref();
-    await this.admin.listen();
-    if (this.config.metricsListen) {
-      const port = await this.metrics.serve(this.config.metricsListen);
-      this.log.info({ listen: this.config.metricsListen, port }, 'metrics served');
-    }
     try {
       this.log.info({ ms: Math.round(await warmUp(this.tableBuilder)) }, 'warmed up (the push path compiled on a made-up state; nothing written)');
     } catch (err) {

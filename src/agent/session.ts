@@ -236,10 +236,12 @@ export class AgentSession {
       await this.options.apply(next, changes);
     } catch (err) {
       // The kernel refused: put the last known good back (best effort) and report.
+      // With none (a first state), the kernel goes back to no bindings: the
+      // dispatcher may hold what was half applied, while status says nothing is.
       made?.undo();
       store.clearApplying();
-      if (c) await this.options.apply(c.indexed, undefined).catch(() => {});
-      throw new Refusal('EAPPLY', `applying version ${frame.version} failed: ${(err as Error).message}; the last known good state (${c ? c.version : 'none'}) stays`);
+      await this.options.apply(c ? c.indexed : emptyState(), undefined).catch(() => {});
+      throw new Refusal('EAPPLY', `applying version ${frame.version} failed: ${(err as Error).message}; the last known good state (${c ? c.version : 'none'}) stays${c ? '' : '; the kernel was put back to no bindings'}`);
     }
     phase('applied');
     const applied: Current = { epoch: frame.epoch, version: frame.version, digest, indexed: next, ackedAt: this.now() };
@@ -262,7 +264,7 @@ export class AgentSession {
       } catch {
         // the marker stays: at restart the version is refused, which is right too
       }
-      await this.options.apply(c ? c.indexed : IndexedState.of(parseDesiredState({ bindings: [] }, 'nothing')), undefined).catch(() => {});
+      await this.options.apply(c ? c.indexed : emptyState(), undefined).catch(() => {});
       throw new Refusal('EAPPLY', `version ${frame.version} was applied but could not be persisted (${(err as Error).message}); the last known good state (${c ? c.version : 'none'}) is put back`);
     }
     phase('persisted', { deltasLogged: this.loggedDeltas });
@@ -285,6 +287,9 @@ export class AgentSession {
     this.options.send({ type: 'ack', epoch: c.epoch, version: c.version, digest: c.digest });
   }
 }
+
+/** What the kernel holds before any state was accepted. */
+const emptyState = () => IndexedState.of(parseDesiredState({ bindings: [] }, 'no state'));
 
 /** The epoch and version of a frame that did not validate, if they can be read at all. */
 function peekId(text: string): { epoch: string; version: number } {

@@ -36,7 +36,12 @@ export async function agentCommand(flags: Record<string, unknown>): Promise<numb
   const config = readAgentConfig(file);
   readSecret(config.controlPlane.tokenFile, 'the token');
   const agent = new Agent(config);
-  await agent.start();
+  try {
+    await agent.start();
+  } catch (err) {
+    agent.stop(); // what it opened (a socket already listening) would keep the process alive: it exits, and systemd restarts it
+    throw err;
+  }
   await untilSignal();
   agent.stop();
   return 0;

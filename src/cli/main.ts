@@ -520,7 +520,9 @@ function oneLine(err: unknown): string {
   if (isKernelError(err)) {
     const hint =
       err.code === 'EPERM' ? ` (needs root, or CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON; register-pid of another user's process also CAP_SYS_PTRACE)` : '';
-    return `${err.syscall} failed: ${err.code}${hint}${err.detail ? `: ${verifierVerdict(err.detail)}` : ''}`;
+    // Node's file errors carry the path: the one thing that says which file.
+    const file = (err as NodeJS.ErrnoException).path;
+    return `${err.syscall}${file ? ` ${file}` : ''} failed: ${err.code}${hint}${err.detail ? `: ${verifierVerdict(err.detail)}` : ''}`;
   }
   return err instanceof Error ? err.message : String(err);
 }

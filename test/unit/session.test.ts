@@ -127,6 +127,29 @@ describe('agent session (fake transport)', () => {
     expect(last()).toMatchObject({ type: 'ack', version: 2 });
   });
 
+  it('a first state the kernel refuses half way is put back to nothing: the kernel is given the empty state, status and kernel agree', async () => {
+    const given: string[] = [];
+    let fail = true;
+    const s = new AgentSession({
+      agentId: 'edge-1',
+      agentVersion: 'test',
+      store: new StateStore(dir),
+      send: (f) => sent.push(f),
+      apply: async (next) => {
+        given.push(`${next.bindings.count}`);
+        if (fail && next.bindings.count > 0) throw new Error('ipset restore failed after the dispatcher was written');
+      },
+    });
+    await push(s, snapshot(1, V1));
+    expect(last()).toMatchObject({ type: 'nack', code: 'EAPPLY', version: 1 });
+    expect((last() as Nack).message).toMatch(/the last known good state \(none\) stays; the kernel was put back to no bindings/);
+    expect(given).toEqual(['1', '0']); // tried, then nothing: not left holding what was half applied
+    expect(s.applied).toBeUndefined();
+    fail = false;
+    await push(s, snapshot(1, V1));
+    expect(last()).toMatchObject({ type: 'ack', version: 1 });
+  });
+
   it('refuses a version that killed the agent mid-apply, says so in hello, and restores the last known good at start', async () => {
     const first = session();
     await push(first, snapshot(1, V1));

@@ -15,7 +15,7 @@ import type { BindingChange } from '../firewall/incremental.js';
 import { SwitchyardError } from '../errors.js';
 import { checkGuards, type GuardLimits } from './guards.js';
 import type { StateStore } from './store.js';
-import { PROTOCOL_VERSION, parseFrame, type Delta, type Frame, type Hello, type NackCode, type Snapshot, type StateId } from '../protocol/messages.js';
+import { PROTOCOL_VERSION, parseFrame, type Delta, type Frame, type Hello, type Nack, type NackCode, type Snapshot, type StateId } from '../protocol/messages.js';
 import { IndexedState, documentOf, type AppliedDelta } from '../protocol/state.js';
 
 export interface SessionOptions {
@@ -156,7 +156,7 @@ export class AgentSession {
       // Name what we can of the push; the control plane logs the reason.
       const id = peekId(text);
       const code = /more than the \d+ allowed/.test((err as Error).message) ? 'ETOO_LARGE' : 'EINVALID';
-      this.options.send({ type: 'nack', epoch: id.epoch, version: id.version, code, message: (err as Error).message, details: [] });
+      this.options.send(nack(id.epoch, id.version, code, (err as Error).message, []));
       this.options.done?.({ type: 'invalid', ms: 0, code });
       return;
     }
@@ -167,7 +167,7 @@ export class AgentSession {
       this.options.done?.({ type: frame.type, ms: performance.now() - started, code: null });
     } catch (err) {
       const r = err instanceof Refusal ? err : new Refusal(err instanceof SwitchyardError && err.code.startsWith('EINVAL') ? 'EINVALID' : 'EAPPLY', (err as Error).message);
-      this.options.send({ type: 'nack', epoch: frame.epoch, version: frame.version, code: r.code, message: r.message, details: r.details });
+      this.options.send(nack(frame.epoch, frame.version, r.code, r.message, r.details));
       this.options.done?.({ type: frame.type, ms: performance.now() - started, code: r.code });
     }
   }
@@ -291,12 +291,31 @@ export class AgentSession {
 /** What the kernel holds before any state was accepted. */
 const emptyState = () => IndexedState.of(parseDesiredState({ bindings: [] }, 'no state'));
 
-/** The epoch and version of a frame that did not validate, if they can be read at all. */
-function peekId(text: string): { epoch: string; version: number } {
+/**
+ * The epoch and version of a frame that did not validate, each null when it
+ * cannot be read (the peer's parser takes a NACK of nothing it can name, and
+ * refuses a made-up empty epoch).
+ */
+function peekId(text: string): { epoch: string | null; version: number | null } {
   try {
     const v = JSON.parse(text) as { epoch?: unknown; version?: unknown };
-    return { epoch: typeof v.epoch === 'string' ? v.epoch.slice(0, 256) : '', version: typeof v.version === 'number' && Number.isSafeInteger(v.version) && v.version >= 0 ? v.version : 0 };
+    if (typeof v !== 'object' || v === null) return { epoch: null, version: null };
+    const epoch = Object.hasOwn(v, 'epoch') && typeof v.epoch === 'string' && v.epoch.length > 0 && v.epoch.length <= 256 ? v.epoch : null;
+    const version = Object.hasOwn(v, 'version') && typeof v.version === 'number' && Number.isSafeInteger(v.version) && v.version >= 0 ? v.version : null;
+    return { epoch, version };
   } catch {
-    return { epoch: '', version: 0 };
+    return { epoch: null, version: null };
   }
+}
+
+/** Kept far below the control plane's 64 KiB frame limit: a tool's stderr in a message is cut, not the connection. */
+const NACK_MESSAGE_MAX = 4096;
+const NACK_DETAILS_MAX = 20;
+const NACK_DETAIL_MAX = 256;
+
+function nack(epoch: string | null, version: number | null, code: NackCode, message: string, details: string[]): Nack {
+  const cut = (text: string, max: number) => (text.length > max ? `${text.slice(0, max - 1)}…` : text);
+  const shown = details.slice(0, NACK_DETAILS_MAX).map((d) => cut(d, NACK_DETAIL_MAX));
+  if (details.length > NACK_DETAILS_MAX) shown.push(`… and ${details.length - NACK_DETAILS_MAX} more`);
+  return { type: 'nack', epoch, version, code, message: cut(message, NACK_MESSAGE_MAX), details: shown };
 }

@@ -472,18 +472,22 @@ export class ControlPlaneServer extends EventEmitter {
       }
       if (!peer) return;
       if (frame.type === 'ack' || frame.type === 'nack') {
+        let judged: number | null = frame.version;
         if (frame.type === 'ack') {
           status.applied = { epoch: frame.epoch, version: frame.version, digest: frame.digest };
           peer.hello = { ...peer.hello, have: status.applied };
         } else {
-          status.lastNack = { version: frame.version, code: frame.code, message: frame.message };
-          peer.nacked = { version: frame.version, code: frame.code };
-          if (frame.code === 'EREFUSED') peer.hello = { ...peer.hello, refused: { epoch: frame.epoch, version: frame.version } };
+          // A push the agent could not read names no version: it is the one in flight.
+          const version = frame.version ?? status.inFlight;
+          judged = version;
+          status.lastNack = { version, code: frame.code, message: frame.message };
+          if (version !== null) peer.nacked = { version, code: frame.code };
+          if (frame.code === 'EREFUSED' && frame.epoch !== null && frame.version !== null) peer.hello = { ...peer.hello, refused: { epoch: frame.epoch, version: frame.version } };
         }
         status.inFlight = null;
         if (frame.type === 'ack') this.emit('ack', agentId, frame.version);
         else this.emit('nack', agentId, status.lastNack);
-        if (this.rollout && frame.version === this.rollout.rollingOut) {
+        if (this.rollout && judged === this.rollout.rollingOut) {
           if (frame.type === 'ack') this.startBaseline(agentId);
           else this.rollout.halt(this.view(peer), `NACK ${frame.code}: ${frame.message}`);
           this.checkRollout();

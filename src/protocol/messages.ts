@@ -87,8 +87,9 @@ export interface Ack extends StateId {
 
 export interface Nack {
   type: 'nack';
-  epoch: string;
-  version: number;
+  /** Null when the push could not be read far enough to name it (its JSON or its id did not parse). */
+  epoch: string | null;
+  version: number | null;
   code: NackCode;
   message: string;
   /** The offending entries, a few. */
@@ -196,8 +197,8 @@ const SHAPE_OF: Record<Frame['type'], Check> = {
   ack: object({ type: string, ...stateId }),
   nack: object({
     type: string,
-    epoch: string,
-    version,
+    epoch: nullable(string),
+    version: nullable(version),
     code: (v, p) => {
       if (!NACK_CODES.includes(v as NackCode)) throw bad(p, `must be one of ${NACK_CODES.join(', ')}`);
     },

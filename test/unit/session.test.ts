@@ -6,7 +6,7 @@ import { AgentSession } from '../../src/agent/session.js';
 import { StateStore } from '../../src/agent/store.js';
 import { parseDesiredState, type DesiredState } from '../../src/desired/state.js';
 import { diffStates, stateDigest } from '../../src/protocol/state.js';
-import type { Frame, Nack } from '../../src/protocol/messages.js';
+import { encodeFrame, parseFrame, type Frame, type Nack } from '../../src/protocol/messages.js';
 import type { BindingChange } from '../../src/firewall/incremental.js';
 
 const SERVICES = { cdn: { tcp: [80, 443] }, spectrum: { tcp: [443] } };
@@ -125,6 +125,24 @@ describe('agent session (fake transport)', () => {
     store.saveSnapshotFrame = save;
     await push(s, delta);
     expect(last()).toMatchObject({ type: 'ack', version: 2 });
+  });
+
+  it('a push it cannot read is NACKed in a frame the control plane parser takes: no made-up id, the message cut to size', async () => {
+    const s = session();
+    for (const text of ['not json', '{"type":"snapshot","epoch":"","version":-1}', '[]', 'null']) {
+      await s.receive(text);
+      const back = parseFrame(encodeFrame(last())) as Nack; // the control plane's own parser
+      expect(back).toMatchObject({ type: 'nack', epoch: null, version: null, code: 'EINVALID' });
+    }
+    await s.receive('{"type":"snapshot","epoch":"e9","version":7}');
+    expect(parseFrame(encodeFrame(last()))).toMatchObject({ type: 'nack', epoch: 'e9', version: 7, code: 'EINVALID' });
+    // A kernel tool's whole stderr in the message: cut, so the frame stays far below the control plane's limit.
+    failApply = true;
+    const s2 = new AgentSession({ agentId: 'edge-1', agentVersion: 'test', store: new StateStore(dir), send: (f) => sent.push(f), apply: async () => { throw new Error('x'.repeat(200_000)); } });
+    await push(s2, snapshot(1, V1));
+    const frame = encodeFrame(last());
+    expect(parseFrame(frame)).toMatchObject({ type: 'nack', code: 'EAPPLY', version: 1 });
+    expect(frame.length).toBeLessThan(8192);
   });
 
   it('a first state the kernel refuses half way is put back to nothing: the kernel is given the empty state, status and kernel agree', async () => {

@@ -11,6 +11,7 @@
  * they are.
  */
 import fs from 'node:fs';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { pino, type Logger } from 'pino';
 import { SwitchyardError } from '../errors.js';
 import { checkDocumentFields, protocolName } from '../bindings/binding.js';
@@ -174,11 +175,13 @@ export class Agent {
   private readonly location: ReturnType<typeof locate>;
   private readonly tableBuilder = new TableBuildThread();
   private firewallChain: Promise<unknown> = Promise.resolve();
+  private readonly loopDelay = monitorEventLoopDelay({ resolution: 10 });
   private resync: NodeJS.Timeout | undefined;
   private watchdog: NodeJS.Timeout | undefined;
 
   constructor(readonly config: AgentConfig) {
     this.log = pino({ base: { component: 'agent', agent: config.agentId } });
+    this.loopDelay.enable();
     const location = locate({ netns: config.netns, bpffs: config.bpffs });
     this.location = location;
     load(location);
@@ -209,7 +212,11 @@ export class Agent {
         return { misses: Number(misses), errors: Number(errors) };
       },
       phase: (phase, fields) => this.log.info(fields, phase),
+      receiving: () => this.loopDelay.reset(),
       done: ({ type, ms, code }) => {
+        // The longest the event loop was held while the push was handled:
+        // heartbeats, pings and the watchdog wait that long.
+        this.log.info({ type, ms: Math.round(ms), code, loopMaxMs: Math.round(this.loopDelay.max / 1e6) }, 'push handled');
         if (code) this.metrics.nacks.inc({ code });
         else if (type !== 'invalid') this.metrics.applyDuration.observe({ kind: type }, ms / 1000);
       },
@@ -441,6 +448,7 @@ export class Agent {
     this.metrics.close();
     this.admin.close();
     this.tableBuilder.close();
+    this.loopDelay.disable();
     this.dispatcher.close();
     this.log.info('stopped; the data plane and the firewall stay as they are');
   }

@@ -36,6 +36,8 @@ export interface SessionOptions {
   now?: () => number;
   /** One call per phase of each push (validated, guarded, applied, persisted), with its duration: the agent logs them. */
   phase?: (phase: 'validated' | 'guarded' | 'applied' | 'persisted', fields: { version: number; type: string; ms: number; [k: string]: unknown }) => void;
+  /** Before each frame is handled (the agent starts measuring its event loop there). */
+  receiving?: () => void;
   /** After each push: acknowledged (code null) or refused, and how long it took from receipt. */
   done?: (result: { type: 'snapshot' | 'delta' | 'invalid'; ms: number; code: NackCode | null }) => void;
   /** Deltas logged before the snapshot file is rewritten (default COMPACT_AFTER_DELTAS). */
@@ -149,6 +151,7 @@ export class AgentSession {
   }
 
   private async handle(text: string): Promise<void> {
+    this.options.receiving?.();
     let frame: Frame;
     try {
       frame = parseFrame(text, this.options.maxFrameBytes);

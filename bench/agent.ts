@@ -18,6 +18,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import readline from 'node:readline';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { parseDesiredState } from '../src/desired/state.js';
@@ -48,8 +49,12 @@ export interface AgentBench {
 const percentile = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(xs.length * p))]!;
 const SNAPSHOT_SAMPLES = 5;
 
-/** A control plane and an agent process on a fresh namespace and state directory. */
-async function pair(dir: string, certs: ReturnType<typeof makeCerts>) {
+/**
+ * A control plane and an agent process on a fresh namespace and state
+ * directory. `pushes` collects the agent's "push handled" log lines (type,
+ * code, ms, loopMaxMs: the longest its event loop was held by that push).
+ */
+export async function pair(dir: string, certs: ReturnType<typeof makeCerts>, pushes?: Array<{ type: string; code: string | null; ms: number; loopMaxMs: number }>) {
   const ns = TestNamespace.create();
   const server = new ControlPlaneServer({ cert: certs.cert, key: certs.key, tokens: { bench: 'tok' }, epoch: `bench-${path.basename(dir)}` });
   let agent: ChildProcess | undefined;
@@ -67,8 +72,15 @@ async function pair(dir: string, certs: ReturnType<typeof makeCerts>) {
     fs.mkdirSync(dir);
     const config = writeAgentConfig(dir, { agentId: 'bench', port, ca: certs.ca, token: 'tok', netns: ns.path, bpffs: ns.bpffs, extra: { firewall: { backend: 'auto', resync_seconds: 3600 }, heartbeat_seconds: 3600 } });
     // Its JSON log lines: to our stderr with BENCH_LOG set (phase timings), else dropped.
-    agent = spawn(CLI, ['agent', '--config', config], { stdio: ['ignore', process.env.BENCH_LOG ? 'inherit' : 'ignore', 'inherit'] });
+    agent = spawn(CLI, ['agent', '--config', config], { stdio: ['ignore', pushes ? 'pipe' : process.env.BENCH_LOG ? 'inherit' : 'ignore', 'inherit'] });
     const child = agent;
+    if (pushes) {
+      readline.createInterface({ input: child.stdout! }).on('line', (line) => {
+        if (process.env.BENCH_LOG) process.stderr.write(`${line}\n`);
+        const entry = JSON.parse(line) as { msg: string; type: string; code: string | null; ms: number; loopMaxMs: number };
+        if (entry.msg === 'push handled') pushes.push({ type: entry.type, code: entry.code, ms: entry.ms, loopMaxMs: entry.loopMaxMs });
+      });
+    }
     const deadline = Date.now() + 30_000;
     while (!server.status()[0]?.connected) {
       if (child.exitCode !== null || Date.now() > deadline) throw new Error(`the agent did not connect (exit ${child.exitCode})`);

@@ -5,23 +5,12 @@
  */
 import { describe, expect, it } from 'vitest';
 import fs from 'node:fs';
-import { main } from '../../src/cli/main.js';
+import { runCli } from '../support/cli.js';
 import { switchyardVersion, versionInfo } from '../../src/version.js';
 import { projectPath } from '../../src/paths.js';
 import { ABI_VERSION } from '../../src/trie/layout.js';
 
-async function run(argv: string[]) {
-  const out = { stdout: '', stderr: '' };
-  const [o, e] = [process.stdout.write.bind(process.stdout), process.stderr.write.bind(process.stderr)];
-  process.stdout.write = ((chunk: string) => ((out.stdout += chunk), true)) as typeof process.stdout.write;
-  process.stderr.write = ((chunk: string) => ((out.stderr += chunk), true)) as typeof process.stderr.write;
-  try {
-    return { code: await main(argv), ...out };
-  } finally {
-    process.stdout.write = o;
-    process.stderr.write = e;
-  }
-}
+const run = runCli;
 
 const PACKAGE_VERSION = (JSON.parse(fs.readFileSync(projectPath('package.json'), 'utf8')) as { version: string }).version;
 

@@ -12,21 +12,10 @@ import os from 'node:os';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { makeCerts } from '../support/certs.js';
-import { main } from '../../src/cli/main.js';
+import { runCli } from '../support/cli.js';
 import { parseListen, parseTokens } from '../../src/cli/daemons.js';
 
-async function run(argv: string[]) {
-  const out = { stdout: '', stderr: '' };
-  const [o, e] = [process.stdout.write.bind(process.stdout), process.stderr.write.bind(process.stderr)];
-  process.stdout.write = ((chunk: string) => ((out.stdout += chunk), true)) as typeof process.stdout.write;
-  process.stderr.write = ((chunk: string) => ((out.stderr += chunk), true)) as typeof process.stderr.write;
-  try {
-    return { code: await main(argv), ...out };
-  } finally {
-    process.stdout.write = o;
-    process.stderr.write = e;
-  }
-}
+const run = runCli;
 
 describe('control-plane --listen', () => {
   it('takes an IPv6 address in brackets, without them', () => {

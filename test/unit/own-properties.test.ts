@@ -26,7 +26,7 @@ import { AgentSession } from '../../src/agent/session.js';
 import { StateStore } from '../../src/agent/store.js';
 import { readAgentConfig } from '../../src/agent/agent.js';
 import { parseRollout } from '../../src/controlplane/rollout.js';
-import { main } from '../../src/cli/main.js';
+import { runCli } from '../support/cli.js';
 import { writeAgentConfig } from '../support/agent-config.js';
 
 const NAMES = Object.getOwnPropertyNames(Object.prototype);
@@ -313,18 +313,7 @@ describe('own properties only: every name of Object.prototype', () => {
   });
 
   describe('as a command or subcommand of the CLI', () => {
-    const run = async (argv: string[]) => {
-      const out = { stdout: '', stderr: '' };
-      const [o, e] = [process.stdout.write.bind(process.stdout), process.stderr.write.bind(process.stderr)];
-      process.stdout.write = ((chunk: string) => ((out.stdout += chunk), true)) as typeof process.stdout.write;
-      process.stderr.write = ((chunk: string) => ((out.stderr += chunk), true)) as typeof process.stderr.write;
-      try {
-        return { code: await main(argv), ...out };
-      } finally {
-        process.stdout.write = o;
-        process.stderr.write = e;
-      }
-    };
+    const run = runCli;
 
     it('an unknown command (exit 2), never a TypeError from Object.prototype', async () => {
       for (const name of NAMES) {

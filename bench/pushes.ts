@@ -48,7 +48,7 @@ async function run(large: boolean): Promise<Row[]> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sy-pushes-'));
   const rows: Row[] = [];
   try {
-    const scenario = async (name: string, steps: Array<{ push: string; doc: Doc }>) => {
+    const scenario = async (name: string, steps: Array<{ push: string; doc: Doc; override?: boolean }>) => {
       const pushes: Array<{ type: string; code: string | null; ms: number; loopMaxMs: number }> = [];
       const p = await pair(path.join(dir, name), certs, pushes);
       try {
@@ -56,7 +56,7 @@ async function run(large: boolean): Promise<Row[]> {
           const state = parseDesiredState(step.doc, step.push);
           const seen = pushes.length;
           const started = performance.now();
-          const v = p.server.publish(state).version;
+          const v = p.server.publish(state, { override: step.override ?? false }).version;
           await p.acked(v);
           const ack = performance.now() - started;
           while (pushes.length === seen) await new Promise((r) => setTimeout(r, 10)); // the log line follows the ACK
@@ -87,7 +87,7 @@ async function run(large: boolean): Promise<Row[]> {
         { push: `${n}: one binding added`, doc: one },
         { push: `${n}: 64 short prefixes (/10) added`, doc: short },
         { push: `${n}: 1,000 host routes added`, doc: hosts },
-        { push: `${n}: 20,000 removed + 20,000 added`, doc: churn },
+        { push: `${n}: 20,000 removed + 20,000 added (with the withdrawal override)`, doc: churn, override: true },
       ]);
     }
     return rows;

@@ -6,7 +6,6 @@
  * the push says, for its own version, that it means it.
  */
 import { IPPROTO, parseBindingPrefix } from '../bindings/binding.js';
-import type { BindingChange } from '../firewall/incremental.js';
 import { IndexedState, type AppliedDelta } from '../protocol/state.js';
 import { formatPrefix, prefixContains } from '../net/address.js';
 import { MAX_DESTINATIONS } from '../trie/layout.js';
@@ -82,10 +81,13 @@ function withdrawal(before: IndexedState | AppliedDelta, after: IndexedState, li
     }
     countBefore = (label) => before.labelCount(label);
   } else {
-    const changes = before.changes;
-    const readded = new Set(changes.filter((c) => !c.removed).map((c) => `${c.binding.label} ${c.binding.protocol} ${c.binding.prefix} ${c.binding.port}`));
-    for (const { binding: b, removed: gone } of changes) {
-      if (gone && !readded.has(`${b.label} ${b.protocol} ${b.prefix} ${b.port}`)) removed.set(b.label, (removed.get(b.label) ?? 0) + 1);
+    // A removal whose key the delta binds again to the same label withdraws
+    // nothing: the state after says so, one lookup each.
+    const t = after.bindings;
+    for (const { binding: b, removed: gone } of before.changes) {
+      if (!gone) continue;
+      const at = after.find(IPPROTO[b.protocol], parseBindingPrefix(b.prefix, 'change', false), b.port);
+      if (at < 0 || t.label(at) !== b.label) removed.set(b.label, (removed.get(b.label) ?? 0) + 1);
     }
     countBefore = (label) => before.labelCountBefore.get(label) ?? 0;
   }
@@ -106,15 +108,6 @@ function withdrawal(before: IndexedState | AppliedDelta, after: IndexedState, li
   };
 }
 
-/** The rows of `state` that a delta added. */
-function* addedRows(state: IndexedState, changes: BindingChange[]): Iterable<number> {
-  for (const c of changes) {
-    if (c.removed) continue;
-    const at = state.find(IPPROTO[c.binding.protocol], parseBindingPrefix(c.binding.prefix, 'change', false), c.binding.port);
-    if (at >= 0) yield at;
-  }
-}
-
 /**
  * Every guard on the change to `after`. `before` is the last known good
  * state (a snapshot replaces it), or the delta just made in place on it
@@ -125,7 +118,7 @@ function* addedRows(state: IndexedState, changes: BindingChange[]): Iterable<num
  */
 export function checkGuards(before: IndexedState | AppliedDelta | undefined, after: IndexedState, options: { override?: boolean; limits?: GuardLimits } = {}): GuardFinding[] {
   const limits = options.limits ?? DEFAULT_LIMITS;
-  const rows = before && !(before instanceof IndexedState) ? addedRows(after, before.changes) : Array.from({ length: after.bindings.count }, (_, i) => i);
+  const rows = before && !(before instanceof IndexedState) ? before.addedRows : Array.from({ length: after.bindings.count }, (_, i) => i);
   const findings: GuardFinding[] = [];
   for (const f of [plaintextInsideHttpsOnly(after.state, rows), capacity(after, limits), before && !options.override ? withdrawal(before, after, limits) : undefined]) {
     if (f) findings.push(f);

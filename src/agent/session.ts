@@ -165,6 +165,7 @@ export class AgentSession {
     }
     if (frame.type === 'up-to-date' || frame.type === 'ack' || frame.type === 'nack' || frame.type === 'heartbeat' || frame.type === 'hello') return;
     const started = performance.now();
+    await nextTurn(); // the parse was this turn's work
     try {
       await this.push(frame, text);
       this.options.done?.({ type: frame.type, ms: performance.now() - started, code: null });
@@ -219,10 +220,12 @@ export class AgentSession {
       next = c.indexed;
     }
     const changes = made?.changes;
-    const digest = next.digest;
     const override = frame.override !== undefined && frame.override.version === frame.version;
+    let digest: string;
     try {
       phase('validated', { bindings: next.bindings.count, changes: changes?.length ?? null });
+      await nextTurn();
+      digest = next.digest;
       if (digest !== frame.digest) throw new Refusal('EDIGEST', `the pushed state's digest is ${digest}, the push says ${frame.digest}`);
       const findings = checkGuards(made ?? c?.indexed, next, { override, ...(this.options.limits ? { limits: this.options.limits } : {}) });
       if (findings.length > 0) {
@@ -234,6 +237,7 @@ export class AgentSession {
       throw err;
     }
     phase('guarded', { override });
+    await nextTurn();
     store.markApplying({ epoch: frame.epoch, version: frame.version, started_at: this.now() });
     try {
       await this.options.apply(next, changes);
@@ -250,10 +254,10 @@ export class AgentSession {
     const applied: Current = { epoch: frame.epoch, version: frame.version, digest, indexed: next, ackedAt: this.now() };
     try {
       if (frame.type === 'snapshot') {
-        store.saveSnapshotFrame(text, applied.ackedAt);
+        await store.saveSnapshotFrame(text, applied.ackedAt);
         this.loggedDeltas = 0;
       } else {
-        store.appendDelta({ epoch: frame.epoch, version: frame.version, from_version: frame.from_version, digest, add: frame.add, remove: frame.remove, acked_at: applied.ackedAt });
+        await store.appendDelta({ epoch: frame.epoch, version: frame.version, from_version: frame.from_version, digest, add: frame.add, remove: frame.remove, acked_at: applied.ackedAt });
         this.loggedDeltas++;
       }
       store.clearApplying();
@@ -279,10 +283,10 @@ export class AgentSession {
     }
   }
 
-  private compact(): void {
+  private async compact(): Promise<void> {
     const c = this.current;
     if (!c) return;
-    this.options.store.saveLastKnownGood({ epoch: c.epoch, version: c.version, digest: c.digest, state: documentOf(c.indexed.state), acked_at: c.ackedAt });
+    await this.options.store.saveLastKnownGood({ epoch: c.epoch, version: c.version, digest: c.digest, state: documentOf(c.indexed.state), acked_at: c.ackedAt });
     this.loggedDeltas = 0;
   }
 
@@ -290,6 +294,9 @@ export class AgentSession {
     this.options.send({ type: 'ack', epoch: c.epoch, version: c.version, digest: c.digest });
   }
 }
+
+/** Lets the event loop run what is due (heartbeats, pings, the watchdog) between a push's phases. */
+const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
 
 /** What the kernel holds before any state was accepted. */
 const emptyState = () => IndexedState.of(parseDesiredState({ bindings: [] }, 'no state'));

@@ -82,6 +82,53 @@ export function writeAtomic(file: string, data: string, mode = 0o600): void {
   }
 }
 
+/**
+ * writeAtomic off the event loop: the writes and syncs run on libuv's
+ * threads, and the text is encoded a slice at a time (a million bindings'
+ * snapshot is tens of megabytes: encoded and written whole, and synced, it
+ * held the agent's event loop for a large part of a second).
+ */
+export async function writeAtomicAsync(file: string, data: string, mode = 0o600): Promise<void> {
+  const dir = path.dirname(file);
+  const temporary = path.join(dir, `.${path.basename(file)}.${process.pid}.tmp`);
+  const handle = await fs.promises.open(temporary, 'w', mode);
+  try {
+    await writeAllAsync(handle, data);
+    await handle.sync();
+  } catch (err) {
+    await handle.close();
+    await fs.promises.rm(temporary, { force: true }); // its space back
+    throw err;
+  }
+  await handle.close();
+  await fs.promises.rename(temporary, file);
+  const dirHandle = await fs.promises.open(dir, 'r');
+  try {
+    await dirHandle.sync();
+  } finally {
+    await dirHandle.close();
+  }
+}
+
+/** Encoded and written this much at a time. */
+const SLICE_CHARS = 1 << 20;
+
+async function writeAllAsync(handle: fs.promises.FileHandle, data: string): Promise<void> {
+  let from = 0;
+  while (from < data.length) {
+    // A slice never ends between the two halves of a surrogate pair.
+    let to = Math.min(data.length, from + SLICE_CHARS);
+    if (to < data.length && /[\ud800-\udbff]/.test(data[to - 1]!)) to--;
+    const bytes = Buffer.from(data.slice(from, to), 'utf8');
+    for (let at = 0; at < bytes.length; ) {
+      const { bytesWritten } = await handle.write(bytes, at, bytes.length - at);
+      if (bytesWritten <= 0) throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC', syscall: 'write' });
+      at += bytesWritten;
+    }
+    from = to;
+  }
+}
+
 export class StateStore {
   constructor(readonly dir: string) {
     fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
@@ -116,8 +163,8 @@ export class StateStore {
   }
 
   /** A new snapshot, from the state (serialised here). */
-  saveLastKnownGood(lkg: LastKnownGood): void {
-    this.saveSnapshotFrame(JSON.stringify({ type: 'snapshot', epoch: lkg.epoch, version: lkg.version, digest: lkg.digest, state: lkg.state }), lkg.acked_at);
+  saveLastKnownGood(lkg: LastKnownGood): Promise<void> {
+    return this.saveSnapshotFrame(JSON.stringify({ type: 'snapshot', epoch: lkg.epoch, version: lkg.version, digest: lkg.digest, state: lkg.state }), lkg.acked_at);
   }
 
   /**
@@ -126,26 +173,26 @@ export class StateStore {
    * emptied after the snapshot is durable (a crash in between leaves deltas
    * that no longer chain onto it: skipped).
    */
-  saveSnapshotFrame(frameText: string, ackedAt: number): void {
-    writeAtomic(path.join(this.dir, LKG), `{"acked_at":${JSON.stringify(ackedAt)},"snapshot":${frameText}}`);
+  async saveSnapshotFrame(frameText: string, ackedAt: number): Promise<void> {
+    await writeAtomicAsync(path.join(this.dir, LKG), `{"acked_at":${JSON.stringify(ackedAt)},"snapshot":${frameText}}`);
     // Emptied, not removed: the next delta appends without creating a file.
-    fs.writeFileSync(path.join(this.dir, DELTAS), '', { mode: 0o600 });
+    await fs.promises.writeFile(path.join(this.dir, DELTAS), '', { mode: 0o600 });
   }
 
   /** Appends an acknowledged delta durably (before its ACK goes out). */
-  appendDelta(record: DeltaRecord): void {
+  async appendDelta(record: DeltaRecord): Promise<void> {
     const line = `${JSON.stringify(record)}\n`;
-    const fd = fs.openSync(path.join(this.dir, DELTAS), 'a', 0o600);
-    const size = fs.fstatSync(fd).size;
+    const handle = await fs.promises.open(path.join(this.dir, DELTAS), 'a', 0o600);
+    const size = (await handle.stat()).size;
     try {
-      writeAll(fd, line);
-      fs.fdatasyncSync(fd);
+      await writeAllAsync(handle, line);
+      await handle.datasync();
     } catch (err) {
       // No torn line left behind for the next append to bury mid-file.
-      fs.ftruncateSync(fd, size);
+      await handle.truncate(size);
       throw err;
     } finally {
-      fs.closeSync(fd);
+      await handle.close();
     }
   }
 

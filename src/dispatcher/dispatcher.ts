@@ -405,9 +405,10 @@ export class Dispatcher {
    * no room left) the whole delta is one replace of `next`, built on
    * `builder`. One place decides, and a delta costs at most one table build.
    */
-  async applyChanges(changes: readonly BindingChangeSpec[], next: BindingTable, builder: TableBuilder): Promise<ApplyResult> {
+  async applyChanges<T>(delta: readonly T[], spec: (change: T) => BindingChangeSpec, next: BindingTable, builder: TableBuilder): Promise<ApplyResult> {
     return this.writingAsync(async () => {
-      if (this.changesInPlace(changes)) {
+      const changes = this.specsInPlace(delta, spec);
+      if (changes) {
         let published = this.unchanged();
         let slice = performance.now();
         for (const c of inPlaceOrder(changes)) {
@@ -437,13 +438,18 @@ export class Dispatcher {
   }
 
   /**
-   * Whether applyChanges would make these changes in place, as things are
-   * now: what it decides by, for a caller that schedules around it.
+   * The delta's changes when applyChanges would make them in place, as
+   * things are now (what it decides by, also for a caller that schedules
+   * around it); undefined when it would be one replace. A large delta is
+   * not even converted.
    */
-  changesInPlace(changes: readonly BindingChangeSpec[]): boolean {
+  specsInPlace<T>(delta: readonly T[], spec: (change: T) => BindingChangeSpec): BindingChangeSpec[] | undefined {
+    if (delta.length > IN_PLACE_MAX * 2) return undefined; // a relabel is two changes, one write
     const live = this.liveTable();
+    if (live === undefined) return undefined;
+    const changes = delta.map(spec);
     const ordered = inPlaceOrder(changes);
-    return live !== undefined && ordered.length <= IN_PLACE_MAX && ordered.every((c) => rebuildReason(live.words, patchKey(c.binding), c.removed) === undefined);
+    return ordered.length <= IN_PLACE_MAX && ordered.every((c) => rebuildReason(live.words, patchKey(c.binding), c.removed) === undefined) ? changes : undefined;
   }
 
   /** Like writing(), for writes that await: the lock is held across them, and this Dispatcher refuses other writes meanwhile (EBUSY). */

@@ -100,6 +100,8 @@ const bump = <K>(m: Map<K, number>, k: K, by: number) => {
 /** A delta made in place: what it changed, and how to take it back. */
 export interface AppliedDelta {
   changes: BindingChange[];
+  /** The rows the additions took (they stay there until the next delta). */
+  addedRows: number[];
   /** Bindings a label had before the delta (for the labels the delta removed from). */
   labelCountBefore: ReadonlyMap<string, number>;
   /** Restores the state exactly as it was (the same rows in the same places). */
@@ -272,6 +274,7 @@ export class IndexedState {
     // Checked: from here on nothing throws. Each step is recorded for undo.
     const labelCountBefore = new Map<string, number>();
     const changes: BindingChange[] = [];
+    const addedRows: number[] = [];
     const undo: Array<() => void> = [];
     if (slotCount(t.count + added.count) > this.slots.length) this.rehash(slotCount(t.count + added.count));
     // Removing moves rows: find each removal again by key as it comes.
@@ -288,12 +291,14 @@ export class IndexedState {
       const i = t.add(b.label, b.protocol, added.prefix(j), b.port);
       this.insert(i);
       this.count(i, 1);
+      addedRows.push(i);
       changes.push({ binding: b, removed: false });
       undo.push(() => this.takeRow(i));
     }
     this.cachedDigest = undefined;
     return {
       changes,
+      addedRows,
       labelCountBefore,
       undo: () => {
         for (let k = undo.length - 1; k >= 0; k--) undo[k]!();

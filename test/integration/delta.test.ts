@@ -78,7 +78,7 @@ describe.skipIf(!isRoot)('deltas at a million bindings', () => {
     const changes = adds(table, 0x0b000000, 64, 10, 'short');
     let inPlace: boolean | undefined;
     const held = await longestBlock(async () => {
-      inPlace = (await dispatcher.applyChanges(changes, table, builder)).inPlace;
+      inPlace = (await dispatcher.applyChanges(changes, (c) => c, table, builder)).inPlace;
     });
     expect(inPlace).toBe(false);
     expect(builds).toBe(1);
@@ -92,7 +92,7 @@ describe.skipIf(!isRoot)('deltas at a million bindings', () => {
     const changes = adds(table, 0x0c000000, 64, 32, 'hosts');
     let inPlace: boolean | undefined;
     const held = await longestBlock(async () => {
-      inPlace = (await dispatcher.applyChanges(changes, table, builder)).inPlace;
+      inPlace = (await dispatcher.applyChanges(changes, (c) => c, table, builder)).inPlace;
     });
     expect(inPlace).toBe(true);
     expect(builds).toBe(0);
@@ -104,7 +104,7 @@ describe.skipIf(!isRoot)('deltas at a million bindings', () => {
     builds = 0;
     const serialBefore = dispatcher.status().table!.serial;
     const changes = [...adds(table, 0x0d000000, 63, 32, 'mixed'), ...adds(table, 0x0e000000, 1, 9, 'mixed')];
-    const r = await dispatcher.applyChanges(changes, table, builder);
+    const r = await dispatcher.applyChanges(changes, (c) => c, table, builder);
     expect(r.inPlace).toBe(false);
     expect(builds).toBe(1);
     expect(r.serial).toBe(serialBefore + 1n); // in-place writes would have stepped the serial first

@@ -11,12 +11,12 @@ describe('agent state directory', () => {
   });
   afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
 
-  it('writes atomically, owner-only, and reads the last known good back', () => {
+  it('writes atomically, owner-only, and reads the last known good back', async () => {
     const store = new StateStore(path.join(dir, 'state'));
     expect(fs.statSync(store.dir).mode & 0o777).toBe(0o700);
     expect(store.lastKnownGood()).toBeUndefined();
     const lkg = { epoch: 'e1', version: 3, digest: `sha256:${'a'.repeat(64)}`, state: { bindings: [] }, acked_at: 1 };
-    store.saveLastKnownGood(lkg);
+    await store.saveLastKnownGood(lkg);
     expect(store.lastKnownGood()).toEqual(lkg);
     expect(fs.statSync(path.join(store.dir, 'last-known-good.json')).mode & 0o777).toBe(0o600);
     expect(fs.readdirSync(store.dir).sort()).toEqual(['deltas.jsonl', 'last-known-good.json']); // no temporary left behind; an empty delta log

@@ -7,16 +7,21 @@
  * First apply and restart include parsing the state file, planning, reading
  * the kernel back and writing; the change is a delta on a running agent
  * (validated state in hand): planning its region and writing it. Each is
- * the median of three samples.
+ * the median of three samples. Also a large delta (a fifth of the state
+ * added, a fiftieth removed) and, for every step, the longest the event
+ * loop was held (monitorEventLoopDelay's max: the budget for a push is 100
+ * ms, issue 15).
  */
 import os from 'node:os';
 import { execFileSync } from 'node:child_process';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { parseDesiredState } from '../src/desired/state.js';
 import { planFirewall } from '../src/firewall/plan.js';
-import { Firewall } from '../src/firewall/apply.js';
+import { Firewall, type ApplyResult } from '../src/firewall/apply.js';
 import { ProcessRunner, type Runner } from '../src/firewall/runner.js';
 import { formatAddress } from '../src/net/address.js';
+import type { Binding } from '../src/bindings/binding.js';
 import { TestNamespace } from '../test/support/netns.js';
 import { rng } from '../test/support/random.js';
 
@@ -32,6 +37,9 @@ export interface FirewallBench {
   restart_noop_ms: number;
   restart_noop_samples: number[];
   restart_noop_writes: number;
+  /** The longest the event loop was held (ms, the worst sample) in each of the steps above. */
+  loop_max_ms: { first_apply: number; one_prefix_change: number; restart_noop: number; large_delta: number };
+  large_delta: { changes: number; ms: number; went: 'delta' | 'full'; summary: Record<string, number> };
   backend: string;
 }
 
@@ -89,10 +97,17 @@ export async function firewallBench(count = 100_000): Promise<FirewallBench> {
     const doc = stateDoc(count);
     const runner = new CountingRunner(new ProcessRunner(ns.path));
     const parse = (document: typeof doc) => parseDesiredState(document, 'bench');
+    const loop = { first_apply: 0, one_prefix_change: 0, restart_noop: 0, large_delta: 0 };
+    let step: keyof typeof loop = 'first_apply';
     const timed = async <T>(fn: () => Promise<T>): Promise<[T, number]> => {
+      const delay = monitorEventLoopDelay({ resolution: 1 });
+      delay.enable();
       const started = performance.now();
       const result = await fn();
-      return [result, performance.now() - started];
+      const ms = performance.now() - started;
+      delay.disable();
+      loop[step] = Math.max(loop[step], Math.round(delay.max / 1e6));
+      return [result, ms];
     };
     // First apply: a new agent with a state file and an empty kernel (cleaned between samples).
     const first: number[] = [];
@@ -109,6 +124,7 @@ export async function firewallBench(count = 100_000): Promise<FirewallBench> {
     // running agent, state already validated.
     const agent = new Firewall(runner);
     await agent.sync(parse(doc));
+    step = 'one_prefix_change';
     const cdn = doc.bindings.filter((b) => b.label === 'cdn' && b.port === 0 && b.protocol === 'tcp' && !b.prefix.includes(':') && Number(b.prefix.split('/')[1]) <= 24);
     const change: number[] = [];
     let writes = 0;
@@ -124,6 +140,7 @@ export async function firewallBench(count = 100_000): Promise<FirewallBench> {
       writes = Math.max(writes, runner.writes);
     }
     // Restart: a new process reads its state file and finds everything in place.
+    step = 'restart_noop';
     const restart: number[] = [];
     runner.writes = 0;
     for (let i = 0; i < SAMPLES; i++) {
@@ -131,6 +148,15 @@ export async function firewallBench(count = 100_000): Promise<FirewallBench> {
       if (r.changed) throw new Error(`restart with nothing to change wrote: ${JSON.stringify(r.summary)}`);
       restart.push(ms);
     }
+    // A large delta to the running agent: count/5 new bindings, count/50 of the old ones gone.
+    step = 'large_delta';
+    const bound = new Set(current.bindings.map((b) => `${b.protocol} ${b.prefix} ${b.port}`));
+    const more = stateDoc(count + count / 5).bindings.slice(count).filter((b) => !bound.has(`${b.protocol} ${b.prefix} ${b.port}`)) as Binding[];
+    const gone = current.bindings.slice(0, count / 50) as Binding[];
+    const big = { ...current, bindings: [...current.bindings.slice(count / 50), ...more] };
+    const [large, largeMs] = await timed(() =>
+      agent.sync(parse(big), [...gone.map((binding) => ({ binding, removed: true })), ...more.map((binding) => ({ binding, removed: false }))]),
+    );
     const round = (xs: number[], digits = 0) => xs.map((x) => Math.round(x * 10 ** digits) / 10 ** digits);
     return {
       prefixes: count,
@@ -143,6 +169,8 @@ export async function firewallBench(count = 100_000): Promise<FirewallBench> {
       restart_noop_ms: Math.round(median(restart)),
       restart_noop_samples: round(restart),
       restart_noop_writes: runner.writes,
+      loop_max_ms: loop,
+      large_delta: { changes: gone.length + more.length, ms: Math.round(largeMs), went: large.summary.setsCreated + large.summary.chainsWritten > 0 ? 'full' : 'delta', summary: { ...large.summary } },
       backend,
     };
   } finally {
@@ -160,6 +188,68 @@ export function firewallBenchUnpinned(count = 100_000): FirewallBench {
   return JSON.parse(out) as FirewallBench;
 }
 
+/** Answers at once and writes nothing: what is left is this thread's own work (real tools are other processes). */
+class InstantTools implements Runner {
+  async run(argv: readonly string[]) {
+    await new Promise((resolve) => setImmediate(resolve));
+    const tool = argv.join(' ');
+    if (tool === 'iptables -V') return { code: 0, stdout: 'iptables v1.8.9 (nf_tables)\n', stderr: '' };
+    if (/-save -t filter$/.test(tool)) return { code: 0, stdout: '*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n', stderr: '' };
+    return { code: 0, stdout: '', stderr: '' };
+  }
+}
+
+export interface LoopFigures {
+  bindings: number;
+  changes: number;
+  /** The longest the event loop was held (ms): monitorEventLoopDelay's max, and the longest gap between 1 ms ticks. */
+  first_apply: { ms: number; loop_max_ms: number; gap_max_ms: number };
+  delta: { ms: number; loop_max_ms: number; gap_max_ms: number; went: 'delta' | 'full' };
+}
+
+/**
+ * How long the firewall holds the event loop (`node dist/bench/firewall.js
+ * loop <bindings> <changes>`): a first apply of `bindings` and then a delta
+ * adding `changes` (and removing a fiftieth of the state), with tools that
+ * answer at once, so the figures are this thread's alone. No namespace, no
+ * root.
+ */
+export async function loopBench(count: number, changes: number): Promise<LoopFigures> {
+  const doc = stateDoc(count + changes);
+  const before = { ...doc, bindings: doc.bindings.slice(0, count) };
+  const added = doc.bindings.slice(count) as Binding[];
+  const removed = doc.bindings.slice(0, Math.floor(count / 50)) as Binding[];
+  const after = { ...doc, bindings: doc.bindings.slice(Math.floor(count / 50)) };
+  const states = [parseDesiredState(before, 'before'), parseDesiredState(after, 'after')] as const;
+  const held = async (fn: () => Promise<ApplyResult>) => {
+    const delay = monitorEventLoopDelay({ resolution: 1 });
+    let last = performance.now();
+    let gap = 0;
+    const tick = setInterval(() => {
+      const now = performance.now();
+      gap = Math.max(gap, now - last);
+      last = now;
+    }, 1);
+    delay.enable();
+    const started = performance.now();
+    const result = await fn();
+    const ms = performance.now() - started;
+    delay.disable();
+    clearInterval(tick);
+    gap = Math.max(gap, performance.now() - last);
+    return { result, figures: { ms: Math.round(ms), loop_max_ms: Math.round(delay.max / 1e6), gap_max_ms: Math.round(gap) } };
+  };
+  const fw = new Firewall(new InstantTools());
+  const first = await held(() => fw.sync(states[0]));
+  const delta = await held(() => fw.sync(states[1], [...removed.map((binding) => ({ binding, removed: true })), ...added.map((binding) => ({ binding, removed: false }))]));
+  const went = delta.result.summary.setsCreated + delta.result.summary.chainsWritten > 0 ? 'full' : 'delta';
+  return { bindings: count, changes: added.length + removed.length, first_apply: first.figures, delta: { ...delta.figures, went } };
+}
+
 if (process.argv[1] === fileURLToPath(import.meta.url)) {
-  process.stdout.write(`${JSON.stringify(await firewallBench(Number(process.argv[2] ?? 100_000)))}\n`);
+  if (process.argv[2] === 'loop') {
+    process.stdout.write(`${JSON.stringify(await loopBench(Number(process.argv[3] ?? 100_000), Number(process.argv[4] ?? 1_000)))}\n`);
+  } else {
+    process.stdout.write(`${JSON.stringify(await firewallBench(Number(process.argv[2] ?? 100_000)))}\n`);
+  }
 }

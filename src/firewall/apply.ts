@@ -31,19 +31,20 @@
  */
 import { SwitchyardError } from '../errors.js';
 import type { Family } from '../net/address.js';
-import { type FamilyPlan, type FirewallPlan, MAIN_CHAIN, temporarySetName } from './plan.js';
+import { type FamilyPlan, type FirewallPlan, type SetEntry, MAIN_CHAIN, temporarySetName } from './plan.js';
 import {
   JUMP_COMMENT,
   type ObservedRules,
   type ObservedSet,
   createLine,
+  entryDigest,
   entryText,
   ipsetFamily,
-  setDigest,
-  parseIpsetSave,
+  parseIpsetSaveSteps,
   parseIptablesSave,
   renderChain,
 } from './netfilter.js';
+import { STRIDE, type Steps, runSliced, runSync } from './slice.js';
 import type { Runner } from './runner.js';
 import { FirewallModel, type BindingChange, type SetDelta } from './incremental.js';
 import type { DesiredState } from '../desired/state.js';
@@ -82,11 +83,80 @@ export function lineAt(script: ScriptLine[], n: number): ScriptLine | undefined 
   return undefined;
 }
 
-/** A set's entries as one block of `add` lines. */
-function fill(name: string, entries: string[]): ScriptLine[] {
-  if (entries.length === 0) return [];
-  // One join (no string per line): 10 ms for 90,000 entries, 25-35 line by line.
-  return [{ text: `add ${name} ${entries.join(`\nadd ${name} `)}`, lines: entries.length }];
+/** Entries per block of `add` lines: one join of them takes a few ms (a million at once, most of a second). */
+const FILL_BLOCK = 16384;
+
+/** A set's entries as blocks of `add` lines. */
+function* fill(name: string, entries: string[]): Steps<ScriptLine[]> {
+  const out: ScriptLine[] = [];
+  for (let at = 0; at < entries.length; at += FILL_BLOCK) {
+    const block = entries.slice(at, at + FILL_BLOCK);
+    // One join per block (no string per line): 10 ms for 90,000 entries, 25-35 line by line.
+    out.push({ text: `add ${name} ${block.join(`\nadd ${name} `)}`, lines: block.length });
+    yield;
+  }
+  return out;
+}
+
+/** Entry texts of a planned set, in slices. */
+function* textsOf(entries: SetEntry[]): Steps<string[]> {
+  const out: string[] = [];
+  for (let k = 0; k < entries.length; k++) {
+    if ((k & (STRIDE - 1)) === STRIDE - 1) yield;
+    out.push(entryText(entries[k]!));
+  }
+  return out;
+}
+
+/** `texts` less those in `without`, in slices. */
+function* missing(texts: Iterable<string>, without: Set<string>): Steps<string[]> {
+  const out: string[] = [];
+  let k = 0;
+  for (const t of texts) {
+    if ((++k & (STRIDE - 1)) === 0) yield;
+    if (!without.has(t)) out.push(t);
+  }
+  return out;
+}
+
+function* setOf(texts: string[]): Steps<Set<string>> {
+  const out = new Set<string>();
+  for (let k = 0; k < texts.length; k++) {
+    if ((k & (STRIDE - 1)) === STRIDE - 1) yield;
+    out.add(texts[k]!);
+  }
+  return out;
+}
+
+function* digestOf(texts: string[]): Steps<number> {
+  let sum = 0;
+  for (let k = 0; k < texts.length; k++) {
+    if ((k & (STRIDE - 1)) === STRIDE - 1) yield;
+    sum = (sum + entryDigest(texts[k]!)) % 0x10000000000000;
+  }
+  return sum;
+}
+
+/** About this many characters per piece of a tool's input (see RunOptions.inputParts). */
+const PART_CHARS = 1 << 20;
+
+/** A script's text in pieces of about PART_CHARS, each line ending in a newline; a small script is one piece. */
+function* inputParts(lines: ScriptLine[]): Steps<string[]> {
+  const parts: string[] = [];
+  let group: string[] = [];
+  let size = 0;
+  for (const line of lines) {
+    group.push(line.text);
+    size += line.text.length;
+    if (size >= PART_CHARS) {
+      parts.push(`${group.join('\n')}\n`);
+      group = [];
+      size = 0;
+      yield;
+    }
+  }
+  if (group.length > 0) parts.push(`${group.join('\n')}\n`);
+  return parts;
 }
 
 export function describe(line: ScriptLine): string {
@@ -145,7 +215,9 @@ export function createChunks(changes: Changes): ScriptLine[][] {
   const groups: Group[] = [];
   for (const f of [4, 6] as const) {
     for (const line of changes.families[f].creates) {
-      if (line.text.startsWith('create ') || line.text.startsWith('destroy ') || groups.length === 0) groups.push({ script: [], size: 0 });
+      // Not startsWith on a fill block: a rope of 16,384 lines, flattened by the test.
+      const opens = line.lines === undefined && (line.text.startsWith('create ') || line.text.startsWith('destroy '));
+      if (opens || groups.length === 0) groups.push({ script: [], size: 0 });
       const group = groups[groups.length - 1]!;
       group.script.push(line);
       group.size += line.lines ?? 1;
@@ -171,7 +243,7 @@ function inverse(line: ScriptLine): ScriptLine {
   return { text: `add ${name} ${entry || `${prefix}${flag ? ` ${flag}` : ''}`}`, what: `${describe(line)} (undo)` };
 }
 
-function setChanges(family: FamilyPlan, observed: Observed, out: { create: ScriptLine[]; narrow: ScriptLine[]; widen: ScriptLine[]; swap: ScriptLine[] }, summary: ChangeSummary): void {
+function* setChanges(family: FamilyPlan, observed: Observed, out: { create: ScriptLine[]; narrow: ScriptLine[]; widen: ScriptLine[]; swap: ScriptLine[] }, summary: ChangeSummary): Steps<void> {
   for (const set of family.sets) {
     const have = observed.sets.get(set.name);
     if (have && (have.type !== 'hash:net' || have.family !== ipsetFamily(set.family))) {
@@ -181,33 +253,32 @@ function setChanges(family: FamilyPlan, observed: Observed, out: { create: Scrip
         { entry: set.name },
       );
     }
+    const want = yield* textsOf(set.entries);
     // The common case, checked without building a Set of 100,000 strings:
     // as many entries as wanted, with the same order-free digest.
-    if (have && have.list.length === set.entries.length && have.digest === setDigest(set.entries.map(entryText))) continue;
-    const want = set.entries.map(entryText);
+    if (have && have.list.length === set.entries.length && have.digest === (yield* digestOf(want))) continue;
     if (!have) {
-      out.create.push({ text: createLine(set, want.length), what: `set ${set.name}` }, ...fill(set.name, want));
+      out.create.push({ text: createLine(set, want.length), what: `set ${set.name}` }, ...(yield* fill(set.name, want)));
       summary.setsCreated++;
       summary.entriesAdded += want.length;
       continue;
     }
-    const adds = want.filter((e) => !have.entries.has(e));
-    const wantSet = new Set(want);
-    const dels = [...have.entries].filter((e) => !wantSet.has(e));
+    const adds = yield* missing(want, yield* have.entriesSteps());
+    const dels = yield* missing(have.list, yield* setOf(want));
     summary.entriesAdded += adds.length;
     summary.entriesRemoved += dels.length;
     if (adds.length + dels.length > Math.max(SWAP_MIN, want.length * SWAP_SHARE) || want.length > have.maxelem) {
       const temporary = temporarySetName(set.name);
       out.swap.push(
         { text: createLine(set, want.length, temporary), what: `set ${set.name} (its replacement ${temporary})` },
-        ...fill(temporary, want),
+        ...(yield* fill(temporary, want)),
         { text: `swap ${temporary} ${set.name}`, what: `set ${set.name} (swap)` },
         { text: `destroy ${temporary}`, what: `set ${set.name} (old content)` },
       );
       summary.setsReplaced++;
       continue;
     }
-    entryLines(set.name, adds, dels, out);
+    yield* entryLines(set.name, adds, dels, out);
   }
 }
 
@@ -216,31 +287,49 @@ function setChanges(family: FamilyPlan, observed: Observed, out: { create: Scrip
  * nomatch entry, a match entry going away) or widening. An entry whose flag
  * flips is a delete plus an add on the same side.
  */
-function entryLines(name: string, adds: string[], dels: string[], out: { narrow: ScriptLine[]; widen: ScriptLine[] }): void {
+function* entryLines(name: string, adds: string[], dels: string[], out: { narrow: ScriptLine[]; widen: ScriptLine[] }): Steps<void> {
   // `del` takes the bare prefix: ipset refuses flags on a delete.
   // A delete keeps the entry's flag in `what`, for its inverse (undo).
   const line = (op: 'add' | 'del', e: string): ScriptLine =>
     op === 'add' ? { text: `add ${name} ${e}` } : { text: `del ${name} ${e.replace(' nomatch', '')}`, what: `set ${name} entry ${e}` };
-  for (const e of dels) (e.endsWith(' nomatch') ? out.widen : out.narrow).push(line('del', e));
-  for (const e of adds) (e.endsWith(' nomatch') ? out.narrow : out.widen).push(line('add', e));
+  for (let k = 0; k < dels.length; k++) {
+    if ((k & (STRIDE - 1)) === STRIDE - 1) yield;
+    (dels[k]!.endsWith(' nomatch') ? out.widen : out.narrow).push(line('del', dels[k]!));
+  }
+  for (let k = 0; k < adds.length; k++) {
+    if ((k & (STRIDE - 1)) === STRIDE - 1) yield;
+    (adds[k]!.endsWith(' nomatch') ? out.narrow : out.widen).push(line('add', adds[k]!));
+  }
+}
+
+function* inverted(lines: ScriptLine[]): Steps<ScriptLine[]> {
+  const out: ScriptLine[] = [];
+  for (let k = lines.length - 1; k >= 0; k--) {
+    if ((k & (STRIDE - 1)) === 0) yield;
+    out.push(inverse(lines[k]!));
+  }
+  return out;
 }
 
 /** The kernel changes for set deltas from FirewallModel.update (rules unchanged). */
 export function deltaChanges(deltas: SetDelta[]): Changes {
+  return runSync(deltaChangesSteps(deltas));
+}
+
+export function* deltaChangesSteps(deltas: SetDelta[]): Steps<Changes> {
   const summary = emptySummary();
   const families = {} as Record<Family, FamilyChanges>;
   for (const f of [4, 6] as const) {
     const out = { narrow: [] as ScriptLine[], widen: [] as ScriptLine[] };
     for (const d of deltas) {
       if (d.set.family !== f) continue;
-      const before = new Set(d.before.map(entryText));
-      const after = d.after.map(entryText);
-      const afterSet = new Set(after);
-      const adds = after.filter((e) => !before.has(e));
-      const dels = [...before].filter((e) => !afterSet.has(e));
+      const before = yield* textsOf(d.before);
+      const after = yield* textsOf(d.after);
+      const adds = yield* missing(after, yield* setOf(before));
+      const dels = yield* missing(before, yield* setOf(after));
       summary.entriesAdded += adds.length;
       summary.entriesRemoved += dels.length;
-      entryLines(d.set.name, adds, dels, out);
+      yield* entryLines(d.set.name, adds, dels, out);
     }
     families[f] = {
       creates: [],
@@ -248,8 +337,8 @@ export function deltaChanges(deltas: SetDelta[]): Changes {
       swapFrom: out.narrow.length,
       rules: [],
       after: out.widen,
-      undo: out.narrow.map(inverse).reverse(),
-      undoAfter: out.widen.map(inverse).reverse(),
+      undo: yield* inverted(out.narrow),
+      undoAfter: yield* inverted(out.widen),
     };
   }
   return { families, summary };
@@ -283,6 +372,10 @@ const familyOfSet = (name: string): Family => (name[2] === '6' ? 6 : 4);
 
 /** The changes that bring `observed` to `plan` (pure). */
 export function planChanges(plan: FirewallPlan, observed: Observed): Changes {
+  return runSync(planChangesSteps(plan, observed));
+}
+
+export function* planChangesSteps(plan: FirewallPlan, observed: Observed): Steps<Changes> {
   const summary = emptySummary();
   const families = {} as Record<Family, FamilyChanges>;
   for (const family of plan.families) {
@@ -299,7 +392,7 @@ export function planChanges(plan: FirewallPlan, observed: Observed): Changes {
         summary.setsDestroyed++;
       }
     }
-    setChanges(family, observed, out, summary);
+    yield* setChanges(family, observed, out, summary);
     const sets = [...out.narrow, ...out.swap];
     families[f] = {
       creates: [...leftovers, ...out.create],
@@ -307,8 +400,8 @@ export function planChanges(plan: FirewallPlan, observed: Observed): Changes {
       swapFrom: sets.length - out.swap.length,
       rules: ruleChanges(family, observed.rules[f], summary),
       after: [...out.widen, ...destroy],
-      undo: out.narrow.map(inverse).reverse(),
-      undoAfter: out.widen.map(inverse).reverse(),
+      undo: yield* inverted(out.narrow),
+      undoAfter: yield* inverted(out.widen),
     };
   }
   return { families, summary };
@@ -437,14 +530,25 @@ export class Firewall {
         this.tool([tools.save[4], '-t', 'filter']),
         this.tool([tools.save[6], '-t', 'filter']),
         this.tool(['ipset', 'save'], true),
-      ]).then(([v4, v6, sets]) => ({ rules: { 4: parseIptablesSave(v4), 6: parseIptablesSave(v6) }, sets: parseIpsetSave(sets) }));
+      ]).then(async ([v4, v6, sets]) => ({ rules: { 4: parseIptablesSave(v4), 6: parseIptablesSave(v6) }, sets: await runSliced(parseIpsetSaveSteps(sets)) }));
     };
     return known ? read(known) : this.backend().then(read);
   }
 
   private async runScript(argv: string[], lines: ScriptLine[]): Promise<void> {
     if (lines.length === 0) return;
-    const r = await this.runner.run(argv, { input: `${lines.map((l) => l.text).join('\n')}\n`, timeoutMs: this.options.timeoutMs });
+    // A small script is ready in this turn: the tool starts before the caller's next turn (SyncHooks).
+    let chars = 0;
+    for (const line of lines) chars += line.text.length;
+    const parts = chars <= PART_CHARS ? runSync(inputParts(lines)) : await runSliced(inputParts(lines));
+    // The ProcessRunner takes the parts; a runner that knows only `input` (the tests' fake) joins them.
+    const r = await this.runner.run(argv, {
+      inputParts: parts,
+      get input() {
+        return parts.join('');
+      },
+      timeoutMs: this.options.timeoutMs,
+    });
     if (r.code !== 0) throw failure(argv.join(' '), lines, r.stderr);
   }
 
@@ -497,7 +601,7 @@ export class Firewall {
   private async applyObserved(plan: FirewallPlan, observed: Observed, hooks: SyncHooks = {}): Promise<ApplyResult> {
     const started = performance.now();
     this.model = undefined;
-    const changes = planChanges(plan, observed);
+    const changes = await runSliced(planChangesSteps(plan, observed));
     if (!isEmpty(changes)) await this.execute(changes, hooks);
     return { backend: await this.backend(), changed: !isEmpty(changes), summary: changes.summary, ms: performance.now() - started };
   }
@@ -508,13 +612,17 @@ export class Firewall {
    * the last sync applied, only the entries inside the changed prefixes are
    * planned and written, without reading the kernel back: a drifted kernel
    * is repaired by the next full sync (the reconciler's resync). Otherwise,
-   * or when the change reshapes the rules, a full apply.
+   * or when the change reshapes the rules or is a large part of the state
+   * (see FirewallModel.updating), a full apply.
+   *
+   * Planning runs in slices of a few ms (slice.ts): the event loop turns
+   * meanwhile, whatever the size of the state or of the change.
    */
   async sync(state: DesiredState, changes?: BindingChange[], hooks: SyncHooks = {}): Promise<ApplyResult> {
     const started = performance.now();
-    const update = changes && this.model ? this.model.update(state, changes) : undefined;
+    const update = changes && this.model ? await runSliced(this.model.updating(state, changes)) : undefined;
     if (update) {
-      const delta = deltaChanges(update.deltas);
+      const delta = await runSliced(deltaChangesSteps(update.deltas));
       this.model = undefined; // until the writes are known to have gone in
       try {
         if (!isEmpty(delta)) await this.execute(delta, hooks);
@@ -525,12 +633,17 @@ export class Firewall {
         // by someone): the full apply below reads it back and repairs.
       }
     }
+    // The plan below reads the bindings over many turns of the event loop;
+    // the caller's table can change in place meanwhile (the agent makes the
+    // next push's delta on the state in force). A copy, taken in this turn,
+    // is what gets planned (a million bindings: ~10 ms).
+    const snapshot: DesiredState = { ...state, bindings: state.bindings.clone() };
     // Read the kernel back while planning: the tools run in other processes
     // (started synchronously by observe once the backend is known).
     await this.backend();
     const observing = this.observe();
     observing.catch(() => {}); // awaited below; planning may throw first
-    const model = FirewallModel.of(state);
+    const model = await runSliced(FirewallModel.building(snapshot));
     const result = await this.applyObserved(model.plan, await observing, hooks);
     this.model = model;
     return { ...result, ms: performance.now() - started };

@@ -11,6 +11,7 @@ import { type Prefix, parsePrefix } from '../net/address.js';
 import type { Protocol } from '../bindings/binding.js';
 import type { PortRanges } from '../desired/state.js';
 import { type Chain, type IpSet, type Rule, type SetEntry, MAIN_CHAIN, OWNED_SET, PROTOCOL_CHAIN, ipsetText } from './plan.js';
+import { STRIDE, type Steps, runSync } from './slice.js';
 
 export const OUR_CHAINS: readonly string[] = [MAIN_CHAIN, PROTOCOL_CHAIN.tcp, PROTOCOL_CHAIN.udp];
 /** The comment on INPUT's jump to our main chain. */
@@ -169,6 +170,8 @@ export interface ObservedSet {
   digest: number;
   /** The entries as a Set, built on first use. */
   readonly entries: Set<string>;
+  /** The same, built in slices (see slice.ts). */
+  entriesSteps(): Steps<Set<string>>;
 }
 
 /** Two 32-bit FNV-1a hashes of an entry text, packed into 52 bits. */
@@ -192,16 +195,26 @@ export function setDigest(texts: Iterable<string>): number {
 
 function observedSet(name: string, type: string, family: string, maxelem: number): ObservedSet {
   let entries: Set<string> | undefined;
-  const set = {
+  const set: ObservedSet = {
     name,
     type,
     family,
     maxelem,
-    list: [] as string[],
+    list: [],
     digest: 0,
     get entries(): Set<string> {
       entries ??= new Set(set.list);
       return entries;
+    },
+    *entriesSteps() {
+      if (entries) return entries;
+      // In slices: one `new Set` of a million strings holds the thread for a few hundred ms.
+      const built = new Set<string>();
+      for (let k = 0; k < set.list.length; k++) {
+        if ((k & (STRIDE - 1)) === STRIDE - 1) yield;
+        built.add(set.list[k]!);
+      }
+      return (entries = built);
     },
   };
   return set;
@@ -224,10 +237,16 @@ function canonicalEntry(text: string): string | undefined {
 
 /** Our sets from `ipset save` (every set's lines; others' are skipped). */
 export function parseIpsetSave(text: string): Map<string, ObservedSet> {
+  return runSync(parseIpsetSaveSteps(text));
+}
+
+export function* parseIpsetSaveSteps(text: string): Steps<Map<string, ObservedSet>> {
   const sets = new Map<string, ObservedSet>();
   let current: ObservedSet | undefined;
   let at = 0;
+  let lines = 0;
   while (at < text.length) {
+    if ((++lines & (STRIDE - 1)) === 0) yield;
     let end = text.indexOf('\n', at);
     if (end < 0) end = text.length;
     const line = text.slice(at, end);

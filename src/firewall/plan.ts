@@ -23,13 +23,15 @@
  *     where an any-port binding wins, neither matches and the packet goes on;
  *   - per service with any-port bindings, a set of the addresses where the
  *     longest any-port binding is that service's, matched with its ports;
- *   - then a drop for every other packet to a bound address.
+ *   - then, back in the main chain, a drop for every other packet to a
+ *     bound address (there so that a flushed protocol chain fails closed).
  * Rules stay few (they do not grow with the bindings); sets grow.
  */
 import crypto from 'node:crypto';
 import { type Family, type Prefix, PREFIX_MASKS, familyBits, formatAddress, formatPrefix, prefixContains } from '../net/address.js';
 import { IPPROTO, type Protocol } from '../bindings/binding.js';
 import { type DesiredState, type PortRanges, allowedPorts, rangesContain } from '../desired/state.js';
+import { STRIDE, type Steps, runSync, sortSteps } from './slice.js';
 
 export const MAIN_CHAIN = 'SWITCHYARD';
 export const PROTOCOL_CHAIN: Record<Protocol, string> = { tcp: 'SWITCHYARD-TCP', udp: 'SWITCHYARD-UDP' };
@@ -120,10 +122,12 @@ export function contains(outer: Prefix, inner: Prefix): boolean {
 }
 
 /** hash:net cannot hold a /0: it becomes its two /1 halves (unless a half is itself listed). */
-function withoutZeroLength<T extends { prefix: Prefix }>(items: T[]): T[] {
+function* withoutZeroLength<T extends { prefix: Prefix }>(items: T[]): Steps<T[]> {
   const out: T[] = [];
   const listed = new Set(items.filter((i) => i.prefix.length === 1).map((i) => formatPrefix(i.prefix)));
-  for (const item of items) {
+  for (let k = 0; k < items.length; k++) {
+    if ((k & (STRIDE - 1)) === STRIDE - 1) yield;
+    const item = items[k]!;
     if (item.prefix.length !== 0) {
       out.push(item);
       continue;
@@ -146,20 +150,28 @@ export function lpmEntries<T extends { prefix: Prefix; text?: string }>(items: T
   return lpmClasses(items, (item) => (verdict(item) ? 0 : -1), 1, presorted)[0]!;
 }
 
+export function lpmClasses<T extends { prefix: Prefix; text?: string }>(items: T[], classOf: (item: T) => number, classes: number, presorted = false): SetEntry[][] {
+  return runSync(lpmClassesSteps(items, classOf, classes, presorted));
+}
+
+const byAddress = (a: { prefix: Prefix }, b: { prefix: Prefix }) => compareAddresses(a.prefix, b.prefix);
+
 /**
  * lpmEntries for several sets in one sweep, when each item belongs to at
  * most one of them (`classOf`: its set's index, or -1): set k's verdict for
  * an item is "its class is k". An item needs an entry in its own set and a
  * nomatch in its enclosing item's set exactly when the two classes differ.
  */
-export function lpmClasses<T extends { prefix: Prefix; text?: string }>(items: T[], classOf: (item: T) => number, classes: number, presorted = false): SetEntry[][] {
+export function* lpmClassesSteps<T extends { prefix: Prefix; text?: string }>(items: T[], classOf: (item: T) => number, classes: number, presorted = false): Steps<SetEntry[][]> {
   // Callers that sorted once for many sets pass presorted (and no /0 among them).
-  const sorted = presorted ? items : withoutZeroLength(items).sort((a, b) => compareAddresses(a.prefix, b.prefix));
+  const sorted = presorted ? items : yield* sortSteps(yield* withoutZeroLength(items), byAddress);
   const entries: SetEntry[][] = Array.from({ length: classes }, () => []);
   const stack: Prefix[] = [];
   const enclosingClass: number[] = [];
   const entry = (item: T, nomatch: boolean): SetEntry => (item.text === undefined ? { prefix: item.prefix, nomatch } : { prefix: item.prefix, nomatch, text: item.text });
-  for (const item of sorted) {
+  for (let k = 0; k < sorted.length; k++) {
+    if ((k & (STRIDE - 1)) === STRIDE - 1) yield;
+    const item = sorted[k]!;
     const p = item.prefix;
     while (stack.length > 0) {
       const top = stack[stack.length - 1]!;
@@ -190,8 +202,8 @@ export function lpmClasses<T extends { prefix: Prefix; text?: string }>(items: T
 }
 
 /** Prefixes with the ones inside another dropped (a plain, all-match set). */
-function outermost(items: Array<{ prefix: Prefix; text?: string }>, presorted = false): SetEntry[] {
-  return lpmEntries(items, () => true, presorted);
+function* outermost(items: Array<{ prefix: Prefix; text?: string }>, presorted = false): Steps<SetEntry[]> {
+  return (yield* lpmClassesSteps(items, () => 0, 1, presorted))[0]!;
 }
 
 /** Ranges as multiport chunks of at most 15 slots (a range takes two). */
@@ -240,9 +252,15 @@ export interface Skeleton {
 export type PlanItem = Bound & { tcp: boolean };
 
 export function skeletonOf(items: PlanItem[]): Skeleton {
+  return runSync(skeletonSteps(items));
+}
+
+export function* skeletonSteps(items: PlanItem[]): Steps<Skeleton> {
   const ports = { tcp: new Set<number>(), udp: new Set<number>() };
   const labels = { tcp: new Set<string>(), udp: new Set<string>() };
-  for (const b of items) {
+  for (let k = 0; k < items.length; k++) {
+    if ((k & (STRIDE - 1)) === STRIDE - 1) yield;
+    const b = items[k]!;
     const p = b.tcp ? 'tcp' : 'udp';
     if (b.port === 0) labels[p].add(b.label);
     else ports[p].add(b.port);
@@ -251,26 +269,40 @@ export function skeletonOf(items: PlanItem[]): Skeleton {
   return { exactPorts: { tcp: sortedPorts(ports.tcp), udp: sortedPorts(ports.udp) }, labels: { tcp: [...labels.tcp].sort(), udp: [...labels.udp].sort() } };
 }
 
+export function familySets(state: DesiredState, family: Family, items: PlanItem[], presorted: boolean, skeleton: Skeleton): IpSet[] {
+  return runSync(familySetsSteps(state, family, items, presorted, skeleton));
+}
+
 /**
  * Every set of one family for `items` (sorted; `presorted` also says there
  * is no /0), shaped by `skeleton`: port sets come out even when empty, so a
  * region's sets (incremental.ts) line up with the whole state's.
  */
-export function familySets(state: DesiredState, family: Family, items: PlanItem[], presorted: boolean, skeleton: Skeleton): IpSet[] {
+export function* familySetsSteps(state: DesiredState, family: Family, items: PlanItem[], presorted: boolean, skeleton: Skeleton): Steps<IpSet[]> {
   const sets: IpSet[] = [
-    { name: managedSetName(family), family, entries: outermost(items, presorted), purpose: 'every bound prefix (traffic outside them is not ours)' },
+    { name: managedSetName(family), family, entries: yield* outermost(items, presorted), purpose: 'every bound prefix (traffic outside them is not ours)' },
   ];
-  const httpsPrefixes = state.httpsOnly.prefixes.filter((p) => p.family === family);
+  // Typed words, as the bindings' (incremental.ts compares entries of every set; one representation keeps that fast).
+  const httpsPrefixes = state.httpsOnly.prefixes
+    .filter((p) => p.family === family)
+    .map((p): Prefix => ({ ...p, words: Uint32Array.from(p.words) as unknown as Prefix['words'] }));
   if (httpsPrefixes.length > 0) {
-    sets.push({ name: httpsOnlySetName(family), family, entries: outermost(httpsPrefixes.map((prefix) => ({ prefix }))), purpose: 'HTTPS-only ranges' });
+    sets.push({ name: httpsOnlySetName(family), family, entries: yield* outermost(httpsPrefixes.map((prefix) => ({ prefix }))), purpose: 'HTTPS-only ranges' });
   }
   for (const protocol of ['tcp', 'udp'] as const) {
-    const bound = items.filter((b) => b.tcp === (protocol === 'tcp'));
+    const tcp = protocol === 'tcp';
+    const bound: PlanItem[] = [];
+    for (let k = 0; k < items.length; k++) {
+      if ((k & (STRIDE - 1)) === STRIDE - 1) yield;
+      if (items[k]!.tcp === tcp) bound.push(items[k]!);
+    }
     for (const port of skeleton.exactPorts[protocol]) {
       // The binding picked for this port at each prefix: on equal prefixes the
       // exact port beats the wildcard (equal prefixes are neighbours here).
       const picked: Bound[] = [];
-      for (const b of bound) {
+      for (let k = 0; k < bound.length; k++) {
+        if ((k & (STRIDE - 1)) === STRIDE - 1) yield;
+        const b = bound[k]!;
         if (b.port !== port && b.port !== 0) continue;
         const last = picked[picked.length - 1];
         if (last && samePrefix(last.prefix, b.prefix)) {
@@ -284,7 +316,7 @@ export function familySets(state: DesiredState, family: Family, items: PlanItem[
       // Where the exact-port binding wins: accepted if its service allows the
       // port, dropped if not. Where a wildcard wins, the per-service sets
       // below decide, so wildcard prefixes appear here only as carve-outs.
-      const [accept, deny] = lpmClasses(picked, (b) => (b.port !== port ? -1 : allowed(b.label) ? 0 : 1), 2, presorted);
+      const [accept, deny] = yield* lpmClassesSteps(picked, (b) => (b.port !== port ? -1 : allowed(b.label) ? 0 : 1), 2, presorted);
       sets.push(
         {
           name: portSetName(family, protocol, port),
@@ -305,12 +337,12 @@ export function familySets(state: DesiredState, family: Family, items: PlanItem[
     // Per service: where the longest any-port binding is its own (one sweep for all).
     const labels = skeleton.labels[protocol].filter((label) => allowedPorts(state, label, protocol).length > 0);
     const index = new Map(labels.map((label, i) => [label, i]));
-    const perLabel = lpmClasses(
-      bound.filter((b) => b.port === 0),
-      (b) => index.get(b.label) ?? -1,
-      labels.length,
-      presorted,
-    );
+    const wildcards: PlanItem[] = [];
+    for (let k = 0; k < bound.length; k++) {
+      if ((k & (STRIDE - 1)) === STRIDE - 1) yield;
+      if (bound[k]!.port === 0) wildcards.push(bound[k]!);
+    }
+    const perLabel = yield* lpmClassesSteps(wildcards, (b) => index.get(b.label) ?? -1, labels.length, presorted);
     labels.forEach((label, i) =>
       sets.push({
         name: labelSetName(family, protocol, label),
@@ -323,7 +355,19 @@ export function familySets(state: DesiredState, family: Family, items: PlanItem[
   return sets;
 }
 
-/** The chains of one family, given its (non-empty) sets. */
+/**
+ * The chains of one family, given its (non-empty) sets.
+ *
+ * The protocol chains hold only accepts and the drops that decide a port
+ * (a binding for that port wins but its service does not allow it); the
+ * drop of everything else to a bound address sits in the main chain, right
+ * after the jump. So a protocol chain flushed by someone else sends its
+ * packets back to that drop: the firewall fails closed until the resync
+ * writes the chain again. (With the drop at the end of the protocol chain,
+ * as before, a flushed chain let the packets fall through to the rest of
+ * INPUT: accepted on most hosts.) A set can be destroyed only once no rule
+ * refers to it, so only after its chain is flushed: the same drop holds.
+ */
 export function familyChains(state: DesiredState, family: Family, sets: IpSet[], skeleton: Skeleton): Chain[] {
   const managed = managedSetName(family);
   const has = new Set(sets.map((s) => s.name));
@@ -373,15 +417,22 @@ export function familyChains(state: DesiredState, family: Family, sets: IpSet[],
         })),
       );
     }
-    rules.push({ set: { name: managed, negate: false }, target: 'DROP', why: `${protocol}: drop what no policy allows on bound addresses` });
-    main.push({ protocol, target: PROTOCOL_CHAIN[protocol], why: `${protocol} to the ${protocol} chain` });
+    main.push(
+      { protocol, target: PROTOCOL_CHAIN[protocol], why: `${protocol} to the ${protocol} chain` },
+      // Per protocol: other protocols to a bound address (ICMP) are not ours to judge.
+      { protocol, set: { name: managed, negate: false }, target: 'DROP', why: `${protocol}: drop what no policy allows on bound addresses` },
+    );
     chains.push({ name: PROTOCOL_CHAIN[protocol], rules });
   }
   return chains;
 }
 
-/** A family's bindings, sorted once by address then length; every set is a sweep over them. */
 export function familyItems(state: DesiredState, family: Family): { items: PlanItem[]; presorted: boolean } {
+  return runSync(familyItemsSteps(state, family));
+}
+
+/** A family's bindings, sorted once by address then length; every set is a sweep over them. */
+export function* familyItemsSteps(state: DesiredState, family: Family): Steps<{ items: PlanItem[]; presorted: boolean }> {
   const t = state.bindings;
   const a = t.addr;
   // Sort indices by the table's columns first, then build each item once, in
@@ -389,16 +440,17 @@ export function familyItems(state: DesiredState, family: Family): { items: PlanI
   // objects they sit all over the heap, and on this kind of machine every
   // cache miss costs 100-200 ns). The numeric key orders by the first 32
   // bits (and, for IPv4, the length); ties compare the remaining words.
-  const order: number[] = [];
+  let order: number[] = [];
   const keys = new Float64Array(t.count);
   let zeroLength = false;
   for (let i = 0; i < t.count; i++) {
+    if ((i & (STRIDE - 1)) === STRIDE - 1) yield;
     if (t.family[i] !== family) continue;
     order.push(i);
     zeroLength ||= t.prefixLen[i] === 0;
     keys[i] = family === 4 ? a[i * 4]! * 64 + t.prefixLen[i]! : a[i * 4]! * 2097152 + (a[i * 4 + 1]! >>> 11);
   }
-  order.sort((x, y) => {
+  order = yield* sortSteps(order, (x, y) => {
     const d = keys[x]! - keys[y]!;
     if (d !== 0) return d;
     for (let w = 0; w < 4; w++) if (a[x * 4 + w] !== a[y * 4 + w]) return a[x * 4 + w]! < a[y * 4 + w]! ? -1 : 1;
@@ -411,11 +463,14 @@ export function familyItems(state: DesiredState, family: Family): { items: PlanI
   // values above 2^31), and one buffer instead of one per prefix took a
   // quarter off the 100,000-binding plan (fewer objects to collect; measured).
   const words = new Uint32Array(order.length * 4);
-  const items: PlanItem[] = order.map((i, k) => {
+  const items: PlanItem[] = [];
+  for (let k = 0; k < order.length; k++) {
+    if ((k & (STRIDE - 1)) === STRIDE - 1) yield;
+    const i = order[k]!;
     words.set(a.subarray(i * 4, i * 4 + 4), k * 4);
     const prefix: Prefix = { family, words: words.subarray(k * 4, k * 4 + 4) as unknown as Prefix['words'], length: t.prefixLen[i]! };
-    return { prefix, text: ipsetText(prefix), label: t.label(i), port: t.port[i]!, tcp: t.protocol[i] === IPPROTO.tcp };
-  });
+    items.push({ prefix, text: ipsetText(prefix), label: t.label(i), port: t.port[i]!, tcp: t.protocol[i] === IPPROTO.tcp });
+  }
   return { items, presorted: !zeroLength };
 }
 
@@ -423,8 +478,13 @@ export function familyItems(state: DesiredState, family: Family): { items: PlanI
 export const keepSet = (set: IpSet) => set.entries.length > 0 || !set.optional;
 
 export function familyPlan(state: DesiredState, family: Family, items: PlanItem[], presorted: boolean, skeleton = skeletonOf(items)): FamilyPlan {
-  const sets = familySets(state, family, items, presorted, skeleton).filter(keepSet);
-  return { family, chains: familyChains(state, family, sets, skeleton), sets };
+  return runSync(familyPlanSteps(state, family, items, presorted, skeleton));
+}
+
+export function* familyPlanSteps(state: DesiredState, family: Family, items: PlanItem[], presorted: boolean, skeleton?: Skeleton): Steps<FamilyPlan> {
+  const shape = skeleton ?? (yield* skeletonSteps(items));
+  const sets = (yield* familySetsSteps(state, family, items, presorted, shape)).filter(keepSet);
+  return { family, chains: familyChains(state, family, sets, shape), sets };
 }
 
 /** The whole firewall for a desired state: both families, always. */

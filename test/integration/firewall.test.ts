@@ -93,7 +93,7 @@ describe.skipIf(!isRoot)('firewall over a veth pair', () => {
     expect(server.json<{ changed: boolean }>(['firewall', 'apply', stateFile]).changed).toBe(false);
     const lookup = server.json<{ label: string; firewall: { verdict: string; chain: string } }>(['lookup', 'tcp', '192.0.2.200', '2000']);
     expect(lookup.label).toBe('cdn');
-    expect(lookup.firewall).toMatchObject({ verdict: 'drop', chain: 'SWITCHYARD-TCP' });
+    expect(lookup.firewall).toMatchObject({ verdict: 'drop', chain: 'SWITCHYARD' }); // the managed-prefix drop, after the jump to SWITCHYARD-TCP
 
     // Drift: our chain flushed, the IPv6 jump deleted, a set emptied.
     server.exec(['iptables', '-F', 'SWITCHYARD-TCP']);
@@ -107,6 +107,64 @@ describe.skipIf(!isRoot)('firewall over a veth pair', () => {
     expect(server.json<{ changed: boolean }>(['firewall', 'cleanup']).changed).toBe(true);
     const left = ['iptables-save', 'ip6tables-save', 'ipset save'].map((c) => server.exec(c.split(' ')).stdout.replace(/^#.*\n/gm, ''));
     expect(left).toEqual(found);
+  });
+
+  it('fails closed while someone else flushes a protocol chain or destroys a set, until the next apply repairs it', () => {
+    server.ok(['firewall', 'apply', stateFile]);
+    // Bound, but not allowed by the binding's service: dropped.
+    const refused = [tcp('192.0.2.200', 2000), tcp('192.0.2.201', 80), udp('192.0.2.150', 53), tcp('2001:db8::200', 2000), udp('2001:db8::1:5', 53)];
+    const dropped = refused.map(() => 'timeout');
+    expect(client.probe(refused, { fromAnyAddress: true })).toEqual(dropped);
+    for (const tool of ['iptables', 'ip6tables']) {
+      for (const chain of ['SWITCHYARD-TCP', 'SWITCHYARD-UDP']) expect(server.exec([tool, '-F', chain]).code).toBe(0);
+    }
+    // With the UDP chains empty no rule refers to cdn's UDP sets: they can go too.
+    expect(server.exec(['ipset', 'destroy', 'sy4-udp-l-cdn']).code).toBe(0);
+    expect(server.exec(['ipset', 'destroy', 'sy6-udp-l-cdn']).code).toBe(0);
+    // Real connections and datagrams, both families: still not accepted (they
+    // were, before: back from the flushed chain they fell through INPUT).
+    expect(client.probe(refused, { fromAnyAddress: true })).toEqual(dropped);
+    // Allowed ports are refused meanwhile (fail closed); HTTPS-only still rejects; what is not ours passes.
+    expect(client.probe([tcp('192.0.2.100', 80), udp('192.0.2.150', 443), tcp('192.0.2.5', 80)], { fromAnyAddress: true })).toEqual(['timeout', 'timeout', 'refused']);
+    expect(server.json<{ inSync: boolean }>(['firewall', 'status', stateFile]).inSync).toBe(false);
+    const repaired = server.json<{ summary: Record<string, number> }>(['firewall', 'apply', stateFile]);
+    expect(repaired.summary).toMatchObject({ chainsWritten: 4, setsCreated: 2 });
+    expect(probeAll()).toEqual(expected);
+  });
+
+  it('converges a host with the old rule layout (drop at the end of each protocol chain) without touching a set', () => {
+    server.ok(['firewall', 'apply', stateFile]);
+    // The layout before issue 15: the managed-prefix drop last in SWITCHYARD-TCP and -UDP, none in SWITCHYARD.
+    for (const [tool, family] of [['iptables', 4], ['ip6tables', 6]] as const) {
+      const saved = server.exec([`${tool}-save`, '-t', 'filter']).stdout;
+      const ours = saved.split('\n').filter((l) => l.startsWith('-A SWITCHYARD'));
+      const drop = (chain: string) => `-A ${chain} -m set --match-set sy${family}-managed dst -m comment --comment sy:old -j DROP`;
+      const old = [
+        '*filter',
+        ':SWITCHYARD - [0:0]',
+        ':SWITCHYARD-TCP - [0:0]',
+        ':SWITCHYARD-UDP - [0:0]',
+        ...ours.filter((l) => !(l.startsWith('-A SWITCHYARD ') && / -j DROP$/.test(l))).filter((l) => !l.startsWith('-A SWITCHYARD-')),
+        ...ours.filter((l) => l.startsWith('-A SWITCHYARD-TCP ')),
+        drop('SWITCHYARD-TCP'),
+        ...ours.filter((l) => l.startsWith('-A SWITCHYARD-UDP ')),
+        drop('SWITCHYARD-UDP'),
+        'COMMIT',
+        '',
+      ].join('\n');
+      const r = server.exec([`${tool}-restore`, '--noflush'], old);
+      expect(r.code, r.stderr).toBe(0);
+      expect(server.exec([`${tool}-save`, '-t', 'filter']).stdout).not.toMatch(/-A SWITCHYARD -p tcp -m set --match-set \S+ dst .*-j DROP/);
+    }
+    const sets = server.exec(['ipset', 'save']).stdout;
+    // Same verdicts in the old layout (intact), so the switch changes none.
+    expect(probeAll()).toEqual(expected);
+    const applied = server.json<{ summary: Record<string, number> }>(['firewall', 'apply', stateFile]);
+    // Every chain rewritten in one iptables-restore per family (one transaction: no packet sees half of it); no set touched.
+    expect(applied.summary).toMatchObject({ chainsWritten: 6, setsCreated: 0, setsReplaced: 0, entriesAdded: 0, entriesRemoved: 0, setsDestroyed: 0 });
+    expect(server.exec(['ipset', 'save']).stdout).toBe(sets);
+    expect(server.json<{ inSync: boolean }>(['firewall', 'status', stateFile]).inSync).toBe(true);
+    expect(probeAll()).toEqual(expected);
   });
 
   it('firewall watch applies, follows the file, repairs drift, refuses a bad file, and leaves the rules when stopped', async () => {
@@ -170,7 +228,7 @@ describe.skipIf(!isRoot)('firewall over a veth pair', () => {
       fs.writeFileSync(path.join(bin, tool), '#!/bin/sh\ncat >/dev/null\necho "Error occurred at line: 2" >&2\nexit 1\n', { mode: 0o755 });
     }
     const failed = server.cli(['firewall', 'apply', stateFile], undefined, { PATH: `${bin}:${process.env.PATH}` });
-    expect(failed.code).toBe(1);
+    expect(failed.code).toBe(2); // any error exits 2 (src/cli/main.ts)
     expect(failed.stderr).toMatch(/ip6tables-(nft|legacy)-restore --noflush --wait 5 failed on chain SWITCHYARD.*IPv6 set changes undone/);
     const now = probeAll();
     // IPv6 keeps the old verdicts exactly (which service answers follows the

@@ -175,6 +175,38 @@ describe('firewall applier (fake tools)', () => {
     expect(fake.tables[6].chains.get('INPUT')![1]).toBe('-p icmp -j ACCEPT');
   });
 
+  it('converges a kernel with the old layout (the managed drop at the end of each protocol chain) in one rules write per family, no set touched', async () => {
+    // The layout before issue 15, made from today's plan.
+    const old = (p: FirewallPlan): FirewallPlan => ({
+      families: p.families.map((f) => {
+        const managed = `sy${f.family}-managed`;
+        const isDrop = (r: { target: string; set?: { name: string } }) => r.target === 'DROP' && r.set?.name === managed;
+        return {
+          ...f,
+          chains: f.chains.map((c) =>
+            c.name === 'SWITCHYARD' ? { ...c, rules: c.rules.filter((r) => !isDrop(r)) } : { ...c, rules: [...c.rules, { set: { name: managed, negate: false }, target: 'DROP', why: 'old' }] },
+          ),
+        };
+      }) as FirewallPlan['families'],
+    });
+    const fake = new FakeNetfilter();
+    const fw = new Firewall(fake);
+    await fw.apply(old(plan(BASE)));
+    expect(await kernelVerdicts(fake)).toEqual(planVerdicts(plan(BASE))); // the same verdicts, intact
+    const changes = planChanges(plan(BASE), await fw.observe());
+    for (const f of [4, 6] as const) {
+      const c = changes.families[f];
+      expect([...c.creates, ...c.sets, ...c.after]).toEqual([]);
+      expect(c.rules.filter((l) => l.text.startsWith(':')).map((l) => l.text)).toEqual([':SWITCHYARD - [0:0]', ':SWITCHYARD-TCP - [0:0]', ':SWITCHYARD-UDP - [0:0]']);
+    }
+    fake.writes = [];
+    await fw.execute(changes);
+    // One iptables-restore per family: one transaction each, so no packet meets half of a layout.
+    expect(fake.writes.map((w) => w[0])).toEqual(['iptables-nft-restore', 'ip6tables-nft-restore']);
+    expect(await kernelVerdicts(fake)).toEqual(planVerdicts(plan(BASE)));
+    expect((await fw.apply(plan(BASE))).changed).toBe(false);
+  });
+
   it('swaps a set in whole for a big change, and clears a temporary left by a crash', async () => {
     const many = (n: number, label: string, from = 0): Doc => ({
       bindings: Array.from({ length: n }, (_, k) => k + from).map((i) => ({ label, protocol: 'udp', prefix: `10.${(i >> 8) & 255}.${i & 255}.0/24`, port: 0 })),

@@ -26,6 +26,8 @@ const CARVE_OUT = {
   https_only: { prefixes: ['192.0.2.128/26', '2001:db8:1::/48'] },
 };
 
+const carveOutPlan = () => planFirewall(parseDesiredState(CARVE_OUT, 'carve.json'));
+
 describe('firewall planner', () => {
   const plan = planFirewall(parseDesiredState(CARVE_OUT, 'carve.json'));
 
@@ -194,6 +196,72 @@ describe('firewall planner property', () => {
       }),
       { numRuns: 200 },
     );
+  });
+});
+
+/**
+ * The plan as someone else left it: `chains` flushed (their rules gone),
+ * `sets` flushed (no entries). A set can be destroyed only once no rule
+ * refers to it, so a destroyed set is a flushed chain plus that: the same
+ * verdicts (a rule on a missing set could not be there).
+ */
+function tampered(plan: FirewallPlan, chains: string[], sets: string[]): FirewallPlan {
+  return {
+    families: plan.families.map((f) => ({
+      ...f,
+      chains: f.chains.map((c) => (chains.includes(c.name) ? { ...c, rules: [] } : c)),
+      sets: f.sets.map((set) => (sets.includes(set.name) ? { ...set, entries: [] } : set)),
+    })) as FirewallPlan['families'],
+  };
+}
+
+describe('firewall planner: tampering fails closed', () => {
+  // Sets whose entries only ever grant (a service's any-port bindings, a
+  // port's accepted bindings): emptied, they accept less. The sets that
+  // refuse (managed, HTTPS-only, a port's denied bindings) are the refusal
+  // itself: see the README on what a flushed one does.
+  const granting = (name: string) => /^sy[46]-(tcp|udp)-(l-|p\d)/.test(name);
+
+  it('accepts nothing more, and passes nothing it dropped, with a protocol chain flushed or a granting set emptied', () => {
+    fc.assert(
+      fc.property(arbState, fc.array(arbQuery, { minLength: 50, maxLength: 50 }), fc.nat(), (doc, queries, pick) => {
+        const state: DesiredState = parseDesiredState(doc, 'random');
+        const plan = planFirewall(state);
+        const setNames = plan.families.flatMap((f) => f.sets.map((s) => s.name)).filter(granting);
+        const cases: Array<[string, FirewallPlan]> = [
+          ['SWITCHYARD-TCP flushed', tampered(plan, ['SWITCHYARD-TCP'], [])],
+          ['SWITCHYARD-UDP flushed', tampered(plan, ['SWITCHYARD-UDP'], [])],
+          ['both protocol chains flushed', tampered(plan, ['SWITCHYARD-TCP', 'SWITCHYARD-UDP'], [])],
+        ];
+        if (setNames.length > 0) {
+          const name = setNames[pick % setNames.length]!;
+          cases.push([`${name} emptied`, tampered(plan, [], [name])]);
+        }
+        const intact = plan.families.map((f) => new Evaluator(f));
+        for (const [what, t] of cases) {
+          const evaluators = t.families.map((f) => new Evaluator(f));
+          for (const q of queries) {
+            const address = queryAddress(q.v6, q.host);
+            const want = intact[q.v6 ? 1 : 0]!.evaluate(q.protocol, address, q.port).verdict;
+            const got = evaluators[q.v6 ? 1 : 0]!.evaluate(q.protocol, address, q.port).verdict;
+            if (want === 'accept' || want === got) continue;
+            // Refused before: still refused (dropped or rejected), never accepted or let through.
+            if (got === 'accept' || got === 'pass') throw new Error(`${what}: ${q.protocol} ${JSON.stringify(address.words)} port ${q.port}: ${want} intact, ${got} now`);
+          }
+        }
+      }),
+      { numRuns: 300 },
+    );
+  });
+
+  it('drops a bound address on a port its service does not allow with the chain flushed (the carve-out example)', () => {
+    const flushed = tampered(carveOutPlan(), ['SWITCHYARD-TCP', 'SWITCHYARD-UDP'], []);
+    expect(verdictOf(flushed, 'tcp', '192.0.2.200', 22)).toBe('drop');
+    expect(verdictOf(flushed, 'tcp', '192.0.2.5', 2050)).toBe('drop');
+    expect(verdictOf(flushed, 'udp', '2001:db8::1', 53)).toBe('drop');
+    expect(verdictOf(flushed, 'tcp', '192.0.2.5', 80)).toBe('drop'); // allowed intact: refused while flushed (fail closed)
+    expect(verdictOf(flushed, 'tcp', '192.0.2.130', 80)).toBe('reject'); // HTTPS-only lives in the main chain
+    expect(verdictOf(flushed, 'tcp', '203.0.113.1', 22)).toBe('pass'); // not ours
   });
 });
 

@@ -19,6 +19,7 @@ import type { DesiredState } from '../desired/state.js';
 import { locate } from '../dispatcher/state.js';
 import { Dispatcher, load, type ApplyResult, type BindingChangeSpec, type TableBuilder } from '../dispatcher/dispatcher.js';
 import { TableBuildThread } from '../dispatcher/build-worker.js';
+import { PushDecoder } from './decoder.js';
 import { Firewall, type SyncHooks } from '../firewall/apply.js';
 import { ProcessRunner } from '../firewall/runner.js';
 import type { BindingChange } from '../firewall/incremental.js';
@@ -202,6 +203,7 @@ export class Agent {
   private readonly admin: AdminServer;
   private readonly location: ReturnType<typeof locate>;
   private readonly tableBuilder = new TableBuildThread();
+  private readonly decoder = new PushDecoder();
   private firewallChain: Promise<unknown> = Promise.resolve();
   private readonly loopHold = new LoopHold();
   private resync: NodeJS.Timeout | undefined;
@@ -221,6 +223,7 @@ export class Agent {
       agentId: config.agentId,
       agentVersion: switchyardVersion(),
       store,
+      decoder: this.decoder,
       apply: async (indexed, changes) => {
         const kernel = this.local.effective(indexed, changes);
         const inPlace = await this.kernelApply(kernel.state, kernel.changes);
@@ -474,6 +477,7 @@ export class Agent {
     this.metrics.close();
     this.admin.close();
     this.tableBuilder.close();
+    this.decoder.close();
     this.loopHold.stop();
     this.dispatcher.close();
     this.log.info('stopped; the data plane and the firewall stay as they are');

@@ -99,7 +99,8 @@ export class ControlPlaneClient {
     socket.on('ping', () => (alive = true));
     socket.on('message', (data) => {
       alive = true;
-      void this.session.receive(data.toString());
+      // The bytes as they came: a large snapshot goes to the decoder's thread undecoded.
+      void this.session.receive(Buffer.isBuffer(data) ? data : Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data));
     });
     socket.on('unexpected-response', (_req, res) => {
       event('refused', res.statusCode);

@@ -17,6 +17,7 @@ import { checkGuards, type GuardLimits } from './guards.js';
 import type { StateStore } from './store.js';
 import { PROTOCOL_VERSION, parseFrame, type Delta, type Frame, type Hello, type Nack, type NackCode, type Snapshot, type StateId } from '../protocol/messages.js';
 import { IndexedState, documentOf, type AppliedDelta } from '../protocol/state.js';
+import { DECODE_OFF_THREAD_BYTES, type Decoded, type PushDecoder } from './decoder.js';
 
 export interface SessionOptions {
   agentId: string;
@@ -28,6 +29,8 @@ export interface SessionOptions {
   localOverrides?: () => number;
   /** The data plane's miss and error totals, for heartbeats (a rollout watches them). */
   counters?: () => { misses: number; errors: number };
+  /** Parses and indexes large frames off the event loop (src/agent/decoder.ts); without it, everything is parsed here. */
+  decoder?: PushDecoder;
   /** Rollout labels, sent in hello. */
   labels?: Record<string, string>;
   send: (frame: Frame) => void;
@@ -144,20 +147,35 @@ export class AgentSession {
   }
 
   /** One frame's text from the control plane; pushes are handled one at a time, in order. */
-  receive(text: string): Promise<void> {
+  receive(text: string | Buffer): Promise<void> {
     const next = this.queue.then(() => this.handle(text));
     this.queue = next.catch(() => {});
     return next;
   }
 
-  private async handle(text: string): Promise<void> {
+  private async handle(input: string | Buffer): Promise<void> {
     this.options.receiving?.();
     let frame: Frame;
+    let text: string | Buffer = input;
+    let decoded: Exclude<Decoded, { kind: 'frame' }> | undefined;
     try {
-      frame = parseFrame(text, this.options.maxFrameBytes);
+      const decoder = this.options.decoder;
+      if (decoder && typeof input !== 'string' && input.length >= DECODE_OFF_THREAD_BYTES) {
+        // Parsed and indexed on the decoder's thread, the event loop free meanwhile.
+        const d = await decoder.decode(input, this.options.maxFrameBytes);
+        text = d.bytes;
+        if (d.kind === 'frame') frame = d.frame;
+        else {
+          decoded = d;
+          // What push() reads of the frame itself; the content is in `decoded`.
+          frame = d.frame.type === 'snapshot' ? { ...d.frame, state: null } : { ...(d.frame as Omit<Delta, 'add' | 'remove'>), add: [], remove: [] };
+        }
+      } else {
+        frame = parseFrame(typeof input === 'string' ? input : input.toString('utf8'), this.options.maxFrameBytes);
+      }
     } catch (err) {
       // Name what we can of the push; the control plane logs the reason.
-      const id = peekId(text);
+      const id = typeof input === 'string' || input.length < DECODE_OFF_THREAD_BYTES ? peekId(input.toString()) : { epoch: null, version: null };
       const code = /more than the \d+ allowed/.test((err as Error).message) ? 'ETOO_LARGE' : 'EINVALID';
       this.options.send(nack(id.epoch, id.version, code, (err as Error).message, []));
       this.options.done?.({ type: 'invalid', ms: 0, code });
@@ -167,7 +185,7 @@ export class AgentSession {
     const started = performance.now();
     await nextTurn(); // the parse was this turn's work
     try {
-      await this.push(frame, text);
+      await this.push(frame, text, decoded);
       this.options.done?.({ type: frame.type, ms: performance.now() - started, code: null });
     } catch (err) {
       const r = err instanceof Refusal ? err : new Refusal(err instanceof SwitchyardError && err.code.startsWith('EINVAL') ? 'EINVALID' : 'EAPPLY', (err as Error).message);
@@ -176,7 +194,8 @@ export class AgentSession {
     }
   }
 
-  private async push(frame: Snapshot | Delta, text: string): Promise<void> {
+  /** `decoded`: the snapshot's state as the decoder's thread indexed it (or why it is invalid). */
+  private async push(frame: Snapshot | Delta, text: string | Buffer, decoded?: Exclude<Decoded, { kind: 'frame' }>): Promise<void> {
     const c = this.current;
     const store = this.options.store;
     let clock = performance.now();
@@ -201,7 +220,8 @@ export class AgentSession {
     let next: IndexedState;
     let made: AppliedDelta | undefined;
     if (frame.type === 'snapshot') {
-      next = IndexedState.of(parseDesiredState(frame.state, `snapshot ${frame.version}`));
+      if (decoded?.kind === 'invalid') throw decoded.error;
+      next = decoded?.kind === 'snapshot' ? decoded.indexed : IndexedState.of(parseDesiredState(frame.state, `snapshot ${frame.version}`));
       // A snapshot close to what is in force (a control plane that restarted,
       // an agent that reconnects) is made as the delta between them: an
       // unchanged state costs no kernel write at all.
@@ -216,15 +236,18 @@ export class AgentSession {
       if (!c || c.epoch !== frame.epoch || c.version !== frame.from_version) {
         throw new Refusal('EGAP', `delta ${frame.from_version} → ${frame.version} of epoch ${frame.epoch} does not start from what this agent has (${c ? `${c.epoch} ${c.version}` : 'nothing'}); send a snapshot`);
       }
-      made = c.indexed.applyDelta({ add: frame.add as never, remove: frame.remove }, `delta ${frame.version}`);
+      if (decoded?.kind === 'invalid') throw decoded.error;
+      made = decoded?.kind === 'delta' ? c.indexed.applyParsed(decoded.parsed, `delta ${frame.version}`) : c.indexed.applyDelta({ add: frame.add as never, remove: frame.remove }, `delta ${frame.version}`);
       next = c.indexed;
     }
-    const changes = made?.changes;
     const override = frame.override !== undefined && frame.override.version === frame.version;
     let digest: string;
+    let changes: BindingChange[] | undefined;
     try {
-      phase('validated', { bindings: next.bindings.count, changes: changes?.length ?? null });
+      phase('validated', { bindings: next.bindings.count, changes: made?.changeCount ?? null });
       await nextTurn();
+      await made?.prepareChanges();
+      changes = made?.changes;
       digest = next.digest;
       if (digest !== frame.digest) throw new Refusal('EDIGEST', `the pushed state's digest is ${digest}, the push says ${frame.digest}`);
       const findings = checkGuards(made ?? c?.indexed, next, { override, ...(this.options.limits ? { limits: this.options.limits } : {}) });
@@ -257,7 +280,7 @@ export class AgentSession {
         await store.saveSnapshotFrame(text, applied.ackedAt);
         this.loggedDeltas = 0;
       } else {
-        await store.appendDelta({ epoch: frame.epoch, version: frame.version, from_version: frame.from_version, digest, add: frame.add, remove: frame.remove, acked_at: applied.ackedAt });
+        await store.appendDeltaFrame(text, applied.ackedAt);
         this.loggedDeltas++;
       }
       store.clearApplying();

@@ -88,12 +88,12 @@ export function writeAtomic(file: string, data: string, mode = 0o600): void {
  * snapshot is tens of megabytes: encoded and written whole, and synced, it
  * held the agent's event loop for a large part of a second).
  */
-export async function writeAtomicAsync(file: string, data: string, mode = 0o600): Promise<void> {
+export async function writeAtomicAsync(file: string, data: string | ReadonlyArray<string | Uint8Array>, mode = 0o600): Promise<void> {
   const dir = path.dirname(file);
   const temporary = path.join(dir, `.${path.basename(file)}.${process.pid}.tmp`);
   const handle = await fs.promises.open(temporary, 'w', mode);
   try {
-    await writeAllAsync(handle, data);
+    for (const part of typeof data === 'string' ? [data] : data) await writeAllAsync(handle, part);
     await handle.sync();
   } catch (err) {
     await handle.close();
@@ -113,19 +113,23 @@ export async function writeAtomicAsync(file: string, data: string, mode = 0o600)
 /** Encoded and written this much at a time. */
 const SLICE_CHARS = 1 << 20;
 
-async function writeAllAsync(handle: fs.promises.FileHandle, data: string): Promise<void> {
+async function writeAllAsync(handle: fs.promises.FileHandle, data: string | Uint8Array): Promise<void> {
+  if (typeof data !== 'string') return writeBytes(handle, data);
   let from = 0;
   while (from < data.length) {
     // A slice never ends between the two halves of a surrogate pair.
     let to = Math.min(data.length, from + SLICE_CHARS);
     if (to < data.length && /[\ud800-\udbff]/.test(data[to - 1]!)) to--;
-    const bytes = Buffer.from(data.slice(from, to), 'utf8');
-    for (let at = 0; at < bytes.length; ) {
-      const { bytesWritten } = await handle.write(bytes, at, bytes.length - at);
-      if (bytesWritten <= 0) throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC', syscall: 'write' });
-      at += bytesWritten;
-    }
+    await writeBytes(handle, Buffer.from(data.slice(from, to), 'utf8'));
     from = to;
+  }
+}
+
+async function writeBytes(handle: fs.promises.FileHandle, bytes: Uint8Array): Promise<void> {
+  for (let at = 0; at < bytes.length; ) {
+    const { bytesWritten } = await handle.write(bytes, at, bytes.length - at);
+    if (bytesWritten <= 0) throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC', syscall: 'write' });
+    at += bytesWritten;
   }
 }
 
@@ -173,19 +177,22 @@ export class StateStore {
    * emptied after the snapshot is durable (a crash in between leaves deltas
    * that no longer chain onto it: skipped).
    */
-  async saveSnapshotFrame(frameText: string, ackedAt: number): Promise<void> {
-    await writeAtomicAsync(path.join(this.dir, LKG), `{"acked_at":${JSON.stringify(ackedAt)},"snapshot":${frameText}}`);
+  async saveSnapshotFrame(frameText: string | Uint8Array, ackedAt: number): Promise<void> {
+    await writeAtomicAsync(path.join(this.dir, LKG), [`{"acked_at":${JSON.stringify(ackedAt)},"snapshot":`, frameText, '}']);
     // Emptied, not removed: the next delta appends without creating a file.
     await fs.promises.writeFile(path.join(this.dir, DELTAS), '', { mode: 0o600 });
   }
 
-  /** Appends an acknowledged delta durably (before its ACK goes out). */
-  async appendDelta(record: DeltaRecord): Promise<void> {
-    const line = `${JSON.stringify(record)}\n`;
+  /**
+   * Appends an acknowledged delta durably (before its ACK goes out): the
+   * delta frame's text as received (already validated), stored as is rather
+   * than serialised again — one line, `{"acked_at":…,"delta":<frame>}`.
+   */
+  async appendDeltaFrame(frameText: string | Uint8Array, ackedAt: number): Promise<void> {
     const handle = await fs.promises.open(path.join(this.dir, DELTAS), 'a', 0o600);
     const size = (await handle.stat()).size;
     try {
-      await writeAllAsync(handle, line);
+      for (const part of [`{"acked_at":${JSON.stringify(ackedAt)},"delta":`, frameText, '}\n']) await writeAllAsync(handle, part);
       await handle.datasync();
     } catch (err) {
       // No torn line left behind for the next append to bury mid-file.
@@ -208,11 +215,15 @@ export class StateStore {
     const records: DeltaRecord[] = [];
     for (const line of text.split('\n')) {
       if (line === '') continue;
+      let value: { acked_at: number; delta?: Omit<DeltaRecord, 'acked_at'> } & Partial<DeltaRecord>;
       try {
-        records.push(JSON.parse(line) as DeltaRecord);
+        value = JSON.parse(line) as typeof value;
       } catch {
         break;
       }
+      // The delta frame as received (or, from older agents, the record's fields themselves).
+      const d = value.delta ?? value;
+      records.push({ epoch: d.epoch!, version: d.version!, digest: d.digest!, from_version: d.from_version!, add: d.add!, remove: d.remove!, acked_at: value.acked_at });
     }
     return records;
   }

@@ -96,6 +96,18 @@ export function parseBindingPrefix(value: unknown, entry: string, allowBare = tr
  * Many bindings in columns: what the trie builder, the pinned table and the
  * file loader share. One million bindings stay a few dozen megabytes.
  */
+/** A BindingTable's content, to hand to another thread. */
+export interface BindingColumnsTransfer {
+  count: number;
+  labels: string[];
+  labelIndex: Uint32Array;
+  family: Uint8Array;
+  protocol: Uint8Array;
+  prefixLen: Uint8Array;
+  port: Uint16Array;
+  addr: Uint32Array;
+}
+
 export class BindingTable {
   count = 0;
   labels: string[] = [];
@@ -161,6 +173,20 @@ export class BindingTable {
     return i;
   }
 
+  /** Appends binding j of `from`, column by column (no Prefix or text made on the way). */
+  addFrom(from: BindingTable, j: number): number {
+    this.sorted = undefined;
+    if (this.count === this.family.length) this.grow();
+    const i = this.count++;
+    this.labelIndex[i] = this.labelId(from.label(j));
+    this.family[i] = from.family[j]!;
+    this.protocol[i] = from.protocol[j]!;
+    this.prefixLen[i] = from.prefixLen[j]!;
+    this.port[i] = from.port[j]!;
+    this.addr.set(from.addr.subarray(j * 4, j * 4 + 4), i * 4);
+    return i;
+  }
+
   label(i: number): string {
     return this.labels[this.labelIndex[i]!]!;
   }
@@ -198,6 +224,26 @@ export class BindingTable {
       if (a[i * 4] === w[0] && a[i * 4 + 1] === w[1] && a[i * 4 + 2] === w[2] && a[i * 4 + 3] === w[3]) return i;
     }
     return -1;
+  }
+
+  /** The columns and labels, as another thread can be handed them (typed arrays are transferred, not copied). */
+  toColumns(): BindingColumnsTransfer {
+    return { count: this.count, labels: this.labels, labelIndex: this.labelIndex, family: this.family, protocol: this.protocol, prefixLen: this.prefixLen, port: this.port, addr: this.addr };
+  }
+
+  /** A table owning columns another thread made (toColumns): nothing is parsed or copied again. */
+  static fromColumns(c: BindingColumnsTransfer): BindingTable {
+    const t = new BindingTable(0);
+    t.count = c.count;
+    t.labels = c.labels;
+    t.labelIds = new Map(c.labels.map((label, i) => [label, i]));
+    t.labelIndex = c.labelIndex;
+    t.family = c.family;
+    t.protocol = c.protocol;
+    t.prefixLen = c.prefixLen;
+    t.port = c.port;
+    t.addr = c.addr;
+    return t;
   }
 
   /** A copy with room for `extra` more, made column by column (a 100,000-binding table in about a millisecond). */

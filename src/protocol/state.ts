@@ -25,7 +25,7 @@
  */
 import crypto from 'node:crypto';
 import { SwitchyardError } from '../errors.js';
-import { BindingTable, IPPROTO, parseBindingList, parseBindingPrefix, parsePort, parseProtocol, protocolName, type Binding } from '../bindings/binding.js';
+import { BindingTable, IPPROTO, parseBindingList, parseBindingPrefix, parsePort, parseProtocol, protocolName, type Binding, type BindingColumnsTransfer } from '../bindings/binding.js';
 import { formatPrefix, longestZeroRun, type Prefix } from '../net/address.js';
 import { policiesText, type DesiredState } from '../desired/state.js';
 import type { BindingChange } from '../firewall/incremental.js';
@@ -97,9 +97,42 @@ const bump = <K>(m: Map<K, number>, k: K, by: number) => {
   else m.set(k, n);
 };
 
+/** An IndexedState taken apart to cross threads (see toParts). */
+export interface IndexedParts {
+  columns: BindingColumnsTransfer;
+  policies: Omit<DesiredState, 'bindings'>;
+  slots: Int32Array;
+  lanes: Uint32Array;
+  labels: Map<string, number>;
+  destinations: Map<number, number>;
+  digest: string;
+}
+
+/** A delta's bindings parsed and checked on their own (keys, values, duplicates among the adds), not yet against a state. */
+export interface ParsedDelta {
+  added: BindingTable;
+  /** The keys removed (labels unused). */
+  removed: BindingTable;
+}
+
+/** Parses a delta's entries, naming a bad one; what it means for a state is applyParsed's to check. */
+export function parseDelta(delta: StateDelta, source = 'delta'): ParsedDelta {
+  const added = parseBindingList(delta.add, `${source} (add)`); // named entries, duplicates within the adds
+  const removed = new BindingTable(Math.max(16, delta.remove.length));
+  delta.remove.forEach((key, n) => {
+    const entry = `${source}: remove[${n}]`;
+    removed.add('', parseProtocol(key.protocol, entry), parseBindingPrefix(key.prefix, entry, false), parsePort(key.port, entry));
+  });
+  return { added, removed };
+}
+
 /** A delta made in place: what it changed, and how to take it back. */
 export interface AppliedDelta {
-  changes: BindingChange[];
+  /** Removals (in the delta's order), then additions, as bindings; made on first use. */
+  readonly changes: BindingChange[];
+  changeCount: number;
+  /** Makes `changes` a slice at a time, giving the event loop turns (a large delta). */
+  prepareChanges(): Promise<void>;
   /** The rows the additions took (they stay there until the next delta). */
   addedRows: number[];
   /** Bindings a label had before the delta (for the labels the delta removed from). */
@@ -125,6 +158,29 @@ export class IndexedState {
     private readonly labels: Map<string, number>,
     private readonly destinations: Map<number, number>,
   ) {}
+
+  /**
+   * Everything this index holds, as another thread can hand it over (the
+   * columns and the hash slots are transferred; policies, counts and
+   * labels are cloned, small): a large push is parsed and indexed off the
+   * event loop (src/agent/decoder.ts).
+   */
+  toParts(): IndexedParts {
+    const { bindings, ...policies } = this.state;
+    return { columns: bindings.toColumns(), policies, slots: this.slots, lanes: this.lanes, labels: this.labels, destinations: this.destinations, digest: this.digest };
+  }
+
+  static fromParts(p: IndexedParts): IndexedState {
+    const indexed = new IndexedState({ bindings: BindingTable.fromColumns(p.columns), ...p.policies }, p.slots, p.lanes, p.labels, p.destinations);
+    indexed.cachedDigest = p.digest;
+    return indexed;
+  }
+
+  /** The typed arrays of toParts(), to transfer. */
+  static transferList(p: IndexedParts): ArrayBuffer[] {
+    const c = p.columns;
+    return [c.labelIndex, c.family, c.protocol, c.prefixLen, c.port, c.addr, p.slots, p.lanes].map((a) => a.buffer as ArrayBuffer);
+  }
 
   static of(state: DesiredState): IndexedState {
     const t = state.bindings;
@@ -251,18 +307,22 @@ export class IndexedState {
    * as it was.
    */
   applyDelta(delta: StateDelta, source = 'delta'): AppliedDelta {
-    const added = parseBindingList(delta.add, `${source} (add)`); // named entries, duplicates within the adds
+    return this.applyParsed(parseDelta(delta, source), source);
+  }
+
+  /** applyDelta of a delta parseDelta made (on this thread or another: src/agent/decoder.ts). */
+  applyParsed(parsed: ParsedDelta, source = 'delta'): AppliedDelta {
+    const { added, removed } = parsed;
     const t = this.state.bindings;
     const removedRows = new Set<number>();
-    delta.remove.forEach((key, n) => {
-      const entry = `${source}: remove[${n}]`;
-      const protocol = parseProtocol(key.protocol, entry);
-      const prefix = parseBindingPrefix(key.prefix, entry, false);
-      const port = parsePort(key.port, entry);
-      const at = this.find(IPPROTO[protocol], prefix, port);
-      if (at < 0 || removedRows.has(at)) throw new SwitchyardError('EINVAL_BINDING', `${entry} (${protocol} ${formatPrefix(prefix)} port ${port}): no such binding to remove`, { entry });
+    for (let n = 0; n < removed.count; n++) {
+      const at = this.findRow(removed, n);
+      if (at < 0 || removedRows.has(at)) {
+        const entry = `${source}: remove[${n}]`;
+        throw new SwitchyardError('EINVAL_BINDING', `${entry} (${protocolName(removed.protocol[n]!)} ${removed.prefixText(n)} port ${removed.port[n]}): no such binding to remove`, { entry });
+      }
       removedRows.add(at);
-    });
+    }
     for (let j = 0; j < added.count; j++) {
       const at = this.findRow(added, j);
       if (at >= 0 && !removedRows.has(at)) {
@@ -273,31 +333,53 @@ export class IndexedState {
     }
     // Checked: from here on nothing throws. Each step is recorded for undo.
     const labelCountBefore = new Map<string, number>();
-    const changes: BindingChange[] = [];
+    const taken: Row[] = [];
     const addedRows: number[] = [];
     const undo: Array<() => void> = [];
     if (slotCount(t.count + added.count) > this.slots.length) this.rehash(slotCount(t.count + added.count));
     // Removing moves rows: find each removal again by key as it comes.
-    for (const key of delta.remove) {
-      const at = this.find(IPPROTO[key.protocol as 'tcp' | 'udp'], parseBindingPrefix(key.prefix, source, false), key.port);
+    for (let n = 0; n < removed.count; n++) {
+      const at = this.findRow(removed, n);
       const label = t.label(at);
       if (!labelCountBefore.has(label)) labelCountBefore.set(label, this.labelCount(label));
-      changes.push({ binding: t.binding(at), removed: true });
       const row = this.takeRow(at);
+      taken.push(row);
       undo.push(() => this.putRow(at, row));
     }
     for (let j = 0; j < added.count; j++) {
-      const b = added.binding(j);
-      const i = t.add(b.label, b.protocol, added.prefix(j), b.port);
+      const i = t.addFrom(added, j);
       this.insert(i);
       this.count(i, 1);
       addedRows.push(i);
-      changes.push({ binding: b, removed: false });
       undo.push(() => this.takeRow(i));
     }
     this.cachedDigest = undefined;
+    // The changes as bindings (text), made when first asked for, or a slice
+    // at a time by prepareChanges(): formatting tens of thousands of
+    // prefixes is a large part of a big delta's cost.
+    const changes: BindingChange[] = [];
+    const total = taken.length + addedRows.length;
+    const change = (k: number): BindingChange => {
+      if (k >= taken.length) return { binding: t.binding(addedRows[k - taken.length]!), removed: false };
+      const row = taken[k]!;
+      return { binding: { label: t.labels[row.labelIndex]!, protocol: protocolName(row.protocol), prefix: formatPrefix({ family: row.family as 4 | 6, words: row.addr, length: row.prefixLen }), port: row.port }, removed: true };
+    };
     return {
-      changes,
+      get changes() {
+        while (changes.length < total) changes.push(change(changes.length));
+        return changes;
+      },
+      changeCount: total,
+      async prepareChanges() {
+        let slice = performance.now();
+        while (changes.length < total) {
+          changes.push(change(changes.length));
+          if (performance.now() - slice > 20) {
+            await new Promise<void>((resolve) => setImmediate(resolve));
+            slice = performance.now();
+          }
+        }
+      },
       addedRows,
       labelCountBefore,
       undo: () => {

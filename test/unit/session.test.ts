@@ -4,6 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { AgentSession } from '../../src/agent/session.js';
 import { StateStore } from '../../src/agent/store.js';
+import { DECODE_OFF_THREAD_BYTES, PushDecoder } from '../../src/agent/decoder.js';
 import { parseDesiredState, type DesiredState } from '../../src/desired/state.js';
 import { diffStates, stateDigest } from '../../src/protocol/state.js';
 import { encodeFrame, parseFrame, type Frame, type Nack } from '../../src/protocol/messages.js';
@@ -107,8 +108,8 @@ describe('agent session (fake transport)', () => {
     const full = () => {
       throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
     };
-    const [append, save] = [store.appendDelta.bind(store), store.saveSnapshotFrame.bind(store)];
-    store.appendDelta = full;
+    const [append, save] = [store.appendDeltaFrame.bind(store), store.saveSnapshotFrame.bind(store)];
+    store.appendDeltaFrame = full;
     store.saveSnapshotFrame = full;
     const v1 = stateDigest(parse(V1));
     const delta = { type: 'delta', epoch: 'e1', version: 2, from_version: 1, digest: stateDigest(parse(V2)), ...diffStates(parse(V1), parse(V2)) };
@@ -121,7 +122,7 @@ describe('agent session (fake transport)', () => {
     expect(s.applied!.indexed.digest).toBe(v1);
     expect(store.recoverFromCrash()).toBeUndefined(); // no marker left: the version is not taken for one that killed the agent
     // Space again: the same delta applies.
-    store.appendDelta = append;
+    store.appendDeltaFrame = append;
     store.saveSnapshotFrame = save;
     await push(s, delta);
     expect(last()).toMatchObject({ type: 'ack', version: 2 });
@@ -143,6 +144,37 @@ describe('agent session (fake transport)', () => {
     const frame = encodeFrame(last());
     expect(parseFrame(frame)).toMatchObject({ type: 'nack', code: 'EAPPLY', version: 1 });
     expect(frame.length).toBeLessThan(8192);
+  });
+
+  it('a large snapshot goes through the decoder (bytes in, index out) and is stored as it came; an invalid one is NACKed naming its version', async () => {
+    const big = doc(Array.from({ length: 8000 }, (_, i) => ['cdn', `10.${i >> 8}.${i & 255}.0/24`, 0] as [string, string, number]));
+    const s = new AgentSession({ agentId: 'edge-1', agentVersion: 'test', store: new StateStore(dir), send: (f) => sent.push(f), decoder: new PushDecoder(), apply: async (next) => void applied.push({ state: next.state, changes: undefined }) });
+    const bytes = Buffer.from(JSON.stringify(snapshot(1, big)));
+    expect(bytes.length).toBeGreaterThanOrEqual(DECODE_OFF_THREAD_BYTES);
+    await s.receive(bytes);
+    expect(last()).toMatchObject({ type: 'ack', version: 1, digest: stateDigest(parse(big)) });
+    expect(applied[0]!.state.bindings.count).toBe(8000);
+    expect(new StateStore(dir).lastKnownGood()).toMatchObject({ version: 1, state: big });
+    const bad = doc([...big.bindings.map((b) => [b.label, b.prefix, b.port] as [string, string, number]), ['cdn', '10.0.0.1/24', 0]]);
+    await s.receive(Buffer.from(JSON.stringify({ ...snapshot(2, big), state: bad })));
+    expect(last()).toMatchObject({ type: 'nack', version: 2, code: 'EINVALID' });
+    expect((last() as Nack).message).toMatch(/host bits/);
+    await s.receive(Buffer.from(`{${' '.repeat(DECODE_OFF_THREAD_BYTES)}`));
+    expect(last()).toMatchObject({ type: 'nack', epoch: null, version: null, code: 'EINVALID' });
+    expect(s.applied!.version).toBe(1);
+    // A large delta: its lists parsed by the decoder, applied in place, logged as the frame that came.
+    const bigger = doc([...big.bindings.map((b) => [b.label, b.prefix, b.port] as [string, string, number]), ...Array.from({ length: 8000 }, (_, i) => ['spectrum', `10.${100 + (i >> 8)}.${i & 255}.0/24`, 443] as [string, string, number])]);
+    const delta = { type: 'delta', epoch: 'e1', version: 2, from_version: 1, digest: stateDigest(parse(bigger)), ...diffStates(parse(big), parse(bigger)) };
+    expect(Buffer.byteLength(JSON.stringify(delta))).toBeGreaterThanOrEqual(DECODE_OFF_THREAD_BYTES);
+    await s.receive(Buffer.from(JSON.stringify({ ...delta, add: [...delta.add, { label: 'x', protocol: 'tcp', prefix: '10.0.0.1/24', port: 0 }] })));
+    expect(last()).toMatchObject({ type: 'nack', version: 2, code: 'EINVALID' }); // a bad entry, named, for its version
+    expect((last() as Nack).message).toMatch(/delta 2 \(add\): bindings\[8000\]/);
+    await s.receive(Buffer.from(JSON.stringify(delta)));
+    expect(last()).toMatchObject({ type: 'ack', version: 2 });
+    expect(s.applied!.indexed.bindings.count).toBe(16000);
+    const restarted = new AgentSession({ agentId: 'edge-1', agentVersion: 'test', store: new StateStore(dir), send: () => {}, apply: async () => {} });
+    await restarted.restore();
+    expect(restarted.applied).toMatchObject({ version: 2, digest: stateDigest(parse(bigger)) });
   });
 
   it('a first state the kernel refuses half way is put back to nothing: the kernel is given the empty state, status and kernel agree', async () => {

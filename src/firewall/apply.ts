@@ -452,6 +452,8 @@ export interface ApplyResult {
   changed: boolean;
   summary: ChangeSummary;
   ms: number;
+  /** Whether sync went the incremental way (the delta's entries only, no read-back). */
+  incremental?: boolean;
 }
 
 /** Maps a tool's "line N" complaint back to the object that line was about. */
@@ -627,7 +629,7 @@ export class Firewall {
       try {
         if (!isEmpty(delta)) await this.execute(delta, hooks);
         this.model = update.model;
-        return { backend: await this.backend(), changed: !isEmpty(delta), summary: delta.summary, ms: performance.now() - started };
+        return { backend: await this.backend(), changed: !isEmpty(delta), summary: delta.summary, ms: performance.now() - started, incremental: true };
       } catch {
         // The kernel was not what the model said (a set full, one destroyed
         // by someone): the full apply below reads it back and repairs.

@@ -19,6 +19,7 @@ import { fileURLToPath } from 'node:url';
 import { parseDesiredState, type DesiredState } from '../src/desired/state.js';
 import { planFirewall } from '../src/firewall/plan.js';
 import { Firewall } from '../src/firewall/apply.js';
+import { FirewallModel } from '../src/firewall/incremental.js';
 import { ProcessRunner, type Runner } from '../src/firewall/runner.js';
 import { formatAddress } from '../src/net/address.js';
 import type { Binding } from '../src/bindings/binding.js';
@@ -273,8 +274,38 @@ export async function loopBench(count: number, changes: number): Promise<LoopFig
   };
 }
 
+/**
+ * Planning alone (`node dist/bench/firewall.js plan <bindings> <changes>`):
+ * the fastest of three full plans of the result against the fastest of
+ * three incremental updates to it (declined: the change goes the full way).
+ * Synchronous on purpose: the figures are CPU time, not event-loop holds.
+ */
+export function planBench(count: number, changes: number) {
+  const doc = stateDoc(count + changes);
+  const removed = doc.bindings.slice(0, Math.floor(changes / 10)) as Binding[];
+  const added = doc.bindings.slice(count) as Binding[];
+  const before = parseDesiredState({ ...doc, bindings: doc.bindings.slice(0, count) }, 'before');
+  const after = parseDesiredState({ ...doc, bindings: doc.bindings.slice(removed.length) }, 'after');
+  const delta = [...removed.map((binding) => ({ binding, removed: true })), ...added.map((binding) => ({ binding, removed: false }))];
+  const fastest = (fn: () => unknown) => {
+    let best = Infinity;
+    for (let i = 0; i < 3; i++) {
+      const started = performance.now();
+      fn();
+      best = Math.min(best, performance.now() - started);
+    }
+    return Math.round(best);
+  };
+  const model = FirewallModel.of(before);
+  let declined = false;
+  const incremental = fastest(() => (declined = model.update(after, delta) === undefined));
+  return { bindings: count, changes: delta.length, full_plan_ms: fastest(() => FirewallModel.of(after)), incremental_ms: incremental, declined };
+}
+
 if (process.argv[1] === fileURLToPath(import.meta.url)) {
-  if (process.argv[2] === 'loop') {
+  if (process.argv[2] === 'plan') {
+    process.stdout.write(`${JSON.stringify(planBench(Number(process.argv[3] ?? 100_000), Number(process.argv[4] ?? 1_000)))}\n`);
+  } else if (process.argv[2] === 'loop') {
     process.stdout.write(`${JSON.stringify(await loopBench(Number(process.argv[3] ?? 100_000), Number(process.argv[4] ?? 1_000)))}\n`);
   } else {
     process.stdout.write(`${JSON.stringify(await firewallBench(Number(process.argv[2] ?? 100_000)))}\n`);

@@ -251,7 +251,8 @@ function fastest(samples: number, fn: () => unknown): number {
 
 describe('incremental firewall cost', () => {
   // The old update spliced whole sets per changed prefix: 100,000 + 1,000
-  // took 3-4 times a full plan, 20,000 + 20,000 forty times (10-16 s).
+  // took 3-4 times a full plan, 100,000 + 9,000 about 30 times, 20,000 +
+  // 20,000 fifty times and more (7-16 s).
   it('plans a delta in no more than about a full plan of its result (100,000 + 1,000; 20,000 + 20,000; 100,000 + 9,000)', () => {
     for (const [n, k, bound] of [
       [100_000, 1_000, 1],

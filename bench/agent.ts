@@ -72,7 +72,9 @@ export async function pair(dir: string, certs: ReturnType<typeof makeCerts>, pus
     fs.mkdirSync(dir);
     const config = writeAgentConfig(dir, { agentId: 'bench', port, ca: certs.ca, token: 'tok', netns: ns.path, bpffs: ns.bpffs, extra: { firewall: { backend: 'auto', resync_seconds: 3600 }, heartbeat_seconds: 3600 } });
     // Its JSON log lines: to our stderr with BENCH_LOG set (phase timings), else dropped.
-    agent = spawn(CLI, ['agent', '--config', config], { stdio: ['ignore', pushes ? 'pipe' : process.env.BENCH_LOG ? 'inherit' : 'ignore', 'inherit'] });
+    // BENCH_PROFILE=DIR: the agent writes a CPU profile there when it stops.
+    const profile = process.env.BENCH_PROFILE ? [`--cpu-prof`, `--cpu-prof-dir=${process.env.BENCH_PROFILE}`] : [];
+    agent = spawn(process.execPath, [...profile, CLI, 'agent', '--config', config], { stdio: ['ignore', pushes ? 'pipe' : process.env.BENCH_LOG ? 'inherit' : 'ignore', 'inherit'] });
     const child = agent;
     if (pushes) {
       readline.createInterface({ input: child.stdout! }).on('line', (line) => {

@@ -35,6 +35,12 @@ interface Row {
   loop_max_ms: number;
 }
 
+/** stateDoc's random port-80 bindings that fall inside its HTTPS-only ranges are refused by the agent's guard (at 1M, a few do): left out. */
+function withoutPlaintextInsideHttpsOnly(doc: Doc): Doc {
+  const inside = (b: Binding) => b.port === 80 && (/^198\.1[89]\./.test(b.prefix) || /^2001:db8:ffff:/.test(b.prefix));
+  return { ...doc, bindings: doc.bindings.filter((b) => !inside(b)) };
+}
+
 /** `n` prefixes of length `len` from 100.64.0.0 on (a range stateDoc never uses), for `label`. */
 function prefixes(n: number, len: number, label: string, from = 0x64400000): Binding[] {
   return Array.from({ length: n }, (_, k) => {
@@ -76,7 +82,7 @@ async function run(large: boolean): Promise<Row[]> {
     ]);
 
     for (const count of large ? [100_000, 1_000_000] : [100_000]) {
-      const base = stateDoc(count);
+      const base = withoutPlaintextInsideHttpsOnly(stateDoc(count));
       const n = count.toLocaleString('en');
       const one = { ...base, bindings: [...base.bindings, ...prefixes(1, 32, 'spectrum')] };
       const short = { ...one, bindings: [...one.bindings, ...prefixes(64, 10, 'cdn', 0x0b000000)] };

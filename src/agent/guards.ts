@@ -7,6 +7,7 @@
  */
 import { IPPROTO, parseBindingPrefix } from '../bindings/binding.js';
 import { IndexedState, type AppliedDelta } from '../protocol/state.js';
+import { STRIDE, runSliced, runSync, type Steps } from '../slice.js';
 import { formatPrefix, prefixContains } from '../net/address.js';
 import { MAX_DESTINATIONS } from '../trie/layout.js';
 import { type DesiredState, rangesContain } from '../desired/state.js';
@@ -33,13 +34,16 @@ export const DEFAULT_LIMITS: GuardLimits = { maxBindings: 4_000_000, withdrawalS
 const SHOWN = 5;
 
 /** Bindings (rows of `state`) on a plaintext port inside an HTTPS-only range: the range would refuse them. */
-function plaintextInsideHttpsOnly(state: DesiredState, rows: Iterable<number>): GuardFinding | undefined {
+function* plaintextInsideHttpsOnly(state: DesiredState, rows: ArrayLike<number> | undefined): Steps<GuardFinding | undefined> {
   const t = state.bindings;
   const ranges = state.httpsOnly.prefixes;
   if (ranges.length === 0) return undefined;
   const hits: string[] = [];
   let count = 0;
-  for (const i of rows) {
+  const n = rows ? rows.length : t.count;
+  for (let k = 0; k < n; k++) {
+    if (k % STRIDE === STRIDE - 1) yield;
+    const i = rows ? rows[k]! : k;
     const port = t.port[i]!;
     if (port === 0 || !rangesContain(state.httpsOnly.plaintextPorts, port)) continue;
     const inside = ranges.find((r) => r.family === t.family[i] && r.length <= t.prefixLen[i]! && prefixContains(r.words, 0, r.length, t.addr, i * 4));
@@ -69,7 +73,7 @@ function capacity(state: IndexedState, limits: GuardLimits): GuardFinding | unde
  * that is more than the budget (max(share × before, min)) or when the
  * service is emptied.
  */
-function withdrawal(before: IndexedState | AppliedDelta, after: IndexedState, limits: GuardLimits): GuardFinding | undefined {
+function* withdrawal(before: IndexedState | AppliedDelta, after: IndexedState, limits: GuardLimits): Steps<GuardFinding | undefined> {
   const removed = new Map<string, number>();
   let countBefore: (label: string) => number;
   if (before instanceof IndexedState) {
@@ -78,13 +82,16 @@ function withdrawal(before: IndexedState | AppliedDelta, after: IndexedState, li
     for (let i = 0; i < a.count; i++) {
       const j = after.findRow(a, i);
       if (j < 0 || a.label(i) !== b.label(j)) removed.set(a.label(i), (removed.get(a.label(i)) ?? 0) + 1);
+      if (i % STRIDE === STRIDE - 1) yield;
     }
     countBefore = (label) => before.labelCount(label);
   } else {
     // A removal whose key the delta binds again to the same label withdraws
     // nothing: the state after says so, one lookup each.
     const t = after.bindings;
+    let k = 0;
     for (const { binding: b, removed: gone } of before.changes) {
+      if (++k % STRIDE === 0) yield;
       if (!gone) continue;
       const at = after.find(IPPROTO[b.protocol], parseBindingPrefix(b.prefix, 'change', false), b.port);
       if (at < 0 || t.label(at) !== b.label) removed.set(b.label, (removed.get(b.label) ?? 0) + 1);
@@ -116,12 +123,24 @@ function withdrawal(before: IndexedState | AppliedDelta, after: IndexedState, li
  * gets. The withdrawal budget is skipped when the push carries an override
  * for its version (`override`).
  */
-export function checkGuards(before: IndexedState | AppliedDelta | undefined, after: IndexedState, options: { override?: boolean; limits?: GuardLimits } = {}): GuardFinding[] {
+export function checkGuards(before: IndexedState | AppliedDelta | undefined, after: IndexedState, options: GuardOptions = {}): GuardFinding[] {
+  return runSync(guardSteps(before, after, options));
+}
+
+/** checkGuards in slices (src/slice.ts): a million bindings' guards give the event loop turns. */
+export function checkGuardsSliced(before: IndexedState | AppliedDelta | undefined, after: IndexedState, options: GuardOptions = {}): Promise<GuardFinding[]> {
+  return runSliced(guardSteps(before, after, options));
+}
+
+interface GuardOptions {
+  override?: boolean;
+  limits?: GuardLimits;
+}
+
+function* guardSteps(before: IndexedState | AppliedDelta | undefined, after: IndexedState, options: GuardOptions): Steps<GuardFinding[]> {
   const limits = options.limits ?? DEFAULT_LIMITS;
-  const rows = before && !(before instanceof IndexedState) ? before.addedRows : Array.from({ length: after.bindings.count }, (_, i) => i);
-  const findings: GuardFinding[] = [];
-  for (const f of [plaintextInsideHttpsOnly(after.state, rows), capacity(after, limits), before && !options.override ? withdrawal(before, after, limits) : undefined]) {
-    if (f) findings.push(f);
-  }
-  return findings;
+  // A delta: only the rows it added; a whole state: every row.
+  const rows = before && !(before instanceof IndexedState) ? before.addedRows : undefined;
+  const found = [yield* plaintextInsideHttpsOnly(after.state, rows), capacity(after, limits), before && !options.override ? yield* withdrawal(before, after, limits) : undefined];
+  return found.filter((f): f is GuardFinding => f !== undefined);
 }

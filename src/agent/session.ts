@@ -13,10 +13,11 @@
 import { parseDesiredState, policiesText } from '../desired/state.js';
 import type { BindingChange } from '../firewall/incremental.js';
 import { SwitchyardError } from '../errors.js';
-import { checkGuards, type GuardLimits } from './guards.js';
+import { checkGuardsSliced, type GuardLimits } from './guards.js';
 import type { StateStore } from './store.js';
 import { PROTOCOL_VERSION, parseFrame, type Delta, type Frame, type Hello, type Nack, type NackCode, type Snapshot, type StateId } from '../protocol/messages.js';
-import { IndexedState, documentOf, type AppliedDelta } from '../protocol/state.js';
+import { IndexedState, documentOf, parseDelta, parsedDiffSteps, type AppliedDelta } from '../protocol/state.js';
+import { runSliced } from '../slice.js';
 import { DECODE_OFF_THREAD_BYTES, type Decoded, type PushDecoder } from './decoder.js';
 
 export interface SessionOptions {
@@ -226,9 +227,9 @@ export class AgentSession {
       // an agent that reconnects) is made as the delta between them: an
       // unchanged state costs no kernel write at all.
       if (c && policiesText(c.indexed.state) === policiesText(next.state)) {
-        const delta = c.indexed.diffTo(next);
-        if (delta.add.length + delta.remove.length <= Math.max(SNAPSHOT_AS_DELTA_MIN, c.indexed.bindings.count / 10)) {
-          made = c.indexed.applyDelta(delta, `snapshot ${frame.version} (as a delta)`);
+        const delta = await runSliced(parsedDiffSteps(c.indexed, next, Math.max(SNAPSHOT_AS_DELTA_MIN, c.indexed.bindings.count / 10)));
+        if (delta) {
+          made = await c.indexed.applyParsedSliced(delta, `snapshot ${frame.version} (as a delta)`);
           next = c.indexed;
         }
       }
@@ -237,7 +238,8 @@ export class AgentSession {
         throw new Refusal('EGAP', `delta ${frame.from_version} → ${frame.version} of epoch ${frame.epoch} does not start from what this agent has (${c ? `${c.epoch} ${c.version}` : 'nothing'}); send a snapshot`);
       }
       if (decoded?.kind === 'invalid') throw decoded.error;
-      made = decoded?.kind === 'delta' ? c.indexed.applyParsed(decoded.parsed, `delta ${frame.version}`) : c.indexed.applyDelta({ add: frame.add as never, remove: frame.remove }, `delta ${frame.version}`);
+      const source = `delta ${frame.version}`;
+      made = await c.indexed.applyParsedSliced(decoded?.kind === 'delta' ? decoded.parsed : parseDelta({ add: frame.add as never, remove: frame.remove }, source), source);
       next = c.indexed;
     }
     const override = frame.override !== undefined && frame.override.version === frame.version;
@@ -250,7 +252,7 @@ export class AgentSession {
       changes = made?.changes;
       digest = next.digest;
       if (digest !== frame.digest) throw new Refusal('EDIGEST', `the pushed state's digest is ${digest}, the push says ${frame.digest}`);
-      const findings = checkGuards(made ?? c?.indexed, next, { override, ...(this.options.limits ? { limits: this.options.limits } : {}) });
+      const findings = await checkGuardsSliced(made ?? c?.indexed, next, { override, ...(this.options.limits ? { limits: this.options.limits } : {}) });
       if (findings.length > 0) {
         const f = findings[0]!;
         throw new Refusal(f.code, findings.map((x) => x.message).join('; '), findings.flatMap((x) => x.entries));

@@ -44,7 +44,7 @@ import {
   parseIptablesSave,
   renderChain,
 } from './netfilter.js';
-import { STRIDE, type Steps, runSliced, runSync } from './slice.js';
+import { STRIDE, type Steps, runSliced, runSync } from '../slice.js';
 import type { Runner } from './runner.js';
 import { FirewallModel, type BindingChange, type SetDelta } from './incremental.js';
 import type { DesiredState } from '../desired/state.js';

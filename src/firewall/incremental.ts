@@ -40,7 +40,7 @@ import {
   keepSet,
   skeletonSteps,
 } from './plan.js';
-import { STRIDE, type Steps, runSync, sortSteps } from './slice.js';
+import { STRIDE, type Steps, runSync, sortSteps } from '../slice.js';
 
 export interface BindingChange {
   binding: Binding;

@@ -11,7 +11,7 @@ import { type Prefix, parsePrefix } from '../net/address.js';
 import type { Protocol } from '../bindings/binding.js';
 import type { PortRanges } from '../desired/state.js';
 import { type Chain, type IpSet, type Rule, type SetEntry, MAIN_CHAIN, OWNED_SET, PROTOCOL_CHAIN, ipsetText } from './plan.js';
-import { STRIDE, type Steps, runSync } from './slice.js';
+import { STRIDE, type Steps, runSync } from '../slice.js';
 
 export const OUR_CHAINS: readonly string[] = [MAIN_CHAIN, PROTOCOL_CHAIN.tcp, PROTOCOL_CHAIN.udp];
 /** The comment on INPUT's jump to our main chain. */

@@ -31,7 +31,7 @@ import crypto from 'node:crypto';
 import { type Family, type Prefix, PREFIX_MASKS, familyBits, formatAddress, formatPrefix, prefixContains } from '../net/address.js';
 import { IPPROTO, type Protocol } from '../bindings/binding.js';
 import { type DesiredState, type PortRanges, allowedPorts, rangesContain } from '../desired/state.js';
-import { STRIDE, type Steps, runSync, sortSteps } from './slice.js';
+import { STRIDE, type Steps, runSync, sortSteps } from '../slice.js';
 
 export const MAIN_CHAIN = 'SWITCHYARD';
 export const PROTOCOL_CHAIN: Record<Protocol, string> = { tcp: 'SWITCHYARD-TCP', udp: 'SWITCHYARD-UDP' };

@@ -24,6 +24,7 @@
  * authenticated and the control plane is trusted anyway).
  */
 import crypto from 'node:crypto';
+import { STRIDE, runSliced, runSync, type Steps } from '../slice.js';
 import { SwitchyardError } from '../errors.js';
 import { BindingTable, IPPROTO, parseBindingList, parseBindingPrefix, parsePort, parseProtocol, protocolName, type Binding, type BindingColumnsTransfer } from '../bindings/binding.js';
 import { formatPrefix, longestZeroRun, type Prefix } from '../net/address.js';
@@ -312,6 +313,19 @@ export class IndexedState {
 
   /** applyDelta of a delta parseDelta made (on this thread or another: src/agent/decoder.ts). */
   applyParsed(parsed: ParsedDelta, source = 'delta'): AppliedDelta {
+    return runSync(this.applySteps(parsed, source));
+  }
+
+  /**
+   * applyParsed in slices (src/slice.ts): a large delta gives the event loop
+   * turns. Between slices the state is part made; the caller (the agent's
+   * session, one push at a time) lets nothing else write it meanwhile.
+   */
+  applyParsedSliced(parsed: ParsedDelta, source = 'delta'): Promise<AppliedDelta> {
+    return runSliced(this.applySteps(parsed, source));
+  }
+
+  private *applySteps(parsed: ParsedDelta, source: string): Steps<AppliedDelta> {
     const { added, removed } = parsed;
     const t = this.state.bindings;
     const removedRows = new Set<number>();
@@ -322,6 +336,7 @@ export class IndexedState {
         throw new SwitchyardError('EINVAL_BINDING', `${entry} (${protocolName(removed.protocol[n]!)} ${removed.prefixText(n)} port ${removed.port[n]}): no such binding to remove`, { entry });
       }
       removedRows.add(at);
+      if (n % STRIDE === STRIDE - 1) yield;
     }
     for (let j = 0; j < added.count; j++) {
       const at = this.findRow(added, j);
@@ -330,6 +345,7 @@ export class IndexedState {
         const entry = `${source} (add): bindings[${j}]`;
         throw new SwitchyardError('EINVAL_BINDING', `${entry} (${b.protocol} ${b.prefix} port ${b.port}): already bound to ${t.label(at)}; remove it in the same delta to relabel`, { entry });
       }
+      if (j % STRIDE === STRIDE - 1) yield;
     }
     // Checked: from here on nothing throws. Each step is recorded for undo.
     const labelCountBefore = new Map<string, number>();
@@ -345,6 +361,7 @@ export class IndexedState {
       const row = this.takeRow(at);
       taken.push(row);
       undo.push(() => this.putRow(at, row));
+      if (n % STRIDE === STRIDE - 1) yield;
     }
     for (let j = 0; j < added.count; j++) {
       const i = t.addFrom(added, j);
@@ -352,6 +369,7 @@ export class IndexedState {
       this.count(i, 1);
       addedRows.push(i);
       undo.push(() => this.takeRow(i));
+      if (j % STRIDE === STRIDE - 1) yield;
     }
     this.cachedDigest = undefined;
     // The changes as bindings (text), made when first asked for, or a slice
@@ -370,16 +388,15 @@ export class IndexedState {
         return changes;
       },
       changeCount: total,
-      async prepareChanges() {
-        let slice = performance.now();
-        while (changes.length < total) {
-          changes.push(change(changes.length));
-          if (performance.now() - slice > 20) {
-            await new Promise<void>((resolve) => setImmediate(resolve));
-            slice = performance.now();
-          }
-        }
-      },
+      prepareChanges: () =>
+        runSliced(
+          (function* () {
+            while (changes.length < total) {
+              changes.push(change(changes.length));
+              if (changes.length % STRIDE === 0) yield;
+            }
+          })(),
+        ),
       addedRows,
       labelCountBefore,
       undo: () => {
@@ -443,6 +460,31 @@ export class IndexedState {
     }
     return { add, remove };
   }
+}
+
+/**
+ * diffTo as columns (no text), in slices: the delta from `before` to
+ * `after`, ready for applyParsed. Stops early, answering undefined, once it
+ * has more than `max` changes (the caller then takes `after` whole).
+ */
+export function* parsedDiffSteps(before: IndexedState, after: IndexedState, max = Infinity): Steps<ParsedDelta | undefined> {
+  const a = before.state.bindings;
+  const b = after.state.bindings;
+  const added = new BindingTable(16);
+  const removed = new BindingTable(16);
+  for (let i = 0; i < a.count; i++) {
+    const j = after.findRow(a, i);
+    if (j < 0 || a.label(i) !== b.label(j)) removed.addFrom(a, i);
+    if (i % STRIDE === STRIDE - 1) yield;
+    if (removed.count > max) return undefined;
+  }
+  for (let j = 0; j < b.count; j++) {
+    const i = before.findRow(b, j);
+    if (i < 0 || b.label(j) !== a.label(i)) added.addFrom(b, j);
+    if (j % STRIDE === STRIDE - 1) yield;
+    if (added.count + removed.count > max) return undefined;
+  }
+  return { added, removed };
 }
 
 const keyOf = (t: BindingTable, i: number): BindingKey => ({ protocol: protocolName(t.protocol[i]!), prefix: t.prefixText(i), port: t.port[i]! });

@@ -6,7 +6,7 @@ import { Firewall } from '../../src/firewall/apply.js';
 import { renderChain, entryText, observedRuleSet } from '../../src/firewall/netfilter.js';
 import { evaluate } from '../../src/firewall/verdict.js';
 import type { FirewallPlan } from '../../src/firewall/plan.js';
-import { runSync } from '../../src/firewall/slice.js';
+import { runSync } from '../../src/slice.js';
 import type { Runner } from '../../src/firewall/runner.js';
 import { formatAddress, parseAddress } from '../../src/net/address.js';
 import { FakeNetfilter } from '../support/fake-netfilter.js';

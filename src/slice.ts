@@ -1,8 +1,9 @@
 /**
  * Long computations in slices, so that the agent's event loop keeps
- * turning while the firewall plans a million bindings (a full plan of
+ * turning while it plans a million bindings (a full firewall plan of
  * 1,000,000 took 5-8 s of one thread; the control plane's ping, the admin
- * socket and the metrics all wait for the thread). The planner's loops are
+ * socket and the metrics all wait for the thread). Long loops (the
+ * firewall's planner, a delta made on the indexed state) are
  * generators that `yield` every few thousand iterations; `runSync` runs one
  * to the end (the CLI, the warm-up, tests), `runSliced` gives the event
  * loop a turn whenever a slice has run for `sliceMs`. One body serves both,

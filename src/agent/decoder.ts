@@ -8,10 +8,8 @@
  * columns (IndexedState.toParts). `PushDecoder` is the agent's side; this
  * module is also the worker's script.
  */
-import { Worker, isMainThread, parentPort } from 'node:worker_threads';
-import fs from 'node:fs';
-import { fileURLToPath } from 'node:url';
-import { SwitchyardError, type ErrorCode } from '../errors.js';
+import type { SwitchyardError } from '../errors.js';
+import { RequestThread, fromWire, serveRequests, toWire } from '../thread.js';
 import { parseFrame, type Delta, type Frame, type Snapshot } from '../protocol/messages.js';
 import { BindingTable, type BindingColumnsTransfer } from '../bindings/binding.js';
 import { parseDesiredState } from '../desired/state.js';
@@ -37,18 +35,13 @@ type Reply =
   | { kind: 'frame'; frame: Frame; bytes: Uint8Array }
   | { kind: 'snapshot'; frame: SnapshotHead; parts: IndexedParts; bytes: Uint8Array }
   | { kind: 'delta'; frame: DeltaHead; added: BindingColumnsTransfer; removed: BindingColumnsTransfer; bytes: Uint8Array }
-  | { kind: 'invalid'; frame: SnapshotHead | DeltaHead; error: WireError; bytes: Uint8Array }
-  | { kind: 'error'; error: WireError; bytes: Uint8Array };
+  | { kind: 'invalid'; frame: SnapshotHead | DeltaHead; error: ReturnType<typeof toWire>; bytes: Uint8Array }
+  | { kind: 'error'; error: ReturnType<typeof toWire>; bytes: Uint8Array };
 
-interface WireError {
-  message: string;
-  code?: string;
-  entry?: string;
+interface Job {
+  bytes: Uint8Array;
+  maxFrameBytes?: number;
 }
-
-const toWire = (err: unknown): WireError => ({ message: (err as Error).message, code: (err as SwitchyardError).code, ...((err as SwitchyardError).entry !== undefined ? { entry: (err as SwitchyardError).entry } : {}) });
-const fromWire = (e: WireError): Error =>
-  e.code ? new SwitchyardError(e.code as ErrorCode, e.message, e.entry === undefined ? {} : { entry: e.entry }) : new Error(e.message);
 
 /** The work itself, on whichever thread runs it. */
 function decode(bytes: Uint8Array, maxFrameBytes: number | undefined): Reply {
@@ -79,39 +72,25 @@ function decode(bytes: Uint8Array, maxFrameBytes: number | undefined): Reply {
 
 const columnBuffers = (c: BindingColumnsTransfer) => [c.labelIndex, c.family, c.protocol, c.prefixLen, c.port, c.addr].map((a) => a.buffer as ArrayBuffer);
 
-if (!isMainThread && parentPort) {
-  const port = parentPort;
-  port.on('message', (job: { id: number; bytes: Uint8Array; maxFrameBytes?: number }) => {
-    let reply: Reply;
-    try {
-      reply = decode(job.bytes, job.maxFrameBytes);
-    } catch (err) {
-      reply = { kind: 'error', error: toWire(err), bytes: job.bytes };
-    }
-    const transfer: ArrayBuffer[] = [reply.bytes.buffer as ArrayBuffer];
-    if (reply.kind === 'snapshot') transfer.push(...IndexedState.transferList(reply.parts));
-    if (reply.kind === 'delta') transfer.push(...columnBuffers(reply.added), ...columnBuffers(reply.removed));
-    port.postMessage({ id: job.id, reply }, transfer);
-  });
-}
+serveRequests<Job, Reply>((job) => {
+  const reply = decode(job.bytes, job.maxFrameBytes);
+  const transfer: ArrayBuffer[] = [reply.bytes.buffer as ArrayBuffer];
+  if (reply.kind === 'snapshot') transfer.push(...IndexedState.transferList(reply.parts));
+  if (reply.kind === 'delta') transfer.push(...columnBuffers(reply.added), ...columnBuffers(reply.removed));
+  return { reply, transfer };
+});
 
 export class PushDecoder {
-  private worker: Worker | undefined;
-  private next = 1;
-  private readonly pending = new Map<number, { resolve: (r: Reply) => void; reject: (e: Error) => void }>();
-
-  /** The worker script next to this module (the compiled .js); from TypeScript sources (tests), decoded on this thread. */
-  static available(): boolean {
-    return fileURLToPath(import.meta.url).endsWith('.js') && fs.existsSync(fileURLToPath(import.meta.url));
-  }
+  private readonly thread = new RequestThread<Job, Reply>(import.meta.url, 'push decoder failed');
 
   /** Decodes a frame's bytes (which it takes: they come back in the result). Throws what parseFrame throws for an invalid frame. */
   async decode(bytes: Buffer, maxFrameBytes?: number): Promise<Decoded> {
-    const reply = PushDecoder.available() ? await this.onWorker(owned(bytes), maxFrameBytes) : decode(bytes, maxFrameBytes);
+    const job: Job = { bytes: owned(bytes), ...(maxFrameBytes !== undefined ? { maxFrameBytes } : {}) };
+    const reply = this.thread.available ? await this.thread.request(job, [job.bytes.buffer as ArrayBuffer]) : decode(job.bytes, maxFrameBytes);
     const back = Buffer.from(reply.bytes.buffer, reply.bytes.byteOffset, reply.bytes.byteLength);
     switch (reply.kind) {
       case 'error':
-        throw fromWire(reply.error);
+        throw fromWire(reply.error, 'push decoder failed');
       case 'frame':
         return { kind: 'frame', frame: reply.frame, bytes: back };
       case 'snapshot':
@@ -119,40 +98,12 @@ export class PushDecoder {
       case 'delta':
         return { kind: 'delta', frame: reply.frame, parsed: { added: BindingTable.fromColumns(reply.added), removed: BindingTable.fromColumns(reply.removed) }, bytes: back };
       case 'invalid':
-        return { kind: 'invalid', frame: reply.frame, error: fromWire(reply.error) as SwitchyardError, bytes: back };
+        return { kind: 'invalid', frame: reply.frame, error: fromWire(reply.error, 'push decoder failed') as SwitchyardError, bytes: back };
     }
-  }
-
-  private onWorker(bytes: Uint8Array, maxFrameBytes: number | undefined): Promise<Reply> {
-    if (!this.worker) {
-      const worker = new Worker(fileURLToPath(import.meta.url));
-      worker.unref(); // an idle decoder never keeps the agent alive
-      worker.on('message', (m: { id: number; reply: Reply }) => {
-        const p = this.pending.get(m.id);
-        this.pending.delete(m.id);
-        p?.resolve(m.reply);
-      });
-      worker.on('error', (err) => this.fail(err));
-      worker.on('exit', (code) => this.fail(new Error(`push decoder thread exited (${code})`)));
-      this.worker = worker;
-    }
-    const id = this.next++;
-    const worker = this.worker;
-    return new Promise<Reply>((resolve, reject) => {
-      this.pending.set(id, { resolve, reject });
-      worker.postMessage({ id, bytes, ...(maxFrameBytes !== undefined ? { maxFrameBytes } : {}) }, [bytes.buffer as ArrayBuffer]);
-    });
-  }
-
-  private fail(err: Error): void {
-    this.worker = undefined;
-    for (const p of this.pending.values()) p.reject(err);
-    this.pending.clear();
   }
 
   close(): void {
-    void this.worker?.terminate();
-    this.worker = undefined;
+    this.thread.close();
   }
 }
 

@@ -21,17 +21,23 @@ const INITIAL = {
   services: SERVICES,
 };
 
+/** A control plane on INITIAL serving the API (its state saved to `store`, when given); what the tests' hooks need. */
+async function apiServer(store?: ConstructorParameters<typeof ControlPlaneServer>[0]['store']) {
+  const certs = makeCerts();
+  const server = new ControlPlaneServer({ cert: certs.cert, key: certs.key, tokens: { 'edge-1': 'agent-token' }, adminToken: 'admin', epoch: 'e', ...(store ? { store } : {}) });
+  server.propose(parseDesiredState(INITIAL, 'initial'), 'test');
+  server.serveApi(new BindingsApi(server));
+  const port = await server.listen();
+  return { certs, server, port };
+}
+
 describe.skipIf(!hasOpenssl)('service-bindings API', () => {
   let certs: TestCerts;
   let server: ControlPlaneServer;
   let port: number;
   const written: unknown[] = [];
   beforeAll(async () => {
-    certs = makeCerts();
-    server = new ControlPlaneServer({ cert: certs.cert, key: certs.key, tokens: { 'edge-1': 'agent-token' }, adminToken: 'admin', epoch: 'e', store: { write: (doc) => void written.push(doc) } });
-    server.propose(parseDesiredState(INITIAL, 'initial'), 'test');
-    server.serveApi(new BindingsApi(server));
-    port = await server.listen();
+    ({ certs, server, port } = await apiServer({ write: (doc) => void written.push(doc) }));
   });
   afterAll(async () => {
     await server.close();
@@ -264,11 +270,7 @@ describe.skipIf(!hasOpenssl)("service-bindings API: own properties only (Object.
   let server: ControlPlaneServer;
   let port: number;
   beforeAll(async () => {
-    certs = makeCerts();
-    server = new ControlPlaneServer({ cert: certs.cert, key: certs.key, tokens: { 'edge-1': 'agent-token' }, adminToken: 'admin', epoch: 'e' });
-    server.propose(parseDesiredState(INITIAL, 'initial'), 'test');
-    server.serveApi(new BindingsApi(server));
-    port = await server.listen();
+    ({ certs, server, port } = await apiServer());
   });
   afterAll(async () => {
     await server.close();

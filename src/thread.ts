@@ -20,8 +20,8 @@ type Answer<Rep> = { id: number; reply: Rep } | { id: number; error: WireError }
 
 /** An Error as it crosses threads (the code and entry of a SwitchyardError kept). */
 export const toWire = (err: unknown): WireError => {
-  const e = err as SwitchyardError;
-  return { message: e.message, ...(typeof e.code === 'string' ? { code: e.code } : {}), ...(e.entry !== undefined ? { entry: e.entry } : {}) };
+  if (!(err instanceof SwitchyardError)) return { message: err instanceof Error ? err.message : String(err) };
+  return { message: err.message, code: err.code, ...(err.entry !== undefined ? { entry: err.entry } : {}) };
 };
 
 /** The Error again: a SwitchyardError when it had a code, else an Error whose message starts with `what`. */
@@ -46,10 +46,12 @@ export function serveRequests<Req, Rep>(handle: (request: Req) => { reply: Rep; 
   });
 }
 
+type Pending<Rep> = Map<number, { resolve: (r: Rep) => void; reject: (e: Error) => void }>;
+
 export class RequestThread<Req, Rep> {
-  private worker: Worker | undefined;
+  /** The thread, and the requests it owes: a thread that failed fails only its own (a late `exit` of an old one leaves a new one alone). */
+  private current: { worker: Worker; pending: Pending<Rep> } | undefined;
   private next = 1;
-  private readonly pending = new Map<number, { resolve: (r: Rep) => void; reject: (e: Error) => void }>();
 
   /** `moduleUrl`: the import.meta.url of the module that calls serveRequests(); `what` names the work in errors. */
   constructor(
@@ -64,35 +66,36 @@ export class RequestThread<Req, Rep> {
   }
 
   request(request: Req, transfer: ArrayBuffer[]): Promise<Rep> {
-    if (!this.worker) {
+    if (!this.current) {
       const worker = new Worker(fileURLToPath(this.moduleUrl));
       worker.unref(); // an idle thread never keeps the agent alive
+      const current = { worker, pending: new Map() as Pending<Rep> };
       worker.on('message', (m: Answer<Rep>) => {
-        const p = this.pending.get(m.id);
-        this.pending.delete(m.id);
+        const p = current.pending.get(m.id);
+        current.pending.delete(m.id);
         if ('reply' in m) p?.resolve(m.reply);
         else p?.reject(fromWire(m.error, this.what));
       });
-      worker.on('error', (err) => this.fail(err));
-      worker.on('exit', (code) => this.fail(new Error(`${this.what}: its thread exited (${code})`)));
-      this.worker = worker;
+      const fail = (err: Error) => {
+        if (this.current === current) this.current = undefined;
+        for (const p of current.pending.values()) p.reject(err);
+        current.pending.clear();
+        void worker.terminate();
+      };
+      worker.on('error', fail);
+      worker.on('exit', (code) => fail(new Error(`${this.what}: its thread exited (${code})`)));
+      this.current = current;
     }
     const id = this.next++;
-    const worker = this.worker;
+    const { worker, pending } = this.current;
     return new Promise<Rep>((resolve, reject) => {
-      this.pending.set(id, { resolve, reject });
+      pending.set(id, { resolve, reject });
       worker.postMessage({ id, request }, transfer);
     });
   }
 
-  private fail(err: Error): void {
-    this.worker = undefined;
-    for (const p of this.pending.values()) p.reject(err);
-    this.pending.clear();
-  }
-
   close(): void {
-    void this.worker?.terminate();
-    this.worker = undefined;
+    void this.current?.worker.terminate();
+    this.current = undefined;
   }
 }

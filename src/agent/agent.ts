@@ -450,7 +450,7 @@ export class Agent {
     }
     this.resync = setInterval(() => {
       const c = this.session.applied;
-      if (!c) return;
+      if (!c || this.session.pushing) return; // a push syncs the firewall itself
       this.firewallSync(this.local.kernelState(c.indexed)).then(
         (result) => {
           if (!result.changed) return;

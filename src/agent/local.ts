@@ -175,7 +175,13 @@ export class LocalLayer {
   /** What the kernel holds for the control plane's state `cp` (no rebuild while the overrides' copy is current). */
   kernelState(cp: IndexedState): DesiredState {
     if (this.overrides.size === 0) return cp.state;
-    return this.effectiveState?.state ?? this.effective(cp, undefined).state;
+    if (this.effectiveState) return this.effectiveState.state;
+    // Computed, not kept: a reader (status, a resync) may come while a push
+    // is being made on `cp`, and the push's own effective() must not then
+    // build on a copy of a half-made state.
+    const copy = indexedCopy(cp.state);
+    copy.applyDelta(this.deltaOn(cp), 'local overrides');
+    return copy.state;
   }
 
   /**

@@ -79,6 +79,17 @@ export class AgentSession {
     this.now = options.now ?? Date.now;
   }
 
+  /**
+   * A push is being made: the state in force is changed in place while it
+   * is (a delta, in slices), so what reads it for the kernel (the firewall
+   * resync) waits for the next turn rather than take a half-made state.
+   */
+  get pushing(): boolean {
+    return this.inPush;
+  }
+
+  private inPush = false;
+
   /** The state in force (last known good), for status and heartbeats. */
   get applied(): Readonly<Current> | undefined {
     return this.current;
@@ -177,7 +188,8 @@ export class AgentSession {
     } catch (err) {
       // Name what we can of the push; the control plane logs the reason.
       const id = typeof input === 'string' || input.length < DECODE_OFF_THREAD_BYTES ? peekId(input.toString()) : { epoch: null, version: null };
-      const code = /more than the \d+ allowed/.test((err as Error).message) ? 'ETOO_LARGE' : 'EINVALID';
+      // Not a SwitchyardError: the decoder's thread failed, not the frame (transient: EAPPLY).
+      const code = !(err instanceof SwitchyardError) ? 'EAPPLY' : /more than the \d+ allowed/.test(err.message) ? 'ETOO_LARGE' : 'EINVALID';
       this.options.send(nack(id.epoch, id.version, code, (err as Error).message, []));
       this.options.done?.({ type: 'invalid', ms: 0, code });
       return;
@@ -185,6 +197,7 @@ export class AgentSession {
     if (frame.type === 'up-to-date' || frame.type === 'ack' || frame.type === 'nack' || frame.type === 'heartbeat' || frame.type === 'hello') return;
     const started = performance.now();
     await nextTurn(); // the parse was this turn's work
+    this.inPush = true;
     try {
       await this.push(frame, text, decoded);
       this.options.done?.({ type: frame.type, ms: performance.now() - started, code: null });
@@ -192,6 +205,8 @@ export class AgentSession {
       const r = err instanceof Refusal ? err : new Refusal(err instanceof SwitchyardError && err.code.startsWith('EINVAL') ? 'EINVALID' : 'EAPPLY', (err as Error).message);
       this.options.send(nack(frame.epoch, frame.version, r.code, r.message, r.details));
       this.options.done?.({ type: frame.type, ms: performance.now() - started, code: r.code });
+    } finally {
+      this.inPush = false;
     }
   }
 

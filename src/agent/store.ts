@@ -133,6 +133,20 @@ async function writeBytes(handle: fs.promises.FileHandle, bytes: Uint8Array): Pr
   }
 }
 
+/**
+ * A JSON text on one line: line breaks outside strings (JSON strings cannot
+ * hold raw ones) become spaces. The delta log is one record a line; a
+ * frame pretty-printed by its sender would otherwise end the log there at
+ * the next read, and lose that delta and every one after it.
+ */
+function oneLine(json: string | Uint8Array): string | Uint8Array {
+  if (typeof json === 'string') return /[\r\n]/.test(json) ? json.replace(/[\r\n]/g, ' ') : json;
+  if (!json.includes(0x0a) && !json.includes(0x0d)) return json;
+  const copy = Uint8Array.from(json);
+  for (let i = 0; i < copy.length; i++) if (copy[i] === 0x0a || copy[i] === 0x0d) copy[i] = 0x20;
+  return copy;
+}
+
 export class StateStore {
   constructor(readonly dir: string) {
     fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
@@ -192,7 +206,7 @@ export class StateStore {
     const handle = await fs.promises.open(path.join(this.dir, DELTAS), 'a', 0o600);
     const size = (await handle.stat()).size;
     try {
-      for (const part of [`{"acked_at":${JSON.stringify(ackedAt)},"delta":`, frameText, '}\n']) await writeAllAsync(handle, part);
+      for (const part of [`{"acked_at":${JSON.stringify(ackedAt)},"delta":`, oneLine(frameText), '}\n']) await writeAllAsync(handle, part);
       await handle.datasync();
     } catch (err) {
       // No torn line left behind for the next append to bury mid-file.

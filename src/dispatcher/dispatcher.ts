@@ -151,44 +151,56 @@ export function load(location: Location, objectPath = defaultObjectPath()): { cr
       }
       staleMovedTo = moveStaleAside(location);
     }
-    removeAbandonedTemps(location);
-    refuseBesideOrphan(location); // one still attached whose pins were lost: never a second program beside it
-    const { maps, programs } = loadWithCapacity(objectPath, {}, MIN_CAPACITY_ROWS);
-    const owned = [...Object.values(maps), ...Object.values(programs)].map((fd) => new Fd(fd));
-    const temp = tempDirFor(location);
     try {
-      const prog = programs[PROGRAM_NAME];
-      if (prog === undefined) throw new SwitchyardError('EINVAL_ARGUMENT', `${objectPath} has no program ${PROGRAM_NAME}`);
-      for (const name of MAP_NAMES) {
-        const fd = maps[name];
-        if (fd === undefined) throw new SwitchyardError('EINCOMPATIBLE_STATE', `${objectPath} has no map ${name}`);
-        const problem = describeMismatch(MAPS[name], native().objInfo(fd, 'map'));
-        if (problem) throw new SwitchyardError('EINCOMPATIBLE_STATE', `${objectPath} does not match this version: ${problem}`);
-      }
-      native().mapUpdate(maps.meta!, u32Key(0), metaValue());
-      const generation = new BpfMap(maps.generation!, MAPS.generation);
-      fs.mkdirSync(temp, { mode: 0o700 });
-      publishTable(temp, generation, buildTable(emptyInput(), 1n), MIN_CAPACITY_ROWS);
-      for (const name of MAP_NAMES) native().objPin(maps[name]!, path.join(temp, name));
-      native().objPin(prog, path.join(temp, 'program'));
-      const netns = new Fd(fs.openSync(location.netnsPath, 'r'));
-      try {
-        const link = new Fd(native().linkCreateSkLookup(prog, netns.fd));
-        owned.push(link);
-        native().objPin(link.fd, path.join(temp, 'link'));
-      } finally {
-        netns.close();
-      }
-      // The state becomes visible only complete: one rename.
-      fs.renameSync(temp, location.dir);
-      return { created: true, ...(staleMovedTo ? { staleMovedTo } : {}) };
+      return attach(location, objectPath, staleMovedTo);
     } catch (err) {
-      if (fs.existsSync(temp)) removeStateDir(temp);
+      if (staleMovedTo && err instanceof SwitchyardError) {
+        throw new SwitchyardError(err.code, `${err.message} (stale state of a namespace that no longer exists was moved aside to ${staleMovedTo} first)`, { ...(err.entry !== undefined ? { entry: err.entry } : {}), cause: err });
+      }
       throw err;
-    } finally {
-      for (const fd of owned) fd.close();
     }
   });
+}
+
+/** The first load of a namespace (load's second half): a program, its maps and link, built aside and renamed into place. */
+function attach(location: Location, objectPath: string, staleMovedTo: string | undefined): { created: boolean; staleMovedTo?: string } {
+  removeAbandonedTemps(location);
+  refuseBesideOrphan(location); // one still attached whose pins were lost: never a second program beside it
+  const { maps, programs } = loadWithCapacity(objectPath, {}, MIN_CAPACITY_ROWS);
+  const owned = [...Object.values(maps), ...Object.values(programs)].map((fd) => new Fd(fd));
+  const temp = tempDirFor(location);
+  try {
+    const prog = programs[PROGRAM_NAME];
+    if (prog === undefined) throw new SwitchyardError('EINVAL_ARGUMENT', `${objectPath} has no program ${PROGRAM_NAME}`);
+    for (const name of MAP_NAMES) {
+      const fd = maps[name];
+      if (fd === undefined) throw new SwitchyardError('EINCOMPATIBLE_STATE', `${objectPath} has no map ${name}`);
+      const problem = describeMismatch(MAPS[name], native().objInfo(fd, 'map'));
+      if (problem) throw new SwitchyardError('EINCOMPATIBLE_STATE', `${objectPath} does not match this version: ${problem}`);
+    }
+    native().mapUpdate(maps.meta!, u32Key(0), metaValue());
+    const generation = new BpfMap(maps.generation!, MAPS.generation);
+    fs.mkdirSync(temp, { mode: 0o700 });
+    publishTable(temp, generation, buildTable(emptyInput(), 1n), MIN_CAPACITY_ROWS);
+    for (const name of MAP_NAMES) native().objPin(maps[name]!, path.join(temp, name));
+    native().objPin(prog, path.join(temp, 'program'));
+    const netns = new Fd(fs.openSync(location.netnsPath, 'r'));
+    try {
+      const link = new Fd(native().linkCreateSkLookup(prog, netns.fd));
+      owned.push(link);
+      native().objPin(link.fd, path.join(temp, 'link'));
+    } finally {
+      netns.close();
+    }
+    // The state becomes visible only complete: one rename.
+    fs.renameSync(temp, location.dir);
+    return { created: true, ...(staleMovedTo ? { staleMovedTo } : {}) };
+  } catch (err) {
+    if (fs.existsSync(temp)) removeStateDir(temp);
+    throw err;
+  } finally {
+    for (const fd of owned) fd.close();
+  }
 }
 
 /**
@@ -401,9 +413,12 @@ export class Dispatcher {
    * can be made in place (src/trie/patch.ts), they are, adds first (a
    * carve-out lands before what it carves from goes), then removals that
    * are not the same key added again (a relabel), yielding to the event loop
-   * between changes; otherwise (a short prefix, a large delta, a table with
-   * no room left) the whole delta is one replace of `next`, built on
-   * `builder`. One place decides, and a delta costs at most one table build.
+   * between changes; otherwise (a short prefix, a large delta) the whole
+   * delta is one replace of `next`, built on `builder`. A table that runs
+   * out of free rows part way (or a removal whose label the kernel does not
+   * have) ends the in-place run with that same replace: the table then
+   * holds `next` either way. One place decides, and a delta costs at most
+   * one table build. The result describes the last write.
    */
   async applyChanges<T>(delta: readonly T[], spec: (change: T) => BindingChangeSpec, next: BindingTable, builder: TableBuilder): Promise<ApplyResult> {
     return this.writingAsync(async () => {
@@ -592,17 +607,23 @@ export class Dispatcher {
       try {
         for (const name of ['table', 'generation', 'program']) fs.renameSync(path.join(dir, `${name}_next`), path.join(dir, name));
       } catch (err) {
+        // The pins still name the old generation: reopened now, they would too.
+        this.mustReopen = true;
         warnings.push(`the new program serves; its pins keep their *_next names (${(err as Error).message}) until the next write completes them`);
       }
     } finally {
       for (const fd of owned) fd.close();
     }
-    try {
-      this.reopen();
-    } catch (err) {
-      // Handles on the old generation map would write where the program no longer reads.
-      this.mustReopen = true;
-      warnings.push(`the new program serves; reopening its pinned state failed (${(err as Error).message}); the next write reopens it`);
+    this.live?.close();
+    this.live = undefined;
+    if (!this.mustReopen) {
+      try {
+        this.reopen();
+      } catch (err) {
+        // Handles on the old generation map would write where the program no longer reads.
+        this.mustReopen = true;
+        warnings.push(`the new program serves; reopening its pinned state failed (${(err as Error).message}); the next write reopens it`);
+      }
     }
     return warnings;
   }

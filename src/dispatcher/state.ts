@@ -152,7 +152,12 @@ export function findStaleStates(base: string): StaleState[] {
     const dir = path.join(base, entry);
     if (entry.startsWith('stale-')) out.push({ dir, reason: 'moved aside by load' });
     else if (/^\d+$/.test(entry)) {
-      const reason = linkMismatch(dir, Number(entry));
+      let reason: string | undefined;
+      try {
+        reason = linkMismatch(dir, Number(entry));
+      } catch {
+        continue; // its link cannot be read now: not known to be stale, so kept
+      }
       if (reason) out.push({ dir, reason });
     }
   }

@@ -177,6 +177,17 @@ describe('agent session (fake transport)', () => {
     expect(restarted.applied).toMatchObject({ version: 2, digest: stateDigest(parse(bigger)) });
   });
 
+  it('a delta sent pretty-printed (line breaks between its fields) is logged on one line: a restart replays it', async () => {
+    const s = session();
+    await push(s, snapshot(1, V1));
+    const delta = { type: 'delta', epoch: 'e1', version: 2, from_version: 1, digest: stateDigest(parse(V2)), ...diffStates(parse(V1), parse(V2)) };
+    await s.receive(JSON.stringify(delta, null, 2));
+    expect(last()).toMatchObject({ type: 'ack', version: 2 });
+    const restarted = session();
+    await restarted.restore();
+    expect(restarted.applied).toMatchObject({ version: 2, digest: stateDigest(parse(V2)) });
+  });
+
   it('a first state the kernel refuses half way is put back to nothing: the kernel is given the empty state, status and kernel agree', async () => {
     const given: string[] = [];
     let fail = true;

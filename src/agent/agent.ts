@@ -462,7 +462,7 @@ export class Agent {
     }, this.config.firewall.resyncSeconds * 1000);
     this.resync.unref();
     try {
-      this.log.info({ ms: Math.round(await warmUp(this.tableBuilder)) }, 'warmed up (the push path compiled on a made-up state; nothing written)');
+      this.log.info({ ms: Math.round(await warmUp(this.tableBuilder, this.decoder)) }, 'warmed up (the push path compiled on a made-up state; nothing written)');
     } catch (err) {
       this.log.warn({ err: (err as Error).message }, 'warm-up failed (nothing was written; the first push runs cold)');
     }

@@ -167,6 +167,7 @@ export class AgentSession {
 
   private async handle(input: string | Buffer): Promise<void> {
     this.options.receiving?.();
+    const received = performance.now(); // `done` reports from here: decoding is part of what a push costs
     let frame: Frame;
     let text: string | Buffer = input;
     let decoded: Exclude<Decoded, { kind: 'frame' }> | undefined;
@@ -195,11 +196,12 @@ export class AgentSession {
       return;
     }
     if (frame.type === 'up-to-date' || frame.type === 'ack' || frame.type === 'nack' || frame.type === 'heartbeat' || frame.type === 'hello') return;
-    const started = performance.now();
+    const started = received;
+    const decodeMs = performance.now() - received;
     await nextTurn(); // the parse was this turn's work
     this.inPush = true;
     try {
-      await this.push(frame, text, decoded);
+      await this.push(frame, text, decoded, decodeMs);
       this.options.done?.({ type: frame.type, ms: performance.now() - started, code: null });
     } catch (err) {
       const r = err instanceof Refusal ? err : new Refusal(err instanceof SwitchyardError && err.code.startsWith('EINVAL') ? 'EINVALID' : 'EAPPLY', (err as Error).message);
@@ -211,7 +213,7 @@ export class AgentSession {
   }
 
   /** `decoded`: the snapshot's state as the decoder's thread indexed it (or why it is invalid). */
-  private async push(frame: Snapshot | Delta, text: string | Buffer, decoded?: Exclude<Decoded, { kind: 'frame' }>): Promise<void> {
+  private async push(frame: Snapshot | Delta, text: string | Buffer, decoded: Exclude<Decoded, { kind: 'frame' }> | undefined, decodeMs: number): Promise<void> {
     const c = this.current;
     const store = this.options.store;
     let clock = performance.now();
@@ -261,7 +263,7 @@ export class AgentSession {
     let digest: string;
     let changes: BindingChange[] | undefined;
     try {
-      phase('validated', { bindings: next.bindings.count, changes: made?.changeCount ?? null });
+      phase('validated', { bindings: next.bindings.count, changes: made?.changeCount ?? null, decodeMs: Math.round(decodeMs) });
       await nextTurn();
       await made?.prepareChanges();
       changes = made?.changes;

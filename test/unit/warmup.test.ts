@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { warmUp } from '../../src/agent/warmup.js';
 import { warmupDocument } from '../../src/desired/warmup.js';
 import { warmUpHistory } from '../../src/controlplane/warmup.js';
+import { PushDecoder } from '../../src/agent/decoder.js';
 import { TableBuildThread } from '../../src/dispatcher/build-worker.js';
 import { parseDesiredState } from '../../src/desired/state.js';
 
@@ -21,12 +22,14 @@ describe('warm-up', () => {
     expect(warmUpHistory().changes).toBeGreaterThanOrEqual(45);
   });
 
-  it('runs the push path on it without a kernel', async () => {
+  it('runs the push path on it without a kernel, the decoder included', async () => {
     const builder = new TableBuildThread();
+    const decoder = new PushDecoder();
     try {
-      await expect(warmUp(builder, 2000)).resolves.toBeGreaterThan(0);
+      await expect(warmUp(builder, decoder, 2000)).resolves.toBeGreaterThan(0);
     } finally {
       builder.close();
+      decoder.close();
     }
   });
 });

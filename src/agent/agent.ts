@@ -20,6 +20,7 @@ import { locate } from '../dispatcher/state.js';
 import { Dispatcher, load, type ApplyResult, type BindingChangeSpec, type TableBuilder } from '../dispatcher/dispatcher.js';
 import { TableBuildThread } from '../dispatcher/build-worker.js';
 import { PushDecoder } from './decoder.js';
+import { LoopHold } from './loop-hold.js';
 import { Firewall, type SyncHooks } from '../firewall/apply.js';
 import { ProcessRunner } from '../firewall/runner.js';
 import type { BindingChange } from '../firewall/incremental.js';
@@ -148,35 +149,6 @@ function parseAllowList(value: unknown, file: string): RegistrationAllowList {
     out[label] = { uids: ids(entry.uids, 'uids'), gids: ids(entry.gids, 'gids') };
   }
   return out;
-}
-
-/**
- * The longest the event loop went without turning since the last take():
- * the lateness of a 10 ms interval. (monitorEventLoopDelay's reset() drops
- * the interval it falls in — here, the push itself: a 500 ms block read as
- * 10 ms.)
- */
-class LoopHold {
-  private last = performance.now();
-  private max = 0;
-  private readonly timer = setInterval(() => {
-    const now = performance.now();
-    this.max = Math.max(this.max, now - this.last);
-    this.last = now;
-  }, 10).unref();
-
-  /** The longest hold so far, counting the one under way; then starts again. */
-  take(): number {
-    const now = performance.now();
-    const held = Math.max(this.max, now - this.last);
-    this.max = 0;
-    this.last = now;
-    return held;
-  }
-
-  stop(): void {
-    clearInterval(this.timer);
-  }
 }
 
 /** A change of a delta as the dispatcher takes it (the state's bindings were validated when it was indexed). */

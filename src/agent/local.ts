@@ -167,8 +167,7 @@ export class LocalLayer {
       this.effectiveState.applyDelta({ add: kept.filter((c) => !c.removed).map((c) => c.binding), remove: kept.filter((c) => c.removed).map((c) => c.binding) }, 'delta under local overrides');
       return { state: this.effectiveState.state, changes: kept };
     }
-    this.effectiveState = indexedCopy(cp.state);
-    this.effectiveState.applyDelta(this.deltaOn(cp), 'local overrides');
+    this.effectiveState = this.withOverrides(cp);
     return { state: this.effectiveState.state, changes: undefined };
   }
 
@@ -179,9 +178,14 @@ export class LocalLayer {
     // Computed, not kept: a reader (status, a resync) may come while a push
     // is being made on `cp`, and the push's own effective() must not then
     // build on a copy of a half-made state.
+    return this.withOverrides(cp).state;
+  }
+
+  /** A copy of the control plane's state `cp` with the overrides made on it. */
+  private withOverrides(cp: IndexedState): IndexedState {
     const copy = indexedCopy(cp.state);
     copy.applyDelta(this.deltaOn(cp), 'local overrides');
-    return copy.state;
+    return copy;
   }
 
   /**

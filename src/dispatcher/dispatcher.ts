@@ -210,14 +210,11 @@ function attach(location: Location, objectPath: string, staleMovedTo: string | u
  */
 export function removeStale(location: Pick<Location, 'base'>): { removed: StaleState[] } {
   if (!fs.existsSync(location.base)) return { removed: [] };
-  const lock = WriterLock.acquire(location);
-  try {
+  return withWriterLock(location, () => {
     const stale = findStaleStates(location.base);
     for (const s of stale) removeStateDir(s.dir);
     return { removed: stale };
-  } finally {
-    lock.release();
-  }
+  });
 }
 
 /** Removes the dispatcher of a namespace: detaches the program and unpins everything. */
@@ -372,8 +369,7 @@ export class Dispatcher {
   private writing<T>(fn: () => T): T {
     if (this.busy) throw new SwitchyardError('EBUSY', 'a replace of this dispatcher is under way; try again when it is done');
     return withWriterLock(this.location, () => {
-      if (finishInterruptedGrowth(this.location) || this.mustReopen) this.reopen();
-      settleTablePins(this.location.dir, this.state.maps.generation);
+      this.settle();
       return fn();
     });
   }
@@ -467,14 +463,19 @@ export class Dispatcher {
     return ordered.length <= IN_PLACE_MAX && ordered.every((c) => rebuildReason(live.words, patchKey(c.binding), c.removed) === undefined) ? changes : undefined;
   }
 
+  /** Under the lock, before a write: what a dead writer (or a growth that could not rename its pins) left half done is completed or discarded, and the handles follow the pins. */
+  private settle(): void {
+    if (finishInterruptedGrowth(this.location) || this.mustReopen) this.reopen();
+    settleTablePins(this.location.dir, this.state.maps.generation);
+  }
+
   /** Like writing(), for writes that await: the lock is held across them, and this Dispatcher refuses other writes meanwhile (EBUSY). */
   private async writingAsync<T>(fn: () => Promise<T>): Promise<T> {
     if (this.busy) throw new SwitchyardError('EBUSY', 'another write of this dispatcher is under way');
     this.busy = true;
     const lock = WriterLock.acquire(this.location);
     try {
-      if (finishInterruptedGrowth(this.location) || this.mustReopen) this.reopen();
-      settleTablePins(this.location.dir, this.state.maps.generation);
+      this.settle();
       return await fn();
     } finally {
       lock.release();

@@ -85,7 +85,7 @@ export class WriterLock {
   }
 }
 
-export function withWriterLock<T>(location: Location, fn: () => T): T {
+export function withWriterLock<T>(location: Pick<Location, 'base'>, fn: () => T): T {
   const lock = WriterLock.acquire(location);
   try {
     return fn();

@@ -446,19 +446,11 @@ export class IndexedState {
    * lookups: no sorting, no text.
    */
   diffTo(after: IndexedState): StateDelta {
-    const a = this.state.bindings;
-    const b = after.state.bindings;
-    const add: Binding[] = [];
-    const remove: BindingKey[] = [];
-    for (let i = 0; i < a.count; i++) {
-      const j = after.findRow(a, i);
-      if (j < 0 || a.label(i) !== b.label(j)) remove.push(keyOf(a, i));
-    }
-    for (let j = 0; j < b.count; j++) {
-      const i = this.findRow(b, j);
-      if (i < 0 || b.label(j) !== a.label(i)) add.push(b.binding(j));
-    }
-    return { add, remove };
+    const { added, removed } = runSync(parsedDiffSteps(this, after))!;
+    return {
+      add: Array.from({ length: added.count }, (_, j) => added.binding(j)),
+      remove: Array.from({ length: removed.count }, (_, n) => keyOf(removed, n)),
+    };
   }
 }
 

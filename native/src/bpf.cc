@@ -15,6 +15,7 @@
 #include <mutex>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "errors.h"
 
@@ -169,6 +170,28 @@ static Napi::Value LinkIds(const Napi::CallbackInfo &info) {
   return out;
 }
 
+// progQuery(targetFd, attachType) -> ids of the programs attached there
+// (BPF_PROG_QUERY). On a netns fd it needs only CAP_NET_ADMIN, where listing
+// links or programs by id needs CAP_SYS_ADMIN.
+static Napi::Value ProgQuery(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  int fd = ArgFd(info, 0);
+  auto type = static_cast<enum bpf_attach_type>(ArgU32(info, 1));
+  // Programs can be attached between two queries: ask again with room for all.
+  std::vector<__u32> ids(16);
+  for (;;) {
+    __u32 count = static_cast<__u32>(ids.size());
+    __u32 flags = 0;
+    if (bpf_prog_query(fd, type, 0, &flags, ids.data(), &count) == 0) {
+      Napi::Array out = Napi::Array::New(env, count);
+      for (__u32 i = 0; i < count; i++) out.Set(i, Napi::Number::New(env, ids[i]));
+      return out;
+    }
+    if (errno != ENOSPC || count <= ids.size()) ThrowErrno(env, errno, "bpf_prog_query");
+    ids.resize(count + 16);
+  }
+}
+
 static Napi::Value ObjInfo(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
   int fd = ArgFd(info, 0);
@@ -194,6 +217,11 @@ static Napi::Value ObjInfo(const Napi::CallbackInfo &info) {
     out.Set("name", std::string(p.name));
     out.Set("loadTime", Napi::BigInt::New(env, static_cast<uint64_t>(p.load_time)));
     out.Set("jited", p.jited_prog_len > 0);
+    // The kernel's digest of the instructions as loaded, map references
+    // zeroed: the same object code has the same tag whatever maps it uses.
+    char tag[2 * BPF_TAG_SIZE + 1];
+    for (int i = 0; i < BPF_TAG_SIZE; i++) snprintf(tag + 2 * i, 3, "%02x", p.tag[i]);
+    out.Set("tag", std::string(tag));
   } else if (kind == "link") {
     struct bpf_link_info l = {};
     __u32 len = sizeof(l);
@@ -362,6 +390,7 @@ void InitBpf(Napi::Env env, Napi::Object exports) {
   exports.Set("getFdById", Napi::Function::New(env, GetFdById));
   exports.Set("objInfo", Napi::Function::New(env, ObjInfo));
   exports.Set("linkIds", Napi::Function::New(env, LinkIds));
+  exports.Set("progQuery", Napi::Function::New(env, ProgQuery));
   exports.Set("mapLookup", Napi::Function::New(env, MapLookup));
   exports.Set("mapUpdate", Napi::Function::New(env, MapUpdate));
   exports.Set("mapDelete", Napi::Function::New(env, MapDelete));

@@ -141,7 +141,14 @@ export interface Status {
  * compatible one changes nothing; state left by a dead namespace whose inode
  * this one reused is moved aside (`staleMovedTo`), never adopted.
  */
-export function load(location: Location, objectPath = defaultObjectPath()): { created: boolean; staleMovedTo?: string } {
+export interface LoadResult {
+  created: boolean;
+  staleMovedTo?: string;
+  /** Loaded, with something the operator should know (sk_lookup programs beside it that could not be identified). */
+  warnings?: string[];
+}
+
+export function load(location: Location, objectPath = defaultObjectPath()): LoadResult {
   return withWriterLock(location, () => {
     let staleMovedTo: string | undefined;
     if (isLoaded(location)) {
@@ -163,9 +170,9 @@ export function load(location: Location, objectPath = defaultObjectPath()): { cr
 }
 
 /** The first load of a namespace (load's second half): a program, its maps and link, built aside and renamed into place. */
-function attach(location: Location, objectPath: string, staleMovedTo: string | undefined): { created: boolean; staleMovedTo?: string } {
+function attach(location: Location, objectPath: string, staleMovedTo: string | undefined): LoadResult {
   removeAbandonedTemps(location);
-  refuseBesideOrphan(location); // one still attached whose pins were lost: never a second program beside it
+  const warning = refuseBesideOrphan(location); // one still attached whose pins were lost: never a second program beside it
   const { maps, programs } = loadWithCapacity(objectPath, {}, MIN_CAPACITY_ROWS);
   const owned = [...Object.values(maps), ...Object.values(programs)].map((fd) => new Fd(fd));
   const temp = tempDirFor(location);
@@ -194,7 +201,7 @@ function attach(location: Location, objectPath: string, staleMovedTo: string | u
     }
     // The state becomes visible only complete: one rename.
     fs.renameSync(temp, location.dir);
-    return { created: true, ...(staleMovedTo ? { staleMovedTo } : {}) };
+    return { created: true, ...(staleMovedTo ? { staleMovedTo } : {}), ...(warning ? { warnings: [warning] } : {}) };
   } catch (err) {
     if (fs.existsSync(temp)) removeStateDir(temp);
     throw err;

@@ -22,6 +22,8 @@ export interface ProgInfo {
   name: string;
   loadTime: bigint;
   jited: boolean;
+  /** The kernel's tag (hex) of the instructions as loaded, map references zeroed: the same code has the same tag whatever its maps. */
+  tag: string;
 }
 export interface LinkInfo {
   type: number;
@@ -60,8 +62,10 @@ export interface Native {
   objPin(fd: number, path: string): void;
   objGet(path: string): number;
   getFdById(id: number, kind: 'map' | 'prog' | 'link'): number;
-  /** Every BPF link's id on the machine. */
+  /** Every BPF link's id on the machine (needs CAP_SYS_ADMIN: EPERM without). */
   linkIds(): number[];
+  /** Ids of the programs attached to `targetFd` (a netns fd, say) for `attachType` (BPF_PROG_QUERY; CAP_NET_ADMIN suffices). */
+  progQuery(targetFd: number, attachType: number): number[];
   objInfo(fd: number, kind: 'map'): MapInfo;
   objInfo(fd: number, kind: 'prog'): ProgInfo;
   objInfo(fd: number, kind: 'link'): LinkInfo;

@@ -11,7 +11,7 @@
  * they are.
  */
 import fs from 'node:fs';
-import { pino, type Logger } from 'pino';
+import type { Logger } from 'pino';
 import { SwitchyardError } from '../errors.js';
 import { checkDocumentFields, protocolName } from '../bindings/binding.js';
 import { parseBindingPrefix, parseLabel, parsePort, parseProtocol } from '../bindings/binding.js';
@@ -29,6 +29,7 @@ import { AgentSession } from './session.js';
 import { StateStore } from './store.js';
 import { ControlPlaneClient } from './client.js';
 import { notify, watchdogPingMs } from './systemd.js';
+import { ServiceStatus } from './status.js';
 import { AgentMetrics, parseListen } from './metrics.js';
 import { warmUp } from './warmup.js';
 import { DEFAULT_LIMITS, checkGuards } from './guards.js';
@@ -38,6 +39,7 @@ import { IndexedState } from '../protocol/state.js';
 import { parseDesiredState } from '../desired/state.js';
 import { ROLLOUT_LABEL } from '../protocol/messages.js';
 import { switchyardVersion } from '../version.js';
+import { LOG_LEVEL_RULE, createLogger, isLogLevel, type LogLevel } from '../log.js';
 
 export interface AgentConfig {
   agentId: string;
@@ -58,6 +60,8 @@ export interface AgentConfig {
   registration: RegistrationAllowList;
   /** Rollout labels sent to the control plane ({"site": "ams", "canary": "true"}). */
   labels?: Record<string, string>;
+  /** The least level logged (pino's names; default info). */
+  logLevel: LogLevel;
 }
 
 export const DEFAULT_ADMIN_SOCKET = '/run/switchyard/admin.sock';
@@ -83,7 +87,7 @@ export function readAgentConfig(file: string): AgentConfig {
   } catch (err) {
     throw invalid(file, (err as Error).message);
   }
-  checkDocumentFields(doc, file, new Set(['agent_id', 'state_dir', 'control_plane', 'netns', 'bpffs', 'firewall', 'heartbeat_seconds', 'metrics_listen', 'admin_socket', 'registration_socket', 'registration', 'labels', 'max_bindings']), '{"agent_id", "state_dir", "control_plane": {...}}');
+  checkDocumentFields(doc, file, new Set(['agent_id', 'state_dir', 'control_plane', 'netns', 'bpffs', 'firewall', 'heartbeat_seconds', 'metrics_listen', 'admin_socket', 'registration_socket', 'registration', 'labels', 'max_bindings', 'log_level']), '{"agent_id", "state_dir", "control_plane": {...}}');
   const str = (v: unknown, what: string) => {
     if (typeof v !== 'string' || v === '') throw invalid(file, `${what} must be a non-empty string`);
     return v;
@@ -101,6 +105,8 @@ export function readAgentConfig(file: string): AgentConfig {
     if (typeof n !== 'number' || !(n >= 1 && n <= 86_400)) throw invalid(file, `${what} must be 1-86400 seconds`);
     return n;
   };
+  const logLevel = doc.log_level === undefined ? 'info' : doc.log_level; // null is a value, and not a level
+  if (!isLogLevel(logLevel)) throw new SwitchyardError('EINVAL_FILE', `${file}: log_level ${JSON.stringify(logLevel)} ${LOG_LEVEL_RULE}`, { entry: `${file}: log_level` });
   const metricsListen = doc.metrics_listen === undefined ? undefined : str(doc.metrics_listen, 'metrics_listen');
   if (metricsListen !== undefined) {
     try {
@@ -123,6 +129,7 @@ export function readAgentConfig(file: string): AgentConfig {
     registrationSocket: doc.registration_socket === undefined ? DEFAULT_REGISTRATION_SOCKET : str(doc.registration_socket, 'registration_socket'),
     registration: parseAllowList(doc.registration, file),
     ...(doc.labels === undefined ? {} : { labels: parseLabels(doc.labels, file) }),
+    logLevel,
   };
 }
 
@@ -180,9 +187,11 @@ export class Agent {
   private readonly loopHold = new LoopHold();
   private resync: NodeJS.Timeout | undefined;
   private watchdog: NodeJS.Timeout | undefined;
+  private readonly status: ServiceStatus;
 
   constructor(readonly config: AgentConfig) {
-    this.log = pino({ base: { component: 'agent', agent: config.agentId } });
+    this.log = createLogger({ component: 'agent', agent: config.agentId }, { level: config.logLevel });
+    this.status = new ServiceStatus(this.log);
     const location = locate({ netns: config.netns, bpffs: config.bpffs });
     this.location = location;
     load(location);
@@ -223,8 +232,9 @@ export class Agent {
         else if (type !== 'invalid') this.metrics.applyDuration.observe({ kind: type }, ms / 1000);
       },
       send: (frame) => {
-        if (frame.type === 'ack' || frame.type === 'nack') this.log.info({ frame: frame.type, version: frame.version, ...(frame.type === 'nack' ? { code: frame.code, message: frame.message } : {}) }, frame.type === 'ack' ? 'acknowledged' : 'refused');
         this.client.send(encodeFrame(frame));
+        // Logged (a NACK at warn) and shown in systemd's STATUS=; after the send: nothing here may hold it back.
+        this.status.answered(frame, this.session.applied);
       },
     });
     this.metrics = new AgentMetrics({
@@ -414,7 +424,7 @@ export class Agent {
       const port = await this.metrics.serve(this.config.metricsListen);
       this.log.info({ listen: this.config.metricsListen, port }, 'metrics served');
     }
-    notify(`READY=1\nSTATUS=${lkg ? `serving version ${lkg.version} of epoch ${lkg.epoch}` : 'no state yet'}`);
+    this.status.ready(lkg);
     const ping = watchdogPingMs();
     if (ping) {
       this.watchdog = setInterval(() => notify('WATCHDOG=1'), ping);
@@ -429,7 +439,8 @@ export class Agent {
           this.metrics.firewallRepairs.inc();
           this.log.warn({ firewall: result.summary }, 'firewall drift repaired');
         },
-        (err: Error) => this.log.error({ err: err.message }, 'firewall resync failed'),
+        // warn, not error: the rules in force stay and the next resync tries again (a push's failure is its NACK).
+        (err: Error) => this.log.warn({ err: err.message }, 'firewall resync failed; the next resync retries'),
       );
     }, this.config.firewall.resyncSeconds * 1000);
     this.resync.unref();

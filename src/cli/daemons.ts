@@ -6,7 +6,7 @@
 import fs from 'node:fs';
 import https from 'node:https';
 import net from 'node:net';
-import { pino } from 'pino';
+import { createLogger, logLevelOption } from '../log.js';
 import { SwitchyardError } from '../errors.js';
 import { readJsonFile } from '../desired/state.js';
 import { parseLabel } from '../bindings/binding.js';
@@ -127,6 +127,7 @@ export async function controlPlaneCommand(flags: Record<string, unknown>): Promi
     if (typeof v !== 'string' || v === '') throw new SwitchyardError('EINVAL_ARGUMENT', `control-plane needs --${name}`);
     return v;
   };
+  const logLevel = logLevelOption(flags['log-level']);
   const stateFile = need('state');
   const { host, port } = parseListen(need('listen'));
   const tokensFile = need('tokens');
@@ -140,7 +141,7 @@ export async function controlPlaneCommand(flags: Record<string, unknown>): Promi
     // The API answers the admin token first: that agent would be an administrator.
     if (agent !== undefined) throw new SwitchyardError('EINVAL_FILE', `${adminFile}: the admin token is also ${agent}'s token in ${tokensFile}; it must be its own`, { entry: adminFile });
   }
-  const log = pino({ base: { component: 'control-plane' } });
+  const log = createLogger({ component: 'control-plane' }, { level: logLevel });
   for (const [agent, token] of Object.entries(tokens)) if (token.length < TOKEN_WEAK) log.warn({ agent, file: tokensFile }, `the token of ${agent} is shorter than ${TOKEN_WEAK} characters: guessable (openssl rand -hex 24 makes a good one)`);
   const share = flags['withdrawal-share'] === undefined ? 5 : Number(flags['withdrawal-share']);
   if (!(share >= 0 && share <= 100)) throw new SwitchyardError('EINVAL_ARGUMENT', `--withdrawal-share ${JSON.stringify(flags['withdrawal-share'])} must be a percentage 0-100`);

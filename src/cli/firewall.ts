@@ -3,7 +3,7 @@
  * `lookup`: the kernel's rules and sets read back and evaluated, so the
  * answer is what the firewall does now, not what a file says it should.
  */
-import { pino } from 'pino';
+import { createLogger, logLevelOption } from '../log.js';
 import { SwitchyardError } from '../errors.js';
 import { FirewallReconciler } from '../firewall/reconciler.js';
 import { watchStateFile } from '../desired/watch.js';
@@ -18,7 +18,7 @@ import { ProcessRunner } from '../firewall/runner.js';
 
 const FIREWALL_SUBCOMMANDS: ReadonlySet<string> = new Set(['plan', 'apply', 'status', 'cleanup', 'watch']);
 
-export const FIREWALL_USAGE = 'firewall plan|apply|status|cleanup|watch [state.json] [--backend nft|legacy|auto] [--interval SECONDS] [--json]';
+export const FIREWALL_USAGE = 'firewall plan|apply|status|cleanup|watch [state.json] [--backend nft|legacy|auto] [--interval SECONDS] [--log-level LEVEL] [--json]';
 
 export function openFirewall(flags: Record<string, unknown>): Firewall {
   const backend = (flags.backend as string | undefined) ?? 'auto';
@@ -59,6 +59,8 @@ export async function firewallCommand(args: string[], flags: Record<string, unkn
   if (needsFile && !file) throw new SwitchyardError('EINVAL_ARGUMENT', `firewall ${sub} needs a state file: ${FIREWALL_USAGE}`);
   if (sub === 'cleanup' && file) throw new SwitchyardError('EINVAL_ARGUMENT', 'firewall cleanup takes no state file: it removes everything Switchyard created');
   if (sub === 'watch') return watch(file!, flags);
+  // The other commands print their answer and log nothing: a level there would be silently ignored.
+  if (flags['log-level'] !== undefined) throw new SwitchyardError('EINVAL_ARGUMENT', `--log-level applies to firewall watch only (firewall ${sub} logs nothing)`, { entry: '--log-level' });
   // Validate the whole file before touching anything.
   const plan = file ? planFirewall(readDesiredState(file)) : undefined;
   const firewall = openFirewall(flags);
@@ -166,11 +168,12 @@ async function watch(file: string, flags: Record<string, unknown>): Promise<numb
   if (!Number.isFinite(interval) || interval < 1 || interval > 86_400) {
     throw new SwitchyardError('EINVAL_ARGUMENT', `--interval ${JSON.stringify(flags.interval)} must be a number of seconds, 1-86400`, { entry: '--interval' });
   }
-  const log = pino({ base: { component: 'firewall', state: file } });
+  const log = createLogger({ component: 'firewall', state: file }, { level: logLevelOption(flags['log-level']) });
   const firewall = openFirewall(flags);
   const reconciler = new FirewallReconciler(firewall, {
     resyncMs: interval * 1000,
-    onResult: (r) => (r instanceof Error ? log.error({ err: r.message }, 'apply failed; the next resync retries') : log.info({ summary: r.summary, ms: Math.round(r.ms) }, 'applied')),
+    // A failed apply at warn, not error: the rules in force stay and the next resync tries again.
+    onResult: (r) => (r instanceof Error ? log.warn({ err: r.message }, 'apply failed; the next resync retries') : log.info({ summary: r.summary, ms: Math.round(r.ms) }, 'applied')),
   });
   const watch = watchStateFile(file, log, (state, why) => {
     log.info({ why, bindings: state.bindings.count, services: state.services.size }, 'state validated');

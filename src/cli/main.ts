@@ -29,7 +29,8 @@ import { adminRequest } from '../agent/admin.js';
 import { Dispatcher, load, removeStale, unload, upgrade, type BindingSpec, type LookupAnswer, type Status } from '../dispatcher/dispatcher.js';
 import type { LookupQuery } from '../dispatcher/lookup.js';
 import { listenFds, socketsOfProcess } from '../sockets/sockets.js';
-import { versionInfo } from '../version.js';
+import { versionInfo, versionLine } from '../version.js';
+import { isJournalStream } from '../log.js';
 
 /** Exit statuses (see the module comment and `--help`). */
 export const EXIT_OK = 0;
@@ -166,6 +167,18 @@ function printStatus(s: Status): string {
 }
 
 const COMMANDS: Record<string, Command> = {
+  version: {
+    usage: 'version [--json]',
+    offline: true,
+    summary:
+      'the package version, the dispatcher state\'s ABI and the sha256 of the BPF object load and upgrade would use (also -V, --version): "switchyard 0.1.0 (abi 3, bpf sha256 …)"; with --json {"version", "abi", "bpf_object": {"path", "sha256"}, "node"}. A missing object is said (sha256 null, with "error"), not an error: the version is still the answer',
+    run(args, _flags, out) {
+      expectArgs(args, 0, this.usage);
+      const info = versionInfo();
+      out.data(info, () => versionLine(info));
+      return 0;
+    },
+  },
   load: {
     usage: 'load [--object FILE]',
     summary:
@@ -387,7 +400,7 @@ const COMMANDS: Record<string, Command> = {
   agent: {
     usage: 'agent --config FILE | agent status [--socket PATH]',
     summary:
-      "the daemon: load or open the dispatcher, restore the last known good state, connect to the control plane (WSS, pinned CA, bearer token), apply pushes to the dispatcher and the firewall and acknowledge them; serves an admin socket (root) and a registration socket; runs until SIGTERM, logs JSON lines. `agent status` asks a running agent (default socket /run/switchyard/admin.sock): the applied version, the connection, where the bindings come from (control plane, local overrides)",
+      "the daemon: load or open the dispatcher, restore the last known good state, connect to the control plane (WSS, pinned CA, bearer token), apply pushes to the dispatcher and the firewall and acknowledge them; serves an admin socket (root) and a registration socket; runs until SIGTERM, logs JSON lines from agent.json's log_level on (trace, debug, info, warn, error or fatal; default info; in the journal with their syslog priorities, refusals at warn) and tells systemd what it serves (STATUS=, updated on every ACK and NACK). `agent status` asks a running agent (default socket /run/switchyard/admin.sock): the applied version, the connection, where the bindings come from (control plane, local overrides)",
     options: { config: { type: 'string' }, socket: { type: 'string' } },
     run(args, flags, out) {
       return subcommand<number | Promise<number>>(args, this.usage, { status: () => agentStatus(flags, out) }, () => agentCommand(flags));
@@ -403,11 +416,13 @@ const COMMANDS: Record<string, Command> = {
     },
   },
   'control-plane': {
-    usage: 'control-plane --state FILE --listen HOST:PORT --cert FILE --key FILE --tokens FILE [--admin-token-file FILE] [--withdrawal-share PCT] [--rollout FILE] | control-plane status --url https://HOST:PORT --ca FILE --token-file FILE [--json] | control-plane override --version N --url … --ca … --token-file ADMIN',
+    usage: 'control-plane --state FILE --listen HOST:PORT --cert FILE --key FILE --tokens FILE [--admin-token-file FILE] [--withdrawal-share PCT] [--rollout FILE] [--log-level LEVEL] | control-plane status --url https://HOST:PORT --ca FILE --token-file FILE [--json] | control-plane override --version N --url … --ca … --token-file ADMIN',
     summary:
-      'the reference control plane: validates the state file (and again whenever it changes) and verifies it exactly as `switchyard verify` does (a state with findings other than unreachable bindings is not published; the current version stays), logs its semantic difference from the current version, holds a state that withdraws more than --withdrawal-share percent (default 5, or 50 bindings, or all) of a service until `control-plane override --version N` confirms it, versions it, and pushes it to the agents (with --rollout FILE, {"stages": [{"name": "canary", "match": {"canary": "true"}}, …], "bake_seconds": N}, stage by stage: the next once every agent of the last has it and stayed healthy for the bake; a NACK, rising errors or climbing misses halt it, later stages keep the version they had; agents say their labels in agent.json "labels") holding a token in --tokens ({"agent-id": "token"}, mode 600) over WSS; GET /status (agent or admin token) shows each agent. `control-plane status` prints that view: the version in force and what it changed, a held version, the last refused state, and per agent connected or not, the applied version, a push in flight, the last heartbeat and the last NACK. `control-plane override --version N` (admin token) confirms that a withdrawal is meant: a held version is published, with the guard override, to every agent; the current version is pushed again, with it, to the agents whose own guard refused it',
-    options: { state: { type: 'string' }, listen: { type: 'string' }, cert: { type: 'string' }, key: { type: 'string' }, tokens: { type: 'string' }, 'admin-token-file': { type: 'string' }, 'withdrawal-share': { type: 'string' }, rollout: { type: 'string' }, url: { type: 'string' }, ca: { type: 'string' }, 'token-file': { type: 'string' }, version: { type: 'string' } },
+      'the reference control plane: validates the state file (and again whenever it changes) and verifies it exactly as `switchyard verify` does (a state with findings other than unreachable bindings is not published; the current version stays), logs its semantic difference from the current version, holds a state that withdraws more than --withdrawal-share percent (default 5, or 50 bindings, or all) of a service until `control-plane override --version N` confirms it, versions it, and pushes it to the agents (with --rollout FILE, {"stages": [{"name": "canary", "match": {"canary": "true"}}, …], "bake_seconds": N}, stage by stage: the next once every agent of the last has it and stayed healthy for the bake; a NACK, rising errors or climbing misses halt it, later stages keep the version they had; agents say their labels in agent.json "labels") holding a token in --tokens ({"agent-id": "token"}, mode 600) over WSS; GET /status (agent or admin token) shows each agent. `control-plane status` prints that view: the version in force and what it changed, a held version, the last refused state, and per agent connected or not, the applied version, a push in flight, the last heartbeat and the last NACK. `control-plane override --version N` (admin token) confirms that a withdrawal is meant: a held version is published, with the guard override, to every agent; the current version is pushed again, with it, to the agents whose own guard refused it. The daemon logs JSON lines on stdout from --log-level on (trace, debug, info, warn, error or fatal; default info); when stdout is the journal (systemd), each line carries its syslog priority (<7> trace/debug, <6> info, <4> warn, <3> error, <2> fatal), so `journalctl -p warning` shows the held, refused and unsaved states',
+    options: { state: { type: 'string' }, listen: { type: 'string' }, cert: { type: 'string' }, key: { type: 'string' }, tokens: { type: 'string' }, 'admin-token-file': { type: 'string' }, 'withdrawal-share': { type: 'string' }, rollout: { type: 'string' }, url: { type: 'string' }, ca: { type: 'string' }, 'token-file': { type: 'string' }, version: { type: 'string' }, 'log-level': { type: 'string' } },
     run(args, flags, out) {
+      // status and override print an answer and log nothing: a level there would be silently ignored.
+      if (args.length > 0 && flags['log-level'] !== undefined) throw usageError(`--log-level applies to the control plane daemon only, not control-plane ${args.join(' ')}`);
       return subcommand(args, this.usage, { status: () => controlPlaneStatus(flags, out), override: () => controlPlaneOverride(flags, out) }, () => controlPlaneCommand(flags));
     },
   },
@@ -432,8 +447,8 @@ const COMMANDS: Record<string, Command> = {
   firewall: {
     usage: FIREWALL_USAGE,
     summary:
-      'ipsets and iptables rules that agree with the bindings: plan (what would be written), apply (write only what differs), status (what is in the kernel; with a state file, whether it drifted), cleanup (remove everything Switchyard created), watch (stay in the foreground: apply the file whenever it changes, and every --interval seconds, default 90, read the kernel back and repair drift; JSON log lines; the rules stay when it stops). Reads the desired-state file of load-bindings (bindings, services, https_only).',
-    options: { backend: { type: 'string' }, interval: { type: 'string' } },
+      'ipsets and iptables rules that agree with the bindings: plan (what would be written), apply (write only what differs), status (what is in the kernel; with a state file, whether it drifted), cleanup (remove everything Switchyard created), watch (stay in the foreground: apply the file whenever it changes, and every --interval seconds, default 90, read the kernel back and repair drift; JSON log lines from --log-level on, default info, a failed apply at warn, with syslog priorities when stdout is the journal; the rules stay when it stops). Reads the desired-state file of load-bindings (bindings, services, https_only).',
+    options: { backend: { type: 'string' }, interval: { type: 'string' }, 'log-level': { type: 'string' } },
     run(args, flags, out) {
       return firewallCommand(args, flags, out);
     },
@@ -496,7 +511,7 @@ function helpText(): string {
     '  --bpffs PATH   bpf filesystem mount (default /sys/fs/bpf)',
     '  --json         machine-readable output (read commands; lookup - prints one object per line)',
     '  -h, --help     this help, or a command\'s usage',
-    '  -V, --version  switchyard <version> (with --json, {"version", "abi"}: abi is the dispatcher state\'s layout)',
+    '  -V, --version  switchyard <version> (abi N, bpf sha256 HEX), as `switchyard version`; with --json, as `version --json`',
     '',
     'exit status (every command):',
     '  0  success',
@@ -530,7 +545,7 @@ function oneLine(err: unknown): string {
 export async function main(argv: string[]): Promise<number> {
   // The command is the first word that is not an option or an option's value,
   // so global options may come before it (switchyard --netns X status).
-  const valued = new Set(['--netns', '--bpffs', '--object', '--label', '--protocol', '--prefix', '--backend', '--interval', '--config', '--state', '--listen', '--cert', '--key', '--tokens', '--admin-token-file', '--withdrawal-share', '--rollout', '--url', '--ca', '--token-file', '--socket', '--agent-socket', '--admin-socket', '--version']);
+  const valued = new Set(['--netns', '--bpffs', '--object', '--label', '--protocol', '--prefix', '--backend', '--interval', '--config', '--state', '--listen', '--cert', '--key', '--tokens', '--admin-token-file', '--withdrawal-share', '--rollout', '--url', '--ca', '--token-file', '--socket', '--agent-socket', '--admin-socket', '--version', '--log-level']);
   let at = 0;
   while (at < argv.length && argv[at]!.startsWith('-') && argv[at] !== '-') at += valued.has(argv[at]!) ? 2 : 1;
   const name = argv[at] ?? (argv.some((a) => a === '--help' || a === '-h') ? '--help' : undefined);
@@ -563,7 +578,8 @@ export async function main(argv: string[]): Promise<number> {
   try {
     return await command.run(parsed.positionals, parsed.values as Record<string, string | boolean | undefined>, out);
   } catch (err) {
-    process.stderr.write(`switchyard ${name}: ${singleLine(oneLine(err))}\n`);
+    // A daemon that cannot start says why here: under systemd (stderr is the journal's stream too) at priority 3, so `journalctl -p err` shows it.
+    process.stderr.write(`${isJournalStream(2) ? '<3>' : ''}switchyard ${name}: ${singleLine(oneLine(err))}\n`);
     if (process.env.SWITCHYARD_DEBUG) console.error(err);
     // Every error, whatever its code: 1 is reserved for findings and differences.
     return EXIT_ERROR;
@@ -577,14 +593,14 @@ function printVersion(argv: string[]): number {
     process.stderr.write(`switchyard: --version takes no argument but --json, not ${JSON.stringify(other)}\n`);
     return EXIT_ERROR;
   }
-  let info: { version: string; abi: number };
+  let info: ReturnType<typeof versionInfo>;
   try {
     info = versionInfo();
   } catch (err) {
     process.stderr.write(`switchyard: ${singleLine(oneLine(err))}\n`);
     return EXIT_ERROR;
   }
-  new Output(argv.includes('--json')).data(info, () => `switchyard ${info.version}`);
+  new Output(argv.includes('--json')).data(info, () => versionLine(info));
   return EXIT_OK;
 }
 

@@ -60,7 +60,8 @@ install -d "$lib/bin" "$lib/native/build/Release" "$lib/bpf" "$pkg/usr/bin" "$pk
 cp -r dist/src "$lib/dist-src"
 install -d "$lib/dist" && mv "$lib/dist-src" "$lib/dist/src"
 find "$lib/dist" -name '*.map' -delete
-install -m 0644 bin/switchyard "$lib/bin/switchyard"
+sed 1d bin/switchyard >"$lib/bin/switchyard.js" # the shebang: the wrapper below names the runtime
+chmod 0644 "$lib/bin/switchyard.js"
 install -m 0644 native/build/Release/switchyard.node "$lib/native/build/Release/switchyard.node"
 strip --strip-unneeded "$lib/native/build/Release/switchyard.node"
 install -m 0644 bpf/dispatcher.o "$lib/bpf/dispatcher.o"
@@ -78,8 +79,10 @@ rm -f "$lib/package-lock.json"
 # Headers and docs the runtime never reads.
 rm -rf "$lib/node_modules/node-addon-api" "$lib/node_modules/.package-lock.json"
 find "$lib/node_modules" \( -name '*.md' -o -name '*.markdown' -o -name '*.ts' -o -name '*.map' -o -name '.npmignore' \
-  -o -name '.eslintrc*' -o -name '.travis.yml' -o -name '.github' -o -name 'test' -o -name 'tests' -o -name 'benchmarks' -o -name 'docs' \) \
-  -prune -exec rm -rf {} +
+  -o -name '.eslintrc*' -o -name '.travis.yml' -o -name '.github' -o -name 'test' -o -name 'tests' -o -name 'benchmarks' -o -name 'docs' \
+  -o -name '*.html' -o -name '.gitattributes' \) -prune -exec rm -rf {} +
+# pino's own command line (pino-pretty's launcher), never run here.
+rm -f "$lib/node_modules/pino/bin.js"
 
 # The runtime, cached between builds (the registry's tarball, checked by npm's integrity).
 cache=${XDG_CACHE_HOME:-$HOME/.cache}/switchyard-package
@@ -90,6 +93,8 @@ mkdir "$work/node"
 tar -xzf "$cache/$tarball" -C "$work/node"
 install -d "$lib/node/bin"
 install -m 0755 "$work/node/package/bin/node" "$lib/node/bin/node"
+# Symbols only (Debian strips its own nodejs the same way).
+strip --strip-unneeded "$lib/node/bin/node"
 install -m 0644 "$work/node/package/LICENSE" "$lib/node/LICENSE"
 node_version=$("$lib/node/bin/node" --version)
 echo "package: bundled Node.js $node_version ($tarball)"
@@ -98,8 +103,9 @@ echo "package: bundled Node.js $node_version ($tarball)"
 
 cat >"$pkg/usr/bin/switchyard" <<'SH'
 #!/bin/sh
-# Switchyard's CLI and daemons on the runtime the package carries.
-exec /usr/lib/switchyard/node/bin/node /usr/lib/switchyard/bin/switchyard "$@"
+# Switchyard's CLI and daemons on the runtime the package carries (exec:
+# a unit's main process is node itself, for sd_notify and the watchdog).
+exec /usr/lib/switchyard/node/bin/node /usr/lib/switchyard/bin/switchyard.js "$@"
 SH
 chmod 0755 "$pkg/usr/bin/switchyard"
 

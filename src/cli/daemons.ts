@@ -162,6 +162,10 @@ export async function controlPlaneCommand(flags: Record<string, unknown>): Promi
   });
   server.on('unsaved', (source: string, err: UnsavedChange) => log.error({ why: source, file: stateFile, code: err.reason ?? err.code, err: err.message }, 'not saved, so not published: the current version stays'));
   server.on('stalled', (agent: string, why: string) => log.warn({ agent }, why));
+  // An agent's refusal is a warning here too (it was not logged at all): that agent does not run the version.
+  server.on('nack', (agent: string, nack: { version: number | null; code: string; message: string }) => log.warn({ agent, version: nack.version, code: nack.code, message: nack.message }, 'refused by an agent'));
+  // One line per agent per version: debug, or a fleet floods the log.
+  server.on('ack', (agent: string, version: number) => log.debug({ agent, version }, 'acknowledged by an agent'));
   let refusal = '';
   /** One log line (or a few) per proposed state, from the file or the API. */
   const logProposal = (r: Proposed, base: Record<string, unknown>) => {

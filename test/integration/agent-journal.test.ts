@@ -3,8 +3,9 @@
  * as systemd runs them, stdout a stream named by $JOURNAL_STREAM (a file
  * here: what counts is that fd 1 is the stream the variable names) and
  * $NOTIFY_SOCKET a socket of our own. Every log line carries its level's
- * syslog priority; a refused version is at warn; STATUS= follows every ACK
- * and NACK; the control plane's --log-level drops what is below it.
+ * syslog priority; a refused version is at warn (in the agent's log and in
+ * the control plane's); STATUS= follows every ACK and NACK; the control
+ * plane's --log-level drops what is below it.
  */
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -109,6 +110,9 @@ describe.skipIf(!isRoot)('the daemons under systemd: journal priorities and STAT
     expect(cpLines.length).toBeGreaterThan(0);
     expect(cpLines.filter((l) => l.level < 40)).toEqual([]); // 'listening', 'published' … are info: not logged at warn
     expect(cpLines.some((l) => l.priority === 4 && /shorter than 16 characters/.test(l.msg))).toBe(true);
+    // The agent's NACK, as the control plane saw it, at warning too.
+    await eventually('the NACK in the control plane\'s log', () => controlPlane().some((l) => l.includes('"msg":"refused by an agent"')), () => controlPlane());
+    expect(parsed(controlPlane()).filter((l) => l.msg === 'refused by an agent').map((l) => [l.priority, l.code])).toEqual([[4, 'ECAPACITY']]);
     fs.rmSync(certs.dir, { recursive: true, force: true });
   });
 });

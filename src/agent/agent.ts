@@ -194,7 +194,8 @@ export class Agent {
     this.status = new ServiceStatus(this.log);
     const location = locate({ netns: config.netns, bpffs: config.bpffs });
     this.location = location;
-    load(location);
+    // Loaded, with something to know (sk_lookup programs beside it that could not be identified with the unit's capabilities).
+    for (const warning of load(location).warnings ?? []) this.log.warn({ warning }, 'dispatcher loaded with a warning');
     this.dispatcher = Dispatcher.open(location);
     const store = new StateStore(config.stateDir);
     this.local = new LocalLayer(config.stateDir);

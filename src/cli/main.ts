@@ -189,9 +189,10 @@ const COMMANDS: Record<string, Command> = {
       const location = locationOf(flags);
       const r = load(location, flags.object as string | undefined);
       const aside = r.staleMovedTo ? `; stale state of a namespace that no longer exists moved to ${r.staleMovedTo} (switchyard remove-stale removes it)` : '';
-      out.data({ loaded: true, created: r.created, stateDir: location.dir, ...(r.staleMovedTo ? { staleMovedTo: r.staleMovedTo } : {}) }, () =>
+      out.data({ loaded: true, created: r.created, stateDir: location.dir, ...(r.staleMovedTo ? { staleMovedTo: r.staleMovedTo } : {}), ...(r.warnings ? { warnings: r.warnings } : {}) }, () =>
         r.created ? `loaded dispatcher into ${location.netnsPath}; state pinned at ${location.dir}${aside}` : `dispatcher already loaded (${location.dir}); nothing changed`,
       );
+      warnAfterSwitch(r); // loaded (exit 0), with what the operator should know on stderr
       return 0;
     },
   },

@@ -14,6 +14,10 @@ export default defineConfig({
           fileParallelism: false,
         },
       },
+      {
+        // `npm run test:system` only (scripts/system-test.sh builds what it needs first).
+        test: { name: 'system', include: ['test/system/**/*.test.ts'], testTimeout: 300_000, hookTimeout: 300_000 },
+      },
     ],
   },
 });

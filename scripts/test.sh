@@ -8,7 +8,7 @@ sh scripts/setup.sh
 results=$(mktemp)
 trap 'rm -f "$results"' EXIT
 status=0
-npx vitest run --reporter=default --reporter=json --outputFile="$results" || status=$?
+npx vitest run --project unit --project integration --reporter=default --reporter=json --outputFile="$results" || status=$?
 # One closing line in the plain "N passed, N failed" form.
 node -e '
   const r = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));

@@ -1,0 +1,70 @@
+#!/bin/sh
+# `npm run test:system`: Switchyard as its users run it. Builds the Debian
+# package twice (this version, and a newer build of the same tree for the
+# upgrade), bootstraps a minimal Debian root with debootstrap (Debian
+# packages only; cached between runs), boots it with systemd-nspawn --boot
+# --private-network on a bpffs instance of its own, installs the package
+# with apt-get and checks the shipped units under a real systemd
+# (test/system/system.test.ts says what is checked).
+#
+#   SYSTEST_SUITE   Debian release to boot (default: bookworm)
+#   SYSTEST_CACHE   where the bootstrapped roots are kept
+#                   (default: /var/cache/switchyard-systest)
+#
+# Exits 0 when every check passed, 1 when one failed, 77 when it cannot run
+# here (not root, no systemd-nspawn or debootstrap to be had, no BPF in the
+# kernel), with the reason on stderr.
+set -eu
+cd "$(dirname "$0")/.."
+started=$(date +%s)
+
+skip() { echo "test:system: skipped: $*" >&2; exit 77; }
+[ "$(id -u)" = 0 ] || skip "needs root (systemd-nspawn, bpffs, debootstrap)"
+[ "$(uname -m)" = x86_64 ] || skip "the package is amd64 only"
+need=""
+command -v systemd-nspawn >/dev/null 2>&1 || need="$need systemd-container"
+command -v debootstrap >/dev/null 2>&1 || need="$need debootstrap"
+if [ -n "$need" ]; then
+  echo "test:system: installing Debian packages:$need"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need >/dev/null; } ||
+    skip "could not install$need"
+fi
+probe_dir=$(mktemp -d /tmp/switchyard-systest-probe.XXXXXX)
+if ! mount -t bpf bpf "$probe_dir" 2>/dev/null; then rmdir "$probe_dir"; skip "cannot mount a bpf filesystem"; fi
+umount "$probe_dir"; rmdir "$probe_dir"
+
+suite=${SYSTEST_SUITE:-bookworm}
+cache=${SYSTEST_CACHE:-/var/cache/switchyard-systest}
+# What the root holds besides the minimal base: systemd as PID 1, and what
+# the package depends on (so apt-get install ./…deb needs no network: the
+# container has none).
+include=systemd,systemd-sysv,dbus,iptables,ipset,iproute2,libbpf1,procps
+key=$(printf '%s %s' "$suite" "$include" | sha256sum | cut -c1-12)
+root="$cache/$suite-$key"
+mkdir -p "$cache"
+if [ ! -f "$root/.complete" ]; then
+  echo "test:system: debootstrap $suite into $root (cached for the next runs)"
+  rm -rf "$root.tmp"
+  t0=$(date +%s)
+  debootstrap --variant=minbase --include="$include" "$suite" "$root.tmp" http://deb.debian.org/debian >"$cache/debootstrap.log" 2>&1 ||
+    { tail -n 20 "$cache/debootstrap.log" >&2; echo "test:system: debootstrap failed" >&2; exit 1; }
+  rm -rf "$root" && mv "$root.tmp" "$root"
+  touch "$root/.complete"
+  echo "test:system: debootstrap took $(($(date +%s) - t0)) s"
+else
+  echo "test:system: cached root $root"
+fi
+
+version=$(node -p 'require("./package.json").version')
+out=$(mktemp -d /tmp/switchyard-systest-debs.XXXXXX)
+trap 'rm -rf "$out"' EXIT
+OUT="$out" sh scripts/package.sh
+# The newer build: the same tree under a later version, as an upgrade brings.
+OUT="$out" SWITCHYARD_VERSION="$version+systest1" SKIP_LINTIAN=1 sh scripts/package.sh >/dev/null
+
+status=0
+SYSTEST_ROOT="$root" SYSTEST_SUITE="$suite" SYSTEST_DEB="$out/switchyard_${version}_amd64.deb" \
+  SYSTEST_DEB_NEXT="$out/switchyard_${version}+systest1_amd64.deb" SYSTEST_STARTED="$started" \
+  npx vitest run --project system || status=$?
+echo "test:system: $(($(date +%s) - started)) s in all"
+exit "$status"

@@ -130,20 +130,26 @@ export interface Status {
   netns: string;
   netnsInode: number;
   stateDir: string;
-  program: { id: number; name: string; jited: boolean };
+  program: { id: number; name: string; jited: boolean; tag: string };
   link: { id: number; progId: number; netnsInode: number | undefined };
   table: TableSummary | null;
   destinations: DestinationStatus[];
 }
 
 /**
- * Loads the dispatcher into a namespace. Loading an already loaded,
- * compatible one changes nothing; state left by a dead namespace whose inode
- * this one reused is moved aside (`staleMovedTo`), never adopted.
+ * Loads the dispatcher into a namespace. An already loaded, compatible one
+ * keeps its maps (bindings, sockets, counters); its program is moved to
+ * `objectPath`'s (by default the installed object) through the pinned link
+ * when the two differ (`replaced`), and nothing changes when they are the
+ * same, so a restart is a no-op and a package upgrade takes effect at the
+ * agent's next start. State left by a dead namespace whose inode this one
+ * reused is moved aside (`staleMovedTo`), never adopted.
  */
 export interface LoadResult {
   created: boolean;
   staleMovedTo?: string;
+  /** The loaded program differed from the object's and was replaced (see replaceProgram). */
+  replaced?: ProgramChange;
   /** Loaded, with something the operator should know (sk_lookup programs beside it that could not be identified). */
   warnings?: string[];
 }
@@ -153,8 +159,15 @@ export function load(location: Location, objectPath = defaultObjectPath()): Load
     let staleMovedTo: string | undefined;
     if (isLoaded(location)) {
       if (staleReason(location) === undefined) {
-        PinnedState.open(location).close(); // compatibility check
-        return { created: false };
+        finishInterruptedGrowth(location);
+        finishInterruptedReplacement(location);
+        const state = PinnedState.open(location); // compatibility check
+        try {
+          const replaced = replaceProgram(state, objectPath, true);
+          return { created: false, ...(replaced ? { replaced } : {}) };
+        } finally {
+          state.close();
+        }
       }
       staleMovedTo = moveStaleAside(location);
     }
@@ -239,34 +252,99 @@ export function unload(location: Location): { removed: boolean } {
 /**
  * Replaces the program through the pinned link (BPF_LINK_UPDATE): the maps,
  * and with them every binding and socket, stay; there is no moment without
- * a program attached.
+ * a program attached. Unlike load, it replaces even an identical program.
  */
 export function upgrade(location: Location, objectPath = defaultObjectPath()): { programId: number; previousProgramId: number } {
   return withWriterLock(location, () => {
     finishInterruptedGrowth(location);
+    finishInterruptedReplacement(location);
     const state = PinnedState.open(location);
     try {
-      const reuse: Record<string, number> = {};
-      for (const name of MAP_NAMES) reuse[name] = state.maps[name].fd;
-      const { maps, programs } = loadObject(objectPath, reuse);
-      const owned = [...Object.values(maps), ...Object.values(programs)].map((fd) => new Fd(fd));
-      try {
-        const prog = programs[PROGRAM_NAME];
-        if (prog === undefined) throw new SwitchyardError('EINVAL_ARGUMENT', `${objectPath} has no program ${PROGRAM_NAME}`);
-        const previous = native().objInfo(state.link.fd, 'link').progId;
-        native().linkUpdate(state.link.fd, prog);
-        // Re-pin the program by rename so `program` always names a loaded one.
-        const pin = path.join(location.dir, 'program');
-        native().objPin(prog, `${pin}_new`); // bpffs refuses dots in names
-        fs.renameSync(`${pin}_new`, pin);
-        return { programId: native().objInfo(prog, 'prog').id, previousProgramId: previous };
-      } finally {
-        for (const fd of owned) fd.close();
-      }
+      const { programId, previousProgramId } = replaceProgram(state, objectPath, false)!;
+      return { programId, previousProgramId };
     } finally {
       state.close();
     }
   });
+}
+
+export interface ProgramChange {
+  previousProgramId: number;
+  programId: number;
+  /** Kernel tags (hex) of the program replaced and of its replacement. */
+  previousTag: string;
+  tag: string;
+  /** Loading (verifying) the new program, and the switch with its pins. */
+  loadMs: number;
+  switchMs: number;
+}
+
+/** The pin of a replacement program before the link runs it (see replaceProgram). */
+const PROGRAM_NEW = 'program_new'; // bpffs refuses dots in names
+
+/**
+ * Moves the pinned link to `objectPath`'s program, verified against every
+ * pinned map (the generation map too, so the table capacity the pinned
+ * program was verified for stays). With `onlyIfDifferent`, nothing changes
+ * when the link already runs the pinned program and that program's kernel
+ * tag is the object's: the tag is the kernel's digest of the instructions
+ * with map references zeroed, so it says "same code" whatever maps either
+ * was loaded against (a program grown to a larger table keeps its tag), and
+ * it is the same hash the kernel uses, whichever it is (SHA-256 since 6.18).
+ * Comparing needs the object loaded: a verifier run at each start.
+ *
+ * Crash-safe under the writer lock: the new program is pinned as
+ * `program_new` before the link is updated and renamed over `program`
+ * after, so a writer dead at any point leaves the link running the old
+ * program or the new one, both held by a pin; the next writer
+ * (finishInterruptedReplacement) renames `program_new` if the link runs it
+ * and removes it otherwise, and the next load compares again and redoes the
+ * job if it was not done. A link found running anything other than the
+ * pinned program (an old version's upgrade that died between its update and
+ * its pin) counts as different too.
+ */
+function replaceProgram(state: PinnedState, objectPath: string, onlyIfDifferent: boolean): ProgramChange | undefined {
+  const started = performance.now();
+  const reuse: Record<string, number> = {};
+  for (const name of MAP_NAMES) reuse[name] = state.maps[name].fd;
+  const { maps, programs } = loadObject(objectPath, reuse);
+  const loaded = performance.now();
+  const owned = [...Object.values(maps), ...Object.values(programs)].map((fd) => new Fd(fd));
+  try {
+    const prog = programs[PROGRAM_NAME];
+    if (prog === undefined) throw new SwitchyardError('EINVAL_ARGUMENT', `${objectPath} has no program ${PROGRAM_NAME}`);
+    const candidate = native().objInfo(prog, 'prog');
+    const pinned = native().objInfo(state.program.fd, 'prog');
+    const running = native().objInfo(state.link.fd, 'link').progId;
+    if (onlyIfDifferent && running === pinned.id && pinned.tag === candidate.tag) return undefined;
+    const dir = state.location.dir;
+    const next = path.join(dir, PROGRAM_NEW);
+    fs.rmSync(next, { force: true });
+    native().objPin(prog, next);
+    native().linkUpdate(state.link.fd, prog);
+    fs.renameSync(next, path.join(dir, 'program'));
+    return { previousProgramId: running, programId: candidate.id, previousTag: pinned.tag, tag: candidate.tag, loadMs: loaded - started, switchMs: performance.now() - loaded };
+  } finally {
+    for (const fd of owned) fd.close();
+  }
+}
+
+/** Completes or discards a program replacement a dead writer left half done (see replaceProgram); true when it changed the pins. */
+function finishInterruptedReplacement(location: Location): boolean {
+  const pending = path.join(location.dir, PROGRAM_NEW);
+  if (!fs.existsSync(pending)) return false;
+  const link = new Fd(native().objGet(path.join(location.dir, 'link')));
+  const prog = new Fd(native().objGet(pending));
+  let live: boolean;
+  try {
+    live = native().objInfo(link.fd, 'link').progId === native().objInfo(prog.fd, 'prog').id;
+  } finally {
+    link.close();
+    prog.close();
+  }
+  if (live) fs.renameSync(pending, path.join(location.dir, 'program'));
+  else fs.rmSync(pending);
+  return true;
 }
 
 /**
@@ -472,7 +550,9 @@ export class Dispatcher {
 
   /** Under the lock, before a write: what a dead writer (or a growth that could not rename its pins) left half done is completed or discarded, and the handles follow the pins. */
   private settle(): void {
-    if (finishInterruptedGrowth(this.location) || this.mustReopen) this.reopen();
+    const grown = finishInterruptedGrowth(this.location);
+    const replaced = finishInterruptedReplacement(this.location);
+    if (grown || replaced || this.mustReopen) this.reopen();
     settleTablePins(this.location.dir, this.state.maps.generation);
   }
 
@@ -829,7 +909,7 @@ export class Dispatcher {
       netns: this.location.netnsPath,
       netnsInode: this.location.netnsIno,
       stateDir: this.location.dir,
-      program: { id: prog.id, name: prog.name, jited: prog.jited },
+      program: { id: prog.id, name: prog.name, jited: prog.jited, tag: prog.tag },
       link: { id: link.id, progId: link.progId, netnsInode: link.netnsIno },
       table: current?.summary ?? null,
       destinations: list.sort((a, b) => a.label.localeCompare(b.label) || a.family - b.family || a.protocol.localeCompare(b.protocol)),

@@ -30,15 +30,20 @@ function stream() {
 }
 
 /**
- * Every level once, flushed, and the lines the file got, in level order:
- * pino's fatal() flushes synchronously, which can overtake a line still
- * being written asynchronously (pino's default destination does the same).
+ * Every level once, and the lines the file got once `expected` are there,
+ * in level order. Waited for, not flushed: pino's destination writes
+ * asynchronously and its flush() (minLength 0) answers before a write in
+ * flight has landed. Sorted: fatal() flushes synchronously, which can
+ * overtake a line still being written (pino's default destination does
+ * the same).
  */
-async function logEachLevel(log: Logger, file: string): Promise<string[]> {
+async function logEachLevel(log: Logger, file: string, expected: number): Promise<string[]> {
   for (const level of LOG_LEVELS) log[level]({ n: 1 }, `at ${level}`);
-  await new Promise<void>((resolve, reject) => log.flush((err) => (err ? reject(err) : resolve())));
+  const read = () => fs.readFileSync(file, 'utf8').split('\n').filter(Boolean);
+  for (let i = 0; i < 250 && read().length < expected; i++) await new Promise((r) => setTimeout(r, 20));
+  await new Promise((r) => setTimeout(r, 50)); // and nothing more arrives
   const level = (line: string) => (JSON.parse(line.slice(line.indexOf('{'))) as { level: number }).level;
-  return fs.readFileSync(file, 'utf8').split('\n').filter(Boolean).sort((a, b) => level(a) - level(b));
+  return read().sort((a, b) => level(a) - level(b));
 }
 
 describe('journal priorities', () => {
@@ -56,7 +61,7 @@ describe('journal priorities', () => {
 
   it('in the journal: each line starts with its level\'s priority (trace/debug 7, info 6, warn 4, error 3, fatal 2), then the JSON', async () => {
     const s = stream();
-    const lines = await logEachLevel(createLogger({ component: 'test' }, { fd: s.fd, level: 'trace', env: { JOURNAL_STREAM: s.id } }), s.file);
+    const lines = await logEachLevel(createLogger({ component: 'test' }, { fd: s.fd, level: 'trace', env: { JOURNAL_STREAM: s.id } }), s.file, 6);
     expect(lines.map((l) => l.slice(0, 3))).toEqual(['<7>', '<7>', '<6>', '<4>', '<3>', '<2>']);
     expect(lines.map((l) => JSON.parse(l.slice(3)) as { level: number; msg: string; component: string })).toMatchObject(
       LOG_LEVELS.map((level, i) => ({ level: (i + 1) * 10, msg: `at ${level}`, component: 'test' })),
@@ -65,14 +70,14 @@ describe('journal priorities', () => {
 
   it('anywhere else: plain JSON lines, as before', async () => {
     const s = stream();
-    const lines = await logEachLevel(createLogger({ component: 'test' }, { fd: s.fd, env: { JOURNAL_STREAM: stream().id } }), s.file);
+    const lines = await logEachLevel(createLogger({ component: 'test' }, { fd: s.fd, env: { JOURNAL_STREAM: stream().id } }), s.file, 4);
     expect(lines).toHaveLength(4); // info and up, the default
     for (const l of lines) expect(l.startsWith('{"level":')).toBe(true);
   });
 
   it('the level drops what is below it, in the journal too', async () => {
     const s = stream();
-    const lines = await logEachLevel(createLogger({}, { fd: s.fd, level: 'warn', env: { JOURNAL_STREAM: s.id } }), s.file);
+    const lines = await logEachLevel(createLogger({}, { fd: s.fd, level: 'warn', env: { JOURNAL_STREAM: s.id } }), s.file, 3);
     expect(lines.map((l) => l.slice(0, 3))).toEqual(['<4>', '<3>', '<2>']);
   });
 });

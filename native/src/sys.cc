@@ -106,6 +106,16 @@ static Napi::Value SocketInfo(const Napi::CallbackInfo &info) {
 }
 
 // flock(fd, exclusive, wait) -> acquired
+// renameExchange(a, b): swaps two paths atomically (renameat2
+// RENAME_EXCHANGE; bpffs supports it through simple_rename).
+static Napi::Value RenameExchange(const Napi::CallbackInfo &info) {
+  std::string a = ArgString(info, 0);
+  std::string b = ArgString(info, 1);
+  if (syscall(SYS_renameat2, AT_FDCWD, a.c_str(), AT_FDCWD, b.c_str(), 2 /* RENAME_EXCHANGE */))
+    ThrowErrno(info.Env(), errno, "renameat2", a + " <-> " + b);
+  return info.Env().Undefined();
+}
+
 static Napi::Value Flock(const Napi::CallbackInfo &info) {
   int op = (info[1].ToBoolean() ? LOCK_EX : LOCK_SH) | (info[2].ToBoolean() ? 0 : LOCK_NB);
   if (flock(ArgFd(info, 0), op)) {
@@ -418,6 +428,7 @@ void InitSys(Napi::Env env, Napi::Object exports) {
   exports.Set("pidfdGetfd", Napi::Function::New(env, PidfdGetfd));
   exports.Set("socketInfo", Napi::Function::New(env, SocketInfo));
   exports.Set("flock", Napi::Function::New(env, Flock));
+  exports.Set("renameExchange", Napi::Function::New(env, RenameExchange));
 }
 
 }  // namespace sy

@@ -21,7 +21,7 @@ import { BindingTable, IPPROTO, type Binding, type Protocol, protocolName } from
 import { buildTable, emptyInput, readHeader, type TrieInput } from '../trie/builder.js';
 import { applyPatch, planPatch, rebuildReason } from '../trie/patch.js';
 import { countChanges, findDuplicate } from '../bindings/order.js';
-import { leafDestination, leafPrefixLen, LEAF_RESULT_MASK, ROW_BYTES } from '../trie/layout.js';
+import { ABI_VERSION, leafDestination, leafPrefixLen, LEAF_RESULT_MASK, ROW_BYTES } from '../trie/layout.js';
 import { MAPS, MAP_NAMES, MIN_CAPACITY_ROWS, PROGRAM_NAME, capacityFor } from './maps.js';
 import {
   type Location,
@@ -43,6 +43,7 @@ import { createTableMap, loadWithCapacity, publishTable, readCurrentTable, swapT
 import type { BuiltTable } from '../trie/builder.js';
 import { ProgramLookup, type LookupQuery } from './lookup.js';
 import { refuseBesideOrphan } from './orphan.js';
+import { migrate, pinnedAbi, type Migration } from './migrate.js';
 import { checkSocket, describeSocket } from '../sockets/sockets.js';
 
 /** The dispatcher object this version ships (bpf/dispatcher.o). */
@@ -142,14 +143,18 @@ export interface Status {
  * `objectPath`'s (by default the installed object) through the pinned link
  * when the two differ (`replaced`), and nothing changes when they are the
  * same, so a restart is a no-op and a package upgrade takes effect at the
- * agent's next start. State left by a dead namespace whose inode this one
- * reused is moved aside (`staleMovedTo`), never adopted.
+ * agent's next start. State of another ABI is migrated to this version's
+ * without an outage (`migrated`, see migrate.ts). State left by a dead
+ * namespace whose inode this one reused is moved aside (`staleMovedTo`),
+ * never adopted.
  */
 export interface LoadResult {
   created: boolean;
   staleMovedTo?: string;
   /** The loaded program differed from the object's and was replaced (see replaceProgram). */
   replaced?: ProgramChange;
+  /** The state was of another ABI and was migrated to this version's (see migrate.ts). */
+  migrated?: Migration;
   /** Loaded, with something the operator should know (sk_lookup programs beside it that could not be identified). */
   warnings?: string[];
 }
@@ -159,8 +164,14 @@ export function load(location: Location, objectPath = defaultObjectPath()): Load
     let staleMovedTo: string | undefined;
     if (isLoaded(location)) {
       if (staleReason(location) === undefined) {
+        removeAbandonedTemps(location); // a migration's, too (see migrate.ts)
         finishInterruptedGrowth(location);
         finishInterruptedReplacement(location);
+        const abi = pinnedAbi(location.dir);
+        if (abi !== undefined && abi !== ABI_VERSION) {
+          const { migration, warnings } = migrate(location, objectPath, abi);
+          return { created: false, migrated: migration, ...(warnings.length ? { warnings } : {}) };
+        }
         const state = PinnedState.open(location); // compatibility check
         try {
           const replaced = replaceProgram(state, objectPath, true);

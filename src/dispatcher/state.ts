@@ -15,7 +15,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { SwitchyardError, isKernelError } from '../errors.js';
-import { BpfMap, Fd } from '../kernel/bpf.js';
+import { BpfMap, Fd, u32Key } from '../kernel/bpf.js';
 import { native } from '../kernel/native.js';
 import { ABI_VERSION, META, META_MAGIC } from '../trie/layout.js';
 import { MAPS, MAP_NAMES, type MapName } from './maps.js';
@@ -182,6 +182,9 @@ export class PinnedState {
     }
     const opened: Fd[] = [];
     try {
+      // The stamp before the maps: another ABI's maps need not have our shapes (load migrates them).
+      const abi = pinnedAbi(location.dir);
+      if (abi !== undefined && abi !== ABI_VERSION) throw abiError(location, abi);
       const maps = {} as Record<MapName, BpfMap>;
       for (const name of MAP_NAMES) {
         maps[name] = BpfMap.open(path.join(location.dir, name), MAPS[name]);
@@ -218,17 +221,40 @@ export function metaValue(): Buffer {
   return b;
 }
 
+/** The ABI stamped in a state directory's meta, or undefined when there is no readable stamp. */
+export function pinnedAbi(dir: string): number | undefined {
+  let fd: number;
+  try {
+    fd = native().objGet(path.join(dir, 'meta'));
+  } catch (err) {
+    if (isKernelError(err, 'ENOENT')) return undefined;
+    throw err;
+  }
+  try {
+    const info = native().objInfo(fd, 'map');
+    if (info.keySize !== 4 || info.valueSize < META.size) return undefined;
+    const value = Buffer.alloc(info.valueSize);
+    if (!native().mapLookup(fd, u32Key(0), value)) return undefined;
+    return value.readUInt32LE(META.magic) === META_MAGIC ? value.readUInt32LE(META.abiVersion) : undefined;
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
 function checkMeta(meta: BpfMap, location: Location): void {
   const value = Buffer.alloc(META.size);
   meta.lookup(Buffer.alloc(4), value);
   const magic = value.readUInt32LE(META.magic);
   const abi = value.readUInt32LE(META.abiVersion);
-  if (magic !== META_MAGIC || abi !== ABI_VERSION) {
-    throw new SwitchyardError(
-      'EINCOMPATIBLE_STATE',
-      `${location.dir} holds dispatcher state of ABI ${magic === META_MAGIC ? abi : 'unknown'}; this version speaks ABI ${ABI_VERSION}`,
-    );
-  }
+  if (magic !== META_MAGIC || abi !== ABI_VERSION) throw abiError(location, magic === META_MAGIC ? abi : undefined);
+}
+
+function abiError(location: Location, abi: number | undefined): SwitchyardError {
+  return new SwitchyardError(
+    'EINCOMPATIBLE_STATE',
+    `${location.dir} holds dispatcher state of ABI ${abi ?? 'unknown'}; this version speaks ABI ${ABI_VERSION}` +
+      (abi !== undefined ? '; `switchyard load` (or the agent starting) migrates it, bindings and sockets kept' : ''),
+  );
 }
 
 /** Unlinks every pin in a state directory and the directory itself. */

@@ -83,6 +83,8 @@ export interface Native {
   pidfdGetfd(pidfd: number, targetFd: number): number;
   socketInfo(fd: number): SocketInfo;
   flock(fd: number, exclusive: boolean, wait: boolean): boolean;
+  /** Swaps two paths in one step (renameat2 RENAME_EXCHANGE). */
+  renameExchange(a: string, b: string): void;
   /** One datagram to the notification socket ($NOTIFY_SOCKET; "@…" abstract). */
   sdNotify(socketPath: string, message: string): void;
   /** posix_spawnp with pipes for stdin (unless `stdinFd` >= 0), stdout (unless `stdoutFd` >= 0) and stderr; the parent's ends, close-on-exec. */

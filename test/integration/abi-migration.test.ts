@@ -1,0 +1,212 @@
+/**
+ * A change of ABI without an outage: this build (ABI N) and a test build of
+ * ABI N+1 whose `trace` map has another layout (its value 8 bytes longer, in
+ * the BPF object and in user space alike) take turns loading the same
+ * namespace, N → N+1 → N → N+1 → N, while a probe loop of TCP and UDP runs
+ * through the dispatcher: nothing refused, nothing misrouted; bindings,
+ * destinations, sockets and counters carried over (the stable maps reused as
+ * they are), the changed map made new each time.
+ */
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { execFileSync, spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { projectPath } from '../../src/paths.js';
+import { ABI_VERSION } from '../../src/trie/layout.js';
+import { TestNamespace, isRoot, type ProbeTarget } from '../support/netns.js';
+
+interface Status {
+  program: { id: number; tag: string };
+  link: { id: number; progId: number };
+  table: { serial: string; bindingCount: number };
+  destinations: Array<{ label: string; id: number; socket: string | null; stats: { lookups: string; misses: string; errors: string } }>;
+}
+
+function replaceOnce(text: string, from: string, to: string, file: string): string {
+  const at = text.indexOf(from);
+  if (at < 0 || text.indexOf(from, at + 1) >= 0) throw new Error(`${file}: expected "${from}" exactly once`);
+  return text.slice(0, at) + to + text.slice(at + from.length);
+}
+
+/**
+ * A build of ABI N+1 in `root`: the built TypeScript with ABI_VERSION + 1
+ * and a trace value of 32 bytes, the BPF object from sources patched the
+ * same way; the addon and node_modules shared.
+ */
+function buildNext(root: string): string {
+  fs.mkdirSync(root);
+  fs.copyFileSync(projectPath('package.json'), path.join(root, 'package.json'));
+  fs.symlinkSync(projectPath('node_modules'), path.join(root, 'node_modules'));
+  fs.symlinkSync(projectPath('native'), path.join(root, 'native'));
+  fs.cpSync(projectPath('bin'), path.join(root, 'bin'), { recursive: true });
+  fs.cpSync(projectPath('dist'), path.join(root, 'dist'), { recursive: true });
+  const layout = path.join(root, 'dist/src/trie/layout.js');
+  let js = fs.readFileSync(layout, 'utf8');
+  js = replaceOnce(js, `export const ABI_VERSION = ${ABI_VERSION};`, `export const ABI_VERSION = ${ABI_VERSION + 1};`, layout);
+  js = replaceOnce(js, 'assignErr: 20, size: 24 }', 'assignErr: 20, size: 32 }', layout);
+  fs.writeFileSync(layout, js);
+
+  const src = path.join(root, 'bpf-src');
+  fs.cpSync(projectPath('bpf'), src, { recursive: true, filter: (f) => !f.endsWith('.o') });
+  const header = path.join(src, 'switchyard.h');
+  let h = fs.readFileSync(header, 'utf8');
+  h = replaceOnce(h, `#define SY_ABI_VERSION ${ABI_VERSION}`, `#define SY_ABI_VERSION ${ABI_VERSION + 1}`, header);
+  h = replaceOnce(h, '\t__s32 assign_err;\n};', '\t__s32 assign_err;\n\t__u32 reserved[2];\n};', header);
+  fs.writeFileSync(header, h);
+  fs.mkdirSync(path.join(root, 'bpf'));
+  const arch = execFileSync('gcc', ['-dumpmachine'], { encoding: 'utf8' }).trim();
+  execFileSync('clang', ['-O2', '-g', '-Wall', '-Werror', '-target', 'bpf', `-I/usr/include/${arch}`, '-c', path.join(src, 'dispatcher.c'), '-o', path.join(root, 'bpf/dispatcher.o')]);
+  return root;
+}
+
+interface Migration {
+  fromAbi: number;
+  toAbi: number;
+  bindings: number;
+  reused: string[];
+  created: string[];
+  buildMs: number;
+  loadMs: number;
+  switchMs: number;
+}
+
+/** The dispatcher layer's load of the build at `root` (what its agent calls at start). */
+function loadWith(root: string, ns: TestNamespace): { created: boolean; migrated?: Migration; warnings?: string[] } {
+  const text = `
+    const { load } = await import(${JSON.stringify(path.join(root, 'dist/src/dispatcher/dispatcher.js'))});
+    const { locate } = await import(${JSON.stringify(path.join(root, 'dist/src/dispatcher/state.js'))});
+    process.stdout.write(JSON.stringify(load(locate({ bpffs: ${JSON.stringify(ns.bpffs)}, netns: ${JSON.stringify(ns.path)} }))));`;
+  return JSON.parse(execFileSync(process.execPath, ['--input-type=module', '-e', text], { encoding: 'utf8' }));
+}
+
+function cliOf(root: string, ns: TestNamespace, args: string[]) {
+  try {
+    return { code: 0, stdout: execFileSync(path.join(root, 'bin/switchyard'), [...args, '--netns', ns.path, '--bpffs', ns.bpffs], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }), stderr: '' };
+  } catch (err) {
+    const e = err as { status: number; stdout: string; stderr: string };
+    return { code: e.status, stdout: e.stdout, stderr: e.stderr };
+  }
+}
+
+/** Map ids of the pins in the namespace's state directory. */
+function mapIds(ns: TestNamespace): Record<string, number> {
+  const dir = path.join(ns.bpffs, 'switchyard', String(fs.statSync(ns.path).ino));
+  const out: Record<string, number> = {};
+  for (const name of ['sockets', 'destinations', 'destination_stats', 'trace', 'meta', 'generation']) {
+    out[name] = (JSON.parse(execFileSync('bpftool', ['-j', 'map', 'show', 'pinned', path.join(dir, name)], { encoding: 'utf8' })) as { id: number }).id;
+  }
+  return out;
+}
+
+function probeLoop(ns: TestNamespace, targets: Array<[ProbeTarget, string]>, rate: number, seconds: number) {
+  const spec = { targets: targets.map(([t]) => t), rate, seconds, concurrency: 64 };
+  const client = spawn('ip', ['netns', 'exec', ns.name, process.execPath, projectPath('test/fixtures/load.mjs'), JSON.stringify(spec)], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  client.stdout!.on('data', (d) => (out += d));
+  let running = true;
+  const done = new Promise<Array<{ got: string; want: string; target: ProbeTarget }>>((resolve) =>
+    client.on('exit', () => {
+      running = false;
+      resolve(
+        out
+          .split('\n')
+          .filter(Boolean)
+          .map((line) => JSON.parse(line) as { i: number; r: string })
+          .map(({ i, r }) => ({ got: r, want: targets[i]![1], target: targets[i]![0] })),
+      );
+    }),
+  );
+  return { done, running: () => running };
+}
+
+const tcp = (addr: string, port: number): ProbeTarget => ({ proto: 'tcp', addr, port });
+const udp = (addr: string, port: number): ProbeTarget => ({ proto: 'udp', addr, port });
+
+describe.skipIf(!isRoot)('ABI migration', () => {
+  let ns: TestNamespace;
+  let root: string;
+  let next: string;
+  const current = projectPath();
+  beforeAll(() => {
+    root = fs.mkdtempSync(path.join(os.tmpdir(), 'sy-abi-'));
+    next = buildNext(path.join(root, 'next'));
+  });
+  afterAll(() => fs.rmSync(root, { recursive: true, force: true }));
+  beforeEach(async () => {
+    ns = TestNamespace.create();
+    ns.ok(['load']);
+    await ns.startService('web', ['tcp4', 'udp4', 'tcp6'], true);
+    await ns.startService('api', ['tcp4', 'udp4'], true);
+    ns.ok(['bind', 'web', 'tcp', '192.0.2.0/24', '0']);
+    ns.ok(['bind', 'web', 'udp', '192.0.2.0/24', '53']);
+    ns.ok(['bind', 'web', 'tcp', '2001:db8::/32', '443']);
+    ns.ok(['bind', 'api', 'tcp', '192.0.2.128/25', '8080']);
+    ns.ok(['bind', 'api', 'udp', '198.51.100.0/24', '0']);
+    ns.ok(['bind', 'nobody', 'tcp', '203.0.113.0/24', '0']); // reserved: refused by design, and it must stay so
+  });
+  afterEach(() => ns.destroy());
+
+  const targets: Array<[ProbeTarget, string]> = [
+    [tcp('192.0.2.10', 80), 'web'],
+    [udp('192.0.2.11', 53), 'web'],
+    [tcp('2001:db8::7', 443), 'web'],
+    [tcp('192.0.2.200', 8080), 'api'],
+    [tcp('192.0.2.20', 8080), 'web'],
+    [udp('198.51.100.9', 5353), 'api'],
+  ];
+
+  it(`N (${ABI_VERSION}) → N+1 → N → N+1 → N under a probe loop: nothing refused or misrouted, bindings, sockets and counters carried, the changed map made new`, async () => {
+    const before = ns.json<Status>(['status']);
+    const bindingsBefore = ns.json<{ bindings: unknown[] }>(['bindings']).bindings;
+    const idsBefore = mapIds(ns);
+    const loop = probeLoop(ns, targets, 300, 8);
+    const steps: Array<{ to: number; migrated: Migration; programId: number; ids: Record<string, number> }> = [];
+    const builds = [next, current, next, current];
+    for (const build of builds) {
+      await new Promise((resolve) => setTimeout(resolve, 700)); // traffic on each version
+      const r = loadWith(build, ns);
+      expect(r.created).toBe(false);
+      expect(r.migrated).toBeDefined();
+      const status = JSON.parse(cliOf(build, ns, ['status', '--json']).stdout) as Status;
+      steps.push({ to: r.migrated!.toAbi, migrated: r.migrated!, programId: status.program.id, ids: mapIds(ns) });
+      expect(status.link.id).toBe(before.link.id);
+      expect(status.link.progId).toBe(status.program.id);
+      // The other build refuses to guess, and says what to do.
+      const other = cliOf(build === next ? current : next, ns, ['status']);
+      expect(other.code).toBe(2);
+      expect(other.stderr).toMatch(/holds dispatcher state of ABI \d+; this version speaks ABI \d+; `switchyard load` \(or the agent starting\) migrates it/);
+    }
+    const attempts = await loop.done;
+    const wrong = attempts.filter((a) => a.got !== a.want);
+    expect(attempts.length).toBeGreaterThan(1500);
+    expect(wrong).toEqual([]);
+
+    expect(steps.map((s) => [s.migrated.fromAbi, s.migrated.toAbi])).toEqual([
+      [ABI_VERSION, ABI_VERSION + 1],
+      [ABI_VERSION + 1, ABI_VERSION],
+      [ABI_VERSION, ABI_VERSION + 1],
+      [ABI_VERSION + 1, ABI_VERSION],
+    ]);
+    for (const s of steps) {
+      expect(s.migrated.bindings).toBe(6);
+      expect(s.migrated.reused.sort()).toEqual(['destination_stats', 'destinations', 'sockets']);
+      expect(s.migrated.created.sort()).toEqual(['generation', 'meta', 'trace']);
+      // Stable maps are the same maps all along; the changed one and the stamp are new each time.
+      expect([s.ids.sockets, s.ids.destinations, s.ids.destination_stats]).toEqual([idsBefore.sockets, idsBefore.destinations, idsBefore.destination_stats]);
+    }
+    expect(new Set([idsBefore.trace, ...steps.map((s) => s.ids.trace)]).size).toBe(steps.length + 1);
+    expect(new Set([before.program.id, ...steps.map((s) => s.programId)]).size).toBe(steps.length + 1);
+    const ms = (f: (m: Migration) => number) => `${Math.min(...steps.map((s) => f(s.migrated))).toFixed(1)}-${Math.max(...steps.map((s) => f(s.migrated))).toFixed(1)} ms`;
+    console.log(`ABI migration: ${attempts.length} probe attempts, ${wrong.length} wrong; ${steps.length} migrations: table read and rebuilt ${ms((m) => m.buildMs)}, program load ${ms((m) => m.loadMs)}, link update + directory swap ${ms((m) => m.switchMs)}`);
+
+    const after = ns.json<Status>(['status']);
+    expect(ns.json<{ bindings: unknown[] }>(['bindings']).bindings).toEqual(bindingsBefore);
+    expect(after.destinations.map((d) => [d.label, d.id, d.socket])).toEqual(before.destinations.map((d) => [d.label, d.id, d.socket]));
+    const lookups = (s: Status) => s.destinations.reduce((n, d) => n + Number(d.stats.lookups), 0);
+    expect(lookups(after)).toBeGreaterThanOrEqual(lookups(before) + attempts.length);
+    expect(after.destinations.every((d) => d.stats.errors === '0' && (d.label === 'nobody' || d.stats.misses === '0'))).toBe(true);
+    expect(ns.probe([tcp('203.0.113.5', 80)])).toEqual(['refused']);
+    expect(fs.readdirSync(path.join(ns.bpffs, 'switchyard')).filter((f) => !/^\d+$/.test(f))).toEqual([]);
+  });
+});

@@ -6,7 +6,13 @@
  * checks sizes and offsets against the compiled object's BTF.
  *
  * Bump SY_ABI_VERSION whenever the meaning of any pinned map changes: user
- * space refuses to open pinned state of another ABI instead of guessing.
+ * space refuses to open pinned state of another ABI instead of guessing, and
+ * `load` migrates it (src/dispatcher/migrate.ts), in either direction. The
+ * migration reuses every map whose name, type, sizes, max entries and flags
+ * are unchanged, so a map whose values change meaning without changing shape
+ * must be renamed; `sockets` and `destinations` cannot change shape at all
+ * without losing the registered sockets. The table's encoding is named by
+ * SY_HEADER_MAGIC: change the magic with the encoding.
  */
 #ifndef SWITCHYARD_H
 #define SWITCHYARD_H

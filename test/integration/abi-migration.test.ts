@@ -8,7 +8,7 @@
  * they are), the changed map made new each time.
  */
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -32,9 +32,10 @@ function replaceOnce(text: string, from: string, to: string, file: string): stri
 /**
  * A build of ABI N+1 in `root`: the built TypeScript with ABI_VERSION + 1
  * and a trace value of 32 bytes, the BPF object from sources patched the
- * same way; the addon and node_modules shared.
+ * same way; the addon and node_modules shared. `socketsHalved`: its sockets
+ * map also has half the entries (a layout that cannot be carried over).
  */
-function buildNext(root: string): string {
+function buildNext(root: string, socketsHalved = false): string {
   fs.mkdirSync(root);
   fs.copyFileSync(projectPath('package.json'), path.join(root, 'package.json'));
   fs.symlinkSync(projectPath('node_modules'), path.join(root, 'node_modules'));
@@ -46,6 +47,10 @@ function buildNext(root: string): string {
   js = replaceOnce(js, `export const ABI_VERSION = ${ABI_VERSION};`, `export const ABI_VERSION = ${ABI_VERSION + 1};`, layout);
   js = replaceOnce(js, 'assignErr: 20, size: 24 }', 'assignErr: 20, size: 32 }', layout);
   fs.writeFileSync(layout, js);
+  if (socketsHalved) {
+    const maps = path.join(root, 'dist/src/dispatcher/maps.js');
+    fs.writeFileSync(maps, replaceOnce(fs.readFileSync(maps, 'utf8'), 'valueSize: 8, maxEntries: MAX_DESTINATIONS,', 'valueSize: 8, maxEntries: MAX_DESTINATIONS / 2,', maps));
+  }
 
   const src = path.join(root, 'bpf-src');
   fs.cpSync(projectPath('bpf'), src, { recursive: true, filter: (f) => !f.endsWith('.o') });
@@ -54,6 +59,11 @@ function buildNext(root: string): string {
   h = replaceOnce(h, `#define SY_ABI_VERSION ${ABI_VERSION}`, `#define SY_ABI_VERSION ${ABI_VERSION + 1}`, header);
   h = replaceOnce(h, '\t__s32 assign_err;\n};', '\t__s32 assign_err;\n\t__u32 reserved[2];\n};', header);
   fs.writeFileSync(header, h);
+  if (socketsHalved) {
+    const program = path.join(src, 'dispatcher.c');
+    const c = fs.readFileSync(program, 'utf8');
+    fs.writeFileSync(program, replaceOnce(c, '\t__uint(type, BPF_MAP_TYPE_SOCKMAP);\n\t__uint(max_entries, SY_MAX_DESTINATIONS);', '\t__uint(type, BPF_MAP_TYPE_SOCKMAP);\n\t__uint(max_entries, SY_MAX_DESTINATIONS / 2);', program));
+  }
   fs.mkdirSync(path.join(root, 'bpf'));
   const arch = execFileSync('gcc', ['-dumpmachine'], { encoding: 'utf8' }).trim();
   execFileSync('clang', ['-O2', '-g', '-Wall', '-Werror', '-target', 'bpf', `-I/usr/include/${arch}`, '-c', path.join(src, 'dispatcher.c'), '-o', path.join(root, 'bpf/dispatcher.o')]);
@@ -71,13 +81,40 @@ interface Migration {
   switchMs: number;
 }
 
-/** The dispatcher layer's load of the build at `root` (what its agent calls at start). */
-function loadWith(root: string, ns: TestNamespace): { created: boolean; migrated?: Migration; warnings?: string[] } {
+/** Where a writer dies in a migration (src/dispatcher/migrate.ts): the addon's call it dies at, and whether that call is made. */
+type Death = { at: 'linkUpdate' | 'renameExchange'; made: boolean };
+
+/**
+ * The dispatcher layer's load of the build at `root` (what its agent calls
+ * at start); with `death`, the process exits at that step instead of
+ * finishing, as a killed writer would.
+ */
+function loadWith(root: string, ns: TestNamespace, death?: Death): { created?: boolean; migrated?: Migration; warnings?: string[]; error?: string; message?: string } {
   const text = `
     const { load } = await import(${JSON.stringify(path.join(root, 'dist/src/dispatcher/dispatcher.js'))});
     const { locate } = await import(${JSON.stringify(path.join(root, 'dist/src/dispatcher/state.js'))});
-    process.stdout.write(JSON.stringify(load(locate({ bpffs: ${JSON.stringify(ns.bpffs)}, netns: ${JSON.stringify(ns.path)} }))));`;
-  return JSON.parse(execFileSync(process.execPath, ['--input-type=module', '-e', text], { encoding: 'utf8' }));
+    const { native } = await import(${JSON.stringify(path.join(root, 'dist/src/kernel/native.js'))});
+    const death = ${JSON.stringify(death ?? null)};
+    if (death) {
+      const addon = native();
+      const real = addon[death.at];
+      addon[death.at] = (...args) => {
+        if (death.made) real(...args);
+        process.exit(9);
+      };
+    }
+    try {
+      process.stdout.write(JSON.stringify(load(locate({ bpffs: ${JSON.stringify(ns.bpffs)}, netns: ${JSON.stringify(ns.path)} }))));
+    } catch (err) {
+      process.stdout.write(JSON.stringify({ error: err.code, message: err.message }));
+    }`;
+  const r = spawnSync(process.execPath, ['--input-type=module', '-e', text], { encoding: 'utf8' });
+  if (death) {
+    expect(r.status).toBe(9);
+    return {};
+  }
+  expect(r.stderr).toBe('');
+  return JSON.parse(r.stdout);
 }
 
 function cliOf(root: string, ns: TestNamespace, args: string[]) {
@@ -127,10 +164,12 @@ describe.skipIf(!isRoot)('ABI migration', () => {
   let ns: TestNamespace;
   let root: string;
   let next: string;
+  let halved: string;
   const current = projectPath();
   beforeAll(() => {
     root = fs.mkdtempSync(path.join(os.tmpdir(), 'sy-abi-'));
     next = buildNext(path.join(root, 'next'));
+    halved = buildNext(path.join(root, 'halved'), true);
   });
   afterAll(() => fs.rmSync(root, { recursive: true, force: true }));
   beforeEach(async () => {
@@ -198,7 +237,7 @@ describe.skipIf(!isRoot)('ABI migration', () => {
     expect(new Set([idsBefore.trace, ...steps.map((s) => s.ids.trace)]).size).toBe(steps.length + 1);
     expect(new Set([before.program.id, ...steps.map((s) => s.programId)]).size).toBe(steps.length + 1);
     const ms = (f: (m: Migration) => number) => `${Math.min(...steps.map((s) => f(s.migrated))).toFixed(1)}-${Math.max(...steps.map((s) => f(s.migrated))).toFixed(1)} ms`;
-    console.log(`ABI migration: ${attempts.length} probe attempts, ${wrong.length} wrong; ${steps.length} migrations: table read and rebuilt ${ms((m) => m.buildMs)}, program load ${ms((m) => m.loadMs)}, link update + directory swap ${ms((m) => m.switchMs)}`);
+    console.log(`ABI migration: ${attempts.length} probe attempts, ${wrong.length} wrong; ${steps.length} migrations: table read and rebuilt ${ms((m) => m.buildMs)}, program load ${ms((m) => m.loadMs)}, link update + directory swap ${Math.max(...steps.map((s) => s.migrated.switchMs)).toFixed(3)} ms at most`);
 
     const after = ns.json<Status>(['status']);
     expect(ns.json<{ bindings: unknown[] }>(['bindings']).bindings).toEqual(bindingsBefore);
@@ -209,4 +248,50 @@ describe.skipIf(!isRoot)('ABI migration', () => {
     expect(ns.probe([tcp('203.0.113.5', 80)])).toEqual(['refused']);
     expect(fs.readdirSync(path.join(ns.bpffs, 'switchyard')).filter((f) => !/^\d+$/.test(f))).toEqual([]);
   });
+
+  const expected = () => targets.map(([, want]) => want);
+  const probeAll = () => ns.probe(targets.map(([t]) => t));
+  const stateDirs = () => fs.readdirSync(path.join(ns.bpffs, 'switchyard')).sort();
+
+  it('a sockets map whose layout changed is not migrated: refused with the reason, nothing changed, traffic served', () => {
+    const before = ns.json<Status>(['status']);
+    const ids = mapIds(ns);
+    const r = loadWith(halved, ns);
+    expect(r.error).toBe('EINCOMPATIBLE_STATE');
+    expect(r.message).toMatch(/whose sockets map has type 15, key 4 B, value 8 B, 65536 entries, flags 0 where ABI \d+ expects type 15, key 4 B, value 8 B, 32768 entries/);
+    expect(r.message).toMatch(/a sockmap's sockets cannot be read back from user space/);
+    expect(r.message).toMatch(/Nothing was changed; the old dispatcher serves on/);
+    const after = ns.json<Status>(['status']);
+    expect(after.program.id).toBe(before.program.id);
+    expect(mapIds(ns)).toEqual(ids);
+    expect(stateDirs()).toEqual([String(fs.statSync(ns.path).ino)]);
+    expect(probeAll()).toEqual(expected());
+  });
+
+  const deaths: Array<[string, Death]> = [
+    ['before the link update', { at: 'linkUpdate', made: false }],
+    ['after the link update, before the directory swap', { at: 'renameExchange', made: false }],
+    ['after the directory swap, before the old state is removed', { at: 'renameExchange', made: true }],
+  ];
+  for (const [when, death] of deaths) {
+    for (const [who, build] of [['N+1 again', () => next], ['N (a downgrade)', () => current]] as const) {
+      it(`a migration to N+1 killed ${when} serves meanwhile; the next load by ${who} leaves one consistent state`, () => {
+        const before = ns.json<Status>(['status']);
+        const bindings = ns.json<unknown>(['bindings']);
+        loadWith(next, ns, death);
+        expect(probeAll()).toEqual(expected());
+        expect(stateDirs().filter((d) => d.startsWith('tmp-'))).toHaveLength(1); // the dead writer's
+
+        const r = loadWith(build(), ns);
+        expect(r.error).toBeUndefined();
+        const status = JSON.parse(cliOf(build(), ns, ['status', '--json']).stdout) as Status;
+        expect(status.link.id).toBe(before.link.id);
+        expect(status.link.progId).toBe(status.program.id);
+        expect(status.destinations.map((d) => [d.label, d.id, d.socket])).toEqual(before.destinations.map((d) => [d.label, d.id, d.socket]));
+        expect(JSON.parse(cliOf(build(), ns, ['bindings', '--json']).stdout)).toEqual(bindings);
+        expect(stateDirs()).toEqual([String(fs.statSync(ns.path).ino)]);
+        expect(probeAll()).toEqual(expected());
+      });
+    }
+  }
 });

@@ -17,6 +17,13 @@ export interface Result {
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const comm = (pid: string) => {
+  try {
+    return fs.readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
+  } catch {
+    return undefined; // gone meanwhile
+  }
+};
 
 export class Container {
   private nspawn: ChildProcess | undefined;
@@ -66,13 +73,21 @@ export class Container {
     );
     fs.closeSync(log);
     const pid = this.nspawn.pid!;
+    // The container's PID 1 is a child of nspawn once it has become systemd
+    // (nspawn forks helpers first).
     for (let i = 0; i < 300 && !this.leader; i++) {
       await sleep(100);
-      const child = spawnSync('pgrep', ['-P', String(pid)], { encoding: 'utf8' }).stdout.trim().split('\n')[0];
-      if (child) this.leader = Number(child);
+      if (this.nspawn.exitCode !== null) throw new Error(`systemd-nspawn exited ${this.nspawn.exitCode}: ${this.log()}`);
+      const children = spawnSync('pgrep', ['-P', String(pid)], { encoding: 'utf8' }).stdout.trim().split('\n').filter(Boolean);
+      this.leader = Number(children.find((c) => comm(c) === 'systemd') ?? 0);
     }
     if (!this.leader) throw new Error(`the container did not start: ${this.log()}`);
-    const up = await this.exec(['systemctl', 'is-system-running', '--wait'], { timeoutMs: 120_000 });
+    // Until its D-Bus is up, systemctl cannot ask; then --wait waits for the boot to finish.
+    let up = { code: -1, stdout: '', stderr: '' };
+    for (let i = 0; i < 600 && !/^(running|degraded)/.test(up.stdout); i++) {
+      if (i > 0) await sleep(100);
+      up = await this.exec(['systemctl', 'is-system-running', '--wait'], { timeoutMs: 120_000 });
+    }
     return { ms: Date.now() - t0, state: up.stdout.trim() };
   }
 
@@ -92,6 +107,7 @@ export class Container {
     let stderr = '';
     child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
     child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.stdin.on('error', () => undefined); // a command that reads nothing may exit first
     child.stdin.end(options.input ?? '');
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {

@@ -1,7 +1,7 @@
 #!/bin/sh
 # `npm run test:system`: Switchyard as its users run it. Builds the Debian
-# package twice (this version, and a newer build of the same tree for the
-# upgrade), bootstraps a minimal Debian root with debootstrap (Debian
+# package three times (this version; a newer build of the same tree; a
+# build of the next ABI, its map layout changed), bootstraps a minimal Debian root with debootstrap (Debian
 # packages only; cached between runs), boots it with systemd-nspawn --boot
 # --private-network on a bpffs instance of its own, installs the package
 # with apt-get and checks the shipped units under a real systemd
@@ -61,10 +61,29 @@ trap 'rm -rf "$out"' EXIT
 OUT="$out" sh scripts/package.sh
 # The newer build: the same tree under a later version, as an upgrade brings.
 OUT="$out" SWITCHYARD_VERSION="$version+systest1" SKIP_LINTIAN=1 sh scripts/package.sh >/dev/null
+# A build of the next ABI: the dispatcher's trace map 8 bytes longer, in the
+# BPF object and in user space alike, and the ABI version bumped (what a
+# release that changes a pinned map's layout does), from a copy of this tree.
+next="$out/next-abi"
+mkdir -p "$next"
+git ls-files -z | xargs -0 cp --parents -t "$next"
+abi=$(sed -n 's/^export const ABI_VERSION = \([0-9]*\);$/\1/p' src/trie/layout.ts)
+[ -n "$abi" ] || { echo "test:system: no ABI_VERSION in src/trie/layout.ts" >&2; exit 1; }
+patch_once() { # file from to
+  node -e '
+    const fs = require("fs"), [file, from, to] = process.argv.slice(1), text = fs.readFileSync(file, "utf8");
+    if (text.split(from).length !== 2) { console.error(`${file}: expected ${JSON.stringify(from)} exactly once`); process.exit(1); }
+    fs.writeFileSync(file, text.replace(from, to));' "$next/$1" "$2" "$3"
+}
+patch_once src/trie/layout.ts "export const ABI_VERSION = $abi;" "export const ABI_VERSION = $((abi + 1));"
+patch_once src/trie/layout.ts 'assignErr: 20, size: 24 }' 'assignErr: 20, size: 32 }'
+patch_once bpf/switchyard.h "#define SY_ABI_VERSION $abi" "#define SY_ABI_VERSION $((abi + 1))"
+patch_once bpf/switchyard.h "$(printf '\t__s32 assign_err;\n};')" "$(printf '\t__s32 assign_err;\n\t__u32 reserved[2];\n};')"
+(cd "$next" && OUT="$out" SWITCHYARD_VERSION="$version+systest2" SKIP_LINTIAN=1 sh scripts/package.sh >/dev/null)
 
 status=0
 SYSTEST_ROOT="$root" SYSTEST_SUITE="$suite" SYSTEST_DEB="$out/switchyard_${version}_amd64.deb" \
-  SYSTEST_DEB_NEXT="$out/switchyard_${version}+systest1_amd64.deb" SYSTEST_STARTED="$started" \
+  SYSTEST_DEB_NEXT="$out/switchyard_${version}+systest1_amd64.deb" SYSTEST_DEB_ABI="$out/switchyard_${version}+systest2_amd64.deb" \
   npx vitest run --project system || status=$?
 echo "test:system: $(($(date +%s) - started)) s in all"
 exit "$status"

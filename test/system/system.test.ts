@@ -5,7 +5,7 @@
  * boot with the units enabled as shipped, a push served, an API change that
  * survives the control plane's restart, the agent killed and stopped with
  * traffic running, the socket-activated example handed over, an upgrade
- * under traffic, purge. Traffic stays inside the container's namespace.
+ * under traffic, a release of the next ABI and back, purge. Traffic stays inside the container's namespace.
  */
 import { spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
@@ -156,7 +156,7 @@ describe.sequential('the Debian package under systemd', () => {
     // The example cdn.service's ExecStart (exec: LISTEN_PID names this process).
     fs.copyFileSync(path.join(here, 'cdn-server.mjs'), path.join(root, 'usr/local/lib/systest/cdn-server.mjs'));
     fs.writeFileSync(path.join(root, 'usr/local/bin/cdn-server'), `#!/bin/sh\nexec ${PROBE_NODE} /usr/local/lib/systest/cdn-server.mjs\n`, { mode: 0o755 });
-    for (const deb of ['SYSTEST_DEB', 'SYSTEST_DEB_NEXT']) fs.copyFileSync(env(deb), path.join(root, 'root', path.basename(env(deb))));
+    for (const deb of ['SYSTEST_DEB', 'SYSTEST_DEB_NEXT', 'SYSTEST_DEB_ABI']) fs.copyFileSync(env(deb), path.join(root, 'root', path.basename(env(deb))));
     box = new Container(root, work, `systest-${process.pid}`);
     figures.first_boot = await box.boot();
   }, 300_000);
@@ -307,6 +307,8 @@ describe.sequential('the Debian package under systemd', () => {
 
   it('upgrade with apt-get install of a newer build under traffic: 0 refused, the agent restarted on the new version', async () => {
     const before = await show('switchyard.service', ['MainPID']);
+    const programOf = async () => (JSON.parse(await box.run(['switchyard', 'status', '--json'])) as { program: { id: number } }).program.id;
+    const program = await programOf();
     const loop = probeLoop('upgrade');
     await sleep(1000);
     const t0 = Date.now();
@@ -321,7 +323,45 @@ describe.sequential('the Debian package under systemd', () => {
     expect(counts.attempts).toBeGreaterThan(20);
     expect(counts).toMatchObject({ refused: 0, timeout: 0, misrouted: 0, errors: 0 });
     expect((await box.run(['switchyard', '--version'])).trim()).toContain('+systest1');
+    // The same BPF object: the restart kept the program (a no-op).
+    expect(await programOf()).toBe(program);
     expect(await appliedVersion()).toBe(await currentVersion());
+  });
+
+  it('a release that changes the map layout (the next ABI) and the way back, each under traffic: nothing refused or misrouted', async () => {
+    const abiOf = async () => (JSON.parse(await box.run(['switchyard', 'version', '--json'])) as { abi: number }).abi;
+    const programOf = async () => (JSON.parse(await box.run(['switchyard', 'status', '--json'])) as { program: { id: number } }).program.id;
+    const abi = await abiOf();
+    const steps: Array<[string, number, string]> = [
+      [env('SYSTEST_DEB_ABI'), abi + 1, 'abi_up'],
+      [env('SYSTEST_DEB'), abi, 'abi_down'],
+    ];
+    for (const [deb, expectedAbi, name] of steps) {
+      const before = await show('switchyard.service', ['MainPID']);
+      const program = await programOf();
+      const loop = probeLoop(name);
+      await sleep(1000);
+      const t0 = Date.now();
+      await box.run(['apt-get', 'install', '-y', '--allow-downgrades', '--no-install-recommends', `/root/${path.basename(deb)}`], {
+        env: { DEBIAN_FRONTEND: 'noninteractive' },
+        timeoutMs: 180_000,
+      });
+      await waitFor(`the agent of ABI ${expectedAbi} active`, async () => {
+        const s = await show('switchyard.service', ['ActiveState', 'MainPID']);
+        return s.ActiveState === 'active' && s.MainPID !== before.MainPID;
+      });
+      figures[`${name}_ms`] = Date.now() - t0;
+      await sleep(1000);
+      const counts = await loop.stop();
+      expect(counts.attempts).toBeGreaterThan(20);
+      expect(counts, name).toMatchObject({ refused: 0, timeout: 0, misrouted: 0, errors: 0 });
+      expect(await abiOf()).toBe(expectedAbi);
+      // The pinned state is the new ABI's (status opens it), under another program.
+      expect(await programOf()).not.toBe(program);
+      expect((await box.run(['ls', '/sys/fs/bpf/switchyard'])).trim().split(/\s+/).filter((d) => /^\d+$/.test(d))).toHaveLength(1);
+      expect(await appliedVersion()).toBe(await currentVersion());
+      expect(await probeOnce('udp', '198.51.100.9', 53)).toBe('cdn');
+    }
   });
 
   it('purge removes the state, leaves the data plane serving', async () => {

@@ -12,7 +12,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { projectPath } from '../paths.js';
-import { SwitchyardError } from '../errors.js';
+import { SwitchyardError, isKernelError } from '../errors.js';
 import { BpfMap, Fd, describeMismatch, loadObject, u32Key, ATTACH_SK_LOOKUP, LINK_TYPE_NETNS, PROG_TYPE_SK_LOOKUP } from '../kernel/bpf.js';
 import { native, type SocketInfo } from '../kernel/native.js';
 import { IPPROTO_TCP, IPPROTO_UDP } from '../kernel/linux.js';
@@ -563,7 +563,7 @@ export class Dispatcher {
   private settle(): void {
     const grown = finishInterruptedGrowth(this.location);
     const replaced = finishInterruptedReplacement(this.location);
-    if (grown || replaced || this.mustReopen) this.reopen();
+    if (grown || replaced || this.mustReopen || this.pinsMoved()) this.reopen();
     settleTablePins(this.location.dir, this.state.maps.generation);
   }
 
@@ -673,6 +673,29 @@ export class Dispatcher {
     this.mustReopen = false;
     this.live?.close();
     this.live = undefined;
+    this.destinationsView?.close();
+    this.destinationsView = undefined;
+  }
+
+  /**
+   * Whether another process replaced the pinned generation map this
+   * Dispatcher has a handle on (its growth, a migration to another ABI):
+   * writes through the old handle would go where the program no longer
+   * reads. Reopening then follows the pins, or fails naming the other ABI.
+   */
+  private pinsMoved(): boolean {
+    let fd: number;
+    try {
+      fd = native().objGet(path.join(this.location.dir, 'generation'));
+    } catch (err) {
+      if (isKernelError(err, 'ENOENT')) return true;
+      throw err;
+    }
+    try {
+      return native().objInfo(fd, 'map').id !== this.state.maps.generation.info().id;
+    } finally {
+      fs.closeSync(fd);
+    }
   }
 
   /**

@@ -294,4 +294,52 @@ describe.skipIf(!isRoot)('ABI migration', () => {
       });
     }
   }
+
+  /**
+   * A Dispatcher open in one process (the agent's) while another moves the
+   * pins under it: its next write follows the pins (a growth) or refuses
+   * (a migration to another ABI), instead of writing to maps the program no
+   * longer reads.
+   */
+  function heldAcross(action: string): string {
+    const dist = (f: string) => JSON.stringify(projectPath('dist/src', f));
+    const text = `
+      const { execFileSync } = await import('node:child_process');
+      const { Dispatcher } = await import(${dist('dispatcher/dispatcher.js')});
+      const { locate } = await import(${dist('dispatcher/state.js')});
+      const { parsePrefix } = await import(${dist('net/address.js')});
+      const d = Dispatcher.open(locate({ bpffs: ${JSON.stringify(ns.bpffs)}, netns: ${JSON.stringify(ns.path)} }));
+      d.bind({ label: 'api', protocol: 'tcp', prefix: parsePrefix('198.51.100.0/25'), port: 0 });
+      execFileSync('/bin/sh', ['-c', ${JSON.stringify(action)}], { stdio: 'inherit' });
+      try {
+        d.bind({ label: 'api', protocol: 'tcp', prefix: parsePrefix('198.51.100.128/25'), port: 0 });
+        process.stdout.write('bound');
+      } catch (err) {
+        process.stdout.write(err.code + ': ' + err.message);
+      }`;
+    return execFileSync(process.execPath, ['--input-type=module', '-e', text], { encoding: 'utf8' });
+  }
+
+  it('a Dispatcher held open across a migration by another process refuses its next write, naming the ABI', () => {
+    const out = heldAcross(`${path.join(next, 'bin/switchyard')} load --netns ${ns.path} --bpffs ${ns.bpffs} >/dev/null`);
+    expect(out).toMatch(/^EINCOMPATIBLE_STATE: .* holds dispatcher state of ABI \d+; this version speaks ABI \d+/);
+    const bindings = JSON.parse(cliOf(next, ns, ['bindings', '--json']).stdout) as { bindings: Array<{ prefix: string }> };
+    expect(bindings.bindings.map((b) => b.prefix)).toContain('198.51.100.0/25');
+    expect(bindings.bindings.map((b) => b.prefix)).not.toContain('198.51.100.128/25');
+  });
+
+  it('a Dispatcher held open across a growth by another process writes to the table that serves', () => {
+    const file = path.join(root, `big-${process.pid}.json`);
+    const bindings = [];
+    for (let i = 0; i < 100_000; i++) {
+      const h = Math.imul(i, 0x9e3779b1) & 0xffffff;
+      bindings.push({ label: 'big', protocol: 'tcp', prefix: `10.${(h >> 16) & 255}.${(h >> 8) & 255}.${h & 255}/32`, port: 0 });
+    }
+    bindings.push({ label: 'api', protocol: 'tcp', prefix: '198.51.100.0/25', port: 0 });
+    fs.writeFileSync(file, JSON.stringify({ bindings }));
+    const out = heldAcross(`${projectPath('bin/switchyard')} load-bindings ${file} --netns ${ns.path} --bpffs ${ns.bpffs} >/dev/null`);
+    expect(out).toBe('bound');
+    expect(ns.json<{ label: string }>(['lookup', 'tcp', '198.51.100.200', '80']).label).toBe('api');
+    expect(ns.json<{ table: { bindingCount: number } }>(['status']).table.bindingCount).toBe(100_002);
+  });
 });

@@ -1,8 +1,9 @@
 /**
  * A dispatcher whose pins are gone while its link still holds the program to
  * the namespace: the bpffs was unmounted (or a new, empty one mounted over it)
- * under a running data plane. Measured on kernel 6.18: the link stays attached
- * and keeps serving. Loading a new dispatcher beside it would run two
+ * under a running data plane. Measured on kernel 6.18 with sockets
+ * registered: the link stays attached and keeps serving (with none
+ * registered, the unmount detached it). Loading a new dispatcher beside it would run two
  * sk_lookup programs, the old one frozen on old bindings (a socket it picks
  * stands whatever the new one decides); so `load` looks for one first and
  * refuses. It cannot be pinned back whole: the program holds its

@@ -194,8 +194,12 @@ export class Agent {
     this.status = new ServiceStatus(this.log);
     const location = locate({ netns: config.netns, bpffs: config.bpffs });
     this.location = location;
+    const loaded = load(location);
+    // An upgrade's new program or new ABI, taken over at start: said once, with what it kept.
+    if (loaded.replaced) this.log.info({ ...loaded.replaced }, 'dispatcher program replaced through the pinned link');
+    if (loaded.migrated) this.log.info({ ...loaded.migrated }, 'dispatcher migrated to this ABI');
     // Loaded, with something to know (sk_lookup programs beside it that could not be identified with the unit's capabilities).
-    for (const warning of load(location).warnings ?? []) this.log.warn({ warning }, 'dispatcher loaded with a warning');
+    for (const warning of loaded.warnings ?? []) this.log.warn({ warning }, 'dispatcher loaded with a warning');
     this.dispatcher = Dispatcher.open(location);
     const store = new StateStore(config.stateDir);
     this.local = new LocalLayer(config.stateDir);

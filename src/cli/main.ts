@@ -182,16 +182,34 @@ const COMMANDS: Record<string, Command> = {
   load: {
     usage: 'load [--object FILE]',
     summary:
-      "attach the dispatcher to the network namespace (no-op when already loaded; refused while one whose pins were lost still serves the namespace). State under this namespace's inode number whose link serves no namespace (a deleted namespace's, the number reused) is moved aside, never adopted",
+      "attach the dispatcher to the network namespace (no-op when already loaded with the same program; refused while one whose pins were lost still serves the namespace). A loaded dispatcher running another program than the object's is moved to it through its link, every map kept; one of another ABI (an upgrade that changed a map's layout) is migrated beside it and switched with one link update, bindings, destinations and sockets carried over. State under this namespace's inode number whose link serves no namespace (a deleted namespace's, the number reused) is moved aside, never adopted",
     options: { object: { type: 'string' } },
     run(args, flags, out) {
       expectArgs(args, 0, this.usage);
       const location = locationOf(flags);
       const r = load(location, flags.object as string | undefined);
       const aside = r.staleMovedTo ? `; stale state of a namespace that no longer exists moved to ${r.staleMovedTo} (switchyard remove-stale removes it)` : '';
-      out.data({ loaded: true, created: r.created, stateDir: location.dir, ...(r.staleMovedTo ? { staleMovedTo: r.staleMovedTo } : {}), ...(r.warnings ? { warnings: r.warnings } : {}) }, () =>
-        r.created ? `loaded dispatcher into ${location.netnsPath}; state pinned at ${location.dir}${aside}` : `dispatcher already loaded (${location.dir}); nothing changed`,
-      );
+      const data = {
+        loaded: true,
+        created: r.created,
+        stateDir: location.dir,
+        ...(r.staleMovedTo ? { staleMovedTo: r.staleMovedTo } : {}),
+        ...(r.replaced ? { replaced: r.replaced } : {}),
+        ...(r.migrated ? { migrated: r.migrated } : {}),
+        ...(r.warnings ? { warnings: r.warnings } : {}),
+      };
+      out.data(data, () => {
+        if (r.created) return `loaded dispatcher into ${location.netnsPath}; state pinned at ${location.dir}${aside}`;
+        if (r.migrated) {
+          const m = r.migrated;
+          return `migrated the dispatcher (${location.dir}) from ABI ${m.fromAbi} to ${m.toAbi}: ${m.bindings} bindings; maps reused ${m.reused.join(', ') || 'none'}, new ${m.created.join(', ') || 'none'}; program ${m.previousProgramId} → ${m.programId}`;
+        }
+        if (r.replaced) {
+          const p = r.replaced;
+          return `program replaced through the pinned link (${location.dir}): id ${p.previousProgramId} → ${p.programId} (tag ${p.previousTag} → ${p.tag}); maps, bindings and sockets kept`;
+        }
+        return `dispatcher already loaded (${location.dir}); nothing changed`;
+      });
       warnAfterSwitch(r); // loaded (exit 0), with what the operator should know on stderr
       return 0;
     },

@@ -13,7 +13,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { projectPath } from '../paths.js';
 import { SwitchyardError, isKernelError } from '../errors.js';
-import { BpfMap, Fd, describeMismatch, loadObject, u32Key, ATTACH_SK_LOOKUP, LINK_TYPE_NETNS, PROG_TYPE_SK_LOOKUP } from '../kernel/bpf.js';
+import { BpfMap, Fd, loadObject, u32Key, ATTACH_SK_LOOKUP, LINK_TYPE_NETNS, PROG_TYPE_SK_LOOKUP } from '../kernel/bpf.js';
 import { native, type SocketInfo } from '../kernel/native.js';
 import { IPPROTO_TCP, IPPROTO_UDP } from '../kernel/linux.js';
 import { type Family, type Prefix, formatAddress, formatPrefix, maskWords } from '../net/address.js';
@@ -22,7 +22,7 @@ import { buildTable, emptyInput, readHeader, type TrieInput } from '../trie/buil
 import { applyPatch, planPatch, rebuildReason } from '../trie/patch.js';
 import { countChanges, findDuplicate } from '../bindings/order.js';
 import { ABI_VERSION, leafDestination, leafPrefixLen, LEAF_RESULT_MASK, ROW_BYTES } from '../trie/layout.js';
-import { MAPS, MAP_NAMES, MIN_CAPACITY_ROWS, PROGRAM_NAME, capacityFor } from './maps.js';
+import { MAPS, MAP_NAMES, MIN_CAPACITY_ROWS, PROGRAM_NAME, capacityFor, checkLoadedObject } from './maps.js';
 import {
   type Location,
   PinnedState,
@@ -201,14 +201,7 @@ function attach(location: Location, objectPath: string, staleMovedTo: string | u
   const owned = [...Object.values(maps), ...Object.values(programs)].map((fd) => new Fd(fd));
   const temp = tempDirFor(location);
   try {
-    const prog = programs[PROGRAM_NAME];
-    if (prog === undefined) throw new SwitchyardError('EINVAL_ARGUMENT', `${objectPath} has no program ${PROGRAM_NAME}`);
-    for (const name of MAP_NAMES) {
-      const fd = maps[name];
-      if (fd === undefined) throw new SwitchyardError('EINCOMPATIBLE_STATE', `${objectPath} has no map ${name}`);
-      const problem = describeMismatch(MAPS[name], native().objInfo(fd, 'map'));
-      if (problem) throw new SwitchyardError('EINCOMPATIBLE_STATE', `${objectPath} does not match this version: ${problem}`);
-    }
+    const prog = checkLoadedObject(objectPath, maps, programs);
     native().mapUpdate(maps.meta!, u32Key(0), metaValue());
     const generation = new BpfMap(maps.generation!, MAPS.generation);
     fs.mkdirSync(temp, { mode: 0o700 });

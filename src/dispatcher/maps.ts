@@ -4,7 +4,9 @@
  * specs and the ABI version in `meta`, never the program tag: kernel 6.18
  * made tags SHA-256 and a tag-based check (tubular's) breaks there.
  */
-import { MapFlags, MapType, type MapSpec } from '../kernel/bpf.js';
+import { SwitchyardError } from '../errors.js';
+import { MapFlags, MapType, describeMismatch, type MapSpec } from '../kernel/bpf.js';
+import { native } from '../kernel/native.js';
 import { DESTINATION, DESTINATION_STATS, MAX_DESTINATIONS, META, ROW_BYTES, TRACE } from '../trie/layout.js';
 
 export const MAPS = {
@@ -50,3 +52,20 @@ export function capacityFor(rows: number): number {
 }
 
 export const PROGRAM_NAME = 'switchyard_dispatch';
+
+/**
+ * The program of an object just loaded, once every map it made is what this
+ * version expects (an object of another build would publish tables the code
+ * cannot read): the first load, a migration and a replacement check alike.
+ */
+export function checkLoadedObject(objectPath: string, maps: Record<string, number>, programs: Record<string, number>): number {
+  const prog = programs[PROGRAM_NAME];
+  if (prog === undefined) throw new SwitchyardError('EINVAL_ARGUMENT', `${objectPath} has no program ${PROGRAM_NAME}`);
+  for (const name of MAP_NAMES) {
+    const fd = maps[name];
+    if (fd === undefined) throw new SwitchyardError('EINCOMPATIBLE_STATE', `${objectPath} has no map ${name}`);
+    const problem = describeMismatch(MAPS[name], native().objInfo(fd, 'map'));
+    if (problem) throw new SwitchyardError('EINCOMPATIBLE_STATE', `${objectPath} does not match this version: ${problem}`);
+  }
+  return prog;
+}

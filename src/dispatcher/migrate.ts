@@ -55,7 +55,7 @@ import { native, type MapInfo } from '../kernel/native.js';
 import { buildTable, emptyInput } from '../trie/builder.js';
 import { decodeTable } from '../trie/decoder.js';
 import { ABI_VERSION, HEADER, HEADER_MAGIC, ROW_BYTES } from '../trie/layout.js';
-import { MAPS, MAP_NAMES, PROGRAM_NAME, capacityFor, tableSpec, type MapName } from './maps.js';
+import { MAPS, MAP_NAMES, capacityFor, checkLoadedObject, tableSpec, type MapName } from './maps.js';
 import { type Location, metaValue, removeStateDir, tempDirFor } from './state.js';
 export { pinnedAbi } from './state.js';
 import { loadWithCapacity, publishTable } from './table.js';
@@ -193,14 +193,7 @@ export function migrate(location: Location, objectPath: string, fromAbi: number)
     const { maps, programs } = loadWithCapacity(objectPath, reuse, capacity);
     for (const fd of [...Object.values(maps), ...Object.values(programs)]) owned.push(new Fd(fd));
     const loaded = performance.now();
-    const prog = programs[PROGRAM_NAME];
-    if (prog === undefined) throw new SwitchyardError('EINVAL_ARGUMENT', `${objectPath} has no program ${PROGRAM_NAME}`);
-    for (const name of MAP_NAMES) {
-      const fd = maps[name];
-      if (fd === undefined) throw new SwitchyardError('EINCOMPATIBLE_STATE', `${objectPath} has no map ${name}`);
-      const problem = describeMismatch(MAPS[name], native().objInfo(fd, 'map'));
-      if (problem) throw new SwitchyardError('EINCOMPATIBLE_STATE', `${objectPath} does not match this version: ${problem}`);
-    }
+    const prog = checkLoadedObject(objectPath, maps, programs);
     native().mapUpdate(maps.meta!, u32Key(0), metaValue());
 
     // 1. Beside the old state, complete.

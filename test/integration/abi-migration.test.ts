@@ -8,13 +8,13 @@
  * they are), the changed map made new each time.
  */
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { projectPath } from '../../src/paths.js';
 import { ABI_VERSION } from '../../src/trie/layout.js';
-import { TestNamespace, isRoot, type ProbeTarget } from '../support/netns.js';
+import { TestNamespace, isRoot, probeLoop, type ProbeTarget } from '../support/netns.js';
 
 interface Status {
   program: { id: number; tag: string };
@@ -136,26 +136,6 @@ function mapIds(ns: TestNamespace): Record<string, number> {
   return out;
 }
 
-function probeLoop(ns: TestNamespace, targets: Array<[ProbeTarget, string]>, rate: number, seconds: number) {
-  const spec = { targets: targets.map(([t]) => t), rate, seconds, concurrency: 64 };
-  const client = spawn('ip', ['netns', 'exec', ns.name, process.execPath, projectPath('test/fixtures/load.mjs'), JSON.stringify(spec)], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  client.stdout!.on('data', (d) => (out += d));
-  let running = true;
-  const done = new Promise<Array<{ got: string; want: string; target: ProbeTarget }>>((resolve) =>
-    client.on('exit', () => {
-      running = false;
-      resolve(
-        out
-          .split('\n')
-          .filter(Boolean)
-          .map((line) => JSON.parse(line) as { i: number; r: string })
-          .map(({ i, r }) => ({ got: r, want: targets[i]![1], target: targets[i]![0] })),
-      );
-    }),
-  );
-  return { done, running: () => running };
-}
 
 const tcp = (addr: string, port: number): ProbeTarget => ({ proto: 'tcp', addr, port });
 const udp = (addr: string, port: number): ProbeTarget => ({ proto: 'udp', addr, port });

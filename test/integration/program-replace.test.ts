@@ -6,12 +6,12 @@
  * serves, which the next load completes.
  */
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { projectPath } from '../../src/paths.js';
-import { TestNamespace, isRoot, type ProbeTarget } from '../support/netns.js';
+import { TestNamespace, isRoot, probeLoop, type ProbeTarget } from '../support/netns.js';
 
 interface Status {
   program: { id: number; tag: string };
@@ -49,31 +49,6 @@ function loadDirect(ns: TestNamespace, object?: string): { created: boolean; rep
   );
 }
 
-/**
- * A probe loop inside the namespace (test/fixtures/load.mjs): `rate` attempts
- * a second over `targets` in turn for `seconds`; resolves to each attempt's
- * result and the answer it should have had.
- */
-function probeLoop(ns: TestNamespace, targets: Array<[ProbeTarget, string]>, rate: number, seconds: number) {
-  const spec = { targets: targets.map(([t]) => t), rate, seconds, concurrency: 64 };
-  const client = spawn('ip', ['netns', 'exec', ns.name, process.execPath, projectPath('test/fixtures/load.mjs'), JSON.stringify(spec)], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  client.stdout!.on('data', (d) => (out += d));
-  let running = true;
-  const done = new Promise<Array<{ got: string; want: string; target: ProbeTarget }>>((resolve) =>
-    client.on('exit', () => {
-      running = false;
-      resolve(
-        out
-          .split('\n')
-          .filter(Boolean)
-          .map((line) => JSON.parse(line) as { i: number; r: string })
-          .map(({ i, r }) => ({ got: r, want: targets[i]![1], target: targets[i]![0] })),
-      );
-    }),
-  );
-  return { done, running: () => running };
-}
 
 /**
  * What a writer that died during a replacement leaves: `object` loaded

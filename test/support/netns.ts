@@ -196,3 +196,29 @@ export class TestNamespace {
     fs.rmSync(this.bpffs, { recursive: true, force: true });
   }
 }
+
+/**
+ * A probe loop inside the namespace (test/fixtures/load.mjs): `rate` attempts
+ * a second over `targets` in turn for `seconds`; resolves to each attempt's
+ * result and the answer it should have had.
+ */
+export function probeLoop(ns: TestNamespace, targets: Array<[ProbeTarget, string]>, rate: number, seconds: number) {
+  const spec = { targets: targets.map(([t]) => t), rate, seconds, concurrency: 64 };
+  const client = spawn('ip', ['netns', 'exec', ns.name, process.execPath, projectPath('test/fixtures/load.mjs'), JSON.stringify(spec)], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  client.stdout!.on('data', (d) => (out += d));
+  let running = true;
+  const done = new Promise<Array<{ got: string; want: string; target: ProbeTarget }>>((resolve) =>
+    client.on('exit', () => {
+      running = false;
+      resolve(
+        out
+          .split('\n')
+          .filter(Boolean)
+          .map((line) => JSON.parse(line) as { i: number; r: string })
+          .map(({ i, r }) => ({ got: r, want: targets[i]![1], target: targets[i]![0] })),
+      );
+    }),
+  );
+  return { done, running: () => running };
+}

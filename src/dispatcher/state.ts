@@ -69,7 +69,18 @@ export class WriterLock {
   private constructor(private readonly dir: Fd) {}
 
   static acquire(location: Pick<Location, 'base'>): WriterLock {
-    fs.mkdirSync(location.base, { recursive: true, mode: 0o700 });
+    // Not recursive: the bpffs is there (locateBase checked it), and Node's
+    // recursive mkdir reports a read-only bpffs as ENOENT (seen under a
+    // unit whose ProtectKernelTunables= made /sys/fs/bpf read-only).
+    try {
+      fs.mkdirSync(location.base, { mode: 0o700 });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') {
+        const e = err as NodeJS.ErrnoException;
+        const hint = e.code === 'EROFS' ? ' (read-only here: under systemd, a unit with ProtectKernelTunables=yes or without ReadWritePaths=/sys/fs/bpf)' : '';
+        throw new SwitchyardError('EKERNEL', `cannot create ${location.base}: ${e.code}${hint}`, { entry: location.base, cause: err });
+      }
+    }
     const dir = new Fd(fs.openSync(location.base, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY));
     try {
       native().flock(dir.fd, true, true);

@@ -89,4 +89,14 @@ describe.skipIf(!isRoot || !haveSetpriv)('dispatcher with the units capabilities
     expect(r.warnings![0]).toContain(`(id ${first.program.id})`);
     expect(r.warnings![0]).toContain('CAP_SYS_ADMIN');
   });
+
+  it('a read-only bpffs (a unit that does not let it write there) is said as such, with the path', () => {
+    extra = fs.mkdtempSync(path.join(os.tmpdir(), 'sy-bpffs-'));
+    expect(spawnSync('mount', ['-t', 'bpf', 'bpf', extra]).status).toBe(0);
+    expect(spawnSync('mount', ['-o', 'remount,bind,ro', extra]).status).toBe(0);
+    const r = spawnSync(CLI, ['load', '--netns', ns.path, '--bpffs', extra], { encoding: 'utf8' });
+    expect(r.status).toBe(2);
+    // Node's recursive mkdir said ENOENT here, which sent the reader looking for a missing directory.
+    expect(r.stderr).toContain(`cannot create ${path.join(extra, 'switchyard')}: EROFS`);
+  });
 });

@@ -6,6 +6,7 @@
 import fs from 'node:fs';
 import https from 'node:https';
 import net from 'node:net';
+import { readSecret } from './secret.js';
 import { createLogger, logLevelOption } from '../log.js';
 import { SwitchyardError } from '../errors.js';
 import { readJsonFile } from '../desired/state.js';
@@ -22,13 +23,6 @@ const untilSignal = () =>
     process.once('SIGINT', resolve);
     process.once('SIGTERM', resolve);
   });
-
-/** A secret file: readable by its owner only, or refused. */
-function readSecret(file: string, what: string): string {
-  const mode = fs.statSync(file).mode & 0o777;
-  if (mode & 0o077) throw new SwitchyardError('EINVAL_FILE', `${file}: ${what} is mode ${mode.toString(8)}; it must be readable by its owner only (chmod 600)`, { entry: file });
-  return fs.readFileSync(file, 'utf8');
-}
 
 export async function agentCommand(flags: Record<string, unknown>): Promise<number> {
   const file = flags.config as string | undefined;

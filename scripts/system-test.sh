@@ -7,7 +7,8 @@
 # with apt-get and checks the shipped units under a real systemd
 # (test/system/system.test.ts says what is checked).
 #
-#   SYSTEST_SUITE   Debian release to boot (default: bookworm)
+#   SYSTEST_SUITES  Debian releases to boot, each in turn (default: bookworm
+#                   trixie: systemd 252 and 257)
 #   SYSTEST_CACHE   where the bootstrapped roots are kept
 #                   (default: /var/cache/switchyard-systest)
 #
@@ -33,27 +34,29 @@ probe_dir=$(mktemp -d /tmp/switchyard-systest-probe.XXXXXX)
 if ! mount -t bpf bpf "$probe_dir" 2>/dev/null; then rmdir "$probe_dir"; skip "cannot mount a bpf filesystem"; fi
 umount "$probe_dir"; rmdir "$probe_dir"
 
-suite=${SYSTEST_SUITE:-bookworm}
+suites=${SYSTEST_SUITES:-bookworm trixie}
 cache=${SYSTEST_CACHE:-/var/cache/switchyard-systest}
 # What the root holds besides the minimal base: systemd as PID 1, and what
 # the package depends on (so apt-get install ./…deb needs no network: the
 # container has none).
 include=systemd,systemd-sysv,dbus,iptables,ipset,iproute2,libbpf1,procps
-key=$(printf '%s %s' "$suite" "$include" | sha256sum | cut -c1-12)
-root="$cache/$suite-$key"
 mkdir -p "$cache"
-if [ ! -f "$root/.complete" ]; then
+root_of() { echo "$cache/$1-$(printf '%s %s' "$1" "$include" | sha256sum | cut -c1-12)"; }
+for suite in $suites; do
+  root=$(root_of "$suite")
+  if [ -f "$root/.complete" ]; then
+    echo "test:system: cached root $root"
+    continue
+  fi
   echo "test:system: debootstrap $suite into $root (cached for the next runs)"
   rm -rf "$root.tmp"
   t0=$(date +%s)
   debootstrap --variant=minbase --include="$include" "$suite" "$root.tmp" http://deb.debian.org/debian >"$cache/debootstrap.log" 2>&1 ||
-    { tail -n 20 "$cache/debootstrap.log" >&2; echo "test:system: debootstrap failed" >&2; exit 1; }
+    { tail -n 20 "$cache/debootstrap.log" >&2; echo "test:system: debootstrap $suite failed" >&2; exit 1; }
   rm -rf "$root" && mv "$root.tmp" "$root"
   touch "$root/.complete"
-  echo "test:system: debootstrap took $(($(date +%s) - t0)) s"
-else
-  echo "test:system: cached root $root"
-fi
+  echo "test:system: debootstrap $suite took $(($(date +%s) - t0)) s"
+done
 
 version=$(node -p 'require("./package.json").version')
 out=$(mktemp -d /tmp/switchyard-systest-debs.XXXXXX)
@@ -82,8 +85,14 @@ patch_once bpf/switchyard.h "$(printf '\t__s32 assign_err;\n};')" "$(printf '\t_
 (cd "$next" && OUT="$out" SWITCHYARD_VERSION="$version+systest2" SKIP_LINTIAN=1 sh scripts/package.sh >/dev/null)
 
 status=0
-SYSTEST_ROOT="$root" SYSTEST_SUITE="$suite" SYSTEST_DEB="$out/switchyard_${version}_amd64.deb" \
-  SYSTEST_DEB_NEXT="$out/switchyard_${version}+systest1_amd64.deb" SYSTEST_DEB_ABI="$out/switchyard_${version}+systest2_amd64.deb" \
-  npx vitest run --project system || status=$?
+for suite in $suites; do
+  echo "test:system: Debian $suite"
+  t0=$(date +%s)
+  SYSTEST_ROOT=$(root_of "$suite") SYSTEST_SUITE="$suite" SYSTEST_DEB="$out/switchyard_${version}_amd64.deb" \
+    SYSTEST_DEB_NEXT="$out/switchyard_${version}+systest1_amd64.deb" SYSTEST_DEB_ABI="$out/switchyard_${version}+systest2_amd64.deb" \
+    npx vitest run --project system || status=1
+  cp build/system-test.json "build/system-test-$suite.json" 2>/dev/null || true
+  echo "test:system: Debian $suite: $(($(date +%s) - t0)) s"
+done
 echo "test:system: $(($(date +%s) - started)) s in all"
 exit "$status"

@@ -374,4 +374,15 @@ describe.sequential('the Debian package under systemd', () => {
     // No agent, no package: the pinned dispatcher serves on.
     expect(await probeOnce('tcp', '198.51.100.7', 80)).toBe('cdn');
   });
+
+  it('purge when asked to (SWITCHYARD_UNLOAD=yes) also unloads the dispatcher', async () => {
+    const deb = `/root/${path.basename(env('SYSTEST_DEB'))}`;
+    await box.run(['apt-get', 'install', '-y', '--no-install-recommends', deb], { env: { DEBIAN_FRONTEND: 'noninteractive' }, timeoutMs: 180_000 });
+    await waitFor('the agent back', async () => (await show('switchyard.service', ['ActiveState'])).ActiveState === 'active');
+    await box.run(['apt-get', 'purge', '-y', 'switchyard'], { env: { DEBIAN_FRONTEND: 'noninteractive', SWITCHYARD_UNLOAD: 'yes' }, timeoutMs: 120_000 });
+    const left = (await box.run(['ls', '/sys/fs/bpf/switchyard'])).trim().split(/\s+/).filter((d) => /^\d+$/.test(d));
+    expect(left).toEqual([]);
+    // Nothing dispatches any more: the kernel's own lookup finds no socket there.
+    expect(await probeOnce('tcp', '198.51.100.7', 80)).toBe('refused');
+  });
 });

@@ -215,13 +215,19 @@ describe.sequential('the Debian package under systemd', () => {
     expect(agent).toMatchObject({ Type: 'notify', NRestarts: '0', WatchdogUSec: '30s' });
     // STATUS= comes with READY=1: systemd heard the agent itself.
     expect(agent.StatusText).toMatch(/serving|no state yet|version/);
-    // The journal's order: the agent restored its state and opened its
-    // sockets (logged before READY=1) before systemd called it started.
+    // Active only after READY=1: the agent stamps its restore line (pino's
+    // time) before it opens its sockets and sends READY=1; systemd stamps
+    // ActiveEnterTimestamp when READY=1 arrives. (The journal's order of the
+    // two lines proves nothing: journald reads the agent's stdout stream and
+    // systemd's own messages from different sockets; seen out of order.)
     const journal = (await box.run(['journalctl', '-b', '-o', 'cat', '-u', 'switchyard.service'])).split('\n');
-    const restored = journal.findIndex((l) => /last known good state restored|no last known good state yet/.test(l));
-    const started = journal.findIndex((l) => /^Started switchyard\.service/.test(l));
-    expect(restored).toBeGreaterThanOrEqual(0);
-    expect(started).toBeGreaterThan(restored);
+    const restored = journal.find((l) => /last known good state restored|no last known good state yet/.test(l));
+    expect(restored).toBeDefined();
+    const restoredAt = (JSON.parse(restored!.slice(restored!.indexOf('{'))) as { time: number }).time;
+    const active = (await box.run(['systemctl', 'show', '--timestamp=us+utc', '--property=ActiveEnterTimestamp', '--value', 'switchyard.service'])).trim();
+    const activeAt = Date.parse(active.replace(/^\w+ /, '').replace(' UTC', 'Z').replace(' ', 'T').replace(/(\.\d{3})\d+/, '$1'));
+    expect(Number.isFinite(activeAt), active).toBe(true);
+    expect(activeAt).toBeGreaterThanOrEqual(restoredAt);
     expect((await box.run(['systemctl', '--failed', '--no-legend'])).trim()).toBe('');
   });
 

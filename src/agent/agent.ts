@@ -80,7 +80,7 @@ function parseLabels(value: unknown, file: string): Record<string, string> {
   return out;
 }
 
-export function readAgentConfig(file: string): AgentConfig {
+export function readAgentConfig(file: string, env: NodeJS.ProcessEnv = process.env): AgentConfig {
   let doc: unknown;
   try {
     doc = JSON.parse(fs.readFileSync(file, 'utf8'));
@@ -105,6 +105,10 @@ export function readAgentConfig(file: string): AgentConfig {
     if (typeof n !== 'number' || !(n >= 1 && n <= 86_400)) throw invalid(file, `${what} must be 1-86400 seconds`);
     return n;
   };
+  // Under a unit with StateDirectory= (the packaged one), systemd names the directory it made.
+  const systemdState = env.STATE_DIRECTORY?.split(':')[0];
+  if (doc.state_dir === undefined && !systemdState) throw invalid(file, 'state_dir must be a non-empty string (it may be left out only under a unit with StateDirectory=)');
+  const stateDir = doc.state_dir === undefined ? systemdState! : str(doc.state_dir, 'state_dir');
   const logLevel = doc.log_level === undefined ? 'info' : doc.log_level; // null is a value, and not a level
   if (!isLogLevel(logLevel)) throw new SwitchyardError('EINVAL_FILE', `${file}: log_level ${JSON.stringify(logLevel)} ${LOG_LEVEL_RULE}`, { entry: `${file}: log_level` });
   const metricsListen = doc.metrics_listen === undefined ? undefined : str(doc.metrics_listen, 'metrics_listen');
@@ -117,7 +121,7 @@ export function readAgentConfig(file: string): AgentConfig {
   }
   return {
     agentId: parseLabel(doc.agent_id, `${file}: agent_id`),
-    stateDir: str(doc.state_dir, 'state_dir'),
+    stateDir,
     controlPlane: { url, caFile: str(cp.ca_file, 'control_plane.ca_file'), tokenFile: str(cp.token_file, 'control_plane.token_file') },
     ...(doc.netns !== undefined ? { netns: str(doc.netns, 'netns') } : {}),
     ...(doc.bpffs !== undefined ? { bpffs: str(doc.bpffs, 'bpffs') } : {}),

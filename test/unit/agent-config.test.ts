@@ -16,6 +16,17 @@ describe('agent config', () => {
     expect(config({ firewall: { tool_timeout_seconds: 5 }, max_bindings: 1000 })).toMatchObject({ firewall: { toolTimeoutSeconds: 5 }, maxBindings: 1000 });
   });
 
+  it('takes its state directory from systemd (StateDirectory=) when the file names none', () => {
+    const file = path.join(dir, 'no-state-dir.json');
+    fs.writeFileSync(file, JSON.stringify({ agent_id: 'edge-1', control_plane: { url: 'wss://127.0.0.1:1/', ca_file: 'ca', token_file: 't' } }));
+    expect(readAgentConfig(file, { STATE_DIRECTORY: '/var/lib/switchyard' }).stateDir).toBe('/var/lib/switchyard');
+    expect(readAgentConfig(file, { STATE_DIRECTORY: '/var/lib/switchyard:/var/lib/other' }).stateDir).toBe('/var/lib/switchyard');
+    expect(() => readAgentConfig(file, {})).toThrow(/state_dir must be a non-empty string \(it may be left out only under a unit with StateDirectory=\)/);
+    // Named in the file: the file wins.
+    fs.writeFileSync(file, JSON.stringify({ agent_id: 'edge-1', state_dir: '/srv/sy', control_plane: { url: 'wss://127.0.0.1:1/', ca_file: 'ca', token_file: 't' } }));
+    expect(readAgentConfig(file, { STATE_DIRECTORY: '/var/lib/switchyard' }).stateDir).toBe('/srv/sy');
+  });
+
   it('names the field of a bad value', () => {
     expect(() => config({ firewall: { tool_timeout_seconds: 0 } })).toThrow(/agent\.json: firewall\.tool_timeout_seconds must be 1-86400 seconds/);
     expect(() => config({ max_bindings: 2.5 })).toThrow(/agent\.json: max_bindings must be an integer 1-4000000/);

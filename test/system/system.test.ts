@@ -67,7 +67,7 @@ function provision(etc: string, cdnUid: number): void {
     'agent.json',
     JSON.stringify({
       agent_id: 'edge-1',
-      state_dir: '/var/lib/switchyard',
+      // No state_dir: the unit's StateDirectory= names it.
       control_plane: { url: 'wss://127.0.0.1:8443/', ca_file: '/etc/switchyard/ca.pem', token_file: '/etc/switchyard/agent-token' },
       registration: { cdn: { uids: [cdnUid] } },
     }) + '\n',

@@ -315,8 +315,7 @@ function replaceProgram(state: PinnedState, objectPath: string, onlyIfDifferent:
   const loaded = performance.now();
   const owned = [...Object.values(maps), ...Object.values(programs)].map((fd) => new Fd(fd));
   try {
-    const prog = programs[PROGRAM_NAME];
-    if (prog === undefined) throw new SwitchyardError('EINVAL_ARGUMENT', `${objectPath} has no program ${PROGRAM_NAME}`);
+    const prog = checkLoadedObject(objectPath, maps, programs);
     const candidate = native().objInfo(prog, 'prog');
     const pinned = native().objInfo(state.program.fd, 'prog');
     const running = native().objInfo(state.link.fd, 'link').progId;

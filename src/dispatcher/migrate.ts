@@ -55,10 +55,10 @@ import { native, type MapInfo } from '../kernel/native.js';
 import { buildTable, emptyInput } from '../trie/builder.js';
 import { decodeTable } from '../trie/decoder.js';
 import { ABI_VERSION, HEADER, HEADER_MAGIC, ROW_BYTES } from '../trie/layout.js';
-import { MAPS, MAP_NAMES, capacityFor, checkLoadedObject, tableSpec, type MapName } from './maps.js';
+import { MAPS, MAP_NAMES, capacityFor, checkLoadedObject, type MapName } from './maps.js';
 import { type Location, metaValue, removeStateDir, tempDirFor } from './state.js';
 export { pinnedAbi } from './state.js';
-import { loadWithCapacity, publishTable } from './table.js';
+import { loadWithCapacity, openCurrent, publishTable } from './table.js';
 
 /** Maps that must be carried over as they are: without them the sockets would be lost. */
 const CARRIED: readonly MapName[] = ['sockets', 'destinations'];
@@ -112,46 +112,36 @@ function socketsChanged(location: Location, fromAbi: number, name: MapName, info
 
 /** The published table of an old state, decoded: its encoding must be ours (header magic, row size). */
 function readOldBindings(location: Location, fromAbi: number) {
+  const unreadable = (why: string) => new SwitchyardError('EINCOMPATIBLE_STATE', `${location.dir} (ABI ${fromAbi}): ${why}; its bindings cannot be read`, { entry: location.dir });
   const generation = openPinned(location.dir, 'generation');
-  if (!generation) throw new SwitchyardError('EINCOMPATIBLE_STATE', `${location.dir} (ABI ${fromAbi}) has no generation map; its bindings cannot be read`, { entry: location.dir });
-  let tableId: number | undefined;
+  if (!generation) throw unreadable('no generation map');
+  let current: ReturnType<typeof openCurrent>;
   try {
-    const value = Buffer.alloc(4);
-    if (generation.info.keySize === 4 && generation.info.valueSize === 4 && native().mapLookup(generation.fd.fd, u32Key(0), value)) tableId = value.readUInt32LE(0);
+    if (describeMismatch(MAPS.generation, generation.info)) throw unreadable(`its generation map has ${shape(generation.info)}`);
+    current = openCurrent(location.dir, new BpfMap(generation.fd.fd, MAPS.generation));
   } finally {
     generation.fd.close();
   }
-  if (tableId === undefined) return { input: undefined, serial: 0n };
-  for (const name of ['table', 'table_next']) {
-    const pinned = openPinned(location.dir, name);
-    if (!pinned) continue;
+  if (!current) return { input: undefined, serial: 0n };
+  try {
+    const info = current.map.info();
+    if (describeMismatch(current.map.spec, info)) throw unreadable(`its table is not in this version's encoding (${shape(info)}, expected rows of ${ROW_BYTES} B)`);
+    const mapped = current.map.mmap(false);
+    const words = new Uint32Array(mapped.byteLength / 4);
     try {
-      if (pinned.info.id !== tableId) continue;
-      const spec = tableSpec(pinned.info.maxEntries);
-      if (describeMismatch(spec, pinned.info)) {
-        throw new SwitchyardError('EINCOMPATIBLE_STATE', `${location.dir} (ABI ${fromAbi}): its table is not in this version's encoding (${shape(pinned.info)}, expected rows of ${ROW_BYTES} B); its bindings cannot be read`, { entry: location.dir });
-      }
-      const map = new BpfMap(pinned.fd.fd, spec);
-      const mapped = map.mmap(false);
-      let words: Uint32Array;
-      try {
-        words = new Uint32Array(mapped.byteLength / 4);
-        words.set(new Uint32Array(mapped));
-      } finally {
-        native().unmap(mapped);
-      }
-      const view = new DataView(words.buffer);
-      if (view.getUint32(HEADER.magic, true) !== HEADER_MAGIC) {
-        throw new SwitchyardError('EINCOMPATIBLE_STATE', `${location.dir} (ABI ${fromAbi}): its table's encoding (header magic 0x${view.getUint32(HEADER.magic, true).toString(16)}) is not this version's (0x${HEADER_MAGIC.toString(16)}); its bindings cannot be read`, { entry: location.dir });
-      }
-      // The encoding is the magic's; the decoder also checks the ABI field, which a copy can say.
-      view.setUint32(HEADER.abiVersion, ABI_VERSION, true);
-      return { input: decodeTable(words), serial: view.getBigUint64(HEADER.serial, true) };
+      words.set(new Uint32Array(mapped));
     } finally {
-      pinned.fd.close();
+      native().unmap(mapped);
     }
+    const view = new DataView(words.buffer);
+    const magic = view.getUint32(HEADER.magic, true);
+    if (magic !== HEADER_MAGIC) throw unreadable(`its table's encoding (header magic 0x${magic.toString(16)}) is not this version's (0x${HEADER_MAGIC.toString(16)})`);
+    // The encoding is the magic's; the decoder also checks the ABI field, which a copy can say.
+    view.setUint32(HEADER.abiVersion, ABI_VERSION, true);
+    return { input: decodeTable(words), serial: view.getBigUint64(HEADER.serial, true) };
+  } finally {
+    current.map.close();
   }
-  throw new SwitchyardError('EINCOMPATIBLE_STATE', `${location.dir} (ABI ${fromAbi}): the published table (map id ${tableId}) is not pinned; its bindings cannot be read`, { entry: location.dir });
 }
 
 /** Moves a state of ABI `fromAbi` to this version's (see above). The caller holds the writer lock. */

@@ -45,7 +45,8 @@ export interface CurrentTable {
 const PIN = 'table';
 const PIN_NEXT = 'table_next';
 
-function openCurrent(dir: string, generation: BpfMap): { map: BpfMap; id: number } | undefined {
+/** The published table's map, found by the id in the generation slot among the two pins. */
+export function openCurrent(dir: string, generation: BpfMap): { map: BpfMap; id: number } | undefined {
   const id = publishedTableId(generation);
   if (id === undefined) return undefined;
   for (const name of [PIN, PIN_NEXT]) {

@@ -14,7 +14,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { projectPath } from '../../src/paths.js';
 import { ABI_VERSION } from '../../src/trie/layout.js';
-import { TestNamespace, isRoot, probeLoop, type ProbeTarget } from '../support/netns.js';
+import { TestNamespace, WEB_AND_API_TARGETS, isRoot, probeLoop, startWebAndApi } from '../support/netns.js';
 
 interface Status {
   program: { id: number; tag: string };
@@ -137,8 +137,6 @@ function mapIds(ns: TestNamespace): Record<string, number> {
 }
 
 
-const tcp = (addr: string, port: number): ProbeTarget => ({ proto: 'tcp', addr, port });
-const udp = (addr: string, port: number): ProbeTarget => ({ proto: 'udp', addr, port });
 
 describe.skipIf(!isRoot)('ABI migration', () => {
   let ns: TestNamespace;
@@ -155,25 +153,12 @@ describe.skipIf(!isRoot)('ABI migration', () => {
   beforeEach(async () => {
     ns = TestNamespace.create();
     ns.ok(['load']);
-    await ns.startService('web', ['tcp4', 'udp4', 'tcp6'], true);
-    await ns.startService('api', ['tcp4', 'udp4'], true);
-    ns.ok(['bind', 'web', 'tcp', '192.0.2.0/24', '0']);
-    ns.ok(['bind', 'web', 'udp', '192.0.2.0/24', '53']);
-    ns.ok(['bind', 'web', 'tcp', '2001:db8::/32', '443']);
-    ns.ok(['bind', 'api', 'tcp', '192.0.2.128/25', '8080']);
-    ns.ok(['bind', 'api', 'udp', '198.51.100.0/24', '0']);
+    await startWebAndApi(ns);
     ns.ok(['bind', 'nobody', 'tcp', '203.0.113.0/24', '0']); // reserved: refused by design, and it must stay so
   });
   afterEach(() => ns.destroy());
 
-  const targets: Array<[ProbeTarget, string]> = [
-    [tcp('192.0.2.10', 80), 'web'],
-    [udp('192.0.2.11', 53), 'web'],
-    [tcp('2001:db8::7', 443), 'web'],
-    [tcp('192.0.2.200', 8080), 'api'],
-    [tcp('192.0.2.20', 8080), 'web'],
-    [udp('198.51.100.9', 5353), 'api'],
-  ];
+  const targets = WEB_AND_API_TARGETS;
 
   it(`N (${ABI_VERSION}) → N+1 → N → N+1 → N under a probe loop: nothing refused or misrouted, bindings, sockets and counters carried, the changed map made new`, async () => {
     const before = ns.json<Status>(['status']);
@@ -225,7 +210,7 @@ describe.skipIf(!isRoot)('ABI migration', () => {
     const lookups = (s: Status) => s.destinations.reduce((n, d) => n + Number(d.stats.lookups), 0);
     expect(lookups(after)).toBeGreaterThanOrEqual(lookups(before) + attempts.length);
     expect(after.destinations.every((d) => d.stats.errors === '0' && (d.label === 'nobody' || d.stats.misses === '0'))).toBe(true);
-    expect(ns.probe([tcp('203.0.113.5', 80)])).toEqual(['refused']);
+    expect(ns.probe([{ proto: 'tcp', addr: '203.0.113.5', port: 80 }])).toEqual(['refused']);
     expect(fs.readdirSync(path.join(ns.bpffs, 'switchyard')).filter((f) => !/^\d+$/.test(f))).toEqual([]);
   });
 

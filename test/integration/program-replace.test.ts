@@ -11,7 +11,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { projectPath } from '../../src/paths.js';
-import { TestNamespace, isRoot, probeLoop, type ProbeTarget } from '../support/netns.js';
+import { TestNamespace, WEB_AND_API_TARGETS, isRoot, probeLoop, startWebAndApi } from '../support/netns.js';
 
 interface Status {
   program: { id: number; tag: string };
@@ -69,8 +69,6 @@ function diedReplacing(ns: TestNamespace, object: string, steps: { pin: boolean;
 /** The pins of the namespace's state directory. */
 const pins = (ns: TestNamespace) => fs.readdirSync(path.join(ns.bpffs, 'switchyard', String(fs.statSync(ns.path).ino))).sort();
 
-const tcp = (addr: string, port: number): ProbeTarget => ({ proto: 'tcp', addr, port });
-const udp = (addr: string, port: number): ProbeTarget => ({ proto: 'udp', addr, port });
 
 describe.skipIf(!isRoot)('program replacement at load', () => {
   let ns: TestNamespace;
@@ -94,24 +92,11 @@ describe.skipIf(!isRoot)('program replacement at load', () => {
       return tag;
     })();
     expect(variantTag).not.toBe(installedTag);
-    await ns.startService('web', ['tcp4', 'udp4', 'tcp6'], true);
-    await ns.startService('api', ['tcp4', 'udp4'], true);
-    ns.ok(['bind', 'web', 'tcp', '192.0.2.0/24', '0']);
-    ns.ok(['bind', 'web', 'udp', '192.0.2.0/24', '53']);
-    ns.ok(['bind', 'web', 'tcp', '2001:db8::/32', '443']);
-    ns.ok(['bind', 'api', 'tcp', '192.0.2.128/25', '8080']);
-    ns.ok(['bind', 'api', 'udp', '198.51.100.0/24', '0']);
+    await startWebAndApi(ns);
   });
   afterEach(() => ns.destroy());
 
-  const targets: Array<[ProbeTarget, string]> = [
-    [tcp('192.0.2.10', 80), 'web'],
-    [udp('192.0.2.11', 53), 'web'],
-    [tcp('2001:db8::7', 443), 'web'],
-    [tcp('192.0.2.200', 8080), 'api'],
-    [tcp('192.0.2.20', 8080), 'web'],
-    [udp('198.51.100.9', 5353), 'api'],
-  ];
+  const targets = WEB_AND_API_TARGETS;
 
   it('a different object replaces the program through the link under traffic; the same one changes nothing; bindings, sockets and counters stay', async () => {
     const before = ns.json<Status>(['status']);

@@ -222,3 +222,28 @@ export function probeLoop(ns: TestNamespace, targets: Array<[ProbeTarget, string
   );
   return { done, running: () => running };
 }
+
+/**
+ * Two services for traffic through a switch of program or state: web (TCP
+ * and UDP over IPv4, TCP over IPv6) and api (TCP and UDP over IPv4), with
+ * bindings that need the exact-port and any-port walks of both families.
+ */
+export async function startWebAndApi(ns: TestNamespace): Promise<void> {
+  await ns.startService('web', ['tcp4', 'udp4', 'tcp6'], true);
+  await ns.startService('api', ['tcp4', 'udp4'], true);
+  ns.ok(['bind', 'web', 'tcp', '192.0.2.0/24', '0']);
+  ns.ok(['bind', 'web', 'udp', '192.0.2.0/24', '53']);
+  ns.ok(['bind', 'web', 'tcp', '2001:db8::/32', '443']);
+  ns.ok(['bind', 'api', 'tcp', '192.0.2.128/25', '8080']);
+  ns.ok(['bind', 'api', 'udp', '198.51.100.0/24', '0']);
+}
+
+/** Where startWebAndApi's bindings send each probe. */
+export const WEB_AND_API_TARGETS: Array<[ProbeTarget, string]> = [
+  [{ proto: 'tcp', addr: '192.0.2.10', port: 80 }, 'web'],
+  [{ proto: 'udp', addr: '192.0.2.11', port: 53 }, 'web'],
+  [{ proto: 'tcp', addr: '2001:db8::7', port: 443 }, 'web'],
+  [{ proto: 'tcp', addr: '192.0.2.200', port: 8080 }, 'api'],
+  [{ proto: 'tcp', addr: '192.0.2.20', port: 8080 }, 'web'],
+  [{ proto: 'udp', addr: '198.51.100.9', port: 5353 }, 'api'],
+];

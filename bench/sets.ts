@@ -18,8 +18,18 @@ const LABELS = Array.from({ length: 48 }, (_, i) => `svc${i}`);
 
 const u32 = (r: () => number) => Math.floor(r() * 4294967296) >>> 0;
 
+export interface SetOptions {
+  /**
+   * Every binding on this protocol (the real-traffic benchmark sends UDP and
+   * wants the whole set in the trie it walks). The random draws stay the same,
+   * so the prefixes, ports and labels follow the default set's, except where
+   * two of them now collide and another is drawn.
+   */
+  protocol?: Protocol;
+}
+
 /** Adds prefixes from `next` until `count` distinct bindings exist. */
-function fill(count: number, seed: number, next: (r: () => number, i: number) => { family: Family; words: Words; length: number } | undefined): BindingTable {
+function fill(count: number, seed: number, next: (r: () => number, i: number) => { family: Family; words: Words; length: number } | undefined, options: SetOptions = {}): BindingTable {
   const r = rng(seed);
   const table = new BindingTable(count);
   const seen = new Set<string>();
@@ -29,7 +39,8 @@ function fill(count: number, seed: number, next: (r: () => number, i: number) =>
     const words = maskWords(p.words, p.length);
     // Half on port 0, half on one of a few service ports.
     const port = table.count % 2 === 0 ? 0 : PORTS[Math.floor(r() * PORTS.length)]!;
-    const protocol: Protocol = r() < 0.9 ? 'tcp' : 'udp';
+    const drawn: Protocol = r() < 0.9 ? 'tcp' : 'udp';
+    const protocol = options.protocol ?? drawn;
     const key = `${protocol}${words.join('.')}/${p.length}:${port}`;
     if (seen.has(key)) continue;
     seen.add(key);
@@ -85,19 +96,19 @@ export function realPrefixes4or6(family: Family): Array<{ words: Words; length: 
   return list;
 }
 
-export function makeSet(name: SetName, count: number, seed = 1): BindingTable {
+export function makeSet(name: SetName, count: number, seed = 1, options: SetOptions = {}): BindingTable {
   switch (name) {
     case 'dense':
-      return fill(count, seed, (_r, i) => ({ family: 4, words: [(0x0a000000 + i) >>> 0, 0, 0, 0], length: 32 }));
+      return fill(count, seed, (_r, i) => ({ family: 4, words: [(0x0a000000 + i) >>> 0, 0, 0, 0], length: 32 }), options);
     case 'random':
-      return fill(count, seed, (r) => ({ family: 4, words: [u32(r), 0, 0, 0], length: 32 }));
+      return fill(count, seed, (r) => ({ family: 4, words: [u32(r), 0, 0, 0], length: 32 }), options);
     case 'bgp':
-      return fill(count, seed, (r) => ({ family: 4, words: [u32(r), 0, 0, 0], length: bgpLength(r) }));
+      return fill(count, seed, (r) => ({ family: 4, words: [u32(r), 0, 0, 0], length: bgpLength(r) }), options);
     case 'real':
     case 'real6': {
       const family: Family = name === 'real' ? 4 : 6;
       const all = realPrefixes4or6(family);
-      return fill(Math.min(count, all.length), seed, (_r, i) => (i < all.length ? { family, ...all[i]! } : undefined));
+      return fill(Math.min(count, all.length), seed, (_r, i) => (i < all.length ? { family, ...all[i]! } : undefined), options);
     }
     case 'ipv6': {
       // Provider space (/32-/48 under 2000::/3) and /128 hosts inside it.
@@ -110,7 +121,7 @@ export function makeSet(name: SetName, count: number, seed = 1): BindingTable {
         }
         const p = providers[Math.floor(r() * providers.length)]!;
         return { family: 6, words: [p[0], (p[1] & 0xffff0000) | (u32(r) & 0xffff), u32(r), u32(r)], length: 128 };
-      });
+      }, options);
     }
   }
 }

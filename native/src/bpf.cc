@@ -222,6 +222,10 @@ static Napi::Value ObjInfo(const Napi::CallbackInfo &info) {
     char tag[2 * BPF_TAG_SIZE + 1];
     for (int i = 0; i < BPF_TAG_SIZE; i++) snprintf(tag + 2 * i, 3, "%02x", p.tag[i]);
     out.Set("tag", std::string(tag));
+    // Cumulative run time and count: the kernel adds to them only while
+    // someone holds a BPF_ENABLE_STATS fd (enableStats).
+    out.Set("runTimeNs", Napi::BigInt::New(env, static_cast<uint64_t>(p.run_time_ns)));
+    out.Set("runCnt", Napi::BigInt::New(env, static_cast<uint64_t>(p.run_cnt)));
   } else if (kind == "link") {
     struct bpf_link_info l = {};
     __u32 len = sizeof(l);
@@ -363,6 +367,15 @@ static Napi::Value LinkUpdate(const Napi::CallbackInfo &info) {
   return info.Env().Undefined();
 }
 
+// enableStats() -> fd. BPF_ENABLE_STATS(BPF_STATS_RUN_TIME): every program's
+// run_time_ns and run_cnt count while any such fd is open; closing the last
+// one restores the previous setting (sysctl kernel.bpf_stats_enabled).
+static Napi::Value EnableStats(const Napi::CallbackInfo &info) {
+  int fd = bpf_enable_stats(BPF_STATS_RUN_TIME);
+  if (fd < 0) ThrowErrno(info.Env(), errno, "bpf_enable_stats");
+  return Napi::Number::New(info.Env(), fd);
+}
+
 // progTestRun(progFd, ctx, repeat) -> {retval, duration, ctx}
 static Napi::Value ProgTestRun(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
@@ -401,6 +414,7 @@ void InitBpf(Napi::Env env, Napi::Object exports) {
   exports.Set("linkCreateSkLookup", Napi::Function::New(env, LinkCreateSkLookup));
   exports.Set("linkUpdate", Napi::Function::New(env, LinkUpdate));
   exports.Set("progTestRun", Napi::Function::New(env, ProgTestRun));
+  exports.Set("enableStats", Napi::Function::New(env, EnableStats));
 }
 
 }  // namespace sy

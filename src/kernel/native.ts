@@ -24,6 +24,10 @@ export interface ProgInfo {
   jited: boolean;
   /** The kernel's tag (hex) of the instructions as loaded, map references zeroed: the same code has the same tag whatever its maps. */
   tag: string;
+  /** Cumulative ns spent in the program, counted only while BPF stats are enabled (enableStats). */
+  runTimeNs: bigint;
+  /** Cumulative runs, counted like runTimeNs. */
+  runCnt: bigint;
 }
 export interface LinkInfo {
   type: number;
@@ -79,6 +83,8 @@ export interface Native {
   linkCreateSkLookup(progFd: number, netnsFd: number): number;
   linkUpdate(linkFd: number, progFd: number): void;
   progTestRun(progFd: number, ctx: Buffer, repeat: number): TestRunResult;
+  /** BPF_ENABLE_STATS (run time): programs' runTimeNs/runCnt count while the returned fd is open; close it to restore the previous setting. */
+  enableStats(): number;
   pidfdOpen(pid: number): number;
   pidfdGetfd(pidfd: number, targetFd: number): number;
   socketInfo(fd: number): SocketInfo;

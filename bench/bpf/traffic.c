@@ -1,0 +1,158 @@
+// SPDX-License-Identifier: BSD-3-Clause OR GPL-2.0
+/*
+ * Programs of the real-traffic benchmark (bench/traffic.ts), attached to a
+ * scratch namespace's sk_lookup hook while real UDP datagrams go through it;
+ * their cost is read from the kernel's run-time statistics (BPF_ENABLE_STATS).
+ *
+ *   traffic_empty    returns SK_PASS: the floor. Attached beside every
+ *                    candidate, so each figure is net of what the kernel
+ *                    charges a program run (the stats' own clock reads).
+ *   traffic_tubular  tubular's dispatcher (ebpf/inet-kern.c): the
+ *                    BPF_MAP_TYPE_LPM_TRIE lookup of bench.c's tubular()
+ *                    (exact port, then port 0, the wildcard winning only with
+ *                    a strictly longer prefix), its per-CPU metrics counter,
+ *                    then its SOCKMAP (id - 1 -> socket), bpf_sk_assign and
+ *                    bpf_sk_release, dropping when the socket is missing or
+ *                    refused, as tubular does.
+ *   traffic_assign   what any sk_lookup dispatcher pays: one SOCKMAP lookup
+ *                    of a fixed key (0 for IPv4, 1 for IPv6: a socket must be
+ *                    of the packet's family), bpf_sk_assign, bpf_sk_release.
+ */
+#include <linux/bpf.h>
+#include <linux/in.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#define AF_INET 2
+#define AF_INET6 10
+#define TRAFFIC_SOCKETS 1024
+
+struct tubular_key {
+	__u32 prefixlen;
+	__u8 protocol;
+	__u16 port;
+	__u32 ip[4];
+} __attribute__((packed));
+
+struct tubular_binding {
+	__u32 id;
+	__u32 prefixlen;
+};
+
+/* tubular's struct destination_metrics. */
+struct tubular_metrics {
+	__u64 lookups;
+	__u64 misses;
+	__u64 errors;
+};
+
+/* Sized by the harness (it passes its own map, as for bench.c). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 1);
+	__type(key, struct tubular_key);
+	__type(value, struct tubular_binding);
+} tubular_bindings SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKMAP);
+	__uint(max_entries, TRAFFIC_SOCKETS);
+	__type(key, __u32);
+	__type(value, __u64);
+} tubular_sockets SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, TRAFFIC_SOCKETS);
+	__type(key, __u32);
+	__type(value, struct tubular_metrics);
+} tubular_metrics SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKMAP);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, __u64);
+} assign_sockets SEC(".maps");
+
+SEC("sk_lookup")
+int traffic_empty(struct bpf_sk_lookup *ctx)
+{
+	return SK_PASS;
+}
+
+SEC("sk_lookup")
+int traffic_tubular(struct bpf_sk_lookup *ctx)
+{
+	struct tubular_key key = {
+		.prefixlen = (sizeof(struct tubular_key) - 4) * 8,
+		.protocol = ctx->protocol,
+		.port = ctx->local_port,
+	};
+	const struct tubular_binding *bind, *wildcard;
+	struct tubular_metrics *metrics;
+	struct bpf_sock *sk;
+	__u32 dest;
+	long err;
+
+	/* The empty asm keeps each branch's ctx load in its branch: clang would
+	 * otherwise sink both into one load through a computed ctx pointer,
+	 * which the verifier refuses (tubular reads ctx through volatiles). */
+	if (ctx->family == AF_INET) {
+		__u32 ip4 = ctx->local_ip4;
+
+		asm volatile("" : "+r"(ip4));
+		key.ip[2] = bpf_htonl(0x0000ffff);
+		key.ip[3] = ip4;
+	} else {
+		__u32 ip6 = ctx->local_ip6[3];
+
+		asm volatile("" : "+r"(ip6));
+		key.ip[0] = ctx->local_ip6[0];
+		key.ip[1] = ctx->local_ip6[1];
+		key.ip[2] = ctx->local_ip6[2];
+		key.ip[3] = ip6;
+	}
+	bind = bpf_map_lookup_elem(&tubular_bindings, &key);
+	key.port = 0;
+	wildcard = bpf_map_lookup_elem(&tubular_bindings, &key);
+	if (!bind || (wildcard && wildcard->prefixlen > bind->prefixlen))
+		bind = wildcard;
+	if (!bind)
+		return SK_PASS;
+
+	dest = bind->id - 1;
+	metrics = bpf_map_lookup_elem(&tubular_metrics, &dest);
+	if (!metrics)
+		return SK_DROP;
+	metrics->lookups++;
+	sk = bpf_map_lookup_elem(&tubular_sockets, &dest);
+	if (!sk) {
+		metrics->misses++;
+		return SK_DROP;
+	}
+	err = bpf_sk_assign(ctx, sk, 0);
+	bpf_sk_release(sk);
+	if (err) {
+		metrics->errors++;
+		return SK_DROP;
+	}
+	return SK_PASS;
+}
+
+SEC("sk_lookup")
+int traffic_assign(struct bpf_sk_lookup *ctx)
+{
+	__u32 key = ctx->family == AF_INET6;
+	struct bpf_sock *sk = bpf_map_lookup_elem(&assign_sockets, &key);
+	long err;
+
+	if (!sk)
+		return SK_DROP;
+	err = bpf_sk_assign(ctx, sk, 0);
+	bpf_sk_release(sk);
+	return err ? SK_DROP : SK_PASS;
+}
+
+char _license[] SEC("license") = "Dual BSD/GPL";

@@ -1,0 +1,606 @@
+/**
+ * The real-traffic dispatch benchmark (issue 17, item 1): real UDP datagrams
+ * through a network namespace's sk_lookup hook, each program's cost read
+ * from the kernel's own run-time statistics (BPF_ENABLE_STATS: run_time_ns
+ * and run_cnt of every program, counted around each run).
+ *
+ *   node dist/bench/traffic.js --sets random:1000000,random:1000 --count 1000000 --rounds 3 [--kinds spread,hot] [--out file.json]
+ *
+ * Programs, each measured over the same destinations and the same number of
+ * datagrams, net of an empty program (`return SK_PASS`) attached beside it
+ * and charged by the same clock over the same traffic:
+ *   ours     the real dispatcher: `load` into a scratch namespace's bpffs,
+ *            `replaceBindings(set)`, one UDP socket per label `register`ed;
+ *   tubular  tubular's data plane (bench/bpf/traffic.c): LPM_TRIE lookups as
+ *            in bench.c, its metrics counter, its SOCKMAP, bpf_sk_assign;
+ *   assign   one SOCKMAP lookup of a fixed key and bpf_sk_assign: what any
+ *            sk_lookup dispatcher pays, whatever its lookup.
+ * ours runs in one namespace (its link is the dispatcher's pinned one);
+ * tubular and assign in a second, each phase attaching [candidate, empty]
+ * with links this harness owns and closes. Each round is a fresh stats delta;
+ * the phases' order rotates by round; the median per program is reported.
+ *
+ * Traffic: bench/sets.ts sets with every binding UDP (so the trie walked
+ * holds the whole set), plus `dual` (half random IPv4, half the IPv6 mix).
+ * Destinations spread over the bindings (a random binding, a random host in
+ * it, its port or for port-0 bindings a service or random port), each with
+ * the label the ReferenceLpm oracle expects; `hot` is 256 of them. The
+ * datagram tool (bench/traffic/blast.c) checks every datagram lands on the
+ * expected label's socket; any loss or misroute stops the run.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import readline from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { projectPath } from '../src/paths.js';
+import { native } from '../src/kernel/native.js';
+import { Fd, u32Key } from '../src/kernel/bpf.js';
+import { BindingTable } from '../src/bindings/binding.js';
+import { ReferenceLpm } from '../src/bindings/reference.js';
+import { maskWords, formatAddress, type Family, type Words } from '../src/net/address.js';
+import { Dispatcher, load } from '../src/dispatcher/dispatcher.js';
+import { locate } from '../src/dispatcher/state.js';
+import { socketsOfProcess } from '../src/sockets/sockets.js';
+import { TestNamespace } from '../test/support/netns.js';
+import { rng } from '../test/support/random.js';
+import { makeSet, PORTS, type SetName } from './sets.js';
+import { tubularEntries } from './harness.js';
+
+export const TRAFFIC_OBJECT = projectPath('bench/bpf/traffic.o');
+export const TRAFFIC_TOOL = projectPath('bench/traffic/blast');
+
+export type TrafficSetName = SetName | 'dual';
+export type TrafficKind = 'spread' | 'hot';
+export type Program = 'ours' | 'tubular' | 'assign';
+const PROGRAMS: Program[] = ['ours', 'tubular', 'assign'];
+
+export interface TrafficOptions {
+  /** Datagrams per measured phase (default 1,000,000). */
+  count?: number;
+  rounds?: number;
+  kinds?: TrafficKind[];
+  /** Distinct destinations of the spread kind (default min(count, 2^20)). */
+  destinations?: number;
+  /** Unmeasured datagrams before each phase (default min(count, 32768)). */
+  warmup?: number;
+  /** Datagrams in flight at most (sent − received). */
+  window?: number;
+  /** A run ends when nothing arrives for this long; what is missing then is reported. */
+  timeoutMs?: number;
+  /** CPUs of the tool's sender (where loopback delivery, so the programs, run) and receiver threads; -1: unpinned. */
+  senderCpu?: number;
+  receiverCpu?: number;
+  seed?: number;
+  log?: (line: string) => void;
+}
+
+export interface ProgramSample {
+  /** Δrun_time_ns / Δrun_cnt of the candidate and of the empty program beside it. */
+  candidate_ns: number;
+  empty_ns: number;
+  net_ns: number;
+  runs: number;
+  empty_runs: number;
+  datagrams: number;
+  elapsed_ms: number;
+}
+
+export interface TrafficRow {
+  set: TrafficSetName;
+  family: '4' | '6' | 'dual';
+  bindings: number;
+  kind: TrafficKind;
+  destinations: number;
+  /** Datagrams per measured phase. */
+  datagrams: number;
+  rounds: number;
+  ours_ns: number;
+  tubular_ns: number;
+  assign_ns: number;
+  /** The empty program's own ns per run (median over every phase): what the kernel's clock charges any program. */
+  floor_ns: number;
+  ratio: number;
+  ours_minus_assign: number;
+  delivered: number;
+  misrouted: number;
+  samples: Record<Program, ProgramSample[]>;
+  sender_cpu: number;
+  receiver_cpu: number;
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+const round1 = (x: number) => Math.round(x * 10) / 10;
+
+/** A bench set with every binding UDP; `dual` is half `random` (IPv4 /32) and half `ipv6`. */
+export function makeTrafficSet(name: TrafficSetName, size: number, seed = 1): BindingTable {
+  if (name !== 'dual') return makeSet(name, size, seed, { protocol: 'udp' });
+  const v4 = makeSet('random', Math.floor(size / 2), seed, { protocol: 'udp' });
+  const v6 = makeSet('ipv6', size - Math.floor(size / 2), seed + 1, { protocol: 'udp' });
+  const table = new BindingTable(v4.count + v6.count);
+  for (let i = 0; i < v4.count; i++) table.addFrom(v4, i);
+  for (let i = 0; i < v6.count; i++) table.addFrom(v6, i);
+  return table;
+}
+
+export interface Destination {
+  family: Family;
+  words: Words;
+  port: number;
+  /** Index into the set's labels of the binding the oracle picks. */
+  label: number;
+}
+
+/**
+ * Whether a local route on lo can deliver to the address: not 0/8, 127/8 or
+ * 224/3 (multicast, class E, broadcast); not ::/8 (unspecified, loopback,
+ * mapped), fe80::/10 (needs a scope) or ff00::/8 (multicast).
+ */
+function deliverable(family: Family, w: Words): boolean {
+  if (family === 4) {
+    const a = w[0] >>> 24;
+    return a !== 0 && a !== 127 && a < 224;
+  }
+  const top = w[0] >>> 24;
+  return top !== 0 && top !== 0xff && (w[0] >>> 22) !== 0x3fa;
+}
+
+/**
+ * `count` distinct (address, port) destinations spread over the bindings:
+ * a random binding, a random host inside its prefix, its port (for a port-0
+ * binding one of PORTS or a random port no binding names), and the label the
+ * oracle (longest prefix; the exact port only on an equal length) expects.
+ */
+export function makeDestinations(set: BindingTable, count: number, seed = 7): Destination[] {
+  const oracle = new ReferenceLpm(set);
+  const r = rng(seed);
+  const u32 = () => Math.floor(r() * 4294967296) >>> 0;
+  const bound = new Set<number>(Array.from(set.port.subarray(0, set.count)));
+  const out: Destination[] = [];
+  const seen = new Set<string>();
+  const ones: Words = [0xffffffff, 0xffffffff, 0xffffffff, 0xffffffff];
+  for (let attempt = 0; out.length < count && attempt < count * 50 + 100_000; attempt++) {
+    const i = Math.floor(r() * set.count);
+    const p = set.prefix(i);
+    const keep = maskWords(p.words, p.length);
+    const host = maskWords(ones, p.length).map((m) => ~m >>> 0);
+    const words = keep.map((w, j) => (w | (u32() & host[j]!)) >>> 0) as Words;
+    if (p.family === 4) words[1] = words[2] = words[3] = 0;
+    if (!deliverable(p.family, words)) continue;
+    let port = set.port[i]!;
+    if (port === 0) {
+      if (r() < 0.5) port = PORTS[Math.floor(r() * PORTS.length)]!;
+      else do port = 1024 + Math.floor(r() * 64512); while (bound.has(port));
+    }
+    const key = `${p.family}:${words.join('.')}:${port}`;
+    if (seen.has(key)) continue;
+    const m = oracle.lookup('udp', { family: p.family, words }, port);
+    if (!m) throw new Error(`oracle: no binding for ${formatAddress(p.family, words)} port ${port}, inside binding ${set.describe(i)}`);
+    seen.add(key);
+    out.push({ family: p.family, words, port, label: set.labelIndex[m.index]! });
+  }
+  if (!out.length) throw new Error(`no deliverable destination in the set`);
+  return out;
+}
+
+/** The tool's destinations file: 24-byte records {u8 family; u8 pad; u16 port; u32 label; u8 address[16]}. */
+function writeDestinations(file: string, dests: Destination[]): void {
+  const b = Buffer.alloc(24 * dests.length);
+  dests.forEach((d, k) => {
+    const at = k * 24;
+    b.writeUInt8(d.family, at);
+    b.writeUInt16LE(d.port, at + 2);
+    b.writeUInt32LE(d.label, at + 4);
+    const words = d.family === 4 ? 1 : 4;
+    for (let w = 0; w < words; w++) b.writeUInt32BE(d.words[w]!, at + 8 + 4 * w);
+  });
+  fs.writeFileSync(file, b);
+}
+
+interface RunResult {
+  run: number;
+  sent: number;
+  received: number;
+  misrouted: number;
+  missing: number;
+  stale: number;
+  garbage: number;
+  sendErrors: number;
+  firstSendError: string;
+  stalled: boolean;
+  elapsedMs: number;
+  missingDests: number[];
+  mismatches: Array<{ dest: number; expected: number; got: number; family: number }>;
+}
+
+/** The datagram tool, running inside a namespace: one line of JSON per command. */
+class Tool {
+  private readonly lines: string[] = [];
+  private waiting: ((line: string | undefined) => void) | undefined;
+  private stderr = '';
+  private exited = false;
+
+  private constructor(private readonly child: ChildProcess) {
+    const rl = readline.createInterface({ input: child.stdout! });
+    rl.on('line', (line) => {
+      if (this.waiting) {
+        const w = this.waiting;
+        this.waiting = undefined;
+        w(line);
+      } else this.lines.push(line);
+    });
+    child.stderr!.on('data', (d) => (this.stderr += d));
+    child.on('exit', () => {
+      this.exited = true;
+      this.waiting?.(undefined);
+      this.waiting = undefined;
+    });
+  }
+
+  static async start(ns: TestNamespace, args: string[]): Promise<{ tool: Tool; pid: number; v4: number[]; v6: number[] }> {
+    const child = spawn('ip', ['netns', 'exec', ns.name, TRAFFIC_TOOL, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
+    const tool = new Tool(child);
+    try {
+      const ready = JSON.parse(await tool.next(30_000)) as { pid: number; v4: number[]; v6: number[] };
+      return { tool, ...ready };
+    } catch (err) {
+      tool.close();
+      throw err;
+    }
+  }
+
+  private next(timeoutMs: number): Promise<string> {
+    const queued = this.lines.shift();
+    if (queued !== undefined) return Promise.resolve(queued);
+    if (this.exited) return Promise.reject(new Error(`traffic tool exited: ${this.stderr}`));
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.waiting = undefined;
+        reject(new Error(`traffic tool: no answer in ${timeoutMs} ms: ${this.stderr}`));
+      }, timeoutMs);
+      this.waiting = (line) => {
+        clearTimeout(timer);
+        if (line === undefined) reject(new Error(`traffic tool exited: ${this.stderr}`));
+        else resolve(line);
+      };
+    });
+  }
+
+  async run(count: number, start: number, mode: 'label' | 'fixed', timeoutMs: number): Promise<RunResult> {
+    this.child.stdin!.write(`run ${count} ${start} ${mode}\n`);
+    // The tool's own timeout bounds a stalled run; this one bounds a wedged tool.
+    return JSON.parse(await this.next(Math.max(600_000, timeoutMs * 4))) as RunResult;
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    if (!this.exited) this.child.kill('SIGKILL');
+  }
+
+  private closed = false;
+}
+
+const LOOPBACK4 = { family: 4 as const, words: [0x7f000001, 0, 0, 0] as Words };
+const LOOPBACK6 = { family: 6 as const, words: [0, 0, 0, 1] as Words };
+
+/** The tool's socket of (family, label), duplicated into this process (pidfd_getfd). Caller closes it. */
+function takeSocket(pid: number, family: Family, port: number): number {
+  const fds = socketsOfProcess(pid, 'udp', family === 4 ? LOOPBACK4 : LOOPBACK6, port);
+  if (fds.length !== 1) {
+    for (const fd of fds) fs.closeSync(fd);
+    throw new Error(`traffic tool ${pid}: ${fds.length} sockets on port ${port} (IPv${family}), expected 1`);
+  }
+  return fds[0]!;
+}
+
+function progStats(fd: number): { ns: bigint; cnt: bigint } {
+  const info = native().objInfo(fd, 'prog');
+  return { ns: info.runTimeNs, cnt: info.runCnt };
+}
+
+/** Every address delivered locally inside the namespace, only there. */
+function routeEverythingLocally(ns: TestNamespace): void {
+  ns.ip(['route', 'add', 'local', '0.0.0.0/0', 'dev', 'lo']);
+  ns.ip(['-6', 'route', 'add', 'local', '::/0', 'dev', 'lo']);
+}
+
+/** The programs of traffic.c, loaded against tubular's LPM trie (its ids: IPv4 label + 1, IPv6 labels + 1 + labels). */
+function loadTrafficObject(set: BindingTable | undefined, owned: Fd[]): { programs: Record<string, number>; maps: Record<string, number> } {
+  const count = set?.count ?? 0;
+  const lpm = new Fd(native().mapCreate(11 /* LPM_TRIE */, 23, 8, Math.max(1, count), 1 /* NO_PREALLOC */, 'tubular_lpm'));
+  owned.push(lpm);
+  if (set && count) {
+    const { keys, values } = tubularEntries(set);
+    // tubular's destinations are per (label, family): an IPv6 socket cannot take IPv4.
+    for (let i = 0; i < count; i++) if (set.family[i] === 6) values.writeUInt32LE(set.labels.length + set.labelIndex[i]! + 1, i * 8);
+    try {
+      native().mapUpdateBatch(lpm.fd, keys, values, count);
+    } catch {
+      for (let i = 0; i < count; i++) native().mapUpdate(lpm.fd, keys.subarray(i * 23, (i + 1) * 23), values.subarray(i * 8, (i + 1) * 8));
+    }
+  }
+  const loaded = native().loadObject(TRAFFIC_OBJECT, { tubular_bindings: lpm.fd });
+  for (const fd of [...Object.values(loaded.maps), ...Object.values(loaded.programs)]) owned.push(new Fd(fd));
+  return loaded;
+}
+
+function defaultCpus(): { sender: number; receiver: number } {
+  const n = os.cpus().length;
+  // The sender's CPU runs loopback delivery, hence the programs: the last one,
+  // like scripts/bench.sh; the receiver elsewhere so it does not share it.
+  return n >= 2 ? { sender: n - 1, receiver: 0 } : { sender: -1, receiver: -1 };
+}
+
+/** Runs every (set, size) of `plan` for each traffic kind; rows in plan order. */
+export async function trafficBench(plan: Array<[TrafficSetName, number]>, options: TrafficOptions = {}): Promise<TrafficRow[]> {
+  const count = options.count ?? 1_000_000;
+  const rounds = options.rounds ?? 3;
+  const kinds = options.kinds ?? ['spread', 'hot'];
+  const spread = options.destinations ?? Math.min(count, 1 << 20);
+  const warmup = options.warmup ?? Math.min(count, 32_768);
+  const window = options.window ?? 4096;
+  const timeoutMs = options.timeoutMs ?? 5000;
+  const cpus = defaultCpus();
+  const senderCpu = options.senderCpu ?? cpus.sender;
+  const receiverCpu = options.receiverCpu ?? cpus.receiver;
+  const log = options.log ?? ((s: string) => process.stderr.write(`${s}\n`));
+  const rows: TrafficRow[] = [];
+  const stats = new Fd(native().enableStats());
+  try {
+    for (const [name, size] of plan) {
+      const set = makeTrafficSet(name, size, options.seed ?? 1);
+      const families = new Set(Array.from(set.family.subarray(0, set.count)));
+      const family = families.size > 1 ? 'dual' : families.has(6) ? '6' : '4';
+      const started = performance.now();
+      const all = makeDestinations(set, spread, (options.seed ?? 1) + 6);
+      log(`traffic ${name} ${set.count}: ${all.length} destinations (${((performance.now() - started) / 1000).toFixed(1)} s)`);
+      const lists: Record<TrafficKind, Destination[]> = { spread: all, hot: all.slice(0, 256) };
+      rows.push(...(await benchSet(name, set, family, kinds.map((k) => [k, lists[k]] as [TrafficKind, Destination[]]), { count, rounds, warmup, window, timeoutMs, senderCpu, receiverCpu, log })));
+    }
+  } finally {
+    stats.close(); // the previous stats setting again
+  }
+  return rows;
+}
+
+interface Settings {
+  count: number;
+  rounds: number;
+  warmup: number;
+  window: number;
+  timeoutMs: number;
+  senderCpu: number;
+  receiverCpu: number;
+  log: (line: string) => void;
+}
+
+async function benchSet(name: TrafficSetName, set: BindingTable, family: TrafficRow['family'], kinds: Array<[TrafficKind, Destination[]]>, s: Settings): Promise<TrafficRow[]> {
+  const owned: Fd[] = [];
+  const namespaces: TestNamespace[] = [];
+  const tools: Tool[] = [];
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'sy-traffic-'));
+  let dispatcher: Dispatcher | undefined;
+  const rows: TrafficRow[] = [];
+  try {
+    // ours: the dispatcher in its own namespace, an empty program beside it.
+    const nsOurs = TestNamespace.create();
+    namespaces.push(nsOurs);
+    routeEverythingLocally(nsOurs);
+    const location = locate({ netns: nsOurs.path, bpffs: nsOurs.bpffs });
+    load(location);
+    dispatcher = Dispatcher.open(location);
+    const t = performance.now();
+    dispatcher.replaceBindings(set);
+    s.log(`  ours: ${set.count} bindings published (${((performance.now() - t) / 1000).toFixed(1)} s)`);
+    // The program serving now (a larger table may have brought a reloaded one).
+    const link = new Fd(native().objGet(path.join(location.dir, 'link')));
+    owned.push(link);
+    const oursProg = new Fd(native().getFdById(native().objInfo(link.fd, 'link').progId, 'prog'));
+    owned.push(oursProg);
+    const oursSide = loadTrafficObject(undefined, owned);
+    const netnsOurs = new Fd(fs.openSync(nsOurs.path, 'r'));
+    owned.push(netnsOurs);
+    owned.push(new Fd(native().linkCreateSkLookup(oursSide.programs.traffic_empty!, netnsOurs.fd)));
+
+    // tubular and assign-only: a second namespace, attached one phase at a time.
+    const nsOther = TestNamespace.create();
+    namespaces.push(nsOther);
+    routeEverythingLocally(nsOther);
+    const t2 = performance.now();
+    const other = loadTrafficObject(set, owned);
+    s.log(`  tubular: ${set.count} LPM entries inserted (${((performance.now() - t2) / 1000).toFixed(1)} s)`);
+    const netnsOther = new Fd(fs.openSync(nsOther.path, 'r'));
+    owned.push(netnsOther);
+
+    const labels = set.labels.length;
+    const has4 = set.family.subarray(0, set.count).includes(4);
+    const has6 = set.family.subarray(0, set.count).includes(6);
+    for (const [kind, dests] of kinds) {
+      const file = path.join(tmp, `${kind}.bin`);
+      writeDestinations(file, dests);
+      const args = ['--dests', file, '--labels', String(labels), ...(has4 ? ['--v4'] : []), ...(has6 ? ['--v6'] : []), '--window', String(s.window), '--timeout-ms', String(s.timeoutMs), '--sender-cpu', String(s.senderCpu), '--receiver-cpu', String(s.receiverCpu)];
+      const a = await Tool.start(nsOurs, args);
+      tools.push(a.tool);
+      const b = await Tool.start(nsOther, args);
+      tools.push(b.tool);
+      // Each label's sockets: to the dispatcher, and to the second namespace's SOCKMAPs.
+      for (const [fam, ports] of [[4, a.v4], [6, a.v6]] as Array<[Family, number[]]>) {
+        ports.forEach((port, k) => {
+          const fd = takeSocket(a.pid, fam, port);
+          try {
+            dispatcher!.register(set.labels[k]!, fd);
+          } finally {
+            fs.closeSync(fd);
+          }
+        });
+      }
+      for (const [fam, ports] of [[4, b.v4], [6, b.v6]] as Array<[Family, number[]]>) {
+        ports.forEach((port, k) => {
+          const fd = takeSocket(b.pid, fam, port);
+          try {
+            const value = Buffer.alloc(8);
+            value.writeBigUInt64LE(BigInt(fd));
+            native().mapUpdate(other.maps.tubular_sockets!, u32Key((fam === 6 ? labels : 0) + k), value);
+            if (k === 0) native().mapUpdate(other.maps.assign_sockets!, u32Key(fam === 6 ? 1 : 0), value);
+          } finally {
+            fs.closeSync(fd);
+          }
+        });
+      }
+
+      const samples: Record<Program, ProgramSample[]> = { ours: [], tubular: [], assign: [] };
+      const floors: number[] = [];
+      let delivered = 0;
+      let misrouted = 0;
+      for (let round = 0; round < s.rounds; round++) {
+        const order = PROGRAMS.map((_, k) => PROGRAMS[(k + round) % PROGRAMS.length]!);
+        for (const program of order) {
+          const links: Fd[] = [];
+          try {
+            let candidate: number;
+            let empty: number;
+            let tool: Tool;
+            if (program === 'ours') {
+              candidate = oursProg.fd;
+              empty = oursSide.programs.traffic_empty!;
+              tool = a.tool;
+            } else {
+              candidate = other.programs[program === 'tubular' ? 'traffic_tubular' : 'traffic_assign']!;
+              empty = other.programs.traffic_empty!;
+              tool = b.tool;
+              // Candidate first: the empty one never assigns, so the order changes no verdict.
+              links.push(new Fd(native().linkCreateSkLookup(candidate, netnsOther.fd)));
+              links.push(new Fd(native().linkCreateSkLookup(empty, netnsOther.fd)));
+            }
+            const mode = program === 'assign' ? 'fixed' : 'label';
+            const what = `${name} ${set.count} ${kind}, ${program}, round ${round + 1}`;
+            const check = (r: RunResult, n: number) => {
+              const problems: string[] = [];
+              if (r.sent !== n) problems.push(`sent ${r.sent} of ${n}${r.stalled ? ' (stalled: nothing arrived for the timeout)' : ''}`);
+              if (r.sendErrors) problems.push(`${r.sendErrors} send errors (${r.firstSendError})`);
+              if (r.misrouted) problems.push(`${r.misrouted} misrouted, first: ${r.mismatches.map((m) => `destination ${describe(dests[m.dest]!)} expected label ${mode === 'fixed' ? 0 : m.expected} (${set.labels[m.expected]}), got ${m.got} (${set.labels[m.got]}) on IPv${m.family}`).join('; ')}`);
+              if (r.missing || r.received !== r.sent) problems.push(`${r.sent - r.received} lost (${r.missing} missing), first destinations: ${r.missingDests.map((d) => describe(dests[d]!)).join(', ')}`);
+              if (r.stale || r.garbage) problems.push(`${r.stale} stale and ${r.garbage} malformed datagrams`);
+              if (problems.length) throw new Error(`traffic ${what}: ${problems.join('; ')}; stopping`);
+            };
+            check(await tool.run(s.warmup, dests.length - (s.warmup % dests.length), mode, s.timeoutMs), s.warmup);
+            const c0 = progStats(candidate);
+            const e0 = progStats(empty);
+            const r = await tool.run(s.count, 0, mode, s.timeoutMs);
+            const c1 = progStats(candidate);
+            const e1 = progStats(empty);
+            check(r, s.count);
+            const runs = Number(c1.cnt - c0.cnt);
+            const emptyRuns = Number(e1.cnt - e0.cnt);
+            // Each datagram runs every attached program once (and nothing else runs them).
+            if (runs < r.sent || emptyRuns < r.sent) throw new Error(`traffic ${what}: run_cnt grew by ${runs} (empty: ${emptyRuns}) for ${r.sent} datagrams; are stats enabled?`);
+            const candidateNs = Number(c1.ns - c0.ns) / runs;
+            const emptyNs = Number(e1.ns - e0.ns) / emptyRuns;
+            samples[program].push({ candidate_ns: round1(candidateNs), empty_ns: round1(emptyNs), net_ns: round1(candidateNs - emptyNs), runs, empty_runs: emptyRuns, datagrams: r.sent, elapsed_ms: Math.round(r.elapsedMs) });
+            floors.push(emptyNs);
+            delivered += r.received;
+            misrouted += r.misrouted;
+            s.log(`  ${kind} round ${round + 1} ${program.padEnd(7)} ${round1(candidateNs - emptyNs)} ns net (${round1(candidateNs)} − empty ${round1(emptyNs)}), ${r.sent} datagrams in ${Math.round(r.elapsedMs)} ms`);
+          } finally {
+            for (const l of links) l.close(); // detaches
+          }
+        }
+      }
+      a.tool.close();
+      b.tool.close();
+      const net = (p: Program) => round1(median(samples[p].map((x) => x.net_ns)));
+      const row: TrafficRow = {
+        set: name,
+        family,
+        bindings: set.count,
+        kind,
+        destinations: dests.length,
+        datagrams: s.count,
+        rounds: s.rounds,
+        ours_ns: net('ours'),
+        tubular_ns: net('tubular'),
+        assign_ns: net('assign'),
+        floor_ns: round1(median(floors)),
+        ratio: 0,
+        ours_minus_assign: 0,
+        delivered,
+        misrouted,
+        samples,
+        sender_cpu: s.senderCpu,
+        receiver_cpu: s.receiverCpu,
+      };
+      row.ratio = Math.round((row.tubular_ns / Math.max(1, row.ours_ns)) * 100) / 100;
+      row.ours_minus_assign = round1(row.ours_ns - row.assign_ns);
+      s.log(`${name} ${set.count} ${kind}: ours ${row.ours_ns} ns, tubular ${row.tubular_ns} ns (${row.ratio}×), assign-only ${row.assign_ns} ns, floor ${row.floor_ns} ns`);
+      rows.push(row);
+    }
+  } finally {
+    for (const tool of tools) tool.close();
+    dispatcher?.close();
+    for (const fd of owned.reverse()) fd.close();
+    for (const ns of namespaces) ns.destroy();
+    fs.rmSync(tmp, { recursive: true, force: true });
+  }
+  return rows;
+}
+
+function describe(d: Destination): string {
+  return `${formatAddress(d.family, d.words)} port ${d.port}`;
+}
+
+export function formatTable(rows: TrafficRow[]): string {
+  const head = ['set', 'family', 'bindings', 'traffic', 'destinations', 'datagrams', 'ours ns', 'tubular ns', 'assign ns', 'floor ns', 'ratio', 'ours − assign', 'delivered', 'misrouted'];
+  const lines = [`| ${head.join(' | ')} |`, `|${head.map(() => '---').join('|')}|`];
+  for (const r of rows) {
+    lines.push(`| ${[r.set, r.family === 'dual' ? 'dual' : `IPv${r.family}`, r.bindings, r.kind, r.destinations, r.datagrams, r.ours_ns, r.tubular_ns, r.assign_ns, r.floor_ns, `${r.ratio}×`, r.ours_minus_assign, r.delivered, r.misrouted].join(' | ')} |`);
+  }
+  return lines.join('\n');
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      sets: { type: 'string', default: 'random:1000,random:100000,random:1000000' },
+      count: { type: 'string', default: '1000000' },
+      rounds: { type: 'string', default: '3' },
+      kinds: { type: 'string', default: 'spread,hot' },
+      destinations: { type: 'string' },
+      window: { type: 'string' },
+      'timeout-ms': { type: 'string' },
+      'sender-cpu': { type: 'string' },
+      'receiver-cpu': { type: 'string' },
+      out: { type: 'string' },
+    },
+  });
+  const names = new Set(['dense', 'random', 'bgp', 'real', 'real6', 'ipv6', 'dual']);
+  const plan = values.sets!.split(',').map((entry): [TrafficSetName, number] => {
+    const [name, size] = entry.split(':');
+    if (!names.has(name!)) throw new Error(`--sets: unknown set ${name}`);
+    const n = size === undefined || size === 'all' ? Infinity : Number(size);
+    if (!(n > 0)) throw new Error(`--sets: bad size in ${entry}`);
+    return [name as TrafficSetName, n];
+  });
+  const int = (v: string | undefined) => (v === undefined ? undefined : Number(v));
+  const kinds = values.kinds!.split(',') as TrafficKind[];
+  for (const k of kinds) if (k !== 'spread' && k !== 'hot') throw new Error(`--kinds: unknown kind ${k}`);
+  const rows = await trafficBench(plan, {
+    count: Number(values.count),
+    rounds: Number(values.rounds),
+    kinds,
+    destinations: int(values.destinations),
+    window: int(values.window),
+    timeoutMs: int(values['timeout-ms']),
+    senderCpu: int(values['sender-cpu']),
+    receiverCpu: int(values['receiver-cpu']),
+  });
+  process.stdout.write(
+    'Real UDP datagrams through sk_lookup; ns per program run from BPF run-time stats (Δrun_time_ns/Δrun_cnt), net of an empty program attached beside each, median of the rounds.\n\n' +
+      `${formatTable(rows)}\n`,
+  );
+  if (values.out) fs.writeFileSync(values.out, `${JSON.stringify({ date: new Date().toISOString(), kernel: os.release(), rows }, null, 2)}\n`);
+}
+
+if (process.argv[1] === fileURLToPath(import.meta.url)) await main();

@@ -94,6 +94,8 @@ export interface TrafficRow {
   bindings: number;
   kind: TrafficKind;
   destinations: number;
+  /** Share of the destinations answered by an exact-port binding (the rest: port 0). */
+  exact_share: number;
   /** Datagrams per measured phase. */
   datagrams: number;
   rounds: number;
@@ -131,6 +133,8 @@ export interface Destination {
   port: number;
   /** Index into the set's labels of the binding the oracle picks. */
   label: number;
+  /** The oracle picked an exact-port binding. */
+  exact: boolean;
 }
 
 /**
@@ -179,10 +183,29 @@ export function makeDestinations(set: BindingTable, count: number, seed = 7): De
     const m = oracle.lookup('udp', { family: p.family, words }, port);
     if (!m) throw new Error(`oracle: no binding for ${formatAddress(p.family, words)} port ${port}, inside binding ${set.describe(i)}`);
     seen.add(key);
-    out.push({ family: p.family, words, port, label: set.labelIndex[m.index]! });
+    out.push({ family: p.family, words, port, label: set.labelIndex[m.index]!, exact: m.exactPort });
   }
   if (!out.length) throw new Error(`no deliverable destination in the set`);
   return out;
+}
+
+/**
+ * `n` distinct entries drawn uniformly: the hot set keeps the spread list's
+ * mix (its first entries would not: once a small set's exact-port bindings
+ * have given their few distinct destinations, later ones are mostly
+ * wildcard-port ones, which cost the lookups differently).
+ */
+function sample<T>(list: T[], n: number, seed: number): T[] {
+  if (list.length <= n) return [...list];
+  const r = rng(seed);
+  const picked = new Set<number>();
+  while (picked.size < n) picked.add(Math.floor(r() * list.length));
+  return [...picked].map((i) => list[i]!);
+}
+
+/** Share of destinations answered by an exact-port binding (the rest by a port-0 one). */
+function exactShare(dests: Destination[]): number {
+  return Math.round((dests.filter((d) => d.exact).length / Math.max(1, dests.length)) * 1000) / 1000;
 }
 
 /** The tool's destinations file: 24-byte records {u8 family; u8 pad; u16 port; u32 label; u8 address[16]}. */
@@ -357,7 +380,7 @@ export async function trafficBench(plan: Array<[TrafficSetName, number]>, option
       const started = performance.now();
       const all = makeDestinations(set, spread, (options.seed ?? 1) + 6);
       log(`traffic ${name} ${set.count}: ${all.length} destinations (${((performance.now() - started) / 1000).toFixed(1)} s)`);
-      const lists: Record<TrafficKind, Destination[]> = { spread: all, hot: all.slice(0, 256) };
+      const lists: Record<TrafficKind, Destination[]> = { spread: all, hot: sample(all, 256, (options.seed ?? 1) + 8) };
       rows.push(...(await benchSet(name, set, family, kinds.map((k) => [k, lists[k]] as [TrafficKind, Destination[]]), { count, rounds, warmup, window, timeoutMs, senderCpu, receiverCpu, log })));
     }
   } finally {
@@ -518,6 +541,7 @@ async function benchSet(name: TrafficSetName, set: BindingTable, family: Traffic
         bindings: set.count,
         kind,
         destinations: dests.length,
+        exact_share: exactShare(dests),
         datagrams: s.count,
         rounds: s.rounds,
         ours_ns: net('ours'),
@@ -552,10 +576,10 @@ function describe(d: Destination): string {
 }
 
 export function formatTable(rows: TrafficRow[]): string {
-  const head = ['set', 'family', 'bindings', 'traffic', 'destinations', 'datagrams', 'ours ns', 'tubular ns', 'assign ns', 'floor ns', 'ratio', 'ours − assign', 'delivered', 'misrouted'];
+  const head = ['set', 'family', 'bindings', 'traffic', 'destinations', 'exact-port share', 'datagrams', 'ours ns', 'tubular ns', 'assign ns', 'floor ns', 'ratio', 'ours − assign', 'delivered', 'misrouted'];
   const lines = [`| ${head.join(' | ')} |`, `|${head.map(() => '---').join('|')}|`];
   for (const r of rows) {
-    lines.push(`| ${[r.set, r.family === 'dual' ? 'dual' : `IPv${r.family}`, r.bindings, r.kind, r.destinations, r.datagrams, r.ours_ns, r.tubular_ns, r.assign_ns, r.floor_ns, `${r.ratio}×`, r.ours_minus_assign, r.delivered, r.misrouted].join(' | ')} |`);
+    lines.push(`| ${[r.set, r.family === 'dual' ? 'dual' : `IPv${r.family}`, r.bindings, r.kind, r.destinations, r.exact_share, r.datagrams, r.ours_ns, r.tubular_ns, r.assign_ns, r.floor_ns, `${r.ratio}×`, r.ours_minus_assign, r.delivered, r.misrouted].join(' | ')} |`);
   }
   return lines.join('\n');
 }

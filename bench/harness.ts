@@ -1,7 +1,8 @@
 /**
  * Loads the benchmark programs (bench/bpf/bench.c) with one binding set in
  * both layouts, ours and tubular's, checks that they agree on every query,
- * then times them with BPF_PROG_TEST_RUN.
+ * then times them with BPF_PROG_TEST_RUN: a latency, each run's query
+ * chosen by the previous run's answer (see bench.c).
  */
 import { projectPath } from '../src/paths.js';
 import { BpfMap, Fd, MapType, u32Key } from '../src/kernel/bpf.js';
@@ -22,8 +23,9 @@ export const BENCH_OBJECT = projectPath('bench/bpf/bench.o');
 const LPM_TRIE = 11;
 const NO_PREALLOC = 1;
 const TUBULAR_KEY = 23; // packed {u32 prefixlen; u8 protocol; u16 port; u32 ip[4]}
-const QUERY_BYTES = 48; // struct bench_query
-const STATE_BYTES = 16; // struct bench_state
+const QUERY_BYTES = 56; // struct bench_query
+const QUERY_EXPECT = 48; // bench_query.expect
+const STATE_BYTES = 24; // struct bench_state {u32 next, count; u64 sink; u32 runs, pad}
 
 /** Destination of binding i: its label's index (the same id in both layouts). */
 function inputOf(table: BindingTable): TrieInput {
@@ -77,7 +79,19 @@ export function loadTubular(table: BindingTable): { map: Fd; insertMs: number; b
 
 export interface QuerySet {
   count: number;
+  /** struct bench_query × count; `expect` is 0 until expect() has written the answers. */
   buffer: Buffer;
+  /** Whether `buffer` holds every query's answer (the timed programs' order depends on it). */
+  expected?: boolean;
+}
+
+/** How the timed programs chose their queries in one test run (read back from their per-CPU state). */
+export interface RunOrder {
+  runs: number;
+  /** Distinct queries the runs visited. */
+  distinct: number;
+  /** Runs whose answer was not the expected one (0, or the run is rejected). */
+  mismatches: number;
 }
 
 /**
@@ -135,9 +149,9 @@ export class LookupBench {
     };
     const queriesFd = create(MapType.ARRAY, 4, QUERY_BYTES, queries.count, 'bench_queries');
     const resultsFd = create(MapType.ARRAY, 4, 4, queries.count, 'bench_results');
-    const keys = Buffer.alloc(4 * queries.count);
-    for (let i = 0; i < queries.count; i++) keys.writeUInt32LE(i, i * 4);
-    native().mapUpdateBatch(queriesFd, keys, queries.buffer, queries.count);
+    this.queriesFd = queriesFd;
+    this.queries = queries;
+    this.upload();
     const loaded = loadWithCapacity(BENCH_OBJECT, { tubular_bindings: tubular.fd, queries: queriesFd, results: resultsFd }, built.rows);
     for (const fd of [...Object.values(loaded.maps), ...Object.values(loaded.programs)]) this.owned.push(new Fd(fd));
     this.programs = loaded.programs;
@@ -150,7 +164,6 @@ export class LookupBench {
     const state = Buffer.alloc(STATE_BYTES * possibleCpus());
     for (let c = 0; c < possibleCpus(); c++) state.writeUInt32LE(queries.count, c * STATE_BYTES + 4);
     this.stateValue = state;
-    this.queries = queries;
     this.results = resultsFd;
   }
 
@@ -158,12 +171,55 @@ export class LookupBench {
   readonly publishMs: number;
   private readonly stateValue: Buffer;
   private readonly queries: QuerySet;
+  private readonly queriesFd: number;
   private readonly results: number;
   private readonly ctx = encodeContext({ protocol: 'tcp', address: { family: 4, words: [0x0a000001, 0, 0, 0] }, port: 80 }, 1);
 
   /** Resets every CPU's query cursor to the first query. */
   private rewind(): void {
     native().mapUpdate(this.maps.state!, u32Key(0), this.stateValue);
+  }
+
+  /**
+   * Writes each query's answer into the queries (shared with later benches
+   * made from the same QuerySet), for the timed programs' dependent order.
+   */
+  expect(answers: Uint32Array): void {
+    if (answers.length !== this.queries.count) throw new Error(`expect: ${answers.length} answers for ${this.queries.count} queries`);
+    for (let i = 0; i < answers.length; i++) this.queries.buffer.writeUInt32LE(answers[i]!, i * QUERY_BYTES + QUERY_EXPECT);
+    this.queries.expected = true;
+    this.upload();
+  }
+
+  private upload(): void {
+    const keys = Buffer.alloc(4 * this.queries.count);
+    for (let i = 0; i < this.queries.count; i++) keys.writeUInt32LE(i, i * 4);
+    native().mapUpdateBatch(this.queriesFd, keys, this.queries.buffer, this.queries.count);
+  }
+
+  /**
+   * The order the last timed run took, from the per-CPU state. A run
+   * answers with next = index + 1 + (answer ^ expected), so with no
+   * mismatch every step is 1 and the runs visit min(runs, count) distinct
+   * queries: all of them in a run of `count`.
+   */
+  lastOrder(): RunOrder {
+    const cpus = possibleCpus();
+    const value = Buffer.alloc(STATE_BYTES * cpus);
+    if (!native().mapLookup(this.maps.state!, u32Key(0), value)) throw new Error('bench state: no value');
+    let runs = 0;
+    let sink = 0n;
+    let next = 0;
+    for (let c = 0; c < cpus; c++) {
+      const at = c * STATE_BYTES;
+      const r = value.readUInt32LE(at + 16);
+      if (r > 0) next = value.readUInt32LE(at);
+      runs += r;
+      sink += value.readBigUInt64LE(at + 8);
+    }
+    if (sink !== 0n) return { runs, distinct: -1, mismatches: Number(sink) };
+    if (next !== runs % this.queries.count) throw new Error(`bench state: ${runs} runs ended at query ${next}, not ${runs % this.queries.count}`);
+    return { runs, distinct: Math.min(runs, this.queries.count), mismatches: 0 };
   }
 
   /** Runs a check program over every query once and returns the answers. */
@@ -179,10 +235,19 @@ export class LookupBench {
     return out;
   }
 
-  /** Average ns per program run over `repeat` runs (BPF_PROG_TEST_RUN's own clock). */
+  /**
+   * Average ns per program run over `repeat` runs (BPF_PROG_TEST_RUN's own
+   * clock), each run's query chosen by the previous run's answer: a
+   * latency. Throws unless every run gave its query's expected answer.
+   */
   time(program: 'bench_floor' | 'bench_ours' | 'bench_tubular' | 'bench_single', repeat: number): number {
+    if (!this.queries.expected) throw new Error(`${program}: no expected answers (call expect() after the check)`);
     this.rewind();
-    return native().progTestRun(this.programs[program]!, this.ctx, repeat).duration;
+    const ns = native().progTestRun(this.programs[program]!, this.ctx, repeat).duration;
+    const order = this.lastOrder();
+    if (order.mismatches) throw new Error(`${program}: answers differ from the check's (xor sum ${order.mismatches}); the timed order is not the checked one`);
+    if (order.runs !== repeat) throw new Error(`${program}: ${order.runs} runs counted, ${repeat} asked`);
+    return ns;
   }
 
   /** Kernel memory of our table map (fdinfo memlock). */

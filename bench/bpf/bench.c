@@ -2,9 +2,8 @@
 /*
  * Benchmark programs, never attached: run with BPF_PROG_TEST_RUN.
  *
- * Each program run takes the next query from `queries` (a large random
- * array, so a run measures cold-ish caches rather than one hot key) and
- * resolves it:
+ * Each timed program run resolves one query of `queries` (a large random
+ * array, so a run measures cold-ish caches rather than one hot key):
  *   bench_floor    only fetches the query: the floor every figure is net of;
  *   bench_ours     walks our bindings table with the dispatcher's own code
  *                  (bpf/lookup.h);
@@ -13,8 +12,27 @@
  *                  ::ffff:a.b.c.d}, value {id, prefixlen}, two lookups (exact
  *                  port, then port 0), the wildcard winning only with a
  *                  strictly longer prefix.
+ * The timed programs measure latency, not throughput: the index of the next
+ * run's query is computed from this run's answer, so the CPU cannot fetch
+ * the next query, let alone start its walk, before this walk has produced
+ * its final loaded value. With independent queries (the order until issue
+ * 17) consecutive runs overlapped their cache misses, and a 1M-binding
+ * lookup looked cheaper than the one a packet pays.
+ * The dependence is next = index + 1 + (answer ^ expected answer): the
+ * harness writes each query's answer (from the check programs, where ours
+ * and tubular agree) into the query, so the xor is 0 when the program is
+ * right and the order is exactly sequential (every query once per `count`
+ * runs), yet no CPU can know it is 0 until the answer is loaded. Any
+ * nonzero xor is summed into `sink`; the harness rejects a run whose sink
+ * is not 0. The floor's answer is the query's expected answer, loaded, so
+ * the floor pays the same chain (state → query → answer → state).
+ * The dependence runs through the answer's value: where a program returns a
+ * constant after a predicted branch (a miss in the LPM helper returns NULL),
+ * the CPU can go on speculatively; what bounds it then is the branch
+ * resolving, which waits on the same loads.
  * check_ours and check_tubular store each query's answer (destination + 1,
- * 0 = none) in `results`, so the harness can compare both before timing.
+ * 0 = none) in `results`, in sequential order, so the harness can compare
+ * both before timing.
  */
 #include <linux/bpf.h>
 #include <linux/in.h>
@@ -33,12 +51,16 @@ struct bench_query {
 	__u64 hi;
 	__u64 lo;
 	__u32 ip[4]; /* network order, IPv4 as ::ffff:a.b.c.d (tubular's key) */
+	__u32 expect; /* this query's answer, written by the harness after the check */
+	__u32 pad;
 };
 
 struct bench_state {
-	__u32 next;
-	__u32 count;
-	__u64 sink;
+	__u32 next;  /* index of the next run's query */
+	__u32 count; /* queries; 0 = not set up (the program does nothing) */
+	__u64 sink;  /* sum of answer ^ expect over timed runs: 0 when all were right */
+	__u32 runs;  /* timed runs on this CPU since the harness's rewind */
+	__u32 pad;
 };
 
 struct tubular_key {
@@ -83,7 +105,7 @@ struct {
 	__type(value, struct bench_state);
 } state SEC(".maps");
 
-static __always_inline struct bench_query *next_query(struct bench_state **st, __u32 *index)
+static __always_inline struct bench_query *this_query(struct bench_state **st, __u32 *index)
 {
 	__u32 zero = 0;
 
@@ -91,8 +113,29 @@ static __always_inline struct bench_query *next_query(struct bench_state **st, _
 	if (!*st || !(*st)->count)
 		return 0;
 	*index = (*st)->next;
-	(*st)->next = *index + 1 >= (*st)->count ? 0 : *index + 1;
 	return bpf_map_lookup_elem(&queries, index);
+}
+
+/* The check programs' order: every query once, sequentially. */
+static __always_inline void advance(struct bench_state *st, __u32 index)
+{
+	st->next = index + 1 >= st->count ? 0 : index + 1;
+}
+
+/*
+ * The timed programs' order: the next index is a data dependence on this
+ * run's answer (see the top of the file). `expect` is read with a volatile
+ * load so that the floor's answer (the same field) is two loads the
+ * compiler cannot fold into a constant 0.
+ */
+static __always_inline void advance_after(struct bench_state *st, __u32 index, struct bench_query *q, __u32 answer)
+{
+	__u32 diff = answer ^ *(volatile __u32 *)&q->expect;
+	__u32 next = index + 1 + diff;
+
+	st->sink += diff;
+	st->runs++;
+	st->next = next >= st->count ? 0 : next;
 }
 
 static __always_inline __u32 ours(struct bench_query *q)
@@ -174,38 +217,40 @@ static __always_inline __u32 single(struct bench_query *q)
 	return any & 0xffff;
 }
 
-/* A timed program: resolve the next query, fold the answer into the sink. */
+/* A timed program: resolve this query; its answer picks the next one. */
 #define BENCH_PROGRAM(name, resolve)                                     \
 	SEC("sk_lookup")                                                 \
 	int name(struct bpf_sk_lookup *ctx)                              \
 	{                                                                \
 		struct bench_state *st;                                  \
 		__u32 index;                                             \
-		struct bench_query *q = next_query(&st, &index);         \
+		struct bench_query *q = this_query(&st, &index);         \
 		if (q)                                                   \
-			st->sink += resolve(q);                          \
+			advance_after(st, index, q, resolve(q));         \
 		return SK_PASS;                                          \
 	}
 
-/* A checking program: store the next query's answer in `results`. */
+/* A checking program: store this query's answer in `results`, go to the next. */
 #define CHECK_PROGRAM(name, resolve)                                     \
 	SEC("sk_lookup")                                                 \
 	int name(struct bpf_sk_lookup *ctx)                              \
 	{                                                                \
 		struct bench_state *st;                                  \
 		__u32 index, *out;                                       \
-		struct bench_query *q = next_query(&st, &index);         \
+		struct bench_query *q = this_query(&st, &index);         \
 		if (q) {                                                 \
 			out = bpf_map_lookup_elem(&results, &index);     \
 			if (out)                                         \
 				*out = resolve(q);                       \
+			advance(st, index);                              \
 		}                                                        \
 		return SK_PASS;                                          \
 	}
 
+/* The floor's answer: a load from the query, like a walk's first loads. */
 static __always_inline __u32 floor_only(struct bench_query *q)
 {
-	return q->port;
+	return *(volatile __u32 *)&q->expect;
 }
 
 BENCH_PROGRAM(bench_floor, floor_only)

@@ -93,7 +93,9 @@ export interface TrafficRow {
   family: '4' | '6' | 'dual';
   bindings: number;
   kind: TrafficKind;
+  /** Entries of the destination list the datagrams cycle through, and how many are distinct (address, port). */
   destinations: number;
+  distinct_destinations: number;
   /** Share of the destinations answered by an exact-port binding (the rest: port 0). */
   exact_share: number;
   /** Datagrams per measured phase. */
@@ -152,10 +154,14 @@ function deliverable(family: Family, w: Words): boolean {
 }
 
 /**
- * `count` distinct (address, port) destinations spread over the bindings:
- * a random binding, a random host inside its prefix, its port (for a port-0
- * binding one of PORTS or a random port no binding names), and the label the
- * oracle (longest prefix; the exact port only on an equal length) expects.
+ * `count` destinations spread over the bindings: a random binding, a random
+ * host inside its prefix, its port (for a port-0 binding one of PORTS or a
+ * random port no binding names), and the label the oracle (longest prefix;
+ * the exact port only on an equal length) expects. Draws are independent, so
+ * the traffic keeps the set's mix (about half exact-port bindings): an
+ * exact-port /32 is one destination, which then repeats; requiring distinct
+ * destinations would leave a 1K set's traffic almost all wildcard-port (the
+ * rows report how many are distinct).
  */
 export function makeDestinations(set: BindingTable, count: number, seed = 7): Destination[] {
   const oracle = new ReferenceLpm(set);
@@ -163,9 +169,8 @@ export function makeDestinations(set: BindingTable, count: number, seed = 7): De
   const u32 = () => Math.floor(r() * 4294967296) >>> 0;
   const bound = new Set<number>(Array.from(set.port.subarray(0, set.count)));
   const out: Destination[] = [];
-  const seen = new Set<string>();
   const ones: Words = [0xffffffff, 0xffffffff, 0xffffffff, 0xffffffff];
-  for (let attempt = 0; out.length < count && attempt < count * 50 + 100_000; attempt++) {
+  for (let attempt = 0; out.length < count && attempt < count * 10 + 100_000; attempt++) {
     const i = Math.floor(r() * set.count);
     const p = set.prefix(i);
     const keep = maskWords(p.words, p.length);
@@ -178,29 +183,34 @@ export function makeDestinations(set: BindingTable, count: number, seed = 7): De
       if (r() < 0.5) port = PORTS[Math.floor(r() * PORTS.length)]!;
       else do port = 1024 + Math.floor(r() * 64512); while (bound.has(port));
     }
-    const key = `${p.family}:${words.join('.')}:${port}`;
-    if (seen.has(key)) continue;
     const m = oracle.lookup('udp', { family: p.family, words }, port);
     if (!m) throw new Error(`oracle: no binding for ${formatAddress(p.family, words)} port ${port}, inside binding ${set.describe(i)}`);
-    seen.add(key);
     out.push({ family: p.family, words, port, label: set.labelIndex[m.index]!, exact: m.exactPort });
   }
   if (!out.length) throw new Error(`no deliverable destination in the set`);
   return out;
 }
 
+const keyOf = (d: Destination) => `${d.family}:${d.words.join('.')}:${d.port}`;
+
+/** Distinct (address, port) destinations in a list. */
+function distinct(dests: Destination[]): number {
+  return new Set(dests.map(keyOf)).size;
+}
+
 /**
- * `n` distinct entries drawn uniformly: the hot set keeps the spread list's
- * mix (its first entries would not: once a small set's exact-port bindings
- * have given their few distinct destinations, later ones are mostly
- * wildcard-port ones, which cost the lookups differently).
+ * `n` distinct destinations drawn uniformly from `list`, so the hot set keeps
+ * the spread list's mix of exact-port and wildcard-port destinations (they
+ * cost the lookups differently).
  */
-function sample<T>(list: T[], n: number, seed: number): T[] {
-  if (list.length <= n) return [...list];
+function sample(list: Destination[], n: number, seed: number): Destination[] {
   const r = rng(seed);
-  const picked = new Set<number>();
-  while (picked.size < n) picked.add(Math.floor(r() * list.length));
-  return [...picked].map((i) => list[i]!);
+  const picked = new Map<string, Destination>();
+  for (let tries = 0; picked.size < n && tries < n * 1000; tries++) {
+    const d = list[Math.floor(r() * list.length)]!;
+    picked.set(keyOf(d), d);
+  }
+  return [...picked.values()];
 }
 
 /** Share of destinations answered by an exact-port binding (the rest by a port-0 one). */
@@ -541,6 +551,7 @@ async function benchSet(name: TrafficSetName, set: BindingTable, family: Traffic
         bindings: set.count,
         kind,
         destinations: dests.length,
+        distinct_destinations: distinct(dests),
         exact_share: exactShare(dests),
         datagrams: s.count,
         rounds: s.rounds,
@@ -576,10 +587,10 @@ function describe(d: Destination): string {
 }
 
 export function formatTable(rows: TrafficRow[]): string {
-  const head = ['set', 'family', 'bindings', 'traffic', 'destinations', 'exact-port share', 'datagrams', 'ours ns', 'tubular ns', 'assign ns', 'floor ns', 'ratio', 'ours − assign', 'delivered', 'misrouted'];
+  const head = ['set', 'family', 'bindings', 'traffic', 'destinations (distinct)', 'exact-port share', 'datagrams', 'ours ns', 'tubular ns', 'assign ns', 'floor ns', 'ratio', 'ours − assign', 'delivered', 'misrouted'];
   const lines = [`| ${head.join(' | ')} |`, `|${head.map(() => '---').join('|')}|`];
   for (const r of rows) {
-    lines.push(`| ${[r.set, r.family === 'dual' ? 'dual' : `IPv${r.family}`, r.bindings, r.kind, r.destinations, r.exact_share, r.datagrams, r.ours_ns, r.tubular_ns, r.assign_ns, r.floor_ns, `${r.ratio}×`, r.ours_minus_assign, r.delivered, r.misrouted].join(' | ')} |`);
+    lines.push(`| ${[r.set, r.family === 'dual' ? 'dual' : `IPv${r.family}`, r.bindings, r.kind, `${r.destinations} (${r.distinct_destinations})`, r.exact_share, r.datagrams, r.ours_ns, r.tubular_ns, r.assign_ns, r.floor_ns, `${r.ratio}×`, r.ours_minus_assign, r.delivered, r.misrouted].join(' | ')} |`);
   }
   return lines.join('\n');
 }

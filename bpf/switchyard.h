@@ -19,7 +19,7 @@
 
 #include <linux/types.h>
 
-#define SY_ABI_VERSION 3
+#define SY_ABI_VERSION 4
 #define SY_META_MAGIC 0x53594431u /* "SYD1" */
 
 #define SY_MAX_DESTINATIONS 65536
@@ -36,7 +36,7 @@
 #define SY_NODES_PER_ROW 2
 
 /* Row 0 is the header (user space only). Row 1 onwards: the root table. */
-#define SY_HEADER_MAGIC 0x53595431u /* "SYT1" */
+#define SY_HEADER_MAGIC 0x53595432u /* "SYT2" (ABI 3 wrote "SYT1": user space still decodes it) */
 #define SY_ROOT_WORD SY_WORDS_PER_ROW
 /* One root word per (family, protocol, port): 2 * 2 * 65536 words. */
 #define SY_ROOT_SLOTS (4u << 16)
@@ -47,9 +47,11 @@
  * indexed by the top (root >> SY_ROOT_BITS_SHIFT) bits of the address.
  */
 #define SY_ROOT_BITS_SHIFT 27
-/* Set when the direct table keeps terminals in its rows (see below). */
-#define SY_ROOT_INLINE_TERMINALS (1u << 26)
-#define SY_ROOT_ROW_MASK (SY_ROOT_INLINE_TERMINALS - 1)
+/* ABI 3's direct tables with terminals in their rows; decoded, never walked. */
+#define SY_ROOT_LEGACY_INLINE (1u << 26)
+/* Set when the direct table is one of buckets (IPv4 only, see below). */
+#define SY_ROOT_BUCKETS (1u << 25)
+#define SY_ROOT_ROW_MASK (SY_ROOT_BUCKETS - 1)
 
 /*
  * A reference in the trie (direct-table slot, skip target) is either a node
@@ -67,13 +69,19 @@
 #define SY_REF_TERMINAL 0x40000000u
 #define SY_TERMINALS_PER_ROW 4
 /*
- * A direct table fills the first half of each of its rows: slot v is word
- * v % 8 of row root_row + v / 8. The second half holds up to two terminals
- * for lone prefixes of those slots, in the cache line the walk already has.
+ * A bucket table (IPv4): slot v is the whole row root_row + v, so a walk
+ * that ends in its slot reads one cache line after the root word. The row
+ * is either a bucket of up to 8 entries {leaf word, value}, longest prefix
+ * first, entry k in words 2k and 2k+1: the address matches when its top
+ * (leaf's prefix length) bits equal value's; the first match answers, and
+ * an unused entry {0, 0} matches anything and answers "no binding". Or,
+ * when word 0 is not a leaf word (a bit above SY_LEAF_BITS is set), word 0
+ * is a node or terminal reference taking the walk on: slots with more
+ * prefixes than a row holds, and every slot changed in place (one u32
+ * store switches a slot; a leaf is then stored as a terminal).
  */
-#define SY_DIRECT_SLOTS_PER_ROW 8
-#define SY_DIRECT_ROW_SHIFT 3
-#define SY_INLINE_TERMINALS_PER_ROW 2
+#define SY_BUCKET_ENTRIES 8
+#define SY_LEAF_BITS 25
 #define SY_LEAF_RESULT_MASK 0x1ffffu
 #define SY_LEAF_PLEN_SHIFT 17
 #define SY_LEAF_PLEN_MASK 0xffu
@@ -111,7 +119,8 @@ struct sy_node {
 	__u32 inherited;	/* the longest match above this node; user space only */
 };
 
-/* A terminal: the IPv4 address matches if (addr & mask) == value. */
+/* A terminal: the IPv4 address matches if (addr & mask) == value. An
+ * always-matching one (mask 0) stands for a leaf in a bucket table's slot. */
 struct sy_terminal {
 	__u32 value;
 	__u32 mask;

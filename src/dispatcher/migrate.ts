@@ -27,7 +27,8 @@
  * (counters then restart: said in the result's warnings). `meta` is always
  * new (it carries the new stamp) and so are `generation` and the table,
  * rebuilt from the decoded bindings. Bindings come from the old published
- * table only: when its encoding is not ours the migration is refused, naming
+ * table only (ours, or ABI 3's, whose encoding the decoder still reads):
+ * when its encoding is neither the migration is refused, naming
  * it (a caller that holds the bindings, as the agent does its last known
  * good state, could supply them instead: not built).
  *
@@ -54,7 +55,7 @@ import { BpfMap, Fd, describeMismatch, u32Key, type MapSpec } from '../kernel/bp
 import { native, type MapInfo } from '../kernel/native.js';
 import { buildTable, emptyInput } from '../trie/builder.js';
 import { decodeTable } from '../trie/decoder.js';
-import { ABI_VERSION, HEADER, HEADER_MAGIC, ROW_BYTES } from '../trie/layout.js';
+import { ABI_VERSION, HEADER, HEADER_MAGIC, LEGACY_HEADER_MAGIC, ROW_BYTES } from '../trie/layout.js';
 import { MAPS, MAP_NAMES, capacityFor, checkLoadedObject, type MapName } from './maps.js';
 import { type Location, metaValue, removeStateDir, tempDirFor } from './state.js';
 export { pinnedAbi } from './state.js';
@@ -135,8 +136,12 @@ function readOldBindings(location: Location, fromAbi: number) {
     }
     const view = new DataView(words.buffer);
     const magic = view.getUint32(HEADER.magic, true);
-    if (magic !== HEADER_MAGIC) throw unreadable(`its table's encoding (header magic 0x${magic.toString(16)}) is not this version's (0x${HEADER_MAGIC.toString(16)})`);
-    // The encoding is the magic's; the decoder also checks the ABI field, which a copy can say.
+    if (magic !== HEADER_MAGIC && magic !== LEGACY_HEADER_MAGIC) {
+      throw unreadable(`its table's encoding (header magic 0x${magic.toString(16)}) is not this version's (0x${HEADER_MAGIC.toString(16)})`);
+    }
+    // The encoding is the magic's (the decoder reads ABI 3's too); the
+    // decoder also checks the magic and ABI fields, which a copy can say.
+    view.setUint32(HEADER.magic, HEADER_MAGIC, true);
     view.setUint32(HEADER.abiVersion, ABI_VERSION, true);
     return { input: decodeTable(words), serial: view.getBigUint64(HEADER.serial, true) };
   } finally {

@@ -5,7 +5,10 @@
  *
  * Shape of one trie (poptrie, Asai & Ohara 2015, plus path compression):
  * - a direct-pointing table on the top `s` bits, `s` chosen per trie from its
- *   size so small per-port tries do not pay for a large table;
+ *   size so small per-port tries do not pay for a large table; for IPv4
+ *   tries whose prefixes spread over the space, a table of buckets: a row
+ *   per slot listing the slot's few prefixes, so most walks read one cache
+ *   line after the root word (a packet pays each dependent miss in full);
  * - below it, 64-way nodes over 6-bit strides whose children and leaves are
  *   found by popcount, with leaf pushing (every slot carries its longest
  *   match, so the walk never backtracks) and runs of equal leaves stored once;
@@ -28,17 +31,15 @@ import {
   REF_TERMINAL,
   TERMINAL,
   TERMINALS_PER_ROW,
-  DIRECT_SLOTS_PER_ROW,
-  DIRECT_ROW_SHIFT,
-  INLINE_TERMINALS_PER_ROW,
-  ROOT_INLINE_TERMINALS,
-  ROOT_ROW_MASK,
-  directSlotWord,
+  BUCKET_ENTRIES,
+  ROOT_BUCKETS,
+  isBucketRef,
   ROOT_BITS_SHIFT,
   ROOT_SLOTS,
   ROOT_WORD,
   ROW_BYTES,
   WORDS_PER_ROW,
+  leafPrefixLen,
   leafWord,
   rootSlot,
 } from './layout.js';
@@ -72,6 +73,11 @@ export function emptyInput(): TrieInput {
     destination: new Uint16Array(0),
   };
 }
+
+/** The most prefixes of a bucket table (see chooseBucketBits) whose slots may overflow their rows. */
+const BUCKET_OVERFLOW = 0.06;
+/** Bucket tables up to 2^22 rows (256 MiB), as direct tables. */
+const MAX_BUCKET_BITS = 22;
 
 /** Fewer shared bits than this and a plain node is as good as a skip node. */
 const SKIP_MIN_BITS = 7;
@@ -125,11 +131,10 @@ interface Slots {
 class TrieBuilder {
   readonly words: Growable;
   readonly nodes: Growable;
-  /** Word ranges of direct tables, whose node references need relocating. */
-  /** Direct tables: first word, words, slots a row. */
-  readonly directTables: Array<[number, number, number]> = [];
-  /** Words of direct tables holding a reference to a terminal in their own row (relocated with the words). */
-  readonly inlineTerminals: number[] = [];
+  /** Direct tables of slot words: first word, words. */
+  readonly directTables: Array<[number, number]> = [];
+  /** Bucket tables: first word, rows (word 0 of a row may be a reference). */
+  readonly bucketTables: Array<[number, number]> = [];
   private maxSteps = MAX_STEPS_V4;
 
   /** With `withRoot`, words start with the header row and the root table (a whole table); without, a subtree. */
@@ -150,6 +155,17 @@ class TrieBuilder {
   private terminal(i: number, fallback: number): number {
     const at = this.terminals.reserve(TERMINAL.words);
     this.writeTerminal(this.terminals.data, at, i, fallback);
+    return (REF_TERMINAL | (at / TERMINAL.words)) >>> 0;
+  }
+
+  /** A terminal that always answers `leaf` (mask 0): a bucket table's slot holding only a leaf. */
+  alwaysTerminal(leaf: number): number {
+    const at = this.terminals.reserve(TERMINAL.words);
+    const t = this.terminals.data;
+    t[at + TERMINAL.value] = 0;
+    t[at + TERMINAL.mask] = 0;
+    t[at + TERMINAL.leaf] = leaf;
+    t[at + TERMINAL.fallback] = leaf;
     return (REF_TERMINAL | (at / TERMINAL.words)) >>> 0;
   }
 
@@ -201,61 +217,110 @@ class TrieBuilder {
     return slots;
   }
 
-  /**
-   * Builds the trie of sorted bindings order[lo..hi) and returns its root
-   * word. The direct table takes half of each row (DIRECT_SLOTS_PER_ROW
-   * slots); the other half holds up to two terminals for lone IPv4 prefixes
-   * of those slots, so the walk's second load hits the cache line of its
-   * first (a terminal elsewhere was a second DRAM miss for most lookups at
-   * 1M bindings). Terminals that do not fit go after the nodes.
-   */
+  /** Builds the trie of sorted bindings order[lo..hi) and returns its root word. */
   buildTrie(lo: number, hi: number): number {
-    let s = this.chooseDirectBits(lo, hi);
-    let slots = this.fillSlots(0, lo, hi, 0, s, 1 << s, 0, 0);
-    // Terminals in the table's rows where most filled slots hold a lone
-    // prefix (random hosts); elsewhere (real tables: a few /22-/24 a slot)
-    // the rows would only double the table.
-    let lone = 0;
-    for (let c = 0; c < slots.childCount; c++) if (slots.childEnd[c]! - slots.childStart[c]! === 1) lone++;
-    const inline = this.input.family[this.order[lo]!] === 4 && slots.childCount > 0 && lone * 2 >= slots.childCount;
-    if (inline && s < 22 && hi - lo > 65536) {
-      // A bit wider: half as many lone prefixes a row, so rows rarely hold
-      // more than their two terminals (about 27 % of lone prefixes did not
-      // fit at 4 slots a prefix, 10 % at 8). Random 1M: 11.4-12x -> 13.9x.
-      // Only for tries too big for the cache anyway: at 100K the wider
-      // table cost more than the misses it saved (13.7-16.5x -> 10.4-11.9x).
-      s++;
-      slots = this.fillSlots(0, lo, hi, 0, s, 1 << s, 0, 0);
-    }
-    const perRow = inline ? DIRECT_SLOTS_PER_ROW : WORDS_PER_ROW;
-    // Direct tables start on a row so the root word can name them by row.
-    const pad = (WORDS_PER_ROW - (this.words.length % WORDS_PER_ROW)) % WORDS_PER_ROW;
-    this.words.reserve(pad);
-    const rows = Math.max(1, (1 << s) / perRow);
-    const base = this.words.reserve(rows * WORDS_PER_ROW);
-    this.directTables.push([base, rows * WORDS_PER_ROW, perRow]);
-    const root = ((s << ROOT_BITS_SHIFT) | (inline ? ROOT_INLINE_TERMINALS : 0) | (base / WORDS_PER_ROW)) >>> 0;
-    // directSlotWord() with the table at word 0; `base` added.
-    const slotWord = (v: number) => base + directSlotWord(root & ~ROOT_ROW_MASK, v);
-    const words = this.words.data;
-    for (let r = 0; r < rows; r++) words.set(slots.values.subarray(r * perRow, (r + 1) * perRow), base + r * WORDS_PER_ROW);
-    const inlineUsed = new Uint8Array(rows);
+    const ipv4 = this.input.family[this.order[lo]!] === 4;
+    // The benchmark's single-walk prototype puts its own tags in leaf words.
+    const b = ipv4 && !this.input.leaf ? this.chooseBucketBits(lo, hi) : -1;
+    if (b >= 0) return this.buildBuckets(lo, hi, b);
+    const s = this.chooseDirectBits(lo, hi);
+    const slots = this.fillSlots(0, lo, hi, 0, s, 1 << s, 0, 0);
+    const base = this.reserveRows(Math.max(1, (1 << s) / WORDS_PER_ROW));
+    this.directTables.push([base, Math.max(1 << s, WORDS_PER_ROW)]);
+    this.words.data.set(slots.values.subarray(0, 1 << s), base);
     for (let c = 0; c < slots.childCount; c++) {
       const v = slots.childSlot[c]!;
-      const start = slots.childStart[c]!;
-      const end = slots.childEnd[c]!;
-      const row = v >>> DIRECT_ROW_SHIFT;
-      if (inline && end - start === 1 && inlineUsed[row]! < INLINE_TERMINALS_PER_ROW) {
-        const at = base + row * WORDS_PER_ROW + DIRECT_SLOTS_PER_ROW + inlineUsed[row]!++ * TERMINAL.words;
-        this.writeTerminal(this.words.data, at, this.order[start]!, slots.values[v]!);
-        this.words.data[slotWord(v)] = (REF_TERMINAL | (at / TERMINAL.words)) >>> 0;
-        this.inlineTerminals.push(slotWord(v));
+      const ref = this.buildSlot(slots.childStart[c]!, slots.childEnd[c]!, s, slots.values[v]!);
+      this.words.data[base + v] = ref; // after the build: it may have moved words.data
+    }
+    return ((s << ROOT_BITS_SHIFT) | (base / WORDS_PER_ROW)) >>> 0;
+  }
+
+  /** `rows` whole rows of words, starting on a row (root words and slots name tables by row); returns the first word. */
+  private reserveRows(rows: number): number {
+    this.words.reserve((WORDS_PER_ROW - (this.words.length % WORDS_PER_ROW)) % WORDS_PER_ROW);
+    return this.words.reserve(rows * WORDS_PER_ROW);
+  }
+
+  /**
+   * A bucket table of 2^b rows (switchyard.h): each slot's prefixes longer
+   * than b, longest first, then the longest shorter one covering the slot;
+   * a slot with more than a row holds refers to a subtree instead.
+   */
+  private buildBuckets(lo: number, hi: number, b: number): number {
+    const slots = this.fillSlots(0, lo, hi, 0, b, 1 << b, 0, 0);
+    const base = this.reserveRows(1 << b);
+    this.bucketTables.push([base, 1 << b]);
+    const { input, order } = this;
+    const children = new Int32Array(1 << b).fill(-1);
+    for (let c = 0; c < slots.childCount; c++) children[slots.childSlot[c]!] = c;
+    const within: number[] = [];
+    for (let v = 0; v < 1 << b; v++) {
+      const inherited = slots.values[v]!;
+      const c = children[v]!;
+      const start = c >= 0 ? slots.childStart[c]! : 0;
+      const end = c >= 0 ? slots.childEnd[c]! : 0;
+      const at = base + v * WORDS_PER_ROW;
+      if (end - start + (inherited ? 1 : 0) > BUCKET_ENTRIES) {
+        const ref = this.buildSlot(start, end, b, inherited);
+        this.words.data[at] = ref;
         continue;
       }
-      const ref = this.buildSlot(start, end, s, slots.values[v]!);
-      this.words.data[slotWord(v)] = ref; // after the build: it may have moved words.data
+      within.length = 0;
+      for (let k = start; k < end; k++) within.push(order[k]!);
+      // Longest first (stable: equal lengths never overlap).
+      within.sort((x, y) => input.prefixLen[y]! - input.prefixLen[x]!);
+      const words = this.words.data;
+      let e = 0;
+      for (const i of within) {
+        words[at + 2 * e] = this.leafOf(i);
+        words[at + 2 * e + 1] = (input.addr[i * 4]! & wordMask(input.prefixLen[i]!, 0)) >>> 0;
+        e++;
+      }
+      if (inherited) {
+        const slotStart = b === 0 ? 0 : (v << (32 - b)) >>> 0;
+        words[at + 2 * e] = inherited;
+        words[at + 2 * e + 1] = (slotStart & wordMask(leafPrefixLen(inherited), 0)) >>> 0;
+      }
     }
-    return root;
+    return ((b << ROOT_BITS_SHIFT) | ROOT_BUCKETS | (base / WORDS_PER_ROW)) >>> 0;
+  }
+
+  /**
+   * The width of an IPv4 trie's bucket table, or -1 for a table of slots.
+   * The narrowest (from about three prefixes a row) whose slots overflow
+   * their rows for at most BUCKET_OVERFLOW of the prefixes: an overflowing
+   * slot's walk reads a node and a leaf more. Clustered prefixes (dense
+   * ranges, most real tables) overflow at any width and take slots.
+   */
+  private chooseBucketBits(lo: number, hi: number): number {
+    const n = hi - lo;
+    const { input, order } = this;
+    let shortest = 32;
+    for (let k = lo; k < hi; k++) shortest = Math.min(shortest, input.prefixLen[order[k]!]!);
+    const first = Math.max(4, Math.min(MAX_BUCKET_BITS, Math.round(Math.log2(Math.max(1, n) / 3))));
+    for (let b = first; b <= Math.min(MAX_BUCKET_BITS, first + 2); b++) {
+      // Room for a shorter prefix's entry in every row when any is shorter.
+      const room = BUCKET_ENTRIES - (shortest <= b ? 1 : 0);
+      let overflow = 0;
+      for (let k = lo; k < hi; ) {
+        const i = order[k]!;
+        if (input.prefixLen[i]! <= b) {
+          k++;
+          continue;
+        }
+        // Sorted by address: a slot's prefixes are consecutive (shorter ones between them skipped).
+        const v = input.addr[i * 4]! >>> (32 - b);
+        let m = 0;
+        while (k < hi && input.addr[order[k]! * 4]! >>> (32 - b) === v) {
+          if (input.prefixLen[order[k]!]! > b) m++;
+          k++;
+        }
+        if (m > room) overflow += m;
+      }
+      if (overflow <= BUCKET_OVERFLOW * n) return b;
+    }
+    return -1;
   }
 
   /**
@@ -653,15 +718,14 @@ function place(builder: TrieBuilder, p: Placement, rows: Uint32Array): void {
   const wordBase = p.firstRow * WORDS_PER_ROW;
   const nodeBase = p.nodeRow * NODES_PER_ROW;
   const words = builder.words.data;
-  // Direct tables: slot words only (the other half of each row is
-  // terminals); terminals in a direct table's row move with the words.
-  const inlineRefs = Uint32Array.from(builder.inlineTerminals, (k) => (words[k]! + wordBase / TERMINAL.words) >>> 0);
-  for (const [start, size, perRow] of builder.directTables) {
-    for (let row = start; row < start + size; row += WORDS_PER_ROW) {
-      for (let k = row; k < row + perRow; k++) words[k] = relocateRef(words[k]!, p);
+  for (const [start, size] of builder.directTables) {
+    for (let k = start; k < start + size; k++) words[k] = relocateRef(words[k]!, p);
+  }
+  for (const [start, rows] of builder.bucketTables) {
+    for (let k = start; k < start + rows * WORDS_PER_ROW; k += WORDS_PER_ROW) {
+      if (isBucketRef(words[k]!)) words[k] = relocateRef(words[k]!, p);
     }
   }
-  builder.inlineTerminals.forEach((k, j) => (words[k] = inlineRefs[j]!));
   const nodes = builder.nodes.data;
   // Inline leaves: word index of the row's second half; those slots are data, not nodes.
   const leafSlots = new Uint8Array(p.nodeCount);
@@ -778,11 +842,13 @@ export interface BuiltSlot {
 /**
  * Builds what one direct-table slot of a trie refers to, placed at
  * `firstRow` of a live table: the bindings order[lo..hi) of one trie, all
- * longer than `pos` and sharing bits [0, pos), over `inherited`.
+ * longer than `pos` and sharing bits [0, pos), over `inherited`. With
+ * `asReference`, a bare leaf comes as an always-matching terminal.
  */
-export function buildSlot(input: TrieInput, order: Uint32Array, lo: number, hi: number, pos: number, inherited: number, firstRow: number): BuiltSlot {
+export function buildSlot(input: TrieInput, order: Uint32Array, lo: number, hi: number, pos: number, inherited: number, firstRow: number, asReference = false): BuiltSlot {
   const builder = new TrieBuilder(input, order, hi - lo, false);
-  const ref = builder.buildSlot(lo, hi, pos, inherited);
+  let ref = builder.buildSlot(lo, hi, pos, inherited);
+  if (asReference && !(ref & (REF_NODE | REF_TERMINAL))) ref = builder.alwaysTerminal(ref);
   const { p, rows, rowCount } = placeAlone(builder, firstRow);
   return { ref: relocateRef(ref, p), rows, rowCount };
 }

@@ -22,13 +22,16 @@ import {
   RECORD,
   REF_NODE,
   REF_TERMINAL,
+  BUCKET_ENTRIES,
   ROOT_BITS_SHIFT,
+  ROOT_BUCKETS,
   ROOT_SLOTS,
   ROOT_WORD,
   ROW_BYTES,
   TERMINAL,
   WORDS_PER_ROW,
   directSlotWord,
+  isBucketRef,
 } from './layout.js';
 
 const STRIDE = 6;
@@ -120,23 +123,46 @@ export class TableDecoder {
     this.openCount = 0;
   }
 
-  /** The bindings reachable from one reference of trie `slot` whose region starts at `start`, `pos` bits deep. */
-  decodeRef(slot: number, ref: number, start: ArrayLike<number>, pos: number): void {
+  /** The bindings reachable from direct-table slot v of trie `slot` (root word `root`). */
+  decodeSlot(slot: number, root: number, v: number): void {
     this.enterTrie(slot);
-    for (let w = 0; w < 4; w++) this.starts[w] = start[w]!;
-    this.visit(ref, 0, pos);
+    this.visitSlot(root, v);
   }
 
   decodeTrie(slot: number, root: number): void {
     this.enterTrie(slot);
     const s = root >>> ROOT_BITS_SHIFT;
+    for (let v = 0; v < 1 << s; v++) this.visitSlot(root, v);
+  }
+
+  private visitSlot(root: number, v: number): void {
+    const s = root >>> ROOT_BITS_SHIFT;
     const starts = this.starts;
     starts.fill(0, 0, 4);
-    for (let v = 0; v < 1 << s; v++) {
-      starts[0] = s === 0 ? 0 : (v << (32 - s)) >>> 0; // s <= 22
-      const ref = this.table[directSlotWord(root, v)]!;
-      if (ref === 0) continue;
-      this.visit(ref, 0, s);
+    starts[0] = s === 0 ? 0 : (v << (32 - s)) >>> 0; // s <= 22
+    const at = directSlotWord(root, v);
+    const ref = this.table[at]!;
+    if (root & ROOT_BUCKETS && !isBucketRef(ref)) this.bucket(at, s);
+    else if (ref !== 0) this.visit(ref, 0, s);
+  }
+
+  /** A bucket row at word `at` (switchyard.h): its entries in address order, the slot's shorter prefix first. */
+  private bucket(at: number, s: number): void {
+    const t = this.table;
+    const entries: Array<[number, number]> = [];
+    for (let e = 0; e < BUCKET_ENTRIES; e++) {
+      const leaf = t[at + 2 * e]!;
+      if (!(leaf & LEAF_RESULT_MASK)) continue;
+      const plen = (leaf >>> LEAF_PLEN_SHIFT) & LEAF_PLEN_MASK;
+      // The slot's shorter prefix answers from the slot's start on.
+      entries.push([plen <= s ? this.starts[0]! : t[at + 2 * e + 1]!, leaf]);
+    }
+    const plenOf = (leaf: number) => (leaf >>> LEAF_PLEN_SHIFT) & LEAF_PLEN_MASK;
+    entries.sort((x, y) => x[0] - y[0] || plenOf(x[1]) - plenOf(y[1]));
+    const address = new Uint32Array(4);
+    for (const [value, leaf] of entries) {
+      address[0] = value;
+      this.emit(leaf, address, 0);
     }
   }
 
@@ -148,6 +174,8 @@ export class TableDecoder {
     } else if (ref & REF_TERMINAL) {
       const at = (((ref & ~REF_TERMINAL) >>> 0) * TERMINAL.words) >>> 0;
       this.emit(t[at + TERMINAL.fallback]!, this.starts, depth * 4);
+      // An always-matching terminal (a bucket slot's leaf) answers only its fallback's leaf.
+      if (t[at + TERMINAL.mask] === 0) return;
       const value = new Uint32Array([t[at + TERMINAL.value]!, 0, 0, 0]);
       this.emit(t[at + TERMINAL.leaf]!, value, 0);
     } else {

@@ -3,9 +3,11 @@
  * dispatcher program. test/unit/layout.test.ts checks every size and offset
  * here against the BTF of the compiled bpf/dispatcher.o.
  */
-export const ABI_VERSION = 3;
+export const ABI_VERSION = 4;
 export const META_MAGIC = 0x53594431;
-export const HEADER_MAGIC = 0x53595431;
+export const HEADER_MAGIC = 0x53595432;
+/** ABI 3's table encoding ("SYT1"): decoded (to migrate its bindings), never written. */
+export const LEGACY_HEADER_MAGIC = 0x53595431;
 
 export const MAX_DESTINATIONS = 65536;
 export const LABEL_MAX = 59;
@@ -19,21 +21,30 @@ export const NODE_WORDS = NODE_BYTES / 4;
 export const ROOT_WORD = WORDS_PER_ROW;
 export const ROOT_SLOTS = 4 << 16;
 export const ROOT_BITS_SHIFT = 27;
-export const ROOT_INLINE_TERMINALS = 1 << 26;
-export const ROOT_ROW_MASK = ROOT_INLINE_TERMINALS - 1;
+/** ABI 3's direct tables with terminals in their rows: decoded, never built. */
+export const ROOT_LEGACY_INLINE = 1 << 26;
+export const ROOT_BUCKETS = 1 << 25;
+export const ROOT_ROW_MASK = ROOT_BUCKETS - 1;
 
 export const REF_NODE = 0x80000000;
 export const REF_TERMINAL = 0x40000000;
 export const TERMINALS_PER_ROW = 4;
-export const DIRECT_SLOTS_PER_ROW = 8;
-export const DIRECT_ROW_SHIFT = 3;
-export const INLINE_TERMINALS_PER_ROW = 2;
+const LEGACY_SLOTS_PER_ROW = 8;
+export const BUCKET_ENTRIES = 8;
+/** A bucket row's word 0 with a bit at or above this set is a reference, not a leaf word. */
+export const LEAF_BITS = 25;
 
-/** Word index of direct-table slot v of the trie whose root word is `root`. */
+/** Word index of direct-table slot v of the trie whose root word is `root` (a bucket table's: its row's word 0). */
 export function directSlotWord(root: number, v: number): number {
   const row = root & ROOT_ROW_MASK;
-  if (!(root & ROOT_INLINE_TERMINALS)) return row * WORDS_PER_ROW + v;
-  return (row + (v >>> DIRECT_ROW_SHIFT)) * WORDS_PER_ROW + (v & (DIRECT_SLOTS_PER_ROW - 1));
+  if (root & ROOT_BUCKETS) return (row + v) * WORDS_PER_ROW;
+  if (root & ROOT_LEGACY_INLINE) return (row + Math.floor(v / LEGACY_SLOTS_PER_ROW)) * WORDS_PER_ROW + (v % LEGACY_SLOTS_PER_ROW);
+  return row * WORDS_PER_ROW + v;
+}
+
+/** Whether word 0 of a bucket table's row is a reference (the slot's subtree) rather than its first entry. */
+export function isBucketRef(word0: number): boolean {
+  return word0 >>> LEAF_BITS !== 0;
 }
 export const LEAF_RESULT_MASK = 0x1ffff;
 export const LEAF_PLEN_SHIFT = 17;

@@ -2,7 +2,9 @@
  * One binding bound, relabelled or unbound in a live table without
  * rebuilding it: only the subtree under the direct-table slot the prefix
  * falls in is decoded, changed and rebuilt, into free rows past
- * `used_rows`, then switched in by one u32 store of the slot. Pure: the
+ * `used_rows`, then switched in by one u32 store of the slot (a bucket
+ * table's slot: of its row's word 0, which then refers to the rebuilt
+ * subtree, a slot of one leaf included, until the next full build). Pure: the
  * planner reads the table and returns the writes; the dispatcher makes them.
  *
  * The table stays the only copy of the binding set through any crash: the
@@ -34,12 +36,15 @@ import {
   RECORD,
   REF_NODE,
   REF_TERMINAL,
+  BUCKET_ENTRIES,
   ROOT_BITS_SHIFT,
+  ROOT_BUCKETS,
   ROOT_WORD,
   ROW_BYTES,
   TERMINAL,
   WORDS_PER_ROW,
   directSlotWord,
+  isBucketRef,
   leafPrefixLen,
   leafWord,
   rootSlot,
@@ -73,8 +78,17 @@ const MAX_LISTED = 65536;
 
 const headerWord = (byteOffset: number) => byteOffset / 4;
 
-/** The leaf word of the longest prefix above what `ref` refers to (struct sy_node.inherited). */
-function inheritedOf(table: Uint32Array, ref: number): number {
+/** The leaf word of the longest prefix above direct-table slot word `at` (struct sy_node.inherited; a bucket's shorter entry). */
+function inheritedOf(table: Uint32Array, root: number, at: number): number {
+  const ref = table[at]!;
+  if (root & ROOT_BUCKETS && !isBucketRef(ref)) {
+    const s = root >>> ROOT_BITS_SHIFT;
+    for (let e = 0; e < BUCKET_ENTRIES; e++) {
+      const leaf = table[at + 2 * e]!;
+      if (leaf & LEAF_RESULT_MASK && leafPrefixLen(leaf) <= s) return leaf;
+    }
+    return 0;
+  }
   if (ref & REF_NODE) return table[((ref & ~REF_NODE) >>> 0) * NODE_WORDS + NODE.inherited]!;
   if (ref & REF_TERMINAL) return table[((ref & ~REF_TERMINAL) >>> 0) * TERMINAL.words + TERMINAL.fallback]!;
   return ref;
@@ -139,13 +153,12 @@ export function planPatch(table: Uint32Array, capacityRows: number, key: Binding
   if (structural) return { kind: 'full', reason: structural };
   const v = bitsAt(key.addr, 0, 0, s);
   const slotWord = directSlotWord(root, v);
-  const ref = table[slotWord]!;
   const start = [(v << (32 - s)) >>> 0, 0, 0, 0];
-  const inherited = inheritedOf(table, ref);
+  const inherited = inheritedOf(table, root, slotWord);
 
   // What the slot holds: the bindings reachable in it, the listed ones inside it.
   const decoder = new TableDecoder(table, 16);
-  decoder.decodeRef(slot, ref, start, s);
+  decoder.decodeSlot(slot, root, v);
   const reachable = decoder.out;
   const listed = listedOf(table, header.shadowRow);
   const set = new Columns(reachable.count + 4);
@@ -183,7 +196,8 @@ export function planPatch(table: Uint32Array, capacityRows: number, key: Binding
   const nextInherited = destination !== null && key.prefixLen === s ? leafWord(destination, s) : inherited;
 
   const order = sortBindings(next);
-  const built = buildSlot(next, order, 0, next.count, s, nextInherited, free);
+  // A bucket table's slot is switched by its row's word 0: a reference, never a bare leaf.
+  const built = buildSlot(next, order, 0, next.count, s, nextInherited, free, (root & ROOT_BUCKETS) !== 0);
   if (built.rowCount) rows.push({ row: free, words: built.rows });
   free += built.rowCount;
 

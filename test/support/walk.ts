@@ -10,12 +10,15 @@ import {
   NODE_BYTES,
   REF_NODE,
   REF_TERMINAL,
+  BUCKET_ENTRIES,
   ROOT_BITS_SHIFT,
+  ROOT_BUCKETS,
   ROOT_WORD,
   ROW_BYTES,
   MAX_STEPS_V4,
   MAX_STEPS_V6,
   directSlotWord,
+  isBucketRef,
   rootSlot,
 } from '../../src/trie/layout.js';
 import type { Address } from '../../src/net/address.js';
@@ -32,7 +35,18 @@ export function walkTable(bytes: Uint8Array, ipproto: number, address: Address, 
   const walk = (root: number): number => {
     if (!root) return 0;
     const bits = root >>> ROOT_BITS_SHIFT;
-    let ref = word(directSlotWord(root, Number(hi >> BigInt(64 - bits))));
+    const slotWord = directSlotWord(root, Number(hi >> BigInt(64 - bits)));
+    let ref = word(slotWord);
+    if (root & ROOT_BUCKETS && !isBucketRef(ref)) {
+      // A bucket row: the first entry whose prefix holds the address answers.
+      for (let e = 0; e < BUCKET_ENTRIES; e++) {
+        const leaf = word(slotWord + 2 * e);
+        const plen = (leaf >>> LEAF_PLEN_SHIFT) & LEAF_PLEN_MASK;
+        const mask = plen === 0 ? 0 : (0xffffffff << (32 - plen)) >>> 0;
+        if (((w[0] & mask) >>> 0) === word(slotWord + 2 * e + 1)) return leaf;
+      }
+      return 0;
+    }
     let pos = bits;
     for (let step = 0; step < maxSteps; step++) {
       if (!(ref & REF_NODE)) {

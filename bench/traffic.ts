@@ -632,7 +632,9 @@ async function main(): Promise<void> {
     receiverCpu: int(values['receiver-cpu']),
   });
   process.stdout.write(
-    'Real UDP datagrams through sk_lookup; ns per program run from BPF run-time stats (Δrun_time_ns/Δrun_cnt), net of an empty program attached beside each, median of the rounds.\n\n' +
+    'Real UDP datagrams through sk_lookup; ns per program run from BPF run-time stats (Δrun_time_ns/Δrun_cnt), net of an empty program attached beside each, median of the rounds' +
+      (rows[0] ? `; the tool's sender (where loopback delivery runs the programs) on CPU ${rows[0].sender_cpu}, its receiver on CPU ${rows[0].receiver_cpu} (-1: unpinned)` : '') +
+      '.\n\n' +
       `${formatTable(rows)}\n`,
   );
   if (values.out) fs.writeFileSync(values.out, `${JSON.stringify({ date: new Date().toISOString(), kernel: os.release(), rows }, null, 2)}\n`);

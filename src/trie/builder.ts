@@ -254,7 +254,6 @@ class TrieBuilder {
     const { input, order } = this;
     const children = new Int32Array(1 << b).fill(-1);
     for (let c = 0; c < slots.childCount; c++) children[slots.childSlot[c]!] = c;
-    const within: number[] = [];
     for (let v = 0; v < 1 << b; v++) {
       const inherited = slots.values[v]!;
       const c = children[v]!;
@@ -266,21 +265,25 @@ class TrieBuilder {
         this.words.data[at] = ref;
         continue;
       }
-      within.length = 0;
-      for (let k = start; k < end; k++) within.push(order[k]!);
-      // Longest first (stable: equal lengths never overlap).
-      within.sort((x, y) => input.prefixLen[y]! - input.prefixLen[x]!);
-      const words = this.words.data;
+      // Longest first: insertion by length into the row (equal lengths never overlap).
+      const row = this.words.data;
       let e = 0;
-      for (const i of within) {
-        words[at + 2 * e] = this.leafOf(i);
-        words[at + 2 * e + 1] = (input.addr[i * 4]! & wordMask(input.prefixLen[i]!, 0)) >>> 0;
-        e++;
+      for (let k = start; k < end; k++, e++) {
+        const i = order[k]!;
+        const len = input.prefixLen[i]!;
+        let j = e;
+        while (j > 0 && leafPrefixLen(row[at + 2 * (j - 1)]!) < len) {
+          row[at + 2 * j] = row[at + 2 * (j - 1)]!;
+          row[at + 2 * j + 1] = row[at + 2 * (j - 1) + 1]!;
+          j--;
+        }
+        row[at + 2 * j] = this.leafOf(i);
+        row[at + 2 * j + 1] = (input.addr[i * 4]! & wordMask(len, 0)) >>> 0;
       }
       if (inherited) {
         const slotStart = b === 0 ? 0 : (v << (32 - b)) >>> 0;
-        words[at + 2 * e] = inherited;
-        words[at + 2 * e + 1] = (slotStart & wordMask(leafPrefixLen(inherited), 0)) >>> 0;
+        row[at + 2 * e] = inherited;
+        row[at + 2 * e + 1] = (slotStart & wordMask(leafPrefixLen(inherited), 0)) >>> 0;
       }
     }
     return ((b << ROOT_BITS_SHIFT) | ROOT_BUCKETS | (base / WORDS_PER_ROW)) >>> 0;
@@ -879,6 +882,10 @@ function placeAlone(builder: TrieBuilder, firstRow: number) {
  */
 export function findShadowed(input: TrieInput, order: Uint32Array, lo: number, hi: number, out: number[]): void {
   const addr = input.addr;
+  // Prefixes of one length never nest (host routes: the common big trie).
+  let nests = false;
+  for (let k = lo + 1; k < hi && !nests; k++) nests = input.prefixLen[order[k]!] !== input.prefixLen[order[lo]!];
+  if (!nests) return;
   const stack: number[] = [];
   // Per stack depth: next uncovered address (4 words), whether a gap was
   // seen, whether any prefix nests in it (most have none: no cover to check).

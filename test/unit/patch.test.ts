@@ -4,7 +4,7 @@ import { ReferenceLpm } from '../../src/bindings/reference.js';
 import { buildTable, type TrieInput } from '../../src/trie/builder.js';
 import { decodeTable } from '../../src/trie/decoder.js';
 import { applyPatch, planPatch } from '../../src/trie/patch.js';
-import { leafDestination, leafPrefixLen, WORDS_PER_ROW } from '../../src/trie/layout.js';
+import { ROOT_BITS_SHIFT, ROOT_BUCKETS, ROOT_WORD, leafDestination, leafPrefixLen, rootSlot, WORDS_PER_ROW } from '../../src/trie/layout.js';
 import { parsePrefix, type Prefix } from '../../src/net/address.js';
 import { walkTable } from '../support/walk.js';
 import { randomBindings, randomQueries, rng } from '../support/random.js';
@@ -117,7 +117,7 @@ describe('in-place changes to a live table', () => {
     }
   });
 
-  it('changes host routes whose terminals live in the direct table\'s rows', () => {
+  it('changes host routes of a bucket table', () => {
     const r = rng(21);
     let expected = new BindingTable();
     const host = () => ({ family: 4 as const, words: [Math.floor(r() * 2 ** 32) >>> 0, 0, 0, 0] as [number, number, number, number], length: 32 });
@@ -133,6 +133,36 @@ describe('in-place changes to a live table', () => {
     }
     expect(patched).toBeGreaterThan(350);
     agree(table, expected, 5, { 4: [[0, 0, 0, 0]], 6: [[0x20010db8, 0, 0, 0]] });
+  });
+
+  it('changes slots of a bucket table under shorter prefixes: rows, their shorter entry, slots emptied and refilled', () => {
+    const r = rng(23);
+    let expected = new BindingTable();
+    const u32 = () => Math.floor(r() * 2 ** 32) >>> 0;
+    const prefix = (length: number) => ({ family: 4 as const, words: [(u32() & (length ? (0xffffffff << (32 - length)) >>> 0 : 0)) >>> 0, 0, 0, 0] as [number, number, number, number], length });
+    while (expected.count < 6000) {
+      const p = prefix(32);
+      if (expected.indexOf('tcp', p, 0) < 0) expected.add(`h${expected.count % 4}`, 'tcp', p, 0);
+    }
+    for (let k = 0; k < 40; k++) {
+      const p = prefix(4 + (k % 7));
+      if (expected.indexOf('tcp', p, 0) < 0) expected.add(`wide${k % 3}`, 'tcp', p, 0);
+    }
+    const table = liveTable(expected, 1 << 16);
+    const root = table[ROOT_WORD + rootSlot(4, 6, 0)]!;
+    expect(root & ROOT_BUCKETS).not.toBe(0);
+    const bits = root >>> ROOT_BITS_SHIFT;
+    let patched = 0;
+    for (let step = 0; step < 500; step++) {
+      // Unbind existing ones (slots empty out to their shorter entry or to nothing), bind new ones longer than the slots.
+      const unbind = step % 2 === 0;
+      const p = unbind ? expected.prefix(Math.floor(r() * expected.count)) : prefix(bits + 1 + Math.floor(r() * (32 - bits)));
+      const c = change(table, expected, unbind ? null : `n${step % 5}`, 'tcp', p, 0);
+      if (c.kind === 'patch') patched++;
+      expected = c.next;
+      if (step % 100 === 99) agree(table, expected, step, { 4: [[0, 0, 0, 0]], 6: [[0x20010db8, 0, 0, 0]] });
+    }
+    expect(patched).toBeGreaterThan(450);
   });
 
   it('hides and lists bindings a change tiles over, and shows them again', () => {

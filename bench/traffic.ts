@@ -14,11 +14,21 @@
  *   tubular  tubular's data plane (bench/bpf/traffic.c): LPM_TRIE lookups as
  *            in bench.c, its metrics counter, its SOCKMAP, bpf_sk_assign;
  *   assign   one SOCKMAP lookup of a fixed key and bpf_sk_assign: what any
- *            sk_lookup dispatcher pays, whatever its lookup.
+ *            sk_lookup dispatcher pays, whatever its lookup;
+ *   probe    assign after one dependent load from an mmapable array of as
+ *            many 64-byte rows as the dispatcher's table, at a row hashed
+ *            from the destination: probe − assign is what one dependent
+ *            access to a table of that size costs right after the network
+ *            stack ran, measured in the same run (issue 17, item 5);
+ *   probe2   the same with two independent loads (the destination's row and
+ *            its port-0 row), as the dispatcher walks two tries.
  * ours runs in one namespace (its link is the dispatcher's pinned one);
- * tubular and assign in a second, each phase attaching [candidate, empty]
- * with links this harness owns and closes. Each round is a fresh stats delta;
- * the phases' order rotates by round; the median per program is reported.
+ * the others in a second, each phase attaching [candidate, empty] with links
+ * this harness owns and closes. With `oursObjects`, each dispatcher object is
+ * a phase of its own: `upgrade` swaps it in through the pinned link, keeping
+ * every map (so the same table), before its phase. Each round is a fresh
+ * stats delta; the phases' order rotates by round; the median per program is
+ * reported.
  *
  * Traffic: bench/sets.ts sets with every binding UDP (so the trie walked
  * holds the whole set), plus `dual` (half random IPv4, half the IPv6 mix).
@@ -41,7 +51,7 @@ import { Fd, u32Key } from '../src/kernel/bpf.js';
 import { BindingTable } from '../src/bindings/binding.js';
 import { ReferenceLpm } from '../src/bindings/reference.js';
 import { maskWords, formatAddress, type Family, type Words } from '../src/net/address.js';
-import { Dispatcher, load } from '../src/dispatcher/dispatcher.js';
+import { Dispatcher, load, upgrade } from '../src/dispatcher/dispatcher.js';
 import { locate } from '../src/dispatcher/state.js';
 import { socketsOfProcess } from '../src/sockets/sockets.js';
 import { TestNamespace } from '../test/support/netns.js';
@@ -54,8 +64,14 @@ export const TRAFFIC_TOOL = projectPath('bench/traffic/blast');
 
 export type TrafficSetName = SetName | 'dual';
 export type TrafficKind = 'spread' | 'hot';
-export type Program = 'ours' | 'tubular' | 'assign';
-const PROGRAMS: Program[] = ['ours', 'tubular', 'assign'];
+export type Program = 'ours' | 'tubular' | 'assign' | 'probe' | 'probe2';
+/** The second namespace's candidates, by their program in traffic.c. */
+const OTHERS = { tubular: 'traffic_tubular', assign: 'traffic_assign', probe: 'traffic_probe', probe2: 'traffic_probe2' } as const;
+type Other = keyof typeof OTHERS;
+
+/** How the figures are taken, for the tables that show them. */
+export const TRAFFIC_METHOD =
+  'Real UDP datagrams through a network namespace\'s sk_lookup hook (each checked to land on the socket of the label the reference LPM expects); ns per program run from the kernel\'s BPF run-time stats (Δrun_time_ns/Δrun_cnt), net of an empty program attached beside each and charged by the same clock over the same datagrams; median of the rounds, the phases\' order rotating by round. assign: one SOCKMAP lookup and bpf_sk_assign, what any sk_lookup dispatcher pays. probe: assign after one dependent load from an mmapable array with as many 64-byte rows as our table, at a row hashed from the destination, so probe − assign is one dependent access to a table of our size right after the stack ran; probe2: two independent loads.';
 
 export interface TrafficOptions {
   /** Datagrams per measured phase (default 1,000,000). */
@@ -74,6 +90,12 @@ export interface TrafficOptions {
   senderCpu?: number;
   receiverCpu?: number;
   seed?: number;
+  /**
+   * Dispatcher objects to compare (A/B in one run): each is a phase of its
+   * own, swapped in with `upgrade` (every map kept); the first is ours_ns.
+   * Default: the object `load` and `replaceBindings` leave serving.
+   */
+  oursObjects?: string[];
   log?: (line: string) => void;
 }
 
@@ -104,13 +126,23 @@ export interface TrafficRow {
   ours_ns: number;
   tubular_ns: number;
   assign_ns: number;
+  probe_ns: number;
+  probe2_ns: number;
+  /** Rows of our table (its map's max_entries), hence of the probes' array. */
+  table_rows: number;
+  /** Each dispatcher object of `oursObjects`, by file name: ns net of empty (the first is ours_ns). */
+  ours_variants?: Record<string, number>;
   /** The empty program's own ns per run (median over every phase): what the kernel's clock charges any program. */
   floor_ns: number;
   ratio: number;
   ours_minus_assign: number;
+  /** One dependent access to a table of our size after the stack ran (and probe2's two). */
+  probe_minus_assign: number;
+  probe2_minus_assign: number;
   delivered: number;
   misrouted: number;
-  samples: Record<Program, ProgramSample[]>;
+  /** By phase: tubular, assign, probe, probe2, and ours or ours:<file name> per dispatcher object. */
+  samples: Record<string, ProgramSample[]>;
   sender_cpu: number;
   receiver_cpu: number;
 }
@@ -340,8 +372,12 @@ function routeEverythingLocally(ns: TestNamespace): void {
   ns.ip(['-6', 'route', 'add', 'local', '::/0', 'dev', 'lo']);
 }
 
-/** The programs of traffic.c, loaded against tubular's LPM trie (its ids: IPv4 label + 1, IPv6 labels + 1 + labels). */
-function loadTrafficObject(set: BindingTable | undefined, owned: Fd[]): { programs: Record<string, number>; maps: Record<string, number> } {
+/**
+ * The programs of traffic.c, loaded against tubular's LPM trie (its ids:
+ * IPv4 label + 1, IPv6 labels + 1 + labels) and a probe array of `probeRows`
+ * 64-byte rows, mmapable so that the kernel vmallocs it as it does our table.
+ */
+function loadTrafficObject(set: BindingTable | undefined, probeRows: number, owned: Fd[]): { programs: Record<string, number>; maps: Record<string, number> } {
   const count = set?.count ?? 0;
   const lpm = new Fd(native().mapCreate(11 /* LPM_TRIE */, 23, 8, Math.max(1, count), 1 /* NO_PREALLOC */, 'tubular_lpm'));
   owned.push(lpm);
@@ -355,8 +391,17 @@ function loadTrafficObject(set: BindingTable | undefined, owned: Fd[]): { progra
       for (let i = 0; i < count; i++) native().mapUpdate(lpm.fd, keys.subarray(i * 23, (i + 1) * 23), values.subarray(i * 8, (i + 1) * 8));
     }
   }
-  const loaded = native().loadObject(TRAFFIC_OBJECT, { tubular_bindings: lpm.fd });
+  // Fresh, hence zero: every probe load reads 0, so the SOCKMAP key stays fixed.
+  const probe = new Fd(native().mapCreate(2 /* ARRAY */, 4, 64, probeRows, 1 << 10 /* MMAPABLE */, 'probe_rows'));
+  owned.push(probe);
+  const loaded = native().loadObject(TRAFFIC_OBJECT, { tubular_bindings: lpm.fd, probe_rows: probe.fd });
   for (const fd of [...Object.values(loaded.maps), ...Object.values(loaded.programs)]) owned.push(new Fd(fd));
+  // probe_row_count, the object's only global: its .bss map's value.
+  const bss = Object.entries(loaded.maps).find(([name]) => name.endsWith('.bss'));
+  if (!bss) throw new Error(`${TRAFFIC_OBJECT}: no .bss map (probe_row_count)`);
+  const value = Buffer.alloc(native().objInfo(bss[1], 'map').valueSize);
+  value.writeUInt32LE(probeRows, 0);
+  native().mapUpdate(bss[1], u32Key(0), value);
   return loaded;
 }
 
@@ -391,7 +436,7 @@ export async function trafficBench(plan: Array<[TrafficSetName, number]>, option
       const all = makeDestinations(set, spread, (options.seed ?? 1) + 6);
       log(`traffic ${name} ${set.count}: ${all.length} destinations (${((performance.now() - started) / 1000).toFixed(1)} s)`);
       const lists: Record<TrafficKind, Destination[]> = { spread: all, hot: sample(all, 256, (options.seed ?? 1) + 8) };
-      rows.push(...(await benchSet(name, set, family, kinds.map((k) => [k, lists[k]] as [TrafficKind, Destination[]]), { count, rounds, warmup, window, timeoutMs, senderCpu, receiverCpu, log })));
+      rows.push(...(await benchSet(name, set, family, kinds.map((k) => [k, lists[k]] as [TrafficKind, Destination[]]), { count, rounds, warmup, window, timeoutMs, senderCpu, receiverCpu, oursObjects: options.oursObjects, log })));
     }
   } finally {
     stats.close(); // the previous stats setting again
@@ -407,7 +452,17 @@ interface Settings {
   timeoutMs: number;
   senderCpu: number;
   receiverCpu: number;
+  oursObjects: string[] | undefined;
   log: (line: string) => void;
+}
+
+/** Phase names of the dispatcher objects: `ours`, or `ours:<file name>` each (the path when names repeat). */
+function variantNames(objects: string[] | undefined): string[] {
+  if (!objects) return ['ours'];
+  const base = objects.map((o) => path.basename(o));
+  const names = new Set(base).size === base.length ? base : objects;
+  if (new Set(names).size !== names.length) throw new Error(`oursObjects: ${objects.join(', ')} names an object twice`);
+  return names.map((n) => `ours:${n}`);
 }
 
 async function benchSet(name: TrafficSetName, set: BindingTable, family: TrafficRow['family'], kinds: Array<[TrafficKind, Destination[]]>, s: Settings): Promise<TrafficRow[]> {
@@ -416,6 +471,7 @@ async function benchSet(name: TrafficSetName, set: BindingTable, family: Traffic
   const tools: Tool[] = [];
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'sy-traffic-'));
   let dispatcher: Dispatcher | undefined;
+  let oursProg: Fd | undefined;
   const rows: TrafficRow[] = [];
   try {
     // ours: the dispatcher in its own namespace, an empty program beside it.
@@ -426,24 +482,40 @@ async function benchSet(name: TrafficSetName, set: BindingTable, family: Traffic
     load(location);
     dispatcher = Dispatcher.open(location);
     const t = performance.now();
+    // Bindings first: a growth reloads the default object, which the variants then replace.
     dispatcher.replaceBindings(set);
-    s.log(`  ours: ${set.count} bindings published (${((performance.now() - t) / 1000).toFixed(1)} s)`);
-    // The program serving now (a larger table may have brought a reloaded one).
     const link = new Fd(native().objGet(path.join(location.dir, 'link')));
     owned.push(link);
-    const oursProg = new Fd(native().getFdById(native().objInfo(link.fd, 'link').progId, 'prog'));
-    owned.push(oursProg);
-    const oursSide = loadTrafficObject(undefined, owned);
+    const table = new Fd(native().objGet(path.join(location.dir, 'table')));
+    const tableRows = native().objInfo(table.fd, 'map').maxEntries;
+    table.close();
+    s.log(`  ours: ${set.count} bindings published (${((performance.now() - t) / 1000).toFixed(1)} s), table of ${tableRows} rows`);
+    const variants = variantNames(s.oursObjects);
+    let serving: string | undefined = s.oursObjects ? undefined : 'ours';
+    /** The program serving now, for its stats (a larger table or an upgrade brought a new one). */
+    const serve = (variant: string): number => {
+      if (serving !== variant) {
+        const started = performance.now();
+        upgrade(location, s.oursObjects![variants.indexOf(variant)]!);
+        s.log(`  ${variant}: swapped in (${Math.round(performance.now() - started)} ms)`);
+        oursProg?.close();
+        oursProg = undefined;
+        serving = variant;
+      }
+      oursProg ??= new Fd(native().getFdById(native().objInfo(link.fd, 'link').progId, 'prog'));
+      return oursProg.fd;
+    };
+    const oursSide = loadTrafficObject(undefined, 1, owned);
     const netnsOurs = new Fd(fs.openSync(nsOurs.path, 'r'));
     owned.push(netnsOurs);
     owned.push(new Fd(native().linkCreateSkLookup(oursSide.programs.traffic_empty!, netnsOurs.fd)));
 
-    // tubular and assign-only: a second namespace, attached one phase at a time.
+    // The others: a second namespace, attached one phase at a time.
     const nsOther = TestNamespace.create();
     namespaces.push(nsOther);
     routeEverythingLocally(nsOther);
     const t2 = performance.now();
-    const other = loadTrafficObject(set, owned);
+    const other = loadTrafficObject(set, tableRows, owned);
     s.log(`  tubular: ${set.count} LPM entries inserted (${((performance.now() - t2) / 1000).toFixed(1)} s)`);
     const netnsOther = new Fd(fs.openSync(nsOther.path, 'r'));
     owned.push(netnsOther);
@@ -451,6 +523,7 @@ async function benchSet(name: TrafficSetName, set: BindingTable, family: Traffic
     const labels = set.labels.length;
     const has4 = set.family.subarray(0, set.count).includes(4);
     const has6 = set.family.subarray(0, set.count).includes(6);
+    const phases = [...variants, ...(Object.keys(OTHERS) as Other[])];
     for (const [kind, dests] of kinds) {
       const file = path.join(tmp, `${kind}.bin`);
       writeDestinations(file, dests);
@@ -484,32 +557,34 @@ async function benchSet(name: TrafficSetName, set: BindingTable, family: Traffic
         });
       }
 
-      const samples: Record<Program, ProgramSample[]> = { ours: [], tubular: [], assign: [] };
+      const samples: Record<string, ProgramSample[]> = Object.fromEntries(phases.map((p) => [p, []]));
       const floors: number[] = [];
       let delivered = 0;
       let misrouted = 0;
       for (let round = 0; round < s.rounds; round++) {
-        const order = PROGRAMS.map((_, k) => PROGRAMS[(k + round) % PROGRAMS.length]!);
-        for (const program of order) {
+        const order = phases.map((_, k) => phases[(k + round) % phases.length]!);
+        for (const phase of order) {
           const links: Fd[] = [];
           try {
             let candidate: number;
             let empty: number;
             let tool: Tool;
-            if (program === 'ours') {
-              candidate = oursProg.fd;
+            const ours = variants.includes(phase);
+            if (ours) {
+              candidate = serve(phase);
               empty = oursSide.programs.traffic_empty!;
               tool = a.tool;
             } else {
-              candidate = other.programs[program === 'tubular' ? 'traffic_tubular' : 'traffic_assign']!;
+              candidate = other.programs[OTHERS[phase as Other]]!;
               empty = other.programs.traffic_empty!;
               tool = b.tool;
               // Candidate first: the empty one never assigns, so the order changes no verdict.
               links.push(new Fd(native().linkCreateSkLookup(candidate, netnsOther.fd)));
               links.push(new Fd(native().linkCreateSkLookup(empty, netnsOther.fd)));
             }
-            const mode = program === 'assign' ? 'fixed' : 'label';
-            const what = `${name} ${set.count} ${kind}, ${program}, round ${round + 1}`;
+            // The assign-only programs send everything to label 0's socket.
+            const mode = ours || phase === 'tubular' ? 'label' : 'fixed';
+            const what = `${name} ${set.count} ${kind}, ${phase}, round ${round + 1}`;
             const check = (r: RunResult, n: number) => {
               const problems: string[] = [];
               if (r.sent !== n) problems.push(`sent ${r.sent} of ${n}${r.stalled ? ' (stalled: nothing arrived for the timeout)' : ''}`);
@@ -532,11 +607,11 @@ async function benchSet(name: TrafficSetName, set: BindingTable, family: Traffic
             if (runs < r.sent || emptyRuns < r.sent) throw new Error(`traffic ${what}: run_cnt grew by ${runs} (empty: ${emptyRuns}) for ${r.sent} datagrams; are stats enabled?`);
             const candidateNs = Number(c1.ns - c0.ns) / runs;
             const emptyNs = Number(e1.ns - e0.ns) / emptyRuns;
-            samples[program].push({ candidate_ns: round1(candidateNs), empty_ns: round1(emptyNs), net_ns: round1(candidateNs - emptyNs), runs, empty_runs: emptyRuns, datagrams: r.sent, elapsed_ms: Math.round(r.elapsedMs) });
+            samples[phase]!.push({ candidate_ns: round1(candidateNs), empty_ns: round1(emptyNs), net_ns: round1(candidateNs - emptyNs), runs, empty_runs: emptyRuns, datagrams: r.sent, elapsed_ms: Math.round(r.elapsedMs) });
             floors.push(emptyNs);
             delivered += r.received;
             misrouted += r.misrouted;
-            s.log(`  ${kind} round ${round + 1} ${program.padEnd(7)} ${round1(candidateNs - emptyNs)} ns net (${round1(candidateNs)} − empty ${round1(emptyNs)}), ${r.sent} datagrams in ${Math.round(r.elapsedMs)} ms`);
+            s.log(`  ${kind} round ${round + 1} ${phase.padEnd(7)} ${round1(candidateNs - emptyNs)} ns net (${round1(candidateNs)} − empty ${round1(emptyNs)}), ${r.sent} datagrams in ${Math.round(r.elapsedMs)} ms`);
           } finally {
             for (const l of links) l.close(); // detaches
           }
@@ -544,7 +619,7 @@ async function benchSet(name: TrafficSetName, set: BindingTable, family: Traffic
       }
       a.tool.close();
       b.tool.close();
-      const net = (p: Program) => round1(median(samples[p].map((x) => x.net_ns)));
+      const net = (p: string) => round1(median(samples[p]!.map((x) => x.net_ns)));
       const row: TrafficRow = {
         set: name,
         family,
@@ -555,12 +630,18 @@ async function benchSet(name: TrafficSetName, set: BindingTable, family: Traffic
         exact_share: exactShare(dests),
         datagrams: s.count,
         rounds: s.rounds,
-        ours_ns: net('ours'),
+        ours_ns: net(variants[0]!),
         tubular_ns: net('tubular'),
         assign_ns: net('assign'),
+        probe_ns: net('probe'),
+        probe2_ns: net('probe2'),
+        table_rows: tableRows,
+        ...(s.oursObjects ? { ours_variants: Object.fromEntries(variants.map((v) => [v.slice('ours:'.length), net(v)])) } : {}),
         floor_ns: round1(median(floors)),
         ratio: 0,
         ours_minus_assign: 0,
+        probe_minus_assign: 0,
+        probe2_minus_assign: 0,
         delivered,
         misrouted,
         samples,
@@ -569,11 +650,15 @@ async function benchSet(name: TrafficSetName, set: BindingTable, family: Traffic
       };
       row.ratio = Math.round((row.tubular_ns / Math.max(1, row.ours_ns)) * 100) / 100;
       row.ours_minus_assign = round1(row.ours_ns - row.assign_ns);
-      s.log(`${name} ${set.count} ${kind}: ours ${row.ours_ns} ns, tubular ${row.tubular_ns} ns (${row.ratio}×), assign-only ${row.assign_ns} ns, floor ${row.floor_ns} ns`);
+      row.probe_minus_assign = round1(row.probe_ns - row.assign_ns);
+      row.probe2_minus_assign = round1(row.probe2_ns - row.assign_ns);
+      const others = row.ours_variants ? ` (${Object.entries(row.ours_variants).map(([k, v]) => `${k} ${v}`).join(', ')})` : '';
+      s.log(`${name} ${set.count} ${kind}: ours ${row.ours_ns} ns${others}, tubular ${row.tubular_ns} ns (${row.ratio}×), assign-only ${row.assign_ns} ns, probe ${row.probe_ns} ns (+${row.probe_minus_assign}), probe2 ${row.probe2_ns} ns (+${row.probe2_minus_assign}), floor ${row.floor_ns} ns`);
       rows.push(row);
     }
   } finally {
     for (const tool of tools) tool.close();
+    oursProg?.close();
     dispatcher?.close();
     for (const fd of owned.reverse()) fd.close();
     for (const ns of namespaces) ns.destroy();
@@ -587,10 +672,12 @@ function describe(d: Destination): string {
 }
 
 export function formatTable(rows: TrafficRow[]): string {
-  const head = ['set', 'family', 'bindings', 'traffic', 'destinations (distinct)', 'exact-port share', 'datagrams', 'ours ns', 'tubular ns', 'assign ns', 'floor ns', 'ratio', 'ours − assign', 'delivered', 'misrouted'];
+  const variants = [...new Set(rows.flatMap((r) => Object.keys(r.ours_variants ?? {})))];
+  const head = ['set', 'family', 'bindings', 'traffic', 'destinations (distinct)', 'exact-port share', 'datagrams', 'ours ns', ...variants.map((v) => `${v} ns`), 'tubular ns', 'assign ns', 'probe ns', 'probe2 ns', 'floor ns', 'ratio', 'ours − assign', 'probe − assign', 'probe2 − assign', 'table rows', 'delivered', 'misrouted'];
   const lines = [`| ${head.join(' | ')} |`, `|${head.map(() => '---').join('|')}|`];
   for (const r of rows) {
-    lines.push(`| ${[r.set, r.family === 'dual' ? 'dual' : `IPv${r.family}`, r.bindings, r.kind, `${r.destinations} (${r.distinct_destinations})`, r.exact_share, r.datagrams, r.ours_ns, r.tubular_ns, r.assign_ns, r.floor_ns, `${r.ratio}×`, r.ours_minus_assign, r.delivered, r.misrouted].join(' | ')} |`);
+    const cells = [r.set, r.family === 'dual' ? 'dual' : `IPv${r.family}`, r.bindings, r.kind, `${r.destinations} (${r.distinct_destinations})`, r.exact_share, r.datagrams, r.ours_ns, ...variants.map((v) => r.ours_variants?.[v] ?? '—'), r.tubular_ns, r.assign_ns, r.probe_ns, r.probe2_ns, r.floor_ns, `${r.ratio}×`, r.ours_minus_assign, r.probe_minus_assign, r.probe2_minus_assign, r.table_rows, r.delivered, r.misrouted];
+    lines.push(`| ${cells.join(' | ')} |`);
   }
   return lines.join('\n');
 }
@@ -607,6 +694,7 @@ async function main(): Promise<void> {
       'timeout-ms': { type: 'string' },
       'sender-cpu': { type: 'string' },
       'receiver-cpu': { type: 'string' },
+      'ours-objects': { type: 'string' },
       out: { type: 'string' },
     },
   });
@@ -630,9 +718,10 @@ async function main(): Promise<void> {
     timeoutMs: int(values['timeout-ms']),
     senderCpu: int(values['sender-cpu']),
     receiverCpu: int(values['receiver-cpu']),
+    oursObjects: values['ours-objects']?.split(',').map((o) => path.resolve(o)),
   });
   process.stdout.write(
-    'Real UDP datagrams through sk_lookup; ns per program run from BPF run-time stats (Δrun_time_ns/Δrun_cnt), net of an empty program attached beside each, median of the rounds' +
+    TRAFFIC_METHOD.replace(/\.$/, '') +
       (rows[0] ? `; the tool's sender (where loopback delivery runs the programs) on CPU ${rows[0].sender_cpu}, its receiver on CPU ${rows[0].receiver_cpu} (-1: unpinned)` : '') +
       '.\n\n' +
       `${formatTable(rows)}\n`,

@@ -1,7 +1,8 @@
 /**
  * `npm run bench [-- --quick]`: the dispatcher against tubular's design, in
- * one run on this machine. Prints the machine and a table, writes
- * bench/results/latest.{json,md} and bench/results/lookup.svg.
+ * one run on this machine. Prints the machine and the tables (real traffic
+ * first, bench/traffic.ts; then the test-run lookup latency), writes
+ * bench/results/latest.{json,md} and bench/results/traffic.svg.
  * Never part of the test run; needs root (BPF, network namespaces).
  */
 import fs from 'node:fs';
@@ -17,6 +18,8 @@ import { locate } from '../src/dispatcher/state.js';
 import { Dispatcher, load } from '../src/dispatcher/dispatcher.js';
 import { parsePrefix, type Prefix } from '../src/net/address.js';
 import { chart } from './chart.js';
+import { formatTable, trafficBench, TRAFFIC_METHOD } from './traffic.js';
+import type { LookupRow, TrafficRow, TrafficSetName } from './rows.js';
 import { TestNamespace } from '../test/support/netns.js';
 import { socketsOfProcess } from '../src/sockets/sockets.js';
 import { releaseTimes } from './release.js';
@@ -27,38 +30,28 @@ import { verifyBench } from './verify.js';
 import { fleetBenchUnpinned } from './fleet.js';
 
 const root = projectRoot();
-const { values: flags } = parseArgs({ options: { quick: { type: 'boolean' }, out: { type: 'string' }, only: { type: 'string' }, sets: { type: 'string' }, single: { type: 'boolean' } } });
+const { values: flags } = parseArgs({
+  options: {
+    quick: { type: 'boolean' },
+    out: { type: 'string' },
+    only: { type: 'string' },
+    sets: { type: 'string' },
+    single: { type: 'boolean' },
+    'traffic-count': { type: 'string' },
+    'traffic-rounds': { type: 'string' },
+    'ours-objects': { type: 'string' },
+  },
+});
 const quick = flags.quick === true;
 const outDir = flags.out ?? path.join(root, 'bench/results');
-/** --only lookups,release,bind,conn,firewall,agent,verify,fleet runs a part (and writes no results); --sets real,random:1000000 picks lookup rows (with --only). */
+/**
+ * --only traffic,lookups,release,bind,conn,firewall,agent,verify,fleet runs
+ * parts (and writes no results); --sets real,random:1000000 picks the rows of
+ * both tables (with --only); --traffic-count, --traffic-rounds and
+ * --ours-objects a.o,b.o (an A/B of dispatcher objects) go to the traffic part.
+ */
 const only = flags.only?.split(',');
 const runs = (part: string) => !only || only.includes(part);
-
-export interface LookupRow {
-  set: SetName;
-  family: 4 | 6;
-  bindings: number;
-  queries: number;
-  hits: number;
-  floor_ns: number;
-  ours_ns: number;
-  tubular_ns: number | null;
-  ratio: number | null;
-  ours_build_ms: number;
-  ours_publish_ms: number;
-  tubular_insert_ms: number | null;
-  tubular_insert: 'batch' | 'one by one' | null;
-  ours_bytes: number;
-  ours_trie_bytes: number;
-  tubular_bytes: number | null;
-  /** How the test-run figures were taken: each run's query depends on the previous run's answer (a latency; issue 17). */
-  testrun_method: 'dependent';
-  /** Distinct queries each timed test run visited (all of them: the dependent order is checked to be sequential). */
-  testrun_distinct: number;
-  /** The single-walk prototype (bench/single.ts), when run (--single). */
-  single_ns?: number;
-  single_bytes?: number;
-}
 
 const collectGarbage = () => (globalThis as { gc?: () => void }).gc?.();
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
@@ -245,12 +238,23 @@ function connectionRate(count: number, rounds: number) {
   });
 }
 
-function markdown(machine: Machine, rows: LookupRow[], extra: Record<string, unknown>): string {
+function markdown(machine: Machine, traffic: TrafficRow[], rows: LookupRow[], extra: Record<string, unknown>): string {
+  const t = traffic[0];
   const lines = [
     `# Switchyard benchmark (${quick ? 'quick' : 'full'} run, ${new Date().toISOString()})`,
     '',
     `Machine: ${machine.cpu}, ${machine.cpus} CPUs, ${Object.entries(machine.caches).map(([k, v]) => `${k} ${v}`).join(', ')}; kernel ${machine.kernel}; BPF JIT ${machine.bpfJit}; SRSO: ${machine.mitigations.spec_rstack_overflow}.`,
     '',
+    ...(t
+      ? [
+          `Real traffic: ${TRAFFIC_METHOD} ${t.datagrams} datagrams per program and round, ${t.rounds} rounds; spread: destinations drawn over the bindings, hot: 256 of them; the datagram tool's sender (where loopback delivery runs the programs) on CPU ${t.sender_cpu}, its receiver on CPU ${t.receiver_cpu}.`,
+          '',
+          formatTable(traffic),
+          '',
+          '![ns per datagram, real traffic](traffic.svg)',
+          '',
+        ]
+      : []),
     `Dependent-load latency (random 64-byte lines; what one cache-missing trie level costs): ${Object.entries(machine.loadLatencyNs).map(([k, v]) => `${k} ${v} ns`).join(', ')}.`,
     '',
     'Lookup latency, BPF_PROG_TEST_RUN: ns per program run over a random array of queries, each run\'s query index computed from the previous run\'s answer (so a lookup\'s loads cannot start before the previous answer is loaded: a latency, not a throughput), net of a floor program that pays the same dependent chain without the lookup; median of 3.',
@@ -276,8 +280,6 @@ function markdown(machine: Machine, rows: LookupRow[], extra: Record<string, unk
     '```json',
     JSON.stringify(extra, null, 2),
     '```',
-    '',
-    '![ns per lookup (test-run latency)](lookup.svg)',
   ];
   return lines.join('\n') + '\n';
 }
@@ -296,12 +298,25 @@ async function main(): Promise<void> {
         ...(['dense', 'random', 'bgp', 'ipv6'] as SetName[]).flatMap((s) => [1_000, 10_000, 100_000, 1_000_000].map((n) => [s, n, true] as [SetName, number, boolean])),
         ['real', Infinity, true], ['real6', Infinity, true], ['random', 4_000_000, false], ['bgp', 4_000_000, false],
       ];
-  const picked: Array<[SetName, number, boolean]> | undefined = flags.sets?.split(',').map((entry) => {
+  const picked: Array<[TrafficSetName, number]> | undefined = flags.sets?.split(',').map((entry) => {
     const [name, size] = entry.split(':');
-    return [name as SetName, size ? Number(size) : Infinity, true];
+    return [name as TrafficSetName, size && size !== 'all' ? Number(size) : Infinity];
   });
+  // The headline: real datagrams through sk_lookup (bench/traffic.ts), each set
+  // with traffic spread over its bindings and with 256 hot destinations.
+  const trafficPlan: Array<[TrafficSetName, number]> = quick
+    ? [['random', 1_000], ['random', 100_000], ['random', 1_000_000], ['real', Infinity], ['ipv6', 100_000], ['ipv6', 1_000_000], ['dual', 100_000]]
+    : [['random', 1_000], ['random', 100_000], ['random', 1_000_000], ['bgp', 1_000_000], ['real', Infinity], ['ipv6', 100_000], ['ipv6', 1_000_000], ['dual', 200_000]];
+  const trafficCount = Number(flags['traffic-count'] ?? (quick ? 300_000 : 1_000_000));
+  const trafficRounds = Number(flags['traffic-rounds'] ?? 3);
+  const trafficStarted = performance.now();
+  const traffic = runs('traffic')
+    ? await trafficBench(picked ?? trafficPlan, { count: trafficCount, rounds: trafficRounds, kinds: ['spread', 'hot'], oursObjects: flags['ours-objects']?.split(',').map((o) => path.resolve(o)), log })
+    : [];
+  if (traffic.length) log(`traffic: ${traffic.length} rows, ${trafficCount} datagrams per phase, ${trafficRounds} rounds, in ${((performance.now() - trafficStarted) / 60_000).toFixed(1)} min\n${formatTable(traffic)}`);
   const rows: LookupRow[] = [];
-  for (const [name, size, withTubular] of runs('lookups') ? (picked ?? plan) : []) {
+  const lookupPlan: Array<[SetName, number, boolean]> = picked ? picked.filter(([name]) => name !== 'dual').map(([name, size]) => [name as SetName, size, true]) : plan;
+  for (const [name, size, withTubular] of runs('lookups') ? lookupPlan : []) {
     const t = performance.now();
     const row = lookupRow(name, size, withTubular, queryCount);
     rows.push(row);
@@ -358,13 +373,13 @@ async function main(): Promise<void> {
     fleet,
     ports: PORTS,
   };
-  const result = { machine, quick, date: new Date().toISOString(), lookups: rows, ...extra };
+  const result = { machine, quick, date: new Date().toISOString(), traffic_method: TRAFFIC_METHOD, traffic, lookups: rows, ...extra };
   if (only || picked) return;
   fs.mkdirSync(outDir, { recursive: true });
   fs.writeFileSync(path.join(outDir, 'latest.json'), `${JSON.stringify(result, null, 2)}\n`);
-  fs.writeFileSync(path.join(outDir, 'latest.md'), markdown(machine, rows, extra));
-  fs.writeFileSync(path.join(outDir, 'lookup.svg'), chart(rows));
-  process.stdout.write(markdown(machine, rows, extra));
+  fs.writeFileSync(path.join(outDir, 'latest.md'), markdown(machine, traffic, rows, extra));
+  fs.writeFileSync(path.join(outDir, 'traffic.svg'), chart(traffic));
+  process.stdout.write(markdown(machine, traffic, rows, extra));
 }
 
 await main();

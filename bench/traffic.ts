@@ -56,14 +56,14 @@ import { locate } from '../src/dispatcher/state.js';
 import { socketsOfProcess } from '../src/sockets/sockets.js';
 import { TestNamespace } from '../test/support/netns.js';
 import { rng } from '../test/support/random.js';
-import { makeSet, PORTS, type SetName } from './sets.js';
+import { makeSet, PORTS } from './sets.js';
+import type { ProgramSample, TrafficKind, TrafficRow, TrafficSetName } from './rows.js';
 import { tubularEntries } from './harness.js';
 
 export const TRAFFIC_OBJECT = projectPath('bench/bpf/traffic.o');
 export const TRAFFIC_TOOL = projectPath('bench/traffic/blast');
 
-export type TrafficSetName = SetName | 'dual';
-export type TrafficKind = 'spread' | 'hot';
+export type { ProgramSample, TrafficKind, TrafficRow, TrafficSetName } from './rows.js';
 export type Program = 'ours' | 'tubular' | 'assign' | 'probe' | 'probe2';
 /** The second namespace's candidates, by their program in traffic.c. */
 const OTHERS = { tubular: 'traffic_tubular', assign: 'traffic_assign', probe: 'traffic_probe', probe2: 'traffic_probe2' } as const;
@@ -99,53 +99,7 @@ export interface TrafficOptions {
   log?: (line: string) => void;
 }
 
-export interface ProgramSample {
-  /** Δrun_time_ns / Δrun_cnt of the candidate and of the empty program beside it. */
-  candidate_ns: number;
-  empty_ns: number;
-  net_ns: number;
-  runs: number;
-  empty_runs: number;
-  datagrams: number;
-  elapsed_ms: number;
-}
 
-export interface TrafficRow {
-  set: TrafficSetName;
-  family: '4' | '6' | 'dual';
-  bindings: number;
-  kind: TrafficKind;
-  /** Entries of the destination list the datagrams cycle through, and how many are distinct (address, port). */
-  destinations: number;
-  distinct_destinations: number;
-  /** Share of the destinations answered by an exact-port binding (the rest: port 0). */
-  exact_share: number;
-  /** Datagrams per measured phase. */
-  datagrams: number;
-  rounds: number;
-  ours_ns: number;
-  tubular_ns: number;
-  assign_ns: number;
-  probe_ns: number;
-  probe2_ns: number;
-  /** Rows of our table (its map's max_entries), hence of the probes' array. */
-  table_rows: number;
-  /** Each dispatcher object of `oursObjects`, by file name: ns net of empty (the first is ours_ns). */
-  ours_variants?: Record<string, number>;
-  /** The empty program's own ns per run (median over every phase): what the kernel's clock charges any program. */
-  floor_ns: number;
-  ratio: number;
-  ours_minus_assign: number;
-  /** One dependent access to a table of our size after the stack ran (and probe2's two). */
-  probe_minus_assign: number;
-  probe2_minus_assign: number;
-  delivered: number;
-  misrouted: number;
-  /** By phase: tubular, assign, probe, probe2, and ours or ours:<file name> per dispatcher object. */
-  samples: Record<string, ProgramSample[]>;
-  sender_cpu: number;
-  receiver_cpu: number;
-}
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 const round1 = (x: number) => Math.round(x * 10) / 10;
@@ -489,7 +443,8 @@ async function benchSet(name: TrafficSetName, set: BindingTable, family: Traffic
     const table = new Fd(native().objGet(path.join(location.dir, 'table')));
     const tableRows = native().objInfo(table.fd, 'map').maxEntries;
     table.close();
-    s.log(`  ours: ${set.count} bindings published (${((performance.now() - t) / 1000).toFixed(1)} s), table of ${tableRows} rows`);
+    const tableRowsUsed = dispatcher.status().table?.rows ?? 0;
+    s.log(`  ours: ${set.count} bindings published (${((performance.now() - t) / 1000).toFixed(1)} s), table of ${tableRows} rows (${tableRowsUsed} in use)`);
     const variants = variantNames(s.oursObjects);
     let serving: string | undefined = s.oursObjects ? undefined : 'ours';
     /** The program serving now, for its stats (a larger table or an upgrade brought a new one). */
@@ -636,6 +591,7 @@ async function benchSet(name: TrafficSetName, set: BindingTable, family: Traffic
         probe_ns: net('probe'),
         probe2_ns: net('probe2'),
         table_rows: tableRows,
+        table_rows_used: tableRowsUsed,
         ...(s.oursObjects ? { ours_variants: Object.fromEntries(variants.map((v) => [v.slice('ours:'.length), net(v)])) } : {}),
         floor_ns: round1(median(floors)),
         ratio: 0,
@@ -673,10 +629,10 @@ function describe(d: Destination): string {
 
 export function formatTable(rows: TrafficRow[]): string {
   const variants = [...new Set(rows.flatMap((r) => Object.keys(r.ours_variants ?? {})))];
-  const head = ['set', 'family', 'bindings', 'traffic', 'destinations (distinct)', 'exact-port share', 'datagrams', 'ours ns', ...variants.map((v) => `${v} ns`), 'tubular ns', 'assign ns', 'probe ns', 'probe2 ns', 'floor ns', 'ratio', 'ours − assign', 'probe − assign', 'probe2 − assign', 'table rows', 'delivered', 'misrouted'];
+  const head = ['set', 'family', 'bindings', 'traffic', 'destinations (distinct)', 'exact-port share', 'datagrams', 'ours ns', ...variants.map((v) => `${v} ns`), 'tubular ns', 'assign ns', 'probe ns', 'probe2 ns', 'floor ns', 'ratio', 'ours − assign', 'probe − assign', 'probe2 − assign', 'table rows (in use)', 'delivered', 'misrouted'];
   const lines = [`| ${head.join(' | ')} |`, `|${head.map(() => '---').join('|')}|`];
   for (const r of rows) {
-    const cells = [r.set, r.family === 'dual' ? 'dual' : `IPv${r.family}`, r.bindings, r.kind, `${r.destinations} (${r.distinct_destinations})`, r.exact_share, r.datagrams, r.ours_ns, ...variants.map((v) => r.ours_variants?.[v] ?? '—'), r.tubular_ns, r.assign_ns, r.probe_ns, r.probe2_ns, r.floor_ns, `${r.ratio}×`, r.ours_minus_assign, r.probe_minus_assign, r.probe2_minus_assign, r.table_rows, r.delivered, r.misrouted];
+    const cells = [r.set, r.family === 'dual' ? 'dual' : `IPv${r.family}`, r.bindings, r.kind, `${r.destinations} (${r.distinct_destinations})`, r.exact_share, r.datagrams, r.ours_ns, ...variants.map((v) => r.ours_variants?.[v] ?? '—'), r.tubular_ns, r.assign_ns, r.probe_ns, r.probe2_ns, r.floor_ns, `${r.ratio}×`, r.ours_minus_assign, r.probe_minus_assign, r.probe2_minus_assign, `${r.table_rows} (${r.table_rows_used})`, r.delivered, r.misrouted];
     lines.push(`| ${cells.join(' | ')} |`);
   }
   return lines.join('\n');

@@ -94,7 +94,7 @@ static __always_inline __u32 walk_slot(void *table, __u32 root, struct sy_row *r
 
 	if (!r)
 		return 0;
-	if (ipv4 && (root & SY_ROOT_BUCKETS) && !(w >> SY_LEAF_BITS))
+	if (ipv4 && (root & SY_ROOT_BUCKETS) && !(w & SY_REF_TAGS))
 		return bucket(r, (__u32)(hi >> 32));
 	pos = root >> SY_ROOT_BITS_SHIFT;
 
@@ -103,6 +103,21 @@ static __always_inline __u32 walk_slot(void *table, __u32 root, struct sy_row *r
 		__u64 half, bit;
 		__u32 off, width;
 
+		if (ipv4 && (ref & SY_REF_TAGS) == SY_REF_BUCKETS) {
+			__u32 a = (__u32)(hi >> 32);
+			__u32 width = (ref >> SY_BUCKET_WIDTH_SHIFT) & 31;
+			/* pos < 32 and pos + width <= 32 in a well-formed table. */
+			__u32 v = (__u32)((__u64)(a << (pos & 31)) >> ((32 - width) & 63));
+			struct sy_row *child = sy_table_row(table, (ref & SY_BUCKET_ROW_MASK) + v);
+
+			if (!child)
+				return 0;
+			if (!(child->word[0] & SY_REF_TAGS))
+				return bucket(child, a);
+			ref = child->word[0];
+			pos += width;
+			continue;
+		}
 		if (!(ref & SY_REF_NODE))
 			return ipv4 && (ref & SY_REF_TERMINAL) ? terminal(table, ref, hi) : ref;
 		node = table_node(table, ref & ~SY_REF_NODE);

@@ -75,17 +75,25 @@
  * first, entry k in words 2k and 2k+1: the address matches when its top
  * (leaf's prefix length) bits equal value's; the first match answers, and
  * an unused entry {0, 0} matches anything and answers "no binding". Or,
- * when word 0 is not a leaf word (a bit above SY_LEAF_BITS is set), word 0
- * is a node or terminal reference taking the walk on: slots with more
- * prefixes than a row holds, and every slot changed in place (one u32
- * store switches a slot; a leaf is then stored as a terminal).
+ * when word 0 has a bit of SY_REF_TAGS set, word 0 is a reference taking
+ * the walk on (a leaf word never has them): a child bucket table for slots
+ * with more prefixes than a row holds (word 1 then keeps the slot's
+ * inherited leaf, for user space), a node or terminal for clustered ones
+ * and for every slot changed in place (one u32 store switches a slot; a
+ * leaf is then stored as a terminal).
  */
 #define SY_BUCKET_ENTRIES 8
-#define SY_LEAF_BITS 25
+#define SY_REF_TAGS 0xe0000000u
+/*
+ * A child bucket table: rows (ref & SY_BUCKET_ROW_MASK) onwards, one a slot
+ * of the next `width` ((ref >> SY_BUCKET_WIDTH_SHIFT) & 31) address bits.
+ */
+#define SY_REF_BUCKETS 0x20000000u
+#define SY_BUCKET_WIDTH_SHIFT 24
+#define SY_BUCKET_ROW_MASK 0xffffffu
 #define SY_LEAF_RESULT_MASK 0x1ffffu
 #define SY_LEAF_PLEN_SHIFT 17
 #define SY_LEAF_PLEN_MASK 0xffu
-
 /* Upper bounds on trie depth (nodes visited after the direct table); the
  * builder refuses to emit deeper tries, so the walk can be a bounded loop. */
 #define SY_MAX_STEPS_V4 8

@@ -32,8 +32,12 @@ import {
   TERMINAL,
   TERMINALS_PER_ROW,
   BUCKET_ENTRIES,
+  BUCKET_ROW_MASK,
+  BUCKET_WIDTH_SHIFT,
   ROOT_BUCKETS,
+  childBucketsRef,
   isBucketRef,
+  isChildBuckets,
   ROOT_BITS_SHIFT,
   ROOT_SLOTS,
   ROOT_WORD,
@@ -78,6 +82,10 @@ export function emptyInput(): TrieInput {
 const BUCKET_OVERFLOW = 0.06;
 /** Bucket tables up to 2^22 rows (256 MiB), as direct tables. */
 const MAX_BUCKET_BITS = 22;
+/** Bucket tables a walk passes at most before nodes take over (the walk's step bound counts them). */
+const MAX_BUCKET_LEVELS = 3;
+/** fillSlots scratch of bucket table levels, apart from the nodes' depths. */
+const BUCKET_SCRATCH = 64;
 
 /** Fewer shared bits than this and a plain node is as good as a skip node. */
 const SKIP_MIN_BITS = 7;
@@ -222,7 +230,7 @@ class TrieBuilder {
     const ipv4 = this.input.family[this.order[lo]!] === 4;
     // The benchmark's single-walk prototype puts its own tags in leaf words.
     const b = ipv4 && !this.input.leaf ? this.chooseBucketBits(lo, hi) : -1;
-    if (b >= 0) return this.buildBuckets(lo, hi, b);
+    if (b >= 0) return ((b << ROOT_BITS_SHIFT) | ROOT_BUCKETS | (this.bucketTable(lo, hi, 0, b, 0, 0) / WORDS_PER_ROW)) >>> 0;
     const s = this.chooseDirectBits(lo, hi);
     const slots = this.fillSlots(0, lo, hi, 0, s, 1 << s, 0, 0);
     const base = this.reserveRows(Math.max(1, (1 << s) / WORDS_PER_ROW));
@@ -243,32 +251,37 @@ class TrieBuilder {
   }
 
   /**
-   * A bucket table of 2^b rows (switchyard.h): each slot's prefixes longer
-   * than b, longest first, then the longest shorter one covering the slot;
-   * a slot with more than a row holds refers to a subtree instead.
+   * A bucket table (switchyard.h) on bits [pos, pos + width) for
+   * order[lo..hi) (all longer than `pos`) over `inherited`: per row the
+   * row's prefixes, longest first, then the longest shorter one covering
+   * it. A row with more than a bucket holds refers to a child bucket table
+   * on the next bits, or, for prefixes sharing their next bits (clustered)
+   * and below MAX_BUCKET_LEVELS, to a subtree of nodes. Returns the table's
+   * first word.
    */
-  private buildBuckets(lo: number, hi: number, b: number): number {
-    const slots = this.fillSlots(0, lo, hi, 0, b, 1 << b, 0, 0);
-    const base = this.reserveRows(1 << b);
-    this.bucketTables.push([base, 1 << b]);
+  private bucketTable(lo: number, hi: number, pos: number, width: number, inherited: number, level: number): number {
+    const slots = this.fillSlots(BUCKET_SCRATCH + level, lo, hi, pos, width, 1 << width, 0, inherited);
+    const base = this.reserveRows(1 << width);
+    this.bucketTables.push([base, 1 << width]);
     const { input, order } = this;
-    const children = new Int32Array(1 << b).fill(-1);
-    for (let c = 0; c < slots.childCount; c++) children[slots.childSlot[c]!] = c;
-    for (let v = 0; v < 1 << b; v++) {
-      const inherited = slots.values[v]!;
-      const c = children[v]!;
-      const start = c >= 0 ? slots.childStart[c]! : 0;
-      const end = c >= 0 ? slots.childEnd[c]! : 0;
+    const end = pos + width;
+    let c = 0;
+    for (let v = 0; v < 1 << width; v++) {
+      const rowInherited = slots.values[v]!;
+      const has = c < slots.childCount && slots.childSlot[c] === v;
+      const first = has ? slots.childStart[c]! : 0;
+      const last = has ? slots.childEnd[c++]! : 0;
       const at = base + v * WORDS_PER_ROW;
-      if (end - start + (inherited ? 1 : 0) > BUCKET_ENTRIES) {
-        const ref = this.buildSlot(start, end, b, inherited);
-        this.words.data[at] = ref;
+      if (last - first + (rowInherited ? 1 : 0) > BUCKET_ENTRIES) {
+        const ref = this.overflow(first, last, end, rowInherited, level);
+        this.words.data[at] = ref; // after the build: it may have moved words.data
+        this.words.data[at + 1] = rowInherited;
         continue;
       }
       // Longest first: insertion by length into the row (equal lengths never overlap).
       const row = this.words.data;
       let e = 0;
-      for (let k = start; k < end; k++, e++) {
+      for (let k = first; k < last; k++, e++) {
         const i = order[k]!;
         const len = input.prefixLen[i]!;
         let j = e;
@@ -280,13 +293,22 @@ class TrieBuilder {
         row[at + 2 * j] = this.leafOf(i);
         row[at + 2 * j + 1] = (input.addr[i * 4]! & wordMask(len, 0)) >>> 0;
       }
-      if (inherited) {
-        const slotStart = b === 0 ? 0 : (v << (32 - b)) >>> 0;
-        row[at + 2 * e] = inherited;
-        row[at + 2 * e + 1] = (slotStart & wordMask(leafPrefixLen(inherited), 0)) >>> 0;
+      if (rowInherited) {
+        const rowStart = (bitsAt(this.input.addr, order[lo]! * 4, 0, pos) * 2 ** (32 - pos) + v * 2 ** (32 - end)) >>> 0;
+        row[at + 2 * e] = rowInherited;
+        row[at + 2 * e + 1] = (rowStart & wordMask(leafPrefixLen(rowInherited), 0)) >>> 0;
       }
     }
-    return ((b << ROOT_BITS_SHIFT) | ROOT_BUCKETS | (base / WORDS_PER_ROW)) >>> 0;
+    return base;
+  }
+
+  /** What a bucket row with too many prefixes order[lo..hi) (longer than `pos`) refers to. */
+  private overflow(lo: number, hi: number, pos: number, inherited: number, level: number): number {
+    const n = hi - lo;
+    if (level + 1 >= MAX_BUCKET_LEVELS || this.sharedBits(lo, hi, pos) > 0) return this.buildSlot(lo, hi, pos, inherited, level + 1);
+    const width = Math.max(1, Math.min(MAX_BUCKET_BITS, 32 - pos, Math.ceil(Math.log2(n / 3))));
+    const base = this.bucketTable(lo, hi, pos, width, inherited, level + 1);
+    return childBucketsRef(base / WORDS_PER_ROW, width);
   }
 
   /**
@@ -323,7 +345,8 @@ class TrieBuilder {
       }
       if (overflow <= BUCKET_OVERFLOW * n) return b;
     }
-    return -1;
+    // Clustered: rows that overflow get child tables.
+    return first;
   }
 
   /**
@@ -398,13 +421,13 @@ class TrieBuilder {
    * than `pos`, sharing bits [0, pos)) over `inherited`, the slot's longest
    * shorter match: that leaf, a terminal, or a node.
    */
-  buildSlot(lo: number, hi: number, pos: number, inherited: number): number {
+  buildSlot(lo: number, hi: number, pos: number, inherited: number, depth = 1): number {
     if (lo === hi) return inherited;
     const family = this.input.family[this.order[lo]!] as 4 | 6;
     this.maxSteps = family === 4 ? MAX_STEPS_V4 : MAX_STEPS_V6;
     if (family === 4 && hi - lo === 1) return this.terminal(this.order[lo]!, inherited);
     const child = this.allocChild(lo, hi, pos);
-    return (REF_NODE | this.buildNode(child.node, lo, hi, pos, inherited, 1, child.kind)) >>> 0;
+    return (REF_NODE | this.buildNode(child.node, lo, hi, pos, inherited, depth, child.kind)) >>> 0;
   }
 
   /**
@@ -707,6 +730,7 @@ function placementOf(builder: TrieBuilder, firstRow: number): Placement {
 
 /** A node or terminal reference of the builder, as an index into the placed table. */
 function relocateRef(ref: number, p: Placement): number {
+  if (isChildBuckets(ref)) return childBucketsRef((ref & BUCKET_ROW_MASK) + p.firstRow, (ref >>> BUCKET_WIDTH_SHIFT) & 31);
   if (ref & REF_NODE) return (ref + p.nodeRow * NODES_PER_ROW) >>> 0;
   if (ref & REF_TERMINAL) return (ref + p.terminalRow * TERMINALS_PER_ROW) >>> 0;
   return ref;

@@ -23,6 +23,8 @@ import {
   REF_NODE,
   REF_TERMINAL,
   BUCKET_ENTRIES,
+  BUCKET_ROW_MASK,
+  BUCKET_WIDTH_SHIFT,
   ROOT_BITS_SHIFT,
   ROOT_BUCKETS,
   ROOT_SLOTS,
@@ -32,6 +34,7 @@ import {
   WORDS_PER_ROW,
   directSlotWord,
   isBucketRef,
+  isChildBuckets,
 } from './layout.js';
 
 const STRIDE = 6;
@@ -142,12 +145,12 @@ export class TableDecoder {
     starts[0] = s === 0 ? 0 : (v << (32 - s)) >>> 0; // s <= 22
     const at = directSlotWord(root, v);
     const ref = this.table[at]!;
-    if (root & ROOT_BUCKETS && !isBucketRef(ref)) this.bucket(at, s);
+    if (root & ROOT_BUCKETS && !isBucketRef(ref)) this.bucket(at, 0, s);
     else if (ref !== 0) this.visit(ref, 0, s);
   }
 
-  /** A bucket row at word `at` (switchyard.h): its entries in address order, the slot's shorter prefix first. */
-  private bucket(at: number, s: number): void {
+  /** A bucket row at word `at` (switchyard.h) whose region starts at starts[depth], `s` bits deep: its entries in address order, the row's shorter prefix first. */
+  private bucket(at: number, depth: number, s: number): void {
     const t = this.table;
     const entries: Array<[number, number]> = [];
     for (let e = 0; e < BUCKET_ENTRIES; e++) {
@@ -155,7 +158,7 @@ export class TableDecoder {
       if (!(leaf & LEAF_RESULT_MASK)) continue;
       const plen = (leaf >>> LEAF_PLEN_SHIFT) & LEAF_PLEN_MASK;
       // The slot's shorter prefix answers from the slot's start on.
-      entries.push([plen <= s ? this.starts[0]! : t[at + 2 * e + 1]!, leaf]);
+      entries.push([plen <= s ? this.starts[depth * 4]! : t[at + 2 * e + 1]!, leaf]);
     }
     const plenOf = (leaf: number) => (leaf >>> LEAF_PLEN_SHIFT) & LEAF_PLEN_MASK;
     entries.sort((x, y) => x[0] - y[0] || plenOf(x[1]) - plenOf(y[1]));
@@ -169,7 +172,17 @@ export class TableDecoder {
   /** A reference found at the region starting at starts[depth], `pos` bits deep. */
   private visit(ref: number, depth: number, pos: number): void {
     const t = this.table;
-    if (ref & REF_NODE) {
+    if (isChildBuckets(ref)) {
+      const width = (ref >>> BUCKET_WIDTH_SHIFT) & 31;
+      const base = ref & BUCKET_ROW_MASK;
+      for (let v = 0; v < 1 << width; v++) {
+        this.setStart(depth, pos, width, v);
+        const at = (base + v) * WORDS_PER_ROW;
+        const w0 = t[at]!;
+        if (isBucketRef(w0)) this.visit(w0, depth + 1, pos + width);
+        else this.bucket(at, depth + 1, pos + width);
+      }
+    } else if (ref & REF_NODE) {
       this.node((ref & ~REF_NODE) >>> 0, depth, pos);
     } else if (ref & REF_TERMINAL) {
       const at = (((ref & ~REF_TERMINAL) >>> 0) * TERMINAL.words) >>> 0;

@@ -31,8 +31,12 @@ export const REF_TERMINAL = 0x40000000;
 export const TERMINALS_PER_ROW = 4;
 const LEGACY_SLOTS_PER_ROW = 8;
 export const BUCKET_ENTRIES = 8;
-/** A bucket row's word 0 with a bit at or above this set is a reference, not a leaf word. */
-export const LEAF_BITS = 25;
+/** A bucket row's word 0 with one of these bits set is a reference, not its first entry's leaf word. */
+export const REF_TAGS = 0xe0000000;
+/** A child bucket table: rows from (ref & BUCKET_ROW_MASK), width (ref >> BUCKET_WIDTH_SHIFT) & 31. */
+export const REF_BUCKETS = 0x20000000;
+export const BUCKET_WIDTH_SHIFT = 24;
+export const BUCKET_ROW_MASK = 0xffffff;
 
 /** Word index of direct-table slot v of the trie whose root word is `root` (a bucket table's: its row's word 0). */
 export function directSlotWord(root: number, v: number): number {
@@ -42,10 +46,20 @@ export function directSlotWord(root: number, v: number): number {
   return row * WORDS_PER_ROW + v;
 }
 
-/** Whether word 0 of a bucket table's row is a reference (the slot's subtree) rather than its first entry. */
+/** Whether word 0 of a bucket row is a reference (the slot's subtree) rather than its first entry. */
 export function isBucketRef(word0: number): boolean {
-  return word0 >>> LEAF_BITS !== 0;
+  return (word0 & REF_TAGS) !== 0;
 }
+
+export function isChildBuckets(ref: number): boolean {
+  return ((ref & REF_TAGS) >>> 0) === REF_BUCKETS;
+}
+
+export function childBucketsRef(row: number, width: number): number {
+  if (row > BUCKET_ROW_MASK) throw new Error(`bucket table at row ${row}: past the ${BUCKET_ROW_MASK + 1} rows a child reference can name`);
+  return (REF_BUCKETS | (width << BUCKET_WIDTH_SHIFT) | row) >>> 0;
+}
+
 export const LEAF_RESULT_MASK = 0x1ffff;
 export const LEAF_PLEN_SHIFT = 17;
 export const LEAF_PLEN_MASK = 0xff;

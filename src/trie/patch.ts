@@ -45,6 +45,7 @@ import {
   WORDS_PER_ROW,
   directSlotWord,
   isBucketRef,
+  isChildBuckets,
   leafPrefixLen,
   leafWord,
   rootSlot,
@@ -89,6 +90,8 @@ function inheritedOf(table: Uint32Array, root: number, at: number): number {
     }
     return 0;
   }
+  // A child bucket table's row keeps what it inherits in word 1.
+  if (isChildBuckets(ref)) return table[at + 1]!;
   if (ref & REF_NODE) return table[((ref & ~REF_NODE) >>> 0) * NODE_WORDS + NODE.inherited]!;
   if (ref & REF_TERMINAL) return table[((ref & ~REF_TERMINAL) >>> 0) * TERMINAL.words + TERMINAL.fallback]!;
   return ref;

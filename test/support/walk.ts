@@ -11,6 +11,8 @@ import {
   REF_NODE,
   REF_TERMINAL,
   BUCKET_ENTRIES,
+  BUCKET_ROW_MASK,
+  BUCKET_WIDTH_SHIFT,
   ROOT_BITS_SHIFT,
   ROOT_BUCKETS,
   ROOT_WORD,
@@ -19,6 +21,7 @@ import {
   MAX_STEPS_V6,
   directSlotWord,
   isBucketRef,
+  isChildBuckets,
   rootSlot,
 } from '../../src/trie/layout.js';
 import type { Address } from '../../src/net/address.js';
@@ -37,18 +40,27 @@ export function walkTable(bytes: Uint8Array, ipproto: number, address: Address, 
     const bits = root >>> ROOT_BITS_SHIFT;
     const slotWord = directSlotWord(root, Number(hi >> BigInt(64 - bits)));
     let ref = word(slotWord);
-    if (root & ROOT_BUCKETS && !isBucketRef(ref)) {
-      // A bucket row: the first entry whose prefix holds the address answers.
+    // A bucket row: the first entry whose prefix holds the address answers.
+    const bucket = (at: number): number => {
       for (let e = 0; e < BUCKET_ENTRIES; e++) {
-        const leaf = word(slotWord + 2 * e);
+        const leaf = word(at + 2 * e);
         const plen = (leaf >>> LEAF_PLEN_SHIFT) & LEAF_PLEN_MASK;
         const mask = plen === 0 ? 0 : (0xffffffff << (32 - plen)) >>> 0;
-        if (((w[0] & mask) >>> 0) === word(slotWord + 2 * e + 1)) return leaf;
+        if (((w[0] & mask) >>> 0) === word(at + 2 * e + 1)) return leaf;
       }
       return 0;
-    }
+    };
+    if (root & ROOT_BUCKETS && !isBucketRef(ref)) return bucket(slotWord);
     let pos = bits;
     for (let step = 0; step < maxSteps; step++) {
+      if (address.family === 4 && isChildBuckets(ref)) {
+        const width = (ref >>> BUCKET_WIDTH_SHIFT) & 31;
+        const at = ((ref & BUCKET_ROW_MASK) + (((w[0] << pos) >>> 0) >>> (32 - width))) * 16;
+        if (!isBucketRef(word(at))) return bucket(at);
+        ref = word(at);
+        pos += width;
+        continue;
+      }
       if (!(ref & REF_NODE)) {
         if (address.family !== 4 || !(ref & REF_TERMINAL)) return ref;
         const t = (ref & ~REF_TERMINAL) >>> 0;

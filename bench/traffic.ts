@@ -379,6 +379,10 @@ export async function trafficBench(plan: Array<[TrafficSetName, number]>, option
   const senderCpu = options.senderCpu ?? cpus.sender;
   const receiverCpu = options.receiverCpu ?? cpus.receiver;
   const log = options.log ?? ((s: string) => process.stderr.write(`${s}\n`));
+  if (!(count > 0 && rounds > 0)) throw new Error(`traffic: count ${count} and rounds ${rounds} must be positive`);
+  // Before any set is built: a missing object would otherwise stop the run at its first phase.
+  for (const o of options.oursObjects ?? []) if (!fs.existsSync(o)) throw new Error(`traffic: dispatcher object ${o} not found`);
+  variantNames(options.oursObjects);
   const rows: TrafficRow[] = [];
   const stats = new Fd(native().enableStats());
   try {

@@ -11,6 +11,7 @@ struct sy_layouts {
 	struct sy_node node;
 	struct sy_terminal terminal;
 	struct sy_row row;
+	struct sy_skip_row skip_row;
 	struct sy_table_header header;
 	struct sy_binding_record record;
 	struct sy_destination destination;

@@ -69,18 +69,28 @@
 #define SY_REF_TERMINAL 0x40000000u
 #define SY_TERMINALS_PER_ROW 4
 /*
- * A bucket table (IPv4): slot v is the whole row root_row + v, so a walk
- * that ends in its slot reads one cache line after the root word. The row
- * is either a bucket of up to 8 entries {leaf word, value}, longest prefix
- * first, entry k in words 2k and 2k+1: the address matches when its top
- * (leaf's prefix length) bits equal value's; the first match answers, and
- * an unused entry {0, 0} matches anything and answers "no binding". Or,
- * when word 0 has a bit of SY_REF_TAGS set, word 0 is a reference taking
- * the walk on (a leaf word never has them): a child bucket table for slots
- * with more prefixes than a row holds (word 1 then keeps the slot's
- * inherited leaf, for user space), a node or terminal for clustered ones
- * and for every slot changed in place (one u32 store switches a slot; a
- * leaf is then stored as a terminal).
+ * A bucket table: slot v is the whole row root_row + v, so a walk that
+ * ends in its slot reads one cache line after the root word. A row `d`
+ * address bits deep is one of:
+ * - a bucket (word 0 has no bit of SY_REF_TAGS: a leaf word never has
+ *   them): entries {leaf word, value}, longest prefix first; the first
+ *   that matches answers, and an unused entry {0, 0} matches anything and
+ *   answers "no binding". IPv4: 8 entries of 2 words, value = the prefix,
+ *   matched on its top (prefix length) bits. IPv6: entries of 2 words,
+ *   value = bits [d, d + 32) of the prefix, matched on their first
+ *   (length - d) bits (0 when the prefix is not longer than d), or, with
+ *   SY_LEAF_LONG in the leaf word, of 5 words, value = the whole prefix
+ *   (4 words, most significant first).
+ * - a skip row (struct sy_skip_row, word 0 a child bucket table): the
+ *   prefixes below share bits [d, d + skip_len) (value/mask); an address
+ *   that differs there is answered by the first matching of two entries
+ *   (prefixes containing the rest, as in a bucket; an unused one is 0 and
+ *   matches nothing) or else `inherited`;
+ *   one that agrees goes on to the child table at d + skip_len.
+ * - a row whose word 0 is a node or terminal reference (clustered prefixes
+ *   past a few tables, and every slot changed in place: one u32 store
+ *   switches a slot; a leaf is then stored as a terminal); word 1 keeps
+ *   the slot's inherited leaf, for user space.
  */
 #define SY_BUCKET_ENTRIES 8
 #define SY_REF_TAGS 0xe0000000u
@@ -91,13 +101,28 @@
 #define SY_REF_BUCKETS 0x20000000u
 #define SY_BUCKET_WIDTH_SHIFT 24
 #define SY_BUCKET_ROW_MASK 0xffffffu
+#define SY_LEAF_LONG (1u << 25)
+#define SY_SKIP_ENTRIES 2
+
+struct sy_skip_row {
+	__u32 ref;		/* SY_REF_BUCKETS: the child table */
+	__u32 inherited;	/* the answer on a mismatch no entry matches */
+	__u64 value_hi;		/* bits [d, d + skip_len) of the address, in place */
+	__u64 value_lo;
+	__u64 mask_hi;
+	__u64 mask_lo;
+	__u32 skip_len;
+	__u32 entry[2 * SY_SKIP_ENTRIES];	/* {leaf, value} as a bucket's short entries */
+	__u32 reserved;
+};
 #define SY_LEAF_RESULT_MASK 0x1ffffu
 #define SY_LEAF_PLEN_SHIFT 17
 #define SY_LEAF_PLEN_MASK 0xffu
-/* Upper bounds on trie depth (nodes visited after the direct table); the
- * builder refuses to emit deeper tries, so the walk can be a bounded loop. */
-#define SY_MAX_STEPS_V4 8
-#define SY_MAX_STEPS_V6 24
+/* Upper bounds on a walk's steps after the direct table (a node, a child
+ * bucket table's reference or its row: one step each); the builder refuses
+ * to emit deeper tries, so the walk can be a bounded loop. */
+#define SY_MAX_STEPS_V4 16
+#define SY_MAX_STEPS_V6 40
 
 /*
  * A node covers the next min(6, 64 - pos % 64) bits of the address at bit
@@ -141,6 +166,7 @@ struct sy_row {
 		__u32 word[SY_WORDS_PER_ROW];
 		struct sy_node node[SY_NODES_PER_ROW];
 		struct sy_terminal terminal[SY_TERMINALS_PER_ROW];
+		struct sy_skip_row skip;
 	};
 };
 

@@ -32,6 +32,8 @@ import {
   TERMINAL,
   TERMINALS_PER_ROW,
   BUCKET_ENTRIES,
+  LEAF_LONG,
+  SKIP,
   BUCKET_ROW_MASK,
   BUCKET_WIDTH_SHIFT,
   ROOT_BUCKETS,
@@ -166,8 +168,26 @@ class TrieBuilder {
     return (REF_TERMINAL | (at / TERMINAL.words)) >>> 0;
   }
 
-  /** A terminal that always answers `leaf` (mask 0): a bucket table's slot holding only a leaf. */
-  alwaysTerminal(leaf: number): number {
+  /**
+   * A reference that always answers `leaf`, for a bucket table's slot
+   * holding only a leaf: an IPv4 terminal of mask 0, an IPv6 skip node that
+   * never matches (its mask selects no bit, its value has one).
+   */
+  alwaysReference(leaf: number, family: 4 | 6): number {
+    if (family === 6) {
+      const node = this.nodes.reserve(NODE_WORDS) / NODE_WORDS;
+      const n = this.nodes.data;
+      const at = node * NODE_WORDS;
+      n[at + NODE.vectorLo] = 1;
+      n[at + NODE.skipLen] = 1;
+      n[at + NODE.leafBase] = leaf;
+      n[at + NODE.inherited] = leaf;
+      return (REF_NODE | node) >>> 0;
+    }
+    return this.alwaysTerminal(leaf);
+  }
+
+  private alwaysTerminal(leaf: number): number {
     const at = this.terminals.reserve(TERMINAL.words);
     const t = this.terminals.data;
     t[at + TERMINAL.value] = 0;
@@ -227,9 +247,8 @@ class TrieBuilder {
 
   /** Builds the trie of sorted bindings order[lo..hi) and returns its root word. */
   buildTrie(lo: number, hi: number): number {
-    const ipv4 = this.input.family[this.order[lo]!] === 4;
     // The benchmark's single-walk prototype puts its own tags in leaf words.
-    const b = ipv4 && !this.input.leaf ? this.chooseBucketBits(lo, hi) : -1;
+    const b = !this.input.leaf ? this.chooseBucketBits(lo, hi) : -1;
     if (b >= 0) return ((b << ROOT_BITS_SHIFT) | ROOT_BUCKETS | (this.bucketTable(lo, hi, 0, b, 0, 0) / WORDS_PER_ROW)) >>> 0;
     const s = this.chooseDirectBits(lo, hi);
     const slots = this.fillSlots(0, lo, hi, 0, s, 1 << s, 0, 0);
@@ -252,19 +271,19 @@ class TrieBuilder {
 
   /**
    * A bucket table (switchyard.h) on bits [pos, pos + width) for
-   * order[lo..hi) (all longer than `pos`) over `inherited`: per row the
-   * row's prefixes, longest first, then the longest shorter one covering
-   * it. A row with more than a bucket holds refers to a child bucket table
-   * on the next bits, or, for prefixes sharing their next bits (clustered)
-   * and below MAX_BUCKET_LEVELS, to a subtree of nodes. Returns the table's
+   * order[lo..hi) (all longer than `pos`, sharing bits [0, pos)) over
+   * `inherited`: per row the row's prefixes, longest first, then the
+   * longest shorter one covering it, or, for a row with more than a bucket
+   * holds, a skip row and a child table (see overflow). Returns the table's
    * first word.
    */
   private bucketTable(lo: number, hi: number, pos: number, width: number, inherited: number, level: number): number {
     const slots = this.fillSlots(BUCKET_SCRATCH + level, lo, hi, pos, width, 1 << width, 0, inherited);
     const base = this.reserveRows(1 << width);
     this.bucketTables.push([base, 1 << width]);
-    const { input, order } = this;
+    const ipv4 = this.input.family[this.order[lo]!] === 4;
     const end = pos + width;
+    const start = this.rowStart;
     let c = 0;
     for (let v = 0; v < 1 << width; v++) {
       const rowInherited = slots.values[v]!;
@@ -272,43 +291,128 @@ class TrieBuilder {
       const first = has ? slots.childStart[c]! : 0;
       const last = has ? slots.childEnd[c++]! : 0;
       const at = base + v * WORDS_PER_ROW;
-      if (last - first + (rowInherited ? 1 : 0) > BUCKET_ENTRIES) {
-        const ref = this.overflow(first, last, end, rowInherited, level);
-        this.words.data[at] = ref; // after the build: it may have moved words.data
-        this.words.data[at + 1] = rowInherited;
+      if (this.fitsBucket(first, last, rowInherited, end, ipv4)) {
+        // The row's first address: the default entry of an IPv4 row names its prefix.
+        for (let w = 0; w < 4; w++) start[w] = (this.input.addr[this.order[lo]! * 4 + w]! & PREFIX_MASKS[pos * 4 + w]!) >>> 0;
+        setBitsAt(start, pos, width, v);
+        this.writeBucket(at, first, last, rowInherited, end, ipv4, start);
         continue;
       }
-      // Longest first: insertion by length into the row (equal lengths never overlap).
-      const row = this.words.data;
-      let e = 0;
-      for (let k = first; k < last; k++, e++) {
-        const i = order[k]!;
-        const len = input.prefixLen[i]!;
-        let j = e;
-        while (j > 0 && leafPrefixLen(row[at + 2 * (j - 1)]!) < len) {
-          row[at + 2 * j] = row[at + 2 * (j - 1)]!;
-          row[at + 2 * j + 1] = row[at + 2 * (j - 1) + 1]!;
-          j--;
-        }
-        row[at + 2 * j] = this.leafOf(i);
-        row[at + 2 * j + 1] = (input.addr[i * 4]! & wordMask(len, 0)) >>> 0;
-      }
-      if (rowInherited) {
-        const rowStart = (bitsAt(this.input.addr, order[lo]! * 4, 0, pos) * 2 ** (32 - pos) + v * 2 ** (32 - end)) >>> 0;
-        row[at + 2 * e] = rowInherited;
-        row[at + 2 * e + 1] = (rowStart & wordMask(leafPrefixLen(rowInherited), 0)) >>> 0;
-      }
+      this.overflow(at, first, last, end, rowInherited, level, ipv4);
     }
     return base;
   }
 
-  /** What a bucket row with too many prefixes order[lo..hi) (longer than `pos`) refers to. */
-  private overflow(lo: number, hi: number, pos: number, inherited: number, level: number): number {
-    const n = hi - lo;
-    if (level + 1 >= MAX_BUCKET_LEVELS || this.sharedBits(lo, hi, pos) > 0) return this.buildSlot(lo, hi, pos, inherited, level + 1);
-    const width = Math.max(1, Math.min(MAX_BUCKET_BITS, 32 - pos, Math.ceil(Math.log2(n / 3))));
-    const base = this.bucketTable(lo, hi, pos, width, inherited, level + 1);
-    return childBucketsRef(base / WORDS_PER_ROW, width);
+  private readonly rowStart = new Uint32Array(4);
+  private readonly entries = new Uint32Array(BUCKET_ENTRIES);
+
+  /** Words an IPv6 bucket entry of a row `d` bits deep takes for a prefix of length `len`. */
+  private static entryWords(len: number, d: number, ipv4: boolean): number {
+    return ipv4 || len - d <= 32 ? 2 : 5;
+  }
+
+  private fitsBucket(first: number, last: number, inherited: number, d: number, ipv4: boolean): boolean {
+    const n = last - first + (inherited ? 1 : 0);
+    if (n > BUCKET_ENTRIES) return false;
+    if (ipv4) return true;
+    let words = inherited ? 2 : 0;
+    for (let k = first; k < last; k++) words += TrieBuilder.entryWords(this.input.prefixLen[this.order[k]!]!, d, false);
+    return words <= WORDS_PER_ROW;
+  }
+
+  /** A bucket row at word `at`, `d` bits deep, starting at address `start`: order[first..last), longest first, then `inherited`. */
+  private writeBucket(at: number, first: number, last: number, inherited: number, d: number, ipv4: boolean, start: Uint32Array): void {
+    const { input, order } = this;
+    const entries = this.entries;
+    const n = last - first;
+    // Longest first (stable: equal lengths never overlap).
+    for (let e = 0; e < n; e++) {
+      const i = order[first + e]!;
+      let j = e;
+      while (j > 0 && input.prefixLen[entries[j - 1]!]! < input.prefixLen[i]!) {
+        entries[j] = entries[j - 1]!;
+        j--;
+      }
+      entries[j] = i;
+    }
+    const row = this.words.data;
+    let w = at;
+    for (let e = 0; e < n; e++) {
+      const i = entries[e]!;
+      const len = input.prefixLen[i]!;
+      if (ipv4) {
+        row[w++] = this.leafOf(i);
+        row[w++] = (input.addr[i * 4]! & wordMask(len, 0)) >>> 0;
+      } else if (len - d <= 32) {
+        row[w++] = this.leafOf(i);
+        row[w++] = windowOf(input.addr, i * 4, d, len - d);
+      } else {
+        row[w++] = (this.leafOf(i) | LEAF_LONG) >>> 0;
+        for (let k = 0; k < 4; k++) row[w++] = input.addr[i * 4 + k]!;
+      }
+    }
+    if (inherited) {
+      row[w++] = inherited;
+      // Shorter than the row: IPv4 matches it on its own bits, IPv6 on none past d.
+      row[w++] = ipv4 ? (start[0]! & wordMask(leafPrefixLen(inherited), 0)) >>> 0 : 0;
+    }
+  }
+
+  /**
+   * Row `at` (`d` bits deep) for order[first..last), too many for a bucket.
+   * Where the prefixes below share their next bits (past up to two that
+   * contain all the rest, like a provider's prefix over its hosts), a skip
+   * row jumps them, so the child table splits where they differ; the
+   * containing ones answer a mismatch. Clustered prefixes a skip row cannot
+   * take (and rows past MAX_BUCKET_LEVELS) get nodes.
+   */
+  private overflow(at: number, first: number, last: number, d: number, inherited: number, level: number, ipv4: boolean): void {
+    const { input, order } = this;
+    const nodes = () => {
+      const ref = this.buildSlot(first, last, d, inherited, 2 * level + 2);
+      this.words.data[at] = ref; // after the build: it may have moved words.data
+      this.words.data[at + 1] = inherited;
+    };
+    if (level + 1 >= MAX_BUCKET_LEVELS) return nodes();
+    const addr = input.addr;
+    const lastPrefix = order[last - 1]!;
+    let rest = first;
+    while (rest < last - 1 && rest - first < SKIP.entries && prefixContains(addr, order[rest]! * 4, input.prefixLen[order[rest]!]!, addr, lastPrefix * 4)) rest++;
+    let skip = this.commonBits(order[rest]!, lastPrefix) - d;
+    for (let k = rest; k < last && skip > 0; k++) skip = Math.min(skip, input.prefixLen[order[k]!]! - d);
+    if (skip <= 0) rest = first;
+    for (let k = first; k < rest; k++) if (!ipv4 && input.prefixLen[order[k]!]! - d > 32) return nodes();
+    const below = Math.max(0, skip);
+    const childPos = d + below;
+    const n = last - rest;
+    const width = Math.max(1, Math.min(MAX_BUCKET_BITS, (ipv4 ? 32 : 128) - childPos, Math.ceil(Math.log2(n / 3))));
+    // What the child table inherits: the longest containing prefix, else the row's.
+    const childInherited = rest > first ? this.leafOf(order[rest - 1]!) : inherited;
+    const base = this.bucketTable(rest, last, childPos, width, childInherited, level + 1);
+    const row = this.words.data;
+    row[at + SKIP.ref] = childBucketsRef(base / WORDS_PER_ROW, width);
+    row[at + SKIP.inherited] = inherited;
+    if (below === 0) return;
+    // Bits [d, d + skip) of the prefixes below, as the u64 halves the walk compares.
+    const p = order[rest]! * 4;
+    for (let half = 0; half < 2; half++) {
+      const mHi = PREFIX_MASKS[(d + below) * 4 + 2 * half]! & ~PREFIX_MASKS[d * 4 + 2 * half]!;
+      const mLo = PREFIX_MASKS[(d + below) * 4 + 2 * half + 1]! & ~PREFIX_MASKS[d * 4 + 2 * half + 1]!;
+      const value = half ? SKIP.valueLo : SKIP.valueHi;
+      const mask = half ? SKIP.maskLo : SKIP.maskHi;
+      row[at + value] = (addr[p + 2 * half + 1]! & mLo) >>> 0;
+      row[at + value + 1] = (addr[p + 2 * half]! & mHi) >>> 0;
+      row[at + mask] = mLo >>> 0;
+      row[at + mask + 1] = mHi >>> 0;
+    }
+    row[at + SKIP.skipLen] = below;
+    // The containing prefixes, longest first, as a bucket's short entries.
+    for (let k = rest - 1, e = 0; k >= first; k--, e++) {
+      const i = order[k]!;
+      const len = input.prefixLen[i]!;
+      row[at + SKIP.entry + 2 * e] = this.leafOf(i);
+      row[at + SKIP.entry + 2 * e + 1] = ipv4 ? (addr[i * 4]! & wordMask(len, 0)) >>> 0 : windowOf(addr, i * 4, d, len - d);
+    }
   }
 
   /**
@@ -696,6 +800,26 @@ function estimateBytes(lens: Uint8Array, sharedBits: Uint8Array, n: number, s: n
   return bytes;
 }
 
+/** Bits [pos, pos + 32) of the address at a[at..at+4), only the first `len` kept (the rest zero). */
+function windowOf(a: ArrayLike<number>, at: number, pos: number, len: number): number {
+  if (len <= 0) return 0;
+  const w = pos >>> 5;
+  const off = pos & 31;
+  const high = a[at + w]! >>> 0;
+  const low = w + 1 < 4 ? a[at + w + 1]! >>> 0 : 0;
+  const window = off === 0 ? high : ((high << off) | (low >>> (32 - off))) >>> 0;
+  return len >= 32 ? window : (window & ((0xffffffff << (32 - len)) >>> 0)) >>> 0;
+}
+
+/** Sets bits [pos, pos + width) of the 4-word address `a` to v (they are 0). */
+function setBitsAt(a: Uint32Array, pos: number, width: number, v: number): void {
+  for (let b = 0; b < width; b++) {
+    if (!((v >>> (width - 1 - b)) & 1)) continue;
+    const p = pos + b;
+    a[p >>> 5] = (a[p >>> 5]! | (1 << (31 - (p & 31)))) >>> 0;
+  }
+}
+
 /** Bits [off, off + len) of a 64-bit half, restricted to the u32 at `wordOffset` (0 = high). */
 function halfMask(off: number, len: number, wordOffset: number): number {
   const from = Math.max(off, wordOffset) - wordOffset;
@@ -870,12 +994,13 @@ export interface BuiltSlot {
  * Builds what one direct-table slot of a trie refers to, placed at
  * `firstRow` of a live table: the bindings order[lo..hi) of one trie, all
  * longer than `pos` and sharing bits [0, pos), over `inherited`. With
- * `asReference`, a bare leaf comes as an always-matching terminal.
+ * `referenceOf` (the trie's family), a bare leaf comes as a reference that
+ * always answers it.
  */
-export function buildSlot(input: TrieInput, order: Uint32Array, lo: number, hi: number, pos: number, inherited: number, firstRow: number, asReference = false): BuiltSlot {
+export function buildSlot(input: TrieInput, order: Uint32Array, lo: number, hi: number, pos: number, inherited: number, firstRow: number, referenceOf?: 4 | 6): BuiltSlot {
   const builder = new TrieBuilder(input, order, hi - lo, false);
   let ref = builder.buildSlot(lo, hi, pos, inherited);
-  if (asReference && !(ref & (REF_NODE | REF_TERMINAL))) ref = builder.alwaysTerminal(ref);
+  if (referenceOf && !(ref & (REF_NODE | REF_TERMINAL))) ref = builder.alwaysReference(ref, referenceOf);
   const { p, rows, rowCount } = placeAlone(builder, firstRow);
   return { ref: relocateRef(ref, p), rows, rowCount };
 }

@@ -24,6 +24,8 @@ import {
   REF_TERMINAL,
   BUCKET_ENTRIES,
   BUCKET_ROW_MASK,
+  LEAF_LONG,
+  SKIP,
   BUCKET_WIDTH_SHIFT,
   ROOT_BITS_SHIFT,
   ROOT_BUCKETS,
@@ -145,28 +147,74 @@ export class TableDecoder {
     starts[0] = s === 0 ? 0 : (v << (32 - s)) >>> 0; // s <= 22
     const at = directSlotWord(root, v);
     const ref = this.table[at]!;
-    if (root & ROOT_BUCKETS && !isBucketRef(ref)) this.bucket(at, 0, s);
+    if (root & ROOT_BUCKETS) this.bucketRow(at, 0, s);
     else if (ref !== 0) this.visit(ref, 0, s);
   }
 
-  /** A bucket row at word `at` (switchyard.h) whose region starts at starts[depth], `s` bits deep: its entries in address order, the row's shorter prefix first. */
-  private bucket(at: number, depth: number, s: number): void {
+  /** A row of a bucket table at word `at`, `d` bits deep, its region starting at starts[depth]. */
+  private bucketRow(at: number, depth: number, d: number): void {
     const t = this.table;
-    const entries: Array<[number, number]> = [];
-    for (let e = 0; e < BUCKET_ENTRIES; e++) {
-      const leaf = t[at + 2 * e]!;
-      if (!(leaf & LEAF_RESULT_MASK)) continue;
-      const plen = (leaf >>> LEAF_PLEN_SHIFT) & LEAF_PLEN_MASK;
-      // The slot's shorter prefix answers from the slot's start on.
-      entries.push([plen <= s ? this.starts[depth * 4]! : t[at + 2 * e + 1]!, leaf]);
-    }
-    const plenOf = (leaf: number) => (leaf >>> LEAF_PLEN_SHIFT) & LEAF_PLEN_MASK;
-    entries.sort((x, y) => x[0] - y[0] || plenOf(x[1]) - plenOf(y[1]));
+    const w0 = t[at]!;
+    if (!isBucketRef(w0)) return this.bucket(at, depth, d);
+    if (!isChildBuckets(w0)) return this.visit(w0, depth, d);
+    // A skip row: what it inherits, the containing prefixes (shortest first), the child table.
+    this.emit(t[at + SKIP.inherited]!, this.starts, depth * 4);
+    const skip = t[at + SKIP.skipLen]!;
     const address = new Uint32Array(4);
-    for (const [value, leaf] of entries) {
-      address[0] = value;
+    for (let e = SKIP.entries - 1; e >= 0; e--) {
+      const leaf = t[at + SKIP.entry + 2 * e]!;
+      if (!(leaf & LEAF_RESULT_MASK)) continue;
+      this.entryAddress(address, depth, d, leaf, t[at + SKIP.entry + 2 * e + 1]!);
       this.emit(leaf, address, 0);
     }
+    const next = (depth + 1) * 4;
+    this.starts[next] = (this.starts[depth * 4]! | t[at + SKIP.valueHi + 1]!) >>> 0;
+    this.starts[next + 1] = (this.starts[depth * 4 + 1]! | t[at + SKIP.valueHi]!) >>> 0;
+    this.starts[next + 2] = (this.starts[depth * 4 + 2]! | t[at + SKIP.valueLo + 1]!) >>> 0;
+    this.starts[next + 3] = (this.starts[depth * 4 + 3]! | t[at + SKIP.valueLo]!) >>> 0;
+    this.visit(w0, depth + 1, d + skip);
+  }
+
+  /** The address of a bucket's short entry {leaf, value} in a row `d` bits deep (region at starts[depth]). */
+  private entryAddress(out: Uint32Array, depth: number, d: number, leaf: number, value: number): void {
+    const plen = (leaf >>> LEAF_PLEN_SHIFT) & LEAF_PLEN_MASK;
+    for (let w = 0; w < 4; w++) out[w] = this.starts[depth * 4 + w]!;
+    if (plen <= d) return; // the row's shorter prefix: from the row's start
+    if (this.family === 4) {
+      out[0] = value;
+      return;
+    }
+    // Bits [d, d + 32) of an IPv6 prefix.
+    const w = d >>> 5;
+    const off = d & 31;
+    out[w] = (out[w]! | (value >>> off)) >>> 0;
+    if (off && w + 1 < 4) out[w + 1] = (out[w + 1]! | (value << (32 - off))) >>> 0;
+  }
+
+  /** A bucket row at word `at`, `d` bits deep, its region starting at starts[depth]: its entries in address order. */
+  private bucket(at: number, depth: number, d: number): void {
+    const t = this.table;
+    const entries: Array<{ addr: Uint32Array; leaf: number }> = [];
+    for (let k = 0, e = 0; e < BUCKET_ENTRIES && k < WORDS_PER_ROW; e++) {
+      const leaf = t[at + k]!;
+      if (leaf & LEAF_LONG) {
+        entries.push({ addr: t.slice(at + k + 1, at + k + 5), leaf: (leaf & ~LEAF_LONG) >>> 0 });
+        k += 5;
+        continue;
+      }
+      if (leaf & LEAF_RESULT_MASK) {
+        const addr = new Uint32Array(4);
+        this.entryAddress(addr, depth, d, leaf, t[at + k + 1]!);
+        entries.push({ addr, leaf });
+      }
+      k += 2;
+    }
+    const plenOf = (leaf: number) => (leaf >>> LEAF_PLEN_SHIFT) & LEAF_PLEN_MASK;
+    entries.sort((x, y) => {
+      for (let w = 0; w < 4; w++) if (x.addr[w] !== y.addr[w]) return x.addr[w]! - y.addr[w]!;
+      return plenOf(x.leaf) - plenOf(y.leaf);
+    });
+    for (const e of entries) this.emit(e.leaf, e.addr, 0);
   }
 
   /** A reference found at the region starting at starts[depth], `pos` bits deep. */
@@ -177,10 +225,7 @@ export class TableDecoder {
       const base = ref & BUCKET_ROW_MASK;
       for (let v = 0; v < 1 << width; v++) {
         this.setStart(depth, pos, width, v);
-        const at = (base + v) * WORDS_PER_ROW;
-        const w0 = t[at]!;
-        if (isBucketRef(w0)) this.visit(w0, depth + 1, pos + width);
-        else this.bucket(at, depth + 1, pos + width);
+        this.bucketRow((base + v) * WORDS_PER_ROW, depth + 1, pos + width);
       }
     } else if (ref & REF_NODE) {
       this.node((ref & ~REF_NODE) >>> 0, depth, pos);

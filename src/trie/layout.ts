@@ -37,6 +37,10 @@ export const REF_TAGS = 0xe0000000;
 export const REF_BUCKETS = 0x20000000;
 export const BUCKET_WIDTH_SHIFT = 24;
 export const BUCKET_ROW_MASK = 0xffffff;
+/** An IPv6 bucket entry of 5 words: the leaf word and the whole prefix. */
+export const LEAF_LONG = 1 << 25;
+/** struct sy_skip_row, u32 word offsets (u64s little-endian: low word first). */
+export const SKIP = { ref: 0, inherited: 1, valueHi: 2, valueLo: 4, maskHi: 6, maskLo: 8, skipLen: 10, entry: 11, entries: 2 } as const;
 
 /** Word index of direct-table slot v of the trie whose root word is `root` (a bucket table's: its row's word 0). */
 export function directSlotWord(root: number, v: number): number {
@@ -64,8 +68,8 @@ export const LEAF_RESULT_MASK = 0x1ffff;
 export const LEAF_PLEN_SHIFT = 17;
 export const LEAF_PLEN_MASK = 0xff;
 
-export const MAX_STEPS_V4 = 8;
-export const MAX_STEPS_V6 = 24;
+export const MAX_STEPS_V4 = 16;
+export const MAX_STEPS_V6 = 40;
 
 /** struct sy_node, as u32 word offsets. */
 export const NODE = {

@@ -37,6 +37,8 @@ import {
   REF_NODE,
   REF_TERMINAL,
   BUCKET_ENTRIES,
+  LEAF_LONG,
+  SKIP,
   ROOT_BITS_SHIFT,
   ROOT_BUCKETS,
   ROOT_WORD,
@@ -84,14 +86,20 @@ function inheritedOf(table: Uint32Array, root: number, at: number): number {
   const ref = table[at]!;
   if (root & ROOT_BUCKETS && !isBucketRef(ref)) {
     const s = root >>> ROOT_BITS_SHIFT;
-    for (let e = 0; e < BUCKET_ENTRIES; e++) {
-      const leaf = table[at + 2 * e]!;
+    for (let k = 0, e = 0; e < BUCKET_ENTRIES && k < WORDS_PER_ROW; e++) {
+      const leaf = table[at + k]!;
+      // IPv6 entries with the whole prefix take 5 words (never a shorter one's).
+      if (leaf & LEAF_LONG) {
+        k += 5;
+        continue;
+      }
       if (leaf & LEAF_RESULT_MASK && leafPrefixLen(leaf) <= s) return leaf;
+      k += 2;
     }
     return 0;
   }
-  // A child bucket table's row keeps what it inherits in word 1.
-  if (isChildBuckets(ref)) return table[at + 1]!;
+  // A skip row keeps what it inherits in word 1.
+  if (isChildBuckets(ref)) return table[at + SKIP.inherited]!;
   if (ref & REF_NODE) return table[((ref & ~REF_NODE) >>> 0) * NODE_WORDS + NODE.inherited]!;
   if (ref & REF_TERMINAL) return table[((ref & ~REF_TERMINAL) >>> 0) * TERMINAL.words + TERMINAL.fallback]!;
   return ref;
@@ -200,7 +208,7 @@ export function planPatch(table: Uint32Array, capacityRows: number, key: Binding
 
   const order = sortBindings(next);
   // A bucket table's slot is switched by its row's word 0: a reference, never a bare leaf.
-  const built = buildSlot(next, order, 0, next.count, s, nextInherited, free, (root & ROOT_BUCKETS) !== 0);
+  const built = buildSlot(next, order, 0, next.count, s, nextInherited, free, root & ROOT_BUCKETS ? key.family : undefined);
   if (built.rowCount) rows.push({ row: free, words: built.rows });
   free += built.rowCount;
 

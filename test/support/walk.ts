@@ -12,6 +12,8 @@ import {
   REF_TERMINAL,
   BUCKET_ENTRIES,
   BUCKET_ROW_MASK,
+  LEAF_LONG,
+  SKIP,
   BUCKET_WIDTH_SHIFT,
   ROOT_BITS_SHIFT,
   ROOT_BUCKETS,
@@ -40,24 +42,62 @@ export function walkTable(bytes: Uint8Array, ipproto: number, address: Address, 
     const bits = root >>> ROOT_BITS_SHIFT;
     const slotWord = directSlotWord(root, Number(hi >> BigInt(64 - bits)));
     let ref = word(slotWord);
-    // A bucket row: the first entry whose prefix holds the address answers.
-    const bucket = (at: number): number => {
-      for (let e = 0; e < BUCKET_ENTRIES; e++) {
-        const leaf = word(at + 2 * e);
-        const plen = (leaf >>> LEAF_PLEN_SHIFT) & LEAF_PLEN_MASK;
-        const mask = plen === 0 ? 0 : (0xffffffff << (32 - plen)) >>> 0;
-        if (((w[0] & mask) >>> 0) === word(at + 2 * e + 1)) return leaf;
+    const ipv4 = address.family === 4;
+    // Bits [p, p + 32) of the address (IPv4: its 32 bits at the top), zeros past its end.
+    const full = ipv4 ? BigInt(w[0]) << 96n : (hi << 64n) | lo;
+    const windowAt = (p: number): number => Number(((full << BigInt(p)) & ((1n << 128n) - 1n)) >> 96n) >>> 0;
+    const matches = (leaf: number, value: number, base: number): boolean => {
+      const plen = (leaf >>> LEAF_PLEN_SHIFT) & LEAF_PLEN_MASK;
+      const rel = plen > base ? plen - base : 0;
+      const mask = rel === 0 ? 0 : (0xffffffff << (32 - rel)) >>> 0;
+      return ((windowAt(base) & mask) >>> 0) === value;
+    };
+    // A bucket row `d` bits deep: the first entry whose prefix holds the address answers.
+    const bucket = (at: number, d: number): number => {
+      const base = ipv4 ? 0 : d;
+      for (let k = 0, e = 0; e < BUCKET_ENTRIES && k < 16; e++) {
+        const leaf = word(at + k);
+        if (leaf & LEAF_LONG) {
+          const plen = (leaf >>> LEAF_PLEN_SHIFT) & LEAF_PLEN_MASK;
+          // Indexes wrap within the row, as the program's do.
+          const at1 = (j: number) => word(at + ((k + j) & 15));
+          const value = (BigInt(at1(1)) << 96n) | (BigInt(at1(2)) << 64n) | (BigInt(at1(3)) << 32n) | BigInt(at1(4));
+          const mask = ((1n << 128n) - 1n) ^ ((1n << BigInt(128 - plen)) - 1n);
+          if (((((hi << 64n) | lo) ^ value) & mask) === 0n) return (leaf & ~LEAF_LONG) >>> 0;
+          k += 5;
+          continue;
+        }
+        if (matches(leaf, word(at + ((k + 1) & 15)), base)) return leaf;
+        k += 2;
       }
       return 0;
     };
-    if (root & ROOT_BUCKETS && !isBucketRef(ref)) return bucket(slotWord);
     let pos = bits;
+    let rowAt = root & ROOT_BUCKETS ? slotWord : -1;
     for (let step = 0; step < maxSteps; step++) {
-      if (address.family === 4 && isChildBuckets(ref)) {
+      if (rowAt >= 0) {
+        // A bucket table's row, pos bits deep.
+        const at = rowAt;
+        rowAt = -1;
+        if (!isBucketRef(ref)) return bucket(at, pos);
+        if (isChildBuckets(ref) && word(at + SKIP.skipLen)) {
+          const u64 = (k: number) => (BigInt(word(at + k + 1)) << 32n) | BigInt(word(at + k));
+          if (((hi ^ u64(SKIP.valueHi)) & u64(SKIP.maskHi)) | ((lo ^ u64(SKIP.valueLo)) & u64(SKIP.maskLo))) {
+            const base = ipv4 ? 0 : pos;
+            for (let e = 0; e < SKIP.entries; e++) {
+              const leaf = word(at + SKIP.entry + 2 * e);
+              if (leaf && matches(leaf, word(at + SKIP.entry + 2 * e + 1), base)) return leaf;
+            }
+            return word(at + SKIP.inherited);
+          }
+          pos += word(at + SKIP.skipLen);
+        }
+        continue;
+      }
+      if (isChildBuckets(ref)) {
         const width = (ref >>> BUCKET_WIDTH_SHIFT) & 31;
-        const at = ((ref & BUCKET_ROW_MASK) + (((w[0] << pos) >>> 0) >>> (32 - width))) * 16;
-        if (!isBucketRef(word(at))) return bucket(at);
-        ref = word(at);
+        rowAt = ((ref & BUCKET_ROW_MASK) + (windowAt(pos) >>> (32 - width))) * 16;
+        ref = word(rowAt);
         pos += width;
         continue;
       }

@@ -85,7 +85,7 @@ const BUCKET_OVERFLOW = 0.06;
 /** Bucket tables up to 2^22 rows (256 MiB), as direct tables. */
 const MAX_BUCKET_BITS = 22;
 /** Bucket tables a walk passes at most before nodes take over (the walk's step bound counts them). */
-const MAX_BUCKET_LEVELS = 3;
+const MAX_BUCKET_LEVELS = 4;
 /** fillSlots scratch of bucket table levels, apart from the nodes' depths. */
 const BUCKET_SCRATCH = 64;
 
@@ -249,7 +249,15 @@ class TrieBuilder {
   buildTrie(lo: number, hi: number): number {
     // The benchmark's single-walk prototype puts its own tags in leaf words.
     const b = !this.input.leaf ? this.chooseBucketBits(lo, hi) : -1;
-    if (b >= 0) return ((b << ROOT_BITS_SHIFT) | ROOT_BUCKETS | (this.bucketTable(lo, hi, 0, b, 0, 0) / WORDS_PER_ROW)) >>> 0;
+    if (b >= 0) {
+      // Prefixes that all share their first bits (IPv6's 2000::/3) would
+      // leave most of a table on the top bits empty and the rest crowded:
+      // a two-row table instead, whose used row skips the shared bits to a
+      // table where they differ (one more row a walk reads, the same for
+      // every packet of the trie: cached).
+      const top = hi - lo > BUCKET_ENTRIES && this.sharedLeadingBits(lo, hi) >= 2 ? 1 : b;
+      return ((top << ROOT_BITS_SHIFT) | ROOT_BUCKETS | (this.bucketTable(lo, hi, 0, top, 0, 0) / WORDS_PER_ROW)) >>> 0;
+    }
     const s = this.chooseDirectBits(lo, hi);
     const slots = this.fillSlots(0, lo, hi, 0, s, 1 << s, 0, 0);
     const base = this.reserveRows(Math.max(1, (1 << s) / WORDS_PER_ROW));
@@ -385,7 +393,7 @@ class TrieBuilder {
     const below = Math.max(0, skip);
     const childPos = d + below;
     const n = last - rest;
-    const width = Math.max(1, Math.min(MAX_BUCKET_BITS, (ipv4 ? 32 : 128) - childPos, Math.ceil(Math.log2(n / 3))));
+    const width = Math.max(1, Math.min(MAX_BUCKET_BITS, (ipv4 ? 32 : 128) - childPos, Math.ceil(Math.log2(n / (ipv4 ? 3 : 2)))));
     // What the child table inherits: the longest containing prefix, else the row's.
     const childInherited = rest > first ? this.leafOf(order[rest - 1]!) : inherited;
     const base = this.bucketTable(rest, last, childPos, width, childInherited, level + 1);
@@ -422,12 +430,21 @@ class TrieBuilder {
    * slot's walk reads a node and a leaf more. Clustered prefixes (dense
    * ranges, most real tables) overflow at any width and take slots.
    */
+  /** Leading bits every prefix of order[lo..hi) has and shares. */
+  private sharedLeadingBits(lo: number, hi: number): number {
+    let shared = this.commonBits(this.order[lo]!, this.order[hi - 1]!);
+    for (let k = lo; k < hi && shared > 0; k++) shared = Math.min(shared, this.input.prefixLen[this.order[k]!]!);
+    return shared;
+  }
+
   private chooseBucketBits(lo: number, hi: number): number {
     const n = hi - lo;
     const { input, order } = this;
     let shortest = 32;
     for (let k = lo; k < hi; k++) shortest = Math.min(shortest, input.prefixLen[order[k]!]!);
-    const first = Math.max(4, Math.min(MAX_BUCKET_BITS, Math.round(Math.log2(Math.max(1, n) / 3))));
+    // About three prefixes a row; two for IPv6, whose host routes take 5 words of a row's 16.
+    const perRow = input.family[order[lo]!] === 4 ? 3 : 2;
+    const first = Math.max(4, Math.min(MAX_BUCKET_BITS, Math.round(Math.log2(Math.max(1, n) / perRow))));
     for (let b = first; b <= Math.min(MAX_BUCKET_BITS, first + 2); b++) {
       // Room for a shorter prefix's entry in every row when any is shorter.
       const room = BUCKET_ENTRIES - (shortest <= b ? 1 : 0);

@@ -39,8 +39,10 @@ export const BUCKET_WIDTH_SHIFT = 24;
 export const BUCKET_ROW_MASK = 0xffffff;
 /** An IPv6 bucket entry of 5 words: the leaf word and the whole prefix. */
 export const LEAF_LONG = 1 << 25;
+/** Containing-prefix entries a skip row carries. */
+export const SKIP_ENTRIES = 2;
 /** struct sy_skip_row, u32 word offsets (u64s little-endian: low word first). */
-export const SKIP = { ref: 0, inherited: 1, valueHi: 2, valueLo: 4, maskHi: 6, maskLo: 8, skipLen: 10, entry: 11, entries: 2 } as const;
+export const SKIP = { ref: 0, inherited: 1, valueHi: 2, valueLo: 4, maskHi: 6, maskLo: 8, skipLen: 10, entry: 11, entries: SKIP_ENTRIES } as const;
 
 /** Word index of direct-table slot v of the trie whose root word is `root` (a bucket table's: its row's word 0). */
 export function directSlotWord(root: number, v: number): number {

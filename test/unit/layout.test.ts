@@ -6,7 +6,7 @@ import { describe, expect, it } from 'vitest';
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { DESTINATION, DESTINATION_STATS, HEADER, META, NODE, NODE_BYTES, RECORD, ROW_BYTES, TERMINAL, TRACE } from '../../src/trie/layout.js';
+import { DESTINATION, DESTINATION_STATS, HEADER, META, NODE, NODE_BYTES, RECORD, ROW_BYTES, SKIP, TERMINAL, TRACE } from '../../src/trie/layout.js';
 import { SK_LOOKUP_CTX } from '../../src/dispatcher/lookup.js';
 
 const object = path.resolve('bpf/layout.o');
@@ -51,6 +51,14 @@ describe.skipIf(!btf)('layouts mirror bpf/switchyard.h (BTF of bpf/layout.o; nee
     const t = offsets('sy_terminal');
     expect(t.size).toBe(TERMINAL.words * 4);
     expect([t.value, t.mask, t.leaf, t.fallback]).toEqual([TERMINAL.value, TERMINAL.mask, TERMINAL.leaf, TERMINAL.fallback].map((w) => w * 4));
+  });
+
+  it('sy_skip_row', () => {
+    const s = offsets('sy_skip_row');
+    expect(s.size).toBe(ROW_BYTES);
+    expect([s.ref, s.inherited, s.value_hi, s.value_lo, s.mask_hi, s.mask_lo, s.skip_len, s.entry]).toEqual(
+      [SKIP.ref, SKIP.inherited, SKIP.valueHi, SKIP.valueLo, SKIP.maskHi, SKIP.maskLo, SKIP.skipLen, SKIP.entry].map((w) => w * 4),
+    );
   });
 
   // Byte-offset mirrors: each camelCase field names the C member in snake_case.

@@ -2,7 +2,7 @@
 /*
  * The one header that defines what the dispatcher program and user space
  * share: map layouts, the trie encoding and the ABI version. Every struct here
- * has a TypeScript mirror (src/dispatcher/layout.ts); test/unit/layout.test.ts
+ * has a TypeScript mirror (src/trie/layout.ts); test/unit/layout.test.ts
  * checks sizes and offsets against the compiled object's BTF.
  *
  * Bump SY_ABI_VERSION whenever the meaning of any pinned map changes: user
@@ -49,7 +49,7 @@
 #define SY_ROOT_BITS_SHIFT 27
 /* ABI 3's direct tables with terminals in their rows; decoded, never walked. */
 #define SY_ROOT_LEGACY_INLINE (1u << 26)
-/* Set when the direct table is one of buckets (IPv4 only, see below). */
+/* Set when the direct table is one of buckets (see below). */
 #define SY_ROOT_BUCKETS (1u << 25)
 #define SY_ROOT_ROW_MASK (SY_ROOT_BUCKETS - 1)
 

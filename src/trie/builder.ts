@@ -5,10 +5,12 @@
  *
  * Shape of one trie (poptrie, Asai & Ohara 2015, plus path compression):
  * - a direct-pointing table on the top `s` bits, `s` chosen per trie from its
- *   size so small per-port tries do not pay for a large table; for IPv4
- *   tries whose prefixes spread over the space, a table of buckets: a row
- *   per slot listing the slot's few prefixes, so most walks read one cache
- *   line after the root word (a packet pays each dependent miss in full);
+ *   size so small per-port tries do not pay for a large table; a table of
+ *   buckets: a row per slot listing the slot's few prefixes, so most walks
+ *   read one cache line after the root word (a packet pays each dependent
+ *   miss in full); a bucket with more prefixes than a row holds refers to a
+ *   child bucket table on the next bits, or to a skip row when its prefixes
+ *   share those bits (an IPv6 provider's hosts), up to MAX_BUCKET_LEVELS;
  * - below it, 64-way nodes over 6-bit strides whose children and leaves are
  *   found by popcount, with leaf pushing (every slot carries its longest
  *   match, so the walk never backtracks) and runs of equal leaves stored once;

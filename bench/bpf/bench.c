@@ -38,6 +38,7 @@
 #include <linux/in.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
+#include "tubular.h"
 #include "../../bpf/switchyard.h"
 #include "../../bpf/lookup.h"
 #include "../../bpf/generation.h"
@@ -62,27 +63,6 @@ struct bench_state {
 	__u32 runs;  /* timed runs on this CPU since the harness's rewind */
 	__u32 pad;
 };
-
-struct tubular_key {
-	__u32 prefixlen;
-	__u8 protocol;
-	__u16 port;
-	__u32 ip[4];
-} __attribute__((packed));
-
-struct tubular_binding {
-	__u32 id;
-	__u32 prefixlen;
-};
-
-/* Sized by the harness (it passes its own maps). */
-struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(max_entries, 1);
-	__type(key, struct tubular_key);
-	__type(value, struct tubular_binding);
-} tubular_bindings SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -156,21 +136,14 @@ static __always_inline __u32 tubular(struct bench_query *q)
 		.protocol = q->ipproto,
 		.port = q->port,
 	};
-	const struct tubular_binding *bind, *wildcard;
+	const struct tubular_binding *bind;
 
 	key.ip[0] = q->ip[0];
 	key.ip[1] = q->ip[1];
 	key.ip[2] = q->ip[2];
 	key.ip[3] = q->ip[3];
-	bind = bpf_map_lookup_elem(&tubular_bindings, &key);
-	key.port = 0;
-	wildcard = bpf_map_lookup_elem(&tubular_bindings, &key);
-	if (bind) {
-		if (wildcard && wildcard->prefixlen > bind->prefixlen)
-			return wildcard->id;
-		return bind->id;
-	}
-	return wildcard ? wildcard->id : 0;
+	bind = tubular_match(&key);
+	return bind ? bind->id : 0;
 }
 
 /*

@@ -35,22 +35,11 @@
 #include <linux/in.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
+#include "tubular.h"
 
 #define AF_INET 2
 #define AF_INET6 10
 #define TRAFFIC_SOCKETS 1024
-
-struct tubular_key {
-	__u32 prefixlen;
-	__u8 protocol;
-	__u16 port;
-	__u32 ip[4];
-} __attribute__((packed));
-
-struct tubular_binding {
-	__u32 id;
-	__u32 prefixlen;
-};
 
 /* tubular's struct destination_metrics. */
 struct tubular_metrics {
@@ -58,15 +47,6 @@ struct tubular_metrics {
 	__u64 misses;
 	__u64 errors;
 };
-
-/* Sized by the harness (it passes its own map, as for bench.c). */
-struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(max_entries, 1);
-	__type(key, struct tubular_key);
-	__type(value, struct tubular_binding);
-} tubular_bindings SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKMAP);
@@ -120,7 +100,7 @@ int traffic_tubular(struct bpf_sk_lookup *ctx)
 		.protocol = ctx->protocol,
 		.port = ctx->local_port,
 	};
-	const struct tubular_binding *bind, *wildcard;
+	const struct tubular_binding *bind;
 	struct tubular_metrics *metrics;
 	struct bpf_sock *sk;
 	__u32 dest;
@@ -144,11 +124,7 @@ int traffic_tubular(struct bpf_sk_lookup *ctx)
 		key.ip[2] = ctx->local_ip6[2];
 		key.ip[3] = ip6;
 	}
-	bind = bpf_map_lookup_elem(&tubular_bindings, &key);
-	key.port = 0;
-	wildcard = bpf_map_lookup_elem(&tubular_bindings, &key);
-	if (!bind || (wildcard && wildcard->prefixlen > bind->prefixlen))
-		bind = wildcard;
+	bind = tubular_match(&key);
 	if (!bind)
 		return SK_PASS;
 

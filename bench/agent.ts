@@ -130,7 +130,7 @@ export async function agentBench(count = 100_000, changes = 100): Promise<AgentB
       const started = performance.now();
       const state = parseDesiredState(doc, 'bench');
       parses.push(Math.round(performance.now() - started));
-      const v = last.server.publish(state).version;
+      const v = (await last.server.publish(state)).version;
       await last.acked(v);
       snapshots.push(Math.round(performance.now() - started));
     }
@@ -141,7 +141,7 @@ export async function agentBench(count = 100_000, changes = 100): Promise<AgentB
     const times: number[] = [];
     for (let i = 0; i < changes; i++) {
       const started = performance.now();
-      const v = server.publishDelta({ add: [carve(i)], remove: [] }).version;
+      const v = (await server.publishDelta({ add: [carve(i)], remove: [] })).version;
       await acked(v);
       times.push(performance.now() - started);
       if (process.env.BENCH_LOG) process.stderr.write(`change ${i}: ${times[i]!.toFixed(1)} ms\n`);
@@ -152,7 +152,7 @@ export async function agentBench(count = 100_000, changes = 100): Promise<AgentB
       bindings = [...bindings, carve(i)];
       const state = parseDesiredState({ ...doc, bindings }, 'bench'); // the file's parsing: before the clock starts
       const started = performance.now();
-      const v = server.publish(state).version;
+      const v = (await server.publish(state)).version;
       await acked(v);
       wholeTimes.push(performance.now() - started);
     }

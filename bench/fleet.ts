@@ -61,7 +61,7 @@ export async function fleetBench(agents = 2000, bindings = 100_000): Promise<Fle
     const rssBefore = process.memoryUsage().rss;
     peak = rssBefore;
     /** Publishes, then resolves when every agent has acknowledged: [first, last] ms. */
-    const allAcked = (publish: () => number) =>
+    const allAcked = (publish: () => Promise<number>) =>
       new Promise<[number, number]>((resolve) => {
         const begun = performance.now();
         let first = 0;
@@ -77,11 +77,12 @@ export async function fleetBench(agents = 2000, bindings = 100_000): Promise<Fle
           }
         };
         server.on('ack', onAck);
-        version = publish();
+        // ACKs come over the network, turns after the publish resolves.
+        void publish().then((v) => (version = v));
       });
-    const snapshot = await allAcked(() => server.publish(state).version);
+    const snapshot = await allAcked(async () => (await server.publish(state)).version);
     started = performance.now();
-    const delta = await allAcked(() => server.publishDelta({ add: [{ label: 'spectrum', protocol: 'tcp', prefix: '192.0.2.77/32', port: 0 }], remove: [] }).version);
+    const delta = await allAcked(async () => (await server.publishDelta({ add: [{ label: 'spectrum', protocol: 'tcp', prefix: '192.0.2.77/32', port: 0 }], remove: [] })).version);
     const mb = (b: number) => Math.round(b / 1048576);
     return {
       agents,

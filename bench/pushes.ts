@@ -63,7 +63,7 @@ async function run(large: boolean, onlyLarge = false): Promise<Row[]> {
           const state = parseDesiredState(step.doc, step.push);
           const seen = pushes.length;
           const started = performance.now();
-          const v = p.server.publish(state, { override: step.override ?? false }).version;
+          const v = (await p.server.publish(state, { override: step.override ?? false })).version;
           await p.acked(v);
           const ack = performance.now() - started;
           while (pushes.length === seen) await new Promise((r) => setTimeout(r, 10)); // the log line follows the ACK

@@ -18,6 +18,10 @@ export type ErrorCode =
   | 'EKERNEL'
   | 'EFIREWALL'
   | 'ECONTROL_PLANE'
+  | 'ESTORE'
+  | 'ESTORE_CONFLICT'
+  | 'ESTORE_SCHEMA'
+  | 'ESTORE_CORRUPT'
   | 'EBUSY';
 
 export class SwitchyardError extends Error {

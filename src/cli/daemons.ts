@@ -6,6 +6,7 @@
 import fs from 'node:fs';
 import https from 'node:https';
 import net from 'node:net';
+import path from 'node:path';
 import { readSecret } from './secret.js';
 import { createLogger, logLevelOption } from '../log.js';
 import { SwitchyardError } from '../errors.js';
@@ -17,6 +18,7 @@ import { DEFAULT_POLICY } from '../controlplane/policy.js';
 import { parseRollout } from '../controlplane/rollout.js';
 import { BindingsApi } from '../controlplane/api.js';
 import { StateFile, type UnsavedChange } from '../controlplane/statefile.js';
+import { openStore } from '../controlplane/store/open.js';
 
 const untilSignal = () =>
   new Promise<void>((resolve) => {
@@ -152,7 +154,8 @@ export async function controlPlaneCommand(flags: Record<string, unknown>): Promi
     ...(adminToken === undefined ? {} : { adminToken }),
     host,
     port,
-    store: file,
+    stateFile: file,
+    store: openStore(typeof flags.store === 'string' && flags.store !== '' ? flags.store : path.join(path.dirname(path.resolve(stateFile)), 'store')),
   });
   server.on('unsaved', (source: string, err: UnsavedChange) => log.error({ why: source, file: stateFile, code: err.reason ?? err.code, err: err.message }, 'not saved, so not published: the current version stays'));
   server.on('stalled', (agent: string, why: string) => log.warn({ agent }, why));
@@ -180,9 +183,21 @@ export async function controlPlaneCommand(flags: Record<string, unknown>): Promi
         break;
     }
   };
+  // What the store kept first: the file's state, when it is the one in force, is then "unchanged" (same epoch and version).
+  await server.open();
+  log.info({ store: server.storeDescription, version: server.history.current?.version ?? null, epoch: server.history.epoch }, 'store opened');
+  let first: Promise<void> | undefined;
   const watch = file.watch(log, (state, why) => {
-    logProposal(server.propose(state, `${stateFile} (${why})`), { why, bindings: state.bindings.count });
+    const proposed = server.propose(state, `${stateFile} (${why})`, { actor: 'file', action: 'state file' }).then(
+      (r) => logProposal(r, { why, bindings: state.bindings.count }),
+      (err: Error) => {
+        refusal = err.message;
+        log.error({ why, err: err.message }, 'the state file could not be proposed');
+      },
+    );
+    first ??= proposed;
   });
+  await first;
   if (!watch.loaded || server.history.current === undefined) {
     watch.close();
     const why = watch.error ?? refusal;

@@ -27,6 +27,19 @@ const MAX_BODY = 64 * 1024 * 1024;
 
 type Doc = { bindings: Array<{ label: string; protocol: string; prefix: string; port: number }>; services: Record<string, unknown>; https_only: unknown; exclusive?: unknown };
 
+/** Who asked, for the audit log. */
+interface RequestContext {
+  remote: string | null;
+  requestId: string | null;
+}
+
+/** The client's X-Request-Id (one value, at most 128 printable characters), else null. */
+export function requestIdOf(req: IncomingMessage): string | null {
+  const v = req.headers['x-request-id'];
+  const id = Array.isArray(v) ? v[0] : v;
+  return id !== undefined && /^[\x21-\x7e]{1,128}$/.test(id) ? id : null;
+}
+
 class ApiError extends Error {
   constructor(
     readonly status: number,
@@ -66,7 +79,7 @@ export class BindingsApi {
     const url = new URL(req.url ?? '/', 'https://control-plane');
     const route = `${req.method} ${url.pathname.replace(/^\/v1\/services\/[^/]+$/, '/v1/services/{label}')}`;
     readBody(req)
-      .then((body) => this.route(route, url, body))
+      .then((body) => this.route(route, url, body, { remote: req.socket.remoteAddress ?? null, requestId: requestIdOf(req) }))
       .then(([status, value]) => send(status, value))
       .catch((err: unknown) => {
         if (err instanceof ApiError) return send(err.status, { error: err.message, ...(err.field ? { field: err.field } : {}) });
@@ -77,11 +90,21 @@ export class BindingsApi {
       });
   }
 
-  private route(route: string, url: URL, body: unknown): [number, unknown] {
+  private route(route: string, url: URL, body: unknown, ctx: RequestContext): [number, unknown] | Promise<[number, unknown]> {
     const label = route.endsWith('/{label}') ? serviceLabel(url.pathname.split('/')[3] ?? '') : '';
     switch (route) {
       case 'GET /v1/openapi.json':
         return [200, OPENAPI];
+      case 'GET /v1/audit': {
+        const number = (name: string, fallback: number, max: number) => {
+          const text = url.searchParams.get(name);
+          if (text === null) return fallback;
+          const n = Number(text);
+          if (!/^\d+$/.test(text) || n > max) throw new ApiError(400, `${name} must be a whole number 0-${max}`, name);
+          return n;
+        };
+        return this.server.auditLog({ after: number('after', 0, Number.MAX_SAFE_INTEGER), limit: number('limit', 1000, 10_000) }).then((entries): [number, unknown] => [200, { entries }]);
+      }
       case 'GET /v1/state':
         return [200, { version: this.server.history.current?.version ?? null, state: this.document() }];
       case 'GET /v1/bindings': {
@@ -90,7 +113,7 @@ export class BindingsApi {
         return [200, { version: this.server.history.current?.version ?? null, bindings }];
       }
       case 'POST /v1/bindings':
-        return this.change('POST /v1/bindings', (doc) => {
+        return this.change(ctx, 'POST /v1/bindings', (doc) => {
           const added = list(body, 'bindings');
           const live = this.server.history.indexed;
           added.forEach((b, n) => {
@@ -104,7 +127,7 @@ export class BindingsApi {
           doc.bindings.push(...(added as Doc['bindings']));
         });
       case 'DELETE /v1/bindings':
-        return this.change('DELETE /v1/bindings', (doc) => {
+        return this.change(ctx, 'DELETE /v1/bindings', (doc) => {
           const keys = list(body, 'bindings');
           const live = this.server.history.indexed;
           const gone = new Set<number>();
@@ -124,12 +147,12 @@ export class BindingsApi {
       case 'GET /v1/services':
         return [200, { version: this.server.history.current?.version ?? null, services: this.document().services }];
       case 'PUT /v1/services/{label}':
-        return this.change(`PUT /v1/services/${label}`, (doc) => {
+        return this.change(ctx, `PUT /v1/services/${label}`, (doc) => {
           // A computed key in a literal is always an own data property (an assignment could reach a setter).
           doc.services = { ...doc.services, [label]: body };
         });
       case 'DELETE /v1/services/{label}':
-        return this.change(`DELETE /v1/services/${label}`, (doc) => {
+        return this.change(ctx, `DELETE /v1/services/${label}`, (doc) => {
           // Own properties only: `"toString" in services` is true for every object.
           if (!Object.hasOwn(doc.services, label)) throw new ApiError(404, `no service policy for ${JSON.stringify(label)}`, 'label');
           delete doc.services[label];
@@ -137,12 +160,12 @@ export class BindingsApi {
       case 'GET /v1/https-only':
         return [200, { version: this.server.history.current?.version ?? null, https_only: this.document().https_only }];
       case 'PUT /v1/https-only':
-        return this.change('PUT /v1/https-only', (doc) => {
+        return this.change(ctx, 'PUT /v1/https-only', (doc) => {
           doc.https_only = body;
         });
       case 'POST /v1/https-only':
       case 'DELETE /v1/https-only':
-        return this.change(route, (doc) => {
+        return this.change(ctx, route, (doc) => {
           // Ranges one by one, as written in the state (canonical text: GET shows it).
           const given = list(body, 'prefixes');
           const current = doc.https_only as { prefixes: string[]; plaintext_ports: unknown };
@@ -169,12 +192,21 @@ export class BindingsApi {
    * The state in force, changed by `edit`, validated, then proposed like a
    * file change — judged, saved, and only then published (propose's `save`).
    */
-  private change(what: string, edit: (doc: Doc) => void): [number, unknown] {
-    const doc = this.document();
-    edit(doc);
-    const state = parseDesiredState(doc, 'request');
-    const r: Proposed = this.server.propose(state, `api ${what}`, { save: true });
-    this.onProposed?.(r, `api ${what}`, state.bindings.count);
+  private async change(ctx: RequestContext, what: string, edit: (doc: Doc) => void): Promise<[number, unknown]> {
+    let bindings = 0;
+    // Read, edited and judged in the control plane's turn: a concurrent change lands before or after, never lost.
+    const r: Proposed = await this.server.propose(
+      () => {
+        const doc = this.document();
+        edit(doc);
+        const state = parseDesiredState(doc, 'request');
+        bindings = state.bindings.count;
+        return state;
+      },
+      `api ${what}`,
+      { save: true, action: what, remote: ctx.remote, requestId: ctx.requestId, actor: 'admin' },
+    );
+    this.onProposed?.(r, `api ${what}`, bindings);
     switch (r.outcome) {
       case 'published':
         return [200, { outcome: r.outcome, version: r.version, changes: r.summary, unreachable: r.warnings.map((w) => w.message) }];
@@ -257,6 +289,16 @@ export const OPENAPI = {
   components: { securitySchemes: { admin: { type: 'http', scheme: 'bearer' } } },
   security: [{ admin: [] }],
   paths: {
+    '/v1/audit': {
+      get: {
+        summary: 'who changed what: every proposal, confirmation and refusal, oldest first',
+        parameters: [
+          { name: 'after', in: 'query', schema: { type: 'integer', minimum: 0 }, description: 'skip this many entries' },
+          { name: 'limit', in: 'query', schema: { type: 'integer', minimum: 0, maximum: 10000, default: 1000 } },
+        ],
+        responses: { '200': { description: '{entries: [{at, actor, remote, requestId, action, outcome, version, summary}]}' } },
+      },
+    },
     '/v1/state': { get: { summary: 'the desired state in force and its version', responses: { '200': { description: '{version, state}' } } } },
     '/v1/bindings': {
       get: { summary: 'bindings, filtered by label, protocol or prefix', parameters: ['label', 'protocol', 'prefix'].map((name) => ({ name, in: 'query', schema: { type: 'string' } })), responses: { '200': { description: '{version, bindings}' } } },

@@ -55,6 +55,17 @@ function compose(steps: StateDelta[]): StateDelta {
   return { add, remove };
 }
 
+/** A version worked out by History.plan(), not yet published. */
+export interface PlannedVersion {
+  indexed: IndexedState;
+  version: number;
+  digest: string;
+  delta: StateDelta | undefined;
+  changed: boolean;
+  /** The version current when it was planned. */
+  after: number;
+}
+
 export class History {
   readonly epoch: string;
   private readonly log: Version[] = [];
@@ -85,12 +96,66 @@ export class History {
 
   /** Publishes a whole state: a new version unless it is the current state already. */
   publish(given: DesiredState | IndexedState): { version: number; digest: string; changed: boolean } {
+    return this.commit(this.plan(given));
+  }
+
+  /**
+   * What publishing `given` would make, without publishing it: the next
+   * version, its digest and its delta from the current one (undefined when
+   * services or HTTPS-only ranges change too). commit() publishes it, as
+   * long as nothing was published in between.
+   */
+  plan(given: DesiredState | IndexedState): PlannedVersion {
     const next = given instanceof IndexedState ? given : IndexedState.of(given);
-    const state = next.state;
     const live = this.live;
-    if (live && live.digest === next.digest) return { version: this.log[this.log.length - 1]!.version, digest: next.digest, changed: false };
+    const current = this.log[this.log.length - 1]?.version ?? 0;
+    if (live && live.digest === next.digest) return { indexed: next, version: current, digest: next.digest, delta: undefined, changed: false, after: current };
+    const delta = live && policiesText(live.state) === policiesText(next.state) ? live.diffTo(next) : undefined;
+    return { indexed: next, version: current + 1, digest: next.digest, delta, changed: true, after: current };
+  }
+
+  commit(planned: PlannedVersion): { version: number; digest: string; changed: boolean } {
+    const current = this.log[this.log.length - 1]?.version ?? 0;
+    if (planned.after !== current) throw new Error(`version ${planned.version} was planned after version ${planned.after}, but version ${current} is current`);
+    if (!planned.changed) return { version: planned.version, digest: planned.digest, changed: false };
     this.keepCurrent(false);
-    return this.push(next, live && policiesText(live.state) === policiesText(state) ? live.diffTo(next) : undefined);
+    return this.push(planned.indexed, planned.delta);
+  }
+
+  /**
+   * The change a delta makes on top of the current version, worked out and
+   * undone (nothing visible changes): validated (a bad entry throws, naming
+   * it), with the digest it leads to. publishPlannedDelta() makes it.
+   */
+  planDelta(delta: StateDelta, source = 'delta'): { digest: string; changed: boolean; delta: StateDelta; after: number } {
+    if (!this.live) throw new Error('nothing published yet: publish a whole state first');
+    const live = this.live;
+    const before = live.digest;
+    const made = live.applyDelta(delta, source);
+    const digest = live.digest;
+    made.undo();
+    const key = ({ protocol, prefix, port }: BindingKey): BindingKey => ({ protocol, prefix, port });
+    const net = { remove: made.changes.filter((c) => c.removed).map((c) => key(c.binding)), add: made.changes.filter((c) => !c.removed).map((c) => c.binding) };
+    return { digest, changed: digest !== before, delta: net, after: this.log[this.log.length - 1]!.version };
+  }
+
+  /**
+   * Rebuilds the history a store kept: the versions of `epoch` (the last
+   * `limit` for deltas), the state in force, and earlier states a rollout
+   * stage is still to have.
+   */
+  static restore(
+    limit: number,
+    epoch: string,
+    versions: ReadonlyArray<{ version: number; digest: string; delta: StateDelta | null }>,
+    live: IndexedState | undefined,
+    retained: ReadonlyMap<number, IndexedState>,
+  ): History {
+    const h = new History(limit, epoch);
+    for (const v of versions.slice(-limit)) h.log.push({ version: v.version, digest: v.digest, delta: v.delta ?? undefined });
+    h.live = live;
+    for (const [version, state] of retained) h.retained.set(version, state);
+    return h;
   }
 
   /**

@@ -81,6 +81,22 @@ export class Rollout {
     this.allowed = config.stages.map((): number | null => null);
   }
 
+  /** What a store keeps (the bake's start is not kept: after a restart a stage bakes afresh). */
+  snapshot(): { allowed: Array<number | null>; version: number | null; released: number; halted: Rollout['halted'] } {
+    return { allowed: [...this.allowed], version: this.version, released: this.released, halted: this.halted && { ...this.halted } };
+  }
+
+  /** Takes a snapshot() back; one of another set of stages (the file changed) is ignored: the next version starts afresh. */
+  restore(s: ReturnType<Rollout['snapshot']>): boolean {
+    if (s.allowed.length !== this.allowed.length || s.released >= this.allowed.length) return false;
+    this.allowed.splice(0, this.allowed.length, ...s.allowed);
+    this.version = s.version;
+    this.released = s.released;
+    this.halted = s.halted;
+    this.appliedAt = null;
+    return true;
+  }
+
   /** The version rolling out (or rolled out), if any. */
   get rollingOut(): number | null {
     return this.version;

@@ -16,7 +16,7 @@ import { EventEmitter } from 'node:events';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { warmUpHistory } from './warmup.js';
 import { judge, type PublishPolicy } from './policy.js';
-import { readBody } from './api.js';
+import { readBody, requestIdOf } from './api.js';
 import { UnsavedChange, type DocumentStore } from './statefile.js';
 import { documentOf } from '../protocol/state.js';
 import { Rollout, type AgentView, type RolloutConfig } from './rollout.js';
@@ -30,7 +30,11 @@ import { WebSocket, WebSocketServer } from 'ws';
 import type { DesiredState } from '../desired/state.js';
 import { encodeFrame, parseFrame, type Frame, type Hello, type Nack, type NackCode, type Snapshot } from '../protocol/messages.js';
 import type { StateDelta } from '../protocol/state.js';
-import { History } from './history.js';
+import { History, type PlannedVersion } from './history.js';
+import { parseDesiredState } from '../desired/state.js';
+import { indexedCopy, stateJson } from '../protocol/state.js';
+import type { AuditEntry, ControlPlaneStore, PublicationRecords, StoreError, StoredVersion } from './store/store.js';
+import { baseOf, stateOf, storesDocument } from './store/replay.js';
 
 export interface ServerOptions {
   /** PEM certificate and key of this server (agents pin the CA that signed it). */
@@ -48,10 +52,17 @@ export interface ServerOptions {
   writeDeadlineMs?: number;
   /**
    * Where a change from the API, or a held one when it is confirmed, is
-   * saved before any agent can see it (the state file). A change from the
+   * written before any agent can see it (the state file). A change from the
    * file itself is not written back: the file is where it came from.
    */
-  store?: DocumentStore;
+  stateFile?: DocumentStore;
+  /**
+   * Where versions, the publication records and the audit log are kept
+   * (store/): saved before any agent can see a version, and read back by
+   * open() so that a restart forgets nothing. Without one, all of it lives
+   * in memory (tests, benchmarks).
+   */
+  store?: ControlPlaneStore;
   pingMs?: number;
   historyLimit?: number;
   epoch?: string;
@@ -166,7 +177,8 @@ export type Proposed =
  * a change not published because it could not be saved.
  */
 export class ControlPlaneServer extends EventEmitter {
-  readonly history: History;
+  /** The versions (replaced by open() with what the store kept). */
+  history: History;
   private readonly https: https.Server;
   private readonly wss: WebSocketServer;
   /** Agents whose hello was registered: their session. */
@@ -183,7 +195,12 @@ export class ControlPlaneServer extends EventEmitter {
   /** sha256(token) → agent id: a connection is authenticated in one lookup, not one hash per agent. */
   private readonly tokenIndex = new Map<string, string>();
   /** A state held for an operator's confirmation, with the version it will get; `save`: it came from the API and is to be saved when confirmed. */
-  private held: { version: number; indexed: IndexedState; save: boolean } | undefined;
+  private held: { version: number; indexed: IndexedState; save: boolean; actor: string } | undefined;
+  /** The stored versions still needed to rebuild the state in force (from its nearest document on). */
+  private stored: StoredVersion[] = [];
+  private opened = false;
+  /** The tail of the publishing steps (serial()). */
+  private queue: Promise<unknown> = Promise.resolve();
   private readonly publication: Omit<Publication, 'version' | 'digest' | 'bindings' | 'rollout'> = { last: null, held: null, refused: null };
   private api: { handle(req: IncomingMessage, res: ServerResponse): void } | undefined;
   private readonly rollout: Rollout | undefined;
@@ -223,7 +240,7 @@ export class ControlPlaneServer extends EventEmitter {
               const ok = typeof body === 'object' && body !== null && !Array.isArray(body) && Object.keys(body).length === 1 && Object.hasOwn(body, 'version');
               const version = ok ? (body as { version: unknown }).version : undefined;
               if (typeof version !== 'number' || !Number.isSafeInteger(version)) return json(400, { error: 'the body must be {"version": N}', field: 'version' });
-              json(200, { version, agents: this.allowWithdrawal(version) });
+              return this.allowWithdrawal(version, { remote: req.socket.remoteAddress ?? null, requestId: requestIdOf(req) }).then((agents) => json(200, { version, agents }));
             })
             .catch((err: Error) => {
               if (err instanceof UnsavedChange) return json(507, { error: err.message, code: err.reason ?? err.code });
@@ -257,6 +274,7 @@ export class ControlPlaneServer extends EventEmitter {
   warmUpMs = 0;
 
   async listen(): Promise<number> {
+    await this.open();
     this.warmUpMs = warmUpHistory().ms;
     await new Promise<void>((resolve) => this.https.listen(this.options.port ?? 0, this.options.host ?? '127.0.0.1', resolve));
     this.pinger = setInterval(() => this.ping(), this.options.pingMs ?? 10_000);
@@ -274,71 +292,276 @@ export class ControlPlaneServer extends EventEmitter {
     for (const socket of this.connections.values()) socket.terminate();
     this.wss.close();
     await new Promise<void>((resolve) => this.https.close(() => resolve()));
+    await this.queue; // a write under way finishes before the store closes
+    await this.options.store?.close();
+  }
+
+  /** Where versions are kept (`file:DIR`, a PostgreSQL URL without its password, or memory). */
+  get storeDescription(): string {
+    return this.options.store?.description ?? 'memory';
+  }
+
+  /**
+   * Opens the store (ServerOptions.store) and takes up where the last run
+   * left off: the epoch, the versions (so an agent that has the current
+   * one is up to date, not sent it again), the state in force, a held
+   * state, the last refused one, the rollout's stages. Without a store,
+   * nothing to do. Call before listen().
+   */
+  async open(): Promise<void> {
+    const store = this.options.store;
+    if (!store || this.opened) return;
+    const loaded = await store.open(this.options.epoch ?? crypto.randomUUID());
+    const fetch = (digest: string) => store.document(digest);
+    const versions = loaded.versions;
+    const live = versions.length > 0 ? await stateOf(versions, versions.length - 1, fetch) : undefined;
+    const records = loaded.records;
+    const retained = new Map<number, IndexedState>();
+    if (this.rollout && records.rollout && this.rollout.restore(records.rollout)) {
+      for (const v of this.rollout.versions()) if (v !== versions.length && v >= 1 && v <= versions.length) retained.set(v, await stateOf(versions, v - 1, fetch));
+    }
+    this.history = History.restore(this.options.historyLimit ?? 64, loaded.epoch, versions, live, retained);
+    if (this.rollout) this.history.retainFor = this.rollout.versions();
+    this.stored = versions.slice(Math.max(0, Math.min(...[versions.length - 1, ...[...retained.keys()].map((v) => v - 1)].map((at) => baseOf(versions, at)))));
+    // Written by records() from these very shapes.
+    this.publication.last = records.last as Publication['last'];
+    this.publication.refused = records.refused as Publication['refused'];
+    if (records.held) {
+      const text = await store.document(records.held.digest);
+      if (text !== undefined) {
+        const { digest, save, actor: _actor, ...shown } = records.held;
+        const indexed = IndexedState.of(parseDesiredState(JSON.parse(text), `held document ${digest}`));
+        this.held = { version: records.held.version, indexed, save, actor: records.held.actor };
+        this.publication.held = shown;
+      }
+    }
+    if (records.override !== null && records.override === this.history.current?.version) this.override = { version: records.override, withdrawal: true };
+    this.opened = true;
+  }
+
+  /** The store's records as they are now (or as `change` makes them). */
+  private records(change: Partial<PublicationRecords> = {}): PublicationRecords {
+    const held = this.held && this.publication.held ? { ...this.publication.held, digest: this.held.indexed.digest, save: this.held.save, actor: this.held.actor } : null;
+    return {
+      last: this.publication.last,
+      held,
+      refused: this.publication.refused,
+      override: this.override?.version ?? null,
+      rollout: this.rollout ? this.rollout.snapshot() : null,
+      ...change,
+    };
+  }
+
+  /** Steps that publish run one at a time: each one's store write is done before the next is judged. */
+  private serial<T>(step: () => Promise<T>): Promise<T> {
+    const run = this.queue.then(step, step);
+    this.queue = run.catch(() => undefined);
+    return run;
+  }
+
+  /** A store write that failed, as the API and the log say it: nothing was published. */
+  private unsaved(source: string, err: unknown): UnsavedChange {
+    const unsaved =
+      err instanceof UnsavedChange
+        ? err
+        : new UnsavedChange(`the change could not be saved in the store (${(err as Error).message}); it was not published, the current version stays`, (err as StoreError).entry, err);
+    this.emit('unsaved', source, unsaved);
+    return unsaved;
+  }
+
+  /**
+   * `planned` made durable in the store (its delta, and its whole document
+   * when due), with the records as they will be once it is published and
+   * the audit entry; then published. Nothing is visible before the store
+   * has it; a store write that fails throws UnsavedChange.
+   */
+  private async commitAndPublish(
+    planned: PlannedVersion,
+    meta: { source: string; actor: string; summary: string[]; override?: boolean; audit?: AuditEntry; last?: PublicationRecords['last']; keepHeld?: boolean },
+  ): Promise<{ version: number; changed: boolean }> {
+    const store = this.options.store;
+    if (store && planned.changed) {
+      const delta = planned.delta ? { add: planned.delta.add, remove: planned.delta.remove } : null;
+      const whole = storesDocument(this.stored, delta, planned.indexed.bindings.count);
+      const version: StoredVersion = { epoch: this.history.epoch, version: planned.version, digest: planned.digest, delta, document: whole, source: meta.source, actor: meta.actor, at: Date.now(), summary: meta.summary };
+      let rollout: PublicationRecords['rollout'] = null;
+      if (this.rollout) {
+        const next = new Rollout(this.rollout.config);
+        next.restore(this.rollout.snapshot());
+        next.start(planned.version);
+        rollout = next.snapshot();
+      }
+      const records = this.records({
+        rollout,
+        override: meta.override ? planned.version : null,
+        ...(meta.last !== undefined ? { last: meta.last } : {}),
+        ...(meta.keepHeld ? {} : { held: null }),
+      });
+      try {
+        await store.commit(version, whole ? stateJson(planned.indexed.state) : undefined, records, meta.audit);
+      } catch (err) {
+        throw this.unsaved(meta.source, err);
+      }
+      this.stored.push(version);
+      if (whole) this.stored = this.stored.slice(-1); // an older version is rebuilt from here on, or kept in memory
+    } else if (store && meta.audit) {
+      await this.recordOrThrow(meta.source, meta.audit);
+    }
+    return this.published(this.history.commit(planned), meta.override ? { override: true } : {});
+  }
+
+  /** The records (and an audit entry) saved, or UnsavedChange. */
+  private async recordOrThrow(source: string, audit?: AuditEntry): Promise<void> {
+    const store = this.options.store;
+    if (!store) return;
+    try {
+      await store.putRecords(this.records(), audit);
+    } catch (err) {
+      throw this.unsaved(source, err);
+    }
+  }
+
+  /** The records saved after a rollout step; a failure is told (`unsaved`), the step stands. */
+  private recordRollout(): Promise<void> {
+    return this.serial(async () => {
+      try {
+        await this.recordOrThrow('rollout');
+      } catch {
+        // told by unsaved(): a restart resumes from the step before
+      }
+    });
   }
 
   /** Publishes a validated state; `override` lets this version withdraw beyond the agents' budget. */
-  publish(state: DesiredState | IndexedState, options: { override?: boolean } = {}): { version: number; changed: boolean } {
-    return this.published(this.history.publish(state), options);
+  publish(state: DesiredState | IndexedState, options: { override?: boolean; source?: string; actor?: string } = {}): Promise<{ version: number; changed: boolean }> {
+    return this.serial(async () => {
+      const source = options.source ?? 'publish';
+      return this.commitAndPublish(this.history.plan(state), { source, actor: options.actor ?? source, summary: [], ...(options.override ? { override: true } : {}) });
+    });
   }
 
   /**
    * A new desired state under the publishing policy (policy.ts): verified,
    * compared with the current version, then published, held for an
    * operator's confirmation (a withdrawal over budget), or refused. What
-   * happened is kept for GET /status.
+   * happened is kept for GET /status, in the store when there is one, with
+   * an audit entry.
    *
    * `save` (a change from the API): judged first without publishing
-   * anything, then saved durably in the store, then published — no agent
-   * sees a change the state file does not have. One that cannot be saved
-   * throws UnsavedChange and changes nothing here. A refused change is not
-   * saved; nor is a held one: the file keeps the state in force (a restart
-   * publishes what the agents have), and the held state is saved when it
-   * is confirmed, before it goes out.
+   * anything, then saved durably in the state file and the store, then
+   * published — no agent sees a change that is not saved. One that cannot
+   * be saved throws UnsavedChange and changes nothing here (the state file
+   * is put back when the store failed after it). A refused change is not
+   * saved in the state file; nor is a held one: the file keeps the state in
+   * force (a restart publishes what the agents have), and the held state
+   * is saved when it is confirmed, before it goes out.
    */
-  propose(state: DesiredState, source: string, options: { save?: boolean } = {}): Proposed {
-    const live = this.history.indexed;
-    const started = performance.now();
-    const j = judge(live, state, this.options.policy);
-    const ms = Math.round(performance.now() - started);
-    const at = Date.now();
-    if (j.verdict === 'refuse') {
-      this.publication.refused = { at, source, findings: j.findings.map(brief), guards: j.guards };
-      return { outcome: 'refused', ms, findings: j.findings, guards: j.guards };
-    }
-    if (live && live.digest === j.indexed.digest) {
-      // Back to what is in force: nothing waits any more.
+  propose(
+    given: DesiredState | (() => DesiredState),
+    source: string,
+    options: { save?: boolean; actor?: string; remote?: string | null; requestId?: string | null; action?: string } = {},
+  ): Promise<Proposed> {
+    return this.serial(async () => {
+      // A function is called in this step's turn: it edits the state in force as it is then.
+      const state = typeof given === 'function' ? given() : given;
+      const live = this.history.indexed;
+      const started = performance.now();
+      const j = judge(live, state, this.options.policy);
+      const ms = Math.round(performance.now() - started);
+      const at = Date.now();
+      const actor = options.actor ?? source;
+      const audit = (outcome: string, version: number | null, summary: string[]): AuditEntry => ({
+        at,
+        actor,
+        remote: options.remote ?? null,
+        requestId: options.requestId ?? null,
+        action: options.action ?? source,
+        outcome,
+        version,
+        summary,
+      });
+      if (j.verdict === 'refuse') {
+        const before = this.publication.refused;
+        this.publication.refused = { at, source, findings: j.findings.map(brief), guards: j.guards };
+        const lines = [...j.findings.map((f) => `${f.code} ${f.message}`), ...j.guards.map((g) => `${g.code} ${g.message}`)].slice(0, 20);
+        try {
+          await this.recordOrThrow(source, audit('refused', null, lines));
+        } catch (err) {
+          this.publication.refused = before;
+          throw err;
+        }
+        return { outcome: 'refused', ms, findings: j.findings, guards: j.guards };
+      }
+      if (live && live.digest === j.indexed.digest) {
+        // Back to what is in force: nothing waits any more.
+        const before = [this.held, this.publication.held] as const;
+        this.held = undefined;
+        this.publication.held = null;
+        try {
+          await this.recordOrThrow(source, audit('unchanged', this.history.current!.version, []));
+        } catch (err) {
+          [this.held, this.publication.held] = before;
+          throw err;
+        }
+        return { outcome: 'unchanged', ms, version: this.history.current!.version };
+      }
+      const summary = j.summary.map((x) => x.text);
+      if (j.verdict === 'hold') {
+        const version = (this.history.current?.version ?? 0) + 1;
+        const before = [this.held, this.publication.held] as const;
+        try {
+          await this.options.store?.putDocument(j.indexed.digest, stateJson(j.indexed.state));
+        } catch (err) {
+          throw this.unsaved(source, err);
+        }
+        this.held = { version, indexed: j.indexed, save: options.save === true, actor };
+        this.publication.held = { version, since: at, source, reason: j.withdrawal.message, entries: j.withdrawal.entries, summary };
+        try {
+          await this.recordOrThrow(source, audit('held', version, summary));
+        } catch (err) {
+          [this.held, this.publication.held] = before;
+          throw err;
+        }
+        return { outcome: 'held', ms, version, withdrawal: j.withdrawal, summary };
+      }
+      if (options.save) this.save(j.indexed.state, source);
+      const planned = this.history.plan(j.indexed);
+      const last = { version: planned.version, at, source, summary, ranges: j.ranges, warnings: j.warnings.map(brief) };
+      let r: { version: number; changed: boolean };
+      try {
+        r = await this.commitAndPublish(planned, { source, actor, summary, audit: audit('published', planned.version, summary), last });
+      } catch (err) {
+        // The file was written, the store refused: the file gets the state in force back.
+        if (options.save && live) this.putBack(live.state);
+        throw err;
+      }
       this.held = undefined;
       this.publication.held = null;
-      return { outcome: 'unchanged', ms, version: this.history.current!.version };
-    }
-    const summary = j.summary.map((x) => x.text);
-    if (j.verdict === 'hold') {
-      const version = (this.history.current?.version ?? 0) + 1;
-      this.held = { version, indexed: j.indexed, save: options.save === true };
-      this.publication.held = { version, since: at, source, reason: j.withdrawal.message, entries: j.withdrawal.entries, summary };
-      return { outcome: 'held', ms, version, withdrawal: j.withdrawal, summary };
-    }
-    if (options.save) this.save(j.indexed.state, source);
-    this.held = undefined;
-    this.publication.held = null;
-    const r = this.publish(j.indexed);
-    this.publication.last = { version: r.version, at, source, summary, ranges: j.ranges, warnings: j.warnings.map(brief) };
-    return { outcome: 'published', ms, version: r.version, summary, warnings: j.warnings };
+      this.publication.last = last;
+      return { outcome: 'published', ms, version: r.version, summary, warnings: j.warnings };
+    });
   }
 
   /**
-   * `state` into the store, durably, or UnsavedChange (also emitted as
+   * `state` into the state file, durably, or UnsavedChange (also emitted as
    * `unsaved` (source, error), for the log): nothing is published then.
    */
   private save(state: DesiredState, source: string): void {
-    const store = this.options.store;
-    if (!store) return;
+    const file = this.options.stateFile;
+    if (!file) return;
     try {
-      store.write(documentOf(state));
+      file.write(documentOf(state));
     } catch (err) {
-      const unsaved = err instanceof UnsavedChange ? err : new UnsavedChange(`the change could not be saved (${(err as Error).message}); it was not published, the current version stays`, undefined, err);
-      this.emit('unsaved', source, unsaved);
-      throw unsaved;
+      throw this.unsaved(source, err instanceof UnsavedChange ? err : new UnsavedChange(`the change could not be saved (${(err as Error).message}); it was not published, the current version stays`, undefined, err));
+    }
+  }
+
+  /** The state in force back into the state file after the store refused a change written there first. */
+  private putBack(state: DesiredState): void {
+    try {
+      this.options.stateFile?.write(documentOf(state));
+    } catch (err) {
+      this.emit('unsaved', 'put back', new UnsavedChange(`the state file holds a change the store refused, and putting the state in force back failed (${(err as Error).message}); a restart would publish it`, undefined, err));
     }
   }
 
@@ -350,8 +573,44 @@ export class ControlPlaneServer extends EventEmitter {
   }
 
   /** Publishes a change of bindings on top of the current version (validated against it; a bad entry throws, naming it). */
-  publishDelta(delta: StateDelta, options: { override?: boolean } = {}): { version: number; changed: boolean } {
-    return this.published(this.history.publishDelta(delta), options);
+  publishDelta(delta: StateDelta, options: { override?: boolean; source?: string; actor?: string } = {}): Promise<{ version: number; changed: boolean }> {
+    return this.serial(async () => {
+      const source = options.source ?? 'delta';
+      if (!this.options.store) return this.published(this.history.publishDelta(delta), options);
+      const planned = this.history.planDelta(delta);
+      if (!planned.changed) return { version: planned.after, changed: false };
+      const version: StoredVersion = {
+        epoch: this.history.epoch,
+        version: planned.after + 1,
+        digest: planned.digest,
+        delta: planned.delta,
+        document: false,
+        source,
+        actor: options.actor ?? source,
+        at: Date.now(),
+        summary: [],
+      };
+      if (storesDocument(this.stored, planned.delta, this.history.indexed!.bindings.count)) {
+        // Due a whole document: worked out on a copy (the state in force changes only once it is saved).
+        const copy = indexedCopy(this.history.indexed!.state);
+        copy.applyDelta(delta, source);
+        return this.commitAndPublish(this.history.plan(copy), { source, actor: version.actor, summary: [], ...(options.override ? { override: true } : {}) });
+      }
+      let rollout: PublicationRecords['rollout'] = null;
+      if (this.rollout) {
+        const next = new Rollout(this.rollout.config);
+        next.restore(this.rollout.snapshot());
+        next.start(version.version);
+        rollout = next.snapshot();
+      }
+      try {
+        await this.options.store.commit(version, undefined, this.records({ rollout, override: options.override ? version.version : null, held: null }), undefined);
+      } catch (err) {
+        throw this.unsaved(source, err);
+      }
+      this.stored.push(version);
+      return this.published(this.history.publishDelta(delta), options);
+    });
   }
 
   private published(r: { version: number; changed: boolean }, options: { override?: boolean }): { version: number; changed: boolean } {
@@ -374,34 +633,56 @@ export class ControlPlaneServer extends EventEmitter {
    * agents' budget: it is pushed again, with the override, to the agents
    * that refused it for that reason. Returns those agents.
    */
-  allowWithdrawal(version: number): string[] {
-    if (this.held?.version === version) {
-      // A held state, confirmed: saved first (one from the API; the file's
-      // own is in the file already), then published with the override to
-      // every agent. Unsaved, it stays held.
-      const { indexed, save } = this.held;
-      if (save) this.save(indexed.state, 'confirmed');
-      this.held = undefined;
-      const summary = this.publication.held?.summary ?? [];
-      this.publication.held = null;
-      this.override = { version, withdrawal: true };
-      const r = this.publish(indexed);
-      this.publication.last = { version: r.version, at: Date.now(), source: 'confirmed', summary, ranges: 0, warnings: [] };
-      return [...this.peers.keys()];
-    }
-    const current = this.history.current?.version;
-    if (current !== version) throw new Error(`version ${version} is not the current version (${current ?? 'none'}); only the current version can be confirmed`);
-    this.override = { version, withdrawal: true };
-    const pushed: string[] = [];
-    for (const peer of this.peers.values()) {
-      if (peer.nacked?.version === version && peer.nacked.code === 'EWITHDRAWAL') {
-        peer.nacked = null;
-        peer.status.lastNack = null;
-        pushed.push(peer.status.agentId);
-        this.pushTo(peer);
+  allowWithdrawal(version: number, options: { actor?: string; remote?: string | null; requestId?: string | null } = {}): Promise<string[]> {
+    return this.serial(async () => {
+      const actor = options.actor ?? 'admin';
+      const audit = (outcome: string, summary: string[]): AuditEntry => ({ at: Date.now(), actor, remote: options.remote ?? null, requestId: options.requestId ?? null, action: 'override', outcome, version, summary });
+      if (this.held?.version === version) {
+        // A held state, confirmed: saved first (one from the API; the file's
+        // own is in the file already), then published with the override to
+        // every agent. Unsaved, it stays held.
+        const { indexed, save } = this.held;
+        const live = this.history.indexed;
+        if (save) this.save(indexed.state, 'confirmed');
+        const summary = this.publication.held?.summary ?? [];
+        const last = { version, at: Date.now(), source: 'confirmed', summary, ranges: 0, warnings: [] };
+        try {
+          await this.commitAndPublish(this.history.plan(indexed), { source: 'confirmed', actor, summary, override: true, audit: audit('published', summary), last });
+        } catch (err) {
+          if (save && live) this.putBack(live.state);
+          throw err;
+        }
+        this.held = undefined;
+        this.publication.held = null;
+        this.publication.last = last;
+        return [...this.peers.keys()];
       }
-    }
-    return pushed;
+      const current = this.history.current?.version;
+      if (current !== version) throw new Error(`version ${version} is not the current version (${current ?? 'none'}); only the current version can be confirmed`);
+      const before = this.override;
+      this.override = { version, withdrawal: true };
+      try {
+        await this.recordOrThrow('override', audit('confirmed', []));
+      } catch (err) {
+        this.override = before;
+        throw err;
+      }
+      const pushed: string[] = [];
+      for (const peer of this.peers.values()) {
+        if (peer.nacked?.version === version && peer.nacked.code === 'EWITHDRAWAL') {
+          peer.nacked = null;
+          peer.status.lastNack = null;
+          pushed.push(peer.status.agentId);
+          this.pushTo(peer);
+        }
+      }
+      return pushed;
+    });
+  }
+
+  /** The audit log (the store's; empty without one). */
+  async auditLog(options: { after?: number; limit?: number } = {}): Promise<AuditEntry[]> {
+    return this.options.store ? this.options.store.readAudit(options) : [];
   }
 
   status(): AgentStatus[] {
@@ -489,7 +770,7 @@ export class ControlPlaneServer extends EventEmitter {
         else this.emit('nack', agentId, status.lastNack);
         if (this.rollout && judged === this.rollout.rollingOut) {
           if (frame.type === 'ack') this.startBaseline(agentId);
-          else this.rollout.halt(this.view(peer), `NACK ${frame.code}: ${frame.message}`);
+          else if (this.rollout.halt(this.view(peer), `NACK ${frame.code}: ${frame.message}`)) void this.recordRollout();
           this.checkRollout();
         }
         // A NACK for a gap or a digest mismatch is answered with a snapshot next.
@@ -654,10 +935,20 @@ export class ControlPlaneServer extends EventEmitter {
     if (!this.rollout) return;
     // Durations (the bake, miss rates) on the monotonic clock: a wall clock
     // stepped back would hold a rollout for as long, stepped forward skip the bake.
+    const halted = this.rollout.halted;
     const released = this.rollout.advance(this.views(), performance.now());
-    if (released === null) return;
+    if (released === null) {
+      if (this.rollout.halted !== halted) void this.recordRollout();
+      return;
+    }
     this.retain();
-    for (const peer of this.peers.values()) if (this.rollout.stageOf(peer.hello.labels) === released) this.pushTo(peer);
+    const rollout = this.rollout;
+    const push = () => {
+      for (const peer of this.peers.values()) if (rollout.stageOf(peer.hello.labels) === released) this.pushTo(peer);
+    };
+    // The stage's release is in the store before its agents hear of it.
+    if (this.options.store) void this.recordRollout().then(push);
+    else push();
   }
 
   private heartbeatCounters(agentId: string, now: Counters): void {

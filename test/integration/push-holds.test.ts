@@ -67,7 +67,7 @@ describe.skipIf(!isRoot)('pushes and the agent event loop', () => {
   /** Publishes `doc`, waits for its ACK, returns the agent's hold for it. */
   async function push(doc: { bindings: unknown[] }, override = false): Promise<number> {
     const seen = handled.length;
-    const { version, changed } = server.publish(parseDesiredState({ ...doc, services: SERVICES }, 'test'), { override });
+    const { version, changed } = await server.publish(parseDesiredState({ ...doc, services: SERVICES }, 'test'), { override });
     if (!changed) return NaN; // the state in force already: nothing is pushed
     await new Promise<void>((resolve, reject) => {
       const onAck = (_: string, v: number) => v === version && (off(), resolve());

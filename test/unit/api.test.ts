@@ -21,11 +21,11 @@ const INITIAL = {
   services: SERVICES,
 };
 
-/** A control plane on INITIAL serving the API (its state saved to `store`, when given); what the tests' hooks need. */
-async function apiServer(store?: ConstructorParameters<typeof ControlPlaneServer>[0]['store']) {
+/** A control plane on INITIAL serving the API (its state saved to `stateFile`, when given); what the tests' hooks need. */
+async function apiServer(stateFile?: ConstructorParameters<typeof ControlPlaneServer>[0]['stateFile']) {
   const certs = makeCerts();
-  const server = new ControlPlaneServer({ cert: certs.cert, key: certs.key, tokens: { 'edge-1': 'agent-token' }, adminToken: 'admin', epoch: 'e', ...(store ? { store } : {}) });
-  server.propose(parseDesiredState(INITIAL, 'initial'), 'test');
+  const server = new ControlPlaneServer({ cert: certs.cert, key: certs.key, tokens: { 'edge-1': 'agent-token' }, adminToken: 'admin', epoch: 'e', ...(stateFile ? { stateFile } : {}) });
+  await server.propose(parseDesiredState(INITIAL, 'initial'), 'test');
   server.serveApi(new BindingsApi(server));
   const port = await server.listen();
   return { certs, server, port };
@@ -85,7 +85,7 @@ describe.skipIf(!hasOpenssl)('service-bindings API', () => {
     expect(gone.body).toMatchObject({ outcome: 'held', version: before + 1, confirm: `POST /override {"version": ${before + 1}}` });
     expect(server.history.current!.version).toBe(before); // not published
     expect(server.publicationStatus().held).toMatchObject({ version: before + 1 });
-    expect(server.allowWithdrawal(before + 1)).toEqual([]);
+    expect(await server.allowWithdrawal(before + 1)).toEqual([]);
     expect(server.history.current!.version).toBe(before + 1);
     expect(server.history.indexed!.labelCount('cdn')).toBe(0);
   });
@@ -103,7 +103,10 @@ describe.skipIf(!hasOpenssl)('service-bindings API', () => {
     expect(await call('GET', '/v1/state', undefined, 'agent-token')).toMatchObject({ status: 403 });
     expect(await call('GET', '/v1/state', undefined, 'nobody')).toMatchObject({ status: 401 });
     const spec = await call('GET', '/v1/openapi.json');
-    expect(Object.keys(spec.body.paths as object)).toEqual(['/v1/state', '/v1/bindings', '/v1/services', '/v1/services/{label}', '/v1/https-only']);
+    expect(Object.keys(spec.body.paths as object)).toEqual(['/v1/audit', '/v1/state', '/v1/bindings', '/v1/services', '/v1/services/{label}', '/v1/https-only']);
+    // No store here: an empty trail (the store tests read a real one); a bad query names its field.
+    expect(await call('GET', '/v1/audit')).toMatchObject({ status: 200, body: { entries: [] } });
+    expect(await call('GET', '/v1/audit?limit=x')).toMatchObject({ status: 400, body: { field: 'limit' } });
     expect(await call('PATCH', '/v1/bindings')).toMatchObject({ status: 404 });
   });
 });
@@ -159,8 +162,8 @@ describe.skipIf(!hasOpenssl)('service-bindings API: a change is saved before it 
     file = path.join(dir, 'desired.json');
     fs.writeFileSync(file, JSON.stringify(INITIAL), { mode: 0o644 });
     const stateFile = new StateFile(file);
-    server = new ControlPlaneServer({ cert: certs.cert, key: certs.key, tokens: { 'edge-1': 'agent-token' }, adminToken: 'admin', epoch: 'e', store: store ?? stateFile });
-    server.propose(parseDesiredState(INITIAL, 'initial'), 'test');
+    server = new ControlPlaneServer({ cert: certs.cert, key: certs.key, tokens: { 'edge-1': 'agent-token' }, adminToken: 'admin', epoch: 'e', stateFile: store ?? stateFile });
+    await server.propose(parseDesiredState(INITIAL, 'initial'), 'test');
     server.serveApi(new BindingsApi(server));
     port = await server.listen();
     agent = new WebSocket(`wss://127.0.0.1:${port}/`, { ca: certs.ca, headers: { authorization: 'Bearer agent-token' } });

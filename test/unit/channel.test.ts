@@ -73,10 +73,10 @@ describe.skipIf(!hasOpenssl)('control-plane channel over TLS (loopback)', () => 
   }
 
   it('pushes a snapshot, then a delta; ACKs reach the control plane, heartbeats too', async () => {
-    server.publish(state());
+    await server.publish(state());
     const a = agent();
     await eventually('v1 acknowledged', () => server.status()[0]?.applied?.version === 1);
-    server.publish(state(['192.0.2.200/32']));
+    await server.publish(state(['192.0.2.200/32']));
     await eventually('v2 acknowledged', () => server.status()[0]?.applied?.version === 2);
     expect(a.session.applied!.version).toBe(2);
     expect(a.applied).toEqual([1, 2]);
@@ -98,14 +98,14 @@ describe.skipIf(!hasOpenssl)('control-plane channel over TLS (loopback)', () => 
   });
 
   it('a push held back by unsent data is made once it is written, not lost', async () => {
-    server.publish(state());
+    await server.publish(state());
     const a = agent();
     const acks: number[] = [];
     server.on('ack', (_: string, version: number) => {
       acks.push(version);
       // Right after the ACK the server answers it (up-to-date) and that frame
       // is still in the TLS socket's queue when this publish comes.
-      if (version === 1) queueMicrotask(() => server.publishDelta({ add: [{ label: 'spectrum', protocol: 'tcp', prefix: '192.0.2.9/32', port: 443 }], remove: [] }));
+      if (version === 1) queueMicrotask(() => void server.publishDelta({ add: [{ label: 'spectrum', protocol: 'tcp', prefix: '192.0.2.9/32', port: 443 }], remove: [] }));
     });
     await eventually('v2 acknowledged', () => server.status()[0]?.applied?.version === 2);
     expect(acks).toEqual([1, 2]);
@@ -153,7 +153,7 @@ describe.skipIf(!hasOpenssl)('control-plane channel over TLS (loopback)', () => 
     try {
       // All four connected before the publish: their snapshots are due at once.
       await eventually('all four connected', () => server.status().filter((s) => s.connected).length === 4);
-      server.publish(big);
+      await server.publish(big);
       await eventually('all four acknowledged', () => server.status().filter((s) => s.applied?.version === 1).length === 4);
       expect(a.applied).toEqual([3000]); // the real agent validated and applied it whole
       expect(sizes).toHaveLength(3);
@@ -168,7 +168,7 @@ describe.skipIf(!hasOpenssl)('control-plane channel over TLS (loopback)', () => 
   });
 
   it('refuses a wrong token (401) and an agent that does not trust the server’s CA', async () => {
-    server.publish(state());
+    await server.publish(state());
     const wrongToken = agent({ token: 'nope' });
     await eventually('refused', () => wrongToken.events.includes('refused'));
     wrongToken.client.stop();
@@ -179,12 +179,12 @@ describe.skipIf(!hasOpenssl)('control-plane channel over TLS (loopback)', () => 
   });
 
   it('resumes after the control plane restarts: the agent says what it has and gets up-to-date', async () => {
-    server.publish(state(['192.0.2.200/32']));
+    await server.publish(state(['192.0.2.200/32']));
     const a = agent();
     await eventually('acknowledged', () => server.status()[0]?.applied?.version === 1);
     await server.close();
     server = new ControlPlaneServer({ cert: certs.cert, key: certs.key, tokens: { 'edge-1': 'secret-1' }, pingMs: 200, epoch: 'e1', port });
-    server.publish(state(['192.0.2.200/32']));
+    await server.publish(state(['192.0.2.200/32']));
     await server.listen();
     // Connected first, then its hello says what it has.
     await eventually('reconnected and said what it has', () => server.status()[0]?.connected === true && server.status()[0]?.applied?.version === 1);
@@ -237,7 +237,7 @@ describe.skipIf(!hasOpenssl)('control-plane channel: the fleet view and its limi
 
   it('an agent whose connection closed before its hello was registered is not connected', async () => {
     await start({ tokens: { 'edge-9': 'secret-9' } });
-    server!.publish(state());
+    await server!.publish(state());
     const a = bare('edge-9', 'secret-9');
     await a.opened;
     a.socket.send('not json');
@@ -254,7 +254,7 @@ describe.skipIf(!hasOpenssl)('control-plane channel: the fleet view and its limi
 
   it('refuses a frame over 64 KiB from an authenticated agent from its header (1009), without reading its payload', async () => {
     await start({ tokens: { 'edge-1': 'secret-1' } });
-    server!.publish(state());
+    await server!.publish(state());
     const a = bare('edge-1', 'secret-1');
     await a.opened;
     a.hello();
@@ -278,7 +278,7 @@ describe.skipIf(!hasOpenssl)('control-plane channel: the fleet view and its limi
 
   it('a version NACKed by an agent is pushed again when it reconnects (its hello says what it refuses itself)', async () => {
     await start({ tokens: { 'edge-1': 'secret-1' } });
-    server!.publish(state());
+    await server!.publish(state());
     const a = bare('edge-1', 'secret-1');
     await a.opened;
     a.hello();
@@ -308,7 +308,7 @@ describe.skipIf(!hasOpenssl)('control-plane channel: the fleet view and its limi
     const tokens = { x: 't-x', 'edge-1': 't-edge-1' };
     // Two slots, long deadlines and pings: only the one-connection-per-token rule can leave a slot free.
     await start({ tokens, snapshotConcurrency: 2, writeDeadlineMs: 60_000 });
-    server!.publish(big());
+    await server!.publish(big());
     const x = () => server!.status().find((s) => s.agentId === 'x');
     // Each hello says a different `have`: the status shows whose hello was registered last.
     const have = (n: number) => ({ have: { epoch: `x${n}`, version: n, digest: `sha256:${String(n).repeat(64)}` } });
@@ -343,7 +343,7 @@ describe.skipIf(!hasOpenssl)('control-plane channel: the fleet view and its limi
     await start({ tokens, writeDeadlineMs: deadline }); // 32 slots, pings every minute
     const stalled: string[] = [];
     server!.on('stalled', (id: string) => stalled.push(id));
-    server!.publish(big());
+    await server!.publish(big());
     const idle = ids.map((id) => bare(id, `t-${id}`, { reading: false }));
     await Promise.all(idle.map((c) => c.opened));
     for (const c of idle) c.hello();

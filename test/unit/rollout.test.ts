@@ -73,20 +73,20 @@ describe.skipIf(!hasOpenssl)('staged rollout', () => {
   it('goes stage by stage, halts on a NACK keeping later stages where they were, and a rollback goes out like any version', async () => {
     const port = await start();
     const log: string[] = [];
-    server.publish(state(1));
+    await server.publish(state(1));
     const canary = agent('canary', { canary: 'true', site: 'ams' }, port, log, new Set([3]));
     const ams = agent('ams', { site: 'ams' }, port, log);
     const rest = agent('rest', { site: 'fra' }, port, log);
     await eventually('v1 everywhere (the first version has nothing to protect)', () => [canary, ams, rest].every((a) => a.version === 1));
 
     log.length = 0;
-    server.publish(state(2));
+    await server.publish(state(2));
     await eventually('v2 everywhere', () => [canary, ams, rest].every((a) => a.version === 2));
     expect(log).toEqual(['canary v2', 'ams v2', 'rest v2']);
     expect(server.publicationStatus().rollout!.stages.map((s) => s.state)).toEqual(['done', 'done', 'done']);
 
     // The canary refuses version 3: the rollout halts there, later stages keep 2, a new agent of a later stage gets 2.
-    server.publish(state(3));
+    await server.publish(state(3));
     await eventually('halted', () => server.publicationStatus().rollout!.halted !== null);
     expect(server.publicationStatus().rollout!.halted).toMatchObject({ stage: 'canary', agentId: 'canary', why: 'NACK EAPPLY: the kernel refused it (test)' });
     const late = agent('late', {}, port, log);
@@ -100,19 +100,19 @@ describe.skipIf(!hasOpenssl)('staged rollout', () => {
     ]);
 
     // Rolling back: the previous content as a new version, from the first stage.
-    server.publish(state(2));
+    await server.publish(state(2));
     await eventually('v4 everywhere', () => [canary, ams, rest, late].every((a) => a.version === 4));
   });
 
   it('halts when an agent that has the new version sees its errors rise', async () => {
     const port = await start();
     const log: string[] = [];
-    server.publish(state(1));
+    await server.publish(state(1));
     const canary = agent('canary', { canary: 'true' }, port, log);
     const rest = agent('rest', {}, port, log);
     await eventually('v1 everywhere', () => canary.version === 1 && rest.version === 1);
     canary.heartbeat();
-    server.publish(state(2));
+    await server.publish(state(2));
     await eventually('the canary has v2', () => canary.version === 2);
     canary.heartbeat(); // the baseline
     canary.counters.errors = 7;
@@ -130,12 +130,12 @@ describe.skipIf(!hasOpenssl)('staged rollout', () => {
     server = new ControlPlaneServer({ cert: certs.cert, key: certs.key, tokens, epoch: 'e', rollout });
     const port = await server.listen();
     const log: string[] = [];
-    server.publish(state(1));
+    await server.publish(state(1));
     const canary = agent('canary', { canary: 'true' }, port, log);
     const rest = agent('rest', {}, port, log);
     await eventually('v1 everywhere', () => canary.version === 1 && rest.version === 1);
     // Back an hour once the canary has version 2: the bake still ends after a second.
-    server.publish(state(2));
+    await server.publish(state(2));
     await eventually('the canary has v2', () => canary.version === 2);
     let undo = stepWallClock(-3_600_000);
     try {
@@ -144,7 +144,7 @@ describe.skipIf(!hasOpenssl)('staged rollout', () => {
       undo();
     }
     // Forward an hour right after the canary has version 3 (a heartbeat makes the control plane look at once): the rest waits for the bake.
-    server.publish(state(3));
+    await server.publish(state(3));
     await eventually('the canary has v3', () => canary.version === 3);
     undo = stepWallClock(3_600_000);
     try {

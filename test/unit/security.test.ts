@@ -28,7 +28,7 @@ describe.skipIf(!hasOpenssl)('the control plane refuses the unauthenticated', ()
   beforeAll(async () => {
     certs = makeCerts();
     server = new ControlPlaneServer({ cert: certs.cert, key: certs.key, tokens: { 'edge-1': 'agent-token' }, adminToken: 'admin-token', epoch: 'e' });
-    server.publish(parseDesiredState({ bindings: [], services: {} }, 'v1'));
+    await server.publish(parseDesiredState({ bindings: [], services: {} }, 'v1'));
     port = await server.listen();
   });
   afterAll(async () => {

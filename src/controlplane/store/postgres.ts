@@ -1,0 +1,260 @@
+/**
+ * The PostgreSQL store (`--store postgres://…`), for control planes that
+ * run as replicas over a database their operators already run. Same
+ * contract as the file store: a version is committed (versions row,
+ * document when due, the publication pointer, the records and the audit
+ * entry, in one transaction) before any agent can see it.
+ *
+ * The schema is versioned (MIGRATIONS, applied in order at open under a
+ * transaction-scoped advisory lock, so replicas starting together migrate
+ * once); a database whose schema is newer than this version knows is
+ * refused, never written. Queries are bounded in time: a database that
+ * stops answering fails the write (nothing is published), it does not hang
+ * the control plane.
+ */
+import pg from 'pg';
+import { EMPTY_RECORDS, StoreError, type AuditEntry, type ControlPlaneStore, type Loaded, type PublicationRecords, type StoredVersion } from './store.js';
+
+/** Schema migrations, in order; index + 1 is the schema version each one makes. Never edit one that shipped: add the next. */
+export const MIGRATIONS: readonly string[] = [
+  `CREATE TABLE sy_meta (
+     id boolean PRIMARY KEY DEFAULT true CHECK (id),
+     epoch text NOT NULL
+   );
+   CREATE TABLE sy_documents (
+     digest text PRIMARY KEY,
+     body text NOT NULL
+   );
+   CREATE TABLE sy_versions (
+     epoch text NOT NULL,
+     version integer NOT NULL,
+     digest text NOT NULL,
+     delta text,
+     document boolean NOT NULL,
+     source text NOT NULL,
+     actor text NOT NULL,
+     at timestamptz NOT NULL,
+     summary jsonb NOT NULL,
+     PRIMARY KEY (epoch, version)
+   );
+   CREATE TABLE sy_pointer (
+     id boolean PRIMARY KEY DEFAULT true CHECK (id),
+     epoch text NOT NULL,
+     version integer NOT NULL
+   );
+   CREATE TABLE sy_records (
+     id boolean PRIMARY KEY DEFAULT true CHECK (id),
+     body jsonb NOT NULL
+   );
+   CREATE TABLE sy_audit (
+     id bigserial PRIMARY KEY,
+     at timestamptz NOT NULL,
+     actor text NOT NULL,
+     remote text,
+     request_id text,
+     action text NOT NULL,
+     outcome text NOT NULL,
+     version integer,
+     summary jsonb NOT NULL
+   );`,
+];
+
+/** Any constant: the advisory lock replicas take while migrating. */
+const MIGRATION_LOCK = 0x53594d31; // "SYM1"
+const CONNECT_TIMEOUT_MS = 5_000;
+const QUERY_TIMEOUT_MS = 30_000;
+
+/** The URL without its password, for logs and status. */
+export function redactUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password) u.password = '***';
+    return u.toString();
+  } catch {
+    return 'postgres://(unparsable URL)';
+  }
+}
+
+export class PostgresStore implements ControlPlaneStore {
+  readonly description: string;
+  private readonly pool: pg.Pool;
+  private epoch = '';
+
+  constructor(url: string, onError: (err: Error) => void = () => {}) {
+    this.description = redactUrl(url);
+    this.pool = new pg.Pool({ connectionString: url, max: 4, connectionTimeoutMillis: CONNECT_TIMEOUT_MS, query_timeout: QUERY_TIMEOUT_MS });
+    // An idle client whose connection dies: told, not thrown (the next query reconnects).
+    this.pool.on('error', onError);
+  }
+
+  private fail(what: string, err: unknown): never {
+    if (err instanceof StoreError) throw err;
+    const code = (err as { code?: string }).code;
+    throw new StoreError('ESTORE', `${this.description}: ${what} failed (${(err as Error).message}${code ? `, ${code}` : ''})`, { entry: this.description, cause: err });
+  }
+
+  /** `fn` in one transaction on one connection; rolled back on any error. */
+  private async transaction<T>(what: string, fn: (c: pg.PoolClient) => Promise<T>): Promise<T> {
+    let client: pg.PoolClient;
+    try {
+      client = await this.pool.connect();
+    } catch (err) {
+      this.fail(what, err);
+    }
+    // A connection that dies while checked out says so on the client: the
+    // query in flight fails with it, so the event itself needs no more.
+    let broken: Error | undefined;
+    const onError = (err: Error) => (broken = err);
+    client.on('error', onError);
+    try {
+      await client.query('BEGIN');
+      const out = await fn(client);
+      await client.query('COMMIT');
+      return out;
+    } catch (err) {
+      broken ??= await client.query('ROLLBACK').then(
+        () => undefined,
+        (e: Error) => e,
+      );
+      return this.fail(what, err);
+    } finally {
+      client.off('error', onError);
+      // A broken connection is closed, not handed to the next writer.
+      client.release(broken ?? false);
+    }
+  }
+
+  async open(epoch: string): Promise<Loaded> {
+    await this.transaction('migrating the schema', async (c) => {
+      await c.query('SELECT pg_advisory_xact_lock($1)', [MIGRATION_LOCK]);
+      await c.query('CREATE TABLE IF NOT EXISTS sy_schema_migrations (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())');
+      const { rows } = await c.query<{ v: number | null }>('SELECT max(version) AS v FROM sy_schema_migrations');
+      const have = rows[0]?.v ?? 0;
+      if (have > MIGRATIONS.length) {
+        throw new StoreError('ESTORE_SCHEMA', `${this.description}: schema version ${have} is newer than this version knows (${MIGRATIONS.length}); refusing to run against it`, { entry: this.description });
+      }
+      for (let v = have + 1; v <= MIGRATIONS.length; v++) {
+        await c.query(MIGRATIONS[v - 1]!);
+        await c.query('INSERT INTO sy_schema_migrations (version) VALUES ($1)', [v]);
+      }
+      await c.query('INSERT INTO sy_meta (epoch) VALUES ($1) ON CONFLICT (id) DO NOTHING', [epoch]);
+      const meta = await c.query<{ epoch: string }>('SELECT epoch FROM sy_meta');
+      this.epoch = meta.rows[0]!.epoch;
+      await c.query('INSERT INTO sy_pointer (epoch, version) VALUES ($1, 0) ON CONFLICT (id) DO NOTHING', [this.epoch]);
+      await c.query('INSERT INTO sy_records (body) VALUES ($1) ON CONFLICT (id) DO NOTHING', [JSON.stringify(EMPTY_RECORDS)]);
+    });
+    try {
+      const pointer = await this.pool.query<{ epoch: string; version: number }>('SELECT epoch, version FROM sy_pointer');
+      const { version: current } = pointer.rows[0]!;
+      const rows = await this.pool.query<{ version: number; digest: string; delta: string | null; document: boolean; source: string; actor: string; at: Date; summary: string[] }>(
+        'SELECT version, digest, delta, document, source, actor, at, summary FROM sy_versions WHERE epoch = $1 AND version <= $2 ORDER BY version',
+        [this.epoch, current],
+      );
+      const versions: StoredVersion[] = rows.rows.map((r) => ({
+        epoch: this.epoch,
+        version: r.version,
+        digest: r.digest,
+        delta: r.delta === null ? null : (JSON.parse(r.delta) as StoredVersion['delta']),
+        document: r.document,
+        source: r.source,
+        actor: r.actor,
+        at: r.at.getTime(),
+        summary: r.summary,
+      }));
+      versions.forEach((v, i) => {
+        if (v.version !== i + 1) throw new StoreError('ESTORE_CORRUPT', `${this.description}: version ${i + 1} of epoch ${this.epoch} is missing`, { entry: this.description });
+      });
+      const records = await this.pool.query<{ body: PublicationRecords }>('SELECT body FROM sy_records');
+      return { epoch: this.epoch, versions, records: { ...EMPTY_RECORDS, ...records.rows[0]!.body } };
+    } catch (err) {
+      this.fail('reading the store', err);
+    }
+  }
+
+  async commit(version: StoredVersion, document: string | undefined, records: PublicationRecords, audit: AuditEntry | undefined): Promise<void> {
+    await this.transaction(`saving version ${version.version}`, async (c) => {
+      // The pointer row, locked: writers are serialised, and only the next version goes in.
+      const { rows } = await c.query<{ epoch: string; version: number }>('SELECT epoch, version FROM sy_pointer FOR UPDATE');
+      const p = rows[0]!;
+      if (p.epoch !== version.epoch || p.version !== version.version - 1) {
+        throw new StoreError('ESTORE_CONFLICT', `${this.description}: version ${version.version} of ${version.epoch} is not the next one (the store is at ${p.version} of ${p.epoch})`, { entry: this.description });
+      }
+      if (document !== undefined) await c.query('INSERT INTO sy_documents (digest, body) VALUES ($1, $2) ON CONFLICT (digest) DO NOTHING', [version.digest, document]);
+      await c.query('INSERT INTO sy_versions (epoch, version, digest, delta, document, source, actor, at, summary) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)', [
+        version.epoch,
+        version.version,
+        version.digest,
+        version.delta === null ? null : JSON.stringify(version.delta),
+        version.document,
+        version.source,
+        version.actor,
+        new Date(version.at),
+        JSON.stringify(version.summary),
+      ]);
+      await c.query('UPDATE sy_pointer SET version = $1', [version.version]);
+      await c.query('UPDATE sy_records SET body = $1', [JSON.stringify(records)]);
+      if (audit) await this.insertAudit(c, audit);
+    });
+  }
+
+  private async insertAudit(c: pg.PoolClient | pg.Pool, a: AuditEntry): Promise<void> {
+    await c.query('INSERT INTO sy_audit (at, actor, remote, request_id, action, outcome, version, summary) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)', [
+      new Date(a.at),
+      a.actor,
+      a.remote,
+      a.requestId,
+      a.action,
+      a.outcome,
+      a.version,
+      JSON.stringify(a.summary),
+    ]);
+  }
+
+  async document(digest: string): Promise<string | undefined> {
+    try {
+      const { rows } = await this.pool.query<{ body: string }>('SELECT body FROM sy_documents WHERE digest = $1', [digest]);
+      return rows[0]?.body;
+    } catch (err) {
+      this.fail(`reading document ${digest}`, err);
+    }
+  }
+
+  async putDocument(digest: string, text: string): Promise<void> {
+    try {
+      await this.pool.query('INSERT INTO sy_documents (digest, body) VALUES ($1, $2) ON CONFLICT (digest) DO NOTHING', [digest, text]);
+    } catch (err) {
+      this.fail(`saving document ${digest}`, err);
+    }
+  }
+
+  async putRecords(records: PublicationRecords, audit?: AuditEntry): Promise<void> {
+    await this.transaction('saving the publication records', async (c) => {
+      await c.query('UPDATE sy_records SET body = $1', [JSON.stringify(records)]);
+      if (audit) await this.insertAudit(c, audit);
+    });
+  }
+
+  async audit(entry: AuditEntry): Promise<void> {
+    try {
+      await this.insertAudit(this.pool, entry);
+    } catch (err) {
+      this.fail('saving an audit entry', err);
+    }
+  }
+
+  async readAudit(options: { after?: number; limit?: number } = {}): Promise<AuditEntry[]> {
+    try {
+      const { rows } = await this.pool.query<{ at: Date; actor: string; remote: string | null; request_id: string | null; action: string; outcome: string; version: number | null; summary: string[] }>(
+        'SELECT at, actor, remote, request_id, action, outcome, version, summary FROM sy_audit ORDER BY id OFFSET $1 LIMIT $2',
+        [options.after ?? 0, options.limit ?? null],
+      );
+      return rows.map((r) => ({ at: r.at.getTime(), actor: r.actor, remote: r.remote, requestId: r.request_id, action: r.action, outcome: r.outcome, version: r.version, summary: r.summary }));
+    } catch (err) {
+      this.fail('reading the audit log', err);
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.pool.end().catch(() => undefined);
+  }
+}

@@ -1,0 +1,151 @@
+/**
+ * What the control plane keeps so that a restart (or another replica)
+ * forgets nothing: the versions it published (append-only; each one's
+ * state is a stored document or the change from the version before), the
+ * publication records (the last published, a held state, the last
+ * refused), the rollout's state, and the audit log. Two backends: a
+ * directory (file.ts, the embedded default) and PostgreSQL (postgres.ts).
+ *
+ * Documents are content-addressed (by the state's digest), so a rollback
+ * to earlier content stores nothing new. A version's state is rebuilt from
+ * the nearest stored document at or before it plus the deltas after it
+ * (replay.ts); a document is stored when the policies change, for the first
+ * version, and once the deltas since the last one grow past a bound, so a
+ * one-binding change to a large state writes a line, not the whole state.
+ *
+ * Every write is durable before it returns (fsync / COMMIT); a write that
+ * fails throws StoreError and the caller publishes nothing.
+ */
+import { SwitchyardError } from '../../errors.js';
+import type { Binding } from '../../bindings/binding.js';
+import type { BindingKey } from '../../protocol/state.js';
+
+export interface StoredDelta {
+  add: Binding[];
+  remove: BindingKey[];
+}
+
+export interface StoredVersion {
+  epoch: string;
+  version: number;
+  /** The state's digest (protocol/state.ts): what agents ACK. */
+  digest: string;
+  /** The change from the version before; null when services or HTTPS-only ranges changed too (or the first version). */
+  delta: StoredDelta | null;
+  /** Whether the whole document is stored (by digest): versions are rebuilt from the nearest one. */
+  document: boolean;
+  /** Where the change came from (the state file, an API route, a confirmation). */
+  source: string;
+  /** Who made it (an admin token's name, `file`, …). */
+  actor: string;
+  /** Wall-clock milliseconds. */
+  at: number;
+  /** The semantic diff's summary lines. */
+  summary: string[];
+}
+
+/** A state held for an operator's confirmation (a withdrawal over budget). */
+export interface HeldRecord {
+  version: number;
+  /** The held state's document, stored by this digest. */
+  digest: string;
+  since: number;
+  source: string;
+  actor: string;
+  reason: string;
+  entries: string[];
+  summary: string[];
+  /** It came from the API: saved to the state file when confirmed. */
+  save: boolean;
+}
+
+export interface Brief {
+  code: string;
+  message: string;
+  witness?: unknown;
+}
+
+/** The publishing side of GET /status, as it survives a restart. */
+export interface PublicationRecords {
+  last: { version: number; at: number; source: string; summary: string[]; ranges: number; warnings: Brief[] } | null;
+  held: HeldRecord | null;
+  refused: { at: number; source: string; findings: Brief[]; guards: Array<{ code: string; message: string; entries: string[] }> } | null;
+  /** The version published with the guard override (an operator's confirmation). */
+  override: number | null;
+  /** Rollout.snapshot(): per stage the version it is to have, the version rolling out, how far, a halt. */
+  rollout: RolloutRecord | null;
+}
+
+export interface RolloutRecord {
+  allowed: Array<number | null>;
+  version: number | null;
+  released: number;
+  halted: { stage: string; agentId: string; why: string; at: number } | null;
+}
+
+export interface AuditEntry {
+  at: number;
+  /** The admin token's name, `file` for the state file, `agent:<id>` … */
+  actor: string;
+  remote: string | null;
+  requestId: string | null;
+  /** `POST /v1/bindings`, `override`, `state file` … */
+  action: string;
+  /** published, unchanged, held, refused, unsaved, precondition failed, dry run … */
+  outcome: string;
+  version: number | null;
+  summary: string[];
+}
+
+export const EMPTY_RECORDS: PublicationRecords = { last: null, held: null, refused: null, override: null, rollout: null };
+
+/** What a store holds at start. */
+export interface Loaded {
+  epoch: string;
+  /** The versions of the epoch, oldest first (a backend may start at the oldest one still needed). */
+  versions: StoredVersion[];
+  records: PublicationRecords;
+}
+
+export interface ControlPlaneStore {
+  /** `file:<dir>` or `postgres://host/db` (no password), for logs and status. */
+  readonly description: string;
+  /** Opens (creating or migrating) the store; `epoch` is used when it holds none yet. */
+  open(epoch: string): Promise<Loaded>;
+  /**
+   * Appends the next version, durably, with its document when `document`
+   * (the state's JSON text) is given (version.document says so), and moves the publication pointer to
+   * it; the audit entry goes in the same step. Refuses (StoreError
+   * ESTORE_CONFLICT) a version that is not the next one.
+   */
+  commit(version: StoredVersion, document: string | undefined, records: PublicationRecords, audit: AuditEntry | undefined): Promise<void>;
+  /** A stored document's text by digest (or undefined). */
+  document(digest: string): Promise<string | undefined>;
+  /** Stores a document (a held state), idempotently. */
+  putDocument(digest: string, text: string): Promise<void>;
+  /** Replaces the publication records (held, refused, rollout), durably. */
+  putRecords(records: PublicationRecords, audit?: AuditEntry): Promise<void>;
+  /** Appends to the audit log, durably. */
+  audit(entry: AuditEntry): Promise<void>;
+  /** Audit entries, newest last; `after`: only those after this many entries; at most `limit`. */
+  readAudit(options?: { after?: number; limit?: number }): Promise<AuditEntry[]>;
+  close(): Promise<void>;
+}
+
+/** A store that could not do what was asked: nothing was published. `cause` carries the system's or the database's error. */
+export class StoreError extends SwitchyardError {
+  constructor(
+    code: 'ESTORE' | 'ESTORE_CONFLICT' | 'ESTORE_SCHEMA' | 'ESTORE_CORRUPT',
+    message: string,
+    options: { cause?: unknown; entry?: string } = {},
+  ) {
+    super(code, message, options);
+    this.name = 'StoreError';
+  }
+
+  /** The system's or database's reason (EROFS, ENOSPC, 57P01 …), when there is one. */
+  get reason(): string | undefined {
+    const code = (this.cause as { code?: unknown } | undefined)?.code;
+    return typeof code === 'string' ? code : undefined;
+  }
+}

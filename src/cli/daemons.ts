@@ -81,37 +81,39 @@ function badToken(token: unknown): string | null {
 }
 
 /**
- * The agents' tokens file, `{"<agent-id>": "<token>", ...}`: valid JSON,
- * each agent id by the agent-id rule (that of labels: the id its hello must
- * say), each token usable in a Bearer header and given to one agent only
- * (a shared token would let one agent speak as the other, and
- * authenticate as whichever was listed last). Errors name the file and
- * the entry (the CLI exits 2).
+ * A tokens file, `{"<id>": "<token>", ...}`: the agents' (each id the one
+ * its hello must say) or the administrators' (each name what the audit log
+ * records). Valid JSON, each id by the label rule, each token usable in a
+ * Bearer header and given to one id only (a shared token would let one
+ * speak as the other, and authenticate as whichever was listed last).
+ * Errors name the file and the entry (the CLI exits 2).
  */
-export function parseTokens(text: string, file: string): Record<string, string> {
+export function parseTokens(text: string, file: string, kind: 'agent' | 'admin' = 'agent'): Record<string, string> {
   const bad = (what: string, entry = file) => new SwitchyardError('EINVAL_FILE', `${file}: ${what}`, { entry });
+  const idName = kind === 'agent' ? 'agent id' : 'admin name';
+  const shape = `{"<${kind === 'agent' ? 'agent-id' : 'name'}>": "<token>", ...}`;
   let doc: unknown;
   try {
     doc = JSON.parse(text);
   } catch (err) {
-    throw bad(`not JSON (${(err as Error).message}); expected {"<agent-id>": "<token>", ...}`);
+    throw bad(`not JSON (${(err as Error).message}); expected ${shape}`);
   }
-  if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) throw bad('expected an object {"<agent-id>": "<token>", ...}');
+  if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) throw bad(`expected an object ${shape}`);
   const entries = Object.entries(doc);
-  if (entries.length === 0) throw bad('no agent tokens: no agent could connect');
+  if (entries.length === 0) throw bad(kind === 'agent' ? 'no agent tokens: no agent could connect' : 'no admin tokens: nobody could use the API');
   const byToken = new Map<string, string>();
   for (const [id, token] of entries) {
     const entry = `${file}: ${JSON.stringify(id)}`;
     try {
-      parseLabel(id, 'agent id');
+      parseLabel(id, idName);
     } catch (err) {
-      // parseLabel says `agent id: label "x" must be …`: the rule is the one for labels, the thing an agent id.
-      throw bad(`agent id ${(err as Error).message.slice('agent id: '.length).replace(/^label /, '')}`, entry);
+      // parseLabel says `agent id: label "x" must be …`: the rule is the one for labels, the thing an id.
+      throw bad(`${idName} ${(err as Error).message.slice(`${idName}: `.length).replace(/^label /, '')}`, entry);
     }
     const why = badToken(token);
     if (why) throw bad(`the token of ${id} ${why}`, entry);
     const other = byToken.get(token as string);
-    if (other !== undefined) throw bad(`${id} has the same token as ${other}; every agent needs its own`, entry);
+    if (other !== undefined) throw bad(`${id} has the same token as ${other}; every ${kind === 'agent' ? 'agent' : 'administrator'} needs its own`, entry);
     byToken.set(token as string, id);
   }
   return Object.fromEntries(entries) as Record<string, string>;
@@ -133,9 +135,22 @@ export async function controlPlaneCommand(flags: Record<string, unknown>): Promi
   if (adminFile !== undefined) {
     const why = badToken(adminToken);
     if (why) throw new SwitchyardError('EINVAL_FILE', `${adminFile}: the admin token ${why}`, { entry: adminFile });
-    const agent = Object.entries(tokens).find(([, t]) => t === adminToken)?.[0];
-    // The API answers the admin token first: that agent would be an administrator.
-    if (agent !== undefined) throw new SwitchyardError('EINVAL_FILE', `${adminFile}: the admin token is also ${agent}'s token in ${tokensFile}; it must be its own`, { entry: adminFile });
+  }
+  // Named administrators: the audit log says which of them made each change.
+  const adminsFile = typeof flags['admin-tokens'] === 'string' ? flags['admin-tokens'] : undefined;
+  const adminTokens: Record<string, string> = adminsFile === undefined ? {} : parseTokens(readSecret(adminsFile, 'the admin tokens'), adminsFile, 'admin');
+  if (adminToken !== undefined) {
+    if (Object.hasOwn(adminTokens, 'admin')) throw new SwitchyardError('EINVAL_FILE', `${adminsFile}: "admin" is the name of --admin-token-file's token; choose another name`, { entry: adminsFile! });
+    adminTokens.admin = adminToken;
+  }
+  for (const [name, token] of Object.entries(adminTokens)) {
+    const file = name === 'admin' && adminToken !== undefined ? adminFile! : adminsFile!;
+    const agent = Object.entries(tokens).find(([, t]) => t === token)?.[0];
+    // The API answers admin tokens first: that agent would be an administrator.
+    const whose = file === adminFile ? 'the admin token' : `the admin token of ${name}`;
+    if (agent !== undefined) throw new SwitchyardError('EINVAL_FILE', `${file}: ${whose} is also ${agent}'s token in ${tokensFile}; it must be its own`, { entry: file });
+    const other = Object.entries(adminTokens).find(([n, t]) => n !== name && t === token)?.[0];
+    if (other !== undefined) throw new SwitchyardError('EINVAL_FILE', `${file}: the admin token of ${name} is also ${other}'s; every administrator needs its own`, { entry: file });
   }
   const log = createLogger({ component: 'control-plane' }, { level: logLevel });
   for (const [agent, token] of Object.entries(tokens)) if (token.length < TOKEN_WEAK) log.warn({ agent, file: tokensFile }, `the token of ${agent} is shorter than ${TOKEN_WEAK} characters: guessable (openssl rand -hex 24 makes a good one)`);
@@ -151,7 +166,7 @@ export async function controlPlaneCommand(flags: Record<string, unknown>): Promi
     cert: fs.readFileSync(need('cert'), 'utf8'),
     key: readSecret(need('key'), 'the TLS key'),
     tokens,
-    ...(adminToken === undefined ? {} : { adminToken }),
+    adminTokens,
     host,
     port,
     stateFile: file,

@@ -29,8 +29,29 @@ type Doc = { bindings: Array<{ label: string; protocol: string; prefix: string; 
 
 /** Who asked, for the audit log. */
 interface RequestContext {
+  actor: string;
   remote: string | null;
   requestId: string | null;
+  /** If-Match: the version the change was made against (412 when another is current). */
+  ifMatch: number | null;
+  /** ?dry_run=1: judged and answered, nothing saved or published. */
+  dryRun: boolean;
+}
+
+/** If-Match: "N" (an ETag of GET), N or W/"N"; anything else is a 400 naming the header. */
+function ifMatchOf(req: IncomingMessage): number | null {
+  const v = req.headers['if-match'];
+  if (v === undefined) return null;
+  const m = /^\s*(?:W\/)?"?(\d{1,15})"?\s*$/.exec(v);
+  if (!m) throw new ApiError(400, `If-Match must be a version as GET's ETag gives it ("3"), not ${JSON.stringify(v)}`, 'If-Match');
+  return Number(m[1]);
+}
+
+function dryRunOf(url: URL): boolean {
+  const v = url.searchParams.get('dry_run');
+  if (v === null || v === '0' || v === 'false') return false;
+  if (v === '1' || v === 'true' || v === '') return true;
+  throw new ApiError(400, `dry_run must be 1 or 0, not ${JSON.stringify(v)}`, 'dry_run');
 }
 
 /** The client's X-Request-Id (one value, at most 128 printable characters), else null. */
@@ -73,13 +94,18 @@ export class BindingsApi {
     private readonly onProposed?: (result: Proposed, what: string, bindings: number) => void,
   ) {}
 
-  /** Answers one /v1/ request (the caller has checked the admin token). */
-  handle(req: IncomingMessage, res: ServerResponse): void {
-    const send = (status: number, body: unknown) => res.writeHead(status, { 'content-type': 'application/json' }).end(`${JSON.stringify(body, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v))}\n`);
+  /** Answers one /v1/ request (the caller has checked the token: `actor` is the administrator's name). */
+  handle(req: IncomingMessage, res: ServerResponse, actor = 'admin'): void {
+    const send = (status: number, body: unknown) => {
+      // The version a read saw, for If-Match on the write that follows it.
+      const version = (body as { version?: unknown } | null)?.version;
+      const etag = req.method === 'GET' && typeof version === 'number' ? { etag: `"${version}"` } : {};
+      res.writeHead(status, { 'content-type': 'application/json', ...etag }).end(`${JSON.stringify(body, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v))}\n`);
+    };
     const url = new URL(req.url ?? '/', 'https://control-plane');
     const route = `${req.method} ${url.pathname.replace(/^\/v1\/services\/[^/]+$/, '/v1/services/{label}')}`;
     readBody(req)
-      .then((body) => this.route(route, url, body, { remote: req.socket.remoteAddress ?? null, requestId: requestIdOf(req) }))
+      .then((body) => this.route(route, url, body, { actor, remote: req.socket.remoteAddress ?? null, requestId: requestIdOf(req), ifMatch: ifMatchOf(req), dryRun: dryRunOf(url) }))
       .then(([status, value]) => send(status, value))
       .catch((err: unknown) => {
         if (err instanceof ApiError) return send(err.status, { error: err.message, ...(err.field ? { field: err.field } : {}) });
@@ -194,18 +220,25 @@ export class BindingsApi {
    */
   private async change(ctx: RequestContext, what: string, edit: (doc: Doc) => void): Promise<[number, unknown]> {
     let bindings = 0;
-    // Read, edited and judged in the control plane's turn: a concurrent change lands before or after, never lost.
-    const r: Proposed = await this.server.propose(
-      () => {
-        const doc = this.document();
-        edit(doc);
-        const state = parseDesiredState(doc, 'request');
-        bindings = state.bindings.count;
-        return state;
-      },
-      `api ${what}`,
-      { save: true, action: what, remote: ctx.remote, requestId: ctx.requestId, actor: 'admin' },
-    );
+    // Read, checked against If-Match, edited and judged in the control
+    // plane's turn: a concurrent change lands before or after, never lost.
+    const edited = () => {
+      const current = this.server.history.current?.version ?? null;
+      if (ctx.ifMatch !== null && ctx.ifMatch !== current) {
+        throw new ApiError(412, `If-Match: the change was made against version ${ctx.ifMatch}, but version ${current ?? 'none'} is current; read it again and retry`, 'If-Match');
+      }
+      const doc = this.document();
+      edit(doc);
+      const state = parseDesiredState(doc, 'request');
+      bindings = state.bindings.count;
+      return state;
+    };
+    const options = { save: true, action: what, remote: ctx.remote, requestId: ctx.requestId, actor: ctx.actor };
+    if (ctx.dryRun) {
+      const j = await this.server.judgeOnly(edited, `api ${what}`, options);
+      return [200, { dry_run: true, ...j }];
+    }
+    const r: Proposed = await this.server.propose(edited, `api ${what}`, options);
     this.onProposed?.(r, `api ${what}`, bindings);
     switch (r.outcome) {
       case 'published':
@@ -270,7 +303,8 @@ export function readBody(req: IncomingMessage, max = MAX_BODY): Promise<unknown>
 }
 
 const change = {
-  '200': { description: 'published (or unchanged): {outcome, version, changes: [who gains and loses what]}' },
+  '200': { description: 'published (or unchanged): {outcome, version, changes: [who gains and loses what]}; with ?dry_run=1: {dry_run: true, outcome (what it would be), version, changes, findings, guards}, nothing saved or published' },
+  '412': { description: 'If-Match names a version that is no longer current: {error, field: "If-Match"}; nothing changed' },
   '202': { description: 'held: it withdraws more of a service than the budget; {outcome, version, reason, entries, confirm}; not written to the state file. POST /override {"version": N} saves and publishes it' },
   '400': { description: 'a bad field: {error, field}' },
   '401': { description: 'no or wrong token' },
@@ -282,6 +316,12 @@ const bindingSchema = { type: 'object', required: ['label', 'protocol', 'prefix'
 const keySchema = { type: 'object', required: ['protocol', 'prefix', 'port'], properties: { protocol: { enum: ['tcp', 'udp'] }, prefix: { type: 'string' }, port: { type: 'integer' } } };
 const ports = { type: 'array', items: { oneOf: [{ type: 'integer', minimum: 1, maximum: 65535 }, { type: 'string', pattern: '^[0-9]+-[0-9]+$' }] } };
 const body = (schema: unknown) => ({ required: true, content: { 'application/json': { schema } } });
+/** Every write takes these. */
+const writeParameters = [
+  { name: 'If-Match', in: 'header', schema: { type: 'string', example: '"3"' }, description: "the version the change was made against (GET's ETag): 412 when another is current" },
+  { name: 'X-Request-Id', in: 'header', schema: { type: 'string', maxLength: 128 }, description: 'kept in the audit log' },
+  { name: 'dry_run', in: 'query', schema: { type: 'integer', enum: [0, 1] }, description: 'judge only: verification findings and the semantic diff, nothing saved or published' },
+];
 
 export const OPENAPI = {
   openapi: '3.0.3',
@@ -302,20 +342,20 @@ export const OPENAPI = {
     '/v1/state': { get: { summary: 'the desired state in force and its version', responses: { '200': { description: '{version, state}' } } } },
     '/v1/bindings': {
       get: { summary: 'bindings, filtered by label, protocol or prefix', parameters: ['label', 'protocol', 'prefix'].map((name) => ({ name, in: 'query', schema: { type: 'string' } })), responses: { '200': { description: '{version, bindings}' } } },
-      post: { summary: 'bind prefixes to services', requestBody: body({ type: 'object', required: ['bindings'], properties: { bindings: { type: 'array', items: bindingSchema } } }), responses: { ...change, '409': { description: 'a key is already bound' } } },
-      delete: { summary: 'remove bindings by key', requestBody: body({ type: 'object', required: ['bindings'], properties: { bindings: { type: 'array', items: keySchema } } }), responses: { ...change, '404': { description: 'a key is not bound' } } },
+      post: { parameters: writeParameters, summary: 'bind prefixes to services', requestBody: body({ type: 'object', required: ['bindings'], properties: { bindings: { type: 'array', items: bindingSchema } } }), responses: { ...change, '409': { description: 'a key is already bound' } } },
+      delete: { parameters: writeParameters, summary: 'remove bindings by key', requestBody: body({ type: 'object', required: ['bindings'], properties: { bindings: { type: 'array', items: keySchema } } }), responses: { ...change, '404': { description: 'a key is not bound' } } },
     },
     '/v1/services': { get: { summary: 'service policies', responses: { '200': { description: '{version, services}' } } } },
     '/v1/services/{label}': {
       parameters: [{ name: 'label', in: 'path', required: true, schema: { type: 'string' } }],
-      put: { summary: "set a service's policy: the ports its traffic may reach", requestBody: body({ type: 'object', properties: { tcp: ports, udp: ports } }), responses: change },
-      delete: { summary: "remove a service's policy (its traffic is then dropped: refused while it has bindings)", responses: { ...change, '404': { description: 'no such policy' } } },
+      put: { parameters: writeParameters, summary: "set a service's policy: the ports its traffic may reach", requestBody: body({ type: 'object', properties: { tcp: ports, udp: ports } }), responses: change },
+      delete: { parameters: writeParameters, summary: "remove a service's policy (its traffic is then dropped: refused while it has bindings)", responses: { ...change, '404': { description: 'no such policy' } } },
     },
     '/v1/https-only': {
       get: { summary: 'HTTPS-only ranges and the plaintext ports they refuse', responses: { '200': { description: '{version, https_only}' } } },
-      put: { summary: 'replace them', requestBody: body({ type: 'object', properties: { prefixes: { type: 'array', items: { type: 'string' } }, plaintext_ports: ports } }), responses: change },
-      post: { summary: 'add HTTPS-only ranges', requestBody: body({ type: 'object', required: ['prefixes'], properties: { prefixes: { type: 'array', items: { type: 'string' } } } }), responses: { ...change, '409': { description: 'a range is already HTTPS-only' } } },
-      delete: { summary: 'remove HTTPS-only ranges (as GET lists them)', requestBody: body({ type: 'object', required: ['prefixes'], properties: { prefixes: { type: 'array', items: { type: 'string' } } } }), responses: { ...change, '404': { description: 'not an HTTPS-only range' } } },
+      put: { parameters: writeParameters, summary: 'replace them', requestBody: body({ type: 'object', properties: { prefixes: { type: 'array', items: { type: 'string' } }, plaintext_ports: ports } }), responses: change },
+      post: { parameters: writeParameters, summary: 'add HTTPS-only ranges', requestBody: body({ type: 'object', required: ['prefixes'], properties: { prefixes: { type: 'array', items: { type: 'string' } } } }), responses: { ...change, '409': { description: 'a range is already HTTPS-only' } } },
+      delete: { parameters: writeParameters, summary: 'remove HTTPS-only ranges (as GET lists them)', requestBody: body({ type: 'object', required: ['prefixes'], properties: { prefixes: { type: 'array', items: { type: 'string' } } } }), responses: { ...change, '404': { description: 'not an HTTPS-only range' } } },
     },
   },
 };

@@ -44,6 +44,8 @@ export interface ServerOptions {
   tokens: Record<string, string>;
   /** A token for `GET /status` only. */
   adminToken?: string;
+  /** Named administrators (name → token): the API, /override and /status; the audit log records the name (`adminToken` is the one named "admin"). */
+  adminTokens?: Record<string, string>;
   port?: number;
   host?: string;
   /** The largest frame an agent may send (default MAX_AGENT_FRAME_BYTES). */
@@ -143,6 +145,11 @@ const WRITE_DEADLINE_MS = 5000;
  */
 export const MAX_AGENT_FRAME_BYTES = 64 * 1024;
 
+/** authorized()'s prefix for an administrator (agent ids have no colon). */
+const ADMIN = 'admin:';
+const isAdmin = (who: string) => who.startsWith(ADMIN);
+const adminName = (who: string) => who.slice(ADMIN.length);
+
 const tokenHash = (token: string) => crypto.createHash('sha256').update(token).digest('hex');
 const sameToken = (a: string, b: string) => {
   const x = crypto.createHash('sha256').update(a).digest();
@@ -202,14 +209,14 @@ export class ControlPlaneServer extends EventEmitter {
   /** The tail of the publishing steps (serial()). */
   private queue: Promise<unknown> = Promise.resolve();
   private readonly publication: Omit<Publication, 'version' | 'digest' | 'bindings' | 'rollout'> = { last: null, held: null, refused: null };
-  private api: { handle(req: IncomingMessage, res: ServerResponse): void } | undefined;
+  private api: { handle(req: IncomingMessage, res: ServerResponse, actor: string): void } | undefined;
   private readonly rollout: Rollout | undefined;
   private rolloutTimer: NodeJS.Timeout | undefined;
   /** Per agent, its last two heartbeats' counters and, once it has the version rolling out, the baseline they are judged from. */
   private readonly health = new Map<string, { last?: Counters; prev?: Counters; baseline?: Counters & { rate: number }; pending?: boolean }>();
 
   /** Serves the service-bindings API (api.ts) under /v1/. */
-  serveApi(api: { handle(req: IncomingMessage, res: ServerResponse): void }): void {
+  serveApi(api: { handle(req: IncomingMessage, res: ServerResponse, actor: string): void }): void {
     this.api = api;
   }
 
@@ -223,9 +230,9 @@ export class ControlPlaneServer extends EventEmitter {
       if (req.url?.startsWith('/v1/')) {
         const who = this.authorized(req.headers.authorization, true);
         if (!who) return void res.writeHead(401).end();
-        if (who !== 'admin') return json(403, { error: 'the service-bindings API needs the admin token' });
+        if (!isAdmin(who)) return json(403, { error: 'the service-bindings API needs an admin token' });
         if (!this.api) return json(404, { error: 'the service-bindings API is not served here' });
-        return this.api.handle(req, res);
+        return this.api.handle(req, res, adminName(who));
       }
       if (req.url === '/status' || req.url === '/override') {
         const who = this.authorized(req.headers.authorization, true);
@@ -233,14 +240,14 @@ export class ControlPlaneServer extends EventEmitter {
         if (req.method === 'GET' && req.url === '/status') return json(200, { publication: this.publicationStatus(), agents: this.status() });
         if (req.method === 'POST' && req.url === '/override') {
           // The operator's confirmation that the current version's withdrawal is meant: admin token only.
-          if (who !== 'admin') return json(403, { error: 'the override needs the admin token' });
+          if (!isAdmin(who)) return json(403, { error: 'the override needs an admin token' });
           readBody(req, 4096)
             .then((body) => {
               // Own properties only: {"constructor": …} is an unknown field, not Object.prototype's.
               const ok = typeof body === 'object' && body !== null && !Array.isArray(body) && Object.keys(body).length === 1 && Object.hasOwn(body, 'version');
               const version = ok ? (body as { version: unknown }).version : undefined;
               if (typeof version !== 'number' || !Number.isSafeInteger(version)) return json(400, { error: 'the body must be {"version": N}', field: 'version' });
-              return this.allowWithdrawal(version, { remote: req.socket.remoteAddress ?? null, requestId: requestIdOf(req) }).then((agents) => json(200, { version, agents }));
+              return this.allowWithdrawal(version, { actor: adminName(who), remote: req.socket.remoteAddress ?? null, requestId: requestIdOf(req) }).then((agents) => json(200, { version, agents }));
             })
             .catch((err: Error) => {
               if (err instanceof UnsavedChange) return json(507, { error: err.message, code: err.reason ?? err.code });
@@ -262,12 +269,22 @@ export class ControlPlaneServer extends EventEmitter {
     });
   }
 
-  /** The agent id for a valid agent token (or 'admin' when allowed), else undefined. */
+  /** The agent id for a valid agent token (or `admin:<name>` for an administrator's, when allowed), else undefined. */
   private authorized(header: string | undefined, adminAllowed: boolean): string | undefined {
     const token = /^Bearer (\S+)$/.exec(header ?? '')?.[1];
     if (!token) return undefined;
-    if (adminAllowed && this.options.adminToken && sameToken(token, this.options.adminToken)) return 'admin';
+    if (adminAllowed) {
+      // Every administrator compared, in constant time each: which one matched is not timed out of us.
+      let admin: string | undefined;
+      for (const [name, t] of this.admins) if (sameToken(token, t)) admin ??= `${ADMIN}${name}`;
+      if (admin) return admin;
+    }
     return this.tokenIndex.get(tokenHash(token));
+  }
+
+  /** Administrators by name (ServerOptions.adminTokens, and adminToken as "admin"). */
+  private get admins(): Array<[string, string]> {
+    return [...Object.entries(this.options.adminTokens ?? {}), ...(this.options.adminToken ? ([['admin', this.options.adminToken]] as Array<[string, string]>) : [])];
   }
 
   /** How long compiling the push path took before listening (warmup.ts). */
@@ -539,6 +556,36 @@ export class ControlPlaneServer extends EventEmitter {
       this.publication.held = null;
       this.publication.last = last;
       return { outcome: 'published', ms, version: r.version, summary, warnings: j.warnings };
+    });
+  }
+
+  /**
+   * What propose() would do with a state (verification findings, the
+   * semantic diff, the verdict), in the same turn as the proposals, with
+   * nothing saved or published: the API's ?dry_run=1. Audited as such.
+   */
+  judgeOnly(
+    given: () => DesiredState,
+    source: string,
+    options: { actor?: string; remote?: string | null; requestId?: string | null; action?: string } = {},
+  ): Promise<{ outcome: 'published' | 'unchanged' | 'held' | 'refused'; version: number | null; changes: string[]; findings: Brief[]; guards: GuardFinding[]; withdrawal: GuardFinding | null }> {
+    return this.serial(async () => {
+      const state = given();
+      const live = this.history.indexed;
+      const j = judge(live, state, this.options.policy);
+      const current = this.history.current?.version ?? null;
+      const outcome = j.verdict === 'refuse' ? 'refused' : live && live.digest === j.indexed.digest ? 'unchanged' : j.verdict === 'hold' ? 'held' : 'published';
+      const changes = j.verdict === 'refuse' ? [] : j.summary.map((x) => x.text);
+      const findings = j.verdict === 'refuse' ? j.findings.map(brief) : j.warnings.map(brief);
+      const guards = j.verdict === 'refuse' ? j.guards : [];
+      const withdrawal = j.verdict === 'hold' ? j.withdrawal : null;
+      const audit: AuditEntry = { at: Date.now(), actor: options.actor ?? source, remote: options.remote ?? null, requestId: options.requestId ?? null, action: options.action ?? source, outcome: `dry run: ${outcome}`, version: current, summary: changes };
+      try {
+        await this.options.store?.audit(audit);
+      } catch (err) {
+        throw this.unsaved(source, err);
+      }
+      return { outcome, version: current, changes, findings, guards, withdrawal };
     });
   }
 

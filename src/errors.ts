@@ -22,6 +22,8 @@ export type ErrorCode =
   | 'ESTORE_CONFLICT'
   | 'ESTORE_SCHEMA'
   | 'ESTORE_CORRUPT'
+  | 'ESTORE_FENCED'
+  | 'ENOT_LEADER'
   | 'EBUSY';
 
 export class SwitchyardError extends Error {

@@ -44,7 +44,8 @@ import { LOG_LEVEL_RULE, createLogger, isLogLevel, type LogLevel } from '../log.
 export interface AgentConfig {
   agentId: string;
   stateDir: string;
-  controlPlane: { url: string; caFile: string; tokenFile: string };
+  /** `url`: the first of `urls` (the replicas, tried in turn). */
+  controlPlane: { url: string; urls: string[]; caFile: string; tokenFile: string };
   netns?: string;
   bpffs?: string;
   /** `toolTimeoutSeconds`: a firewall tool that has not finished by then is killed and its apply fails (NACK, last known good put back). */
@@ -93,9 +94,16 @@ export function readAgentConfig(file: string, env: NodeJS.ProcessEnv = process.e
     return v;
   };
   const cp = doc.control_plane;
-  checkDocumentFields(cp, `${file}: control_plane`, new Set(['url', 'ca_file', 'token_file']), '{"url", "ca_file", "token_file"}');
-  const url = str(cp.url, 'control_plane.url');
-  if (!url.startsWith('wss://')) throw invalid(file, 'control_plane.url must be wss:// (the channel is always TLS)');
+  checkDocumentFields(cp, `${file}: control_plane`, new Set(['url', 'urls', 'ca_file', 'token_file']), '{"url" or "urls", "ca_file", "token_file"}');
+  // One control plane (url), or its replicas (urls): the agent moves to the next when one goes away.
+  if ((cp.url === undefined) === (cp.urls === undefined)) throw invalid(file, 'control_plane needs "url" (one control plane) or "urls" (its replicas), not both');
+  const urls = cp.urls === undefined ? [str(cp.url, 'control_plane.url')] : Array.isArray(cp.urls) && cp.urls.length > 0 && cp.urls.length <= 16 ? cp.urls.map((u: unknown, i: number) => str(u, `control_plane.urls[${i}]`)) : [];
+  if (urls.length === 0) throw invalid(file, 'control_plane.urls must list 1-16 wss:// URLs');
+  for (const [i, u] of urls.entries()) {
+    const what = cp.urls === undefined ? 'control_plane.url' : `control_plane.urls[${i}]`;
+    if (!u.startsWith('wss://')) throw invalid(file, `${what} must be wss:// (the channel is always TLS)`);
+  }
+  const url = urls[0]!;
   const fw = (doc.firewall ?? {}) as Record<string, unknown>;
   checkDocumentFields(fw, `${file}: firewall`, new Set(['backend', 'resync_seconds', 'tool_timeout_seconds']), '{"backend", "resync_seconds", "tool_timeout_seconds"}');
   const backend = fw.backend ?? 'auto';
@@ -122,7 +130,7 @@ export function readAgentConfig(file: string, env: NodeJS.ProcessEnv = process.e
   return {
     agentId: parseLabel(doc.agent_id, `${file}: agent_id`),
     stateDir,
-    controlPlane: { url, caFile: str(cp.ca_file, 'control_plane.ca_file'), tokenFile: str(cp.token_file, 'control_plane.token_file') },
+    controlPlane: { url, urls, caFile: str(cp.ca_file, 'control_plane.ca_file'), tokenFile: str(cp.token_file, 'control_plane.token_file') },
     ...(doc.netns !== undefined ? { netns: str(doc.netns, 'netns') } : {}),
     ...(doc.bpffs !== undefined ? { bpffs: str(doc.bpffs, 'bpffs') } : {}),
     firewall: { backend, resyncSeconds: seconds(fw.resync_seconds, 'firewall.resync_seconds', 90), toolTimeoutSeconds: seconds(fw.tool_timeout_seconds, 'firewall.tool_timeout_seconds', 30) },
@@ -257,7 +265,7 @@ export class Agent {
       { adminPath: config.adminSocket, registerPath: config.registrationSocket, allow: config.registration, log: (fields, msg) => this.log.info(fields, msg) },
     );
     this.client = new ControlPlaneClient(this.session, {
-      url: config.controlPlane.url,
+      urls: config.controlPlane.urls,
       ca: fs.readFileSync(config.controlPlane.caFile, 'utf8'),
       token,
       heartbeatMs: config.heartbeatSeconds * 1000,
@@ -369,7 +377,7 @@ export class Agent {
         return {
           agent_id: this.config.agentId,
           dispatcher: { netns: this.location.netnsPath, state_dir: this.location.dir },
-          control_plane: { url: this.config.controlPlane.url, connected: this.client.connected },
+          control_plane: { url: this.client.url, connected: this.client.connected },
           applied: c ? { epoch: c.epoch, version: c.version, digest: c.digest, acked_at: new Date(c.ackedAt).toISOString() } : null,
           refused: this.session.hello().refused,
           bindings: { control_plane: cp.bindings.count, kernel: this.local.kernelState(cp).bindings.count, local_overrides: this.local.size },

@@ -12,7 +12,8 @@ import type { AgentSession } from './session.js';
 import { encodeFrame } from '../protocol/messages.js';
 
 export interface ClientOptions {
-  url: string;
+  /** The control plane, or its replicas: a lost connection moves to the next. */
+  urls: string[];
   /** PEM of the CA that signed the control plane's certificate. */
   ca: string;
   token: string;
@@ -25,6 +26,8 @@ export interface ClientOptions {
 }
 
 const DEFAULT_BACKOFF = { initialMs: 1000, factor: 1.6, maxMs: 120_000, jitter: 0.2 };
+/** The pause before trying the next replica (within a round of them). */
+const NEXT_REPLICA_MS = 100;
 
 export class ControlPlaneClient {
   private socket: WebSocket | undefined;
@@ -32,11 +35,18 @@ export class ControlPlaneClient {
   private attempt = 0;
   private timers: NodeJS.Timeout[] = [];
   private retry: NodeJS.Timeout | undefined;
+  /** Which of the URLs the current (or next) connection goes to. */
+  private at = 0;
 
   constructor(
     private readonly session: AgentSession,
     private readonly options: ClientOptions,
   ) {}
+
+  /** The URL of the current (or next) connection. */
+  get url(): string {
+    return this.options.urls[this.at % this.options.urls.length]!;
+  }
 
   get connected(): boolean {
     return this.socket?.readyState === WebSocket.OPEN;
@@ -67,7 +77,7 @@ export class ControlPlaneClient {
 
   private connect(): void {
     const event = this.options.onEvent ?? (() => {});
-    const socket = new WebSocket(this.options.url, {
+    const socket = new WebSocket(this.url, {
       ca: this.options.ca,
       headers: { authorization: `Bearer ${this.options.token}` },
       maxPayload: this.options.maxFrameBytes ?? 256 * 1024 * 1024,
@@ -110,8 +120,14 @@ export class ControlPlaneClient {
     socket.on('close', () => {
       this.clearTimers();
       if (this.stopped || this.socket !== socket) return;
-      const wait = ControlPlaneClient.backoffMs(this.attempt++, this.options.backoff ?? DEFAULT_BACKOFF);
-      event('disconnected', { retryInMs: wait });
+      // The next replica at once, until each has been tried; then backing off
+      // (the hello says what this agent has: a replica of the same store
+      // answers up-to-date, nothing is applied again).
+      const n = this.options.urls.length;
+      this.at = (this.at + 1) % n;
+      const tried = this.attempt++;
+      const wait = tried + 1 < n ? NEXT_REPLICA_MS : ControlPlaneClient.backoffMs(Math.floor((tried + 1) / n) - 1, this.options.backoff ?? DEFAULT_BACKOFF);
+      event('disconnected', { retryInMs: wait, next: this.url });
       this.retry = setTimeout(() => this.connect(), wait);
     });
   }

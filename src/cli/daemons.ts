@@ -6,6 +6,7 @@
 import fs from 'node:fs';
 import https from 'node:https';
 import net from 'node:net';
+import os from 'node:os';
 import path from 'node:path';
 import { readSecret } from './secret.js';
 import { createLogger, logLevelOption } from '../log.js';
@@ -19,6 +20,7 @@ import { parseRollout } from '../controlplane/rollout.js';
 import { BindingsApi } from '../controlplane/api.js';
 import { StateFile, type UnsavedChange } from '../controlplane/statefile.js';
 import { openStore } from '../controlplane/store/open.js';
+import { isReplicaStore } from '../controlplane/store/store.js';
 
 const untilSignal = () =>
   new Promise<void>((resolve) => {
@@ -160,6 +162,13 @@ export async function controlPlaneCommand(flags: Record<string, unknown>): Promi
   const rollout = rolloutFile === undefined ? undefined : parseRollout(readJsonFile(rolloutFile), rolloutFile);
   // The state file: followed, and written (durably, before publishing) by the service-bindings API.
   const file = new StateFile(stateFile);
+  const storeSpec = typeof flags.store === 'string' && flags.store !== '' ? flags.store : path.join(path.dirname(path.resolve(stateFile)), 'store');
+  const store = openStore(storeSpec, (err) => log.error({ err: err.message }, 'store connection'));
+  // Over PostgreSQL, any number of replicas: each needs its own name; --advertise is where the others send writers.
+  const advertise = typeof flags.advertise === 'string' ? flags.advertise : null;
+  if (advertise !== null && !/^https:\/\/[^/]+\/?$/.test(advertise)) throw new SwitchyardError('EINVAL_ARGUMENT', `--advertise ${JSON.stringify(advertise)} must be https://HOST:PORT (this replica's API, as the others reach it)`);
+  const replicaName = typeof flags['replica-name'] === 'string' ? parseLabel(flags['replica-name'], '--replica-name') : os.hostname().replace(/[^A-Za-z0-9._-]/g, '-').slice(0, 63);
+  const replica = isReplicaStore(store) ? { name: replicaName, advertise } : undefined;
   const server = new ControlPlaneServer({
     ...(rollout ? { rollout } : {}),
     policy: { ...DEFAULT_POLICY, limits: { ...DEFAULT_POLICY.limits, withdrawalShare: share / 100 } },
@@ -170,8 +179,12 @@ export async function controlPlaneCommand(flags: Record<string, unknown>): Promi
     host,
     port,
     stateFile: file,
-    store: openStore(typeof flags.store === 'string' && flags.store !== '' ? flags.store : path.join(path.dirname(path.resolve(stateFile)), 'store')),
+    store,
+    ...(replica ? { replica } : {}),
   });
+  server.on('leading', (term: number) => log.warn({ term }, 'this replica holds the publishing lease: it publishes'));
+  server.on('following', (why: string) => log.warn({ why }, 'this replica does not publish: it follows the one that does'));
+  server.on('store-error', (err: Error) => log.error({ store: store.description, err: err.message }, 'store'));
   server.on('unsaved', (source: string, err: UnsavedChange) => log.error({ why: source, file: stateFile, code: err.reason ?? err.code, err: err.message }, 'not saved, so not published: the current version stays'));
   server.on('stalled', (agent: string, why: string) => log.warn({ agent }, why));
   // An agent's refusal is a warning here too (it was not logged at all): that agent does not run the version.

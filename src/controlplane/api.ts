@@ -22,6 +22,7 @@ import { parseDesiredState } from '../desired/state.js';
 import { documentOf } from '../protocol/state.js';
 import type { ControlPlaneServer, Proposed } from './server.js';
 import { UnsavedChange } from './statefile.js';
+import { NotLeader, notLeaderAnswer } from './lease.js';
 
 const MAX_BODY = 64 * 1024 * 1024;
 
@@ -108,6 +109,7 @@ export class BindingsApi {
       .then((body) => this.route(route, url, body, { actor, remote: req.socket.remoteAddress ?? null, requestId: requestIdOf(req), ifMatch: ifMatchOf(req), dryRun: dryRunOf(url) }))
       .then(([status, value]) => send(status, value))
       .catch((err: unknown) => {
+        if (err instanceof NotLeader) return notLeaderAnswer(err, req, res);
         if (err instanceof ApiError) return send(err.status, { error: err.message, ...(err.field ? { field: err.field } : {}) });
         // Not saved, so not published (the server has logged it): the reason is the system's.
         if (err instanceof UnsavedChange) return send(507, { outcome: 'unsaved', error: err.message, code: err.reason ?? err.code });

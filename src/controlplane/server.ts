@@ -33,8 +33,11 @@ import type { StateDelta } from '../protocol/state.js';
 import { History, type PlannedVersion } from './history.js';
 import { parseDesiredState } from '../desired/state.js';
 import { indexedCopy, stateJson } from '../protocol/state.js';
-import type { AuditEntry, ControlPlaneStore, PublicationRecords, StoreError, StoredVersion } from './store/store.js';
+import { StoreError, type AuditEntry, type ControlPlaneStore, type PublicationRecords, type StoredVersion } from './store/store.js';
 import { baseOf, stateOf, storesDocument } from './store/replay.js';
+import { isReplicaStore } from './store/store.js';
+import { LeaseKeeper, NotLeader, notLeaderAnswer, type LeaseOptions } from './lease.js';
+import { SwitchyardError } from '../errors.js';
 
 export interface ServerOptions {
   /** PEM certificate and key of this server (agents pin the CA that signed it). */
@@ -65,6 +68,14 @@ export interface ServerOptions {
    * in memory (tests, benchmarks).
    */
   store?: ControlPlaneStore;
+  /**
+   * One of several replicas over a shared store (PostgreSQL): every
+   * replica serves agents and reads; the one holding the lease (lease.ts)
+   * publishes; the others follow its versions (LISTEN/NOTIFY, and a
+   * catch-up read after every reconnection) and answer writes with a
+   * redirect to it.
+   */
+  replica?: LeaseOptions;
   pingMs?: number;
   historyLimit?: number;
   epoch?: string;
@@ -169,6 +180,10 @@ export interface Publication {
   held: { version: number; since: number; source: string; reason: string; entries: string[]; summary: string[] } | null;
   refused: { at: number; source: string; findings: Brief[]; guards: GuardFinding[] } | null;
   rollout: ReturnType<Rollout['status']> | null;
+  /** Replicas: whether this one publishes, and which does. */
+  replica: { name: string; leading: boolean; leader: string | null; advertise: string | null } | null;
+  /** Where versions are kept. */
+  store: string;
 }
 
 export type Proposed =
@@ -206,9 +221,12 @@ export class ControlPlaneServer extends EventEmitter {
   /** The stored versions still needed to rebuild the state in force (from its nearest document on). */
   private stored: StoredVersion[] = [];
   private opened = false;
+  /** Whether this control plane publishes (always, unless it is a replica without the lease). */
+  private leading = true;
+  private lease: LeaseKeeper | undefined;
   /** The tail of the publishing steps (serial()). */
   private queue: Promise<unknown> = Promise.resolve();
-  private readonly publication: Omit<Publication, 'version' | 'digest' | 'bindings' | 'rollout'> = { last: null, held: null, refused: null };
+  private readonly publication: Omit<Publication, 'version' | 'digest' | 'bindings' | 'rollout' | 'replica' | 'store'> = { last: null, held: null, refused: null };
   private api: { handle(req: IncomingMessage, res: ServerResponse, actor: string): void } | undefined;
   private readonly rollout: Rollout | undefined;
   private rolloutTimer: NodeJS.Timeout | undefined;
@@ -250,6 +268,7 @@ export class ControlPlaneServer extends EventEmitter {
               return this.allowWithdrawal(version, { actor: adminName(who), remote: req.socket.remoteAddress ?? null, requestId: requestIdOf(req) }).then((agents) => json(200, { version, agents }));
             })
             .catch((err: Error) => {
+              if (err instanceof NotLeader) return notLeaderAnswer(err, req, res);
               if (err instanceof UnsavedChange) return json(507, { error: err.message, code: err.reason ?? err.code });
               json(409, { error: err.message });
             });
@@ -303,13 +322,18 @@ export class ControlPlaneServer extends EventEmitter {
     return (this.https.address() as AddressInfo).port;
   }
 
-  async close(): Promise<void> {
+  /** `release: false` keeps the lease until it runs out, as a killed replica would (tests). */
+  async close(options: { release?: boolean } = {}): Promise<void> {
     clearInterval(this.pinger);
     clearInterval(this.rolloutTimer);
     for (const socket of this.connections.values()) socket.terminate();
     this.wss.close();
-    await new Promise<void>((resolve) => this.https.close(() => resolve()));
+    const closed = new Promise<void>((resolve) => this.https.close(() => resolve()));
+    // Keep-alive connections would keep it open (and serving) for as long as their clients send.
+    this.https.closeAllConnections();
+    await closed;
     await this.queue; // a write under way finishes before the store closes
+    await this.lease?.stop(options.release ?? true); // the next replica takes over at once
     await this.options.store?.close();
   }
 
@@ -340,11 +364,48 @@ export class ControlPlaneServer extends EventEmitter {
     this.history = History.restore(this.options.historyLimit ?? 64, loaded.epoch, versions, live, retained);
     if (this.rollout) this.history.retainFor = this.rollout.versions();
     this.stored = versions.slice(Math.max(0, Math.min(...[versions.length - 1, ...[...retained.keys()].map((v) => v - 1)].map((at) => baseOf(versions, at)))));
+    await this.takeRecords(records);
+    this.opened = true;
+    const replica = this.options.replica;
+    if (replica) {
+      if (!isReplicaStore(store)) throw new SwitchyardError('EINVAL_ARGUMENT', `${store.description}: replicas need a store they can share (PostgreSQL)`);
+      // A follower until the lease says otherwise: no write goes out unfenced.
+      this.leading = false;
+      store.setFence(null);
+      store.listen(
+        () => void this.follow().catch((err: Error) => this.emit('store-error', err)),
+        (err) => this.emit('store-error', err),
+      );
+      this.lease = new LeaseKeeper(store, replica, {
+        gained: (term) =>
+          this.serial(async () => {
+            if (!this.lease?.holds(term)) return;
+            await this.catchUp();
+            // Lost again while catching up: lost() has said so already.
+            if (!this.lease?.holds(term)) return;
+            store.setFence({ holder: replica.name, term });
+            this.leading = true;
+            this.emit('leading', term);
+          }).catch((err: Error) => void this.emit('store-error', err)),
+        lost: (why) => {
+          this.leading = false;
+          store.setFence(null);
+          this.emit('following', why);
+        },
+      });
+      this.lease.start();
+    }
+  }
+
+  /** The publication records a store kept, taken as this control plane's (at open, and by a follower). */
+  private async takeRecords(records: PublicationRecords): Promise<void> {
     // Written by records() from these very shapes.
     this.publication.last = records.last as Publication['last'];
     this.publication.refused = records.refused as Publication['refused'];
+    this.held = undefined;
+    this.publication.held = null;
     if (records.held) {
-      const text = await store.document(records.held.digest);
+      const text = await this.options.store!.document(records.held.digest);
       if (text !== undefined) {
         const { digest, save, actor: _actor, ...shown } = records.held;
         const indexed = IndexedState.of(parseDesiredState(JSON.parse(text), `held document ${digest}`));
@@ -352,8 +413,58 @@ export class ControlPlaneServer extends EventEmitter {
         this.publication.held = shown;
       }
     }
-    if (records.override !== null && records.override === this.history.current?.version) this.override = { version: records.override, withdrawal: true };
-    this.opened = true;
+    this.override = records.override !== null && records.override === this.history.current?.version ? { version: records.override, withdrawal: true } : undefined;
+  }
+
+  /** A follower's turn: the versions and records the leader wrote since, applied in order; its agents pushed. */
+  private follow(): Promise<void> {
+    return this.serial(async () => {
+      if (this.leading) return;
+      await this.catchUp();
+    });
+  }
+
+  /** The versions after the current one and the records, from the store (in a publishing step). */
+  private async catchUp(): Promise<void> {
+    const store = this.options.store;
+    if (!isReplicaStore(store)) return;
+    const { versions, records } = await store.since(this.history.current?.version ?? 0);
+    // Stages still to have an older version keep its state as the versions move on.
+    if (this.rollout && records.rollout) {
+      this.rollout.restore(records.rollout);
+      this.history.retainFor = this.rollout.versions();
+    }
+    let changed = false;
+    for (const v of versions) {
+      const before = this.history.current;
+      if (v.delta && before) this.history.publishDelta(v.delta, `version ${v.version}`);
+      else {
+        const text = await store.document(v.digest);
+        if (text === undefined) throw new StoreError('ESTORE_CORRUPT', `version ${v.version}: neither a delta nor its document`, { entry: `version ${v.version}` });
+        this.history.publish(IndexedState.of(parseDesiredState(JSON.parse(text), `version ${v.version}`)));
+      }
+      const now = this.history.current!;
+      if (now.version !== v.version || now.digest !== v.digest) throw new StoreError('ESTORE_CORRUPT', `version ${v.version}: followed to ${now.version} ${now.digest}, not ${v.digest}`, { entry: `version ${v.version}` });
+      this.stored.push(v);
+      if (v.document) this.stored = this.stored.slice(-1);
+      changed = true;
+    }
+    await this.takeRecords(records);
+    if (this.rollout) this.retain();
+    if (changed) for (const h of this.health.values()) (h.baseline = undefined), (h.pending = false);
+    for (const peer of this.peers.values()) this.pushTo(peer);
+  }
+
+  /** In a publishing step: only the replica holding the lease publishes; the others say who does. */
+  private assertLeader(): void {
+    if (this.leading) return;
+    const leader = this.lease?.leader;
+    throw new NotLeader(leader?.advertise ?? null, leader?.name ?? null);
+  }
+
+  /** Who publishes: this control plane, or (a follower) the replica holding the lease. */
+  get role(): { leading: boolean; leader: string | null; advertise: string | null } {
+    return { leading: this.leading, leader: this.leading ? (this.options.replica?.name ?? null) : (this.lease?.leader?.name ?? null), advertise: this.lease?.leader?.advertise ?? null };
   }
 
   /** The store's records as they are now (or as `change` makes them). */
@@ -441,6 +552,7 @@ export class ControlPlaneServer extends EventEmitter {
   /** The records saved after a rollout step; a failure is told (`unsaved`), the step stands. */
   private recordRollout(): Promise<void> {
     return this.serial(async () => {
+      if (!this.leading) return; // a follower's rollout follows the leader's records
       try {
         await this.recordOrThrow('rollout');
       } catch {
@@ -452,6 +564,7 @@ export class ControlPlaneServer extends EventEmitter {
   /** Publishes a validated state; `override` lets this version withdraw beyond the agents' budget. */
   publish(state: DesiredState | IndexedState, options: { override?: boolean; source?: string; actor?: string } = {}): Promise<{ version: number; changed: boolean }> {
     return this.serial(async () => {
+      this.assertLeader();
       const source = options.source ?? 'publish';
       return this.commitAndPublish(this.history.plan(state), { source, actor: options.actor ?? source, summary: [], ...(options.override ? { override: true } : {}) });
     });
@@ -479,6 +592,7 @@ export class ControlPlaneServer extends EventEmitter {
     options: { save?: boolean; actor?: string; remote?: string | null; requestId?: string | null; action?: string } = {},
   ): Promise<Proposed> {
     return this.serial(async () => {
+      this.assertLeader();
       // A function is called in this step's turn: it edits the state in force as it is then.
       const state = typeof given === 'function' ? given() : given;
       const live = this.history.indexed;
@@ -616,12 +730,14 @@ export class ControlPlaneServer extends EventEmitter {
   publicationStatus(): Publication {
     const c = this.history.current;
     const rollout = this.rollout ? this.rollout.status(this.views()) : null;
-    return { version: c?.version ?? null, digest: c?.digest ?? null, bindings: this.history.indexed?.bindings.count ?? 0, ...this.publication, rollout };
+    const replica = this.options.replica ? { name: this.options.replica.name, ...this.role } : null;
+    return { version: c?.version ?? null, digest: c?.digest ?? null, bindings: this.history.indexed?.bindings.count ?? 0, ...this.publication, rollout, replica, store: this.storeDescription };
   }
 
   /** Publishes a change of bindings on top of the current version (validated against it; a bad entry throws, naming it). */
   publishDelta(delta: StateDelta, options: { override?: boolean; source?: string; actor?: string } = {}): Promise<{ version: number; changed: boolean }> {
     return this.serial(async () => {
+      this.assertLeader();
       const source = options.source ?? 'delta';
       if (!this.options.store) return this.published(this.history.publishDelta(delta), options);
       const planned = this.history.planDelta(delta);
@@ -682,6 +798,7 @@ export class ControlPlaneServer extends EventEmitter {
    */
   allowWithdrawal(version: number, options: { actor?: string; remote?: string | null; requestId?: string | null } = {}): Promise<string[]> {
     return this.serial(async () => {
+      this.assertLeader();
       const actor = options.actor ?? 'admin';
       const audit = (outcome: string, summary: string[]): AuditEntry => ({ at: Date.now(), actor, remote: options.remote ?? null, requestId: options.requestId ?? null, action: 'override', outcome, version, summary });
       if (this.held?.version === version) {
@@ -979,7 +1096,8 @@ export class ControlPlaneServer extends EventEmitter {
 
   /** Releases the next stage when it is due; pushes to its agents. */
   private checkRollout(): void {
-    if (!this.rollout) return;
+    // Stages are released by the replica that publishes.
+    if (!this.rollout || !this.leading) return;
     // Durations (the bake, miss rates) on the monotonic clock: a wall clock
     // stepped back would hold a rollout for as long, stepped forward skip the bake.
     const halted = this.rollout.halted;

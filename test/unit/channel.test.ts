@@ -59,7 +59,7 @@ describe.skipIf(!hasOpenssl)('control-plane channel over TLS (loopback)', () => 
       apply: async (s) => void applied.push(s.bindings.count),
     });
     client = new ControlPlaneClient(session, {
-      url: `wss://127.0.0.1:${port}/`,
+      urls: [`wss://127.0.0.1:${port}/`],
       ca: options.ca ?? certs.ca,
       token: options.token ?? 'secret-1',
       heartbeatMs: 100,

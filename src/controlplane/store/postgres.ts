@@ -13,7 +13,7 @@
  * the control plane.
  */
 import pg from 'pg';
-import { EMPTY_RECORDS, StoreError, type AuditEntry, type ControlPlaneStore, type Loaded, type PublicationRecords, type StoredVersion } from './store.js';
+import { EMPTY_RECORDS, StoreError, type AuditEntry, type ControlPlaneStore, type Loaded, type PublicationRecords, type ReplicaStore, type StoredVersion } from './store.js';
 
 /** Schema migrations, in order; index + 1 is the schema version each one makes. Never edit one that shipped: add the next. */
 export const MIGRATIONS: readonly string[] = [
@@ -57,12 +57,27 @@ export const MIGRATIONS: readonly string[] = [
      version integer,
      summary jsonb NOT NULL
    );`,
+  // Replicas: the publishing lease. `term` grows with every change of holder;
+  // every write of a replica checks its term in the same transaction (fencing).
+  `CREATE TABLE sy_lease (
+     id boolean PRIMARY KEY DEFAULT true CHECK (id),
+     holder text,
+     advertise text,
+     term bigint NOT NULL,
+     expires_at timestamptz NOT NULL
+   );
+   INSERT INTO sy_lease (holder, advertise, term, expires_at) VALUES (NULL, NULL, 0, '-infinity');`,
 ];
+
+/** The channel replicas are told of a new version or new records on (the payload: the version). */
+export const CHANGES_CHANNEL = 'switchyard_changes';
 
 /** Any constant: the advisory lock replicas take while migrating. */
 const MIGRATION_LOCK = 0x53594d31; // "SYM1"
 const CONNECT_TIMEOUT_MS = 5_000;
 const QUERY_TIMEOUT_MS = 30_000;
+/** A lost LISTEN connection is retried this often. */
+const RELISTEN_MS = 1_000;
 
 /** The URL without its password, for logs and status. */
 export function redactUrl(url: string): string {
@@ -75,12 +90,33 @@ export function redactUrl(url: string): string {
   }
 }
 
-export class PostgresStore implements ControlPlaneStore {
+export class PostgresStore implements ControlPlaneStore, ReplicaStore {
   readonly description: string;
   private readonly pool: pg.Pool;
   private epoch = '';
+  /** undefined: no replica checks (one control plane); null: not leading (writes refused); else the lease writes are made under. */
+  private fence: { holder: string; term: number } | null | undefined;
+  private listener: pg.Client | undefined;
+  private listening = false;
 
-  constructor(url: string, onError: (err: Error) => void = () => {}) {
+  private versionOf(r: { version: number; digest: string; delta: string | null; document: boolean; source: string; actor: string; at: Date; summary: string[] }): StoredVersion {
+    return {
+      epoch: this.epoch,
+      version: r.version,
+      digest: r.digest,
+      delta: r.delta === null ? null : (JSON.parse(r.delta) as StoredVersion['delta']),
+      document: r.document,
+      source: r.source,
+      actor: r.actor,
+      at: r.at.getTime(),
+      summary: r.summary,
+    };
+  }
+
+  constructor(
+    private readonly url: string,
+    onError: (err: Error) => void = () => {},
+  ) {
     this.description = redactUrl(url);
     this.pool = new pg.Pool({ connectionString: url, max: 4, connectionTimeoutMillis: CONNECT_TIMEOUT_MS, query_timeout: QUERY_TIMEOUT_MS });
     // An idle client whose connection dies: told, not thrown (the next query reconnects).
@@ -150,17 +186,7 @@ export class PostgresStore implements ControlPlaneStore {
         'SELECT version, digest, delta, document, source, actor, at, summary FROM sy_versions WHERE epoch = $1 AND version <= $2 ORDER BY version',
         [this.epoch, current],
       );
-      const versions: StoredVersion[] = rows.rows.map((r) => ({
-        epoch: this.epoch,
-        version: r.version,
-        digest: r.digest,
-        delta: r.delta === null ? null : (JSON.parse(r.delta) as StoredVersion['delta']),
-        document: r.document,
-        source: r.source,
-        actor: r.actor,
-        at: r.at.getTime(),
-        summary: r.summary,
-      }));
+      const versions = rows.rows.map((r) => this.versionOf(r));
       versions.forEach((v, i) => {
         if (v.version !== i + 1) throw new StoreError('ESTORE_CORRUPT', `${this.description}: version ${i + 1} of epoch ${this.epoch} is missing`, { entry: this.description });
       });
@@ -171,8 +197,28 @@ export class PostgresStore implements ControlPlaneStore {
     }
   }
 
+  /**
+   * The fence: with a term set (this replica leads), a write is made only
+   * if the lease is still this replica's, in that term, unexpired by the
+   * database's clock — checked in the write's own transaction, so a replica
+   * that lost the lease (or its connection, or its clock) cannot write
+   * after another took over.
+   */
+  private async fenced(c: pg.PoolClient): Promise<void> {
+    if (this.fence === undefined) return;
+    if (this.fence === null) throw new StoreError('ESTORE_FENCED', `${this.description}: this replica does not hold the publishing lease`, { entry: this.description });
+    const { rows } = await c.query('SELECT 1 FROM sy_lease WHERE holder = $1 AND term = $2 AND expires_at > now() FOR SHARE', [this.fence.holder, this.fence.term]);
+    if (rows.length === 0) throw new StoreError('ESTORE_FENCED', `${this.description}: the publishing lease of term ${this.fence.term} is no longer ${this.fence.holder}'s`, { entry: this.description });
+  }
+
+  /** Tells the other replicas (at commit, in commit order). */
+  private async notify(c: pg.PoolClient, version: number): Promise<void> {
+    await c.query('SELECT pg_notify($1, $2)', [CHANGES_CHANNEL, String(version)]);
+  }
+
   async commit(version: StoredVersion, document: string | undefined, records: PublicationRecords, audit: AuditEntry | undefined): Promise<void> {
     await this.transaction(`saving version ${version.version}`, async (c) => {
+      await this.fenced(c);
       // The pointer row, locked: writers are serialised, and only the next version goes in.
       const { rows } = await c.query<{ epoch: string; version: number }>('SELECT epoch, version FROM sy_pointer FOR UPDATE');
       const p = rows[0]!;
@@ -194,6 +240,7 @@ export class PostgresStore implements ControlPlaneStore {
       await c.query('UPDATE sy_pointer SET version = $1', [version.version]);
       await c.query('UPDATE sy_records SET body = $1', [JSON.stringify(records)]);
       if (audit) await this.insertAudit(c, audit);
+      await this.notify(c, version.version);
     });
   }
 
@@ -229,8 +276,11 @@ export class PostgresStore implements ControlPlaneStore {
 
   async putRecords(records: PublicationRecords, audit?: AuditEntry): Promise<void> {
     await this.transaction('saving the publication records', async (c) => {
+      await this.fenced(c);
       await c.query('UPDATE sy_records SET body = $1', [JSON.stringify(records)]);
       if (audit) await this.insertAudit(c, audit);
+      const { rows } = await c.query<{ version: number }>('SELECT version FROM sy_pointer');
+      await this.notify(c, rows[0]!.version);
     });
   }
 
@@ -254,7 +304,86 @@ export class PostgresStore implements ControlPlaneStore {
     }
   }
 
+  async lead(holder: string, advertise: string | null, ttlMs: number): Promise<{ term: number; holder: string; advertise: string | null; leading: boolean }> {
+    try {
+      // Renewed by its holder in its term; taken (next term) once expired.
+      const taken = await this.pool.query<{ term: string }>(
+        `UPDATE sy_lease SET
+           term = CASE WHEN holder = $1 AND expires_at > now() THEN term ELSE term + 1 END,
+           holder = $1, advertise = $2, expires_at = now() + $3 * interval '1 millisecond'
+         WHERE holder = $1 OR expires_at <= now()
+         RETURNING term`,
+        [holder, advertise, ttlMs],
+      );
+      if (taken.rows.length > 0) return { term: Number(taken.rows[0]!.term), holder, advertise, leading: true };
+      const { rows } = await this.pool.query<{ term: string; holder: string | null; advertise: string | null }>('SELECT term, holder, advertise FROM sy_lease');
+      return { term: Number(rows[0]!.term), holder: rows[0]!.holder ?? '', advertise: rows[0]!.advertise, leading: false };
+    } catch (err) {
+      this.fail('renewing the publishing lease', err);
+    }
+  }
+
+  /** Gives the lease up (a clean stop): another replica takes over at once, not after the TTL. */
+  async release(holder: string): Promise<void> {
+    await this.pool.query("UPDATE sy_lease SET expires_at = '-infinity' WHERE holder = $1", [holder]).catch(() => undefined);
+  }
+
+  setFence(fence: { holder: string; term: number } | null): void {
+    this.fence = fence;
+  }
+
+  async since(after: number): Promise<{ versions: StoredVersion[]; records: PublicationRecords }> {
+    try {
+      const pointer = await this.pool.query<{ version: number }>('SELECT version FROM sy_pointer');
+      const rows = await this.pool.query<{ version: number; digest: string; delta: string | null; document: boolean; source: string; actor: string; at: Date; summary: string[] }>(
+        'SELECT version, digest, delta, document, source, actor, at, summary FROM sy_versions WHERE epoch = $1 AND version > $2 AND version <= $3 ORDER BY version',
+        [this.epoch, after, pointer.rows[0]!.version],
+      );
+      const records = await this.pool.query<{ body: PublicationRecords }>('SELECT body FROM sy_records');
+      return { versions: rows.rows.map((r) => this.versionOf(r)), records: { ...EMPTY_RECORDS, ...records.rows[0]!.body } };
+    } catch (err) {
+      this.fail('reading new versions', err);
+    }
+  }
+
+  /**
+   * Calls `onChange` whenever another replica commits (LISTEN), and once
+   * after every (re)connection: notifications sent while disconnected are
+   * lost, so the caller reads what it missed then. Reconnects until close().
+   */
+  listen(onChange: () => void, onError: (err: Error) => void): void {
+    this.listening = true;
+    const connect = async (): Promise<void> => {
+      while (this.listening) {
+        const client = new pg.Client({ connectionString: this.url, connectionTimeoutMillis: CONNECT_TIMEOUT_MS });
+        try {
+          await client.connect();
+          client.on('notification', () => onChange());
+          const ended = new Promise<void>((resolve) => {
+            client.on('error', (err) => {
+              onError(err);
+              resolve();
+            });
+            client.on('end', () => resolve());
+          });
+          await client.query(`LISTEN ${CHANGES_CHANNEL}`);
+          this.listener = client;
+          onChange(); // what was missed before this connection
+          await ended;
+        } catch (err) {
+          onError(err as Error);
+        }
+        this.listener = undefined;
+        await client.end().catch(() => undefined);
+        if (this.listening) await new Promise((r) => setTimeout(r, RELISTEN_MS));
+      }
+    };
+    void connect();
+  }
+
   async close(): Promise<void> {
+    this.listening = false;
+    await this.listener?.end().catch(() => undefined);
     await this.pool.end().catch(() => undefined);
   }
 }

@@ -132,10 +132,31 @@ export interface ControlPlaneStore {
   close(): Promise<void>;
 }
 
+/**
+ * A store several control planes share (PostgreSQL): one of them holds
+ * the publishing lease at a time, and every write is fenced by its term.
+ */
+export interface ReplicaStore {
+  /** Takes or renews the lease for `holder` (advertising its API URL); says who holds it. */
+  lead(holder: string, advertise: string | null, ttlMs: number): Promise<{ term: number; holder: string; advertise: string | null; leading: boolean }>;
+  /** Gives the lease up now. */
+  release(holder: string): Promise<void>;
+  /** Writes from now on: under this lease (checked in each write's transaction), or refused (null). */
+  setFence(fence: { holder: string; term: number } | null): void;
+  /** Versions after `after`, and the records. */
+  since(after: number): Promise<{ versions: StoredVersion[]; records: PublicationRecords }>;
+  /** `onChange` on every other replica's commit and after every (re)connection. */
+  listen(onChange: () => void, onError: (err: Error) => void): void;
+}
+
+export function isReplicaStore(store: ControlPlaneStore | undefined): store is ControlPlaneStore & ReplicaStore {
+  return store !== undefined && typeof (store as Partial<ReplicaStore>).lead === 'function';
+}
+
 /** A store that could not do what was asked: nothing was published. `cause` carries the system's or the database's error. */
 export class StoreError extends SwitchyardError {
   constructor(
-    code: 'ESTORE' | 'ESTORE_CONFLICT' | 'ESTORE_SCHEMA' | 'ESTORE_CORRUPT',
+    code: 'ESTORE' | 'ESTORE_CONFLICT' | 'ESTORE_SCHEMA' | 'ESTORE_CORRUPT' | 'ESTORE_FENCED',
     message: string,
     options: { cause?: unknown; entry?: string } = {},
   ) {

@@ -1,0 +1,196 @@
+/**
+ * Control-plane replicas over one PostgreSQL (issue 18, item 2), the
+ * database a cluster of the test's own: exactly one replica publishes;
+ * the others follow its versions (LISTEN/NOTIFY) and serve them to their
+ * agents, and send writers to it (307); a leader that dies without a word
+ * (its lease left to run out, as kill -9 leaves it) is replaced within the
+ * lease's time, while API writers keep writing: every write the API
+ * acknowledged is in the final state; a replica whose lease was taken
+ * cannot write (fencing in the database), whatever it believes.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import fs from 'node:fs';
+import net from 'node:net';
+import https from 'node:https';
+import { spawnSync } from 'node:child_process';
+import pg from 'pg';
+import { WebSocket } from 'ws';
+import { ControlPlaneServer } from '../../src/controlplane/server.js';
+import { BindingsApi } from '../../src/controlplane/api.js';
+import { PostgresStore } from '../../src/controlplane/store/postgres.js';
+import { UnsavedChange } from '../../src/controlplane/statefile.js';
+import { NotLeader } from '../../src/controlplane/lease.js';
+import { makeCerts, type TestCerts } from '../support/certs.js';
+import { postgresBin, TestPostgres } from '../support/postgres.js';
+import { cdnState } from '../support/store-scenario.js';
+
+const usable = process.getuid?.() === 0 && postgresBin() !== undefined && spawnSync('openssl', ['version']).status === 0;
+const TTL_MS = 1_000;
+const ADMIN = 'admin-token-0123456789';
+
+const freePort = () =>
+  new Promise<number>((resolve) => {
+    const s = net.createServer().listen(0, '127.0.0.1', () => {
+      const port = (s.address() as net.AddressInfo).port;
+      s.close(() => resolve(port));
+    });
+  });
+
+const eventually = async (what: string, check: () => boolean | Promise<boolean>, ms = 10_000) => {
+  const start = performance.now();
+  while (performance.now() - start < ms) {
+    if (await check()) return performance.now() - start;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  throw new Error(`${what}: not within ${ms} ms`);
+};
+
+describe.skipIf(!usable)('control-plane replicas over PostgreSQL', () => {
+  let certs: TestCerts;
+  let db: TestPostgres;
+  let url: string;
+  const replicas: Array<{ name: string; port: number; server: ControlPlaneServer; alive: boolean }> = [];
+
+  async function replica(name: string): Promise<(typeof replicas)[number]> {
+    const port = await freePort();
+    const server = new ControlPlaneServer({
+      cert: certs.cert,
+      key: certs.key,
+      tokens: { 'edge-1': 'agent-token-1' },
+      adminTokens: { ops: ADMIN },
+      port,
+      store: new PostgresStore(url),
+      replica: { name, advertise: `https://127.0.0.1:${port}`, ttlMs: TTL_MS },
+    });
+    server.on('unsaved', () => {});
+    server.on('store-error', () => {});
+    server.serveApi(new BindingsApi(server));
+    await server.listen();
+    const r = { name, port, server, alive: true };
+    replicas.push(r);
+    return r;
+  }
+  const leaders = () => replicas.filter((r) => r.alive && r.server.publicationStatus().replica?.leading);
+
+  beforeAll(async () => {
+    certs = makeCerts();
+    db = TestPostgres.create();
+    const c = new pg.Client({ connectionString: db.url() });
+    await c.connect();
+    await c.query('CREATE DATABASE replicas');
+    await c.end();
+    url = db.url('replicas');
+  });
+  afterAll(async () => {
+    for (const r of replicas) if (r.alive) await r.server.close();
+    db?.destroy();
+    fs.rmSync(certs.dir, { recursive: true, force: true });
+  });
+
+  /** One API request to a replica (no redirect followed): status, body, Location. */
+  const call = (port: number, method: string, route: string, body?: unknown, headers: Record<string, string> = {}) =>
+    new Promise<{ status: number; body: Record<string, unknown>; location: string | undefined }>((resolve, reject) => {
+      const payload = body === undefined ? '' : JSON.stringify(body);
+      const req = https.request(
+        { host: '127.0.0.1', port, path: route, method, ca: certs.ca, timeout: 5000, headers: { authorization: `Bearer ${ADMIN}`, 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload), ...headers } },
+        (res) => {
+          let text = '';
+          res.on('data', (d) => (text += d));
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, body: text ? (JSON.parse(text) as Record<string, unknown>) : {}, location: res.headers.location }));
+        },
+      );
+      req.on('timeout', () => req.destroy(new Error('timeout')));
+      req.on('error', reject);
+      req.end(payload);
+    });
+
+  it('one publishes, the others follow and redirect writers; a silent leader is replaced under a loop of API writes, none lost; a replica whose lease was taken cannot write', async () => {
+    const [a, b, c] = [await replica('a'), await replica('b'), await replica('c')];
+    await eventually('one replica leads', () => leaders().length === 1);
+    const first = leaders()[0]!;
+    expect((await first.server.propose(cdnState(40), 'seed', { actor: 'test' })).outcome).toBe('published');
+    await eventually('every replica has version 1', () => replicas.every((r) => r.server.history.current?.version === 1));
+
+    // An agent on a follower gets the version from it, then the next one as a delta.
+    const follower = [a, b, c].find((r) => r !== first)!;
+    const frames: Array<{ type: string; version: number }> = [];
+    const agent = new WebSocket(`wss://127.0.0.1:${follower.port}/`, { ca: certs.ca, headers: { authorization: 'Bearer agent-token-1' } });
+    agent.on('open', () => agent.send(JSON.stringify({ type: 'hello', protocol: 1, agent_id: 'edge-1', agent_version: 'test', capabilities: ['delta'], have: null, refused: null })));
+    agent.on('message', (data: Buffer) => {
+      const f = JSON.parse(data.toString()) as { type: string; epoch: string; version: number; digest: string };
+      if (f.type !== 'snapshot' && f.type !== 'delta') return;
+      frames.push({ type: f.type, version: f.version });
+      agent.send(JSON.stringify({ type: 'ack', epoch: f.epoch, version: f.version, digest: f.digest }));
+    });
+    await eventually('the agent has version 1 from the follower', () => frames.some((f) => f.version === 1));
+
+    // A write to a follower: sent to the leader.
+    const carve = (i: number) => ({ bindings: [{ label: 'spectrum', protocol: 'tcp', prefix: `10.0.${i >> 8}.${i & 255}/32`, port: 0 }] });
+    const redirected = await call(follower.port, 'POST', '/v1/bindings', carve(0));
+    expect(redirected).toMatchObject({ status: 307, location: `https://127.0.0.1:${first.port}/v1/bindings` });
+    expect((await call(first.port, 'POST', '/v1/bindings', carve(0))).status).toBe(200);
+    await eventually('the follower sends the agent version 2 as a delta', () => frames.some((f) => f.version === 2 && f.type === 'delta'));
+
+    // A writer loop through whichever replica it reaches, following redirects, retrying what was not answered.
+    const acknowledged = new Set<number>();
+    let stop = false;
+    const writer = (async () => {
+      for (let i = 1; !stop && i < 10_000; i++) {
+        for (let tries = 0; !stop; tries++) {
+          const alive = replicas.filter((r) => r.alive);
+          let port = alive[(i + tries) % alive.length]!.port;
+          try {
+            let r = await call(port, 'POST', '/v1/bindings', carve(i), { 'x-request-id': `w-${i}` });
+            if (r.status === 307) {
+              port = Number(new URL(r.location!).port);
+              r = await call(port, 'POST', '/v1/bindings', carve(i), { 'x-request-id': `w-${i}` });
+            }
+            // 409: an earlier try went through, its answer lost (the binding is ours).
+            if (r.status === 200 || r.status === 409) {
+              acknowledged.add(i);
+              break;
+            }
+          } catch {
+            // a replica gone away: the next one
+          }
+          await new Promise((res) => setTimeout(res, 50));
+        }
+      }
+    })();
+    await eventually('a few writes acknowledged', () => acknowledged.size >= 5);
+
+    // The leader goes silent: no release, its lease left to run out (as kill -9 leaves it).
+    const killedAt = performance.now();
+    first.alive = false;
+    await first.server.close({ release: false });
+    await eventually('another replica leads', () => leaders().length === 1, 10_000);
+    const takeover = performance.now() - killedAt;
+    const before = acknowledged.size;
+    await eventually('writes acknowledged after the takeover', () => acknowledged.size >= before + 5, 15_000);
+    stop = true;
+    await writer;
+    const now = leaders()[0]!;
+    await eventually('the followers caught up', () => replicas.filter((r) => r.alive).every((r) => r.server.history.current?.version === now.server.history.current?.version));
+    const bound = new Set([...now.server.history.indexed!.bindings].filter((x) => x.label === "spectrum").map((x) => x.prefix));
+    for (const i of acknowledged) expect(bound.has(`10.0.${i >> 8}.${i & 255}/32`), `write ${i}`).toBe(true);
+    process.stdout.write(`replicas: takeover after a silent leader ${Math.round(takeover)} ms (lease ${TTL_MS} ms); ${acknowledged.size} writes acknowledged, all in the final state\n`);
+    expect(takeover).toBeLessThan(TTL_MS * 5);
+
+    // Fencing: the lease taken from under the leader (as another replica would after its pause).
+    const version = now.server.history.current!.version;
+    const sql = new pg.Client({ connectionString: url });
+    await sql.connect();
+    await sql.query("UPDATE sy_lease SET holder = 'intruder', term = term + 1, expires_at = now() + interval '1 hour'");
+    const refused = await now.server.propose(cdnState(41), 'fenced').then(
+      () => 'published',
+      (err: unknown) => (err instanceof UnsavedChange ? `unsaved ${(err.cause as { code?: string }).code}` : err instanceof NotLeader ? 'not leader' : String(err)),
+    );
+    expect(['unsaved ESTORE_FENCED', 'not leader']).toContain(refused);
+    expect((await sql.query('SELECT version FROM sy_pointer')).rows[0].version).toBe(version);
+    await eventually('no replica believes it leads', () => leaders().length === 0, 5_000);
+    await sql.query("UPDATE sy_lease SET expires_at = '-infinity'");
+    await sql.end();
+    await eventually('a replica leads again', () => leaders().length === 1, 5_000);
+    agent.terminate();
+  });
+});

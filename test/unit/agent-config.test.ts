@@ -27,6 +27,19 @@ describe('agent config', () => {
     expect(readAgentConfig(file, { STATE_DIRECTORY: '/var/lib/switchyard' }).stateDir).toBe('/srv/sy');
   });
 
+  it('takes the replicas of a control plane in control_plane.urls, each checked', () => {
+    const file = path.join(dir, 'replicas.json');
+    const write = (cp: Record<string, unknown>) => fs.writeFileSync(file, JSON.stringify({ agent_id: 'edge-1', state_dir: '/srv/sy', control_plane: { ca_file: 'ca', token_file: 't', ...cp } }));
+    write({ urls: ['wss://cp-1:8443/', 'wss://cp-2:8443/'] });
+    expect(readAgentConfig(file, {}).controlPlane).toMatchObject({ url: 'wss://cp-1:8443/', urls: ['wss://cp-1:8443/', 'wss://cp-2:8443/'] });
+    write({ urls: ['wss://cp-1:8443/', 'https://cp-2:8443/'] });
+    expect(() => readAgentConfig(file, {})).toThrow(/control_plane\.urls\[1\] must be wss:\/\//);
+    write({ urls: [] });
+    expect(() => readAgentConfig(file, {})).toThrow(/control_plane\.urls must list 1-16 wss:\/\/ URLs/);
+    write({ url: 'wss://cp-1:8443/', urls: ['wss://cp-2:8443/'] });
+    expect(() => readAgentConfig(file, {})).toThrow(/needs "url" \(one control plane\) or "urls" \(its replicas\), not both/);
+  });
+
   it('names the field of a bad value', () => {
     expect(() => config({ firewall: { tool_timeout_seconds: 0 } })).toThrow(/agent\.json: firewall\.tool_timeout_seconds must be 1-86400 seconds/);
     expect(() => config({ max_bindings: 2.5 })).toThrow(/agent\.json: max_bindings must be an integer 1-4000000/);

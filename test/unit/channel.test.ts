@@ -47,7 +47,7 @@ describe.skipIf(!hasOpenssl)('control-plane channel over TLS (loopback)', () => 
     fs.rmSync(path.dirname(dir), { recursive: true, force: true });
   });
 
-  function agent(options: { token?: string; ca?: string } = {}) {
+  function agent(options: { token?: string; ca?: string; urls?: string[] } = {}) {
     const events: string[] = [];
     const applied: number[] = [];
     let client: ControlPlaneClient | undefined;
@@ -59,7 +59,7 @@ describe.skipIf(!hasOpenssl)('control-plane channel over TLS (loopback)', () => 
       apply: async (s) => void applied.push(s.bindings.count),
     });
     client = new ControlPlaneClient(session, {
-      urls: [`wss://127.0.0.1:${port}/`],
+      urls: options.urls ?? [`wss://127.0.0.1:${port}/`],
       ca: options.ca ?? certs.ca,
       token: options.token ?? 'secret-1',
       heartbeatMs: 100,
@@ -95,6 +95,30 @@ describe.skipIf(!hasOpenssl)('control-plane channel over TLS (loopback)', () => 
     expect(ok.code).toBe(200);
     expect(JSON.parse(ok.body).agents[0]).toMatchObject({ agentId: 'edge-1', connected: true, applied: { version: 2 } });
     expect((await get('wrong')).code).toBe(401);
+  });
+
+  it('an agent given several replicas moves to the next when one goes away, and resumes without applying again', async () => {
+    // A second control plane with the same epoch and versions (replicas of one store say the same).
+    const other = new ControlPlaneServer({ cert: certs.cert, key: certs.key, tokens: { 'edge-1': 'secret-1' }, pingMs: 200, epoch: 'e1' });
+    const otherPort = await other.listen();
+    try {
+      await server.publish(state());
+      await other.publish(state());
+      const a = agent({ urls: [`wss://127.0.0.1:${port}/`, `wss://127.0.0.1:${otherPort}/`] });
+      await eventually('v1 acknowledged on the first', () => server.status()[0]?.applied?.version === 1);
+      expect(a.client.url).toBe(`wss://127.0.0.1:${port}/`);
+      await server.close();
+      await eventually('connected to the second', () => other.status()[0]?.connected === true);
+      expect(a.client.url).toBe(`wss://127.0.0.1:${otherPort}/`);
+      await eventually('the second knows it has version 1', () => other.status()[0]?.applied?.version === 1);
+      expect(a.applied).toEqual([1]); // up to date: nothing applied again
+      await other.publish(state(['192.0.2.200/32']));
+      await eventually('v2 from the second', () => a.applied.length === 2);
+      expect(a.applied).toEqual([1, 2]);
+    } finally {
+      await other.close();
+      server = new ControlPlaneServer({ cert: certs.cert, key: certs.key, tokens: { 'edge-1': 'secret-1' }, pingMs: 200, epoch: 'e1' }); // afterEach closes one
+    }
   });
 
   it('a push held back by unsent data is made once it is written, not lost', async () => {

@@ -11,7 +11,7 @@ import path from 'node:path';
 import { readSecret } from './secret.js';
 import { createLogger, logLevelOption } from '../log.js';
 import { SwitchyardError } from '../errors.js';
-import { readJsonFile } from '../desired/state.js';
+import { readJsonFile, type DesiredState } from '../desired/state.js';
 import { parseLabel } from '../bindings/binding.js';
 import { Agent, readAgentConfig } from '../agent/agent.js';
 import { ControlPlaneServer, type AgentStatus, type Proposed, type Publication } from '../controlplane/server.js';
@@ -178,7 +178,8 @@ export async function controlPlaneCommand(flags: Record<string, unknown>): Promi
     adminTokens,
     host,
     port,
-    stateFile: file,
+    // Replicas keep the state in the database alone: a file per replica would drift apart.
+    ...(replica ? {} : { stateFile: file }),
     store,
     ...(replica ? { replica } : {}),
   });
@@ -215,18 +216,31 @@ export async function controlPlaneCommand(flags: Record<string, unknown>): Promi
   await server.open();
   log.info({ store: server.storeDescription, version: server.history.current?.version ?? null, epoch: server.history.epoch }, 'store opened');
   let first: Promise<void> | undefined;
-  const watch = file.watch(log, (state, why) => {
-    const proposed = server.propose(state, `${stateFile} (${why})`, { actor: 'file', action: 'state file' }).then(
+  let fileState: { state: DesiredState; why: string } | undefined;
+  const proposeFile = (state: DesiredState, why: string) =>
+    server.propose(state, `${stateFile} (${why})`, { actor: 'file', action: 'state file' }).then(
       (r) => logProposal(r, { why, bindings: state.bindings.count }),
       (err: Error) => {
         refusal = err.message;
         log.error({ why, err: err.message }, 'the state file could not be proposed');
       },
     );
-    first ??= proposed;
+  const watch = file.watch(log, (state, why) => {
+    fileState = { state, why };
+    // A replica's file seeds an empty store, or is an edit on the replica that publishes; elsewhere the API is the way in.
+    if (replica && !server.role.leading) {
+      if (why !== 'start') log.warn({ why, leader: server.role.leader }, 'the state file changed on a replica that does not publish: not proposed (change the state through the API)');
+      return;
+    }
+    first ??= proposeFile(state, why);
   });
+  if (replica) {
+    server.on('leading', () => {
+      if (server.history.current === undefined && fileState) void proposeFile(fileState.state, 'seeding an empty store');
+    });
+  }
   await first;
-  if (!watch.loaded || server.history.current === undefined) {
+  if (!watch.loaded || (!replica && server.history.current === undefined)) {
     watch.close();
     const why = watch.error ?? refusal;
     throw new SwitchyardError('EINVAL_FILE', `${stateFile}: no valid state to start from${why ? ` (${why})` : ''}`, { entry: stateFile });

@@ -32,7 +32,7 @@ import { notify, watchdogPingMs } from './systemd.js';
 import { ServiceStatus } from './status.js';
 import { AgentMetrics, parseListen } from './metrics.js';
 import { warmUp } from './warmup.js';
-import { DEFAULT_LIMITS, checkGuards } from './guards.js';
+import { DEFAULT_LIMITS, checkGuards } from '../protocol/guards.js';
 import { AdminServer, type AdminRequest, type Peer, type RegistrationAllowList } from './admin.js';
 import { LocalLayer, canonicalKey } from './local.js';
 import { IndexedState } from '../protocol/state.js';

@@ -13,7 +13,7 @@
 import { parseDesiredState, policiesText } from '../desired/state.js';
 import type { BindingChange } from '../firewall/incremental.js';
 import { SwitchyardError } from '../errors.js';
-import { checkGuardsSliced, type GuardLimits } from './guards.js';
+import { checkGuardsSliced, type GuardLimits } from '../protocol/guards.js';
 import type { StateStore } from './store.js';
 import { PROTOCOL_VERSION, parseFrame, type Delta, type Frame, type Hello, type Nack, type NackCode, type Snapshot, type StateId } from '../protocol/messages.js';
 import { IndexedState, documentOf, parseDelta, parsedDiffSteps, type AppliedDelta } from '../protocol/state.js';

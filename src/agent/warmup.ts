@@ -19,7 +19,7 @@ import { createChunks, planChanges } from '../firewall/apply.js';
 import type { TableBuildThread } from '../dispatcher/build-worker.js';
 import type { PushDecoder } from './decoder.js';
 import { WARMUP_BINDINGS, warmupDocument } from '../desired/warmup.js';
-import { checkGuards } from './guards.js';
+import { checkGuards } from '../protocol/guards.js';
 
 /** Runs the push path on a made-up state, writing nothing; resolves with the milliseconds it took. */
 export async function warmUp(tableBuilder: TableBuildThread, decoder?: PushDecoder, count = WARMUP_BINDINGS): Promise<number> {

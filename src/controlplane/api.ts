@@ -23,8 +23,7 @@ import { documentOf } from '../protocol/state.js';
 import type { ControlPlaneServer, Proposed } from './server.js';
 import { UnsavedChange } from './statefile.js';
 import { NotLeader, notLeaderAnswer } from './lease.js';
-
-const MAX_BODY = 64 * 1024 * 1024;
+import { ApiError, readBody, requestIdOf } from './http.js';
 
 type Doc = { bindings: Array<{ label: string; protocol: string; prefix: string; port: number }>; services: Record<string, unknown>; https_only: unknown; exclusive?: unknown };
 
@@ -53,23 +52,6 @@ function dryRunOf(url: URL): boolean {
   if (v === null || v === '0' || v === 'false') return false;
   if (v === '1' || v === 'true' || v === '') return true;
   throw new ApiError(400, `dry_run must be 1 or 0, not ${JSON.stringify(v)}`, 'dry_run');
-}
-
-/** The client's X-Request-Id (one value, at most 128 printable characters), else null. */
-export function requestIdOf(req: IncomingMessage): string | null {
-  const v = req.headers['x-request-id'];
-  const id = Array.isArray(v) ? v[0] : v;
-  return id !== undefined && /^[\x21-\x7e]{1,128}$/.test(id) ? id : null;
-}
-
-class ApiError extends Error {
-  constructor(
-    readonly status: number,
-    message: string,
-    readonly field?: string,
-  ) {
-    super(message);
-  }
 }
 
 /** An own property's value: a field absent from the body is never found on Object.prototype. */
@@ -275,33 +257,6 @@ function serviceLabel(segment: string): string {
   } catch (err) {
     throw new ApiError(400, (err as Error).message, 'label');
   }
-}
-
-/** A request's JSON body (undefined when empty), at most `max` bytes. */
-export function readBody(req: IncomingMessage, max = MAX_BODY): Promise<unknown> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    req.on('data', (d: Buffer) => {
-      size += d.length;
-      if (size > max) {
-        reject(new ApiError(413, `the body is larger than ${max} bytes`));
-        req.destroy();
-        return;
-      }
-      chunks.push(d);
-    });
-    req.on('end', () => {
-      const text = Buffer.concat(chunks).toString('utf8');
-      if (text.trim() === '') return resolve(undefined);
-      try {
-        resolve(JSON.parse(text));
-      } catch (err) {
-        reject(new ApiError(400, `the body is not JSON: ${(err as Error).message}`));
-      }
-    });
-    req.on('error', reject);
-  });
 }
 
 const change = {

@@ -17,7 +17,7 @@
 import type { DesiredState } from '../desired/state.js';
 import { BindingTable } from '../bindings/binding.js';
 import { IndexedState } from '../protocol/state.js';
-import { DEFAULT_LIMITS, checkGuards, type GuardFinding, type GuardLimits } from '../agent/guards.js';
+import { DEFAULT_LIMITS, checkGuards, type GuardFinding, type GuardLimits } from '../protocol/guards.js';
 import { verifyState, type Finding } from '../verify/verify.js';
 import { diffTables, type DiffSummary } from '../verify/diff.js';
 

@@ -16,12 +16,12 @@ import { EventEmitter } from 'node:events';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { warmUpHistory } from './warmup.js';
 import { judge, type PublishPolicy } from './policy.js';
-import { readBody, requestIdOf } from './api.js';
+import { ApiError, readBody, requestIdOf } from './http.js';
 import { UnsavedChange, type DocumentStore } from './statefile.js';
 import { documentOf } from '../protocol/state.js';
 import { Rollout, type AgentView, type RolloutConfig } from './rollout.js';
 import type { Finding } from '../verify/verify.js';
-import type { GuardFinding } from '../agent/guards.js';
+import type { GuardFinding } from '../protocol/guards.js';
 import { IndexedState } from '../protocol/state.js';
 import crypto from 'node:crypto';
 import https from 'node:https';
@@ -269,6 +269,7 @@ export class ControlPlaneServer extends EventEmitter {
             })
             .catch((err: Error) => {
               if (err instanceof NotLeader) return notLeaderAnswer(err, req, res);
+              if (err instanceof ApiError) return json(err.status, { error: err.message, ...(err.field ? { field: err.field } : {}) });
               if (err instanceof UnsavedChange) return json(507, { error: err.message, code: err.reason ?? err.code });
               json(409, { error: err.message });
             });

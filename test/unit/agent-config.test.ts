@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { readAgentConfig } from '../../src/agent/agent.js';
-import { DEFAULT_LIMITS } from '../../src/agent/guards.js';
+import { DEFAULT_LIMITS } from '../../src/protocol/guards.js';
 import { writeAgentConfig } from '../support/agent-config.js';
 
 describe('agent config', () => {

@@ -5,7 +5,7 @@ import { IndexedState, applyDelta, diffStates, indexedCopy, stateDigest } from '
 import { IPPROTO } from '../../src/bindings/binding.js';
 import { parsePrefix, type Prefix } from '../../src/net/address.js';
 import { parseFrame, encodeFrame, type Frame } from '../../src/protocol/messages.js';
-import { checkGuards, type GuardLimits } from '../../src/agent/guards.js';
+import { checkGuards, type GuardLimits } from '../../src/protocol/guards.js';
 
 const SERVICES = { cdn: { tcp: [80, 443] }, spectrum: { tcp: ['1-1000'] } };
 const state = (bindings: unknown[], extra: Record<string, unknown> = {}): DesiredState => parseDesiredState({ bindings, services: SERVICES, ...extra }, 'test');

@@ -6,7 +6,7 @@
  * the push says, for its own version, that it means it.
  */
 import { IPPROTO, parseBindingPrefix } from '../bindings/binding.js';
-import { IndexedState, type AppliedDelta } from '../protocol/state.js';
+import { IndexedState, type AppliedDelta } from './state.js';
 import { STRIDE, runSliced, runSync, type Steps } from '../slice.js';
 import { formatPrefix, prefixContains } from '../net/address.js';
 import { MAX_DESTINATIONS } from '../trie/layout.js';

@@ -51,7 +51,7 @@ describe.skipIf(!usable)('control-plane replicas over PostgreSQL', () => {
   let url: string;
   const replicas: Array<{ name: string; port: number; server: ControlPlaneServer; alive: boolean }> = [];
 
-  async function replica(name: string): Promise<(typeof replicas)[number]> {
+  async function replica(name: string, dbUrl = url): Promise<(typeof replicas)[number]> {
     const port = await freePort();
     const server = new ControlPlaneServer({
       cert: certs.cert,
@@ -59,7 +59,7 @@ describe.skipIf(!usable)('control-plane replicas over PostgreSQL', () => {
       tokens: { 'edge-1': 'agent-token-1' },
       adminTokens: { ops: ADMIN },
       port,
-      store: new PostgresStore(url),
+      store: new PostgresStore(dbUrl),
       replica: { name, advertise: `https://127.0.0.1:${port}`, ttlMs: TTL_MS },
     });
     server.on('unsaved', () => {});
@@ -192,5 +192,47 @@ describe.skipIf(!usable)('control-plane replicas over PostgreSQL', () => {
     await sql.end();
     await eventually('a replica leads again', () => leaders().length === 1, 5_000);
     agent.terminate();
+  });
+
+  it('PostgreSQL stopped: the replicas serve their agents the last version and publish nothing; restarted, they lead, publish and follow again', async () => {
+    for (const r of replicas.filter((x) => x.alive)) {
+      r.alive = false;
+      await r.server.close();
+    }
+    const c0 = new pg.Client({ connectionString: db.url() });
+    await c0.connect();
+    await c0.query('CREATE DATABASE outage');
+    await c0.end();
+    const outage = db.url('outage');
+    const [d, e] = [await replica('d', outage), await replica('e', outage)];
+    await eventually('one leads', () => leaders().length === 1);
+    await leaders()[0]!.server.propose(cdnState(30), 'seed', { actor: 'test' });
+    await eventually('both have version 1', () => [d, e].every((r) => r.server.history.current?.version === 1));
+    db.stop('immediate');
+    try {
+      await eventually('no replica leads without its store', () => leaders().length === 0, 5_000);
+      for (const r of [d, e]) {
+        await expect(r.server.propose(cdnState(31), 'during the outage')).rejects.toBeInstanceOf(NotLeader);
+        // An agent connecting now still gets the last version.
+        const got = await new Promise<number>((resolve, reject) => {
+          const ws = new WebSocket(`wss://127.0.0.1:${r.port}/`, { ca: certs.ca, headers: { authorization: 'Bearer agent-token-1' } });
+          ws.on('open', () => ws.send(JSON.stringify({ type: 'hello', protocol: 1, agent_id: 'edge-1', agent_version: 'test', capabilities: ['delta'], have: null, refused: null })));
+          ws.on('message', (data: Buffer) => {
+            const f = JSON.parse(data.toString()) as { type: string; version: number };
+            if (f.type === 'snapshot') {
+              ws.terminate();
+              resolve(f.version);
+            }
+          });
+          ws.on('error', reject);
+        });
+        expect(got).toBe(1);
+      }
+    } finally {
+      db.start();
+    }
+    await eventually('one leads again', () => leaders().length === 1, 10_000);
+    expect((await leaders()[0]!.server.propose(cdnState(31), 'after the outage')).outcome).toBe('published');
+    await eventually('both have version 2', () => [d, e].every((r) => r.server.history.current?.version === 2), 10_000);
   });
 });

@@ -4,6 +4,7 @@
  * integration test run the same checks).
  */
 import { expect } from 'vitest';
+import { WebSocket } from 'ws';
 import { ControlPlaneServer } from '../../src/controlplane/server.js';
 import { parseRollout } from '../../src/controlplane/rollout.js';
 import { parseDesiredState } from '../../src/desired/state.js';
@@ -115,5 +116,39 @@ export async function manyDeltasRebuild(certs: TestCerts, store: () => ControlPl
   const second = serverOn(certs, store());
   await second.open();
   expect(second.history.current).toMatchObject({ version: want.version, digest: want.digest });
+  await second.close();
+}
+
+/** A rollout halted by a NACKing canary stays halted across a restart: the later stage keeps the version it had. */
+export async function haltSurvivesRestart(certs: TestCerts, store: () => ControlPlaneStore): Promise<void> {
+  const first = serverOn(certs, store(), { rollout: true });
+  const port = await first.listen();
+  await first.publish(cdnState(20));
+  // The canary (agent "a") refuses version 2.
+  const nacked = new Promise<void>((resolve, reject) => {
+    const ws = new WebSocket(`wss://127.0.0.1:${port}/`, { ca: certs.ca, headers: { authorization: 'Bearer token-a' } });
+    ws.on('open', () => ws.send(JSON.stringify({ type: 'hello', protocol: 1, agent_id: 'a', agent_version: 'test', capabilities: ['delta'], have: null, refused: null, labels: { canary: 'true' } })));
+    ws.on('message', (data: Buffer) => {
+      const f = JSON.parse(data.toString()) as { type: string; epoch: string; version: number; digest: string };
+      if (f.type !== 'snapshot' && f.type !== 'delta') return;
+      if (f.version === 2) {
+        ws.send(JSON.stringify({ type: 'nack', epoch: f.epoch, version: 2, code: 'EAPPLY', message: 'the kernel refused it (test)', details: [] }));
+        resolve();
+      } else ws.send(JSON.stringify({ type: 'ack', epoch: f.epoch, version: f.version, digest: f.digest }));
+    });
+    ws.on('error', reject);
+  });
+  await new Promise((r) => setTimeout(r, 200)); // the canary has version 1
+  await first.publish(cdnState(21));
+  await nacked;
+  for (let t = 0; t < 100 && !first.publicationStatus().rollout?.halted; t++) await new Promise((r) => setTimeout(r, 20));
+  expect(first.publicationStatus().rollout?.halted).toMatchObject({ stage: 'canary', agentId: 'a' });
+  await first.close();
+
+  const second = serverOn(certs, store(), { rollout: true });
+  await second.open();
+  const rollout = second.publicationStatus().rollout!;
+  expect(rollout.halted).toMatchObject({ stage: 'canary', agentId: 'a', why: expect.stringMatching(/EAPPLY/) });
+  expect(rollout.stages.map((s) => s.version)).toEqual([2, 1]);
   await second.close();
 }

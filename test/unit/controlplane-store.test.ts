@@ -13,7 +13,7 @@ import { FileStore } from '../../src/controlplane/store/file.js';
 import type { ControlPlaneStore } from '../../src/controlplane/store/store.js';
 import { UnsavedChange } from '../../src/controlplane/statefile.js';
 import { makeCerts, type TestCerts } from '../support/certs.js';
-import { cdnState, manyDeltasRebuild, restartForgetsNothing, rolloutSurvivesRestart, serverOn } from '../support/store-scenario.js';
+import { cdnState, haltSurvivesRestart, manyDeltasRebuild, restartForgetsNothing, rolloutSurvivesRestart, serverOn } from '../support/store-scenario.js';
 
 const hasOpenssl = spawnSync('openssl', ['version']).status === 0;
 
@@ -36,6 +36,10 @@ describe.skipIf(!hasOpenssl)('control-plane file store', () => {
 
   it("a rollout's stages survive a restart", async () => {
     await rolloutSurvivesRestart(certs, fresh());
+  });
+
+  it('a rollout halted by a NACKing canary is still halted after a restart', async () => {
+    await haltSurvivesRestart(certs, fresh());
   });
 
   it('300 small changes are stored as deltas (a document now and then) and rebuilt exactly', async () => {

@@ -513,15 +513,8 @@ export class ControlPlaneServer extends EventEmitter {
       const delta = planned.delta ? { add: planned.delta.add, remove: planned.delta.remove } : null;
       const whole = storesDocument(this.stored, delta, planned.indexed.bindings.count);
       const version: StoredVersion = { epoch: this.history.epoch, version: planned.version, digest: planned.digest, delta, document: whole, source: meta.source, actor: meta.actor, at: Date.now(), summary: meta.summary };
-      let rollout: PublicationRecords['rollout'] = null;
-      if (this.rollout) {
-        const next = new Rollout(this.rollout.config);
-        next.restore(this.rollout.snapshot());
-        next.start(planned.version);
-        rollout = next.snapshot();
-      }
       const records = this.records({
-        rollout,
+        rollout: this.rolloutAfter(planned.version),
         override: meta.override ? planned.version : null,
         ...(meta.last !== undefined ? { last: meta.last } : {}),
         ...(meta.keepHeld ? {} : { held: null }),
@@ -537,6 +530,15 @@ export class ControlPlaneServer extends EventEmitter {
       await this.recordOrThrow(meta.source, meta.audit);
     }
     return this.published(this.history.commit(planned), meta.override ? { override: true } : {});
+  }
+
+  /** The rollout's record once `version` starts rolling out (what is stored with it; the rollout itself starts once it is). */
+  private rolloutAfter(version: number): PublicationRecords['rollout'] {
+    if (!this.rollout) return null;
+    const next = new Rollout(this.rollout.config);
+    next.restore(this.rollout.snapshot());
+    next.start(version);
+    return next.snapshot();
   }
 
   /** The records (and an audit entry) saved, or UnsavedChange. */
@@ -760,15 +762,8 @@ export class ControlPlaneServer extends EventEmitter {
         copy.applyDelta(delta, source);
         return this.commitAndPublish(this.history.plan(copy), { source, actor: version.actor, summary: [], ...(options.override ? { override: true } : {}) });
       }
-      let rollout: PublicationRecords['rollout'] = null;
-      if (this.rollout) {
-        const next = new Rollout(this.rollout.config);
-        next.restore(this.rollout.snapshot());
-        next.start(version.version);
-        rollout = next.snapshot();
-      }
       try {
-        await this.options.store.commit(version, undefined, this.records({ rollout, override: options.override ? version.version : null, held: null }), undefined);
+        await this.options.store.commit(version, undefined, this.records({ rollout: this.rolloutAfter(version.version), override: options.override ? version.version : null, held: null }), undefined);
       } catch (err) {
         throw this.unsaved(source, err);
       }

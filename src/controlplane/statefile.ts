@@ -12,6 +12,7 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
+import { fsyncPath } from '../fsync.js';
 import type { Logger } from 'pino';
 import { SwitchyardError } from '../errors.js';
 import { parseDesiredState, type DesiredState } from '../desired/state.js';
@@ -54,15 +55,6 @@ function writeAll(fd: number, bytes: Buffer): void {
     const n = fs.writeSync(fd, bytes, at, bytes.length - at);
     if (n <= 0) throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC', syscall: 'write' });
     at += n;
-  }
-}
-
-function fsyncPath(p: string): void {
-  const fd = fs.openSync(p, 'r');
-  try {
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
   }
 }
 

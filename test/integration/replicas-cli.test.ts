@@ -10,24 +10,16 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import net from 'node:net';
 import https from 'node:https';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import pg from 'pg';
 import { makeCerts, type TestCerts } from '../support/certs.js';
 import { postgresBin, TestPostgres } from '../support/postgres.js';
+import { freePort } from '../support/ports.js';
 import { CLI } from '../support/netns.js';
 
 const usable = process.getuid?.() === 0 && postgresBin() !== undefined && spawnSync('openssl', ['version']).status === 0 && fs.existsSync(CLI);
 const ADMIN = 'admin-token-0123456789';
-
-const freePort = () =>
-  new Promise<number>((resolve) => {
-    const s = net.createServer().listen(0, '127.0.0.1', () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-  });
 
 describe.skipIf(!usable)('control-plane replicas as processes (SIGKILL of the leader)', () => {
   let certs: TestCerts;

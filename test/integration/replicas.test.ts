@@ -10,7 +10,6 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import fs from 'node:fs';
-import net from 'node:net';
 import https from 'node:https';
 import { spawnSync } from 'node:child_process';
 import pg from 'pg';
@@ -22,19 +21,12 @@ import { UnsavedChange } from '../../src/controlplane/statefile.js';
 import { NotLeader } from '../../src/controlplane/lease.js';
 import { makeCerts, type TestCerts } from '../support/certs.js';
 import { postgresBin, TestPostgres } from '../support/postgres.js';
+import { freePort } from '../support/ports.js';
 import { cdnState } from '../support/store-scenario.js';
 
 const usable = process.getuid?.() === 0 && postgresBin() !== undefined && spawnSync('openssl', ['version']).status === 0;
 const TTL_MS = 1_000;
 const ADMIN = 'admin-token-0123456789';
-
-const freePort = () =>
-  new Promise<number>((resolve) => {
-    const s = net.createServer().listen(0, '127.0.0.1', () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-  });
 
 const eventually = async (what: string, check: () => boolean | Promise<boolean>, ms = 10_000) => {
   const start = performance.now();

@@ -17,19 +17,11 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
+import { fsyncPath } from '../../fsync.js';
 import { native } from '../../kernel/native.js';
 import { EMPTY_RECORDS, StoreError, type AuditEntry, type ControlPlaneStore, type Loaded, type PublicationRecords, type StoredVersion } from './store.js';
 
 export const FILE_STORE_FORMAT = 1;
-
-function fsyncPath(p: string): void {
-  const fd = fs.openSync(p, 'r');
-  try {
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
-}
 
 /** Temporary file, every byte, fsync, rename, fsync of the directory. */
 function replaceFile(file: string, text: string): void {

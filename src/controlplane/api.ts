@@ -283,9 +283,39 @@ const writeParameters = [
 export const OPENAPI = {
   openapi: '3.0.3',
   info: { title: 'Switchyard control plane: service bindings', version: '1', description: 'Every change is verified, diffed and rolled out exactly like a change of the state file. Bearer auth with the admin token.' },
-  components: { securitySchemes: { admin: { type: 'http', scheme: 'bearer' } } },
+  components: {
+    securitySchemes: { admin: { type: 'http', scheme: 'bearer' } },
+    schemas: {
+      // Its properties are the fields parseDesiredState accepts (test/unit/openapi.test.ts checks).
+      State: {
+        type: 'object',
+        required: ['bindings'],
+        properties: {
+          bindings: { type: 'array', items: bindingSchema },
+          services: { type: 'object', additionalProperties: { type: 'object', properties: { tcp: ports, udp: ports } }, description: 'label → the ports its traffic may reach' },
+          https_only: { type: 'object', properties: { prefixes: { type: 'array', items: { type: 'string' } }, plaintext_ports: ports } },
+          exclusive: { type: 'object', additionalProperties: { type: 'array', items: { type: 'string' } }, description: 'label → prefixes where only that service may receive traffic' },
+        },
+      },
+    },
+  },
   security: [{ admin: [] }],
   paths: {
+    '/v1/openapi.json': { get: { summary: 'this document', responses: { '200': { description: 'OpenAPI 3.0' } } } },
+    '/status': {
+      get: {
+        summary: 'what the control plane publishes, holds and refused, its rollout and replica role, and every agent (an agent token sees the same)',
+        responses: { '200': { description: '{publication: {version, digest, bindings, last, held, refused, rollout, replica, store}, agents: [...]}' } },
+      },
+    },
+    '/override': {
+      post: {
+        summary: "confirm that a version's withdrawal is meant: a held version is saved and published with the guard override; the current one is pushed again to the agents whose guard refused it",
+        parameters: writeParameters.filter((p) => p.name === 'X-Request-Id'),
+        requestBody: body({ type: 'object', required: ['version'], properties: { version: { type: 'integer' } } }),
+        responses: { '200': { description: '{version, agents}' }, '400': { description: 'the body is not {"version": N}' }, '307': { description: 'sent to the replica that publishes' }, '409': { description: 'not the held or current version' }, '507': change['507'] },
+      },
+    },
     '/v1/audit': {
       get: {
         summary: 'who changed what: every proposal, confirmation and refusal, oldest first',
@@ -296,7 +326,7 @@ export const OPENAPI = {
         responses: { '200': { description: '{entries: [{at, actor, remote, requestId, action, outcome, version, summary}]}' } },
       },
     },
-    '/v1/state': { get: { summary: 'the desired state in force and its version', responses: { '200': { description: '{version, state}' } } } },
+    '/v1/state': { get: { summary: 'the desired state in force and its version', responses: { '200': { description: '{version, state}', content: { 'application/json': { schema: { type: 'object', properties: { version: { type: 'integer' }, state: { $ref: '#/components/schemas/State' } } } } } } } } },
     '/v1/bindings': {
       get: { summary: 'bindings, filtered by label, protocol or prefix', parameters: ['label', 'protocol', 'prefix'].map((name) => ({ name, in: 'query', schema: { type: 'string' } })), responses: { '200': { description: '{version, bindings}' } } },
       post: { parameters: writeParameters, summary: 'bind prefixes to services', requestBody: body({ type: 'object', required: ['bindings'], properties: { bindings: { type: 'array', items: bindingSchema } } }), responses: { ...change, '409': { description: 'a key is already bound' } } },

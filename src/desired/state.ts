@@ -46,7 +46,8 @@ export interface DesiredState {
   exclusive: Map<string, Prefix[]>;
 }
 
-const STATE_FIELDS = new Set(['bindings', 'services', 'https_only', 'exclusive']);
+/** The fields of a desired-state document (the API's OpenAPI schema lists the same). */
+export const STATE_FIELDS: ReadonlySet<string> = new Set(['bindings', 'services', 'https_only', 'exclusive']);
 const POLICY_FIELDS = new Set(['tcp', 'udp']);
 const HTTPS_ONLY_FIELDS = new Set(['prefixes', 'plaintext_ports']);
 

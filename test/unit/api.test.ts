@@ -103,7 +103,7 @@ describe.skipIf(!hasOpenssl)('service-bindings API', () => {
     expect(await call('GET', '/v1/state', undefined, 'agent-token')).toMatchObject({ status: 403 });
     expect(await call('GET', '/v1/state', undefined, 'nobody')).toMatchObject({ status: 401 });
     const spec = await call('GET', '/v1/openapi.json');
-    expect(Object.keys(spec.body.paths as object)).toEqual(['/v1/audit', '/v1/state', '/v1/bindings', '/v1/services', '/v1/services/{label}', '/v1/https-only']);
+    expect(Object.keys(spec.body.paths as object)).toEqual(['/v1/openapi.json', '/status', '/override', '/v1/audit', '/v1/state', '/v1/bindings', '/v1/services', '/v1/services/{label}', '/v1/https-only']);
     // No store here: an empty trail (the store tests read a real one); a bad query names its field.
     expect(await call('GET', '/v1/audit')).toMatchObject({ status: 200, body: { entries: [] } });
     expect(await call('GET', '/v1/audit?limit=x')).toMatchObject({ status: 400, body: { field: 'limit' } });

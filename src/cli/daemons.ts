@@ -232,7 +232,8 @@ export async function controlPlaneCommand(flags: Record<string, unknown>): Promi
       if (why !== 'start') log.warn({ why, leader: server.role.leader }, 'the state file changed on a replica that does not publish: not proposed (change the state through the API)');
       return;
     }
-    first ??= proposeFile(state, why);
+    const proposed = proposeFile(state, why);
+    first ??= proposed;
   });
   if (replica) {
     server.on('leading', () => {

@@ -33,7 +33,7 @@ import type { StateDelta } from '../protocol/state.js';
 import { History, type PlannedVersion } from './history.js';
 import { parseDesiredState } from '../desired/state.js';
 import { indexedCopy, stateJson } from '../protocol/state.js';
-import { StoreError, type AuditEntry, type ControlPlaneStore, type PublicationRecords, type StoredVersion } from './store/store.js';
+import { StoreError, type AuditEntry, type ControlPlaneStore, type PublicationRecords, type SharedAgentView, type StoredVersion } from './store/store.js';
 import { baseOf, stateOf, storesDocument } from './store/replay.js';
 import { isReplicaStore } from './store/store.js';
 import { LeaseKeeper, NotLeader, notLeaderAnswer, type LeaseOptions } from './lease.js';
@@ -126,6 +126,10 @@ interface Counters {
 
 /** How often a rollout looks whether the next stage is due. */
 const ROLLOUT_TICK_MS = 250;
+/** Replicas write their agents' views this often… */
+const SHARE_MS = 1_000;
+/** …and a view older than this is of an agent (or a replica) gone. */
+const SHARE_FRESH_MS = 3 * SHARE_MS;
 
 /** How long a held-back push waits when no write completion brings it sooner. */
 const HELD_RETRY_MS = 100;
@@ -224,6 +228,12 @@ export class ControlPlaneServer extends EventEmitter {
   /** Whether this control plane publishes (always, unless it is a replica without the lease). */
   private leading = true;
   private lease: LeaseKeeper | undefined;
+  /** Replicas: the other replicas' agents, as the publishing one last read them. */
+  private remoteAgents: Array<SharedAgentView & { replica: string }> = [];
+  private shareTimer: NodeJS.Timeout | undefined;
+  /** When the last read of the others' agents was issued, and when the version rolling out started (monotonic ms). */
+  private remoteReadAt = 0;
+  private rolloutStartedAt = 0;
   /** The tail of the publishing steps (serial()). */
   private queue: Promise<unknown> = Promise.resolve();
   private readonly publication: Omit<Publication, 'version' | 'digest' | 'bindings' | 'rollout' | 'replica' | 'store'> = { last: null, held: null, refused: null };
@@ -326,6 +336,7 @@ export class ControlPlaneServer extends EventEmitter {
   /** `release: false` keeps the lease until it runs out, as a killed replica would (tests). */
   async close(options: { release?: boolean } = {}): Promise<void> {
     clearInterval(this.pinger);
+    clearInterval(this.shareTimer);
     clearInterval(this.rolloutTimer);
     for (const socket of this.connections.values()) socket.terminate();
     this.wss.close();
@@ -395,6 +406,8 @@ export class ControlPlaneServer extends EventEmitter {
         },
       });
       this.lease.start();
+      this.shareTimer = setInterval(() => void this.shareAgents(), SHARE_MS);
+      this.shareTimer.unref();
     }
   }
 
@@ -776,6 +789,7 @@ export class ControlPlaneServer extends EventEmitter {
     if (options.override) this.override = { version: r.version, withdrawal: true };
     if (r.changed && this.rollout) {
       this.rollout.start(r.version);
+      this.rolloutStartedAt = performance.now();
       this.retain();
       // Health is judged afresh for each version: from when an agent has it.
       for (const h of this.health.values()) {
@@ -1086,8 +1100,38 @@ export class ControlPlaneServer extends EventEmitter {
     return { agentId: s.agentId, labels: peer.hello.labels, connected: s.connected, applied: s.applied?.epoch === this.history.epoch ? s.applied.version : null, unhealthy: this.unhealthy(s.agentId) };
   }
 
+  /** The agents a rollout is judged over: this replica's, and (replicas) the others' as they last wrote them. */
   private views(): AgentView[] {
-    return [...this.peers.values()].map((p) => this.view(p));
+    const own = [...this.peers.values()].map((p) => this.view(p));
+    if (this.remoteAgents.length === 0) return own;
+    const here = new Set(own.map((v) => v.agentId));
+    return [...own, ...this.remoteAgents.filter((v) => !here.has(v.agentId))];
+  }
+
+  /**
+   * Replicas: every SHARE_MS, this replica writes its connected agents'
+   * views to the store, and the one that publishes reads the others'
+   * (rows older than SHARE_FRESH_MS are of agents gone or of a replica gone).
+   */
+  private async shareAgents(): Promise<void> {
+    const store = this.options.store;
+    const replica = this.options.replica;
+    if (!isReplicaStore(store) || !replica) return;
+    const views: SharedAgentView[] = [...this.peers.values()].map((p) => {
+      const n = p.status.lastNack;
+      return { ...this.view(p), nack: n && n.version !== null ? { version: n.version, why: `NACK ${n.code}: ${n.message}` } : null };
+    });
+    try {
+      await store.putAgents(replica.name, views);
+      if (this.leading) {
+        const readAt = performance.now();
+        const all = await store.agents(SHARE_FRESH_MS);
+        this.remoteAgents = all.filter((a) => a.replica !== replica.name);
+        this.remoteReadAt = readAt;
+      } else this.remoteAgents = [];
+    } catch (err) {
+      this.emit('store-error', err);
+    }
   }
 
   /** Releases the next stage when it is due; pushes to its agents. */
@@ -1097,6 +1141,15 @@ export class ControlPlaneServer extends EventEmitter {
     // Durations (the bake, miss rates) on the monotonic clock: a wall clock
     // stepped back would hold a rollout for as long, stepped forward skip the bake.
     const halted = this.rollout.halted;
+    // A NACK an agent of another replica sent (its replica wrote it down).
+    for (const a of this.remoteAgents) if (a.nack && a.nack.version === this.rollout.rollingOut) this.rollout.halt(a, `${a.nack.why} (via replica ${a.replica})`);
+    // Replicas: no stage goes on what the others said before it started (an
+    // agent of theirs unknown here would make its stage look empty, so done):
+    // only on a read made once each has had a turn to write since.
+    if (this.options.replica && this.remoteReadAt < this.rolloutStartedAt + SHARE_MS) {
+      if (this.rollout.halted !== halted) void this.recordRollout();
+      return;
+    }
     const released = this.rollout.advance(this.views(), performance.now());
     if (released === null) {
       if (this.rollout.halted !== halted) void this.recordRollout();

@@ -168,7 +168,9 @@ describe.skipIf(!isRoot)('firewall over a veth pair', () => {
   });
 
   it('firewall watch applies, follows the file, repairs drift, refuses a bad file, and leaves the rules when stopped', async () => {
-    const child = spawn(CLI, ['firewall', 'watch', stateFile, '--interval', '1', '--netns', server.path, '--bpffs', server.bpffs], { stdio: ['ignore', 'pipe', 'pipe'] });
+    // Resyncs every 3 s: the drift below must be seen (by a CLI process of
+    // its own, slow under load) before the watcher repairs it.
+    const child = spawn(CLI, ['firewall', 'watch', stateFile, '--interval', '3', '--netns', server.path, '--bpffs', server.bpffs], { stdio: ['ignore', 'pipe', 'pipe'] });
     let log = '';
     child.stdout!.on('data', (d) => (log += d));
     child.stderr!.on('data', (d) => (log += d));

@@ -19,6 +19,7 @@ import { BindingsApi } from '../../src/controlplane/api.js';
 import { PostgresStore } from '../../src/controlplane/store/postgres.js';
 import { UnsavedChange } from '../../src/controlplane/statefile.js';
 import { NotLeader } from '../../src/controlplane/lease.js';
+import { parseRollout, type RolloutConfig } from '../../src/controlplane/rollout.js';
 import { makeCerts, type TestCerts } from '../support/certs.js';
 import { postgresBin, TestPostgres } from '../support/postgres.js';
 import { freePort } from '../support/ports.js';
@@ -43,16 +44,17 @@ describe.skipIf(!usable)('control-plane replicas over PostgreSQL', () => {
   let url: string;
   const replicas: Array<{ name: string; port: number; server: ControlPlaneServer; alive: boolean }> = [];
 
-  async function replica(name: string, dbUrl = url): Promise<(typeof replicas)[number]> {
+  async function replica(name: string, dbUrl = url, rollout?: RolloutConfig): Promise<(typeof replicas)[number]> {
     const port = await freePort();
     const server = new ControlPlaneServer({
       cert: certs.cert,
       key: certs.key,
-      tokens: { 'edge-1': 'agent-token-1' },
+      tokens: { 'edge-1': 'agent-token-1', canary: 'agent-token-canary', rest: 'agent-token-rest' },
       adminTokens: { ops: ADMIN },
       port,
       store: new PostgresStore(dbUrl),
       replica: { name, advertise: `https://127.0.0.1:${port}`, ttlMs: TTL_MS },
+      ...(rollout ? { rollout } : {}),
     });
     server.on('unsaved', () => {});
     server.on('store-error', () => {});
@@ -184,6 +186,55 @@ describe.skipIf(!usable)('control-plane replicas over PostgreSQL', () => {
     await sql.end();
     await eventually('a replica leads again', () => leaders().length === 1, 5_000);
     agent.terminate();
+  });
+
+  it("a rollout is judged over every replica's agents: the canary on a follower ACKs and the next stage goes; its NACK halts the rollout", async () => {
+    for (const r of replicas.filter((x) => x.alive)) {
+      r.alive = false;
+      await r.server.close();
+    }
+    const c0 = new pg.Client({ connectionString: db.url() });
+    await c0.connect();
+    await c0.query('CREATE DATABASE rollout');
+    await c0.end();
+    const rollout = parseRollout({ stages: [{ name: 'canary', match: { canary: 'true' } }, { name: 'rest' }], bake_seconds: 0.5 }, 'rollout.json');
+    const [f, g] = [await replica('f', db.url('rollout'), rollout), await replica('g', db.url('rollout'), rollout)];
+    await eventually('one leads', () => leaders().length === 1);
+    const leader = leaders()[0]!;
+    const follower = leader === f ? g : f;
+    await leader.server.propose(cdnState(30), 'v1', { actor: 'test' });
+    await eventually('the follower has version 1', () => follower.server.history.current?.version === 1);
+    /** An agent on `port` that ACKs what it gets, but NACKs the versions in `refuse`. */
+    const agentOn = (port: number, id: string, labels: Record<string, string>, refuse: Set<number>) => {
+      const versions: number[] = [];
+      const ws = new WebSocket(`wss://127.0.0.1:${port}/`, { ca: certs.ca, headers: { authorization: `Bearer agent-token-${id}` } });
+      ws.on('open', () => ws.send(JSON.stringify({ type: 'hello', protocol: 1, agent_id: id, agent_version: 'test', capabilities: ['delta'], have: null, refused: null, labels })));
+      ws.on('message', (data: Buffer) => {
+        const m = JSON.parse(data.toString()) as { type: string; epoch: string; version: number; digest: string };
+        if (m.type !== 'snapshot' && m.type !== 'delta') return;
+        if (refuse.has(m.version)) ws.send(JSON.stringify({ type: 'nack', epoch: m.epoch, version: m.version, code: 'EAPPLY', message: 'refused (test)', details: [] }));
+        else {
+          versions.push(m.version);
+          ws.send(JSON.stringify({ type: 'ack', epoch: m.epoch, version: m.version, digest: m.digest }));
+        }
+      });
+      return { ws, versions };
+    };
+    // The canary on the follower, the rest on the leader.
+    const canary = agentOn(follower.port, 'canary', { canary: 'true' }, new Set([3]));
+    const rest = agentOn(leader.port, 'rest', {}, new Set());
+    await eventually('both have version 1', () => canary.versions.includes(1) && rest.versions.includes(1));
+    await leader.server.propose(cdnState(31), 'v2', { actor: 'test' });
+    // The leader learns the canary has it through the store, bakes, and releases the rest.
+    await eventually('the rest stage gets version 2 after the canary (on the other replica) has it', () => rest.versions.includes(2), 15_000);
+    expect(canary.versions).toContain(2);
+    await leader.server.propose(cdnState(32), 'v3', { actor: 'test' });
+    await eventually('the canary NACK on the follower halts the rollout on the leader', () => leader.server.publicationStatus().rollout?.halted?.agentId === 'canary', 15_000);
+    expect(leader.server.publicationStatus().rollout?.halted?.why).toMatch(/via replica/);
+    await new Promise((r) => setTimeout(r, 1_500));
+    expect(rest.versions).not.toContain(3);
+    canary.ws.terminate();
+    rest.ws.terminate();
   });
 
   it('PostgreSQL stopped: the replicas serve their agents the last version and publish nothing; restarted, they lead, publish and follow again', async () => {

@@ -13,7 +13,7 @@
  * the control plane.
  */
 import pg from 'pg';
-import { EMPTY_RECORDS, StoreError, type AuditEntry, type ControlPlaneStore, type Loaded, type PublicationRecords, type ReplicaStore, type StoredVersion } from './store.js';
+import { EMPTY_RECORDS, StoreError, type AuditEntry, type ControlPlaneStore, type Loaded, type PublicationRecords, type ReplicaStore, type SharedAgentView, type StoredVersion } from './store.js';
 
 /** Schema migrations, in order; index + 1 is the schema version each one makes. Never edit one that shipped: add the next. */
 export const MIGRATIONS: readonly string[] = [
@@ -67,6 +67,14 @@ export const MIGRATIONS: readonly string[] = [
      expires_at timestamptz NOT NULL
    );
    INSERT INTO sy_lease (holder, advertise, term, expires_at) VALUES (NULL, NULL, 0, '-infinity');`,
+  // Replicas: what each says of its agents, so the one that publishes judges
+  // a rollout's stages over every agent, wherever it is connected.
+  `CREATE TABLE sy_agents (
+     agent_id text PRIMARY KEY,
+     replica text NOT NULL,
+     view jsonb NOT NULL,
+     updated_at timestamptz NOT NULL DEFAULT now()
+   );`,
 ];
 
 /** The channel replicas are told of a new version or new records on (the payload: the version). */
@@ -379,6 +387,29 @@ export class PostgresStore implements ControlPlaneStore, ReplicaStore {
       }
     };
     void connect();
+  }
+
+  async putAgents(replica: string, views: readonly SharedAgentView[]): Promise<void> {
+    if (views.length === 0) return;
+    try {
+      await this.pool.query(
+        `INSERT INTO sy_agents (agent_id, replica, view, updated_at)
+         SELECT v->>'agentId', $1, v, now() FROM jsonb_array_elements($2::jsonb) AS v
+         ON CONFLICT (agent_id) DO UPDATE SET replica = EXCLUDED.replica, view = EXCLUDED.view, updated_at = now()`,
+        [replica, JSON.stringify(views)],
+      );
+    } catch (err) {
+      this.fail("saving the agents' state", err);
+    }
+  }
+
+  async agents(freshMs: number): Promise<Array<SharedAgentView & { replica: string }>> {
+    try {
+      const { rows } = await this.pool.query<{ replica: string; view: SharedAgentView }>("SELECT replica, view FROM sy_agents WHERE updated_at > now() - $1 * interval '1 millisecond'", [freshMs]);
+      return rows.map((r) => ({ ...r.view, replica: r.replica }));
+    } catch (err) {
+      this.fail("reading the agents' state", err);
+    }
   }
 
   async close(): Promise<void> {

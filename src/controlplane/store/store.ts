@@ -147,6 +147,22 @@ export interface ReplicaStore {
   since(after: number): Promise<{ versions: StoredVersion[]; records: PublicationRecords }>;
   /** `onChange` on every other replica's commit and after every (re)connection. */
   listen(onChange: () => void, onError: (err: Error) => void): void;
+  /** What this replica says of its agents (upserted; an agent that moved is the latest replica's). */
+  putAgents(replica: string, views: readonly SharedAgentView[]): Promise<void>;
+  /** Every replica's agents, as written within the last `freshMs`. */
+  agents(freshMs: number): Promise<Array<SharedAgentView & { replica: string }>>;
+}
+
+/** One agent as the replica it is connected to sees it: enough for the publishing replica's rollout. */
+export interface SharedAgentView {
+  agentId: string;
+  labels: Record<string, string> | undefined;
+  connected: boolean;
+  /** The version of this epoch it has applied. */
+  applied: number | null;
+  unhealthy: string | null;
+  /** Its last NACK (version, and the message to halt with). */
+  nack: { version: number; why: string } | null;
 }
 
 export function isReplicaStore(store: ControlPlaneStore | undefined): store is ControlPlaneStore & ReplicaStore {

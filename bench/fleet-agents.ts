@@ -6,15 +6,19 @@
  * digest, and a NACK (EGAP) for a delta not on top of what they have. They
  * do not apply states or recompute digests (a real agent's work, measured
  * by bench/agent.ts): a snapshot's frame head is read, its 7 MB body is
- * only received. Reports to the parent over IPC.
+ * only received. Reports to the parent over IPC: connections, errors, and
+ * for each version once all of them acknowledged it, when each did.
  *
- * argv: port, CA file, count, token prefix (agent i is `fleet-i` with token `${prefix}${i}`).
+ * argv: port, CA file, count, token prefix[, offset, token suffix] (agent i is
+ * `fleet-${offset + i}` with token `${prefix}${offset + i}${suffix}`).
  */
 import fs from 'node:fs';
 import { WebSocket } from 'ws';
 import { PROTOCOL_VERSION } from '../src/protocol/messages.js';
 
-const [port, caFile, countText, prefix] = process.argv.slice(2);
+const [port, caFile, countText, prefix, offsetText, suffix] = process.argv.slice(2);
+/** Agents offset..offset+count-1 (several of these processes share one fleet). */
+const offset = Number(offsetText ?? 0);
 const ca = fs.readFileSync(caFile!, 'utf8');
 const count = Number(countText);
 const send = (m: unknown) => process.send!(m);
@@ -37,10 +41,22 @@ function head(data: Buffer): { type: string; epoch: string; version: number; fro
 }
 
 let connected = 0;
+/**
+ * Per version, when each agent acknowledged it (wall-clock ms with
+ * sub-millisecond precision, comparable across processes): sent to the
+ * parent once every agent of this process has it.
+ */
+const ackTimes = new Map<number, number[]>();
+function acked(version: number): void {
+  const times = ackTimes.get(version) ?? [];
+  times.push(performance.timeOrigin + performance.now());
+  ackTimes.set(version, times);
+  if (times.length === count) send({ allAcked: version, times });
+}
 function connect(i: number): Promise<void> {
-  const agent: Simulated = { id: `fleet-${i}`, have: null };
+  const agent: Simulated = { id: `fleet-${offset + i}`, have: null };
   return new Promise((resolve) => {
-    const socket = new WebSocket(`wss://127.0.0.1:${port}/`, { ca, headers: { authorization: `Bearer ${prefix}${i}` }, perMessageDeflate: false, maxPayload: 256 * 1024 * 1024 });
+    const socket = new WebSocket(`wss://127.0.0.1:${port}/`, { ca, headers: { authorization: `Bearer ${prefix}${offset + i}${suffix ?? ''}` }, perMessageDeflate: false, maxPayload: 256 * 1024 * 1024 });
     socket.on('open', () => {
       connected++;
       socket.send(JSON.stringify({ type: 'hello', protocol: PROTOCOL_VERSION, agent_id: agent.id, agent_version: 'fleet-bench', capabilities: [], have: agent.have, refused: null }));
@@ -55,6 +71,7 @@ function connect(i: number): Promise<void> {
       }
       agent.have = { epoch: frame.epoch, version: frame.version, digest: frame.digest };
       socket.send(JSON.stringify({ type: 'ack', epoch: frame.epoch, version: frame.version, digest: frame.digest }));
+      acked(frame.version);
     });
     socket.on('error', (err) => send({ error: `${agent.id}: ${err.message}` }));
     socket.on('close', () => send({ closed: agent.id }));

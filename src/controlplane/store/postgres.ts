@@ -94,7 +94,8 @@ export function redactUrl(url: string): string {
     if (u.password) u.password = '***';
     return u.toString();
   } catch {
-    return 'postgres://(unparsable URL)';
+    // A URL the WHATWG parser refuses (postgres://user@/db?host=/run/postgresql): the password cut by hand.
+    return url.replace(/^([a-z]+:\/\/[^:/@]*):[^@]*@/, '$1:***@');
   }
 }
 

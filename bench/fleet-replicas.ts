@@ -74,7 +74,9 @@ export async function fleetReplicasBench(agents = 10_000, bindings = 100_000, de
     file('ca.pem', certs.ca);
     const tokens = file('tokens.json', JSON.stringify(Object.fromEntries(Array.from({ length: agents }, (_, i) => [`fleet-${i}`, `tok-${i}-0123456789`]))));
     const admins = file('admins.json', JSON.stringify({ bench: ADMIN }));
-    const small = { bindings: [{ label: 'cdn', protocol: 'tcp', prefix: '10.0.0.0/24', port: 0 }], services: { cdn: { tcp: [443] } } };
+    // The seed stays in the big state: a state that withdrew all of a service would be held for confirmation.
+    const seed = { label: 'seed', protocol: 'tcp', prefix: '203.0.113.0/24', port: 0 };
+    const small = { bindings: [seed], services: { seed: { tcp: [443] } } };
     const ports: number[] = [];
     for (let r = 0; r < REPLICAS; r++) ports.push(await freePort());
     const stateFiles = ports.map((_, r) => file(`desired-${r}.json`, JSON.stringify(small)));
@@ -143,26 +145,46 @@ export async function fleetReplicasBench(agents = 10_000, bindings = 100_000, de
     await until('version 1 acknowledged by every agent', async () => (acks.get(1)?.length ?? 0) === agents, 120_000);
     const withAgents = replicas.map((c) => rssMb(c.pid!, 'VmRSS'));
 
-    // Which replica publishes.
-    let leader = -1;
-    for (let r = 0; r < REPLICAS && leader < 0; r++) {
-      const s = (await request(ports[r]!, 'GET', '/status')).body.publication as { replica: { leading: boolean } };
-      if (s.replica.leading) leader = r;
-    }
+    /** Which replica publishes now (the lease may move under load: a replica whose event loop stalls past it loses it). */
+    const leaderNow = async () => {
+      for (let r = 0; r < REPLICAS; r++) {
+        if (replicas[r]!.exitCode !== null) continue;
+        const s = (await request(ports[r]!, 'GET', '/status')).body.publication as { replica: { leading: boolean } } | undefined;
+        if (s?.replica.leading) return r;
+      }
+      return -1;
+    };
     // The snapshot: new services, so a whole state goes to everyone.
     // Without HTTPS-only ranges: the generator draws plaintext ports inside them, which verification refuses.
-    const { https_only: _ranges, ...big } = stateDoc(bindings) as ReturnType<typeof stateDoc> & { https_only?: unknown };
-    const snapshotStart = now();
-    fs.writeFileSync(stateFiles[leader]!, JSON.stringify(big));
+    const { https_only: _ranges, ...generated } = stateDoc(bindings) as ReturnType<typeof stateDoc> & { https_only?: unknown };
+    const big = { ...generated, bindings: [...generated.bindings, seed], services: { ...generated.services, ...small.services } };
+    // Written to the file of the replica that publishes; again (to the one that publishes then) if the lease moved first.
+    const bigText = JSON.stringify(big);
+    let snapshotStart = 0;
+    for (let attempt = 0; (await version(ports[Math.max(0, await leaderNow())]!)) !== 2; attempt++) {
+      if (attempt === 5) throw new Error('fleet-replicas: the 100K state was not published after 5 writes');
+      const r = await leaderNow();
+      if (r < 0) {
+        await new Promise((res) => setTimeout(res, 500));
+        continue;
+      }
+      snapshotStart = now();
+      fs.writeFileSync(`${stateFiles[r]!}.tmp`, bigText);
+      fs.renameSync(`${stateFiles[r]!}.tmp`, stateFiles[r]!);
+      for (let t = 0; t < 100 && (await version(ports[r]!)) !== 2; t++) await new Promise((res) => setTimeout(res, 100));
+    }
     await until('the snapshot acknowledged by every agent', async () => (acks.get(2)?.length ?? 0) === agents, 600_000);
     const snapshotAll = Math.max(...acks.get(2)!) - snapshotStart;
 
     // One-binding deltas through the API.
     const latencies: number[] = [];
     let slowest = 0;
+    let leader = await leaderNow();
     for (let d = 0; d < deltas; d++) {
       const v = 3 + d;
       const sent = now();
+      leader = await leaderNow();
+      if (leader < 0) throw new Error('fleet-replicas: no replica leads');
       const r = await request(ports[leader]!, 'POST', '/v1/bindings', { bindings: [{ label: 'spectrum', protocol: 'tcp', prefix: `192.0.2.${d + 1}/32`, port: 0 }] });
       if (r.status !== 200) throw new Error(`fleet-replicas: delta ${d} answered ${r.status} ${JSON.stringify(r.body)}`);
       await until(`delta ${d} acknowledged by every agent`, async () => (acks.get(v)?.length ?? 0) === agents, 60_000);

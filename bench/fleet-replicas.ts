@@ -171,7 +171,7 @@ export async function fleetReplicasBench(agents = 10_000, bindings = 100_000, de
       snapshotStart = now();
       fs.writeFileSync(`${stateFiles[r]!}.tmp`, bigText);
       fs.renameSync(`${stateFiles[r]!}.tmp`, stateFiles[r]!);
-      for (let t = 0; t < 100 && (await version(ports[r]!)) !== 2; t++) await new Promise((res) => setTimeout(res, 100));
+      for (let t = 0; t < 600 && (await version(ports[r]!)) !== 2; t++) await new Promise((res) => setTimeout(res, 100));
     }
     await until('the snapshot acknowledged by every agent', async () => (acks.get(2)?.length ?? 0) === agents, 600_000);
     const snapshotAll = Math.max(...acks.get(2)!) - snapshotStart;

@@ -10,10 +10,22 @@
  * fenced by its term in the database itself (store/postgres.ts), so even a
  * replica paused past that point (a stopped process, a stepped clock)
  * cannot write once another has taken over.
+ *
+ * The renewals run on a thread of their own (lease-thread.ts), with their
+ * own connection: judging a large state or a storm of agent connections
+ * can hold the event loop for seconds, and a lease renewed on that loop
+ * would move to another replica each time, fencing the very write the
+ * replica was busy with. The thread renews only while the event loop still
+ * turns now and then (LeaseClock): a replica whose loop is wedged lets the
+ * lease go. This side keeps who leads, and tells the server (gained/lost).
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { SwitchyardError } from '../errors.js';
 import type { ReplicaStore } from './store/store.js';
+import { LEASE_TTL_MS, LeaseClock, LeaseLoop, type LeaseOptions, type Renewal } from './lease-loop.js';
+import { LeaseThread } from './lease-thread.js';
+
+export { LEASE_TTL_MS, type LeaseOptions } from './lease-loop.js';
 
 /** A write to a replica that does not publish: the API redirects it to `advertise` (the leader's URL), when known. */
 export class NotLeader extends SwitchyardError {
@@ -39,19 +51,6 @@ export function notLeaderAnswer(err: NotLeader, req: IncomingMessage, res: Serve
   } else res.writeHead(503, { 'content-type': 'application/json', 'retry-after': '1' }).end(body);
 }
 
-export interface LeaseOptions {
-  /** This replica's name (unique among the replicas: the holder in the store). */
-  name: string;
-  /** Its API's URL, for the others to send writers to. */
-  advertise: string | null;
-  /** How long a lease lasts unrenewed (default LEASE_TTL_MS). */
-  ttlMs?: number;
-}
-
-export const LEASE_TTL_MS = 3_000;
-/** Given up locally this share of the lease before the database would let another replica take it. */
-const LEASE_MARGIN = 0.2;
-
 export interface LeaseHooks {
   /** This replica now holds the lease in `term`: catch up, then publish (if it still holds it then: holds()). */
   gained(term: number): Promise<void>;
@@ -59,19 +58,31 @@ export interface LeaseHooks {
   lost(why: string): void;
 }
 
+/** The renewals' source: a thread of its own (a store another thread can reach), or this thread's loop (tests from sources). */
+interface Renewer {
+  start(): void;
+  stop(release: boolean): Promise<void>;
+}
+
 export class LeaseKeeper {
-  private timer: NodeJS.Timeout | undefined;
   private deadline: NodeJS.Timeout | undefined;
+  private alive: NodeJS.Timeout | undefined;
   private term: number | null = null;
   private stopped = false;
+  private readonly clock = new LeaseClock();
+  private readonly renewer: Renewer;
   /** Who leads, as last read (its name and advertised URL). */
   leader: { name: string; advertise: string | null } | null = null;
 
   constructor(
-    private readonly store: ReplicaStore,
+    store: ReplicaStore,
     private readonly options: LeaseOptions,
     private readonly hooks: LeaseHooks,
-  ) {}
+  ) {
+    const report = (r: Renewal) => this.renewed(r);
+    const spec = store.threadSpec?.();
+    this.renewer = spec && LeaseThread.available ? new LeaseThread(spec, options, this.clock, report) : new LeaseLoop(store, options, this.clock, report);
+  }
 
   get ttlMs(): number {
     return this.options.ttlMs ?? LEASE_TTL_MS;
@@ -81,22 +92,26 @@ export class LeaseKeeper {
     return this.term !== null;
   }
 
-  /** Whether the lease is (still) held in `term`: gained() checks it after each wait. */
+  /** Whether the lease is (still) held in `term`, by the latest renewal (also one not yet reported here): gained() checks it after each wait. */
   holds(term: number): boolean {
-    return this.term === term;
+    return this.term === term && this.clock.valid(term);
   }
 
   start(): void {
-    void this.tick();
+    // The renewing side lets the lease go when this loop has not turned for long.
+    this.clock.turned();
+    this.alive = setInterval(() => this.clock.turned(), Math.max(50, this.ttlMs / 6));
+    this.alive.unref();
+    this.renewer.start();
   }
 
   /** Stops renewing; `release` gives the lease up so another replica takes over at once. */
   async stop(release: boolean): Promise<void> {
     this.stopped = true;
-    clearTimeout(this.timer);
+    clearInterval(this.alive);
     clearTimeout(this.deadline);
     if (this.term !== null) this.drop('stopping');
-    if (release) await this.store.release(this.options.name);
+    await this.renewer.stop(release);
   }
 
   private drop(why: string): void {
@@ -106,32 +121,27 @@ export class LeaseKeeper {
     this.hooks.lost(why);
   }
 
-  private async tick(): Promise<void> {
+  /** Until the lease's local end; a renewal made meanwhile (reported or not yet) moves it. */
+  private armDeadline(): void {
+    clearTimeout(this.deadline);
+    const left = this.clock.validUntil - LeaseClock.now();
+    if (left <= 0) return this.drop('the lease ran out before it could be renewed');
+    this.deadline = setTimeout(() => this.armDeadline(), left);
+  }
+
+  private renewed(r: Renewal): void {
     if (this.stopped) return;
-    const sent = performance.now();
-    try {
-      const r = await this.store.lead(this.options.name, this.options.advertise, this.ttlMs);
-      if (this.stopped) return;
-      this.leader = { name: r.holder, advertise: r.advertise };
-      if (!r.leading) this.drop(`${r.holder || 'another replica'} holds the lease (term ${r.term})`);
-      else {
-        // Counted from the send: the lease is ours until sent + ttl by the database's reckoning, at best.
-        const left = sent + this.ttlMs * (1 - LEASE_MARGIN) - performance.now();
-        if (left <= 0) this.drop('the renewal came back too late');
-        else {
-          clearTimeout(this.deadline);
-          this.deadline = setTimeout(() => this.drop('the lease ran out before it could be renewed'), left);
-          if (this.term !== r.term) {
-            if (this.term !== null) this.drop(`the lease moved to term ${r.term}`);
-            this.term = r.term;
-            // Not awaited: renewals go on while the replica catches up (it checks holds() before publishing).
-            void this.hooks.gained(r.term);
-          }
-        }
-      }
-    } catch (err) {
-      this.drop(`the store did not answer (${(err as Error).message})`);
+    if ('error' in r) return this.drop(r.error);
+    this.leader = { name: r.holder, advertise: r.advertise };
+    if (!r.leading) return this.drop(`${r.holder || 'another replica'} holds the lease (term ${r.term})`);
+    // Reports wait for this loop: one that queued behind a busy turn is judged by the latest renewal, which the clock holds.
+    if (!this.clock.valid(r.term)) return this.drop('the renewal came back too late');
+    if (this.term !== null && this.term !== r.term) this.drop(`the lease moved to term ${r.term}`);
+    this.armDeadline();
+    if (this.term !== r.term) {
+      this.term = r.term;
+      // Not awaited: renewals go on while the replica catches up (it checks holds() before publishing).
+      void this.hooks.gained(r.term);
     }
-    if (!this.stopped) this.timer = setTimeout(() => void this.tick(), Math.max(100, this.ttlMs / 3));
   }
 }

@@ -102,7 +102,11 @@ describe.skipIf(!usable)('control-plane replicas as processes (SIGKILL of the le
     const a = start('a', pa, url);
     await until('a publishes the seed', async () => (await status(pa))?.version === 1, 20_000);
     const b = start('b', pb, url);
-    await until('b follows', async () => (await status(pb))?.version === 1, 20_000);
+    // b's lease thread says who leads once it has looked (its first renewal).
+    await until('b follows', async () => {
+      const s = await status(pb);
+      return s?.version === 1 && s.replica?.leader === 'a';
+    }, 20_000);
     expect((await status(pa))?.replica).toMatchObject({ leading: true });
     expect((await status(pb))?.replica).toMatchObject({ leading: false, leader: 'a' });
     // A write to the follower is sent to the leader.

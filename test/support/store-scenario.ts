@@ -12,9 +12,11 @@ import type { ControlPlaneStore } from '../../src/controlplane/store/store.js';
 import type { TestCerts } from './certs.js';
 
 const SERVICES = { cdn: { tcp: [443] }, spectrum: { tcp: [443] } };
-/** n bindings of cdn (each n a different state), plus `extra`. */
-export const cdnState = (n: number, extra: Array<{ label: string; protocol: string; prefix: string; port: number }> = []) =>
-  parseDesiredState({ bindings: [...Array.from({ length: n }, (_, i) => ({ label: 'cdn', protocol: 'tcp', prefix: `10.${i >> 8}.${i & 255}.0/24`, port: 0 })), ...extra], services: SERVICES }, `state ${n}`);
+type BindingDoc = { label: string; protocol: string; prefix: string; port: number };
+/** The document of n bindings of cdn (each n a different state), plus `extra`. */
+export const cdnDoc = (n: number, extra: BindingDoc[] = []) => ({ bindings: [...Array.from({ length: n }, (_, i) => ({ label: 'cdn', protocol: 'tcp', prefix: `10.${i >> 8}.${i & 255}.0/24`, port: 0 })), ...extra], services: SERVICES });
+/** That document parsed. */
+export const cdnState = (n: number, extra: BindingDoc[] = []) => parseDesiredState(cdnDoc(n, extra), `state ${n}`);
 
 const ROLLOUT = parseRollout({ stages: [{ name: 'canary', match: { canary: 'true' } }, { name: 'rest' }], bake_seconds: 3600 }, 'rollout.json');
 

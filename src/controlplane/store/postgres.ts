@@ -337,6 +337,10 @@ export class PostgresStore implements ControlPlaneStore, ReplicaStore {
     await this.pool.query("UPDATE sy_lease SET expires_at = '-infinity' WHERE holder = $1", [holder]).catch(() => undefined);
   }
 
+  threadSpec(): string {
+    return this.url;
+  }
+
   setFence(fence: { holder: string; term: number } | null): void {
     this.fence = fence;
   }

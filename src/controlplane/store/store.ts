@@ -141,6 +141,8 @@ export interface ReplicaStore {
   lead(holder: string, advertise: string | null, ttlMs: number): Promise<{ term: number; holder: string; advertise: string | null; leading: boolean }>;
   /** Gives the lease up now. */
   release(holder: string): Promise<void>;
+  /** What openStore() takes to reach this store from another thread (the lease is renewed on one), if it can be. */
+  threadSpec?(): string;
   /** Writes from now on: under this lease (checked in each write's transaction), or refused (null). */
   setFence(fence: { holder: string; term: number } | null): void;
   /** Versions after `after`, and the records. */

@@ -15,7 +15,8 @@
 import { EventEmitter } from 'node:events';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { warmUpHistory } from './warmup.js';
-import { judge, type PublishPolicy } from './policy.js';
+import type { PublishPolicy } from './policy.js';
+import { judgeOffThread } from './judge-thread.js';
 import { ApiError, readBody, requestIdOf } from './http.js';
 import { UnsavedChange, type DocumentStore } from './statefile.js';
 import { documentOf } from '../protocol/state.js';
@@ -613,7 +614,7 @@ export class ControlPlaneServer extends EventEmitter {
       const state = typeof given === 'function' ? given() : given;
       const live = this.history.indexed;
       const started = performance.now();
-      const j = judge(live, state, this.options.policy);
+      const j = await judgeOffThread(live, state, this.options.policy);
       const ms = Math.round(performance.now() - started);
       const at = Date.now();
       const actor = options.actor ?? source;
@@ -702,7 +703,7 @@ export class ControlPlaneServer extends EventEmitter {
     return this.serial(async () => {
       const state = given();
       const live = this.history.indexed;
-      const j = judge(live, state, this.options.policy);
+      const j = await judgeOffThread(live, state, this.options.policy);
       const current = this.history.current?.version ?? null;
       const outcome = j.verdict === 'refuse' ? 'refused' : live && live.digest === j.indexed.digest ? 'unchanged' : j.verdict === 'hold' ? 'held' : 'published';
       const changes = j.verdict === 'refuse' ? [] : j.summary.map((x) => x.text);

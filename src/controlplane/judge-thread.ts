@@ -1,0 +1,48 @@
+/**
+ * A proposal judged (policy.ts: verification, guards, the semantic diff)
+ * on a thread of its own when it is large: at 100,000 bindings the diff
+ * against the state in force alone takes seconds, and the control plane's
+ * event loop serves every agent's heartbeats, pings and pushes meanwhile.
+ * Both states are copied to the thread (the caller keeps its own); the
+ * new state's index comes back transferred (IndexedState.toParts). Small
+ * ones are judged in place: a thread's round trip would cost more.
+ */
+import { RequestThread, serveRequests } from '../thread.js';
+import type { BindingColumnsTransfer } from '../bindings/binding.js';
+import { BindingTable } from '../bindings/binding.js';
+import type { DesiredState } from '../desired/state.js';
+import { IndexedState, type IndexedParts } from '../protocol/state.js';
+import { judge, type Judgement, type PublishPolicy } from './policy.js';
+
+/** Bindings (the proposal's and the state in force's together) from which a judgement goes to the thread. */
+export const JUDGE_OFF_THREAD_BINDINGS = 5_000;
+
+interface Job {
+  live: IndexedParts | null;
+  state: { columns: BindingColumnsTransfer; policies: Omit<DesiredState, 'bindings'> };
+  policy: PublishPolicy | undefined;
+}
+
+type Reply = Exclude<Judgement, { indexed: IndexedState }> | (Omit<Extract<Judgement, { indexed: IndexedState }>, 'indexed'> & { parts: IndexedParts });
+
+const thread = new RequestThread<Job, Reply>(import.meta.url, 'judging a proposal');
+
+export async function judgeOffThread(live: IndexedState | undefined, state: DesiredState, policy: PublishPolicy | undefined): Promise<Judgement> {
+  if (state.bindings.count + (live?.bindings.count ?? 0) < JUDGE_OFF_THREAD_BINDINGS || !thread.available) return judge(live, state, policy);
+  const { bindings, ...policies } = state;
+  // Copied by postMessage, not transferred: both stay the caller's.
+  const reply = await thread.request({ live: live ? live.toParts() : null, state: { columns: bindings.toColumns(), policies }, policy }, []);
+  if (reply.verdict === 'refuse') return reply;
+  const { parts, ...rest } = reply;
+  return { ...rest, indexed: IndexedState.fromParts(parts) } as Judgement;
+}
+
+serveRequests<Job, Reply>((job) => {
+  const live = job.live ? IndexedState.fromParts(job.live) : undefined;
+  const state: DesiredState = { bindings: BindingTable.fromColumns(job.state.columns), ...job.state.policies };
+  const j = judge(live, state, job.policy);
+  if (j.verdict === 'refuse') return { reply: j, transfer: [] };
+  const { indexed, ...rest } = j;
+  const parts = indexed.toParts();
+  return { reply: { ...rest, parts }, transfer: IndexedState.transferList(parts) };
+});

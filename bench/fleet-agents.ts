@@ -6,7 +6,8 @@
  * digest, and a NACK (EGAP) for a delta not on top of what they have. They
  * do not apply states or recompute digests (a real agent's work, measured
  * by bench/agent.ts): a snapshot's frame head is read, its 7 MB body is
- * only received. Reports to the parent over IPC: connections, errors, and
+ * only received. They ask for compressed snapshots, as agents do
+ * (FLEET_GZIP=0: not), and inflate only a compressed one's first bytes. Reports to the parent over IPC: connections, errors, and
  * for each version once all of them acknowledged it, when each did.
  *
  * argv: port, CA file, count, token prefix[, offset, token suffix] (agent i is
@@ -14,7 +15,9 @@
  */
 import fs from 'node:fs';
 import { WebSocket } from 'ws';
+import zlib from 'node:zlib';
 import { PROTOCOL_VERSION } from '../src/protocol/messages.js';
+import { SNAPSHOT_GZIP, isGzip } from '../src/protocol/compress.js';
 
 const [port, caFile, countText, prefix, offsetText, suffix] = process.argv.slice(2);
 /** Agents offset..offset+count-1 (several of these processes share one fleet). */
@@ -29,8 +32,10 @@ interface Simulated {
 }
 
 /** type, epoch, version, from_version and digest from a frame's first bytes (the snapshot text starts with them). */
-function head(data: Buffer): { type: string; epoch: string; version: number; from_version?: number; digest: string } {
-  if (data.length < 4096) return JSON.parse(data.toString('utf8')) as ReturnType<typeof head>;
+function head(received: Buffer): { type: string; epoch: string; version: number; from_version?: number; digest: string } {
+  // A compressed snapshot (SNAPSHOT_GZIP): only its first bytes inflated, enough for the head.
+  const data = isGzip(received) ? zlib.gunzipSync(received.subarray(0, 4096), { finishFlush: zlib.constants.Z_SYNC_FLUSH }) : received;
+  if (data.length < 4096 && !isGzip(received)) return JSON.parse(data.toString('utf8')) as ReturnType<typeof head>;
   const text = data.toString('utf8', 0, 1024);
   const field = (name: string) => new RegExp(`"${name}":("[^"]*"|\\d+)`).exec(text)?.[1];
   const value = (name: string) => {
@@ -59,7 +64,7 @@ function connect(i: number): Promise<void> {
     const socket = new WebSocket(`wss://127.0.0.1:${port}/`, { ca, headers: { authorization: `Bearer ${prefix}${offset + i}${suffix ?? ''}` }, perMessageDeflate: false, maxPayload: 256 * 1024 * 1024 });
     socket.on('open', () => {
       connected++;
-      socket.send(JSON.stringify({ type: 'hello', protocol: PROTOCOL_VERSION, agent_id: agent.id, agent_version: 'fleet-bench', capabilities: [], have: agent.have, refused: null }));
+      socket.send(JSON.stringify({ type: 'hello', protocol: PROTOCOL_VERSION, agent_id: agent.id, agent_version: 'fleet-bench', capabilities: process.env.FLEET_GZIP === '0' ? ['delta'] : ['delta', SNAPSHOT_GZIP], have: agent.have, refused: null }));
       resolve();
     });
     socket.on('message', (data: Buffer) => {

@@ -173,7 +173,14 @@ export async function fleetReplicasBench(agents = 10_000, bindings = 100_000, de
       fs.renameSync(`${stateFiles[r]!}.tmp`, stateFiles[r]!);
       for (let t = 0; t < 600 && (await version(ports[r]!)) !== 2; t++) await new Promise((res) => setTimeout(res, 100));
     }
-    await until('the snapshot acknowledged by every agent', async () => (acks.get(2)?.length ?? 0) === agents, 600_000);
+    let told = performance.now();
+    await until('the snapshot acknowledged by every agent', async () => {
+      if (performance.now() - told > 10_000) {
+        told = performance.now();
+        process.stderr.write(`fleet-replicas: ${acks.get(2)?.length ?? 0} of ${agents} agents have version 2; replicas at versions ${(await Promise.all(ports.map(version))).join(', ')}\n`);
+      }
+      return (acks.get(2)?.length ?? 0) === agents;
+    }, 600_000);
     const snapshotAll = Math.max(...acks.get(2)!) - snapshotStart;
 
     // One-binding deltas through the API.

@@ -11,6 +11,7 @@
 import type { SwitchyardError } from '../errors.js';
 import { RequestThread, fromWire, serveRequests, toWire } from '../thread.js';
 import { parseFrame, type Delta, type Frame, type Snapshot } from '../protocol/messages.js';
+import { gunzipFrame, isGzip } from '../protocol/compress.js';
 import { BindingTable, type BindingColumnsTransfer } from '../bindings/binding.js';
 import { parseDesiredState } from '../desired/state.js';
 import { IndexedState, parseDelta, type IndexedParts, type ParsedDelta } from '../protocol/state.js';
@@ -44,12 +45,15 @@ interface Job {
 }
 
 /** The work itself, on whichever thread runs it. */
-function decode(bytes: Uint8Array, maxFrameBytes: number | undefined): Reply {
+function decode(received: Uint8Array, maxFrameBytes: number | undefined): Reply {
   let frame: Frame;
+  let bytes = received;
   try {
+    // A compressed snapshot (SNAPSHOT_GZIP): its text from here on, also as the agent keeps it.
+    if (isGzip(received)) bytes = owned(gunzipFrame(received, maxFrameBytes));
     frame = parseFrame(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('utf8'), maxFrameBytes);
   } catch (err) {
-    return { kind: 'error', error: toWire(err), bytes };
+    return { kind: 'error', error: toWire(err), bytes: received };
   }
   if (frame.type === 'delta') {
     const { add, remove, ...head } = frame;
@@ -108,7 +112,7 @@ export class PushDecoder {
 }
 
 /** The bytes in an ArrayBuffer of their own (a Buffer may be a view into a shared pool), so it can be transferred. */
-function owned(bytes: Buffer): Uint8Array {
+function owned(bytes: Uint8Array): Uint8Array {
   if (bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength && !(bytes.buffer instanceof SharedArrayBuffer)) return new Uint8Array(bytes.buffer, 0, bytes.byteLength);
   return new Uint8Array(bytes);
 }

@@ -19,6 +19,7 @@ import { PROTOCOL_VERSION, parseFrame, type Delta, type Frame, type Hello, type 
 import { IndexedState, documentOf, parseDelta, parsedDiffSteps, type AppliedDelta } from '../protocol/state.js';
 import { runSliced } from '../slice.js';
 import { DECODE_OFF_THREAD_BYTES, type Decoded, type PushDecoder } from './decoder.js';
+import { SNAPSHOT_GZIP, gunzipFrame, isGzip } from '../protocol/compress.js';
 
 export interface SessionOptions {
   agentId: string;
@@ -121,7 +122,7 @@ export class AgentSession {
     this.current = { epoch: id.epoch, version: id.version, digest: indexed.digest, indexed, ackedAt: id.ackedAt };
   }
 
-  hello(capabilities: string[] = ['delta']): Hello {
+  hello(capabilities: string[] = ['delta', SNAPSHOT_GZIP]): Hello {
     const c = this.current;
     return {
       type: 'hello',
@@ -173,7 +174,7 @@ export class AgentSession {
     let decoded: Exclude<Decoded, { kind: 'frame' }> | undefined;
     try {
       const decoder = this.options.decoder;
-      if (decoder && typeof input !== 'string' && input.length >= DECODE_OFF_THREAD_BYTES) {
+      if (decoder && typeof input !== 'string' && (input.length >= DECODE_OFF_THREAD_BYTES || isGzip(input))) {
         // Parsed and indexed on the decoder's thread, the event loop free meanwhile.
         const d = await decoder.decode(input, this.options.maxFrameBytes);
         text = d.bytes;
@@ -184,11 +185,13 @@ export class AgentSession {
           frame = d.frame.type === 'snapshot' ? { ...d.frame, state: null } : { ...(d.frame as Omit<Delta, 'add' | 'remove'>), add: [], remove: [] };
         }
       } else {
-        frame = parseFrame(typeof input === 'string' ? input : input.toString('utf8'), this.options.maxFrameBytes);
+        // A compressed snapshot without a decoder's thread: inflated here (and kept as its text).
+        if (typeof input !== 'string' && isGzip(input)) text = gunzipFrame(input, this.options.maxFrameBytes);
+        frame = parseFrame(typeof text === 'string' ? text : text.toString('utf8'), this.options.maxFrameBytes);
       }
     } catch (err) {
       // Name what we can of the push; the control plane logs the reason.
-      const id = typeof input === 'string' || input.length < DECODE_OFF_THREAD_BYTES ? peekId(input.toString()) : { epoch: null, version: null };
+      const id = typeof input === 'string' || (input.length < DECODE_OFF_THREAD_BYTES && !isGzip(input)) ? peekId(input.toString()) : { epoch: null, version: null };
       // Not a SwitchyardError: the decoder's thread failed, not the frame (transient: EAPPLY).
       const code = !(err instanceof SwitchyardError) ? 'EAPPLY' : /more than the \d+ allowed/.test(err.message) ? 'ETOO_LARGE' : 'EINVALID';
       this.options.send(nack(id.epoch, id.version, code, (err as Error).message, []));

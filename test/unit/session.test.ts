@@ -2,7 +2,9 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import zlib from 'node:zlib';
 import { AgentSession } from '../../src/agent/session.js';
+import { SNAPSHOT_GZIP } from '../../src/protocol/compress.js';
 import { StateStore } from '../../src/agent/store.js';
 import { DECODE_OFF_THREAD_BYTES, PushDecoder } from '../../src/agent/decoder.js';
 import { parseDesiredState, type DesiredState } from '../../src/desired/state.js';
@@ -175,6 +177,30 @@ describe('agent session (fake transport)', () => {
     const restarted = new AgentSession({ agentId: 'edge-1', agentVersion: 'test', store: new StateStore(dir), send: () => {}, apply: async () => {} });
     await restarted.restore();
     expect(restarted.applied).toMatchObject({ version: 2, digest: stateDigest(parse(bigger)) });
+  });
+
+  it('a compressed snapshot (hello asks for it) is inflated, applied and kept as its text, with or without the decoder; one that inflates past the frame limit or is not gzip is NACKed', async () => {
+    expect(session().hello().capabilities).toContain(SNAPSHOT_GZIP);
+    const big = doc(Array.from({ length: 3000 }, (_, i) => ['cdn', `10.${i >> 8}.${i & 255}.0/24`, 0] as [string, string, number]));
+    for (const decoder of [undefined, new PushDecoder()]) {
+      const d = path.join(dir, decoder ? 'with' : 'without');
+      sent = [];
+      const s = new AgentSession({ agentId: 'edge-1', agentVersion: 'test', store: new StateStore(d), send: (f) => sent.push(f), maxFrameBytes: 1024 * 1024, ...(decoder ? { decoder } : {}), apply: async () => {} });
+      const text = Buffer.from(JSON.stringify(snapshot(1, big)));
+      const gz = zlib.gzipSync(text);
+      // Under the decoder's size threshold compressed: a compressed frame goes to it all the same.
+      expect(gz.length).toBeLessThan(DECODE_OFF_THREAD_BYTES);
+      await s.receive(gz);
+      expect(last()).toMatchObject({ type: 'ack', version: 1, digest: stateDigest(parse(big)) });
+      expect(new StateStore(d).lastKnownGood()).toMatchObject({ version: 1, state: big });
+      // A bomb: 2 MB of spaces inside a frame limit of 1 MiB.
+      await s.receive(zlib.gzipSync(Buffer.from(`{${' '.repeat(2 * 1024 * 1024)}}`)));
+      expect(last()).toMatchObject({ type: 'nack', epoch: null, version: null, code: 'ETOO_LARGE' });
+      await s.receive(Buffer.from([0x1f, 0x8b, 1, 2, 3, 4]));
+      expect(last()).toMatchObject({ type: 'nack', code: 'EINVALID' });
+      expect((last() as Nack).message).toMatch(/could not be inflated/);
+      expect(s.applied!.version).toBe(1);
+    }
   });
 
   it('a delta sent pretty-printed (line breaks between its fields) is logged on one line: a restart replays it', async () => {

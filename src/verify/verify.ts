@@ -38,6 +38,24 @@ export interface Finding {
 
 const protocolOf = (t: BindingTable, i: number): Protocol => (t.protocol[i] === IPPROTO.tcp ? 'tcp' : 'udp');
 
+/** Per (family, protocol) as runsOf() keys them, the ports bindings name exactly. */
+function exactPorts(t: BindingTable): Map<string, Set<number>> {
+  const out = new Map<string, Set<number>>();
+  for (let i = 0; i < t.count; i++) {
+    if (t.port[i] === 0) continue;
+    const key = `${t.family[i]} ${protocolOf(t, i)}`;
+    const ports = out.get(key) ?? new Set<number>();
+    ports.add(t.port[i]!);
+    out.set(key, ports);
+  }
+  return out;
+}
+
+/** Per (family, protocol), the port any-port findings are witnessed at (otherPort): a change of these changes findings anywhere. */
+export function witnessPorts(t: BindingTable): Map<string, number> {
+  return new Map([...exactPorts(t)].map(([key, ports]) => [key, otherPort(ports)]));
+}
+
 /** The smallest port no binding of this (family, protocol) names exactly: where only any-port bindings count. */
 function otherPort(exact: ReadonlySet<number>): number {
   for (let p = 1; p <= 65535; p++) if (!exact.has(p)) return p;
@@ -45,8 +63,14 @@ function otherPort(exact: ReadonlySet<number>): number {
 }
 
 /** Verifies a parsed state. */
-export function verifyState(state: DesiredState): Finding[] {
+/**
+ * `options.portsOf`: the whole table, when `state` holds only the bindings
+ * of some regions (region.ts): the witness port of any-port findings is
+ * the smallest port no binding of the whole table names.
+ */
+export function verifyState(state: DesiredState, options: { portsOf?: BindingTable } = {}): Finding[] {
   const t = state.bindings;
+  const named = options.portsOf ? exactPorts(options.portsOf) : undefined;
   const findings: Finding[] = [];
   const empty = new BindingTable(0);
   const labelIds = Int32Array.from(t.labels, (_, i) => i);
@@ -58,7 +82,7 @@ export function verifyState(state: DesiredState): Finding[] {
     const family = Number(f) as Family;
     const words = family === 4 ? 1 : 4;
     const exact = new Set([...runs.keys()].filter((p) => p !== 0));
-    const other = otherPort(exact);
+    const other = otherPort(named?.get(key) ?? exact);
     for (const port of [0, ...exact]) {
       const witnessPort = port === 0 ? other : port;
       const ranges = exclusive.get(family) ?? [];

@@ -14,6 +14,7 @@
  */
 import { EventEmitter } from 'node:events';
 import { WebSocket } from 'ws';
+import { SNAPSHOT_GZIP, gzipFrame } from '../protocol/compress.js';
 import { encodeFrame, parseFrame, type Ack, type Frame, type Hello, type Nack, type NackCode, type Snapshot } from '../protocol/messages.js';
 
 /** What the sessions take of ServerOptions (documented there). */
@@ -118,7 +119,9 @@ export class AgentSessions extends EventEmitter {
   private readonly connections = new Map<string, WebSocket>();
   private readonly statuses = new Map<string, AgentStatus>();
   private pinger: NodeJS.Timeout | undefined;
-  private encodedSnapshot: { key: string; bytes: Buffer } | undefined;
+  private encodedSnapshot: { key: string; bytes: Buffer; gzip?: Buffer; compressing?: boolean; failed?: boolean } | undefined;
+  /** Agents due a compressed snapshot while it is being compressed. */
+  private readonly waitingForGzip = new Set<Peer>();
   private snapshotsSending = 0;
   /** Agents due a snapshot while SNAPSHOT_CONCURRENCY are on their way (in arrival order). */
   private readonly waitingForSnapshot = new Set<Peer>();
@@ -284,6 +287,7 @@ export class AgentSessions extends EventEmitter {
     clearTimeout(peer.deadline);
     peer.deadline = undefined;
     this.waitingForSnapshot.delete(peer);
+    this.waitingForGzip.delete(peer);
     this.snapshotSent(peer);
     if (this.peers.get(peer.status.agentId) === peer) {
       this.peers.delete(peer.status.agentId);
@@ -309,6 +313,11 @@ export class AgentSessions extends EventEmitter {
       return; // refused on this connection: not again on it until there is a newer version
     }
     if (frame.type === 'snapshot') {
+      const payload = this.snapshotBytes(frame, peer.hello.capabilities.includes(SNAPSHOT_GZIP));
+      if (!payload) {
+        this.waitingForGzip.add(peer);
+        return;
+      }
       // At most so many snapshots on their way at once: each one's TLS
       // records are made as it is written (megabytes per agent), so two
       // thousand agents reconnecting must not all be sent to together.
@@ -320,7 +329,7 @@ export class AgentSessions extends EventEmitter {
       this.snapshotsSending++;
       peer.sendingSnapshot = true;
       peer.status.inFlight = frame.version;
-      this.sendInFragments(peer, this.snapshotBytes(frame), () => this.snapshotSent(peer));
+      this.sendInFragments(peer, payload, () => this.snapshotSent(peer));
       return;
     }
     peer.status.inFlight = frame.version;
@@ -351,7 +360,7 @@ export class AgentSessions extends EventEmitter {
    * write deadline ends the connection: a peer that is not reading gives
    * its slot up to the agents waiting for one.
    */
-  private sendInFragments(peer: Peer, bytes: Buffer, done: () => void): void {
+  private sendInFragments(peer: Peer, { bytes, binary }: { bytes: Buffer; binary: boolean }, done: () => void): void {
     let offset = 0;
     const deadlineMs = this.options.writeDeadlineMs ?? WRITE_DEADLINE_MS;
     const stalled = () => {
@@ -367,7 +376,7 @@ export class AgentSessions extends EventEmitter {
       // One timer per snapshot, re-armed per fragment.
       if (peer.deadline) peer.deadline.refresh();
       else peer.deadline = setTimeout(stalled, deadlineMs);
-      peer.socket.send(fragment, { binary: false, fin: end === bytes.length }, (err) => {
+      peer.socket.send(fragment, { binary, fin: end === bytes.length }, (err) => {
         if (err || end === bytes.length) {
           clearTimeout(peer.deadline);
           peer.deadline = undefined;
@@ -392,11 +401,34 @@ export class AgentSessions extends EventEmitter {
     if (this.peers.get(peer.status.agentId) === peer && peer.socket.readyState === WebSocket.OPEN) this.pushTo(peer);
   }
 
-  /** A snapshot is the same bytes for every agent: encoded once per version (and override). */
-  private snapshotBytes(frame: Snapshot): Buffer {
+  /**
+   * A snapshot is the same bytes for every agent: encoded once per version
+   * (and override), and compressed once for the agents that ask for it
+   * (SNAPSHOT_GZIP: a binary frame). null while that is being made (off
+   * the event loop): the agent waits and is released when it is done; if
+   * compressing fails, it gets the text.
+   */
+  private snapshotBytes(frame: Snapshot, gzip: boolean): { bytes: Buffer; binary: boolean } | null {
     const key = `${frame.epoch} ${frame.version} ${frame.override ? 'override' : ''}`;
     if (this.encodedSnapshot?.key !== key) this.encodedSnapshot = { key, bytes: Buffer.from(this.hooks.snapshotText(frame), 'utf8') };
-    return this.encodedSnapshot.bytes;
+    const e = this.encodedSnapshot;
+    if (!gzip || e.failed) return { bytes: e.bytes, binary: false };
+    if (e.gzip) return { bytes: e.gzip, binary: true };
+    if (!e.compressing) {
+      e.compressing = true;
+      gzipFrame(e.bytes)
+        .then(
+          (gz) => void (e.gzip = gz),
+          () => void (e.failed = true),
+        )
+        .finally(() => {
+          e.compressing = false;
+          const waiting = [...this.waitingForGzip];
+          this.waitingForGzip.clear();
+          for (const p of waiting) this.release(p);
+        });
+    }
+    return null;
   }
 
   private ping(): void {

@@ -136,7 +136,7 @@ describe.skipIf(!hasOpenssl)('control-plane channel over TLS (loopback)', () => 
     expect(a.applied).toEqual([1, 2]);
   });
 
-  it('sends big snapshots in fragments, a bounded number at a time, to every agent', async () => {
+  it('sends big snapshots in fragments, a bounded number at a time, to every agent; compressed (a binary frame) to the agent that asks', async () => {
     await server.close();
     const tokens = Object.fromEntries(['a', 'b', 'c', 'edge-1'].map((id) => [id, `t-${id}`]));
     server = new ControlPlaneServer({ cert: certs.cert, key: certs.key, tokens, pingMs: 200, epoch: 'e1', snapshotConcurrency: 1 });
@@ -147,10 +147,12 @@ describe.skipIf(!hasOpenssl)('control-plane channel over TLS (loopback)', () => 
     const send = WebSocket.prototype.send;
     const open = new Map<WebSocket, number>(); // socket → fragments of its message so far
     const fragments: number[] = [];
+    const binary: boolean[] = [];
     let concurrent = 0;
     WebSocket.prototype.send = function (this: WebSocket, data: unknown, options?: unknown, cb?: unknown) {
       const fin = (options as { fin?: boolean } | undefined)?.fin !== false;
-      if (Buffer.isBuffer(data) && (!fin || open.has(this))) {
+      if (Buffer.isBuffer(data) && (!fin || open.has(this) || (options as { binary?: boolean } | undefined)?.binary)) {
+        if (!open.has(this)) binary.push((options as { binary?: boolean } | undefined)?.binary === true);
         open.set(this, (open.get(this) ?? 0) + 1);
         concurrent = Math.max(concurrent, open.size);
         if (fin) {
@@ -183,7 +185,9 @@ describe.skipIf(!hasOpenssl)('control-plane channel over TLS (loopback)', () => 
       expect(sizes).toHaveLength(3);
       expect(sizes.every((n) => n > 150_000)).toBe(true); // each a whole message, reassembled from fragments
       expect(fragments).toHaveLength(4);
-      expect(fragments.every((n) => n >= 3)).toBe(true); // ~200 KB in 64 KiB pieces
+      // The three bare agents (no capability): ~200 KB of text in 64 KiB pieces; the real agent asked for gzip: one binary frame.
+      expect(binary.filter((b) => b)).toHaveLength(1);
+      expect(fragments.filter((n, i) => !binary[i] && n >= 3)).toHaveLength(3);
       expect(concurrent).toBe(1); // snapshotConcurrency: 1
     } finally {
       WebSocket.prototype.send = send;

@@ -7,7 +7,8 @@
  * do not apply states or recompute digests (a real agent's work, measured
  * by bench/agent.ts): a snapshot's frame head is read, its 7 MB body is
  * only received. They ask for compressed snapshots, as agents do
- * (FLEET_GZIP=0: not), and inflate only a compressed one's first bytes. Reports to the parent over IPC: connections, errors, and
+ * (FLEET_GZIP=0: not), and inflate only a compressed one's first bytes.
+ * A connection that ends is made again after 1–2 s, as agents do. Reports to the parent over IPC: connections, errors, and
  * for each version once all of them acknowledged it, when each did.
  *
  * argv: port, CA file, count, token prefix[, offset, token suffix] (agent i is
@@ -58,8 +59,12 @@ function acked(version: number): void {
   ackTimes.set(version, times);
   if (times.length === count) send({ allAcked: version, times });
 }
-function connect(i: number): Promise<void> {
-  const agent: Simulated = { id: `fleet-${offset + i}`, have: null };
+/**
+ * Agent i's connection; once open, the promise resolves. A connection the
+ * control plane ends (its write deadline, say) is made again after 1–2 s,
+ * as a real agent reconnects, with what it has in its hello.
+ */
+function connect(i: number, agent: Simulated = { id: `fleet-${offset + i}`, have: null }): Promise<void> {
   return new Promise((resolve) => {
     const socket = new WebSocket(`wss://127.0.0.1:${port}/`, { ca, headers: { authorization: `Bearer ${prefix}${offset + i}${suffix ?? ''}` }, perMessageDeflate: false, maxPayload: 256 * 1024 * 1024 });
     socket.on('open', () => {
@@ -74,14 +79,35 @@ function connect(i: number): Promise<void> {
         socket.send(JSON.stringify({ type: 'nack', epoch: frame.epoch, version: frame.version, code: 'EGAP', message: 'not on top of what this agent has', details: [] }));
         return;
       }
+      const first = agent.have?.version !== frame.version || agent.have.epoch !== frame.epoch;
       agent.have = { epoch: frame.epoch, version: frame.version, digest: frame.digest };
       socket.send(JSON.stringify({ type: 'ack', epoch: frame.epoch, version: frame.version, digest: frame.digest }));
-      acked(frame.version);
+      // Each agent counted once per version (a redelivery after a reconnection is not a second ACK time).
+      if (first) acked(frame.version);
     });
-    socket.on('error', (err) => send({ error: `${agent.id}: ${err.message}` }));
-    socket.on('close', () => send({ closed: agent.id }));
+    socket.on('error', (err) => {
+      errors++;
+      send({ error: `${agent.id}: ${err.message}` });
+    });
+    socket.on('close', () => {
+      closed++;
+      send({ closed: agent.id });
+      if (!stopping) setTimeout(() => void connect(i, agent), 1000 + Math.random() * 1000);
+      resolve();
+    });
   });
 }
+
+let stopping = false;
+process.on('SIGTERM', () => {
+  stopping = true;
+  process.exit(0);
+});
+
+// Progress for the parent to show while it waits: per version, how many have it; connections closed (and made again) and errors so far.
+let closed = 0;
+let errors = 0;
+setInterval(() => send({ progress: Object.fromEntries([...ackTimes].map(([v, t]) => [v, t.length])), closed, errors }), 5_000).unref();
 
 // Handshakes a few dozen at a time (each is a TLS handshake on both sides).
 for (let i = 0; i < count; i += 50) {

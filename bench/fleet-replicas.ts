@@ -127,12 +127,15 @@ export async function fleetReplicasBench(agents = 10_000, bindings = 100_000, de
     // The agents, an equal share per replica, each share in a process of its own.
     const share = Math.ceil(agents / REPLICAS);
     const acks = new Map<number, number[]>();
+    /** Per agents' process, its last progress report. */
+    const progress: Array<{ progress: Record<string, number>; closed: number; errors: number }> = [];
     const fleets = ports.map((port, r) => {
       const count = Math.min(share, agents - r * share);
       const f = fork(fileURLToPath(new URL('./fleet-agents.js', import.meta.url)), [String(port), path.join(dir, 'ca.pem'), String(count), 'tok-', String(r * share), '-0123456789'], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
       children.push(f);
-      f.on('message', (m: { allAcked?: number; times?: number[] }) => {
+      f.on('message', (m: { allAcked?: number; times?: number[]; progress?: Record<string, number>; closed?: number; errors?: number }) => {
         if (m.allAcked !== undefined) acks.set(m.allAcked, [...(acks.get(m.allAcked) ?? []), ...m.times!]);
+        if (m.progress) progress[r] = m as { progress: Record<string, number>; closed: number; errors: number };
       });
       return { f, count };
     });
@@ -177,7 +180,9 @@ export async function fleetReplicasBench(agents = 10_000, bindings = 100_000, de
     await until('the snapshot acknowledged by every agent', async () => {
       if (performance.now() - told > 10_000) {
         told = performance.now();
-        process.stderr.write(`fleet-replicas: ${acks.get(2)?.length ?? 0} of ${agents} agents have version 2; replicas at versions ${(await Promise.all(ports.map(version))).join(', ')}\n`);
+        const have = progress.reduce((n, p) => n + (p?.progress['2'] ?? 0), 0);
+        const gone = progress.reduce((n, p) => n + (p?.closed ?? 0), 0);
+        process.stderr.write(`fleet-replicas: ${have} of ${agents} agents have version 2 (${gone} connections closed so far); replicas at versions ${(await Promise.all(ports.map(version))).join(', ')}\n`);
       }
       return (acks.get(2)?.length ?? 0) === agents;
     }, 600_000);

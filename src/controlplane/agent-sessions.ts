@@ -15,7 +15,7 @@
 import { EventEmitter } from 'node:events';
 import { WebSocket } from 'ws';
 import { SNAPSHOT_GZIP, gzipFrame } from '../protocol/compress.js';
-import { encodeFrame, parseFrame, type Ack, type Frame, type Hello, type Nack, type NackCode, type Snapshot } from '../protocol/messages.js';
+import { encodeFrame, parseFrame, type Ack, type Delta, type Frame, type Hello, type Nack, type NackCode, type Snapshot } from '../protocol/messages.js';
 
 /** What the sessions take of ServerOptions (documented there). */
 export interface SessionOptions {
@@ -80,6 +80,8 @@ interface Peer extends AgentSession {
 
 /** How long a held-back push waits when no write completion brings it sooner. */
 const HELD_RETRY_MS = 100;
+/** Encoded deltas kept (see deltaBytes). */
+const ENCODED_DELTAS = 16;
 /** Snapshots being sent at once (see pushTo). */
 const SNAPSHOT_CONCURRENCY = 32;
 /** A snapshot goes out in pieces of this size (see sendInFragments). */
@@ -120,6 +122,7 @@ export class AgentSessions extends EventEmitter {
   private readonly statuses = new Map<string, AgentStatus>();
   private pinger: NodeJS.Timeout | undefined;
   private encodedSnapshot: { key: string; bytes: Buffer; gzip?: Buffer; compressing?: boolean; failed?: boolean } | undefined;
+  private readonly encodedDeltas = new Map<string, Buffer>();
   /** Agents due a compressed snapshot while it is being compressed. */
   private readonly waitingForGzip = new Set<Peer>();
   private snapshotsSending = 0;
@@ -264,7 +267,8 @@ export class AgentSessions extends EventEmitter {
         this.hooks.answered(peer, frame, judged);
         // A NACK for a gap or a digest mismatch is answered with a snapshot next.
         if (frame.type === 'nack' && (frame.code === 'EGAP' || frame.code === 'EDIGEST')) peer.hello = { ...peer.hello, have: null };
-        if (frame.type === 'ack' || frame.code === 'EGAP' || frame.code === 'EDIGEST') this.pushTo(peer);
+        // After an ACK only a newer version is worth a frame (the agent knows it is up to date).
+        if (frame.type === 'ack' || frame.code === 'EGAP' || frame.code === 'EDIGEST') this.pushTo(peer, frame.type === 'ack');
         return;
       }
       if (frame.type === 'heartbeat') {
@@ -296,7 +300,8 @@ export class AgentSessions extends EventEmitter {
     }
   }
 
-  private pushTo(peer: Peer): void {
+  /** `answered`: right after the agent's ACK, when "up to date" would tell it nothing. */
+  private pushTo(peer: Peer, answered = false): void {
     if (peer.status.inFlight !== null) return; // one push in flight; the ACK brings the next
     if (peer.socket.bufferedAmount > 0) {
       // A slow agent: no queue grows here. The push is made once what is
@@ -306,7 +311,7 @@ export class AgentSessions extends EventEmitter {
     }
     const frame = this.hooks.frameFor(peer.hello);
     if (!frame || (frame.type !== 'snapshot' && frame.type !== 'delta')) {
-      if (frame) this.send(peer, encodeFrame(frame));
+      if (frame && !(answered && frame.type === 'up-to-date')) this.send(peer, encodeFrame(frame));
       return;
     }
     if (peer.nacked?.version === frame.version && peer.nacked.code !== 'EGAP' && peer.nacked.code !== 'EDIGEST') {
@@ -333,7 +338,20 @@ export class AgentSessions extends EventEmitter {
       return;
     }
     peer.status.inFlight = frame.version;
-    this.send(peer, encodeFrame(frame));
+    this.send(peer, this.deltaBytes(frame));
+  }
+
+  /** A delta from one version to another is the same bytes for every agent that has the first: encoded once. */
+  private deltaBytes(frame: Delta): Buffer {
+    const key = `${frame.epoch} ${frame.from_version} ${frame.version} ${frame.override ? 'override' : ''}`;
+    let bytes = this.encodedDeltas.get(key);
+    if (!bytes) {
+      bytes = Buffer.from(encodeFrame(frame), 'utf8');
+      this.encodedDeltas.set(key, bytes);
+      // The few latest: agents are one or two versions behind, or get a snapshot.
+      if (this.encodedDeltas.size > ENCODED_DELTAS) this.encodedDeltas.delete(this.encodedDeltas.keys().next().value!);
+    }
+    return bytes;
   }
 
   /** A snapshot written out (or its agent gone): the next waiting agent's turn. Once per send. */

@@ -165,11 +165,13 @@ describe.skipIf(!hasOpenssl)('control-plane channel over TLS (loopback)', () => 
     const a = agent({ token: 't-edge-1' });
     // Three bare agents that ACK whatever they get, and count the bytes of each message.
     const sizes: number[] = [];
+    const types: string[] = [];
     const bare = ['a', 'b', 'c'].map((id) => {
       const socket = new WebSocket(`wss://127.0.0.1:${port}/`, { ca: certs.ca, headers: { authorization: `Bearer t-${id}` } });
       socket.on('open', () => socket.send(JSON.stringify({ type: 'hello', protocol: 1, agent_id: id, agent_version: 'test', capabilities: [], have: null, refused: null })));
       socket.on('message', (data: Buffer) => {
         const f = JSON.parse(data.toString()) as { type: string; epoch: string; version: number; digest: string };
+        types.push(f.type);
         if (f.type !== 'snapshot') return;
         sizes.push(data.length);
         socket.send(JSON.stringify({ type: 'ack', epoch: f.epoch, version: f.version, digest: f.digest }));
@@ -189,6 +191,9 @@ describe.skipIf(!hasOpenssl)('control-plane channel over TLS (loopback)', () => 
       expect(binary.filter((b) => b)).toHaveLength(1);
       expect(fragments.filter((n, i) => !binary[i] && n >= 3)).toHaveLength(3);
       expect(concurrent).toBe(1); // snapshotConcurrency: 1
+      // An ACK is not answered "up to date": the agent said so itself.
+      await new Promise((r) => setTimeout(r, 200));
+      expect(types).toEqual(['snapshot', 'snapshot', 'snapshot']);
     } finally {
       WebSocket.prototype.send = send;
       for (const socket of bare) socket.terminate();

@@ -90,6 +90,14 @@ describe.skipIf(!hasOpenssl)('service-bindings API', () => {
     expect(server.history.indexed!.labelCount('cdn')).toBe(0);
   });
 
+  it('a binding listed twice in one request: 400 naming the entry, nothing changes', async () => {
+    const before = server.history.current!.version;
+    const twice = { label: 'cdn', protocol: 'tcp', prefix: '198.51.100.0/24', port: 0 };
+    const added = await call('POST', '/v1/bindings', { bindings: [twice, twice] });
+    expect(added).toMatchObject({ status: 400, body: { field: 'request (add): bindings[1]' } });
+    expect(server.history.current!.version).toBe(before);
+  });
+
   it('sets service policies and HTTPS-only ranges; needs the admin token; describes itself', async () => {
     expect((await call('PUT', '/v1/services/cdn', { tcp: [443] })).body).toMatchObject({ outcome: 'published' });
     expect((await call('GET', '/v1/services')).body).toMatchObject({ services: { cdn: { tcp: [443], udp: [] } } });

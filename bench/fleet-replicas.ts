@@ -39,6 +39,11 @@ const REPLICAS = 3;
 const ADMIN = 'fleet-admin-token-0123456789';
 const percentile = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(xs.length * p))]!;
 const now = () => performance.timeOrigin + performance.now();
+/** CPU seconds a process has used (user + system, /proc/PID/stat fields 14 and 15, in clock ticks of 1/100 s). */
+const cpuSeconds = (pid: number) => {
+  const fields = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+};
 const rssMb = (pid: number, field: 'VmRSS' | 'VmHWM') => Number(new RegExp(`${field}:\\s+(\\d+) kB`).exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))![1]) / 1024;
 
 export interface FleetReplicasBench {
@@ -54,6 +59,8 @@ export interface FleetReplicasBench {
   rss_mb: Array<{ replica: string; before_agents: number; with_agents: number; peak: number; agents: number }>;
   rss_per_1000_agents_mb: number;
   leader_kill_to_published_ms: number;
+  /** CPU seconds used from start to before the kill: the replicas', and the simulated agents' processes' (which share this machine's CPUs). */
+  cpu_seconds: { replicas: number[]; simulated_agents: number[]; wall: number };
 }
 
 export async function fleetReplicasBench(agents = 10_000, bindings = 100_000, deltas = 10): Promise<FleetReplicasBench> {
@@ -120,6 +127,7 @@ export async function fleetReplicasBench(agents = 10_000, bindings = 100_000, de
       }
     };
 
+    const benchStart = performance.now();
     const replicas = ports.map((_, r) => start(r));
     await until('version 1 on every replica', async () => (await Promise.all(ports.map(version))).every((v) => v === 1), 60_000);
     const before = replicas.map((c) => rssMb(c.pid!, 'VmRSS'));
@@ -205,6 +213,7 @@ export async function fleetReplicasBench(agents = 10_000, bindings = 100_000, de
       slowest = Math.max(slowest, ...times);
     }
     const peak = replicas.map((c) => rssMb(c.pid!, 'VmHWM'));
+    const cpu = { replicas: replicas.map((c) => cpuSeconds(c.pid!)), simulated_agents: fleets.map(({ f }) => cpuSeconds(f.pid!)), wall: Math.round((performance.now() - benchStart) / 1000) };
 
     // The leader killed: a write sent to a survivor goes through again after…
     const killed = now();
@@ -233,6 +242,7 @@ export async function fleetReplicasBench(agents = 10_000, bindings = 100_000, de
       rss_mb: rss,
       rss_per_1000_agents_mb: Math.round((rss.reduce((s, x) => s + (x.with_agents - x.before_agents) / x.agents, 0) / REPLICAS) * 1000 * 10) / 10,
       leader_kill_to_published_ms: round(published - killed),
+      cpu_seconds: cpu,
     };
   } finally {
     for (const c of children) if (c.exitCode === null) c.kill('SIGKILL');

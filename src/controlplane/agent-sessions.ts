@@ -19,9 +19,12 @@ import { encodeFrame, parseFrame, type Ack, type Delta, type Frame, type Hello, 
 
 /** What the sessions take of ServerOptions (documented there). */
 export interface SessionOptions {
+  /** The largest frame an agent may send (default MAX_AGENT_FRAME_BYTES). */
   maxFrameBytes?: number;
+  /** A snapshot fragment not written within this many ms ends its connection (default WRITE_DEADLINE_MS). */
   writeDeadlineMs?: number;
   pingMs?: number;
+  /** Snapshots sent at once (default 32); the other agents wait their turn. */
   snapshotConcurrency?: number;
 }
 

@@ -20,29 +20,15 @@ import type { RolloutConfig } from './rollout.js';
 import type { History } from './history.js';
 import type { ControlPlaneStore } from './store/store.js';
 import { NotLeader, notLeaderAnswer, type LeaseOptions } from './lease.js';
-import { AgentTransport, answerJson, type AgentStatus } from './transport.js';
+import { AgentTransport, answerJson, type AgentStatus, type TransportOptions } from './transport.js';
 import { Publisher, type Publication } from './publisher.js';
 import { RolloutHealth } from './rollout-health.js';
 
 export { MAX_AGENT_FRAME_BYTES, type AgentStatus } from './transport.js';
 export type { Proposed, Publication } from './publisher.js';
 
-export interface ServerOptions {
-  /** PEM certificate and key of this server (agents pin the CA that signed it). */
-  cert: string;
-  key: string;
-  /** agent id → token. */
-  tokens: Record<string, string>;
-  /** A token for `GET /status` only. */
-  adminToken?: string;
-  /** Named administrators (name → token): the API, /override and /status; the audit log records the name (`adminToken` is the one named "admin"). */
-  adminTokens?: Record<string, string>;
-  port?: number;
-  host?: string;
-  /** The largest frame an agent may send (default MAX_AGENT_FRAME_BYTES). */
-  maxFrameBytes?: number;
-  /** A snapshot fragment not written within this many ms ends its connection (default WRITE_DEADLINE_MS). */
-  writeDeadlineMs?: number;
+/** The transport's options (transport.ts, agent-sessions.ts: certificate, tokens, listener, limits), and the publisher's. */
+export interface ServerOptions extends TransportOptions {
   /**
    * Where a change from the API, or a held one when it is confirmed, is
    * written before any agent can see it (the state file). A change from the
@@ -64,13 +50,10 @@ export interface ServerOptions {
    * redirect to it.
    */
   replica?: LeaseOptions;
-  pingMs?: number;
   historyLimit?: number;
   epoch?: string;
   /** What propose() refuses or holds (policy.ts). */
   policy?: PublishPolicy;
-  /** Snapshots sent at once (default 32); the other agents wait their turn. */
-  snapshotConcurrency?: number;
   /** Stages a new version goes through (rollout.ts); without, it goes to every agent at once. */
   rollout?: RolloutConfig;
 }

@@ -23,10 +23,14 @@ export { MAX_AGENT_FRAME_BYTES, type AgentSession, type AgentStatus } from './ag
 
 /** What the transport takes of ServerOptions (documented there). */
 export interface TransportOptions extends SessionOptions {
+  /** PEM certificate and key of this server (agents pin the CA that signed it). */
   cert: string;
   key: string;
+  /** agent id → token. */
   tokens: Record<string, string>;
+  /** A token for `GET /status` only. */
   adminToken?: string;
+  /** Named administrators (name → token): the API, /override and /status; the audit log records the name (`adminToken` is the one named "admin"). */
   adminTokens?: Record<string, string>;
   port?: number;
   host?: string;

@@ -82,8 +82,9 @@ export class RolloutHealth extends EventEmitter {
     }
   }
 
-  /** Replicas: this one's agents shared from now on (shareAgents). */
+  /** Replicas: this one's agents shared from now on (shareAgents), when there is a rollout to judge them (nothing else reads them). */
   share(): void {
+    if (!this.rollout) return;
     this.shareTimer = setInterval(() => void this.shareAgents(), SHARE_MS);
     this.shareTimer.unref();
   }

@@ -56,6 +56,7 @@ export interface FleetReplicasBench {
   delta_ack_p50_ms: number;
   delta_ack_p99_ms: number;
   delta_all_acked_max_ms: number;
+  per_delta: Array<{ api_ms: number; replicas: Array<{ replica: string; leading: boolean; first_ack_ms: number; last_ack_ms: number }> }>;
   rss_mb: Array<{ replica: string; before_agents: number; with_agents: number; peak: number; agents: number }>;
   rss_per_1000_agents_mb: number;
   leader_kill_to_published_ms: number;
@@ -135,6 +136,8 @@ export async function fleetReplicasBench(agents = 10_000, bindings = 100_000, de
     // The agents, an equal share per replica, each share in a process of its own.
     const share = Math.ceil(agents / REPLICAS);
     const acks = new Map<number, number[]>();
+    /** `${version} ${replica}` → the ACK times of that replica's agents. */
+    const byReplica = new Map<string, number[]>();
     /** Per agents' process, its last progress report. */
     const progress: Array<{ progress: Record<string, number>; closed: number; errors: number }> = [];
     const fleets = ports.map((port, r) => {
@@ -142,7 +145,10 @@ export async function fleetReplicasBench(agents = 10_000, bindings = 100_000, de
       const f = fork(fileURLToPath(new URL('./fleet-agents.js', import.meta.url)), [String(port), path.join(dir, 'ca.pem'), String(count), 'tok-', String(r * share), '-0123456789'], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
       children.push(f);
       f.on('message', (m: { allAcked?: number; times?: number[]; progress?: Record<string, number>; closed?: number; errors?: number }) => {
-        if (m.allAcked !== undefined) acks.set(m.allAcked, [...(acks.get(m.allAcked) ?? []), ...m.times!]);
+        if (m.allAcked !== undefined) {
+          acks.set(m.allAcked, [...(acks.get(m.allAcked) ?? []), ...m.times!]);
+          byReplica.set(`${m.allAcked} ${r}`, m.times!);
+        }
         if (m.progress) progress[r] = m as { progress: Record<string, number>; closed: number; errors: number };
       });
       return { f, count };
@@ -199,6 +205,8 @@ export async function fleetReplicasBench(agents = 10_000, bindings = 100_000, de
     // One-binding deltas through the API.
     const latencies: number[] = [];
     let slowest = 0;
+    /** Per delta: the API's answer, and per replica (the leader first) its agents' first and last ACK, ms after the request. */
+    const perDelta: Array<{ api_ms: number; replicas: Array<{ replica: string; leading: boolean; first_ack_ms: number; last_ack_ms: number }> }> = [];
     let leader = await leaderNow();
     for (let d = 0; d < deltas; d++) {
       const v = 3 + d;
@@ -206,11 +214,19 @@ export async function fleetReplicasBench(agents = 10_000, bindings = 100_000, de
       leader = await leaderNow();
       if (leader < 0) throw new Error('fleet-replicas: no replica leads');
       const r = await request(ports[leader]!, 'POST', '/v1/bindings', { bindings: [{ label: 'spectrum', protocol: 'tcp', prefix: `192.0.2.${d + 1}/32`, port: 0 }] });
+      const apiMs = now() - sent;
       if (r.status !== 200) throw new Error(`fleet-replicas: delta ${d} answered ${r.status} ${JSON.stringify(r.body)}`);
       await until(`delta ${d} acknowledged by every agent`, async () => (acks.get(v)?.length ?? 0) === agents, 60_000);
       const times = acks.get(v)!.map((t) => t - sent);
       latencies.push(...times);
       slowest = Math.max(slowest, ...times);
+      perDelta.push({
+        api_ms: Math.round(apiMs),
+        replicas: ports.map((_, k) => {
+          const t = byReplica.get(`${v} ${k}`)!.map((x) => x - sent);
+          return { replica: `r${k}`, leading: k === leader, first_ack_ms: Math.round(Math.min(...t)), last_ack_ms: Math.round(Math.max(...t)) };
+        }),
+      });
     }
     const peak = replicas.map((c) => rssMb(c.pid!, 'VmHWM'));
     const cpu = { replicas: replicas.map((c) => cpuSeconds(c.pid!)), simulated_agents: fleets.map(({ f }) => cpuSeconds(f.pid!)), wall: Math.round((performance.now() - benchStart) / 1000) };
@@ -239,6 +255,7 @@ export async function fleetReplicasBench(agents = 10_000, bindings = 100_000, de
       delta_ack_p50_ms: round(percentile(latencies, 0.5)),
       delta_ack_p99_ms: round(percentile(latencies, 0.99)),
       delta_all_acked_max_ms: round(slowest),
+      per_delta: perDelta,
       rss_mb: rss,
       rss_per_1000_agents_mb: Math.round((rss.reduce((s, x) => s + (x.with_agents - x.before_agents) / x.agents, 0) / REPLICAS) * 1000 * 10) / 10,
       leader_kill_to_published_ms: round(published - killed),

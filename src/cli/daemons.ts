@@ -210,6 +210,9 @@ export async function controlPlaneCommand(flags: Record<string, unknown>): Promi
         refusal = [...r.findings.map((f) => `${f.code} ${f.message}`), ...r.guards.map((g) => `${g.code} ${g.message}: ${g.entries.join('; ')}`)].slice(0, 5).join('; ');
         log.error({ ...base, ms: r.ms, findings: r.findings.slice(0, 50).map((f) => ({ code: f.code, message: f.message, witness: f.witness })), guards: r.guards }, 'refused by verification: not published, the current version stays');
         break;
+      case 'replayed':
+        log.info({ ...base, requestId: r.earlier.requestId, outcome: r.earlier.outcome, version: r.earlier.version }, 'a retried request, answered as before (nothing made again)');
+        break;
     }
   };
   // What the store kept first: the file's state, when it is the one in force, is then "unchanged" (same epoch and version).

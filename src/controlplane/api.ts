@@ -23,7 +23,9 @@ import { documentOf, indexedCopy, type StateDelta } from '../protocol/state.js';
 import type { ControlPlaneServer, Proposed } from './server.js';
 import { UnsavedChange } from './statefile.js';
 import { NotLeader, notLeaderAnswer } from './lease.js';
+import crypto from 'node:crypto';
 import { ApiError, readBody, requestIdOf } from './http.js';
+import type { AuditEntry } from './store/store.js';
 
 type Doc = { bindings: Array<{ label: string; protocol: string; prefix: string; port: number }>; services: Record<string, unknown>; https_only: unknown; exclusive?: unknown };
 
@@ -36,6 +38,8 @@ interface RequestContext {
   ifMatch: number | null;
   /** ?dry_run=1: judged and answered, nothing saved or published. */
   dryRun: boolean;
+  /** The request's digest (method, path, body): with requestId, what makes a retry the same request. */
+  request: string;
 }
 
 /** If-Match: "N" (an ETag of GET), N or W/"N"; anything else is a 400 naming the header. */
@@ -88,7 +92,10 @@ export class BindingsApi {
     const url = new URL(req.url ?? '/', 'https://control-plane');
     const route = `${req.method} ${url.pathname.replace(/^\/v1\/services\/[^/]+$/, '/v1/services/{label}')}`;
     readBody(req)
-      .then((body) => this.route(route, url, body, { actor, remote: req.socket.remoteAddress ?? null, requestId: requestIdOf(req), ifMatch: ifMatchOf(req), dryRun: dryRunOf(url) }))
+      .then((body) => {
+        const request = crypto.createHash('sha256').update(`${req.method} ${url.pathname}\n${JSON.stringify(body ?? null)}`).digest('hex');
+        return this.route(route, url, body, { actor, remote: req.socket.remoteAddress ?? null, requestId: requestIdOf(req), ifMatch: ifMatchOf(req), dryRun: dryRunOf(url), request });
+      })
       .then(([status, value]) => send(status, value))
       .catch((err: unknown) => {
         if (err instanceof NotLeader) return notLeaderAnswer(err, req, res);
@@ -243,7 +250,7 @@ export class BindingsApi {
       bindings = state.bindings.count;
       return state;
     };
-    const options = { save: true, action: what, remote: ctx.remote, requestId: ctx.requestId, actor: ctx.actor };
+    const options = { save: true, action: what, remote: ctx.remote, requestId: ctx.requestId, actor: ctx.actor, request: ctx.request };
     if (ctx.dryRun) {
       const j = await this.server.judgeOnly(edited, `api ${what}`, options);
       return [200, { dry_run: true, ...j }];
@@ -259,8 +266,25 @@ export class BindingsApi {
         return [202, { outcome: r.outcome, version: r.version, reason: r.withdrawal.message, entries: r.withdrawal.entries, changes: r.summary, confirm: `POST /override {"version": ${r.version}}` }];
       case 'refused':
         return [422, { outcome: r.outcome, findings: r.findings.map(({ code, message, witness }) => ({ code, message, witness })), guards: r.guards }];
+      case 'replayed':
+        return replayed(r.earlier, ctx);
     }
   }
+}
+
+/**
+ * A retried request answered from its record (X-Request-Id, the same
+ * method, path and body): the outcome it had, `replayed: true`. The same
+ * id with another request is refused: ids name one request.
+ */
+function replayed(earlier: AuditEntry, ctx: RequestContext): [number, unknown] {
+  if (earlier.request !== ctx.request) {
+    throw new ApiError(422, `X-Request-Id ${JSON.stringify(ctx.requestId)} was used for another request (${earlier.action}); use a new id for a new request`, 'X-Request-Id');
+  }
+  const body = { outcome: earlier.outcome, version: earlier.version, changes: earlier.summary, replayed: true };
+  if (earlier.outcome === 'held') return [202, { ...body, confirm: `POST /override {"version": ${earlier.version}}` }];
+  if (earlier.outcome === 'refused') return [422, { outcome: 'refused', findings: earlier.summary.map((message) => ({ message })), replayed: true }];
+  return [200, body];
 }
 
 /** The body's one field, a list: `{"<field>": [...]}` and nothing else. */
@@ -302,7 +326,7 @@ const body = (schema: unknown) => ({ required: true, content: { 'application/jso
 /** Every write takes these. */
 const writeParameters = [
   { name: 'If-Match', in: 'header', schema: { type: 'string', example: '"3"' }, description: "the version the change was made against (GET's ETag): 412 when another is current" },
-  { name: 'X-Request-Id', in: 'header', schema: { type: 'string', maxLength: 128 }, description: 'kept in the audit log' },
+  { name: 'X-Request-Id', in: 'header', schema: { type: 'string', maxLength: 128 }, description: 'kept in the audit log; a write retried with the same id (same method, path and body) is answered with the outcome it had (replayed: true), not made again; the same id with another request: 422' },
   { name: 'dry_run', in: 'query', schema: { type: 'integer', enum: [0, 1] }, description: 'judge only: verification findings and the semantic diff, nothing saved or published' },
 ];
 

@@ -25,7 +25,9 @@ export type Proposed =
   | { outcome: 'published'; ms: number; version: number; summary: string[]; warnings: Finding[] }
   | { outcome: 'unchanged'; ms: number; version: number }
   | { outcome: 'held'; ms: number; version: number; withdrawal: GuardFinding; summary: string[] }
-  | { outcome: 'refused'; ms: number; findings: Finding[]; guards: GuardFinding[] };
+  | { outcome: 'refused'; ms: number; findings: Finding[]; guards: GuardFinding[] }
+  /** The same request (X-Request-Id and digest) was made before: what was recorded of it, nothing made again. */
+  | { outcome: 'replayed'; ms: number; earlier: AuditEntry };
 
 export class Publisher extends Ledger {
   /** Publishes a validated state; `override` lets this version withdraw beyond the agents' budget. */
@@ -56,10 +58,22 @@ export class Publisher extends Ledger {
   propose(
     given: DesiredState | (() => DesiredState),
     source: string,
-    options: { save?: boolean; actor?: string; remote?: string | null; requestId?: string | null; action?: string } = {},
+    options: { save?: boolean; actor?: string; remote?: string | null; requestId?: string | null; request?: string; action?: string } = {},
   ): Promise<Proposed> {
     return this.serial(async () => {
       this.assertLeader();
+      const actor = options.actor ?? source;
+      // A retry of a request already answered (its answer lost, say) is answered
+      // from the record, before its edit is made again on the state as it is now.
+      if (options.requestId && options.request && this.options.store) {
+        let earlier: AuditEntry | undefined;
+        try {
+          earlier = await this.options.store.findRequest(actor, options.requestId);
+        } catch (err) {
+          throw this.unsaved(source, err);
+        }
+        if (earlier) return { outcome: 'replayed', ms: 0, earlier };
+      }
       // A function is called in this step's turn: it edits the state in force as it is then.
       const state = typeof given === 'function' ? given() : given;
       const live = this.history.indexed;
@@ -67,7 +81,6 @@ export class Publisher extends Ledger {
       const j = await judgeOffThread(live, state, this.options.policy);
       const ms = Math.round(performance.now() - started);
       const at = Date.now();
-      const actor = options.actor ?? source;
       const audit = (outcome: string, version: number | null, summary: string[]): AuditEntry => ({
         at,
         actor,
@@ -77,6 +90,7 @@ export class Publisher extends Ledger {
         outcome,
         version,
         summary,
+        request: options.request ?? null,
       });
       if (j.verdict === 'refuse') {
         const before = this.publication.refused;

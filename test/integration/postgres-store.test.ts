@@ -15,7 +15,7 @@ import { MIGRATIONS, PostgresStore } from '../../src/controlplane/store/postgres
 import { UnsavedChange } from '../../src/controlplane/statefile.js';
 import { makeCerts, type TestCerts } from '../support/certs.js';
 import { postgresBin, TestPostgres } from '../support/postgres.js';
-import { cdnState, haltSurvivesRestart, manyDeltasRebuild, restartForgetsNothing, rolloutSurvivesRestart, serverOn } from '../support/store-scenario.js';
+import { cdnState, haltSurvivesRestart, retriedRequestsAnswered, manyDeltasRebuild, restartForgetsNothing, rolloutSurvivesRestart, serverOn } from '../support/store-scenario.js';
 
 const usable = process.getuid?.() === 0 && postgresBin() !== undefined && spawnSync('openssl', ['version']).status === 0;
 
@@ -50,6 +50,11 @@ describe.skipIf(!usable)('control-plane PostgreSQL store (its own cluster)', () 
   it("a rollout's stages survive a restart", async () => {
     const url = await database();
     await rolloutSurvivesRestart(certs, () => new PostgresStore(url));
+  });
+
+  it('a retried request is answered from the record, also after a restart; ids are per administrator', async () => {
+    const url = await database();
+    await retriedRequestsAnswered(certs, () => new PostgresStore(url));
   });
 
   it('a rollout halted by a NACKing canary is still halted after a restart', async () => {

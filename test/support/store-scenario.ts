@@ -154,3 +154,29 @@ export async function haltSurvivesRestart(certs: TestCerts, store: () => Control
   expect(rollout.stages.map((s) => s.version)).toEqual([2, 1]);
   await second.close();
 }
+
+/**
+ * A request retried with its X-Request-Id and digest is answered from the
+ * record (also after a restart: the store is the record), not made again;
+ * another administrator's request with the same id is its own; the same
+ * id with another digest comes back with the digest it had (the API
+ * refuses it).
+ */
+export async function retriedRequestsAnswered(certs: TestCerts, store: () => ControlPlaneStore): Promise<void> {
+  const first = serverOn(certs, store());
+  await first.open();
+  await first.publish(cdnState(10));
+  const ask = { save: false, actor: 'alice', requestId: 'req-1', request: 'digest-1' };
+  const made = await first.propose(() => cdnState(11), 'api', ask);
+  expect(made).toMatchObject({ outcome: 'published', version: 2 });
+  // The edit would be made again on the state as it is now (12 bindings): it is not.
+  expect(await first.propose(() => cdnState(12), 'api', ask)).toMatchObject({ outcome: 'replayed', earlier: { outcome: 'published', version: 2, request: 'digest-1' } });
+  expect(first.history.current!.version).toBe(2);
+  expect(await first.propose(() => cdnState(12), 'api', { ...ask, actor: 'bob' })).toMatchObject({ outcome: 'published', version: 3 });
+  await first.close();
+  const second = serverOn(certs, store());
+  await second.open();
+  expect(await second.propose(() => cdnState(13), 'api', { ...ask, request: 'digest-2' })).toMatchObject({ outcome: 'replayed', earlier: { version: 2, request: 'digest-1' } });
+  expect(second.history.current!.version).toBe(3);
+  await second.close();
+}

@@ -23,9 +23,8 @@ describe.skipIf(!hasOpenssl)('API: named administrators, audit log, If-Match, dr
   let dir: string;
   let server: ControlPlaneServer;
   let port: number;
-  beforeAll(async () => {
-    certs = makeCerts();
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sy-api-audit-'));
+  /** The control plane over the test's store (again: a restart). */
+  const start = async () => {
     server = new ControlPlaneServer({
       cert: certs.cert,
       key: certs.key,
@@ -34,9 +33,14 @@ describe.skipIf(!hasOpenssl)('API: named administrators, audit log, If-Match, dr
       store: new FileStore(path.join(dir, 'store')),
     });
     await server.open();
-    await server.propose(cdnState(60), 'state file', { actor: 'file' });
     server.serveApi(new BindingsApi(server));
     port = await server.listen();
+  };
+  beforeAll(async () => {
+    certs = makeCerts();
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sy-api-audit-'));
+    await start();
+    await server.propose(cdnState(60), 'state file', { actor: 'file' });
   });
   afterAll(async () => {
     await server.close();
@@ -91,5 +95,29 @@ describe.skipIf(!hasOpenssl)('API: named administrators, audit log, If-Match, dr
     expect(entries[1]).toMatchObject({ action: 'POST /v1/bindings', requestId: 'req-alice-1', remote: '127.0.0.1' });
     expect((entries[1]!.summary as string[]).join(' ')).toMatch(/cdn loses 1 IPv4 address/);
     expect((await call('GET', '/v1/audit?after=3', 'alice-token-0123456789')).body.entries).toHaveLength(1);
+  });
+
+  it('a write retried with its X-Request-Id is answered as it was, not made again (also after a restart); the id with another request is refused; ids are per administrator', async () => {
+    const alice = 'alice-token-0123456789';
+    const v = server.history.current!.version;
+    const once = await call('POST', '/v1/bindings', alice, bind('10.0.4.7/32'), { 'x-request-id': 'retry-1' });
+    expect(once).toMatchObject({ status: 200, body: { outcome: 'published', version: v + 1 } });
+    // Its answer lost, the client sends it again: the same answer, nothing made again (not 409 "already bound").
+    const again = await call('POST', '/v1/bindings', alice, bind('10.0.4.7/32'), { 'x-request-id': 'retry-1' });
+    expect(again).toMatchObject({ status: 200, body: { outcome: 'published', version: v + 1, replayed: true, changes: once.body.changes } });
+    expect(server.history.current!.version).toBe(v + 1);
+    const unbind = { bindings: [{ protocol: 'tcp', prefix: '10.0.4.7/32', port: 0 }] };
+    expect(await call('DELETE', '/v1/bindings', alice, unbind, { 'x-request-id': 'retry-2' })).toMatchObject({ status: 200, body: { outcome: 'published', version: v + 2 } });
+    expect(await call('DELETE', '/v1/bindings', alice, unbind, { 'x-request-id': 'retry-2' })).toMatchObject({ status: 200, body: { version: v + 2, replayed: true } });
+    // The same id for another request: refused, naming the header; nothing changes.
+    expect(await call('POST', '/v1/bindings', alice, bind('10.0.5.7/32'), { 'x-request-id': 'retry-1' })).toMatchObject({ status: 422, body: { field: 'X-Request-Id' } });
+    expect(server.history.current!.version).toBe(v + 2);
+    // Bob's ids are his own.
+    expect(await call('POST', '/v1/bindings', 'bob-token-0123456789', bind('10.0.5.7/32'), { 'x-request-id': 'retry-1' })).toMatchObject({ status: 200, body: { outcome: 'published', version: v + 3 } });
+    // Restarted (the store is the record): the retry is still answered as it was.
+    await server.close();
+    await start();
+    expect(await call('POST', '/v1/bindings', alice, bind('10.0.4.7/32'), { 'x-request-id': 'retry-1' })).toMatchObject({ status: 200, body: { version: v + 1, replayed: true } });
+    expect(server.history.current!.version).toBe(v + 3);
   });
 });

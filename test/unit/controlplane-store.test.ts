@@ -13,7 +13,7 @@ import { FileStore } from '../../src/controlplane/store/file.js';
 import type { ControlPlaneStore } from '../../src/controlplane/store/store.js';
 import { UnsavedChange } from '../../src/controlplane/statefile.js';
 import { makeCerts, type TestCerts } from '../support/certs.js';
-import { cdnState, haltSurvivesRestart, manyDeltasRebuild, restartForgetsNothing, rolloutSurvivesRestart, serverOn } from '../support/store-scenario.js';
+import { cdnState, haltSurvivesRestart, retriedRequestsAnswered, manyDeltasRebuild, restartForgetsNothing, rolloutSurvivesRestart, serverOn } from '../support/store-scenario.js';
 
 const hasOpenssl = spawnSync('openssl', ['version']).status === 0;
 
@@ -36,6 +36,10 @@ describe.skipIf(!hasOpenssl)('control-plane file store', () => {
 
   it("a rollout's stages survive a restart", async () => {
     await rolloutSurvivesRestart(certs, fresh());
+  });
+
+  it('a retried request is answered from the record, also after a restart; ids are per administrator', async () => {
+    await retriedRequestsAnswered(certs, fresh());
   });
 
   it('a rollout halted by a NACKing canary is still halted after a restart', async () => {

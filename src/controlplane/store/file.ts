@@ -19,7 +19,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fsyncPath } from '../../fsync.js';
 import { native } from '../../kernel/native.js';
-import { EMPTY_RECORDS, StoreError, type AuditEntry, type ControlPlaneStore, type Loaded, type PublicationRecords, type StoredVersion } from './store.js';
+import { EMPTY_RECORDS, IDEMPOTENT_OUTCOMES, StoreError, type AuditEntry, type ControlPlaneStore, type Loaded, type PublicationRecords, type StoredVersion } from './store.js';
 
 export const FILE_STORE_FORMAT = 1;
 
@@ -182,10 +182,28 @@ export class FileStore implements ControlPlaneStore {
       replaceFile(this.file('records.json'), `${JSON.stringify(records)}\n`);
       if (audit) appendLines(this.file('audit.jsonl'), [JSON.stringify(audit)]);
     });
+    if (audit) this.indexRequest(audit);
   }
 
   async audit(entry: AuditEntry): Promise<void> {
     this.io('saving an audit entry', () => appendLines(this.file('audit.jsonl'), [JSON.stringify(entry)]));
+    this.indexRequest(entry);
+  }
+
+  /** Requests by (actor, X-Request-Id), read from the audit log once, then kept up to date as entries are appended. */
+  private requests: Map<string, AuditEntry> | undefined;
+
+  private indexRequest(entry: AuditEntry): void {
+    if (this.requests && entry.requestId && entry.request && IDEMPOTENT_OUTCOMES.has(entry.outcome)) this.requests.set(`${entry.actor}\u0000${entry.requestId}`, entry);
+  }
+
+  async findRequest(actor: string, requestId: string): Promise<AuditEntry | undefined> {
+    if (!this.requests) {
+      const all = this.io('reading the audit log', () => readLines<AuditEntry>(this.file('audit.jsonl')));
+      this.requests = new Map();
+      for (const entry of all) this.indexRequest(entry);
+    }
+    return this.requests.get(`${actor}\u0000${requestId}`);
   }
 
   async readAudit(options: { after?: number; limit?: number } = {}): Promise<AuditEntry[]> {

@@ -13,7 +13,7 @@
  * the control plane.
  */
 import pg from 'pg';
-import { EMPTY_RECORDS, StoreError, type AuditEntry, type ControlPlaneStore, type Loaded, type PublicationRecords, type ReplicaStore, type SharedAgentView, type StoredVersion } from './store.js';
+import { EMPTY_RECORDS, IDEMPOTENT_OUTCOMES, StoreError, type AuditEntry, type ControlPlaneStore, type Loaded, type PublicationRecords, type ReplicaStore, type SharedAgentView, type StoredVersion } from './store.js';
 
 /** Schema migrations, in order; index + 1 is the schema version each one makes. Never edit one that shipped: add the next. */
 export const MIGRATIONS: readonly string[] = [
@@ -75,6 +75,9 @@ export const MIGRATIONS: readonly string[] = [
      view jsonb NOT NULL,
      updated_at timestamptz NOT NULL DEFAULT now()
    );`,
+  // Idempotent API writes: a request's digest beside its X-Request-Id, found by (actor, request id).
+  `ALTER TABLE sy_audit ADD COLUMN request text;
+   CREATE INDEX sy_audit_request ON sy_audit (actor, request_id) WHERE request IS NOT NULL;`,
 ];
 
 /** The channel replicas are told of a new version or new records on (the payload: the version). */
@@ -98,6 +101,10 @@ export function redactUrl(url: string): string {
     return url.replace(/^([a-z]+:\/\/[^:/@]*):[^@]*@/, '$1:***@');
   }
 }
+
+const AUDIT_COLUMNS = 'at, actor, remote, request_id, action, outcome, version, summary, request';
+type AuditRow = { at: Date; actor: string; remote: string | null; request_id: string | null; action: string; outcome: string; version: number | null; summary: string[]; request: string | null };
+const auditOf = (r: AuditRow): AuditEntry => ({ at: r.at.getTime(), actor: r.actor, remote: r.remote, requestId: r.request_id, action: r.action, outcome: r.outcome, version: r.version, summary: r.summary, request: r.request });
 
 export class PostgresStore implements ControlPlaneStore, ReplicaStore {
   readonly description: string;
@@ -254,7 +261,7 @@ export class PostgresStore implements ControlPlaneStore, ReplicaStore {
   }
 
   private async insertAudit(c: pg.PoolClient | pg.Pool, a: AuditEntry): Promise<void> {
-    await c.query('INSERT INTO sy_audit (at, actor, remote, request_id, action, outcome, version, summary) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)', [
+    await c.query('INSERT INTO sy_audit (at, actor, remote, request_id, action, outcome, version, summary, request) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)', [
       new Date(a.at),
       a.actor,
       a.remote,
@@ -263,6 +270,7 @@ export class PostgresStore implements ControlPlaneStore, ReplicaStore {
       a.outcome,
       a.version,
       JSON.stringify(a.summary),
+      a.request ?? null,
     ]);
   }
 
@@ -303,11 +311,20 @@ export class PostgresStore implements ControlPlaneStore, ReplicaStore {
 
   async readAudit(options: { after?: number; limit?: number } = {}): Promise<AuditEntry[]> {
     try {
-      const { rows } = await this.pool.query<{ at: Date; actor: string; remote: string | null; request_id: string | null; action: string; outcome: string; version: number | null; summary: string[] }>(
-        'SELECT at, actor, remote, request_id, action, outcome, version, summary FROM sy_audit ORDER BY id OFFSET $1 LIMIT $2',
-        [options.after ?? 0, options.limit ?? null],
+      const { rows } = await this.pool.query<AuditRow>(`SELECT ${AUDIT_COLUMNS} FROM sy_audit ORDER BY id OFFSET $1 LIMIT $2`, [options.after ?? 0, options.limit ?? null]);
+      return rows.map(auditOf);
+    } catch (err) {
+      this.fail('reading the audit log', err);
+    }
+  }
+
+  async findRequest(actor: string, requestId: string): Promise<AuditEntry | undefined> {
+    try {
+      const { rows } = await this.pool.query<AuditRow>(
+        `SELECT ${AUDIT_COLUMNS} FROM sy_audit WHERE actor = $1 AND request_id = $2 AND request IS NOT NULL AND outcome = ANY($3) ORDER BY id DESC LIMIT 1`,
+        [actor, requestId, [...IDEMPOTENT_OUTCOMES]],
       );
-      return rows.map((r) => ({ at: r.at.getTime(), actor: r.actor, remote: r.remote, requestId: r.request_id, action: r.action, outcome: r.outcome, version: r.version, summary: r.summary }));
+      return rows[0] ? auditOf(rows[0]) : undefined;
     } catch (err) {
       this.fail('reading the audit log', err);
     }

@@ -95,7 +95,16 @@ export interface AuditEntry {
   outcome: string;
   version: number | null;
   summary: string[];
+  /**
+   * A digest of the request itself (method, route, body) when the client
+   * named it with X-Request-Id: a retry with the same id and digest is
+   * answered from this entry, not applied again (IDEMPOTENT_OUTCOMES).
+   */
+  request?: string | null;
 }
+
+/** The outcomes a retried request is answered with (others — a dry run, a failure — are made again). */
+export const IDEMPOTENT_OUTCOMES: ReadonlySet<string> = new Set(['published', 'unchanged', 'held', 'refused']);
 
 export const EMPTY_RECORDS: PublicationRecords = { last: null, held: null, refused: null, override: null, rollout: null };
 
@@ -129,6 +138,8 @@ export interface ControlPlaneStore {
   audit(entry: AuditEntry): Promise<void>;
   /** Audit entries, newest last; `after`: only those after this many entries; at most `limit`. */
   readAudit(options?: { after?: number; limit?: number }): Promise<AuditEntry[]>;
+  /** The latest entry of `actor`'s request `requestId` with a digest and an outcome in IDEMPOTENT_OUTCOMES, if any. */
+  findRequest(actor: string, requestId: string): Promise<AuditEntry | undefined>;
   close(): Promise<void>;
 }
 

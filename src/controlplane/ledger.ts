@@ -29,14 +29,34 @@ import { isReplicaStore } from './store/store.js';
 import { LeaseKeeper, NotLeader, type LeaseOptions } from './lease.js';
 import { SwitchyardError } from '../errors.js';
 
-/** What the publisher takes of ServerOptions (documented there). */
+/** What the publisher takes of ServerOptions. */
 export interface PublisherOptions {
+  /**
+   * Where a change from the API, or a held one when it is confirmed, is
+   * written before any agent can see it (the state file). A change from the
+   * file itself is not written back: the file is where it came from.
+   */
   stateFile?: DocumentStore;
+  /**
+   * Where versions, the publication records and the audit log are kept
+   * (store/): saved before any agent can see a version, and read back by
+   * open() so that a restart forgets nothing. Without one, all of it lives
+   * in memory (tests, benchmarks).
+   */
   store?: ControlPlaneStore;
+  /**
+   * One of several replicas over a shared store (PostgreSQL): every
+   * replica serves agents and reads; the one holding the lease (lease.ts)
+   * publishes; the others follow its versions (LISTEN/NOTIFY, and a
+   * catch-up read after every reconnection) and answer writes with a
+   * redirect to it.
+   */
   replica?: LeaseOptions;
   historyLimit?: number;
   epoch?: string;
+  /** What propose() refuses or holds (policy.ts). */
   policy?: PublishPolicy;
+  /** Stages a new version goes through (rollout.ts); without, it goes to every agent at once. */
   rollout?: RolloutConfig;
 }
 

@@ -13,50 +13,20 @@
 import { EventEmitter } from 'node:events';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { warmUpHistory } from './warmup.js';
-import type { PublishPolicy } from './policy.js';
 import { ApiError, readBody, requestIdOf } from './http.js';
-import { UnsavedChange, type DocumentStore } from './statefile.js';
-import type { RolloutConfig } from './rollout.js';
+import { UnsavedChange } from './statefile.js';
 import type { History } from './history.js';
-import type { ControlPlaneStore } from './store/store.js';
-import { NotLeader, notLeaderAnswer, type LeaseOptions } from './lease.js';
+import { NotLeader, notLeaderAnswer } from './lease.js';
 import { AgentTransport, answerJson, type AgentStatus, type TransportOptions } from './transport.js';
 import { Publisher, type Publication } from './publisher.js';
+import type { PublisherOptions } from './ledger.js';
 import { RolloutHealth } from './rollout-health.js';
 
 export { MAX_AGENT_FRAME_BYTES, type AgentStatus } from './transport.js';
 export type { Proposed, Publication } from './publisher.js';
 
-/** The transport's options (transport.ts, agent-sessions.ts: certificate, tokens, listener, limits), and the publisher's. */
-export interface ServerOptions extends TransportOptions {
-  /**
-   * Where a change from the API, or a held one when it is confirmed, is
-   * written before any agent can see it (the state file). A change from the
-   * file itself is not written back: the file is where it came from.
-   */
-  stateFile?: DocumentStore;
-  /**
-   * Where versions, the publication records and the audit log are kept
-   * (store/): saved before any agent can see a version, and read back by
-   * open() so that a restart forgets nothing. Without one, all of it lives
-   * in memory (tests, benchmarks).
-   */
-  store?: ControlPlaneStore;
-  /**
-   * One of several replicas over a shared store (PostgreSQL): every
-   * replica serves agents and reads; the one holding the lease (lease.ts)
-   * publishes; the others follow its versions (LISTEN/NOTIFY, and a
-   * catch-up read after every reconnection) and answer writes with a
-   * redirect to it.
-   */
-  replica?: LeaseOptions;
-  historyLimit?: number;
-  epoch?: string;
-  /** What propose() refuses or holds (policy.ts). */
-  policy?: PublishPolicy;
-  /** Stages a new version goes through (rollout.ts); without, it goes to every agent at once. */
-  rollout?: RolloutConfig;
-}
+/** The transport's options (transport.ts, agent-sessions.ts: certificate, tokens, listener, limits) and the publisher's (ledger.ts: state file, store, replica, policy, rollout). */
+export interface ServerOptions extends TransportOptions, PublisherOptions {}
 
 /** `from`'s events told again by `to`, as they happen (the server's events are its parts'). */
 function relay(from: EventEmitter, to: EventEmitter, events: string[]): void {

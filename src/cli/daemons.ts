@@ -197,7 +197,7 @@ export async function controlPlaneCommand(flags: Record<string, unknown>): Promi
   const logProposal = (r: Proposed, base: Record<string, unknown>) => {
     switch (r.outcome) {
       case 'published':
-        log.info({ ...base, ms: r.ms, version: r.version, changes: r.summary, unreachable: r.warnings.length }, 'published');
+        log.info({ ...base, ms: r.ms, judged: r.judged, version: r.version, changes: r.summary, unreachable: r.warnings.length }, 'published');
         for (const w of r.warnings.slice(0, 20)) log.warn({ code: w.code, witness: w.witness }, w.message);
         break;
       case 'unchanged':

@@ -53,6 +53,22 @@ export async function judgeOffThread(live: IndexedState | undefined, state: Desi
   return learnt({ ...rest, indexed: IndexedState.fromParts(parts) } as Judgement);
 }
 
+/** Whether a state (by digest) was judged and accepted here: a small change on top is judged over its regions. */
+export const priorKnown = (digest: string): boolean => priors.has(digest);
+
+/**
+ * A follower's new state in force, judged in the background (on the
+ * thread when large), so that a replica that comes to lead knows its Prior
+ * and judges the next small change over its regions, not the whole state.
+ * From the state it followed before when that one is known, else from
+ * itself (verification whole, an empty diff).
+ */
+export function learnFollowed(from: IndexedState | undefined, to: IndexedState, policy: PublishPolicy | undefined): void {
+  if (priors.has(to.digest)) return;
+  const base = from && priors.has(from.digest) ? from : to;
+  judgeOffThread(base, to.state, policy).catch(() => undefined);
+}
+
 serveRequests<Job, Reply>((job) => {
   const live = job.live ? IndexedState.fromParts(job.live) : undefined;
   const state: DesiredState = { bindings: BindingTable.fromColumns(job.state.columns), ...job.state.policies };

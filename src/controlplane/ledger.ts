@@ -21,6 +21,7 @@ import type { GuardFinding } from '../protocol/guards.js';
 import { IndexedState } from '../protocol/state.js';
 import type { Frame, Hello, NackCode } from '../protocol/messages.js';
 import { History, type PlannedVersion } from './history.js';
+import { learnFollowed } from './judge-thread.js';
 import { parseDesiredState } from '../desired/state.js';
 import { stateJson } from '../protocol/state.js';
 import { StoreError, type AuditEntry, type ControlPlaneStore, type PublicationRecords, type StoredVersion } from './store/store.js';
@@ -168,6 +169,7 @@ export class Ledger extends EventEmitter {
       // A follower until the lease says otherwise: no write goes out unfenced.
       this.leading = false;
       store.setFence(null);
+      if (this.history.indexed) learnFollowed(undefined, this.history.indexed, this.options.policy);
       store.listen(
         () => void this.follow().catch((err: Error) => this.emit('store-error', err)),
         (err) => this.emit('store-error', err),
@@ -232,6 +234,7 @@ export class Ledger extends EventEmitter {
       this.history.retainFor = this.rollout.versions();
     }
     let changed = false;
+    const followedFrom = this.history.indexed;
     for (const v of versions) {
       const before = this.history.current;
       if (v.delta && before) this.history.publishDelta(v.delta, `version ${v.version}`);
@@ -249,6 +252,8 @@ export class Ledger extends EventEmitter {
     await this.takeRecords(records);
     if (this.rollout) this.retain();
     if (changed) this.hooks.followed();
+    // Were this replica to lead, the next small change is judged over its regions (judge-thread.ts).
+    if (changed && !this.leading) learnFollowed(followedFrom, this.history.indexed!, this.options.policy);
     this.hooks.pushAll();
   }
 

@@ -31,9 +31,12 @@ export interface PublishPolicy {
 
 export const DEFAULT_POLICY: PublishPolicy = { warnOnly: new Set(['EUNREACHABLE']), limits: DEFAULT_LIMITS };
 
+/** Over what a judgement was made: the regions a small change touches, or the whole states. */
+export type Judged = 'regions' | 'whole';
+
 export type Judgement =
-  | { verdict: 'publish'; indexed: IndexedState; summary: DiffSummary[]; ranges: number; warnings: Finding[] }
-  | { verdict: 'hold'; indexed: IndexedState; summary: DiffSummary[]; ranges: number; warnings: Finding[]; withdrawal: GuardFinding }
+  | { verdict: 'publish'; indexed: IndexedState; summary: DiffSummary[]; ranges: number; warnings: Finding[]; judged: Judged }
+  | { verdict: 'hold'; indexed: IndexedState; summary: DiffSummary[]; ranges: number; warnings: Finding[]; judged: Judged; withdrawal: GuardFinding }
   | { verdict: 'refuse'; findings: Finding[]; guards: GuardFinding[] };
 
 /**
@@ -66,7 +69,7 @@ export function judge(live: IndexedState | undefined, state: DesiredState, polic
   if (blocking.length > 0 || refusing.length > 0) return { verdict: 'refuse', findings: blocking, guards: refusing };
   const diff = regional ? diffTables(regional.before, regional.after) : diffTables(live?.bindings ?? new BindingTable(0), indexed.bindings);
   const withdrawal = guards.find((g) => g.code === 'EWITHDRAWAL');
-  const base = { indexed, summary: diff.summary, ranges: diff.entries.length, warnings };
+  const base = { indexed, summary: diff.summary, ranges: diff.entries.length, warnings, judged: regional ? ('regions' as const) : ('whole' as const) };
   return withdrawal ? { verdict: 'hold', ...base, withdrawal } : { verdict: 'publish', ...base };
 }
 

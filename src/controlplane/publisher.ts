@@ -10,6 +10,7 @@
  * tells its owner to push (PublisherHooks).
  */
 import { judgeOffThread } from './judge-thread.js';
+import type { Judged } from './policy.js';
 import { UnsavedChange } from './statefile.js';
 import { documentOf, indexedCopy, stateJson, type IndexedState, type StateDelta } from '../protocol/state.js';
 import type { Finding } from '../verify/verify.js';
@@ -22,7 +23,7 @@ import { Ledger, brief, type Brief, type Publication } from './ledger.js';
 export { type Brief, type Publication, type PublisherHooks, type PublisherOptions } from './ledger.js';
 
 export type Proposed =
-  | { outcome: 'published'; ms: number; version: number; summary: string[]; warnings: Finding[] }
+  | { outcome: 'published'; ms: number; version: number; summary: string[]; warnings: Finding[]; judged: Judged }
   | { outcome: 'unchanged'; ms: number; version: number }
   | { outcome: 'held'; ms: number; version: number; withdrawal: GuardFinding; summary: string[] }
   | { outcome: 'refused'; ms: number; findings: Finding[]; guards: GuardFinding[] }
@@ -150,7 +151,7 @@ export class Publisher extends Ledger {
       this.held = undefined;
       this.publication.held = null;
       this.publication.last = last;
-      return { outcome: 'published', ms, version: r.version, summary, warnings: j.warnings };
+      return { outcome: 'published', ms, version: r.version, summary, warnings: j.warnings, judged: j.judged };
     });
   }
 

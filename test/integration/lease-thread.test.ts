@@ -122,6 +122,21 @@ describe.skipIf(!usable)('the publishing lease on a thread of its own', () => {
     await eventually('b follows the write', () => b.publicationStatus().version === r.version);
   });
 
+  it('a follower that comes to lead judges the next small change over its regions: it learnt the state it followed', async () => {
+    const { a, b } = await pair('learnt');
+    const { parseDesiredState } = (await import(projectPath('dist/src/desired/state.js'))) as typeof import('../../src/desired/state.js');
+    const { priorKnown } = (await import(projectPath('dist/src/controlplane/judge-thread.js'))) as typeof import('../../src/controlplane/judge-thread.js');
+    // Published without a judgement (publish()): nothing is known of it but what b learns by following it.
+    const r = await a.publish(parseDesiredState(cdnDoc(6000), 'big'), { source: 'test' });
+    await eventually('b follows', () => b.publicationStatus().version === r.version);
+    await eventually('b has judged what it followed', () => priorKnown(b.history.indexed!.digest), 30_000);
+    await a.close();
+    servers.splice(servers.indexOf(a), 1);
+    await eventually('b leads', () => b.publicationStatus().replica?.leading === true);
+    const next = parseDesiredState(cdnDoc(6000, [{ label: 'spectrum', protocol: 'tcp', prefix: '192.0.2.7/32', port: 0 }]), 'next');
+    expect(await b.propose(next, 'test')).toMatchObject({ outcome: 'published', judged: 'regions' });
+  });
+
   it('a leader whose loop does not turn for longer than its stall bound lets the lease go', async () => {
     const { a } = await pair('wedged', 2 * TTL_MS);
     const seen = busyWatching(db.url('wedged'), 4 * TTL_MS);

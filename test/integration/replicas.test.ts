@@ -127,6 +127,9 @@ describe.skipIf(!usable)('control-plane replicas over PostgreSQL', () => {
 
     // A writer loop through whichever replica it reaches, following redirects, retrying what was not answered.
     const acknowledged = new Set<number>();
+    let replayed = 0;
+    /** Answers a writer should never get (a 409 for its own earlier try, say). */
+    const unexpected: string[] = [];
     let stop = false;
     const writer = (async () => {
       for (let i = 1; !stop && i < 10_000; i++) {
@@ -139,11 +142,13 @@ describe.skipIf(!usable)('control-plane replicas over PostgreSQL', () => {
               port = Number(new URL(r.location!).port);
               r = await call(port, 'POST', '/v1/bindings', carve(i), { 'x-request-id': `w-${i}` });
             }
-            // 409: an earlier try went through, its answer lost (the binding is ours).
-            if (r.status === 200 || r.status === 409) {
+            // A retry whose earlier try went through (its answer lost) is answered from the record (replayed), never 409.
+            if (r.status === 200) {
+              if (r.body.replayed === true) replayed++;
               acknowledged.add(i);
               break;
             }
+            if (r.status !== 307 && r.status !== 503) unexpected.push(`write ${i}: ${r.status} ${JSON.stringify(r.body)}`);
           } catch {
             // a replica gone away: the next one
           }
@@ -163,12 +168,13 @@ describe.skipIf(!usable)('control-plane replicas over PostgreSQL', () => {
     await eventually('writes acknowledged after the takeover', () => acknowledged.size >= before + 5, 15_000);
     stop = true;
     await writer;
+    expect(unexpected).toEqual([]);
     const now = leaders()[0]!;
     await eventually('the followers caught up', () => replicas.filter((r) => r.alive).every((r) => r.server.history.current?.version === now.server.history.current?.version));
     const bound = new Set([...now.server.history.indexed!.bindings].filter((x) => x.label === "spectrum").map((x) => x.prefix));
     for (const i of acknowledged) expect(bound.has(`10.0.${i >> 8}.${i & 255}/32`), `write ${i}`).toBe(true);
-    process.stdout.write(`replicas: takeover after a silent leader ${Math.round(takeover)} ms (lease ${TTL_MS} ms); ${acknowledged.size} writes acknowledged, all in the final state\n`);
-    expect(takeover).toBeLessThan(TTL_MS * 5);
+    // Printed, not asserted (no test asserts a timing).
+    process.stdout.write(`replicas: takeover after a silent leader ${Math.round(takeover)} ms (lease ${TTL_MS} ms); ${acknowledged.size} writes acknowledged (${replayed} answered as replays), all in the final state\n`);
 
     // Fencing: the lease taken from under the leader (as another replica would after its pause).
     const version = now.server.history.current!.version;

@@ -19,7 +19,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { SwitchyardError } from '../errors.js';
 import { IPPROTO, parseBindingPrefix, parseLabel, parsePort, parseProtocol, type Binding } from '../bindings/binding.js';
 import { parseDesiredState, type DesiredState } from '../desired/state.js';
-import { documentOf, indexedCopy, type StateDelta } from '../protocol/state.js';
+import { documentOf, indexedCopy, type IndexedState, type StateDelta } from '../protocol/state.js';
 import type { ControlPlaneServer, Proposed } from './server.js';
 import { UnsavedChange } from './statefile.js';
 import { NotLeader, notLeaderAnswer } from './lease.js';
@@ -236,11 +236,11 @@ export class BindingsApi {
       if (!live) throw new ApiError(409, 'nothing is published yet');
       const copy = indexedCopy(live.state);
       copy.applyDelta(delta(), 'request');
-      return copy.state;
+      return copy;
     });
   }
 
-  private async proposeEdit(ctx: RequestContext, what: string, make: () => DesiredState): Promise<[number, unknown]> {
+  private async proposeEdit(ctx: RequestContext, what: string, make: () => DesiredState | IndexedState): Promise<[number, unknown]> {
     let bindings = 0;
     // Read, checked against If-Match, edited and judged in the control
     // plane's turn: a concurrent change lands before or after, never lost.

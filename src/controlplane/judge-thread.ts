@@ -14,62 +14,93 @@ import type { BindingColumnsTransfer } from '../bindings/binding.js';
 import { BindingTable } from '../bindings/binding.js';
 import type { DesiredState } from '../desired/state.js';
 import { IndexedState, type IndexedParts } from '../protocol/state.js';
-import { judge, type Judgement, type Prior, type PublishPolicy } from './policy.js';
+import { judge, priorOf, type Judgement, type Prior, type PublishPolicy } from './policy.js';
 
 /** Bindings (the proposal's and the state in force's together) from which a judgement goes to the thread. */
 export const JUDGE_OFF_THREAD_BINDINGS = 5_000;
 
-interface Job {
-  live: IndexedParts | null;
-  prior: Prior | undefined;
-  state: { columns: BindingColumnsTransfer; policies: Omit<DesiredState, 'bindings'> };
-  policy: PublishPolicy | undefined;
-}
+type StateParts = { columns: BindingColumnsTransfer; policies: Omit<DesiredState, 'bindings'> };
 
-type Reply = Exclude<Judgement, { indexed: IndexedState }> | (Omit<Extract<Judgement, { indexed: IndexedState }>, 'indexed'> & { parts: IndexedParts });
+/** A proposal to judge against the state in force, or (learn) a state to verify for its Prior only. */
+type Job = { live: IndexedParts | null; prior: Prior | undefined; state: StateParts; policy: PublishPolicy | undefined } | { learn: StateParts; policy: PublishPolicy | undefined };
+
+type Reply = Exclude<Judgement, { indexed: IndexedState }> | (Omit<Extract<Judgement, { indexed: IndexedState }>, 'indexed'> & { parts: IndexedParts }) | { prior: Prior | null };
 
 const thread = new RequestThread<Job, Reply>(import.meta.url, 'judging a proposal');
+
+/** A state as it crosses to the thread: copied by postMessage, not transferred (it stays the caller's). */
+function partsOf(state: DesiredState): StateParts {
+  const { bindings, ...policies } = state;
+  return { columns: bindings.toColumns(), policies };
+}
 
 /** What was learnt of the last states accepted (policy.ts Prior), by digest: the next small change on top is judged over its regions. */
 const priors = new Map<string, Prior>();
 const PRIORS_KEPT = 4;
 
-function learnt(j: Judgement): Judgement {
-  if (j.verdict === 'refuse') return j;
-  priors.delete(j.indexed.digest);
-  priors.set(j.indexed.digest, { digest: j.indexed.digest, warnings: j.warnings });
+function remember(prior: Prior): void {
+  priors.delete(prior.digest);
+  priors.set(prior.digest, prior);
   while (priors.size > PRIORS_KEPT) priors.delete(priors.keys().next().value!);
-  return j;
 }
 
-export async function judgeOffThread(live: IndexedState | undefined, state: DesiredState, policy: PublishPolicy | undefined): Promise<Judgement> {
+/** `learn: false` (a dry run): the judgement leaves nothing behind — the states that take effect keep their places. */
+export async function judgeOffThread(live: IndexedState | undefined, proposal: DesiredState | IndexedState, policy: PublishPolicy | undefined, options: { learn?: boolean } = {}): Promise<Judgement> {
   const prior = live ? priors.get(live.digest) : undefined;
-  if (state.bindings.count + (live?.bindings.count ?? 0) < JUDGE_OFF_THREAD_BINDINGS || !thread.available) return learnt(judge(live, state, policy, prior));
-  const { bindings, ...policies } = state;
-  // Copied by postMessage, not transferred: both stay the caller's.
-  const reply = await thread.request({ live: live ? live.toParts() : null, prior, state: { columns: bindings.toColumns(), policies }, policy }, []);
-  if (reply.verdict === 'refuse') return reply;
-  const { parts, ...rest } = reply;
-  return learnt({ ...rest, indexed: IndexedState.fromParts(parts) } as Judgement);
+  let j: Judgement;
+  if (proposal.bindings.count + (live?.bindings.count ?? 0) < JUDGE_OFF_THREAD_BINDINGS || !thread.available) j = judge(live, proposal, policy, prior);
+  else {
+    const state = proposal instanceof IndexedState ? proposal.state : proposal;
+    const reply = (await thread.request({ live: live ? live.toParts() : null, prior, state: partsOf(state), policy }, [])) as Exclude<Reply, { prior: unknown }>;
+    if (reply.verdict === 'refuse') return reply;
+    const { parts, ...rest } = reply;
+    j = { ...rest, indexed: IndexedState.fromParts(parts) } as Judgement;
+  }
+  if (j.verdict !== 'refuse' && options.learn !== false) remember({ digest: j.indexed.digest, warnings: j.warnings });
+  return j;
 }
 
 /** Whether a state (by digest) was judged and accepted here: a small change on top is judged over its regions. */
 export const priorKnown = (digest: string): boolean => priors.has(digest);
 
+/** The follower's learning: one verification under way at most, then the latest state followed meanwhile. */
+let learning: { next: { state: IndexedState; policy: PublishPolicy | undefined } | undefined } | undefined;
+
 /**
- * A follower's new state in force, judged in the background (on the
- * thread when large), so that a replica that comes to lead knows its Prior
- * and judges the next small change over its regions, not the whole state.
- * From the state it followed before when that one is known, else from
- * itself (verification whole, an empty diff).
+ * A follower's state in force verified in the background (on the thread
+ * when large), so that a replica that comes to lead knows its Prior and
+ * judges the next small change over its regions, not the whole state.
+ * States followed while one is being verified: only the latest is.
  */
-export function learnFollowed(from: IndexedState | undefined, to: IndexedState, policy: PublishPolicy | undefined): void {
-  if (priors.has(to.digest)) return;
-  const base = from && priors.has(from.digest) ? from : to;
-  judgeOffThread(base, to.state, policy).catch(() => undefined);
+export function learnFollowed(state: IndexedState, policy: PublishPolicy | undefined): void {
+  if (priors.has(state.digest)) return;
+  if (learning) {
+    learning.next = { state, policy };
+    return;
+  }
+  learning = { next: undefined };
+  const learn = async (s: IndexedState, p: PublishPolicy | undefined): Promise<void> => {
+    const prior = s.bindings.count < JUDGE_OFF_THREAD_BINDINGS || !thread.available ? priorOf(s, p) : ((await thread.request({ learn: partsOf(s.state), policy: p }, [])) as { prior: Prior | null }).prior;
+    if (prior) remember(prior);
+  };
+  void (async () => {
+    let job = { state, policy };
+    for (;;) {
+      await learn(job.state, job.policy).catch(() => undefined);
+      const next = learning!.next;
+      if (!next) break;
+      learning!.next = undefined;
+      job = next;
+    }
+    learning = undefined;
+  })();
 }
 
 serveRequests<Job, Reply>((job) => {
+  if ('learn' in job) {
+    const indexed = IndexedState.of({ bindings: BindingTable.fromColumns(job.learn.columns), ...job.learn.policies });
+    return { reply: { prior: priorOf(indexed, job.policy) }, transfer: [] };
+  }
   const live = job.live ? IndexedState.fromParts(job.live) : undefined;
   const state: DesiredState = { bindings: BindingTable.fromColumns(job.state.columns), ...job.state.policies };
   const j = judge(live, state, job.policy, job.prior);

@@ -169,7 +169,7 @@ export class Ledger extends EventEmitter {
       // A follower until the lease says otherwise: no write goes out unfenced.
       this.leading = false;
       store.setFence(null);
-      if (this.history.indexed) learnFollowed(undefined, this.history.indexed, this.options.policy);
+      if (this.history.indexed) learnFollowed(this.history.indexed, this.options.policy);
       store.listen(
         () => void this.follow().catch((err: Error) => this.emit('store-error', err)),
         (err) => this.emit('store-error', err),
@@ -234,7 +234,6 @@ export class Ledger extends EventEmitter {
       this.history.retainFor = this.rollout.versions();
     }
     let changed = false;
-    const followedFrom = this.history.indexed;
     for (const v of versions) {
       const before = this.history.current;
       if (v.delta && before) this.history.publishDelta(v.delta, `version ${v.version}`);
@@ -253,7 +252,7 @@ export class Ledger extends EventEmitter {
     if (this.rollout) this.retain();
     if (changed) this.hooks.followed();
     // Were this replica to lead, the next small change is judged over its regions (judge-thread.ts).
-    if (changed && !this.leading) learnFollowed(followedFrom, this.history.indexed!, this.options.policy);
+    if (changed && !this.leading) learnFollowed(this.history.indexed!, this.options.policy);
     this.hooks.pushAll();
   }
 

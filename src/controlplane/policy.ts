@@ -55,8 +55,10 @@ export interface Prior {
 /** Changes up to this many (added + removed) are judged over their regions. */
 export const REGIONAL_MAX_CHANGES = 64;
 
-export function judge(live: IndexedState | undefined, state: DesiredState, policy: PublishPolicy = DEFAULT_POLICY, prior?: Prior): Judgement {
-  const indexed = IndexedState.of(state);
+/** `proposal` indexed already (an edit made on a copy of the state in force) is not indexed again. */
+export function judge(live: IndexedState | undefined, proposal: DesiredState | IndexedState, policy: PublishPolicy = DEFAULT_POLICY, prior?: Prior): Judgement {
+  const indexed = proposal instanceof IndexedState ? proposal : IndexedState.of(proposal);
+  const state = indexed.state;
   const regional = live && prior?.digest === live.digest ? regionsOf(live, indexed) : undefined;
   const findings = regional
     ? [...prior!.warnings.filter((f) => !withinRegions(f.witness.address, regional.regions)), ...verifyState({ ...state, bindings: regional.after }, { portsOf: state.bindings })]
@@ -71,6 +73,12 @@ export function judge(live: IndexedState | undefined, state: DesiredState, polic
   const withdrawal = guards.find((g) => g.code === 'EWITHDRAWAL');
   const base = { indexed, summary: diff.summary, ranges: diff.entries.length, warnings, judged: regional ? ('regions' as const) : ('whole' as const) };
   return withdrawal ? { verdict: 'hold', ...base, withdrawal } : { verdict: 'publish', ...base };
+}
+
+/** What judge() learns of a state it accepts (its warnings), without a proposal to judge: null when the policy would refuse it. */
+export function priorOf(indexed: IndexedState, policy: PublishPolicy = DEFAULT_POLICY): Prior | null {
+  const findings = verifyState(indexed.state);
+  return findings.some((f) => !policy.warnOnly.has(f.code)) ? null : { digest: indexed.digest, warnings: findings };
 }
 
 /**

@@ -57,7 +57,7 @@ export class Publisher extends Ledger {
    * is saved when it is confirmed, before it goes out.
    */
   propose(
-    given: DesiredState | (() => DesiredState),
+    given: DesiredState | IndexedState | (() => DesiredState | IndexedState),
     source: string,
     options: { save?: boolean; actor?: string; remote?: string | null; requestId?: string | null; request?: string; action?: string } = {},
   ): Promise<Proposed> {
@@ -161,14 +161,14 @@ export class Publisher extends Ledger {
    * nothing saved or published: the API's ?dry_run=1. Audited as such.
    */
   judgeOnly(
-    given: () => DesiredState,
+    given: () => DesiredState | IndexedState,
     source: string,
     options: { actor?: string; remote?: string | null; requestId?: string | null; action?: string } = {},
   ): Promise<{ outcome: 'published' | 'unchanged' | 'held' | 'refused'; version: number | null; changes: string[]; findings: Brief[]; guards: GuardFinding[]; withdrawal: GuardFinding | null }> {
     return this.serial(async () => {
       const state = given();
       const live = this.history.indexed;
-      const j = await judgeOffThread(live, state, this.options.policy);
+      const j = await judgeOffThread(live, state, this.options.policy, { learn: false });
       const current = this.history.current?.version ?? null;
       const outcome = j.verdict === 'refuse' ? 'refused' : live && live.digest === j.indexed.digest ? 'unchanged' : j.verdict === 'hold' ? 'held' : 'published';
       const changes = j.verdict === 'refuse' ? [] : j.summary.map((x) => x.text);

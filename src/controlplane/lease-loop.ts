@@ -85,6 +85,8 @@ export class LeaseClock {
 export class LeaseLoop {
   private timer: NodeJS.Timeout | undefined;
   private stopped = false;
+  /** The renewal under way: a stop waits for it, or its UPDATE could land after the release and hold the lease again. */
+  private running: Promise<void> = Promise.resolve();
 
   constructor(
     private readonly store: Pick<ReplicaStore, 'lead' | 'release'>,
@@ -98,13 +100,14 @@ export class LeaseLoop {
   }
 
   start(): void {
-    void this.tick();
+    this.running = this.tick();
   }
 
   async stop(release: boolean): Promise<void> {
     this.stopped = true;
     clearTimeout(this.timer);
     this.clock.lost();
+    await this.running;
     if (release) await this.store.release(this.options.name);
   }
 
@@ -131,6 +134,6 @@ export class LeaseLoop {
         this.report({ error: `the store did not answer (${(err as Error).message})` });
       }
     }
-    if (!this.stopped) this.timer = setTimeout(() => void this.tick(), Math.max(100, this.ttlMs / 3));
+    if (!this.stopped) this.timer = setTimeout(() => (this.running = this.tick()), Math.max(100, this.ttlMs / 3));
   }
 }

@@ -22,9 +22,12 @@ type ToThread = { stop: true; release: boolean };
 type FromThread = { renewal: Renewal } | { stopped: true };
 
 const STOP_WAIT_MS = 2_000;
+/** A thread that failed is started again after this long. */
+const RESTART_MS = 1_000;
 
 export class LeaseThread {
   private worker: Worker | undefined;
+  private stopped = false;
 
   /** The script is the compiled .js beside this module; from TypeScript sources (tests) there is none, and the lease is renewed on the caller's loop. */
   static get available(): boolean {
@@ -52,6 +55,8 @@ export class LeaseThread {
       this.worker = undefined;
       this.clock.lost();
       this.report({ error: `the lease's thread ${why}` });
+      // Another thread after a pause, as the loop retries a renewal that failed: the replica may lead again.
+      if (!this.stopped) setTimeout(() => !this.stopped && !this.worker && this.start(), RESTART_MS).unref();
     };
     worker.on('error', (err) => fail(`failed (${err.message})`));
     worker.on('exit', (code) => fail(`exited (${code})`));
@@ -59,6 +64,7 @@ export class LeaseThread {
   }
 
   async stop(release: boolean): Promise<void> {
+    this.stopped = true;
     const worker = this.worker;
     this.worker = undefined;
     this.clock.lost();

@@ -92,17 +92,11 @@ function connect(i: number, agent: Simulated = { id: `fleet-${offset + i}`, have
     socket.on('close', () => {
       closed++;
       send({ closed: agent.id });
-      if (!stopping) setTimeout(() => void connect(i, agent), 1000 + Math.random() * 1000);
+      setTimeout(() => void connect(i, agent), 1000 + Math.random() * 1000);
       resolve();
     });
   });
 }
-
-let stopping = false;
-process.on('SIGTERM', () => {
-  stopping = true;
-  process.exit(0);
-});
 
 // Progress for the parent to show while it waits: per version, how many have it; connections closed (and made again) and errors so far.
 let closed = 0;

@@ -22,6 +22,7 @@
  * cluster runs as nobody) and PostgreSQL's server binaries.
  */
 import fs from 'node:fs';
+import zlib from 'node:zlib';
 import os from 'node:os';
 import path from 'node:path';
 import https from 'node:https';
@@ -52,6 +53,10 @@ export interface FleetReplicasBench {
   connect_ms: number;
   snapshot_bindings: number;
   snapshot_all_acked_ms: number;
+  /** The state document's size as JSON and gzipped (what an agent asking for snapshot-gzip receives, within its frame head). */
+  snapshot_bytes: { json: number; gzip: number };
+  /** Agents' connections ended while the snapshot went out (the control plane's write deadline) and made again. */
+  snapshot_connections_closed: number;
   deltas: number;
   delta_ack_p50_ms: number;
   delta_ack_p99_ms: number;
@@ -201,18 +206,21 @@ export async function fleetReplicasBench(agents = 10_000, bindings = 100_000, de
       return (acks.get(2)?.length ?? 0) === agents;
     }, 600_000);
     const snapshotAll = Math.max(...acks.get(2)!) - snapshotStart;
+    // Connections ended (and made again) while the snapshot went out, as the agents' processes last reported them.
+    const snapshotClosed = progress.reduce((n, p) => n + (p?.closed ?? 0), 0);
 
     // One-binding deltas through the API.
     const latencies: number[] = [];
     let slowest = 0;
     /** Per delta: the API's answer, and per replica (the leader first) its agents' first and last ACK, ms after the request. */
     const perDelta: Array<{ api_ms: number; replicas: Array<{ replica: string; leading: boolean; first_ack_ms: number; last_ack_ms: number }> }> = [];
-    let leader = await leaderNow();
+    let leader = -1;
     for (let d = 0; d < deltas; d++) {
       const v = 3 + d;
-      const sent = now();
+      // Who leads is asked first: the figures count from the API request.
       leader = await leaderNow();
       if (leader < 0) throw new Error('fleet-replicas: no replica leads');
+      const sent = now();
       const r = await request(ports[leader]!, 'POST', '/v1/bindings', { bindings: [{ label: 'spectrum', protocol: 'tcp', prefix: `192.0.2.${d + 1}/32`, port: 0 }] });
       const apiMs = now() - sent;
       if (r.status !== 200) throw new Error(`fleet-replicas: delta ${d} answered ${r.status} ${JSON.stringify(r.body)}`);
@@ -251,6 +259,8 @@ export async function fleetReplicasBench(agents = 10_000, bindings = 100_000, de
       connect_ms: connectMs,
       snapshot_bindings: bindings,
       snapshot_all_acked_ms: round(snapshotAll),
+      snapshot_bytes: { json: Buffer.byteLength(bigText), gzip: zlib.gzipSync(bigText, { level: 6 }).length },
+      snapshot_connections_closed: snapshotClosed,
       deltas,
       delta_ack_p50_ms: round(percentile(latencies, 0.5)),
       delta_ack_p99_ms: round(percentile(latencies, 0.99)),

@@ -168,6 +168,9 @@ export async function controlPlaneCommand(flags: Record<string, unknown>): Promi
   const advertise = typeof flags.advertise === 'string' ? flags.advertise : null;
   if (advertise !== null && !/^https:\/\/[^/]+\/?$/.test(advertise)) throw new SwitchyardError('EINVAL_ARGUMENT', `--advertise ${JSON.stringify(advertise)} must be https://HOST:PORT (this replica's API, as the others reach it)`);
   const replicaName = typeof flags['replica-name'] === 'string' ? parseLabel(flags['replica-name'], '--replica-name') : os.hostname().replace(/[^A-Za-z0-9._-]/g, '-').slice(0, 63);
+  if (!isReplicaStore(store) && (flags['replica-name'] !== undefined || advertise !== null)) {
+    throw new SwitchyardError('EINVAL_ARGUMENT', `--replica-name and --advertise are for replicas over PostgreSQL (--store postgres://…); ${store.description} is one control plane's`);
+  }
   const replica = isReplicaStore(store) ? { name: replicaName, advertise } : undefined;
   const server = new ControlPlaneServer({
     ...(rollout ? { rollout } : {}),

@@ -164,6 +164,13 @@ describe('control-plane start: configuration errors exit 2 with one line naming 
     expect(admin.stderr).toMatch(/admin-token: the admin token is also edge-1's token in .*tokens\.json; it must be its own\n$/);
   });
 
+  it('replica flags without a shared store (PostgreSQL): refused, not ignored', async () => {
+    const args = ['control-plane', '--state', file('desired.json', '{"bindings": []}'), '--listen', '127.0.0.1:1', '--cert', file('cert.pem', 'x'), '--key', file('key.pem', 'x'), '--tokens', file('tokens.json', '{"edge-1": "a-token-0123456789"}')];
+    const r = await run([...args, '--store', path.join(dir, 'store'), '--replica-name', 'cp-1']);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/--replica-name and --advertise are for replicas over PostgreSQL/);
+  });
+
   it('an IPv6 address without brackets', async () => {
     const r = await start('{"edge-1": "a-token-0123456789"}', '::1:8443');
     expect(r.code).toBe(2);

@@ -363,17 +363,17 @@ export class PostgresStore implements ControlPlaneStore, ReplicaStore {
   }
 
   async since(after: number): Promise<{ versions: StoredVersion[]; records: PublicationRecords }> {
-    try {
-      const pointer = await this.pool.query<{ version: number }>('SELECT version FROM sy_pointer');
-      const rows = await this.pool.query<{ version: number; digest: string; delta: string | null; document: boolean; source: string; actor: string; at: Date; summary: string[] }>(
+    // One snapshot of the database for the three reads: records of a version committed in between would not match the versions read.
+    return this.transaction('reading new versions', async (c) => {
+      await c.query('SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY');
+      const pointer = await c.query<{ version: number }>('SELECT version FROM sy_pointer');
+      const rows = await c.query<{ version: number; digest: string; delta: string | null; document: boolean; source: string; actor: string; at: Date; summary: string[] }>(
         'SELECT version, digest, delta, document, source, actor, at, summary FROM sy_versions WHERE epoch = $1 AND version > $2 AND version <= $3 ORDER BY version',
         [this.epoch, after, pointer.rows[0]!.version],
       );
-      const records = await this.pool.query<{ body: PublicationRecords }>('SELECT body FROM sy_records');
+      const records = await c.query<{ body: PublicationRecords }>('SELECT body FROM sy_records');
       return { versions: rows.rows.map((r) => this.versionOf(r)), records: { ...EMPTY_RECORDS, ...records.rows[0]!.body } };
-    } catch (err) {
-      this.fail('reading new versions', err);
-    }
+    });
   }
 
   /**
